@@ -1,0 +1,52 @@
+# scout: `make run` serves the demo, `make test` runs every test.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PROTOS := $(wildcard protos/scout/v1/*.proto)
+STUBS  := $(patsubst protos/%.proto,%_pb2.py,$(PROTOS))
+
+.PHONY: all venv protos run test lint bench bench-full clean
+
+all: test
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+# Regenerate the stubs from protos/ (they are committed; never edit them by hand).
+protos: $(STAMP)
+	$(BIN)/python -m server.protogen
+
+# Stubs are generated only when missing; tests/test_contract.py fails when they are stale.
+$(STUBS): | $(STAMP)
+	$(BIN)/python -m server.protogen
+
+run: $(STAMP) $(STUBS)
+	$(BIN)/scout-server --demo
+
+test: $(STAMP) $(STUBS)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	cd protos && ../$(BIN)/buf lint
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	cd protos && ../$(BIN)/buf lint
+
+bench: $(STAMP) $(STUBS)
+	$(BIN)/python -m bench --quick
+
+bench-full: $(STAMP) $(STUBS)
+	$(BIN)/python -m bench --full
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The scout contract: Python stubs generated from protos/ by `make protos`."""
