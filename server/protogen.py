@@ -33,11 +33,7 @@ def generate(out_dir: Path) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         raise RuntimeError(f"protoc failed on {files}")
-    return sorted(
-        p
-        for f in proto_files()
-        for p in out_dir.glob(str(f.with_suffix("")) + "_pb2*")
-    )
+    return sorted(p for f in proto_files() for p in out_dir.glob(str(f.with_suffix("")) + "_pb2*"))
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""scout's server: a grpc.aio ExecService over a sharded SSH connection pool."""

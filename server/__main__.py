@@ -1,0 +1,5 @@
+"""`python -m server`, the same as `scout-server`."""
+
+from .main import main
+
+main()
