@@ -1,0 +1,388 @@
+"""The pool's rules, exactly, with a scripted connection factory (no network).
+
+Real SSH servers exercise the pool in test_pool_ssh.py; here each rule of DESIGN.md is
+checked on its own, and hypothesis checks the invariants over random workloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from server.config import HostConfig, PoolSettings
+from server.errors import HostRejected, HostUnavailable, PoolExhausted
+from server.pool import ChannelRefused, ConnectionDead, Pool
+
+
+class FakeConn:
+    """A connection that records its channels and complains if closed while busy."""
+
+    def __init__(self, factory: Factory, host: str) -> None:
+        self.factory = factory
+        self.host = host
+        self.closed = False
+        self.active = 0
+        self.refuse_above: int | None = None
+        self.dead = False
+
+    def is_closed(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        if self.active:
+            self.factory.violations.append(f"closed {self.host} with {self.active} channels")
+        if not self.closed:
+            self.closed = True
+            self.factory.live -= 1
+
+    async def wait_closed(self) -> None:
+        await asyncio.sleep(0)
+
+
+class Factory:
+    """Scripted connects: counts, delays, failures, limits observed."""
+
+    def __init__(self, delay: float = 0.0, fail: BaseException | None = None) -> None:
+        self.delay = delay
+        self.fail = fail
+        self.connects = 0
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.live = 0
+        self.peak_live = 0
+        self.conns: list[FakeConn] = []
+        self.violations: list[str] = []
+        self.per_conn_peak = 0
+
+    async def __call__(self, host: HostConfig, on_lost: Callable[[], None]) -> FakeConn:
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.delay)
+            if self.fail is not None:
+                raise self.fail
+        finally:
+            self.in_flight -= 1
+        self.connects += 1
+        self.live += 1
+        self.peak_live = max(self.peak_live, self.live)
+        conn = FakeConn(self, host.name)
+        self.conns.append(conn)
+        return conn
+
+    async def open(self, conn: FakeConn) -> FakeConn:
+        """The opener: take a channel, or refuse as a full or dead server would."""
+        await asyncio.sleep(0)
+        if conn.dead or conn.closed:
+            conn.closed = True
+            raise ConnectionDead("connection lost")
+        if conn.refuse_above is not None and conn.active >= conn.refuse_above:
+            raise ChannelRefused("open failed")
+        conn.active += 1
+        self.per_conn_peak = max(self.per_conn_peak, conn.active)
+        return conn
+
+
+def host(name: str) -> HostConfig:
+    return HostConfig(name=name, address="127.0.0.1", port=22, user="u")
+
+
+def make_pool(factory: Factory, **overrides: float) -> Pool[FakeConn]:
+    base = PoolSettings(
+        shards=4,
+        max_connections=10,
+        max_connections_per_host=4,
+        max_sessions_per_connection=4,
+        max_concurrent_handshakes=4,
+        idle_timeout=60,
+        max_age=600,
+    )
+    return Pool(dataclasses.replace(base, **overrides), factory)  # type: ignore[arg-type]
+
+
+def deadline(seconds: float = 5.0) -> float:
+    return asyncio.get_running_loop().time() + seconds
+
+
+async def use(
+    pool: Pool[FakeConn], factory: Factory, name: str, hold: float = 0.0, timeout: float = 5.0
+) -> FakeConn:
+    """One checkout: open a channel, hold it, close it."""
+    async with pool.session(host(name), factory.open, deadline(timeout)) as conn:
+        try:
+            await asyncio.sleep(hold)
+        finally:
+            conn.active -= 1
+    return conn
+
+
+async def test_sequential_commands_reuse_one_connection() -> None:
+    factory = Factory()
+    pool = make_pool(factory)
+    conns = {id(await use(pool, factory, "a")) for _ in range(100)}
+    assert factory.connects == 1 and len(conns) == 1
+    assert pool.stats.reuses == 99
+    await pool.close()
+
+
+async def test_concurrent_misses_share_one_connect() -> None:
+    factory = Factory(delay=0.05)
+    pool = make_pool(factory)
+    await asyncio.gather(*(use(pool, factory, "a") for _ in range(4)))
+    assert factory.connects == 1
+    await pool.close()
+
+
+async def test_full_connections_open_more_up_to_the_host_limit() -> None:
+    factory = Factory(delay=0.01)
+    pool = make_pool(factory, max_connections_per_host=3)
+    await asyncio.gather(*(use(pool, factory, "a", hold=0.05) for _ in range(30)))
+    assert factory.connects == 3
+    assert factory.per_conn_peak <= 4
+    assert not factory.violations
+    await pool.close()
+
+
+async def test_bounded_total_with_many_hosts() -> None:
+    factory = Factory(delay=0.01)
+    pool = make_pool(factory, max_connections=5, max_connections_per_host=2)
+    await asyncio.gather(*(use(pool, factory, f"h{i % 20}", hold=0.01) for i in range(200)))
+    assert factory.peak_live <= 5
+    assert not factory.violations
+    assert "waiters=0" in repr(pool)
+    await pool.close()
+
+
+async def test_lru_idle_connection_makes_room_at_the_cap() -> None:
+    factory = Factory()
+    pool = make_pool(factory, max_connections=2)
+    first = await use(pool, factory, "a")
+    await use(pool, factory, "b")
+    await use(pool, factory, "c")
+    assert first.closed  # "a" was least recently used
+    assert pool.stats.evictions == {"lru": 1}
+    assert factory.live == 2
+    await pool.close()
+
+
+async def test_busy_connection_is_never_closed_to_make_room() -> None:
+    factory = Factory()
+    pool = make_pool(factory, max_connections=1)
+    holder = asyncio.create_task(use(pool, factory, "a", hold=0.5))
+    await asyncio.sleep(0.05)
+    with pytest.raises(PoolExhausted, match="b: no SSH connection"):
+        await use(pool, factory, "b", timeout=0.1)
+    busy = await holder
+    assert not busy.closed and not factory.violations
+    assert "waiters=0" in repr(pool) and "slot_queue=0" in repr(pool)
+    await use(pool, factory, "b")  # now "a" is idle and gives way
+    assert busy.closed
+    await pool.close()
+
+
+async def test_waiters_are_served_in_fifo_order() -> None:
+    factory = Factory()
+    pool = make_pool(factory, max_connections=1, max_sessions_per_connection=1)
+    order: list[int] = []
+
+    async def job(i: int) -> None:
+        async with pool.session(host("a"), factory.open, deadline()) as conn:
+            order.append(i)
+            await asyncio.sleep(0.01)
+            conn.active -= 1
+
+    tasks = []
+    for i in range(5):
+        tasks.append(asyncio.create_task(job(i)))
+        await asyncio.sleep(0.001)
+    await asyncio.gather(*tasks)
+    assert order == [0, 1, 2, 3, 4]
+    await pool.close()
+
+
+async def test_cancelled_waiter_leaves_no_trace() -> None:
+    factory = Factory()
+    pool = make_pool(factory, max_connections=1, max_sessions_per_connection=1)
+    holder = asyncio.create_task(use(pool, factory, "a", hold=0.2))
+    await asyncio.sleep(0.01)
+    waiter = asyncio.create_task(use(pool, factory, "a"))
+    await asyncio.sleep(0.01)
+    assert "waiters=1" in repr(pool)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert "waiters=0" in repr(pool)
+    await holder
+    assert "channels=0" in repr(pool)
+    await pool.close()
+
+
+async def test_channel_granted_at_cancellation_goes_to_the_next_waiter() -> None:
+    factory = Factory()
+    pool = make_pool(factory, max_connections=1, max_sessions_per_connection=1)
+    gate = asyncio.Event()
+
+    async def holder() -> None:
+        async with pool.session(host("a"), factory.open, deadline()) as conn:
+            await gate.wait()
+            conn.active -= 1
+
+    h = asyncio.create_task(holder())
+    await asyncio.sleep(0.01)
+    first = asyncio.create_task(use(pool, factory, "a"))
+    second = asyncio.create_task(use(pool, factory, "a"))
+    await asyncio.sleep(0.01)
+    gate.set()
+    await asyncio.sleep(0)  # the holder releases: the channel is granted to `first`
+    await h
+    first.cancel()  # ... which is cancelled before it runs
+    await asyncio.gather(first, return_exceptions=True)
+    await asyncio.wait_for(second, 1)  # the slot moved on
+    assert "channels=0" in repr(pool) and "waiters=0" in repr(pool)
+    await pool.close()
+
+
+async def test_refused_channel_lowers_the_cap_and_retries_elsewhere() -> None:
+    factory = Factory()
+    pool = make_pool(factory, max_sessions_per_connection=4, max_connections_per_host=4)
+    first = await use(pool, factory, "a")
+    first.refuse_above = 2  # the server allows 2 sessions, the pool assumes 4
+    await asyncio.gather(*(use(pool, factory, "a", hold=0.05) for _ in range(8)))
+    assert pool.stats.refusals >= 1
+    assert min(pc.cap for pc in pool.connections()) <= 2
+    assert not factory.violations
+    await pool.close()
+
+
+async def test_dead_connection_is_evicted_and_retried_once() -> None:
+    factory = Factory()
+    pool = make_pool(factory)
+    first = await use(pool, factory, "a")
+    first.dead = True
+    second = await use(pool, factory, "a")
+    assert second is not first and factory.connects == 2
+    assert pool.stats.retries == 1 and pool.stats.evictions == {"dead": 1}
+    await pool.close()
+
+
+async def test_connect_failure_reaches_every_waiter() -> None:
+    factory = Factory(delay=0.01, fail=HostUnavailable("a: connection refused", "a"))
+    pool = make_pool(factory)
+    results = await asyncio.gather(
+        *(use(pool, factory, "a") for _ in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(r, HostUnavailable) for r in results)
+    assert pool.stats.retries == 3  # each caller retried once, then gave up
+    assert "total=0/" in repr(pool)
+    await pool.close()
+
+
+async def test_rejected_host_is_not_retried() -> None:
+    factory = Factory(fail=HostRejected("a: host key not trusted", "a"))
+    pool = make_pool(factory)
+    with pytest.raises(HostRejected):
+        await use(pool, factory, "a")
+    assert pool.stats.retries == 0
+    await pool.close()
+
+
+async def test_handshakes_per_host_are_limited() -> None:
+    factory = Factory(delay=0.05)
+    pool = make_pool(
+        factory,
+        max_connections=50,
+        max_connections_per_host=10,
+        max_sessions_per_connection=1,
+        max_concurrent_handshakes=2,
+    )
+    await asyncio.gather(*(use(pool, factory, "a", hold=0.05) for _ in range(10)))
+    assert factory.peak_in_flight <= 2
+    await pool.close()
+
+
+async def test_idle_and_old_connections_expire() -> None:
+    factory = Factory()
+    pool = make_pool(factory, idle_timeout=0.05, max_age=10)
+    conn = await use(pool, factory, "a")
+    await asyncio.sleep(0.1)
+    await pool.reap()
+    assert conn.closed and pool.stats.evictions == {"expired": 1}
+    assert "open=0" in repr(pool)
+    await pool.close()
+
+
+async def test_old_busy_connection_retires_after_its_last_channel() -> None:
+    factory = Factory()
+    pool = make_pool(factory, idle_timeout=60, max_age=0.05)
+    task = asyncio.create_task(use(pool, factory, "a", hold=0.2))
+    await asyncio.sleep(0.1)
+    await pool.reap()
+    (conn,) = factory.conns
+    assert not conn.closed  # still carries a channel
+    await task
+    assert conn.closed and not factory.violations
+    await pool.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    jobs=st.lists(
+        st.tuples(
+            st.integers(0, 7),  # host
+            st.floats(0, 0.01),  # hold
+            st.booleans(),  # cancel while waiting
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    max_total=st.integers(1, 6),
+    cap=st.integers(1, 4),
+    refuse=st.one_of(st.none(), st.integers(1, 3)),
+)
+def test_invariants_hold_under_random_load(
+    jobs: list[tuple[int, float, bool]], max_total: int, cap: int, refuse: int | None
+) -> None:
+    """connections <= max total; channels per connection <= cap; busy ones never closed."""
+
+    async def run() -> None:
+        factory = Factory(delay=0.001)
+        pool = make_pool(
+            factory,
+            max_connections=max_total,
+            max_connections_per_host=max_total,
+            max_sessions_per_connection=cap,
+        )
+        real_call = factory.__call__
+
+        async def connect(h: HostConfig, on_lost: Callable[[], None]) -> FakeConn:
+            conn = await real_call(h, on_lost)
+            conn.refuse_above = refuse
+            return conn
+
+        pool._connect = connect  # type: ignore[assignment]
+        tasks = [
+            asyncio.create_task(use(pool, factory, f"h{h}", hold=hold, timeout=2))
+            for h, hold, _ in jobs
+        ]
+        await asyncio.sleep(0.002)
+        for task, (_, _, cancel) in zip(tasks, jobs, strict=True):
+            if cancel:
+                task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for r in results:
+            assert isinstance(r, FakeConn | asyncio.CancelledError), r
+        assert factory.peak_live <= max_total
+        assert factory.per_conn_peak <= cap
+        assert not factory.violations
+        g = pool.gauges()
+        assert g["channels_in_use"] == 0 and g["waiters"] == 0
+        assert g["connections_total"] == g["connections_open"] <= max_total
+        await pool.close()
+        assert factory.live == 0
+
+    asyncio.run(run())
