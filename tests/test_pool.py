@@ -225,24 +225,18 @@ async def test_cancelled_waiter_leaves_no_trace() -> None:
 async def test_channel_granted_at_cancellation_goes_to_the_next_waiter() -> None:
     factory = Factory()
     pool = make_pool(factory, max_connections=1, max_sessions_per_connection=1)
-    gate = asyncio.Event()
-
-    async def holder() -> None:
-        async with pool.session(host("a"), factory.open, deadline()) as conn:
-            await gate.wait()
-            conn.active -= 1
-
-    h = asyncio.create_task(holder())
-    await asyncio.sleep(0.01)
+    held = await pool._acquire(host("a"), deadline())
     first = asyncio.create_task(use(pool, factory, "a"))
     second = asyncio.create_task(use(pool, factory, "a"))
     await asyncio.sleep(0.01)
-    gate.set()
-    await asyncio.sleep(0)  # the holder releases: the channel is granted to `first`
-    await h
-    first.cancel()  # ... which is cancelled before it runs
+    assert "waiters=2" in repr(pool)
+    # In one step: the channel is released and granted to `first`, which is then
+    # cancelled before it can run. The channel must move on to `second`.
+    pool._give_back(held)
+    first.cancel()
     await asyncio.gather(first, return_exceptions=True)
-    await asyncio.wait_for(second, 1)  # the slot moved on
+    assert first.cancelled()
+    await asyncio.wait_for(second, 1)
     assert "channels=0" in repr(pool) and "waiters=0" in repr(pool)
     await pool.close()
 
