@@ -1,0 +1,73 @@
+"""The TOML config: every key checked, the bad ones named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from server.config import ConfigError, load
+
+GOOD = """
+listen = "127.0.0.1:6000"
+[ssh]
+known_hosts = "known_hosts"
+client_keys = ["id_ed25519"]
+[pool]
+shards = 4
+max_connections = 20
+[exec]
+max_output_bytes = 1024
+[hosts.web1]
+address = "127.0.0.2"
+port = 2222
+user = "deploy"
+identity_file = "~/keys/web1"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "scout.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_full_config_loads(tmp_path: Path) -> None:
+    config = load(write(tmp_path, GOOD))
+    assert config.listen == "127.0.0.1:6000"
+    assert config.ssh.known_hosts == tmp_path / "known_hosts"
+    assert config.ssh.client_keys == (tmp_path / "id_ed25519",)
+    assert config.pool.shards == 4 and config.pool.max_connections == 20
+    assert config.pool.max_sessions_per_connection == 8  # default kept
+    web1 = config.hosts["web1"]
+    assert (web1.address, web1.port, web1.user) == ("127.0.0.2", 2222, "deploy")
+    assert web1.identity_file == Path("~/keys/web1").expanduser()
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("listn = 'x:1'", "listn: unknown key"),
+        ("[pool]\nshard = 4", "pool.shard: unknown key"),
+        ("[pool]\nshards = 0", "pool.shards: must be at least 1"),
+        ("[pool]\nshards = 'four'", "pool.shards: expected a number"),
+        ("[pool]\nmax_connections = 2.5", "pool.max_connections: expected a whole number"),
+        ("[pool]\nidle_timeout = true", "pool.idle_timeout: expected a number"),
+        ("[exec]\nkill_grace = -1", "exec.kill_grace: must be at least 0"),
+        ("[ssh]\nknownhosts = 'x'", "ssh.knownhosts: unknown key"),
+        ("[hosts.a]\nport = 22", "hosts.a.address: required"),
+        ("[hosts.a]\naddress = 'h'\nport = 70000", "hosts.a.port: must be at most 65535"),
+        ("[hosts.a]\naddress = 'h'\nidentity = 'k'", "hosts.a.identity: unknown key"),
+        ("[hosts.'a b']\naddress = 'h'", "hosts.a b: a host name is"),
+        ("listen = 'nocolon'", "listen: expected HOST:PORT"),
+        ("listen = ", "not valid TOML"),
+    ],
+)
+def test_bad_configs_name_the_key(tmp_path: Path, text: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load(write(tmp_path, text))
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load(tmp_path / "nope.toml")
