@@ -24,7 +24,7 @@ def test_generated_stubs_are_fresh(tmp_path: Path) -> None:
 
 def test_buf_lint_passes() -> None:
     result = subprocess.run(
-        [BUF, "lint"], cwd=ROOT / "protos", capture_output=True, text=True, timeout=60
+        [BUF, "lint"], check=False, cwd=ROOT / "protos", capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -110,10 +110,10 @@ def deadline(seconds: float = 5.0) -> float:
 
 
 async def use(
-    pool: Pool[FakeConn], factory: Factory, name: str, hold: float = 0.0, timeout: float = 5.0
+    pool: Pool[FakeConn], factory: Factory, name: str, hold: float = 0.0, wait: float = 5.0
 ) -> FakeConn:
     """One checkout: open a channel, hold it, close it."""
-    async with pool.session(host(name), factory.open, deadline(timeout)) as conn:
+    async with pool.session(host(name), factory.open, deadline(wait)) as conn:
         try:
             await asyncio.sleep(hold)
         finally:
@@ -176,7 +176,7 @@ async def test_busy_connection_is_never_closed_to_make_room() -> None:
     holder = asyncio.create_task(use(pool, factory, "a", hold=0.5))
     await asyncio.sleep(0.05)
     with pytest.raises(PoolExhausted, match="b: no SSH connection"):
-        await use(pool, factory, "b", timeout=0.1)
+        await use(pool, factory, "b", wait=0.1)
     busy = await holder
     assert not busy.closed and not factory.violations
     assert "waiters=0" in repr(pool) and "slot_queue=0" in repr(pool)
@@ -360,7 +360,7 @@ def test_invariants_hold_under_random_load(
 
         pool._connect = connect  # type: ignore[assignment]
         tasks = [
-            asyncio.create_task(use(pool, factory, f"h{h}", hold=hold, timeout=2))
+            asyncio.create_task(use(pool, factory, f"h{h}", hold=hold, wait=2))
             for h, hold, _ in jobs
         ]
         await asyncio.sleep(0.002)
