@@ -358,7 +358,7 @@ def test_invariants_hold_under_random_load(
             conn.refuse_above = refuse
             return conn
 
-        pool._connect = connect  # type: ignore[assignment]
+        pool._connect = connect
         tasks = [
             asyncio.create_task(use(pool, factory, f"h{h}", hold=hold, wait=2))
             for h, hold, _ in jobs

@@ -1,0 +1,259 @@
+"""Execute and Stream end to end: gRPC in, a real SSH server (in-process asyncssh) out."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import grpc
+import pytest
+from google.protobuf import duration_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from scout.v1 import exec_pb2
+from server.config import Config, HostConfig
+from server.demo import ShellHost, load_or_create_keys
+
+from .scoutd import Scout, running_scout
+
+
+@pytest.fixture
+async def shell(tmp_path: Path) -> AsyncIterator[ShellHost]:
+    """A real SSH server in this process, running commands here."""
+    host = await ShellHost(load_or_create_keys(tmp_path / "keys")).start()
+    yield host
+    await host.close()
+
+
+@pytest.fixture
+async def scout(shell: ShellHost) -> AsyncIterator[Scout]:
+    """scout with host "local" on the shell server."""
+    async with running_scout(Config(hosts={"local": shell.host_config()})) as s:
+        yield s
+
+
+def secs(value: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(value * 1e9))
+    return d
+
+
+async def stream(scout: Scout, *requests: exec_pb2.StreamRequest) -> list[exec_pb2.StreamResponse]:
+    """Send requests (then half-close), collect every response."""
+    call = scout.stub.Stream(iter(requests), timeout=30)
+    return [r async for r in call]
+
+
+async def test_execute_returns_output_and_exit_code(scout: Scout) -> None:
+    r = await scout.execute(host="local", command="echo out; echo err >&2; exit 3")
+    assert (r.stdout, r.stderr, r.exit_code, r.signal) == (b"out\n", b"err\n", 3, "")
+    assert (r.stdout_bytes, r.stderr_bytes) == (4, 4)
+    assert not r.stdout_truncated and not r.stdout_text  # text only when asked
+
+
+async def test_execute_feeds_stdin(scout: Scout) -> None:
+    data = bytes(range(256)) * 1000
+    r = await scout.execute(host="local", command="cat", stdin=data)
+    assert r.stdout == data and r.exit_code == 0
+
+
+async def test_env_and_working_dir_are_quoted(scout: Scout, tmp_path: Path) -> None:
+    odd = 'it\'s $HOME `x` "q"\nline2'
+    r = await scout.execute(
+        host="local",
+        command='printf %s "$A"; pwd',
+        env={"A": odd},
+        working_dir=str(tmp_path),
+    )
+    assert r.stdout == odd.encode() + f"{tmp_path}\n".encode()
+
+
+async def test_non_utf8_output_round_trips_and_text_replaces(scout: Scout) -> None:
+    r = await scout.execute(host="local", command=r"printf 'a\377b\n'", text=True)
+    assert r.stdout == b"a\xffb\n"
+    assert r.stdout_text == "a\ufffdb\n"
+
+
+@pytest.mark.parametrize(
+    ("fields", "code", "words"),
+    [
+        ({"host": "", "command": "true"}, grpc.StatusCode.INVALID_ARGUMENT, "host: required"),
+        ({"host": "local", "command": " "}, grpc.StatusCode.INVALID_ARGUMENT, "command"),
+        ({"host": "nope", "command": "true"}, grpc.StatusCode.NOT_FOUND, "'nope' is not"),
+        (
+            {"host": "local", "command": "true", "env": {"1BAD": "x"}},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "'1BAD' is not a valid variable name",
+        ),
+        (
+            {"host": "local", "command": "true", "timeout": secs(-1)},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "timeout: must be positive",
+        ),
+        (
+            {"host": "local", "command": "true", "timeout": secs(10**6)},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "timeout: at most",
+        ),
+        (
+            {"host": "local", "command": "x" * 70000},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "command: at most",
+        ),
+    ],
+)
+async def test_bad_requests_get_clear_statuses(
+    scout: Scout, fields: dict[str, Any], code: grpc.StatusCode, words: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await scout.execute(**fields)
+    assert info.value.code() == code
+    assert words in (info.value.details() or "")
+    ok = await scout.execute(host="local", command="echo still up")
+    assert ok.stdout == b"still up\n"
+
+
+async def test_stream_sends_output_stdin_and_exit(scout: Scout) -> None:
+    start = exec_pb2.ExecuteRequest(
+        host="local", command="cat; echo done >&2; exit 7", stdin=b"first "
+    )
+    responses = await stream(
+        scout,
+        exec_pb2.StreamRequest(start=start),
+        exec_pb2.StreamRequest(stdin=b"second"),
+    )
+    out = b"".join(r.stdout for r in responses if r.WhichOneof("event") == "stdout")
+    err = b"".join(r.stderr for r in responses if r.WhichOneof("event") == "stderr")
+    assert (out, err) == (b"first second", b"done\n")
+    last = responses[-1]
+    assert last.WhichOneof("event") == "exit"
+    assert last.exit.exit_code == 7 and last.exit.stdout_bytes == 12
+
+
+async def test_stream_output_arrives_as_produced(scout: Scout) -> None:
+    start = exec_pb2.ExecuteRequest(host="local", command="echo one; sleep 2; echo two")
+    call = scout.stub.Stream(iter([exec_pb2.StreamRequest(start=start)]), timeout=30)
+    first = await asyncio.wait_for(call.read(), 1.5)  # long before the command ends
+    assert first.stdout == b"one\n"
+    rest = []
+    while (r := await call.read()) is not grpc.aio.EOF:
+        rest.append(r)
+    assert rest[0].stdout == b"two\n" and rest[-1].exit.exit_code == 0
+
+
+async def test_stream_must_start_with_start(scout: Scout) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stream(scout, exec_pb2.StreamRequest(stdin=b"x"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "first Stream message must be `start`" in (info.value.details() or "")
+
+
+async def test_stream_rejects_an_unknown_signal(scout: Scout) -> None:
+    start = exec_pb2.ExecuteRequest(host="local", command="sleep 5")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stream(
+            scout, exec_pb2.StreamRequest(start=start), exec_pb2.StreamRequest(signal="NOPE")
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "unknown signal 'NOPE'" in (info.value.details() or "")
+
+
+async def test_hundred_sequential_commands_use_one_ssh_connection(
+    scout: Scout, shell: ShellHost
+) -> None:
+    for i in range(100):
+        r = await scout.execute(host="local", command=f"echo {i}")
+        assert r.stdout == f"{i}\n".encode()
+    assert shell.stats.accepted == 1  # counted where connections are accepted
+    assert shell.stats.sessions_opened == 100
+    assert scout.app.pool.stats.connects == 1
+
+
+async def test_changed_host_key_is_failed_precondition(shell: ShellHost, tmp_path: Path) -> None:
+    impostor = asyncssh.generate_private_key("ssh-ed25519")
+    known = tmp_path / "other_known_hosts"
+    public = impostor.export_public_key("openssh").decode().strip()
+    known.write_text(f"[{shell.address}]:{shell.port} {public}\n")
+    host = dataclasses.replace(shell.host_config(), known_hosts=known)
+    async with running_scout(Config(hosts={"local": host})) as s:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await s.execute(host="local", command="true")
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "host key not trusted" in (info.value.details() or "")
+
+
+async def test_refused_authentication_is_failed_precondition(
+    shell: ShellHost, tmp_path: Path
+) -> None:
+    stranger = tmp_path / "stranger"
+    stranger.write_bytes(asyncssh.generate_private_key("ssh-ed25519").export_private_key())
+    host = dataclasses.replace(shell.host_config(), identity_file=stranger)
+    async with running_scout(Config(hosts={"local": host})) as s:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await s.execute(host="local", command="true")
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "authentication refused" in (info.value.details() or "")
+
+
+async def test_unreachable_host_is_unavailable(shell: ShellHost) -> None:
+    port = shell.port
+    await shell.close()  # nothing listens there now
+    host = HostConfig(
+        name="gone",
+        address="127.0.0.1",
+        port=port,
+        identity_file=shell.identity_file,
+        known_hosts=shell.known_hosts,
+    )
+    async with running_scout(Config(hosts={"gone": host})) as s:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await s.execute(host="gone", command="true")
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "gone" in (info.value.details() or "")
+
+
+async def test_connection_closed_mid_command_is_aborted_then_recovers(
+    scout: Scout, shell: ShellHost
+) -> None:
+    call = asyncio.create_task(scout.execute(host="local", command="sleep 5; echo late"))
+    await asyncio.sleep(0.5)
+    for server in list(shell.connections.values()):
+        assert server.conn is not None
+        server.conn.abort()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    assert info.value.code() == grpc.StatusCode.ABORTED
+    assert "may have had effects" in (info.value.details() or "")
+    r = await scout.execute(host="local", command="echo again")
+    assert r.stdout == b"again\n"
+    assert shell.stats.accepted == 2
+
+
+async def test_server_vanishing_between_commands_reconnects_once(
+    scout: Scout, shell: ShellHost
+) -> None:
+    assert (await scout.execute(host="local", command="true")).exit_code == 0
+    for server in list(shell.connections.values()):
+        assert server.conn is not None
+        server.conn.abort()
+    await asyncio.sleep(0.1)
+    r = await scout.execute(host="local", command="echo back")
+    assert r.stdout == b"back\n" and shell.stats.accepted == 2
+
+
+async def test_health_and_graceful_shutdown(shell: ShellHost) -> None:
+    async with running_scout(Config(hosts={"local": shell.host_config()})) as s:
+        health = health_pb2_grpc.HealthStub(s.channel)
+        check = await health.Check(health_pb2.HealthCheckRequest(service="scout.v1.ExecService"))
+        assert check.status == health_pb2.HealthCheckResponse.SERVING
+        in_flight = asyncio.create_task(s.execute(host="local", command="sleep 0.5; echo ok"))
+        await asyncio.sleep(0.2)
+        await s.app.stop(grace=5)
+        assert (await in_flight).stdout == b"ok\n"  # finished within the grace period
+        assert s.app.pool.gauges()["connections_open"] == 0
+        await asyncio.sleep(0.2)
+        assert shell.stats.open == 0
