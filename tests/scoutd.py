@@ -25,7 +25,9 @@ class Scout:
 
     async def execute(self, rpc_timeout: float = 30.0, **fields: Any) -> exec_pb2.ExecuteResponse:
         """Call Execute with the given request fields."""
-        return await self.stub.Execute(exec_pb2.ExecuteRequest(**fields), timeout=rpc_timeout)
+        request = exec_pb2.ExecuteRequest(**fields)
+        response: exec_pb2.ExecuteResponse = await self.stub.Execute(request, timeout=rpc_timeout)
+        return response
 
 
 @asynccontextmanager
