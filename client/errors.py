@@ -1,0 +1,178 @@
+"""Client exceptions: one tree, mapped from gRPC status codes in one place.
+
+A failed RPC means scout could not run the command, or lost track of it. A
+command that ran and exited non-zero is not an error here: it is a `Result`,
+and only `Result.check()` turns it into `CommandFailed`.
+
+    ScoutError                the base; carries .code, .message and .host
+    ├── InvalidRequest        INVALID_ARGUMENT: malformed request; fix the call
+    ├── HostNotFound          NOT_FOUND: the host is not in the server's inventory
+    ├── NotAllowed            UNAUTHENTICATED, PERMISSION_DENIED
+    ├── HostRejected          FAILED_PRECONDITION: host key unknown or changed,
+    │                         SSH authentication refused; an operator must act
+    ├── Unavailable           UNAVAILABLE: host or scout server unreachable, or the
+    │                         connection was lost before the command started;
+    │                         safe to retry
+    ├── Aborted               ABORTED: connection lost after the command started;
+    │                         it may have had effects, so do not retry blindly
+    ├── Overloaded            RESOURCE_EXHAUSTED: no slot in time, rate limited;
+    │                         the command did not start, retry after a pause
+    ├── Timeout               DEADLINE_EXCEEDED: the command outlived its timeout
+    │                         (the server stopped it) or the RPC deadline passed
+    ├── Cancelled             CANCELLED: the call was cancelled
+    ├── ServerError           INTERNAL, UNKNOWN and any other code: a scout bug
+    └── CommandFailed         not an RPC error (code "OK"): raised only by
+                              Result.check() when the command exited non-zero
+                              or was killed; carries .result
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+if TYPE_CHECKING:
+    from client.results import Result
+
+__all__ = [
+    "Aborted",
+    "Cancelled",
+    "CommandFailed",
+    "HostNotFound",
+    "HostRejected",
+    "InvalidRequest",
+    "NotAllowed",
+    "Overloaded",
+    "ScoutError",
+    "ServerError",
+    "Timeout",
+    "Unavailable",
+    "from_rpc_error",
+]
+
+
+class ScoutError(Exception):
+    """Base of every client error, so callers and the CLI need one except clause."""
+
+    def __init__(self, message: str, *, code: str = "UNKNOWN", host: str = "") -> None:
+        """Keep the status name, the server's words and the host apart for callers."""
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.host = host
+
+    def __str__(self) -> str:
+        """Show the server's message, which already names the host and the cause."""
+        return self.message
+
+    def __repr__(self) -> str:
+        """Show every field, because logs need the code as much as the words."""
+        return f"{type(self).__name__}({self.message!r}, code={self.code!r}, host={self.host!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle every field, so errors cross process boundaries whole."""
+        return (_rebuild, (type(self), dict(self.__dict__)))
+
+
+def _rebuild(cls: type[ScoutError], fields: dict[str, Any]) -> ScoutError:
+    """Recreate a pickled error without calling subclass constructors."""
+    err = cls.__new__(cls)
+    Exception.__init__(err, fields["message"])
+    err.__dict__.update(fields)
+    return err
+
+
+class InvalidRequest(ScoutError):
+    """The request was malformed; retrying the same request cannot help."""
+
+
+class HostNotFound(ScoutError):
+    """The host is not in the server's inventory."""
+
+
+class NotAllowed(ScoutError):
+    """The caller is not authenticated, or not allowed on that host."""
+
+
+class HostRejected(ScoutError):
+    """The SSH host refused the gateway (host key or authentication); an operator must act."""
+
+
+class Unavailable(ScoutError):
+    """Nothing ran: the host or the scout server could not be reached; safe to retry."""
+
+
+class Aborted(ScoutError):
+    """The connection was lost after the command started; it may have had effects."""
+
+
+class Overloaded(ScoutError):
+    """The server had no capacity in time; nothing ran, so retry after a pause."""
+
+
+class Timeout(ScoutError):
+    """The command outlived its timeout (and was stopped) or the RPC deadline passed."""
+
+
+class Cancelled(ScoutError):
+    """The call was cancelled before it finished."""
+
+
+class ServerError(ScoutError):
+    """The server failed in a way the caller cannot fix (INTERNAL, UNKNOWN, other codes)."""
+
+
+class CommandFailed(ScoutError):
+    """The RPC succeeded but the command failed; raised only on request by Result.check()."""
+
+    def __init__(self, result: Result, *, host: str = "") -> None:
+        """Keep the whole result, because the caller usually wants its stderr."""
+        if result.signal:
+            what = f"was killed by signal {result.signal}"
+        else:
+            what = f"exited with status {result.exit_code}"
+        where = f" on {host}" if host else ""
+        super().__init__(f"command{where} {what}", code="OK", host=host)
+        self.result = result
+
+
+_BY_CODE: dict[str, type[ScoutError]] = {
+    "INVALID_ARGUMENT": InvalidRequest,
+    "NOT_FOUND": HostNotFound,
+    "UNAUTHENTICATED": NotAllowed,
+    "PERMISSION_DENIED": NotAllowed,
+    "FAILED_PRECONDITION": HostRejected,
+    "UNAVAILABLE": Unavailable,
+    "ABORTED": Aborted,
+    "RESOURCE_EXHAUSTED": Overloaded,
+    "DEADLINE_EXCEEDED": Timeout,
+    "CANCELLED": Cancelled,
+}
+
+
+def _status_name(err: Any) -> str:
+    """Name the status of any gRPC error, sync or aio, even one without a code()."""
+    code = getattr(err, "code", None)
+    if not callable(code):
+        return "UNKNOWN"
+    value = code()
+    if isinstance(value, grpc.StatusCode):
+        return str(value.name)
+    return "UNKNOWN"
+
+
+def _details(err: Any) -> str:
+    """Return the server's message, which is meant for a person to act on."""
+    details = getattr(err, "details", None)
+    text = details() if callable(details) else None
+    return text if isinstance(text, str) else ""
+
+
+def from_rpc_error(err: grpc.aio.AioRpcError | grpc.RpcError, host: str) -> ScoutError:
+    """Turn a gRPC error into the client's exception; the only place that knows status codes."""
+    name = _status_name(err)
+    message = _details(err)
+    if not message:
+        message = f"scout call for host {host!r} failed with {name}"
+    return _BY_CODE.get(name, ServerError)(message, code=name, host=host)

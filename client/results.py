@@ -1,0 +1,139 @@
+"""What a command produced: plain frozen values built from the wire messages.
+
+Callers work with these instead of protobuf messages, so a change in the
+contract's layout stays inside this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from google.protobuf.duration_pb2 import Duration
+
+from client.errors import CommandFailed
+from scout.v1 import exec_pb2
+
+__all__ = [
+    "Event",
+    "Exit",
+    "ExitStatus",
+    "Result",
+    "Stderr",
+    "Stdout",
+    "event_from_response",
+    "exit_status_from_message",
+    "result_from_response",
+]
+
+
+def _seconds(duration: Duration) -> float:
+    """Give durations as float seconds, the unit every Python timeout uses."""
+    return duration.ToNanoseconds() / 1e9
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExitStatus:
+    """How a command ended; exit code and signal are payload, not RPC errors."""
+
+    exit_code: int
+    signal: str = ""
+    core_dumped: bool = False
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    duration: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """Say whether the command succeeded, the question most callers ask."""
+        return self.exit_code == 0 and not self.signal
+
+
+@dataclass(frozen=True, kw_only=True)
+class Result(ExitStatus):
+    """The outcome of Execute: the exit status plus the captured (maybe capped) output."""
+
+    stdout: bytes = b""
+    stderr: bytes = b""
+    stdout_text: str = ""
+    stderr_text: str = ""
+    host: str = ""
+
+    def check(self) -> Result:
+        """Raise CommandFailed unless ok, for callers who treat failure as exceptional."""
+        if not self.ok:
+            raise CommandFailed(self, host=self.host)
+        return self
+
+
+@dataclass(frozen=True)
+class Stdout:
+    """A chunk of the command's stdout, in order."""
+
+    data: bytes
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class Stderr:
+    """A chunk of the command's stderr, in order."""
+
+    data: bytes
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class Exit:
+    """The command ended; always the last event of a stream."""
+
+    status: ExitStatus
+
+
+Event: TypeAlias = Stdout | Stderr | Exit
+
+
+def exit_status_from_message(message: exec_pb2.ExitStatus) -> ExitStatus:
+    """Copy a wire ExitStatus into the value callers keep."""
+    return ExitStatus(
+        exit_code=message.exit_code,
+        signal=message.signal,
+        core_dumped=message.core_dumped,
+        stdout_bytes=message.stdout_bytes,
+        stderr_bytes=message.stderr_bytes,
+        stdout_truncated=message.stdout_truncated,
+        stderr_truncated=message.stderr_truncated,
+        duration=_seconds(message.duration),
+    )
+
+
+def result_from_response(response: exec_pb2.ExecuteResponse, host: str) -> Result:
+    """Copy an ExecuteResponse into a Result that remembers its host for messages."""
+    return Result(
+        exit_code=response.exit_code,
+        signal=response.signal,
+        core_dumped=response.core_dumped,
+        stdout_bytes=response.stdout_bytes,
+        stderr_bytes=response.stderr_bytes,
+        stdout_truncated=response.stdout_truncated,
+        stderr_truncated=response.stderr_truncated,
+        duration=_seconds(response.duration),
+        stdout=response.stdout,
+        stderr=response.stderr,
+        stdout_text=response.stdout_text,
+        stderr_text=response.stderr_text,
+        host=host,
+    )
+
+
+def event_from_response(response: exec_pb2.StreamResponse) -> Event | None:
+    """Turn one StreamResponse into an event; None for a kind this client does not know."""
+    kind = response.WhichOneof("event")
+    if kind == "stdout":
+        return Stdout(response.stdout, response.text)
+    if kind == "stderr":
+        return Stderr(response.stderr, response.text)
+    if kind == "exit":
+        return Exit(exit_status_from_message(response.exit))
+    return None
