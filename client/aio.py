@@ -1,0 +1,419 @@
+"""The asyncio client: Execute as one awaitable, Stream as an async context manager.
+
+Every call carries the metadata `x-scout-host: HOST`, because proxies in front
+of several scout replicas route by it (DESIGN.md, "Beyond one machine"). Every
+gRPC error leaves this module as a `ScoutError` made by `from_rpc_error`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from signal import Signals
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from client.errors import InvalidRequest, from_rpc_error
+from client.results import (
+    Event,
+    Exit,
+    ExitStatus,
+    Result,
+    event_from_response,
+    result_from_response,
+)
+from scout.v1 import exec_pb2, exec_pb2_grpc
+
+__all__ = ["DEFAULT_TARGET", "Client", "StreamCall"]
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+HOST_HEADER = "x-scout-host"
+# Time past the command's timeout for the server to stop the command and say
+# DEADLINE_EXCEEDED itself, instead of the client's deadline cutting it short.
+DEFAULT_DEADLINE_MARGIN = 5.0
+# The server caps output; gRPC's default 4 MiB receive limit would fail a
+# legitimate Execute response with both streams near the server's cap.
+_DEFAULT_OPTIONS: dict[str, Any] = {"grpc.max_receive_message_length": -1}
+
+
+def _host_metadata(host: str) -> tuple[tuple[str, str], ...]:
+    """Build the routing header; gRPC itself fails obscurely on non-ASCII values."""
+    if not all(" " <= ch <= "~" for ch in host):
+        raise InvalidRequest(
+            f"host name {host!r} is not printable ASCII", code="INVALID_ARGUMENT", host=host
+        )
+    return ((HOST_HEADER, host),)
+
+
+def _exec_stub(channel: grpc.aio.Channel) -> Any:
+    """Make the generated stub, which has no type hints (no _grpc.pyi is generated)."""
+    return exec_pb2_grpc.ExecServiceStub(channel)  # type: ignore[no-untyped-call]
+
+
+def _duration(seconds: float) -> Duration:
+    """Convert float seconds into the contract's Duration."""
+    duration = Duration()
+    duration.FromNanoseconds(round(seconds * 1e9))
+    return duration
+
+
+def rpc_deadline(timeout: float | None, rpc_timeout: float | None, margin: float) -> float | None:
+    """Pick the gRPC deadline so the server, not the client, reports a command timeout."""
+    for name, value in (("timeout", timeout), ("rpc_timeout", rpc_timeout)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{name} must be positive seconds, got {value!r}")
+    if rpc_timeout is not None:
+        return rpc_timeout
+    if timeout is not None:
+        return timeout + margin
+    return None
+
+
+def build_request(
+    host: str,
+    command: str,
+    *,
+    stdin: bytes = b"",
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    max_output_bytes: int = 0,
+    text: bool = False,
+    working_dir: str = "",
+    pty: bool = False,
+    terminal_size: tuple[int, int] | None = None,
+) -> exec_pb2.ExecuteRequest:
+    """Build the ExecuteRequest shared by Execute and Stream's start message."""
+    request = exec_pb2.ExecuteRequest(
+        host=host,
+        command=command,
+        stdin=stdin,
+        env=dict(env or {}),
+        max_output_bytes=max_output_bytes,
+        text=text,
+        working_dir=working_dir,
+        pty=pty,
+    )
+    if timeout is not None:
+        request.timeout.CopyFrom(_duration(timeout))
+    if terminal_size is not None:
+        columns, rows = terminal_size
+        request.terminal_size.CopyFrom(exec_pb2.TerminalSize(columns=columns, rows=rows))
+    return request
+
+
+class Client:
+    """A connection to one scout server (or a proxy in front of several)."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        channel_options: Sequence[tuple[str, Any]] = (),
+        deadline_margin: float = DEFAULT_DEADLINE_MARGIN,
+    ) -> None:
+        """Remember the settings; the channel opens on first use, inside the running loop."""
+        self.target = target
+        self._credentials = credentials
+        self._options = list({**_DEFAULT_OPTIONS, **dict(channel_options)}.items())
+        self._margin = deadline_margin
+        self._channel: grpc.aio.Channel | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        """Show the target and state, for logs."""
+        state = "closed" if self._closed else "open" if self._channel else "idle"
+        return f"<Client target={self.target!r} {state}>"
+
+    async def __aenter__(self) -> Self:
+        """Use the client as `async with Client() as c:` so the channel always closes."""
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the channel on the way out."""
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel, cancelling calls still running; the client is unusable after."""
+        self._closed = True
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            await channel.close()
+
+    def _open(self) -> grpc.aio.Channel:
+        """Create the channel lazily, so it binds to the loop that uses it."""
+        if self._closed:
+            raise RuntimeError("this scout client is closed")
+        if self._channel is None:
+            if self._credentials is None:
+                self._channel = grpc.aio.insecure_channel(self.target, options=self._options)
+            else:
+                self._channel = grpc.aio.secure_channel(
+                    self.target, self._credentials, options=self._options
+                )
+        return self._channel
+
+    async def execute(
+        self,
+        host: str,
+        command: str,
+        *,
+        stdin: bytes = b"",
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the remote command's bound, sent to the server
+        max_output_bytes: int = 0,
+        text: bool = False,
+        working_dir: str = "",
+        pty: bool = False,
+        terminal_size: tuple[int, int] | None = None,
+        rpc_timeout: float | None = None,
+    ) -> Result:
+        """Run a command, wait for it to end, and return its exit status and capped output."""
+        metadata = _host_metadata(host)
+        deadline = rpc_deadline(timeout, rpc_timeout, self._margin)
+        request = build_request(
+            host,
+            command,
+            stdin=stdin,
+            env=env,
+            timeout=timeout,
+            max_output_bytes=max_output_bytes,
+            text=text,
+            working_dir=working_dir,
+            pty=pty,
+            terminal_size=terminal_size,
+        )
+        stub = _exec_stub(self._open())
+        try:
+            response = await stub.Execute(request, timeout=deadline, metadata=metadata)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err, host) from err
+        return result_from_response(response, host)
+
+    def stream(
+        self,
+        host: str,
+        command: str,
+        *,
+        stdin: bytes = b"",
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        max_output_bytes: int = 0,
+        text: bool = False,
+        working_dir: str = "",
+        pty: bool = False,
+        terminal_size: tuple[int, int] | None = None,
+        rpc_timeout: float | None = None,
+    ) -> StreamCall:
+        """Prepare a streamed command; it starts when entered with `async with`."""
+        metadata = _host_metadata(host)
+        deadline = rpc_deadline(timeout, rpc_timeout, self._margin)
+        request = build_request(
+            host,
+            command,
+            stdin=stdin,
+            env=env,
+            timeout=timeout,
+            max_output_bytes=max_output_bytes,
+            text=text,
+            working_dir=working_dir,
+            pty=pty,
+            terminal_size=terminal_size,
+        )
+        return StreamCall(self, host, request, deadline, metadata)
+
+    async def health(self, service: str = "", *, rpc_timeout: float | None = 10.0) -> str:
+        """Ask the server's standard health service; returns e.g. "SERVING"."""
+        stub = health_pb2_grpc.HealthStub(self._open())
+        request = health_pb2.HealthCheckRequest(service=service)
+        try:
+            response = await stub.Check(request, timeout=rpc_timeout)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err, "") from err
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+
+class StreamCall:
+    """One running Stream RPC: write stdin, send signals, and iterate output events.
+
+    After `close_stdin()` the request stream is half-closed (that is how the
+    contract says EOF), so no signal or resize can follow. Writes, signals and
+    resizes after the command ended are dropped, as on a closed pipe; after the
+    RPC failed they raise its error.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        host: str,
+        request: exec_pb2.ExecuteRequest,
+        deadline: float | None,
+        metadata: tuple[tuple[str, str], ...],
+    ) -> None:
+        """Hold what the start message needs; nothing is sent until `async with`."""
+        self.host = host
+        self._client = client
+        self._request = request
+        self._deadline = deadline
+        self._metadata = metadata
+        self._call: Any = None
+        self._write_lock = asyncio.Lock()
+        self._stdin_closed = False
+        self._cancelled = False
+        self._exit: ExitStatus | None = None
+
+    def __repr__(self) -> str:
+        """Show the host and how far the call got, for logs."""
+        if self._call is None:
+            state = "not started"
+        elif self._exit is not None:
+            state = f"exited code={self._exit.exit_code} signal={self._exit.signal!r}"
+        else:
+            state = "done" if self._call.done() else "running"
+        return f"<StreamCall host={self.host!r} {state}>"
+
+    @property
+    def exit_status(self) -> ExitStatus | None:
+        """Return how the command ended, once the Exit event has been read."""
+        return self._exit
+
+    @property
+    def stdin_closed(self) -> bool:
+        """Say whether close_stdin() ran, after which nothing more can be sent."""
+        return self._stdin_closed
+
+    async def __aenter__(self) -> Self:
+        """Start the RPC and send the start message."""
+        if self._call is not None:
+            raise RuntimeError("a stream runs once; call client.stream(...) again")
+        stub = _exec_stub(self._client._open())
+        self._call = stub.Stream(timeout=self._deadline, metadata=self._metadata)
+        try:
+            await self._send(exec_pb2.StreamRequest(start=self._request))
+        except BaseException:
+            self._call.cancel()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Cancel the RPC if it is still running, so the server stops the command."""
+        self.cancel()
+
+    def cancel(self) -> None:
+        """Cancel the RPC; the server stops the command (signal, then channel close)."""
+        if self._call is not None and not self._call.done():
+            self._cancelled = True
+            self._call.cancel()
+
+    async def write(self, data: bytes) -> None:
+        """Send bytes to the command's stdin, waiting while gRPC flow control says so."""
+        if data:
+            await self._send(exec_pb2.StreamRequest(stdin=data))
+
+    async def signal(self, name: str | Signals) -> None:
+        """Send a signal by name ("INT", "SIGTERM") or as a signal.Signals member."""
+        if isinstance(name, Signals):
+            name = name.name
+        await self._send(exec_pb2.StreamRequest(signal=name))
+
+    async def resize(self, columns: int, rows: int) -> None:
+        """Tell a pty command its terminal's new size."""
+        size = exec_pb2.TerminalSize(columns=columns, rows=rows)
+        await self._send(exec_pb2.StreamRequest(resize=size))
+
+    async def close_stdin(self) -> None:
+        """Half-close the request stream: the command reads EOF. Idempotent."""
+        call = self._started()
+        async with self._write_lock:
+            if self._stdin_closed:
+                return
+            self._stdin_closed = True
+            try:
+                await call.done_writing()
+            except grpc.RpcError as err:
+                raise from_rpc_error(err, self.host) from err
+
+    def __aiter__(self) -> Self:
+        """Iterate over output events until the RPC ends."""
+        return self
+
+    async def __anext__(self) -> Event:
+        """Read the next Stdout, Stderr or Exit event; errors arrive as ScoutError."""
+        call = self._started()
+        while True:
+            try:
+                response = await call.read()
+            except grpc.RpcError as err:
+                raise from_rpc_error(err, self.host) from err
+            except asyncio.CancelledError:
+                self._raise_if_we_cancelled()
+                raise
+            if response is grpc.aio.EOF:
+                raise StopAsyncIteration
+            event = event_from_response(response)
+            if event is None:
+                continue  # a newer server's event kind; skipping it keeps us compatible
+            if isinstance(event, Exit):
+                self._exit = event.status
+            return event
+
+    def _started(self) -> Any:
+        """Return the gRPC call, or explain that `async with` is missing."""
+        if self._call is None:
+            raise RuntimeError("use `async with client.stream(...) as call:` to start it")
+        return self._call
+
+    def _raise_if_we_cancelled(self) -> None:
+        """Report our own cancel() as Cancelled; a cancelled task keeps its CancelledError."""
+        task = asyncio.current_task()
+        if self._cancelled and task is not None and task.cancelling() == 0:
+            raise from_rpc_error(
+                grpc.aio.AioRpcError(grpc.StatusCode.CANCELLED, details="stream cancelled"),
+                self.host,
+            ) from None
+
+    async def _send(self, message: exec_pb2.StreamRequest) -> None:
+        """Write one request message, one at a time, mapping failures to ScoutError."""
+        call = self._started()
+        async with self._write_lock:
+            if self._stdin_closed:
+                raise RuntimeError("stdin is closed: the request stream is half-closed")
+            if call.done():
+                await self._raise_final_status(call)
+                return
+            try:
+                await call.write(message)
+            except grpc.RpcError as err:
+                raise from_rpc_error(err, self.host) from err
+            except asyncio.InvalidStateError:  # the RPC ended while we waited to write
+                await self._raise_final_status(call)
+            except asyncio.CancelledError:
+                self._raise_if_we_cancelled()
+                raise
+
+    async def _raise_final_status(self, call: Any) -> None:
+        """Raise the ended RPC's error, or return if it ended OK (the write is dropped)."""
+        code = await call.code()
+        if code == grpc.StatusCode.OK:
+            return
+        error = grpc.aio.AioRpcError(
+            code,
+            await call.initial_metadata(),
+            await call.trailing_metadata(),
+            await call.details(),
+        )
+        raise from_rpc_error(error, self.host)
