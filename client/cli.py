@@ -1,0 +1,317 @@
+"""The `scout` command: run a command on a host through a scout server, like ssh.
+
+    scout exec [--target ADDR] [--timeout SECONDS] [--env K=V ...] HOST -- COMMAND...
+    scout health [--target ADDR] [--service NAME]
+
+`exec` streams the remote stdout and stderr to ours as they arrive, forwards
+our stdin when it is not a terminal (a terminal gets EOF at once), and exits
+with the remote exit code, 128+N when a signal N killed the command, and 255
+when scout itself failed (as ssh does). The first Ctrl-C sends INT to the
+remote command while the request stream is open; a second one, or a first one
+after stdin reached EOF (the contract cannot send signals after EOF), cancels
+the call, and the server stops the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import shlex
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import BinaryIO
+
+from client.aio import DEFAULT_TARGET, Client, StreamCall
+from client.errors import ScoutError
+from client.results import Exit, ExitStatus, Stderr, Stdout
+
+__all__ = ["amain", "exit_code_for", "join_command", "main", "parse_args"]
+
+TARGET_ENV = "SCOUT_TARGET"
+EXIT_SCOUT_FAILED = 255  # like ssh: the command's own codes stay distinguishable
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+STDIN_CHUNK = 64 * 1024
+STDIN_QUEUE_CHUNKS = 4  # bounds memory when the remote reads slower than we do
+STDIN_HANDOFF_POLL = 0.5  # how often a waiting stdin thread checks that the loop lives
+
+
+def _positive_seconds(text: str) -> float:
+    """Parse --timeout, refusing values the server would refuse anyway."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    """Parse one --env K=V; the server validates the name itself."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """Describe the command line in one place, so help and parsing agree."""
+    default_target = os.environ.get(TARGET_ENV) or DEFAULT_TARGET
+    parser = argparse.ArgumentParser(
+        prog="scout", description="Run shell commands on SSH hosts through a scout server."
+    )
+    commands = parser.add_subparsers(dest="action", required=True, metavar="{exec,health}")
+
+    run = commands.add_parser("exec", help="run a command on a host and stream its output")
+    run.add_argument(
+        "--target",
+        default=default_target,
+        help=f"scout server address (default ${TARGET_ENV}, else {DEFAULT_TARGET})",
+    )
+    run.add_argument("--timeout", type=_positive_seconds, help="stop the command after SECONDS")
+    run.add_argument(
+        "--env",
+        type=_env_pair,
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="set an environment variable for the command (repeatable)",
+    )
+    run.add_argument("host", metavar="HOST", help="host name in the server's inventory")
+    run.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        metavar="-- COMMAND...",
+        help="one word goes to the remote shell as is; several are quoted and joined",
+    )
+
+    health = commands.add_parser("health", help="print the server's health status")
+    health.add_argument("--target", default=default_target, help="scout server address")
+    health.add_argument("--service", default="", help="service name (default: the server)")
+    return parser, run
+
+
+def join_command(words: Sequence[str]) -> str:
+    """Join COMMAND words like ssh: one word as is (a shell line), several quoted."""
+    if len(words) == 1:
+        return words[0]
+    return shlex.join(words)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; exits with usage (status 2) on a mistake."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    # Split at the first "--" ourselves: argparse's handling of "--" before a
+    # REMAINDER argument differs between Python versions.
+    tail: list[str] = []
+    if "--" in words:
+        cut = words.index("--")
+        words, tail = words[:cut], words[cut + 1 :]
+    parser, run = _parser()
+    args = parser.parse_args(words)
+    if args.action == "exec":
+        command = [*args.command, *tail]
+        if not command:
+            run.error("missing COMMAND after HOST (scout exec HOST -- COMMAND...)")
+        args.command = join_command(command)
+        args.env = dict(args.env)
+    elif tail:
+        parser.error(f"unexpected arguments after --: {shlex.join(tail)}")
+    return args
+
+
+def exit_code_for(status: ExitStatus) -> int:
+    """Turn the remote outcome into our exit status: the code, or 128+N for signal N."""
+    if status.signal:
+        name = status.signal.upper().removeprefix("SIG")
+        try:
+            return 128 + signal.Signals["SIG" + name].value
+        except KeyError:
+            return EXIT_SCOUT_FAILED
+    if 0 <= status.exit_code <= 255:
+        return status.exit_code
+    return EXIT_SCOUT_FAILED
+
+
+def _pump_stdin(fd: int, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[bytes]) -> None:
+    """Read stdin in a daemon thread: a blocked read must not hold up our exit."""
+    while True:
+        try:
+            data = os.read(fd, STDIN_CHUNK)
+        except OSError:
+            data = b""  # an unreadable stdin ends like an empty one
+        put = queue.put(data)
+        try:
+            handed = asyncio.run_coroutine_threadsafe(put, loop)
+        except RuntimeError:
+            put.close()
+            return  # the loop is closed: nobody wants the rest
+        while True:
+            try:
+                handed.result(timeout=STDIN_HANDOFF_POLL)
+                break
+            except concurrent.futures.TimeoutError:
+                if loop.is_closed():
+                    return
+            except concurrent.futures.CancelledError:
+                return  # the loop cancelled our put while shutting down
+        if not data:
+            return
+
+
+async def _forward_stdin(call: StreamCall, fd: int) -> None:
+    """Copy local stdin to the remote command, then send EOF."""
+    queue: asyncio.Queue[bytes] = asyncio.Queue(STDIN_QUEUE_CHUNKS)
+    loop = asyncio.get_running_loop()
+    reader = threading.Thread(
+        target=_pump_stdin, args=(fd, loop, queue), name="scout-stdin", daemon=True
+    )
+    reader.start()
+    try:
+        while data := await queue.get():
+            await call.write(data)
+        await call.close_stdin()
+    except ScoutError:
+        return  # the output loop reads the same failure and reports it once
+
+
+def _stdin_fd(stdin: BinaryIO | None) -> int | None:
+    """Return stdin's descriptor when it should be forwarded; None for a terminal or none."""
+    if stdin is None or stdin.closed:
+        return None
+    try:
+        fd = stdin.fileno()
+    except (OSError, ValueError):
+        return None
+    return None if os.isatty(fd) else fd
+
+
+class _Interrupts:
+    """Ctrl-C policy: first INT to the remote command, then cancel the call."""
+
+    def __init__(self, call: StreamCall, task: asyncio.Task[int]) -> None:
+        """Remember what to signal and what to cancel."""
+        self._call = call
+        self._task = task
+        self._count = 0
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def __call__(self) -> None:
+        """Handle one SIGINT from the event loop."""
+        self._count += 1
+        if self._count == 1 and not self._call.stdin_closed:
+            sender = asyncio.ensure_future(self._send_int())
+            self._pending.add(sender)
+            sender.add_done_callback(self._pending.discard)
+        else:
+            self._task.cancel()
+
+    async def _send_int(self) -> None:
+        """Send INT, or cancel when the request stream closed meanwhile."""
+        try:
+            await self._call.signal("INT")
+        except (ScoutError, RuntimeError):
+            self._task.cancel()
+
+
+def _install_sigint(handler: _Interrupts) -> bool:
+    """Take over Ctrl-C where asyncio allows it (main thread, Unix)."""
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, handler)
+    except (NotImplementedError, RuntimeError, ValueError):
+        return False
+    return True
+
+
+async def run_exec(
+    args: argparse.Namespace, stdin: BinaryIO | None, stdout: BinaryIO, stderr: BinaryIO
+) -> int:
+    """Stream one command and return our exit status."""
+    status: ExitStatus | None = None
+    async with (
+        Client(args.target) as client,
+        client.stream(args.host, args.command, env=args.env, timeout=args.timeout) as call,
+    ):
+        task = asyncio.current_task()
+        assert task is not None  # we run inside asyncio.run
+        interrupts = _Interrupts(call, task)
+        installed = _install_sigint(interrupts)
+        fd = _stdin_fd(stdin)
+        feeder: asyncio.Task[None] | None = None
+        try:
+            if fd is None:
+                await call.close_stdin()
+            else:
+                feeder = asyncio.create_task(_forward_stdin(call, fd))
+            async for event in call:
+                if isinstance(event, Stdout):
+                    stdout.write(event.data)
+                    stdout.flush()
+                elif isinstance(event, Stderr):
+                    stderr.write(event.data)
+                    stderr.flush()
+                elif isinstance(event, Exit):
+                    status = event.status
+        finally:
+            if feeder is not None:
+                feeder.cancel()
+            if installed:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
+    if status is None:
+        stderr.write(b"scout: the server ended the stream without an exit status\n")
+        return EXIT_SCOUT_FAILED
+    return exit_code_for(status)
+
+
+async def run_health(args: argparse.Namespace, stdout: BinaryIO) -> int:
+    """Print the server's health status; exit 0 only when it is SERVING."""
+    async with Client(args.target) as client:
+        status = await client.health(args.service)
+    stdout.write(f"{status}\n".encode())
+    stdout.flush()
+    return 0 if status == "SERVING" else 1
+
+
+async def amain(
+    argv: Sequence[str] | None,
+    *,
+    stdin: BinaryIO | None,
+    stdout: BinaryIO,
+    stderr: BinaryIO,
+) -> int:
+    """Run the CLI on given streams (tests pass their own) and return the exit status."""
+    args = parse_args(argv)
+    try:
+        if args.action == "health":
+            return await run_health(args, stdout)
+        return await run_exec(args, stdin, stdout, stderr)
+    except ScoutError as err:
+        stderr.write(f"scout: {err}\n".encode(errors="replace"))
+        stderr.flush()
+        return EXIT_SCOUT_FAILED
+    except asyncio.CancelledError:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_BROKEN_PIPE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `scout` console script."""
+    stdin = sys.stdin.buffer if sys.stdin is not None else None
+    code = asyncio.run(amain(argv, stdin=stdin, stdout=sys.stdout.buffer, stderr=sys.stderr.buffer))
+    if code == EXIT_BROKEN_PIPE:
+        # Python flushes stdout again at exit; point it at /dev/null so that
+        # flush cannot fail loudly on the pipe that is already gone.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
