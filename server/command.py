@@ -218,14 +218,14 @@ class RunningCommand:
                 self.chan.write_eof()
 
     def signal(self, name: str) -> None:
-        """Send a signal by name ("INT", "TERM", ...)."""
-        if not self.chan.is_closing():
+        """Send a signal by name ("INT", "TERM", ...); allowed after stdin's EOF too."""
+        if not self.session.done.done():
             with contextlib.suppress(OSError, asyncssh.Error):
                 self.chan.send_signal(name)
 
     def resize(self, columns: int, rows: int) -> None:
         """Tell the remote pty its new size."""
-        if self.spec.pty and not self.chan.is_closing():
+        if self.spec.pty and not self.session.done.done():
             with contextlib.suppress(OSError, asyncssh.Error):
                 self.chan.change_terminal_size(columns, rows)
 

@@ -110,6 +110,7 @@ class PooledConnection(Generic[C]):
         self.conn = conn
         self.cap = cap
         self.channels = 0
+        self.peak_channels = 0
         self.created = now
         self.last_used = now
         self.retired = False  # no new channels; closed once idle
@@ -315,12 +316,16 @@ class Pool(Generic[C]):
             fut.cancel()
         with suppress(ValueError):
             entry.waiters.remove(waiter)
+        if entry.slot_queued and not self._needs_slot(entry):
+            entry.slot_queued = False
+            self._slot_queue.remove(entry)
         if fut.done() and not fut.cancelled() and fut.exception() is None:
             self._give_back(fut.result())
 
     def _take(self, pc: PooledConnection[C], now: float) -> None:
         """Reserve one channel on pc."""
         pc.channels += 1
+        pc.peak_channels = max(pc.peak_channels, pc.channels)
         pc.last_used = now
         self._idle.pop(pc, None)
 

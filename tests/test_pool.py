@@ -380,3 +380,15 @@ def test_invariants_hold_under_random_load(
         assert factory.live == 0
 
     asyncio.run(run())
+
+
+async def test_waiter_that_gives_up_leaves_no_slot_request_behind() -> None:
+    factory = Factory()
+    pool = make_pool(factory, max_connections=1)
+    holder = asyncio.create_task(use(pool, factory, "a", hold=0.3))
+    await asyncio.sleep(0.01)
+    with pytest.raises(PoolExhausted):
+        await use(pool, factory, "b", wait=0.05)
+    assert "waiters=0" in repr(pool) and "slot_queue=0" in repr(pool)
+    await holder
+    await pool.close()
