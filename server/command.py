@@ -85,6 +85,12 @@ class OutputQueue:
 
     Above the high-water mark the channel stops reading, so the SSH window closes and
     the remote command blocks on its writes: a slow caller slows the command down.
+
+    On resume, asyncssh hands over what it buffered while paused and, with the first
+    piece, grants the peer a full window again. If we paused again in the middle of that
+    hand-over, the rest would stay in asyncssh's buffer, uncounted by the next grant, and
+    that buffer would grow by up to a window per cycle. So the hand-over is taken whole
+    (at most one window), and the pause decision waits until it is done.
     """
 
     def __init__(self, cap: int) -> None:
@@ -94,6 +100,7 @@ class OutputQueue:
         self._eof = False
         self._chan: asyncssh.SSHClientChannel[bytes] | None = None
         self._paused = False
+        self._resuming = False
         self.stdout = CappedBuffer(cap)  # only counts and caps; chunks are not kept
         self.stderr = CappedBuffer(cap)
 
@@ -113,6 +120,11 @@ class OutputQueue:
         self._items.append((kind, data))
         self._buffered += len(data)
         self._ready.set()
+        if not self._resuming:
+            self._maybe_pause()
+
+    def _maybe_pause(self) -> None:
+        """Stop reading the channel while too much output waits for the caller."""
         if self._buffered > _HIGH_WATER and not self._paused and self._chan is not None:
             self._paused = True
             self._chan.pause_reading()
@@ -141,7 +153,12 @@ class OutputQueue:
         self._buffered -= len(data)
         if self._paused and self._buffered < _LOW_WATER and self._chan is not None:
             self._paused = False
-            self._chan.resume_reading()
+            self._resuming = True
+            try:
+                self._chan.resume_reading()  # delivers everything asyncssh buffered
+            finally:
+                self._resuming = False
+            self._maybe_pause()
         return kind, data
 
 
