@@ -245,8 +245,8 @@ class Client:
 class StreamCall:
     """One running Stream RPC: write stdin, send signals, and iterate output events.
 
-    After `close_stdin()` the request stream is half-closed (that is how the
-    contract says EOF), so no signal or resize can follow. Writes, signals and
+    `close_stdin()` sends EOF to the command (the `close_stdin` message); the stream
+    stays open, so signals and resizes can still follow. Writes, signals and
     resizes after the command ended are dropped, as on a closed pipe; after the
     RPC failed they raise its error.
     """
@@ -288,7 +288,7 @@ class StreamCall:
 
     @property
     def stdin_closed(self) -> bool:
-        """Say whether close_stdin() ran, after which nothing more can be sent."""
+        """Say whether close_stdin() ran, after which no more stdin can be written."""
         return self._stdin_closed
 
     async def __aenter__(self) -> Self:
@@ -321,6 +321,8 @@ class StreamCall:
 
     async def write(self, data: bytes) -> None:
         """Send bytes to the command's stdin, waiting while gRPC flow control says so."""
+        if self._stdin_closed:
+            raise RuntimeError("stdin is closed: close_stdin() already sent EOF")
         if data:
             await self._send(exec_pb2.StreamRequest(stdin=data))
 
@@ -336,16 +338,11 @@ class StreamCall:
         await self._send(exec_pb2.StreamRequest(resize=size))
 
     async def close_stdin(self) -> None:
-        """Half-close the request stream: the command reads EOF. Idempotent."""
-        call = self._started()
-        async with self._write_lock:
-            if self._stdin_closed:
-                return
-            self._stdin_closed = True
-            try:
-                await call.done_writing()
-            except grpc.RpcError as err:
-                raise from_rpc_error(err, self.host) from err
+        """Send EOF to the command's stdin; signals may still follow. Idempotent."""
+        if self._stdin_closed:
+            return
+        await self._send(exec_pb2.StreamRequest(close_stdin=True))
+        self._stdin_closed = True
 
     def __aiter__(self) -> Self:
         """Iterate over output events until the RPC ends."""
@@ -390,16 +387,13 @@ class StreamCall:
         """Write one request message, one at a time, mapping failures to ScoutError."""
         call = self._started()
         async with self._write_lock:
-            if self._stdin_closed:
-                raise RuntimeError("stdin is closed: the request stream is half-closed")
             if call.done():
                 await self._raise_final_status(call)
                 return
             try:
                 await call.write(message)
-            except grpc.RpcError as err:
-                raise from_rpc_error(err, self.host) from err
-            except asyncio.InvalidStateError:  # the RPC ended while we waited to write
+            except (grpc.RpcError, asyncio.InvalidStateError):
+                # The RPC ended under the write: its final status says why, not the write.
                 await self._raise_final_status(call)
             except asyncio.CancelledError:
                 self._raise_if_we_cancelled()

@@ -7,9 +7,7 @@
 our stdin when it is not a terminal (a terminal gets EOF at once), and exits
 with the remote exit code, 128+N when a signal N killed the command, and 255
 when scout itself failed (as ssh does). The first Ctrl-C sends INT to the
-remote command while the request stream is open; a second one, or a first one
-after stdin reached EOF (the contract cannot send signals after EOF), cancels
-the call, and the server stops the command.
+remote command; a second one cancels the call, and the server stops the command.
 """
 
 from __future__ import annotations
@@ -205,7 +203,7 @@ class _Interrupts:
     def __call__(self) -> None:
         """Handle one SIGINT from the event loop."""
         self._count += 1
-        if self._count == 1 and not self._call.stdin_closed:
+        if self._count == 1:
             sender = asyncio.ensure_future(self._send_int())
             self._pending.add(sender)
             sender.add_done_callback(self._pending.discard)
@@ -213,7 +211,7 @@ class _Interrupts:
             self._task.cancel()
 
     async def _send_int(self) -> None:
-        """Send INT, or cancel when the request stream closed meanwhile."""
+        """Send INT, or cancel when the call can no longer take it."""
         try:
             await self._call.signal("INT")
         except (ScoutError, RuntimeError):

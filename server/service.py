@@ -268,6 +268,8 @@ class _StdinFeeder:
                     run.signal(signal_name(msg.signal))
                 elif event == "resize":
                     run.resize(msg.resize.columns, msg.resize.rows)
+                elif event == "close_stdin":
+                    run.close_stdin()
                 elif event == "start":
                     raise InvalidRequest("`start` may only be the first Stream message")
                 else:

@@ -125,7 +125,8 @@ class FakeExec(exec_pb2_grpc.ExecServiceServicer):
                     return
             await context.write(_exit(exit_code=0))
             return
-        # cat: stdout echoes stdin, stderr narrates signals and resizes, EOF ends it.
+        # cat: stdout echoes stdin, stderr narrates signals and resizes, EOF ends it
+        # (close_stdin or a half-close).
         total = 0
         if start.stdin:
             total += len(start.stdin)
@@ -143,6 +144,8 @@ class FakeExec(exec_pb2_grpc.ExecServiceServicer):
             elif kind == "resize":
                 size = f"resize {message.resize.columns}x{message.resize.rows}"
                 await context.write(exec_pb2.StreamResponse(stderr=size.encode()))
+            elif kind == "close_stdin":
+                break
         await context.write(_exit(exit_code=0, stdout_bytes=total))
 
 
@@ -288,7 +291,7 @@ async def collect(call: Any) -> list[Any]:
     return [event async for event in call]
 
 
-async def test_stream_stdin_signal_resize_then_half_close(
+async def test_stream_stdin_signal_resize_then_close_stdin(
     fake: tuple[FakeExec, str], client: Client
 ) -> None:
     async with client.stream("web1", "cat", stdin=b"first ", pty=True) as call:
@@ -313,7 +316,7 @@ async def test_stream_stdin_signal_resize_then_half_close(
     assert fake[0].seen.hosts == ["web1"]
     assert fake[0].seen.requests[0].pty
     kinds = [m.WhichOneof("event") for m in fake[0].seen.stream_messages]
-    assert kinds == ["stdin", "signal", "signal", "resize"]
+    assert kinds == ["stdin", "signal", "signal", "resize", "close_stdin"]
 
 
 async def test_stream_signal_reported_in_exit(client: Client) -> None:
@@ -379,8 +382,8 @@ async def test_writes_after_the_command_ended_are_dropped(client: Client) -> Non
         await call.write(b"too late")  # like writing to a closed pipe: dropped
         await call.signal("INT")
         await call.close_stdin()
-        with pytest.raises(RuntimeError, match="half-closed"):
-            await call.signal("INT")
+        with pytest.raises(RuntimeError, match="stdin is closed"):
+            await call.write(b"x")
 
 
 async def test_stream_must_be_entered(client: Client) -> None:

@@ -14,6 +14,7 @@ import pytest
 from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from client import Client, Exit, HostNotFound, Stdout
 from scout.v1 import exec_pb2
 from server.config import Config, HostConfig
 from server.demo import ShellHost, load_or_create_keys
@@ -257,3 +258,23 @@ async def test_health_and_graceful_shutdown(shell: ShellHost) -> None:
         assert s.app.pool.gauges()["connections_open"] == 0
         await asyncio.sleep(0.2)
         assert shell.stats.open == 0
+
+
+async def test_python_client_against_the_real_server(scout: Scout) -> None:
+    """The client library end to end: results, errors, and a signal after stdin's EOF."""
+    async with Client(scout.target) as c:
+        result = await c.execute("local", "printf hi; exit 4")
+        assert (result.stdout, result.exit_code) == (b"hi", 4)
+        with pytest.raises(HostNotFound, match="'nope' is not in the inventory"):
+            await c.execute("nope", "true")
+        async with c.stream("local", "cat; exec sleep 30.4242") as call:
+            await call.write(b"abc")
+            await call.close_stdin()  # cat ends; the stream stays open for signals
+            events = []
+            async for event in call:
+                events.append(event)
+                if isinstance(event, Stdout):
+                    await call.signal("TERM")
+        assert events[0] == Stdout(b"abc")
+        last = events[-1]
+        assert isinstance(last, Exit) and last.status.signal == "TERM"

@@ -62,7 +62,7 @@ class ExecServiceServicer:
     def Stream(self, request_iterator, context):
         """Stream runs a command and sends its output as it is produced. The first
         request is `start`; later ones carry stdin, signals and terminal resizes.
-        Half-closing the request stream sends EOF to the command's stdin.
+        `close_stdin`, or half-closing the request stream, sends EOF to stdin.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
