@@ -1,0 +1,101 @@
+"""scout-server as people run it: the demo with the `scout` command, config errors, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from scout.v1 import exec_pb2, exec_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+SCOUT = [sys.executable, "-c", "from client.cli import main; raise SystemExit(main())"]
+_LISTENING = re.compile(r"listening on \S+ \(port (\d+)\)")
+
+
+def start_server(args: list[str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start `python -m server ARGS --listen 127.0.0.1:0`; return it and its target."""
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "server", *args, "--listen", "127.0.0.1:0"],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    for _ in range(300):  # up to 15 s
+        if m := _LISTENING.search(log.read_text()):
+            return proc, f"127.0.0.1:{m.group(1)}"
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"scout-server did not start:\n{log.read_text()}")
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[str]:
+    """`scout-server --demo` (what `make run` starts) as a child process."""
+    proc, target = start_server(["--demo"], tmp_path / "demo.log")
+    try:
+        yield target
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        assert proc.wait(timeout=20) == 0
+        assert "shutting down" in (tmp_path / "demo.log").read_text()
+
+
+def scout(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [*SCOUT, *args], input=stdin, capture_output=True, timeout=60, check=False, cwd=ROOT
+    )
+
+
+def test_demo_runs_commands_through_the_scout_command(demo: str) -> None:
+    done = scout("exec", "--target", demo, "local", "--", "echo", "hi")
+    assert (done.returncode, done.stdout) == (0, b"hi\n"), done.stderr
+    done = scout(
+        "exec", "--target", demo, "local", "--", "wc -c; echo oops >&2; exit 3", stdin=b"abcd"
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (3, b"4\n", b"oops\n")
+    done = scout("exec", "--target", demo, "elsewhere", "--", "true")
+    assert done.returncode == 255
+    assert b"'elsewhere' is not in the inventory" in done.stderr
+
+
+def test_bad_config_stops_the_server_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "scout.toml"
+    config.write_text("[pool]\nmax_conections = 5\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "server", "--config", str(config)],
+        capture_output=True,
+        timeout=30,
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.returncode == 2
+    assert b"pool.max_conections: unknown key" in done.stderr
+
+
+async def test_sigterm_lets_in_flight_commands_finish(tmp_path: Path) -> None:
+    proc, target = start_server(["--demo"], tmp_path / "demo.log")
+    try:
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = exec_pb2_grpc.ExecServiceStub(channel)
+            request = exec_pb2.ExecuteRequest(host="local", command="sleep 1; echo finished")
+            call = stub.Execute(request, timeout=30)
+            await asyncio.sleep(0.5)  # the command is running
+            proc.send_signal(signal.SIGTERM)
+            response = await call
+        assert response.stdout == b"finished\n"
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
