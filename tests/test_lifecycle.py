@@ -167,3 +167,30 @@ async def test_pty_has_a_terminal_of_the_asked_size(scout: Scout) -> None:
 async def test_no_pty_by_default(scout: Scout) -> None:
     r = await scout.execute(host="t", command="test -t 0 || echo notty")
     assert r.stdout == b"notty\n"
+
+
+async def test_stream_resize_reaches_the_pty(scout: Scout) -> None:
+    queue: asyncio.Queue[exec_pb2.StreamRequest | None] = asyncio.Queue()
+
+    async def requests() -> AsyncIterator[exec_pb2.StreamRequest]:
+        while (item := await queue.get()) is not None:
+            yield item
+
+    start = exec_pb2.ExecuteRequest(
+        host="t",
+        command="stty size; read line; stty size",
+        pty=True,
+        terminal_size=exec_pb2.TerminalSize(columns=80, rows=24),
+    )
+    await queue.put(exec_pb2.StreamRequest(start=start))
+    call = scout.stub.Stream(requests(), timeout=30)
+    first = await call.read()
+    assert first.stdout.strip() == b"24 80"
+    await queue.put(exec_pb2.StreamRequest(resize=exec_pb2.TerminalSize(columns=132, rows=50)))
+    await asyncio.sleep(0.2)
+    await queue.put(exec_pb2.StreamRequest(stdin=b"go\n"))
+    out = b""
+    while (msg := await call.read()) is not grpc.aio.EOF and msg.WhichOneof("event") != "exit":
+        out += msg.stdout
+    await queue.put(None)
+    assert b"50 132" in out
