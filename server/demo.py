@@ -17,10 +17,9 @@ drains. The session then pauses/resumes reading the child's pipes, so a slow cli
 the command down and memory stays bounded. The other way, the stdin pipe's own
 pause/resume pauses the channel (asyncssh then stops adjusting the client's window).
 
-Limits (a demo, not sshd): no env/agent/forwarding/subsystems; pty terminal modes are
-ignored (the pty keeps the kernel defaults); channel EOF on a pty is ignored (as sshd);
-a pty command gets its controlling terminal from util-linux `setsid --ctty`, without it
-the command runs without one (^C typed on the pty then sends no SIGINT).
+Limits (a demo, not sshd): no env/agent/forwarding/subsystems/breaks; pty modes are
+ignored (kernel defaults); channel EOF on a pty is ignored (as sshd); the pty becomes the
+controlling terminal through util-linux `setsid --ctty` (without it, typed ^C does nothing).
 """
 
 from __future__ import annotations
@@ -43,7 +42,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from signal import Signals
-from typing import IO, Any
+from typing import IO, Any, Self
 
 import asyncssh
 
@@ -87,20 +86,14 @@ class ShellKeys:
                 f.write(line)
 
 
-def _write_secret(path: Path, data: bytes) -> None:
-    """Write a private key readable by its owner only (ssh refuses looser files)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(f.fileno(), 0o600)
-        f.write(data)
-
-
 def _key(path: Path, comment: str) -> asyncssh.SSHKey:
-    """Load an ed25519 key, or create and persist it once, so restarts keep trust."""
+    """Load an ed25519 key, or create and persist it (0600) once, so restarts keep trust."""
     if path.exists():
         return asyncssh.read_private_key(path)
     key = asyncssh.generate_private_key("ssh-ed25519", comment=comment)
-    _write_secret(path, key.export_private_key("openssh"))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.export_private_key("openssh"))
     path.with_name(path.name + ".pub").write_bytes(key.export_public_key("openssh"))
     return key
 
@@ -230,8 +223,12 @@ class _InputPipe(asyncio.BaseProtocol):
         self._session.pause_channel(True)
 
     def resume_writing(self) -> None:
-        """The child caught up: take channel data again."""
-        self._session.pause_channel(False)
+        """The child caught up: take channel data again, on the next loop turn.
+
+        Not at once: asyncssh would deliver input and EOF inside this call, and asyncio's
+        pipe transport, which calls us mid-flush, then closes with that input unsent.
+        """
+        asyncio.get_running_loop().call_soon(self._session.pause_channel, False)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The child closed stdin (or exited): later input is discarded, as sshd does."""
@@ -251,7 +248,8 @@ class LocalShellSession(asyncssh.SSHServerSession[bytes]):
         self._outputs: list[asyncio.ReadTransport] = []
         self._open_outputs = 0
         self._stdin: asyncio.WriteTransport | None = None
-        self._early: list[bytes] | None = []  # input that came before stdin was wired
+        self._early: list[bytes] | None = []  # input before stdin was wired (one packet)
+        self._signals: list[Signals] = []  # signals that came before the child existed
         self._eof = False
         self._paused = False
         self._closed = False
@@ -284,10 +282,6 @@ class LocalShellSession(asyncssh.SSHServerSession[bytes]):
     def shell_requested(self) -> bool:
         """Accept a plain shell too, so `ssh -p PORT 127.0.0.1` works against the demo."""
         return True
-
-    def break_received(self, msec: int) -> bool:
-        """Breaks (RFC 4335) are not supported; the client is told so."""
-        return False
 
     def session_started(self) -> None:
         """Spawn the command; input that comes before its pipes are wired is kept."""
@@ -323,11 +317,8 @@ class LocalShellSession(asyncssh.SSHServerSession[bytes]):
         finally:
             os.close(slave)
         self._master = master
-        return (
-            popen,
-            [(os.fdopen(master, "rb", buffering=0), None)],
-            os.fdopen(os.dup(master), "wb", 0),
-        )
+        reader, writer = os.fdopen(master, "rb", 0), os.fdopen(os.dup(master), "wb", 0)
+        return popen, [(reader, None)], writer
 
     async def _start(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         """Spawn the child and connect its pipes to the event loop."""
@@ -342,6 +333,8 @@ class LocalShellSession(asyncssh.SSHServerSession[bytes]):
                 chan.exit(127)
             return
         self.child = _Child(popen, self._maybe_finish)
+        for signum in self._signals:
+            self.child.signal(signum)
         self._open_outputs = len(outputs)
         for pipe, datatype in outputs:
             factory = functools.partial(_OutputPipe, self, datatype)
@@ -358,11 +351,15 @@ class LocalShellSession(asyncssh.SSHServerSession[bytes]):
             self.data_received(data, None)
         if self._eof:
             self.eof_received()
+        elif early:
+            chan.resume_reading()  # paused by the first early chunk
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         """Client input goes to the child's stdin (or the pty)."""
-        if self._early is not None:
+        if self._early is not None:  # stdin not wired yet: hold this, pause the rest
             self._early.append(data)
+            if self._chan is not None:
+                self._chan.pause_reading()
         elif self._stdin is not None and not self._stdin.is_closing():
             self._stdin.write(data)
 
@@ -376,10 +373,12 @@ class LocalShellSession(asyncssh.SSHServerSession[bytes]):
     def signal_received(self, signal: str) -> None:
         """Deliver the client's `signal` request (e.g. "INT") to the process group."""
         signum = Signals.__members__.get("SIG" + signal)
-        if signum is None or self.child is None:
+        if signum is None:
             log.info("ignoring signal request %r", signal)
-            return
-        self.child.signal(signum)
+        elif self.child is None:
+            self._signals.append(signum)
+        else:
+            self.child.signal(signum)
 
     def pause_writing(self) -> None:
         """The client's window is full: stop reading the child's output."""
@@ -515,7 +514,7 @@ class ShellHost:
         """A known_hosts file with this host's key for its address and port."""
         return self.keys.known_hosts
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> ShellHost:
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> Self:
         """Listen (port 0: the kernel picks, no probe-then-bind race) and trust the address."""
         self._acceptor = await asyncssh.create_server(
             lambda: self.server_class(self),
@@ -523,6 +522,7 @@ class ShellHost:
             port,
             server_host_keys=[self.keys.host_key],
             encoding=None,
+            line_editor=False,  # asyncssh's default would echo and edit pty input itself
             allow_scp=False,
             agent_forwarding=False,
             x11_forwarding=False,
