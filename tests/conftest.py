@@ -1,0 +1,58 @@
+"""Shared fixtures. Logic lives in the modules beside this file; fixtures only wire it.
+
+ssh_keys      session: one ShellKeys shared by every in-process server (cheap starts)
+shell_server  function: a ScriptedServer on 127.0.0.1, port 0 (tests/sshservers.py)
+shell_host    function: scout's HostConfig for shell_server, named "shell"
+openssh       session: a real OpenSSH sshd on loopback (tests/openssh.py)
+openssh_host  session: scout's HostConfig for openssh, named "openssh"
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from server.config import HostConfig
+from server.demo import ShellKeys, load_or_create_keys
+
+from .openssh import OpenSSHServer, start_openssh
+from .sshservers import ScriptedServer, start_scripted
+
+
+@pytest.fixture(scope="session")
+def ssh_keys(tmp_path_factory: pytest.TempPathFactory) -> ShellKeys:
+    """Host and client keys (and one known_hosts) for all in-process SSH servers."""
+    return load_or_create_keys(tmp_path_factory.mktemp("sshkeys"))
+
+
+@pytest.fixture
+async def shell_server(ssh_keys: ShellKeys) -> AsyncIterator[ScriptedServer]:
+    """A scripted in-process SSH server; tests steer its knobs while it runs."""
+    server = await start_scripted(ssh_keys)
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+def shell_host(shell_server: ScriptedServer) -> HostConfig:
+    """The inventory entry for shell_server."""
+    return shell_server.host_config("shell")
+
+
+@pytest.fixture(scope="session")
+def openssh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenSSHServer]:
+    """A real sshd for the whole session (fails, never skips, without openssh-server)."""
+    server = start_openssh(tmp_path_factory.mktemp("openssh"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def openssh_host(openssh: OpenSSHServer) -> HostConfig:
+    """The inventory entry for openssh."""
+    return openssh.host_config("openssh")

@@ -1,0 +1,255 @@
+"""A real OpenSSH sshd on loopback, started by the tests themselves.
+
+Its own temp dir holds an ed25519 host key, a client key, authorized_keys, known_hosts,
+sshd_config, the pid file and the log. The config is sshd's defaults plus what a test
+server needs (public keys only, no PAM, paths in the temp dir); in particular it keeps
+the default MaxSessions (10 sessions per connection) and MaxStartups (10:30:100).
+
+sshd cannot report a port-0 bind, so start_openssh() picks a free port, and picks again
+when sshd says the port was taken meanwhile; it returns once sshd answers with its banner.
+
+Facts worth knowing (OpenSSH 9.2, measured with these tests):
+
+- The 11th concurrent session on one connection is refused: ChannelOpenError code 2
+  (OPEN_CONNECT_FAILED), reason "open failed"; sshd logs "no more sessions".
+- Closing a channel does not stop a command that runs without a pty: sshd closes its
+  stdin and confirms the close only when the command exits, and the session keeps its
+  MaxSessions slot until then. Dropping the connection orphans the command (it runs on).
+  With a pty, closing the channel hangs the command up (SIGHUP) and the close is at once.
+- `signal` requests work only for non-root logins: for root, sshd skips post-auth
+  privilege separation and logs "session signalling requires privilege separation".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncssh
+import psutil
+
+from server.config import HostConfig
+
+SSHD = Path("/usr/sbin/sshd")
+PRIVSEP_DIR = Path("/run/sshd")  # sshd running as root refuses to start without it
+START_TIMEOUT = 10.0
+BIND_ATTEMPTS = 5
+
+
+class OpenSSHError(RuntimeError):
+    """sshd is missing or would not start; the message says what to do."""
+
+
+def _free_port(address: str) -> int:
+    """A port free right now (sshd binds it a moment later; start retries if it lost it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((address, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _write_key(path: Path, key: asyncssh.SSHKey) -> None:
+    """Write a private key 0600 (sshd and ssh refuse looser ones) and its .pub beside it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.export_private_key("openssh"))
+    path.with_name(path.name + ".pub").write_bytes(key.export_public_key("openssh"))
+
+
+def process_list(pattern: str) -> list[psutil.Process]:
+    """Live processes (zombies excluded) whose command line contains pattern."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.pid == os.getpid():
+            continue
+        if pattern in " ".join(proc.info["cmdline"] or ()):
+            found.append(proc)
+    return found
+
+
+@dataclass
+class OpenSSHServer:
+    """A running sshd: where it listens, how to log in, and what it did."""
+
+    root: Path
+    address: str = "127.0.0.1"
+    user: str = field(default_factory=getpass.getuser)
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    _host_public: str = field(default="", repr=False)
+
+    @property
+    def identity_file(self) -> Path:
+        """The client's private key, authorized for user."""
+        return self.root / "client_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        """known_hosts with sshd's host key for [address]:port."""
+        return self.root / "known_hosts"
+
+    @property
+    def config_file(self) -> Path:
+        """The sshd_config sshd runs with."""
+        return self.root / "sshd_config"
+
+    @property
+    def log_file(self) -> Path:
+        """sshd's stderr (-e), LogLevel INFO."""
+        return self.root / "sshd.log"
+
+    @property
+    def log(self) -> str:
+        """Everything sshd logged so far."""
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+    def host_config(self, name: str = "openssh") -> HostConfig:
+        """A scout inventory entry that reaches this sshd."""
+        return HostConfig(
+            name=name,
+            address=self.address,
+            port=self.port,
+            user=self.user,
+            identity_file=self.identity_file,
+            known_hosts=self.known_hosts,
+        )
+
+    def prepare(self) -> None:
+        """Make the keys, authorized_keys and the sshd_config body (port comes later)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        host_key = asyncssh.generate_private_key("ssh-ed25519", comment="scout-test-sshd")
+        client_key = asyncssh.generate_private_key("ssh-ed25519", comment="scout-test-client")
+        _write_key(self.root / "ssh_host_ed25519_key", host_key)
+        _write_key(self.identity_file, client_key)
+        (self.root / "authorized_keys").write_bytes(client_key.export_public_key("openssh"))
+        self._host_public = host_key.export_public_key("openssh").decode("ascii").strip()
+
+    def _write_config(self) -> None:
+        """sshd_config for the current port; MaxSessions stays at its default (10)."""
+        root = self.root
+        self.config_file.write_text(
+            f"ListenAddress {self.address}:{self.port}\n"
+            f"HostKey {root / 'ssh_host_ed25519_key'}\n"
+            f"AuthorizedKeysFile {root / 'authorized_keys'}\n"
+            f"PidFile {root / 'sshd.pid'}\n"
+            "PubkeyAuthentication yes\n"
+            "PasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\n"
+            "UsePAM no\n"
+            "StrictModes no\n"
+            "PermitRootLogin prohibit-password\n"
+            "LogLevel INFO\n"
+        )
+        self.known_hosts.write_text(f"[{self.address}]:{self.port} {self._host_public}\n")
+
+    def _banner(self) -> bool:
+        """Whether sshd answers on its port with an SSH banner."""
+        try:
+            with socket.create_connection((self.address, self.port), timeout=1.0) as sock:
+                return sock.recv(64).startswith(b"SSH-2.0-")
+        except OSError:
+            return False
+
+    def _launch(self) -> bool:
+        """Start sshd on a fresh port; False when the port was taken, raise on other failures."""
+        self.port = _free_port(self.address)
+        self._write_config()
+        logged = len(self.log)
+        with self.log_file.open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(SSHD), "-D", "-e", "-f", str(self.config_file)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.process = None
+                if "Address already in use" in self.log[logged:]:
+                    return False
+                raise OpenSSHError(f"sshd exited at start; its log:\n{self.log}")
+            if self._banner():
+                return True
+            time.sleep(0.05)
+        self.stop()
+        raise OpenSSHError(f"sshd did not answer within {START_TIMEOUT}s; its log:\n{self.log}")
+
+    def start(self) -> None:
+        """Start sshd and wait for its banner."""
+        if not SSHD.exists():
+            raise OpenSSHError(f"{SSHD} not found: apt-get install openssh-server")
+        if os.geteuid() == 0:
+            PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
+        self.prepare()
+        for _ in range(BIND_ATTEMPTS):
+            if self._launch():
+                return
+        raise OpenSSHError(f"sshd found no free port in {BIND_ATTEMPTS} tries:\n{self.log}")
+
+    def _tree(self) -> list[psutil.Process]:
+        """The listener and every process below it (connections, sessions, commands)."""
+        if self.process is None:
+            return []
+        try:
+            listener = psutil.Process(self.process.pid)
+            return [listener, *listener.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def pause(self) -> None:
+        """SIGSTOP sshd and its children: connections stay up but nothing answers."""
+        for proc in self._tree():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT what pause() stopped."""
+        for proc in self._tree():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(signal.SIGCONT)
+
+    def established_connections(self) -> int:
+        """TCP connections to sshd's port in ESTABLISHED state, counted on sshd's side."""
+        return sum(
+            1
+            for c in psutil.net_connections("tcp")
+            if c.status == psutil.CONN_ESTABLISHED
+            and c.laddr
+            and c.laddr.port == self.port
+            and c.laddr.ip == self.address
+        )
+
+    def process_list(self, pattern: str) -> list[psutil.Process]:
+        """Live processes whose command line contains pattern (e.g. a remote `sleep 31337`)."""
+        return process_list(pattern)
+
+    def stop(self) -> None:
+        """Stop sshd and everything it started (sessions do not end with the listener)."""
+        tree = self._tree()
+        for proc in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(signal.SIGCONT)
+                proc.terminate()
+        _, alive = psutil.wait_procs(tree, timeout=3.0)
+        for proc in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        if self.process is not None:
+            self.process.wait()
+            self.process = None
+
+
+def start_openssh(root: Path, address: str = "127.0.0.1") -> OpenSSHServer:
+    """Start an sshd with everything in root; stop() it when done."""
+    server = OpenSSHServer(root, address)
+    server.start()
+    return server
