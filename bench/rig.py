@@ -1,0 +1,243 @@
+"""The rig of one benchmark invocation: targets up, load generators on demand, all torn down.
+
+    Rig
+    ├── fake     protocol-only SSH server process, `fake_count` hosts on 127.0.0.2..,
+    │            `delay_ms` before authentication (bench.fakessh)
+    ├── sshd     a real OpenSSH sshd on 127.0.0.1 (tests/openssh.py, the tests' fixture)
+    ├── scout()  a scout-server process for a given inventory and pool settings
+    └── load()   one load generator process per measurement (bench.loadgen)
+
+Everything runs in its own process; this one only orchestrates and reads clocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.openssh import OpenSSHServer
+
+from . import fakessh
+from .callers import Host
+from .keys import Keys, make_keys
+from .procs import PYTHON, Child, read_json_line, spawn, start_ready
+from .scoutproc import Login, ScoutServer, start_scout
+
+_LOAD_TIMEOUT = 900.0
+SH_USER = "scout-bench"  # the sshd login: shell /bin/sh, no rc files run per command
+
+
+def say(message: str) -> None:
+    """Progress, on stderr (stdout stays clean)."""
+    sys.stderr.write(f"{time.strftime('%H:%M:%S')} {message}\n")
+    sys.stderr.flush()
+
+
+def brief(result: dict[str, Any]) -> str:
+    """One line about a load generator result."""
+    lat = result.get("latency", {})
+    parts = [f"{result.get('throughput', 0):,.0f}/s", f"p95 {lat.get('p95', float('nan')):.1f} ms"]
+    if "makespan" in result:
+        parts.insert(0, f"makespan {result['makespan'] * 1000:.0f} ms")
+    if "mib_s" in result:
+        parts.insert(0, f"{result['mib_s']:.0f} MiB/s")
+    if result.get("errors"):
+        parts.append(f"errors {result['errors']}")
+    return ", ".join(parts)
+
+
+def sh_user() -> tuple[str, str]:
+    """A login whose shell is /bin/sh, created once when we are root; and a note about it.
+
+    Logging in as a user whose shell is bash runs that user's ~/.bashrc for every
+    command (Debian's bash does so under sshd); here root's rc runs `pyenv init`, about
+    a hundred processes and 100 ms per command, which would be measuring the rc file.
+    The account gets password `*` (none valid, but not locked: sshd without PAM refuses
+    locked accounts even for key logins).
+    """
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam(SH_USER)
+        except KeyError:
+            home = f"/var/lib/{SH_USER}"
+            argv = ["useradd", "--system", "--shell", "/bin/sh", "--create-home", "--home-dir"]
+            subprocess.run([*argv, home, SH_USER], check=True, capture_output=True)
+            say(f"bench: created system user {SH_USER} (shell /bin/sh) for the sshd target")
+        subprocess.run(["usermod", "--password", "*", SH_USER], check=True, capture_output=True)
+    try:
+        if pwd.getpwnam(SH_USER).pw_shell == "/bin/sh":
+            return SH_USER, f"`{SH_USER}`, a system user whose shell is /bin/sh (dash)"
+    except KeyError:
+        pass
+    user = getpass.getuser()
+    shell = pwd.getpwnam(user).pw_shell
+    return user, f"`{user}`, shell {shell}: its rc files run for every command"
+
+
+@dataclass(frozen=True)
+class Mode:
+    """How long and how often: --quick or --full."""
+
+    name: str
+    runs: int  # runs per configuration; tables show medians
+    warmup: float  # seconds before a measured window
+    duration: float  # seconds of a measured window
+    ladder_step: float  # seconds per load-ladder rate
+    ladder_runs: int
+    stream_bytes: int
+    rss_runs: int
+
+
+QUICK = Mode("quick", runs=3, warmup=1.0, duration=3.0, ladder_step=3.0, ladder_runs=1,
+             stream_bytes=256 * 2**20, rss_runs=1)  # fmt: skip
+SMOKE = Mode("smoke", runs=1, warmup=0.3, duration=1.0, ladder_step=1.0, ladder_runs=1,
+              stream_bytes=32 * 2**20, rss_runs=1)  # fmt: skip
+FULL = Mode("full", runs=5, warmup=2.0, duration=8.0, ladder_step=8.0, ladder_runs=3,
+            stream_bytes=2**30, rss_runs=3)  # fmt: skip
+
+
+@dataclass
+class Rig:
+    """Targets and helpers shared by every scenario."""
+
+    workdir: Path
+    keys: Keys
+    fake: Child
+    fake_hosts: list[Host]
+    sshd: OpenSSHServer
+    sshd_host: Host
+    delay_ms: float
+    sshd_note: str
+    servers: list[ScoutServer] = field(default_factory=list)
+
+    @property
+    def fake_login(self) -> Login:
+        """How scout and the baselines log in to the fake hosts."""
+        return Login("bench", self.keys.client_key, self.keys.known_hosts)
+
+    @property
+    def sshd_login(self) -> Login:
+        """How scout and the baselines log in to sshd."""
+        return Login(self.sshd.user, self.sshd.identity_file, self.sshd.known_hosts)
+
+    def auth(self, login: Login) -> dict[str, str]:
+        """A login as a load generator spec's `auth`."""
+        return {
+            "user": login.user,
+            "client_key": str(login.identity_file),
+            "known_hosts": str(login.known_hosts),
+        }
+
+    async def scout(
+        self,
+        hosts: list[Host],
+        login: Login,
+        pool: dict[str, Any] | None = None,
+        profile: Path | None = None,
+    ) -> ScoutServer:
+        """Start a scout server whose inventory is hosts."""
+        server = await start_scout(
+            self.workdir,
+            str(len(self.servers) + 1),
+            hosts=[(h, login) for h in hosts],
+            pool=pool or {},
+            known_hosts=self.keys.known_hosts,
+            profile=profile,
+        )
+        self.servers.append(server)
+        return server
+
+    async def load(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Run one load generator process to completion; its result."""
+        spec = {"timeout": 30.0, **spec}
+        spec["hosts"] = [h.__dict__ for h in spec["hosts"]]
+        child = await spawn(
+            f"loadgen ({spec['backend']}, {spec['mode']})",
+            [PYTHON, "-m", "bench.loadgen"],
+            self.workdir / "loadgen.log",
+            stdin=True,
+        )
+        assert child.proc.stdin is not None
+        child.proc.stdin.write(json.dumps(spec).encode())
+        child.proc.stdin.close()
+        try:
+            result = await read_json_line(child, _LOAD_TIMEOUT)
+        finally:
+            await child.stop()
+        return result
+
+    async def repeat(
+        self, tag: str, runs: int, specs: dict[str, dict[str, Any]]
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Each spec `runs` times, interleaved (A B C A B C ...) so drift hits all alike."""
+        out: dict[str, list[dict[str, Any]]] = {label: [] for label in specs}
+        for run in range(runs):
+            for label, spec in specs.items():
+                result = await self.load(spec)
+                out[label].append(result)
+                say(f"[{tag}] {label} run {run + 1}/{runs}: {brief(result)}")
+        return out
+
+    async def fake_stats(self, *, reset: bool = False) -> dict[str, Any]:
+        """The fake server's counters (connections, peak, handshakes, execs)."""
+        first = self.fake_hosts[0]
+        return await fakessh.query((first.address, first.port), self.keys.known_hosts, reset=reset)
+
+    async def close(self) -> None:
+        """Stop every target and every scout server still running."""
+        for server in self.servers:
+            await server.stop()
+        await self.fake.stop()
+        await asyncio.to_thread(self.sshd.stop)
+
+
+async def start_rig(fake_count: int, delay_ms: float) -> Rig:
+    """Make a work directory and keys, start the fake server and sshd."""
+    workdir = Path(tempfile.mkdtemp(prefix="scout-bench-"))
+    keys = make_keys(workdir)
+    fake = await start_ready(
+        "fakessh",
+        [
+            PYTHON,
+            "-m",
+            "bench.fakessh",
+            "--count",
+            str(fake_count),
+            "--delay-ms",
+            str(delay_ms),
+            "--host-key",
+            str(keys.host_key),
+            "--authorized-keys",
+            str(keys.client_pub),
+        ],
+        workdir / "fakessh.log",
+    )
+    endpoints = [(str(a), int(p)) for a, p in fake.ready["endpoints"]]
+    keys.trust(endpoints)
+    hosts = [Host(f"fake{i:03d}", a, p) for i, (a, p) in enumerate(endpoints)]
+    user, note = sh_user()
+    os.chmod(workdir, 0o755)  # sshd reads authorized_keys as the login user
+    sshd = OpenSSHServer(workdir / "openssh", user=user)
+    try:
+        await asyncio.to_thread(sshd.start)
+    except BaseException:
+        await fake.stop()
+        raise
+    sshd_host = Host("openssh", sshd.address, sshd.port)
+    return Rig(workdir, keys, fake, hosts, sshd, sshd_host, delay_ms, note)
+
+
+def remove_workdir(rig: Rig) -> None:
+    """Delete the work directory (logs included)."""
+    shutil.rmtree(rig.workdir, ignore_errors=True)
