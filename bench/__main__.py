@@ -1,0 +1,5 @@
+"""`python -m bench --quick` (make bench) or `--full` (make bench-full)."""
+
+from .run import main
+
+main()

@@ -1,0 +1,161 @@
+"""Scenario 3: the load ladder, open loop on 100 warm hosts, and its plot.
+
+Arrivals come on a fixed schedule at each offered rate (100, 500, 1000, 2000 req/s and
+up), spread round robin over 100 hosts whose connections are already warm. A rate is
+*held* when P95 (from scheduled arrival, so queueing counts) stays at or under 50 ms, no
+request fails, and at least 90 % of the offered rate completes. The ladder climbs until a
+rate is not held; raw asyncssh (one connection per host, opened beforehand) climbs the
+same ladder in the same invocation as the floor.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .rig import Mode, Rig, brief, say
+from .section import Section, num
+from .stats import median_of, merged_errors
+
+RATES = (100, 500, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000, 10000)
+HOSTS = 100
+P95_LIMIT_MS = 50.0
+MIN_ACHIEVED = 0.9
+COMMAND = "echo ok"
+_BACKENDS = {"scout": "scout", "raw": "raw asyncssh"}
+
+
+def _step(rate: int, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians of one rate's runs, and whether the rate was held."""
+    step = {
+        "rate": rate,
+        "p50": median_of(results, "latency.p50"),
+        "p95": median_of(results, "latency.p95"),
+        "p99": median_of(results, "latency.p99"),
+        "max": median_of(results, "latency.max"),
+        "achieved": median_of(results, "achieved"),
+        "cpu_us": median_of(results, "server_cpu_us_per_req"),
+        "errors": sum(merged_errors(results).values()),
+        "lag_ms": median_of(results, "dispatch_lag_ms"),
+    }
+    step["held"] = (
+        step["p95"] <= P95_LIMIT_MS
+        and step["errors"] == 0
+        and step["achieved"] >= MIN_ACHIEVED * rate
+    )
+    return step
+
+
+def highest_held(steps: list[dict[str, Any]]) -> int:
+    """The highest rate held before the first rate that was not (0: none)."""
+    best = 0
+    for step in steps:
+        if not step["held"]:
+            break
+        best = step["rate"]
+    return best
+
+
+async def ladder(rig: Rig, mode: Mode) -> Section:
+    """Climb the ladder with scout and with raw asyncssh, interleaved rate by rate."""
+    hosts = rig.fake_hosts[:HOSTS]
+    section = Section(
+        "s3",
+        "3. Load ladder, 100 warm hosts, open loop",
+        f"{HOSTS} protocol-only hosts, connections warmed first; open-loop arrivals at "
+        f"each rate for {mode.ladder_step:g} s after 1 s of warm-up at that rate, "
+        f"{mode.ladder_runs} run(s) per rate (medians). Held: P95 ≤ {P95_LIMIT_MS:g} ms "
+        f"from the scheduled arrival, no errors, ≥ {MIN_ACHIEVED:.0%} of the rate completed.",
+        [
+            "backend",
+            "offered req/s",
+            "achieved req/s",
+            "P50 ms",
+            "P95 ms",
+            "P99 ms",
+            "max ms",
+            "errors",
+            "server CPU µs/req",
+            "held",
+        ],
+    )
+    server = await rig.scout(hosts, rig.fake_login)
+    common = {"hosts": hosts, "command": COMMAND, "timeout": 10.0}
+    scout_spec = {**common, "backend": "scout", "target": server.target, "server_pid": server.pid}
+    raw_spec = {**common, "backend": "raw", "auth": rig.auth(rig.fake_login), "per_host": 1}
+    steps: dict[str, list[dict[str, Any]]] = {"scout": [], "raw": []}
+    try:
+        warm = {"mode": "closed", "concurrency": HOSTS, "warmup": 0.0, "duration": 1.0}
+        say(f"[s3] warming {HOSTS} hosts: {brief(await rig.load({**scout_spec, **warm}))}")
+        active = ["scout", "raw"]
+        for rate in RATES:
+            if not active:
+                break
+            for key in list(active):
+                spec = {**(scout_spec if key == "scout" else raw_spec), "mode": "open"}
+                spec.update(rate=rate, warmup=1.0, duration=mode.ladder_step)
+                results = []
+                for run in range(mode.ladder_runs):
+                    results.append(await rig.load(spec))
+                    say(f"[s3] {key} {rate}/s run {run + 1}: {brief(results[-1])}")
+                step = _step(rate, results)
+                steps[key].append(step)
+                if not step["held"]:
+                    active.remove(key)
+    finally:
+        await server.stop()
+    for key, label in _BACKENDS.items():
+        for step in steps[key]:
+            section.rows.append(
+                [
+                    label,
+                    num(step["rate"]),
+                    num(step["achieved"]),
+                    *(num(step[p], 1) for p in ("p50", "p95", "p99", "max")),
+                    str(step["errors"]),
+                    num(step["cpu_us"]) if key == "scout" else "—",
+                    "yes" if step["held"] else "**no**",
+                ]
+            )
+    held = {key: highest_held(steps[key]) for key in steps}
+    section.notes.append(
+        f"Highest rate held: scout **{held['scout']:,} req/s**, raw asyncssh "
+        f"{held['raw']:,} req/s (the next rung up is the first not held)."
+    )
+    section.notes.append("![load ladder](bench/ladder.png)")
+    section.raw = {"steps": steps, "held": held}
+    return section
+
+
+def plot(section: Section, path: Path, caption: str) -> bool:
+    """Latency percentiles against offered rate, scout solid and raw dashed; False if empty."""
+    steps: dict[str, list[dict[str, Any]]] = section.raw.get("steps", {})
+    if not any(steps.values()):
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    colors = {"p50": "tab:blue", "p95": "tab:orange", "p99": "tab:red"}
+    for key, style in (("scout", "-"), ("raw", "--")):
+        rates = [s["rate"] for s in steps.get(key, [])]
+        for p, color in colors.items():
+            values = [float(s[p]) for s in steps.get(key, [])]  # NaN leaves a gap
+            ax.plot(rates, values, style, marker="o", color=color, label=f"{_BACKENDS[key]} {p}")
+    ax.axhline(P95_LIMIT_MS, color="grey", linewidth=1, linestyle=":")
+    ax.text(RATES[0], P95_LIMIT_MS * 1.08, f"{P95_LIMIT_MS:g} ms", color="grey")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("offered rate, requests/s (open loop)")
+    ax.set_ylabel("latency from scheduled arrival, ms")
+    ax.set_title("scout load ladder: 100 warm hosts, protocol-only SSH server")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.text(0.01, 0.01, caption, fontsize=7, color="grey")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return True

@@ -1,0 +1,215 @@
+"""Scenarios 1, 4 and 6: warm throughput on one host, against the raw asyncssh floor.
+
+1. One protocol-only host, warm, 50 closed-loop callers: scout against raw asyncssh and
+   the naive pool. What scout's gRPC hop and pool cost when SSH itself is nearly free.
+4. One real OpenSSH host (MaxSessions 10), 50 callers: scout must spread them over
+   several connections without a single refused-channel error reaching a caller. The
+   floor is the best of a few hand-tuned raw clients (K connections, worker w on w % K).
+6. Stream: a large output to a fast reader, scout's Stream against a raw asyncssh
+   session that only counts bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .rig import Mode, Rig
+from .section import Section, error_count, errors_text, latency_cells, num, times
+from .stats import median_of, ratio
+
+CALLERS = 50
+COMMAND = "echo ok"
+_RAW_FAKE_CONNS = 7  # what scout opens for 50 callers at 8 channels per connection
+_RAW_SSHD_CONNS = (6, 8, 10)  # at most 9, 7 and 5 sessions per connection
+_GCM = "aes128-gcm@openssh.com"
+_COLUMNS = ["backend", "req/s", "P50 ms", "P95 ms", "P99 ms", "max ms", "errors"]
+
+
+def _row(label: str, results: list[dict[str, Any]], cpu: bool = False) -> list[str]:
+    row = [label, num(median_of(results, "throughput")), *latency_cells(results)]
+    row.append(errors_text(results))
+    if cpu:
+        row.append(num(median_of(results, "server_cpu_us_per_req")) if "scout" in label else "—")
+    return row
+
+
+async def single_host(rig: Rig, mode: Mode) -> Section:
+    """Scenario 1: one warm protocol-only host, 50 callers."""
+    host = rig.fake_hosts[0]
+    section = Section(
+        "s1",
+        "1. Single host, warm, 50 callers",
+        f"One protocol-only SSH host (answers `exec` from memory), {CALLERS} closed-loop "
+        f"callers, {mode.warmup:g} s warm-up then {mode.duration:g} s measured, "
+        f"{mode.runs} runs interleaved. Raw asyncssh uses {_RAW_FAKE_CONNS} connections "
+        "opened beforehand (as many as scout opens for 50 callers); the naive pool one. "
+        "All use asyncssh's default algorithms, except the last row.",
+        [*_COLUMNS, "server CPU µs/req"],
+    )
+    server = await rig.scout([host], rig.fake_login)
+    common = {
+        "hosts": [host],
+        "command": COMMAND,
+        "mode": "closed",
+        "concurrency": CALLERS,
+        "warmup": mode.warmup,
+        "duration": mode.duration,
+    }
+    auth = rig.auth(rig.fake_login)
+    specs = {
+        "scout": {**common, "backend": "scout", "target": server.target, "server_pid": server.pid},
+        "raw asyncssh": {**common, "backend": "raw", "auth": auth, "per_host": _RAW_FAKE_CONNS},
+        "naive global-lock pool": {**common, "backend": "naive", "auth": auth},
+        f"raw asyncssh, {_GCM}": {
+            **common,
+            "backend": "raw",
+            "auth": {**auth, "ciphers": [_GCM]},
+            "per_host": _RAW_FAKE_CONNS,
+        },
+    }
+    try:
+        await rig.fake_stats(reset=True)
+        one = {"hosts": [host], "command": COMMAND, "mode": "sequence", "count": 1}
+        await rig.load({**one, "backend": "scout", "target": server.target})
+        scout_ciphers = (await rig.fake_stats())["ciphers"]
+        results = await rig.repeat("s1", mode.runs, specs)
+    finally:
+        await server.stop()
+    section.rows = [_row(label, rs, cpu=True) for label, rs in results.items()]
+    share = ratio(
+        median_of(results["scout"], "throughput"), median_of(results["raw asyncssh"], "throughput")
+    )
+    cpu = median_of(results["scout"], "server_cpu_us_per_req")
+    gcm = ratio(
+        median_of(results[f"raw asyncssh, {_GCM}"], "throughput"),
+        median_of(results["raw asyncssh"], "throughput"),
+    )
+    section.notes.append(f"scout / raw asyncssh throughput: **{times(share)}**")
+    section.notes.append(
+        f"Cipher scout negotiated with the host: {', '.join(scout_ciphers) or 'unknown'}; raw "
+        f"asyncssh with the same defaults likewise. The same raw client preferring {_GCM} "
+        f"runs at {times(gcm)} the throughput: asyncssh's chacha20-poly1305 costs several "
+        "cryptography calls per packet, AES-GCM one."
+    )
+    section.verdict(
+        "throughput ≥ 0.6 of raw asyncssh",
+        times(share),
+        None if math.isnan(share) else share >= 0.6,
+    )
+    section.verdict(
+        "server CPU per Execute ≤ 400 µs", f"{num(cpu)} µs", None if math.isnan(cpu) else cpu <= 400
+    )
+    section.raw = {"results": results, "ratio": share, "cpu_us": cpu}
+    return section
+
+
+async def openssh_host(rig: Rig, mode: Mode) -> Section:
+    """Scenario 4: one real sshd (MaxSessions 10), 50 callers."""
+    host = rig.sshd_host
+    section = Section(
+        "s4",
+        "4. Real OpenSSH, one host, 50 callers",
+        f"OpenSSH sshd on loopback with its default `MaxSessions 10`, {CALLERS} closed-loop "
+        f"callers running `{COMMAND}` (sshd forks a shell for each), {mode.warmup:g} s warm-up "
+        f"then {mode.duration:g} s measured, {mode.runs} runs. Raw asyncssh is hand-tuned: "
+        "K connections opened beforehand, caller w always on connection w % K; the best K "
+        "without errors is the floor. The naive pool has one connection per host. "
+        f"Login: {rig.sshd_note}.",
+        _COLUMNS,
+    )
+    server = await rig.scout([host], rig.sshd_login)
+    common = {
+        "hosts": [host],
+        "command": COMMAND,
+        "mode": "closed",
+        "concurrency": CALLERS,
+        "warmup": mode.warmup,
+        "duration": mode.duration,
+    }
+    auth = rig.auth(rig.sshd_login)
+    specs: dict[str, dict[str, Any]] = {
+        "scout": {**common, "backend": "scout", "target": server.target, "server_pid": server.pid}
+    }
+    for k in _RAW_SSHD_CONNS:
+        specs[f"raw asyncssh, {k} connections"] = {
+            **common,
+            "backend": "raw",
+            "auth": auth,
+            "per_host": k,
+        }
+    specs["naive global-lock pool"] = {**common, "backend": "naive", "auth": auth}
+    try:
+        results = await rig.repeat("s4", mode.runs, specs)
+    finally:
+        await server.stop()
+    section.rows = [_row(label, rs) for label, rs in results.items()]
+    clean_raw = {
+        label: median_of(rs, "throughput")
+        for label, rs in results.items()
+        if label.startswith("raw") and error_count(rs) == 0
+    }
+    best_label = max(clean_raw, key=lambda k: clean_raw[k], default="")
+    best = clean_raw.get(best_label, math.nan)
+    scout_rate = median_of(results["scout"], "throughput")
+    share = ratio(scout_rate, best)
+    scout_errors = error_count(results["scout"])
+    section.notes.append(
+        f"best raw client without errors: {best_label or 'none'}; "
+        f"scout / best raw: **{times(share)}**"
+    )
+    section.verdict("zero errors", f"{scout_errors} errors", scout_errors == 0)
+    section.verdict(
+        "throughput ≥ 0.9 of the best raw client",
+        times(share),
+        None if math.isnan(share) else share >= 0.9,
+    )
+    section.raw = {"results": results, "ratio": share, "best_raw": best_label}
+    return section
+
+
+async def stream(rig: Rig, mode: Mode) -> Section:
+    """Scenario 6: Stream throughput from sshd to a fast reader."""
+    host = rig.sshd_host
+    size = mode.stream_bytes
+    command = f"head -c {size} /dev/zero"
+    section = Section(
+        "s6",
+        "6. Stream throughput",
+        f"`{command}` ({size / 2**20:,.0f} MiB) on the OpenSSH host, read as fast as "
+        "possible: scout's `Stream` (every chunk through scout, then gRPC to the reader) "
+        f"against a raw asyncssh session that only counts bytes. {mode.runs} runs.",
+        ["backend", "MiB/s", "seconds", "errors"],
+    )
+    server = await rig.scout([host], rig.sshd_login)
+    common = {"hosts": [host], "command": command, "mode": "sequence", "timeout": 600.0}
+    specs = {
+        "scout Stream": {
+            **common,
+            "backend": "scout",
+            "op": "stream",
+            "target": server.target,
+            "server_pid": server.pid,
+        },
+        "raw asyncssh read": {**common, "backend": "raw", "auth": rig.auth(rig.sshd_login)},
+    }
+    try:
+        results = await rig.repeat("s6", mode.runs, specs)
+    finally:
+        await server.stop()
+    for label, rs in results.items():
+        section.rows.append(
+            [label, num(median_of(rs, "mib_s")), num(median_of(rs, "elapsed"), 2), errors_text(rs)]
+        )
+    share = ratio(
+        median_of(results["scout Stream"], "mib_s"),
+        median_of(results["raw asyncssh read"], "mib_s"),
+    )
+    section.notes.append(f"scout / raw asyncssh: **{times(share)}**")
+    section.verdict(
+        "≥ 0.5 of raw asyncssh read throughput",
+        times(share),
+        None if math.isnan(share) else share >= 0.5,
+    )
+    section.raw = {"results": results, "ratio": share}
+    return section
