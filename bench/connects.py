@@ -15,9 +15,8 @@ import asyncio
 import math
 from typing import Any
 
+from .results import Section, errors_text, latency_cells, median_of, num, ratio, times
 from .rig import Mode, Rig, brief, say
-from .section import Section, errors_text, latency_cells, num, times
-from .stats import median_of, ratio
 
 BURSTS = (10, 100)
 POOL_CAP = 50

@@ -23,9 +23,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from .results import Section, median, median_of, num
 from .rig import Mode, Rig, say
-from .section import Section, num
-from .stats import median, median_of
 
 HOSTS = 200
 COMMAND = "echo ok"

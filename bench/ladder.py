@@ -13,9 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .results import Section, median_of, merged_errors, num
 from .rig import Mode, Rig, brief, say
-from .section import Section, num
-from .stats import median_of, merged_errors
 
 RATES = (100, 500, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000, 10000)
 HOSTS = 100

@@ -29,7 +29,7 @@ import psutil
 
 from .callers import OK, Caller, error_name, make_caller
 from .procs import print_ready
-from .stats import latency_summary
+from .results import latency_summary
 
 Pick = Callable[[int], int]
 

@@ -19,7 +19,7 @@ import grpc
 import psutil
 from google.protobuf import __version__ as protobuf_version
 
-from .section import Section, Verdict
+from .results import Section, Verdict
 
 
 def _run(argv: list[str]) -> str:

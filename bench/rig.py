@@ -1,5 +1,8 @@
 """The rig of one benchmark invocation: targets up, load generators on demand, all torn down.
 
+The fake hosts share one host key and trust one client key, both made here, and one
+known_hosts file lists them all; sshd brings its own keys (tests/openssh.py).
+
     Rig
     ├── fake     protocol-only SSH server process, `fake_count` hosts on 127.0.0.2..,
     │            `delay_ms` before authentication (bench.fakessh)
@@ -26,13 +29,62 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncssh
+
 from tests.openssh import OpenSSHServer
 
 from . import fakessh
 from .callers import Host
-from .keys import Keys, make_keys
 from .procs import PYTHON, Child, read_json_line, spawn, start_ready
 from .scoutproc import Login, ScoutServer, start_scout
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Paths of the key material in a run's work directory."""
+
+    host_key: Path
+    client_key: Path
+    client_pub: Path
+    known_hosts: Path
+
+    def host_public(self) -> str:
+        """The host key as one OpenSSH public key line."""
+        key = asyncssh.read_private_key(self.host_key)
+        return key.export_public_key("openssh").decode().strip()
+
+    def trust(self, endpoints: list[tuple[str, int]]) -> None:
+        """Add known_hosts lines for these (address, port) endpoints."""
+        public = self.host_public()
+        with self.known_hosts.open("a", encoding="ascii") as f:
+            for address, port in endpoints:
+                name = address if port == 22 else f"[{address}]:{port}"
+                f.write(f"{name} {public}\n")
+
+
+def _write_private(path: Path, key: asyncssh.SSHKey) -> None:
+    """Write a private key readable by its owner only (sshd refuses others)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.export_private_key("openssh"))
+
+
+def make_keys(workdir: Path) -> Keys:
+    """Generate fresh ed25519 keys and an empty known_hosts in workdir."""
+    keys = Keys(
+        host_key=workdir / "host_ed25519",
+        client_key=workdir / "client_ed25519",
+        client_pub=workdir / "client_ed25519.pub",
+        known_hosts=workdir / "known_hosts",
+    )
+    host = asyncssh.generate_private_key("ssh-ed25519", comment="scout-bench-host")
+    client = asyncssh.generate_private_key("ssh-ed25519", comment="scout-bench-client")
+    _write_private(keys.host_key, host)
+    _write_private(keys.client_key, client)
+    keys.client_pub.write_bytes(client.export_public_key("openssh"))
+    keys.known_hosts.write_text("", encoding="ascii")
+    return keys
+
 
 _LOAD_TIMEOUT = 900.0
 SH_USER = "scout-bench"  # the sshd login: shell /bin/sh, no rc files run per command

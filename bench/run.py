@@ -23,8 +23,8 @@ from .connects import bounded, cold_hosts
 from .cost import cost, profile
 from .ladder import ladder, plot
 from .report import Report, load_average, machine, render
+from .results import Section
 from .rig import FULL, QUICK, SMOKE, Mode, Rig, remove_workdir, say, start_rig
-from .section import Section
 from .throughput import openssh_host, single_host, stream
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,9 +14,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .results import Section, error_count, errors_text, latency_cells, median_of, num, ratio, times
 from .rig import Mode, Rig
-from .section import Section, error_count, errors_text, latency_cells, num, times
-from .stats import median_of, ratio
 
 CALLERS = 50
 COMMAND = "echo ok"
