@@ -5,10 +5,12 @@ channel slot on a connection to the host, lets `opener` open the channel, and gi
 the slot back on exit. The rules (DESIGN.md, "Pool rules"):
 
 - Hosts live in `N` shards picked by a stable hash of the host name. Each shard's
-  `asyncio.Lock` guards its state changes, which are synchronous sections that never
-  await: connects and closes run as tasks outside them. Because those sections never
-  await, they may also touch the few pool-wide values (total count, the LRU of idle
-  connections, the FIFO of hosts waiting for a connection slot) without another lock.
+  `asyncio.Lock` is taken by checkouts on its hosts; every state change is a synchronous
+  section that never awaits, and connects and closes run as tasks outside them. Because
+  the sections never await, they may also touch the few pool-wide values (total count,
+  the LRU of idle connections, the FIFO of hosts waiting for a slot) without another
+  lock. Giving a channel back is such a section run as a plain call, not under
+  `async with`: an await there would be a point where cancellation could leak the slot.
 - A connection carries at most `cap` channels (`max_sessions_per_connection`, lowered
   when the server refuses a channel on a live connection). When every connection of a
   host is full, another opens, up to `max_connections_per_host`, with at most
@@ -224,7 +226,7 @@ class Pool(Generic[C]):
         try:
             yield value
         finally:
-            await asyncio.shield(self._release(pc))
+            self._give_back(pc)
 
     async def _open(
         self, host: HostConfig, opener: Callable[[C], Awaitable[T]], deadline: float
@@ -244,7 +246,7 @@ class Pool(Generic[C]):
             try:
                 return pc, await opener(pc.conn)
             except ChannelRefused:
-                await asyncio.shield(self._refused(pc))
+                self._refused(pc)
                 self.stats.refusals += 1
                 pause = min(backoff * random.uniform(0.5, 1.0), deadline - self._clock())
                 if pause <= 0:
@@ -256,7 +258,7 @@ class Pool(Generic[C]):
                 await asyncio.sleep(pause)
                 backoff = min(backoff * 2, _REFUSAL_BACKOFF[1])
             except ConnectionDead as exc:
-                await asyncio.shield(self._dead(pc))
+                self._dead(pc)
                 if retried or self._clock() >= deadline:
                     raise HostUnavailable(
                         f"{host.name}: SSH connection lost before the command started: {exc}",
@@ -265,7 +267,7 @@ class Pool(Generic[C]):
                 retried = True
                 self.stats.retries += 1
             except BaseException:
-                await asyncio.shield(self._release(pc))
+                self._give_back(pc)
                 raise
 
     async def _acquire(self, host: HostConfig, deadline: float) -> PooledConnection[C]:
@@ -329,11 +331,6 @@ class Pool(Generic[C]):
         pc.last_used = now
         self._idle.pop(pc, None)
 
-    async def _release(self, pc: PooledConnection[C]) -> None:
-        """Give a channel slot back."""
-        async with pc.entry.shard.lock:
-            self._give_back(pc)
-
     def _give_back(self, pc: PooledConnection[C]) -> None:
         """Return a channel slot, then serve the host's waiters (synchronous)."""
         pc.channels -= 1
@@ -351,18 +348,16 @@ class Pool(Generic[C]):
         self._service(entry)
         self._feed_slots()
 
-    async def _refused(self, pc: PooledConnection[C]) -> None:
+    def _refused(self, pc: PooledConnection[C]) -> None:
         """The server refused a channel on live pc: it is full at its current count."""
-        async with pc.entry.shard.lock:
-            pc.cap = max(1, pc.channels - 1)
-            self._give_back(pc)
+        pc.cap = max(1, pc.channels - 1)
+        self._give_back(pc)
 
-    async def _dead(self, pc: PooledConnection[C]) -> None:
+    def _dead(self, pc: PooledConnection[C]) -> None:
         """pc died under a caller: evict it and give the slot back."""
-        async with pc.entry.shard.lock:
-            if pc in pc.entry.conns:
-                self._evict(pc, "dead")
-            self._give_back(pc)
+        if pc in pc.entry.conns:
+            self._evict(pc, "dead")
+        self._give_back(pc)
 
     # ---- the synchronous heart: who gets what ----------------------------------
 

@@ -18,6 +18,9 @@ Facts worth knowing (OpenSSH 9.2, measured with these tests):
   With a pty, closing the channel hangs the command up (SIGHUP) and the close is at once.
 - `signal` requests work only for non-root logins: for root, sshd skips post-auth
   privilege separation and logs "session signalling requires privilege separation".
+  So when the tests run as root (CI does), scout logs in as the unprivileged user
+  `scout-test` (shell /bin/sh), created on first use, as a production gateway should.
+  That also keeps root's shell start-up files (here: pyenv) out of every command.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import pwd
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +46,7 @@ SSHD = Path("/usr/sbin/sshd")
 PRIVSEP_DIR = Path("/run/sshd")  # sshd running as root refuses to start without it
 START_TIMEOUT = 10.0
 BIND_ATTEMPTS = 5
+TEST_USER = "scout-test"  # the login user when the tests run as root
 
 
 class OpenSSHError(RuntimeError):
@@ -63,6 +69,22 @@ def _write_key(path: Path, key: asyncssh.SSHKey) -> None:
     path.with_name(path.name + ".pub").write_bytes(key.export_public_key("openssh"))
 
 
+def login_user() -> str:
+    """Who scout logs in as: ourselves, or (as root) an unprivileged user made on first use."""
+    if os.geteuid() != 0:
+        return getpass.getuser()
+    try:
+        pwd.getpwnam(TEST_USER)
+    except KeyError:
+        subprocess.run(
+            # password "*": no password login, but not "locked" (sshd refuses locked users)
+            ["useradd", "--create-home", "--shell", "/bin/sh", "--password", "*", TEST_USER],
+            check=True,
+            capture_output=True,
+        )
+    return TEST_USER
+
+
 def process_list(pattern: str) -> list[psutil.Process]:
     """Live processes (zombies excluded) whose command line contains pattern."""
     found = []
@@ -80,10 +102,11 @@ class OpenSSHServer:
 
     root: Path
     address: str = "127.0.0.1"
-    user: str = field(default_factory=getpass.getuser)
+    user: str = field(default_factory=login_user)
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     _host_public: str = field(default="", repr=False)
+    _keys_dir: Path = field(default=Path(), repr=False)
 
     @property
     def identity_file(self) -> Path:
@@ -128,7 +151,12 @@ class OpenSSHServer:
         client_key = asyncssh.generate_private_key("ssh-ed25519", comment="scout-test-client")
         _write_key(self.root / "ssh_host_ed25519_key", host_key)
         _write_key(self.identity_file, client_key)
-        (self.root / "authorized_keys").write_bytes(client_key.export_public_key("openssh"))
+        # sshd reads authorized_keys as the login user: keep it where that user can.
+        self._keys_dir = Path(tempfile.mkdtemp(prefix="scout-sshd-keys-"))
+        self._keys_dir.chmod(0o755)
+        authorized = self._keys_dir / "authorized_keys"
+        authorized.write_bytes(client_key.export_public_key("openssh"))
+        authorized.chmod(0o644)
         self._host_public = host_key.export_public_key("openssh").decode("ascii").strip()
 
     def _write_config(self) -> None:
@@ -137,7 +165,7 @@ class OpenSSHServer:
         self.config_file.write_text(
             f"ListenAddress {self.address}:{self.port}\n"
             f"HostKey {root / 'ssh_host_ed25519_key'}\n"
-            f"AuthorizedKeysFile {root / 'authorized_keys'}\n"
+            f"AuthorizedKeysFile {self._keys_dir / 'authorized_keys'}\n"
             f"PidFile {root / 'sshd.pid'}\n"
             "PubkeyAuthentication yes\n"
             "PasswordAuthentication no\n"
@@ -206,10 +234,24 @@ class OpenSSHServer:
             return []
 
     def pause(self) -> None:
-        """SIGSTOP sshd and its children: connections stay up but nothing answers."""
-        for proc in self._tree():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.send_signal(signal.SIGSTOP)
+        """SIGSTOP sshd and its children: connections stay up but nothing answers.
+
+        Repeated until every process is stopped: a child forked while its parent was
+        being stopped (sshd's post-auth child, say) is missed by the first pass.
+        """
+        for _ in range(50):
+            running = []
+            for proc in self._tree():
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    if proc.status() not in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE):
+                        running.append(proc)
+            if not running:
+                return
+            for proc in running:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.send_signal(signal.SIGSTOP)
+            time.sleep(0.01)
+        raise OpenSSHError("sshd's processes would not all stop")
 
     def resume(self) -> None:
         """SIGCONT what pause() stopped."""
@@ -246,6 +288,10 @@ class OpenSSHServer:
         if self.process is not None:
             self.process.wait()
             self.process = None
+        if self._keys_dir != Path():
+            for leftover in self._keys_dir.iterdir():
+                leftover.unlink()
+            self._keys_dir.rmdir()
 
 
 def start_openssh(root: Path, address: str = "127.0.0.1") -> OpenSSHServer:
