@@ -4,8 +4,8 @@ Arrivals come on a fixed schedule at each offered rate (100, 500, 1000, 2000 req
 up), spread round robin over 100 hosts whose connections are already warm. A rate is
 *held* when P95 (from scheduled arrival, so queueing counts) stays at or under 50 ms, no
 request fails, and at least 90 % of the offered rate completes. The ladder climbs until a
-rate is not held; raw asyncssh (one connection per host, opened beforehand) climbs the
-same ladder in the same invocation as the floor.
+rate is not held; raw asyncssh (one connection per host, opened beforehand) and the
+gRPC-only ExecService (bench.grpcfloor) climb the same ladder in the same invocation.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ HOSTS = 100
 P95_LIMIT_MS = 50.0
 MIN_ACHIEVED = 0.9
 COMMAND = "echo ok"
-_BACKENDS = {"scout": "scout", "raw": "raw asyncssh"}
+BACKENDS = {"scout": "scout", "raw": "raw asyncssh", "grpc": "gRPC alone, no SSH"}
 
 
 def _step(rate: int, results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -34,6 +34,7 @@ def _step(rate: int, results: list[dict[str, Any]]) -> dict[str, Any]:
         "max": median_of(results, "latency.max"),
         "achieved": median_of(results, "achieved"),
         "cpu_us": median_of(results, "server_cpu_us_per_req"),
+        "loadgen_us": median_of(results, "loadgen_cpu_us_per_req"),
         "errors": sum(merged_errors(results).values()),
         "lag_ms": median_of(results, "dispatch_lag_ms"),
     }
@@ -56,7 +57,7 @@ def highest_held(steps: list[dict[str, Any]]) -> int:
 
 
 async def ladder(rig: Rig, mode: Mode) -> Section:
-    """Climb the ladder with scout and with raw asyncssh, interleaved rate by rate."""
+    """Climb the ladder with scout, raw asyncssh and gRPC alone, interleaved rate by rate."""
     hosts = rig.fake_hosts[:HOSTS]
     section = Section(
         "s3",
@@ -64,7 +65,9 @@ async def ladder(rig: Rig, mode: Mode) -> Section:
         f"{HOSTS} protocol-only hosts, connections warmed first; open-loop arrivals at "
         f"each rate for {mode.ladder_step:g} s after 1 s of warm-up at that rate, "
         f"{mode.ladder_runs} run(s) per rate (medians). Held: P95 ≤ {P95_LIMIT_MS:g} ms "
-        f"from the scheduled arrival, no errors, ≥ {MIN_ACHIEVED:.0%} of the rate completed.",
+        f"from the scheduled arrival, no errors, ≥ {MIN_ACHIEVED:.0%} of the rate completed. "
+        "Raw asyncssh has one connection per host, opened beforehand; *gRPC alone* is "
+        "scenario 1's ExecService that answers without SSH (the gRPC hop's own ceiling).",
         [
             "backend",
             "offered req/s",
@@ -74,25 +77,35 @@ async def ladder(rig: Rig, mode: Mode) -> Section:
             "P99 ms",
             "max ms",
             "errors",
-            "server CPU µs/req",
+            "CPU µs/req: load gen.",
+            "server",
             "held",
         ],
     )
     server = await rig.scout(hosts, rig.fake_login)
-    common = {"hosts": hosts, "command": COMMAND, "timeout": 10.0}
-    scout_spec = {**common, "backend": "scout", "target": server.target, "server_pid": server.pid}
-    raw_spec = {**common, "backend": "raw", "auth": rig.auth(rig.fake_login), "per_host": 1}
-    steps: dict[str, list[dict[str, Any]]] = {"scout": [], "raw": []}
+    floor = await rig.grpc_floor()
+    common = {"hosts": hosts, "command": COMMAND, "timeout": 10.0, "target_pid": rig.fake.pid}
+    specs = {
+        "scout": {**common, "backend": "scout", "target": server.target, "server_pid": server.pid},
+        "raw": {**common, "backend": "raw", "auth": rig.auth(rig.fake_login), "per_host": 1},
+        "grpc": {
+            **common,
+            "backend": "scout",
+            "target": f"127.0.0.1:{floor.ready['port']}",
+            "server_pid": floor.pid,
+        },
+    }
+    steps: dict[str, list[dict[str, Any]]] = {key: [] for key in specs}
     try:
         warm = {"mode": "closed", "concurrency": HOSTS, "warmup": 0.0, "duration": 1.0}
-        say(f"[s3] warming {HOSTS} hosts: {brief(await rig.load({**scout_spec, **warm}))}")
-        active = ["scout", "raw"]
+        say(f"[s3] warming {HOSTS} hosts: {brief(await rig.load({**specs['scout'], **warm}))}")
+        active = list(specs)
         for rate in RATES:
             if not active:
                 break
             for key in list(active):
-                spec = {**(scout_spec if key == "scout" else raw_spec), "mode": "open"}
-                spec.update(rate=rate, warmup=1.0, duration=mode.ladder_step)
+                spec = {**specs[key], "mode": "open", "rate": rate}
+                spec.update(warmup=1.0, duration=mode.ladder_step)
                 results = []
                 for run in range(mode.ladder_runs):
                     results.append(await rig.load(spec))
@@ -103,7 +116,8 @@ async def ladder(rig: Rig, mode: Mode) -> Section:
                     active.remove(key)
     finally:
         await server.stop()
-    for key, label in _BACKENDS.items():
+        await floor.stop()
+    for key, label in BACKENDS.items():
         for step in steps[key]:
             section.rows.append(
                 [
@@ -112,14 +126,16 @@ async def ladder(rig: Rig, mode: Mode) -> Section:
                     num(step["achieved"]),
                     *(num(step[p], 1) for p in ("p50", "p95", "p99", "max")),
                     str(step["errors"]),
-                    num(step["cpu_us"]) if key == "scout" else "—",
+                    num(step["loadgen_us"]),
+                    num(step["cpu_us"]),
                     "yes" if step["held"] else "**no**",
                 ]
             )
     held = {key: highest_held(steps[key]) for key in steps}
     section.notes.append(
-        f"Highest rate held: scout **{held['scout']:,} req/s**, raw asyncssh "
-        f"{held['raw']:,} req/s (the next rung up is the first not held)."
+        f"Highest rate held: scout **{held['scout']:,} req/s**; raw asyncssh "
+        f"{held['raw']:,} req/s; gRPC alone {held['grpc']:,} req/s (the next rung up is "
+        "the first not held)."
     )
     section.notes.append("![load ladder](bench/ladder.png)")
     section.raw = {"steps": steps, "held": held}
@@ -127,7 +143,7 @@ async def ladder(rig: Rig, mode: Mode) -> Section:
 
 
 def plot(section: Section, path: Path, caption: str) -> bool:
-    """Latency percentiles against offered rate, scout solid and raw dashed; False if empty."""
+    """Latency percentiles against offered rate, one panel per backend; False if empty."""
     steps: dict[str, list[dict[str, Any]]] = section.raw.get("steps", {})
     if not any(steps.values()):
         return False
@@ -136,24 +152,26 @@ def plot(section: Section, path: Path, caption: str) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    keys = [key for key in BACKENDS if steps.get(key)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 4.6), dpi=110, sharey=True)
     colors = {"p50": "tab:blue", "p95": "tab:orange", "p99": "tab:red"}
-    for key, style in (("scout", "-"), ("raw", "--")):
-        rates = [s["rate"] for s in steps.get(key, [])]
+    for ax, key in zip([axes] if len(keys) == 1 else axes, keys, strict=True):
+        rates = [s["rate"] for s in steps[key]]
         for p, color in colors.items():
-            values = [float(s[p]) for s in steps.get(key, [])]  # NaN leaves a gap
-            ax.plot(rates, values, style, marker="o", color=color, label=f"{_BACKENDS[key]} {p}")
-    ax.axhline(P95_LIMIT_MS, color="grey", linewidth=1, linestyle=":")
-    ax.text(RATES[0], P95_LIMIT_MS * 1.08, f"{P95_LIMIT_MS:g} ms", color="grey")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("offered rate, requests/s (open loop)")
-    ax.set_ylabel("latency from scheduled arrival, ms")
-    ax.set_title("scout load ladder: 100 warm hosts, protocol-only SSH server")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+            values = [float(s[p]) for s in steps[key]]  # NaN leaves a gap
+            ax.plot(rates, values, "-", marker="o", color=color, label=p.upper())
+        ax.axhline(P95_LIMIT_MS, color="grey", linewidth=1, linestyle=":")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"{BACKENDS[key]}: held {highest_held(steps[key]):,} req/s", fontsize=10)
+        ax.set_xlabel("offered rate, req/s (open loop)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    first = axes if len(keys) == 1 else axes[0]
+    first.set_ylabel(f"latency from scheduled arrival, ms ({P95_LIMIT_MS:g} ms dotted)")
+    fig.suptitle("Load ladder: 100 warm hosts, protocol-only SSH server", fontsize=11)
     fig.text(0.01, 0.01, caption, fontsize=7, color="grey")
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)

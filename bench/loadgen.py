@@ -11,7 +11,8 @@ It runs in its own process, apart from the server under test, and drives one cal
     sequence  `count` requests one after another (the Stream throughput test)
 
 Latency percentiles are over successful requests; failures are counted by outcome.
-With `server_pid`, the server's CPU time over the measured window is reported too.
+CPU per request is reported for this process, the server under test (`server_pid`) and
+the SSH target's process tree (`target_pid`), each over the measured window.
 """
 
 from __future__ import annotations
@@ -34,34 +35,68 @@ from .results import latency_summary
 Pick = Callable[[int], int]
 
 
-class Window:
-    """Outcomes and latencies of the requests inside the measured window."""
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its descendants, reaped children included.
 
-    def __init__(self, server_pid: int | None) -> None:
+    An sshd's session processes come and go; once reaped, their time shows in their
+    parent's children_user/children_system, so the sum over the live tree keeps it.
+    """
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return float("nan")
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+class Window:
+    """Outcomes and latencies of the requests inside the measured window, and CPU spent.
+
+    CPU is read at the window's edges for this process (the load generator), the server
+    under test (`server_pid`) and the SSH target's process tree (`target_pid`).
+    """
+
+    def __init__(self, server_pid: int | None, target_pid: int | None = None) -> None:
         self.latencies: list[float] = []
         self.errors: Counter[str] = Counter()
         self.nbytes = 0
-        self._server = psutil.Process(server_pid) if server_pid else None
-        self._self = psutil.Process()
-        self._cpu0 = self._self_cpu0 = 0.0
-        self.cpu = self.self_cpu = float("nan")
+        self._pids = {"loadgen": psutil.Process().pid}
+        if server_pid:
+            self._pids["server"] = server_pid
+        if target_pid:
+            self._pids["target"] = target_pid
+        self._cpu0: dict[str, float] = {}
+        self.cpu_s: dict[str, float] = {}
 
-    @staticmethod
-    def _cpu_of(proc: psutil.Process) -> float:
-        times = proc.cpu_times()
-        return float(times.user + times.system)
+    @property
+    def cpu(self) -> float:
+        """The server's CPU seconds in the window (NaN without a server)."""
+        return self.cpu_s.get("server", float("nan"))
 
     def begin(self) -> None:
-        """The window opens: read the CPU clocks (server's, and this process's)."""
-        self._self_cpu0 = self._cpu_of(self._self)
-        if self._server is not None:
-            self._cpu0 = self._cpu_of(self._server)
+        """The window opens: read the CPU clocks."""
+        self._cpu0 = {name: tree_cpu(pid) for name, pid in self._pids.items()}
 
     def end(self) -> None:
-        """The window closes: CPU seconds spent inside it."""
-        self.self_cpu = self._cpu_of(self._self) - self._self_cpu0
-        if self._server is not None:
-            self.cpu = self._cpu_of(self._server) - self._cpu0
+        """The window closes: CPU seconds spent inside it, by process."""
+        self.cpu_s = {name: tree_cpu(pid) - self._cpu0[name] for name, pid in self._pids.items()}
+
+    def per_request(self, count: int) -> dict[str, float]:
+        """CPU µs per request for each measured process, over count requests."""
+        names = ("loadgen", "server", "target")
+        return {
+            f"{name}_cpu_us_per_req": self.cpu_s.get(name, float("nan")) / count * 1e6
+            if count
+            else float("nan")
+            for name in names
+        }
 
     def record(self, outcome: str, latency: float, nbytes: int) -> None:
         """One finished request."""
@@ -82,8 +117,7 @@ class Window:
             "latency": latency_summary(self.latencies),
             "bytes": self.nbytes,
             "server_cpu": self.cpu,
-            "server_cpu_us_per_req": self.cpu / ok * 1e6 if ok else float("nan"),
-            "loadgen_cpu_us_per_req": self.self_cpu / ok * 1e6 if ok else float("nan"),
+            **self.per_request(ok),
             **extra,
         }
 
@@ -126,8 +160,7 @@ async def closed_loop(
     result = window.result(duration, concurrency=n)
     result["throughput"] = completed / duration  # requests finished inside the window
     if completed:  # CPU inside the window, per request finished inside it
-        result["server_cpu_us_per_req"] = window.cpu / completed * 1e6
-        result["loadgen_cpu_us_per_req"] = window.self_cpu / completed * 1e6
+        result.update(window.per_request(completed))
     return result
 
 
@@ -230,7 +263,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     """Set up the caller, run the mode, tear down; the result includes setup costs."""
     caller = make_caller(spec)
     pick = _picker(spec)
-    window = Window(spec.get("server_pid"))
+    window = Window(spec.get("server_pid"), spec.get("target_pid"))
     limit = float(spec.get("timeout", 30.0))
     loop = asyncio.get_running_loop()
     rss0, began = _rss(), loop.time()

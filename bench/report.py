@@ -103,6 +103,8 @@ _METHOD = """\
   connections opened beforehand (no pool, no gRPC hop: the floor of what SSH costs) and
   the *naive pool* (`bench/naive.py`): the seed's "current" design, one global
   `asyncio.Lock` held across `asyncssh.connect()`, one connection per host, no bounds.
+  Both use the cipher scout negotiates (learned at the start from the SSH server's side),
+  so a ratio measures scout, not a cipher choice.
 - Runs of different backends are interleaved and tables show **medians** of the runs.
   Ratios compare medians. Load generator, server and SSH target share the same 2 cores,
   as the issue's targets assume; other work on the machine adds noise (see load average)."""

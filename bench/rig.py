@@ -172,6 +172,13 @@ class Rig:
     delay_ms: float
     sshd_note: str
     servers: list[ScoutServer] = field(default_factory=list)
+    scout_cipher: str = ""  # what scout negotiates; the baselines then use the same
+
+    @property
+    def sshd_pid(self) -> int:
+        """The sshd listener's pid (its process tree does the SSH server's work)."""
+        assert self.sshd.process is not None
+        return self.sshd.process.pid
 
     @property
     def fake_login(self) -> Login:
@@ -183,13 +190,40 @@ class Rig:
         """How scout and the baselines log in to sshd."""
         return Login(self.sshd.user, self.sshd.identity_file, self.sshd.known_hosts)
 
-    def auth(self, login: Login) -> dict[str, str]:
-        """A login as a load generator spec's `auth`."""
+    def auth(self, login: Login, ciphers: list[str] | None = None) -> dict[str, Any]:
+        """A login as a load generator spec's `auth`; by default scout's cipher."""
+        if ciphers is None:
+            ciphers = [self.scout_cipher] if self.scout_cipher else []
         return {
             "user": login.user,
             "client_key": str(login.identity_file),
             "known_hosts": str(login.known_hosts),
+            "ciphers": ciphers,
         }
+
+    async def grpc_floor(self) -> Child:
+        """Start the gRPC-only ExecService (bench.grpcfloor); its ready line has the port."""
+        log = self.workdir / "grpcfloor.log"
+        return await start_ready("grpcfloor", [PYTHON, "-m", "bench.grpcfloor"], log)
+
+    async def learn_scout_cipher(self) -> str:
+        """Which cipher scout negotiates (seen by the fake server), so baselines match it.
+
+        Comparing scout on AES-GCM with a raw client on chacha20-poly1305 would measure
+        the cipher, not scout: asyncssh spends twice the CPU per command on the latter.
+        """
+        host = self.fake_hosts[0]
+        server = await self.scout([host], self.fake_login)
+        try:
+            await self.fake_stats(reset=True)
+            spec = {"hosts": [host], "command": "true", "mode": "sequence", "count": 1}
+            await self.load({**spec, "backend": "scout", "target": server.target})
+            ciphers = (await self.fake_stats())["ciphers"]
+        finally:
+            await server.stop()
+        self.scout_cipher = max(ciphers, key=ciphers.get) if ciphers else ""
+        say(f"bench: scout negotiates {self.scout_cipher or 'an unknown cipher'}")
+        return self.scout_cipher
 
     async def scout(
         self,

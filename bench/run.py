@@ -94,6 +94,7 @@ async def run(args: argparse.Namespace) -> Report:
     failures: list[str] = []
     prof: dict[str, Any] | None = None
     try:
+        await rig.learn_scout_cipher()
         for n in chosen:
             say(f"bench: scenario {n}")
             try:
@@ -126,7 +127,7 @@ async def run(args: argparse.Namespace) -> Report:
         command=command,
         started=started,
         finished=time.time(),
-        machine=machine(),
+        machine={**machine(), "SSH cipher (scout and baselines)": rig.scout_cipher or "?"},
         load_start=load_start,
         load_end=load_average(),
         sections=list(sections.values()),
