@@ -16,12 +16,10 @@ Everything runs in its own process; this one only orchestrates and reads clocks.
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
 import os
 import pwd
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -87,7 +85,6 @@ def make_keys(workdir: Path) -> Keys:
 
 
 _LOAD_TIMEOUT = 900.0
-SH_USER = "scout-bench"  # the sshd login: shell /bin/sh, no rc files run per command
 
 
 def say(message: str) -> None:
@@ -109,32 +106,10 @@ def brief(result: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def sh_user() -> tuple[str, str]:
-    """A login whose shell is /bin/sh, created once when we are root; and a note about it.
-
-    Logging in as a user whose shell is bash runs that user's ~/.bashrc for every
-    command (Debian's bash does so under sshd); here root's rc runs `pyenv init`, about
-    a hundred processes and 100 ms per command, which would be measuring the rc file.
-    The account gets password `*` (none valid, but not locked: sshd without PAM refuses
-    locked accounts even for key logins).
-    """
-    if os.geteuid() == 0:
-        try:
-            pwd.getpwnam(SH_USER)
-        except KeyError:
-            home = f"/var/lib/{SH_USER}"
-            argv = ["useradd", "--system", "--shell", "/bin/sh", "--create-home", "--home-dir"]
-            subprocess.run([*argv, home, SH_USER], check=True, capture_output=True)
-            say(f"bench: created system user {SH_USER} (shell /bin/sh) for the sshd target")
-        subprocess.run(["usermod", "--password", "*", SH_USER], check=True, capture_output=True)
-    try:
-        if pwd.getpwnam(SH_USER).pw_shell == "/bin/sh":
-            return SH_USER, f"`{SH_USER}`, a system user whose shell is /bin/sh (dash)"
-    except KeyError:
-        pass
-    user = getpass.getuser()
+def login_note(user: str) -> str:
+    """Who logs in to sshd and with which shell (tests/openssh.py picks the user)."""
     shell = pwd.getpwnam(user).pw_shell
-    return user, f"`{user}`, shell {shell}: its rc files run for every command"
+    return f"`{user}` (shell {shell}; tests/openssh.py's login user)"
 
 
 @dataclass(frozen=True)
@@ -312,16 +287,14 @@ async def start_rig(fake_count: int, delay_ms: float) -> Rig:
     endpoints = [(str(a), int(p)) for a, p in fake.ready["endpoints"]]
     keys.trust(endpoints)
     hosts = [Host(f"fake{i:03d}", a, p) for i, (a, p) in enumerate(endpoints)]
-    user, note = sh_user()
-    os.chmod(workdir, 0o755)  # sshd reads authorized_keys as the login user
-    sshd = OpenSSHServer(workdir / "openssh", user=user)
+    sshd = OpenSSHServer(workdir / "openssh")
     try:
         await asyncio.to_thread(sshd.start)
     except BaseException:
         await fake.stop()
         raise
     sshd_host = Host("openssh", sshd.address, sshd.port)
-    return Rig(workdir, keys, fake, hosts, sshd, sshd_host, delay_ms, note)
+    return Rig(workdir, keys, fake, hosts, sshd, sshd_host, delay_ms, login_note(sshd.user))
 
 
 def remove_workdir(rig: Rig) -> None:
