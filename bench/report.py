@@ -168,6 +168,8 @@ def render(report: Report) -> str:
     lines += ["", "## Closing note", ""]
     for v in report.verdicts:
         lines.append(f"- {v.scenario}: {v.target}: measured {v.figure}, **{v.mark}**.")
+        if v.why:
+            lines.append(f"  Why: {v.why}")
     missed = [v for v in report.verdicts if v.met is False]
     if missed and report.profile is not None:
         lines += [

@@ -80,6 +80,7 @@ class Verdict:
     target: str
     figure: str
     met: bool | None  # None: could not be measured
+    why: str = ""  # for a missed target: what the measurements say about the cause
 
     @property
     def mark(self) -> str:
@@ -100,9 +101,9 @@ class Section:
     notes: list[str] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
 
-    def verdict(self, target: str, figure: str, met: bool | None) -> None:
-        """Record a target's outcome."""
-        self.verdicts.append(Verdict(self.title, target, figure, met))
+    def verdict(self, target: str, figure: str, met: bool | None, why: str = "") -> None:
+        """Record a target's outcome (and, when missed, the measured reason)."""
+        self.verdicts.append(Verdict(self.title, target, figure, met, why if met is False else ""))
 
 
 def num(value: float, digits: int = 0) -> str:

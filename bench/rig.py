@@ -16,6 +16,7 @@ Everything runs in its own process; this one only orchestrates and reads clocks.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import pwd
@@ -222,7 +223,7 @@ class Rig:
     async def load(self, spec: dict[str, Any]) -> dict[str, Any]:
         """Run one load generator process to completion; its result."""
         spec = {"timeout": 30.0, **spec}
-        spec["hosts"] = [h.__dict__ for h in spec["hosts"]]
+        spec["hosts"] = [dataclasses.asdict(h) for h in spec["hosts"]]
         child = await spawn(
             f"loadgen ({spec['backend']}, {spec['mode']})",
             [PYTHON, "-m", "bench.loadgen"],
