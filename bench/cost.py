@@ -184,12 +184,18 @@ def summarize_profile(path: Path, requests: int, cpu_us: float, top: int = 25) -
         share = seconds / total
         spread = "" if math.isnan(cpu_us) else f"  ~{share * cpu_us:5.0f} µs/request"
         out.write(f"  {area:<48} {share:6.1%}{spread}\n")
-    calls = {name: value[1] for (_, _, name), value in table.items()}
+    calls: dict[str, int] = {}
+    for (_, _, name), value in table.items():
+        calls[name] = calls.get(name, 0) + value[1]
     if requests:
+
+        def per(name: str) -> str:
+            return f"{calls.get(name, 0) / requests:.1f}"
+
         out.write(
-            f"\nper request: {calls.get('_run', 0) / requests:.1f} event-loop callbacks, "
-            f"{calls.get('_recv_packet', 0) / requests:.1f} SSH packets received, "
-            f"{calls.get('encrypt_and_sign', 0) / requests:.1f} sent\n"
+            f"\nper request: {per('_run')} event-loop callbacks, {per('create_task')} tasks, "
+            f"{per('create_future')} futures, {per('call_later')} timers; "
+            f"{per('_recv_packet')} SSH packets received, {per('encrypt_and_sign')} sent\n"
         )
     scout = sorted(
         ((value[3], filename, line, name) for (filename, line, name), value in table.items()),
