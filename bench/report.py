@@ -104,7 +104,12 @@ _METHOD = """\
   the *naive pool* (`bench/naive.py`): the seed's "current" design, one global
   `asyncio.Lock` held across `asyncssh.connect()`, one connection per host, no bounds.
   Both use the cipher scout negotiates (learned at the start from the SSH server's side),
-  so a ratio measures scout, not a cipher choice.
+  so a ratio measures scout, not a cipher choice. A third reference, *gRPC alone*
+  (`bench/grpcfloor.py`), is a grpc.aio ExecService that answers without SSH: the cost
+  of the gRPC hop by itself.
+- **CPU per request**: each process's CPU time (psutil, user + system, reaped children
+  included) over the measured window, divided by the requests finished in it, for the load
+  generator, the server under test and the SSH server's whole process tree.
 - Runs of different backends are interleaved and tables show **medians** of the runs.
   Ratios compare medians. Load generator, server and SSH target share the same 2 cores,
   as the issue's targets assume; other work on the machine adds noise (see load average)."""

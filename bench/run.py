@@ -72,7 +72,7 @@ def _selected(only: str | None) -> list[int]:
 
 
 def _jsonable(value: Any) -> Any:
-    """Results with NaN turned into null and dataclasses into dicts."""
+    """Results as strict JSON: NaN becomes null, tuples lists, keys strings."""
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
