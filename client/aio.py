@@ -355,6 +355,10 @@ class StreamCall:
             try:
                 response = await call.read()
             except grpc.RpcError as err:
+                if self._exit is not None:
+                    # Exit is the server's last message: the command's outcome is known,
+                    # and an error now can only be our own late write into the ended call.
+                    raise StopAsyncIteration from None
                 raise from_rpc_error(err, self.host) from err
             except asyncio.CancelledError:
                 self._raise_if_we_cancelled()
@@ -384,9 +388,17 @@ class StreamCall:
             ) from None
 
     async def _send(self, message: exec_pb2.StreamRequest) -> None:
-        """Write one request message, one at a time, mapping failures to ScoutError."""
+        """Write one request message, one at a time, mapping failures to ScoutError.
+
+        Messages after `start` wait for the response headers, which the server sends
+        once the command has started: a request that fails before that then ends the
+        call without a write racing it (a write into a finished call makes grpc report
+        INTERNAL in place of the server's status).
+        """
         call = self._started()
         async with self._write_lock:
+            if not message.HasField("start"):
+                await call.initial_metadata()
             if call.done():
                 await self._raise_final_status(call)
                 return
@@ -402,7 +414,7 @@ class StreamCall:
     async def _raise_final_status(self, call: Any) -> None:
         """Raise the ended RPC's error, or return if it ended OK (the write is dropped)."""
         code = await call.code()
-        if code == grpc.StatusCode.OK:
+        if code == grpc.StatusCode.OK or self._exit is not None:
             return
         error = grpc.aio.AioRpcError(
             code,

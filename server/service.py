@@ -190,6 +190,10 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
         ) as run:
             queue.attach(run.chan)
             run.session.done.add_done_callback(lambda _: queue.close())
+            # Response headers now mean "the command started": a client waits for them
+            # before it writes stdin, so a request that fails earlier never sees a write
+            # race the error (grpc would then report INTERNAL instead of the real status).
+            await context.send_initial_metadata(())
             feeder = _StdinFeeder(run, requests)
             feeder.start()
             try:

@@ -105,8 +105,9 @@ class FakeExec(exec_pb2_grpc.ExecServiceServicer):
 
     async def _script(self, words: list[str], start: exec_pb2.ExecuteRequest, context: Any) -> None:
         """Play one scripted stream; `cat` echoes stdin and reports signals and resizes."""
-        if words[0] == "fail":
+        if words[0] == "fail":  # before the command started: no response headers
             await context.abort(S[words[1]], words[2])
+        await context.send_initial_metadata(())  # as scout: headers mean "started"
         if words[0] == "partial-then-abort":
             await context.write(exec_pb2.StreamResponse(stdout=b"partial"))
             await context.abort(S.ABORTED, "lost the connection to web1 after the command started")
