@@ -63,6 +63,9 @@ class ExecServiceServicer:
         """Stream runs a command and sends its output as it is produced. The first
         request is `start`; later ones carry stdin, signals and terminal resizes.
         `close_stdin`, or half-closing the request stream, sends EOF to stdin.
+        The server sends response headers once the command has started; a client
+        should write stdin only after them (a request that fails earlier ends the
+        call with its status and no headers).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
