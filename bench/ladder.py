@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .pauses import gc_pauses
 from .results import Section, median_of, merged_errors, num
 from .rig import Mode, Rig, brief, say
 
@@ -20,6 +21,7 @@ RATES = (100, 500, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000, 10000)
 HOSTS = 100
 P95_LIMIT_MS = 50.0
 MIN_ACHIEVED = 0.9
+GC_WINDOW = 8.0  # seconds: long enough for a few full collections at a few hundred req/s
 COMMAND = "echo ok"
 BACKENDS = {"scout": "scout", "raw": "raw asyncssh", "grpc": "gRPC alone, no SSH"}
 
@@ -138,8 +140,32 @@ async def ladder(rig: Rig, mode: Mode) -> Section:
         "the first not held)."
     )
     section.notes.append("![load ladder](bench/ladder.png)")
-    section.raw = {"steps": steps, "held": held}
+    rate = max(held["scout"], RATES[1])
+    gc = await gc_pauses(rig, hosts, rate, max(mode.ladder_step, GC_WINDOW))
+    section.notes.append(_gc_note(gc))
+    section.raw = {"steps": steps, "held": held, "gc": gc}
     return section
+
+
+def _gc_note(gc: dict[str, Any]) -> str:
+    """What the garbage-collection log says about the latency tail."""
+    lat = gc["result"]["latency"]
+    if not gc["full"]:
+        return (
+            f"**Latency tail.** The {gc['rate']:,} req/s rung once more, against a scout "
+            "server that logs its garbage collections: no full collection ran in the "
+            f"{gc['window_s']:.1f} s window; P99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms."
+        )
+    return (
+        f"**Latency tail.** The {gc['rate']:,} req/s rung once more, against a scout "
+        "server that logs its garbage collections (`bench/profiled.py --gc-log`): in "
+        f"{gc['window_s']:.1f} s, {gc['full']} full collections paused its event loop, "
+        f"the longest {gc['full_max_ms']:.0f} ms ({gc['full_total_ms']:.0f} ms in all; "
+        f"up to {gc['collected_max']:,} objects freed at once); P50 {lat['p50']:.1f} ms, "
+        f"P99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms. Of the {gc['slow']} requests "
+        f"over 20 ms, {gc['slow_in_full']} were waiting while a full collection ran "
+        f"({gc['slow_in_any']} during any logged collection)."
+    )
 
 
 def plot(section: Section, path: Path, caption: str) -> bool:

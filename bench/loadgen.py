@@ -22,6 +22,7 @@ import itertools
 import json
 import random
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +34,8 @@ from .procs import print_ready
 from .results import latency_summary
 
 Pick = Callable[[int], int]
+SLOW = 0.020  # seconds: open-loop requests slower than this are listed with their times
+_SLOW_KEPT = 5000
 
 
 def tree_cpu(pid: int) -> float:
@@ -74,6 +77,8 @@ class Window:
             self._pids["target"] = target_pid
         self._cpu0: dict[str, float] = {}
         self.cpu_s: dict[str, float] = {}
+        self.span = (0.0, 0.0)  # the window on the system's monotonic clock
+        self.slow: list[tuple[float, float]] = []  # (start, latency) of slow requests
 
     @property
     def cpu(self) -> float:
@@ -83,10 +88,12 @@ class Window:
     def begin(self) -> None:
         """The window opens: read the CPU clocks."""
         self._cpu0 = {name: tree_cpu(pid) for name, pid in self._pids.items()}
+        self.span = (time.monotonic(), 0.0)
 
     def end(self) -> None:
         """The window closes: CPU seconds spent inside it, by process."""
         self.cpu_s = {name: tree_cpu(pid) - self._cpu0[name] for name, pid in self._pids.items()}
+        self.span = (self.span[0], time.monotonic())
 
     def per_request(self, count: int) -> dict[str, float]:
         """CPU µs per request for each measured process, over count requests."""
@@ -98,13 +105,15 @@ class Window:
             for name in names
         }
 
-    def record(self, outcome: str, latency: float, nbytes: int) -> None:
-        """One finished request."""
+    def record(self, outcome: str, latency: float, nbytes: int, at: float = 0.0) -> None:
+        """One finished request (started at `at`, monotonic, when known)."""
         if outcome == OK:
             self.latencies.append(latency)
             self.nbytes += nbytes
         else:
             self.errors[outcome] += 1
+        if at and latency > SLOW and len(self.slow) < _SLOW_KEPT:
+            self.slow.append((at, latency))
 
     def result(self, elapsed: float, **extra: Any) -> dict[str, Any]:
         """The JSON-able summary."""
@@ -118,6 +127,8 @@ class Window:
             "bytes": self.nbytes,
             "server_cpu": self.cpu,
             **self.per_request(ok),
+            "window": list(self.span),
+            "slow": self.slow,
             **extra,
         }
 
@@ -189,7 +200,7 @@ async def open_loop(
         outcome, nbytes = await _timed(caller, k, pick(k), t)
         ended = loop.time()
         if k >= first:
-            window.record(outcome, ended - scheduled, nbytes)
+            window.record(outcome, ended - scheduled, nbytes, scheduled)
             last_end = max(last_end, ended)
 
     k = 0

@@ -207,6 +207,7 @@ class Rig:
         login: Login,
         pool: dict[str, Any] | None = None,
         profile: Path | None = None,
+        gc_log: Path | None = None,
     ) -> ScoutServer:
         """Start a scout server whose inventory is hosts."""
         server = await start_scout(
@@ -216,6 +217,7 @@ class Rig:
             pool=pool or {},
             known_hosts=self.keys.known_hosts,
             profile=profile,
+            gc_log=gc_log,
         )
         self.servers.append(server)
         return server

@@ -3,8 +3,9 @@
 The config is written as TOML, the way an operator would (`[hosts.NAME]`, `[ssh]`,
 `[pool]`), and the server is started by its console script on 127.0.0.1:0. The port is
 read from its start-up log line; readiness is the official gRPC health check saying
-SERVING. CPU time and RSS come from psutil on the server's pid. With `profile`, the
-server runs under cProfile (bench.profiled), switched on and off by signals.
+SERVING. CPU time and RSS come from psutil on the server's pid. With `profile` or
+`gc_log`, the server runs under bench.profiled: cProfile switched on and off by
+signals, and a log of its garbage collections.
 """
 
 from __future__ import annotations
@@ -140,15 +141,19 @@ async def start_scout(
     pool: dict[str, Any],
     known_hosts: Path,
     profile: Path | None = None,
+    gc_log: Path | None = None,
 ) -> ScoutServer:
     """Write the config, start scout-server on port 0, wait until it serves."""
     config = workdir / f"scout-{tag}.toml"
     config.write_text(config_text(hosts, pool, known_hosts), encoding="utf-8")
     args = ["--config", str(config), "--listen", "127.0.0.1:0"]
-    if profile is None:
+    if profile is None and gc_log is None:
         argv = [str(BIN / "scout-server"), *args]
     else:
-        argv = [PYTHON, "-m", "bench.profiled", str(profile), *args]
+        argv = [PYTHON, "-m", "bench.profiled"]
+        argv += ["--profile", str(profile)] if profile else []
+        argv += ["--gc-log", str(gc_log)] if gc_log else []
+        argv += ["--", *args]
     log = workdir / f"scout-{tag}.log"
     log.write_bytes(b"")
     child = await spawn(f"scout-server ({tag})", argv, log)
