@@ -91,6 +91,13 @@ def error_name(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def error_detail(exc: BaseException) -> str:
+    """What the failure said, for the first failure of each kind in a run's result."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return str(exc.details() or "")[:300]
+    return str(exc)[:300]
+
+
 class _Sink(asyncssh.SSHClientSession[bytes]):
     """A client session that only counts what it receives: the fastest possible reader."""
 

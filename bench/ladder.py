@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .pauses import gc_pauses
-from .results import Section, median_of, merged_errors, num
+from .results import Section, errors_text, median_of, merged_errors, num
 from .rig import Mode, Rig, brief, say
 
 RATES = (100, 500, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000, 10000)
@@ -28,7 +28,7 @@ BACKENDS = {"scout": "scout", "raw": "raw asyncssh", "grpc": "gRPC alone, no SSH
 
 def _step(rate: int, results: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians of one rate's runs, and whether the rate was held."""
-    step = {
+    step: dict[str, Any] = {
         "rate": rate,
         "p50": median_of(results, "latency.p50"),
         "p95": median_of(results, "latency.p95"),
@@ -38,6 +38,7 @@ def _step(rate: int, results: list[dict[str, Any]]) -> dict[str, Any]:
         "cpu_us": median_of(results, "server_cpu_us_per_req"),
         "loadgen_us": median_of(results, "loadgen_cpu_us_per_req"),
         "errors": sum(merged_errors(results).values()),
+        "error_codes": merged_errors(results),
         "lag_ms": median_of(results, "dispatch_lag_ms"),
     }
     step["held"] = (
@@ -127,7 +128,7 @@ async def ladder(rig: Rig, mode: Mode) -> Section:
                     num(step["rate"]),
                     num(step["achieved"]),
                     *(num(step[p], 1) for p in ("p50", "p95", "p99", "max")),
-                    str(step["errors"]),
+                    errors_text([{"errors": step["error_codes"]}]),
                     num(step["loadgen_us"]),
                     num(step["cpu_us"]),
                     "yes" if step["held"] else "**no**",
@@ -139,6 +140,14 @@ async def ladder(rig: Rig, mode: Mode) -> Section:
         f"{held['raw']:,} req/s; gRPC alone {held['grpc']:,} req/s (the next rung up is "
         "the first not held)."
     )
+    if any("CANCELLED" in s["error_codes"] for k in steps for s in steps[k]):
+        section.notes.append(
+            "CANCELLED at an overloaded rung comes from grpc core, not from scout's code: "
+            "calls that wait too long in the server's queue of not-yet-handled calls are "
+            "shed (server arguments `grpc.server.max_pending_requests`, default 1000, and "
+            "its hard limit, 3000), so an overloaded server answers CANCELLED after about a "
+            "second rather than RESOURCE_EXHAUSTED."
+        )
     section.notes.append("![load ladder](bench/ladder.png)")
     rate = max(held["scout"], RATES[1])
     gc = await gc_pauses(rig, hosts, rate, max(mode.ladder_step, GC_WINDOW))

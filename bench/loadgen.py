@@ -29,7 +29,7 @@ from typing import Any
 
 import psutil
 
-from .callers import OK, Caller, error_name, make_caller
+from .callers import OK, Caller, error_detail, error_name, make_caller
 from .procs import print_ready
 from .results import latency_summary
 
@@ -133,13 +133,18 @@ class Window:
         }
 
 
+_details: dict[str, str] = {}  # the first detail of each error outcome in this process
+
+
 async def _timed(caller: Caller, worker: int, host: int, limit: float) -> tuple[str, int]:
     """One call, bounded by limit seconds, with failures turned into outcome names."""
     try:
         async with asyncio.timeout(limit):
             return await caller.call(worker, host)
     except Exception as exc:
-        return error_name(exc), 0
+        name = error_name(exc)
+        _details.setdefault(name, error_detail(exc))
+        return name, 0
 
 
 async def closed_loop(
@@ -297,6 +302,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"unknown mode {mode!r}")
     finally:
         await caller.close()
+    result["error_details"] = dict(_details)
     return {**result, **setup, "backend": spec["backend"], "mode": spec["mode"]}
 
 
