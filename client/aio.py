@@ -8,6 +8,7 @@ gRPC error leaves this module as a `ScoutError` made by `from_rpc_error`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping, Sequence
 from signal import Signals
 from types import TracebackType
@@ -85,6 +86,7 @@ def build_request(
     working_dir: str = "",
     pty: bool = False,
     terminal_size: tuple[int, int] | None = None,
+    close_stdin: bool = False,
 ) -> exec_pb2.ExecuteRequest:
     """Build the ExecuteRequest shared by Execute and Stream's start message."""
     request = exec_pb2.ExecuteRequest(
@@ -96,6 +98,7 @@ def build_request(
         text=text,
         working_dir=working_dir,
         pty=pty,
+        close_stdin=close_stdin,
     )
     if timeout is not None:
         request.timeout.CopyFrom(_duration(timeout))
@@ -213,8 +216,13 @@ class Client:
         pty: bool = False,
         terminal_size: tuple[int, int] | None = None,
         rpc_timeout: float | None = None,
+        close_stdin: bool = False,
     ) -> StreamCall:
-        """Prepare a streamed command; it starts when entered with `async with`."""
+        """Prepare a streamed command; it starts when entered with `async with`.
+
+        close_stdin=True sends EOF right after `stdin`, in the start message: use it when
+        there is no more input, so that nothing is written after the start.
+        """
         metadata = _host_metadata(host)
         deadline = rpc_deadline(timeout, rpc_timeout, self._margin)
         request = build_request(
@@ -228,6 +236,7 @@ class Client:
             working_dir=working_dir,
             pty=pty,
             terminal_size=terminal_size,
+            close_stdin=close_stdin,
         )
         return StreamCall(self, host, request, deadline, metadata)
 
@@ -267,7 +276,8 @@ class StreamCall:
         self._metadata = metadata
         self._call: Any = None
         self._write_lock = asyncio.Lock()
-        self._stdin_closed = False
+        self._stdin_closed = request.close_stdin  # EOF already in the start message
+        self._write_failed = False  # a write found the call ended (see _send)
         self._cancelled = False
         self._exit: ExitStatus | None = None
 
@@ -359,6 +369,18 @@ class StreamCall:
                     # Exit is the server's last message: the command's outcome is known,
                     # and an error now can only be our own late write into the ended call.
                     raise StopAsyncIteration from None
+                if self._write_failed and err.code() == grpc.StatusCode.INTERNAL:
+                    raise from_rpc_error(
+                        grpc.aio.AioRpcError(
+                            grpc.StatusCode.UNKNOWN,
+                            grpc.aio.Metadata(),
+                            grpc.aio.Metadata(),
+                            "the command ended while input was still being sent to it; "
+                            "grpc lost its outcome (send EOF with the start message, "
+                            "close_stdin=True, when there is no more input)",
+                        ),
+                        self.host,
+                    ) from err
                 raise from_rpc_error(err, self.host) from err
             except asyncio.CancelledError:
                 self._raise_if_we_cancelled()
@@ -370,7 +392,15 @@ class StreamCall:
                 continue  # a newer server's event kind; skipping it keeps us compatible
             if isinstance(event, Exit):
                 self._exit = event.status
+                await self._half_close()
             return event
+
+    async def _half_close(self) -> None:
+        """After `exit`: end our side, so the server ends the RPC at once (it lingers
+        for this, so that no write of ours can land in a finished call)."""
+        async with self._write_lock:
+            with contextlib.suppress(grpc.RpcError, asyncio.InvalidStateError):
+                await self._started().done_writing()
 
     def _started(self) -> Any:
         """Return the gRPC call, or explain that `async with` is missing."""
@@ -405,8 +435,11 @@ class StreamCall:
             try:
                 await call.write(message)
             except (grpc.RpcError, asyncio.InvalidStateError):
-                # The RPC ended under the write: its final status says why, not the write.
-                await self._raise_final_status(call)
+                # The RPC ended under the write. Dropped, as on a closed pipe: the reader
+                # gets the outcome (Exit, or the error), which comes before the status
+                # that grpc's failed write leaves behind (INTERNAL).
+                self._write_failed = True
+                return
             except asyncio.CancelledError:
                 self._raise_if_we_cancelled()
                 raise

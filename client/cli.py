@@ -232,20 +232,24 @@ async def run_exec(
 ) -> int:
     """Stream one command and return our exit status."""
     status: ExitStatus | None = None
+    fd = _stdin_fd(stdin)
     async with (
         Client(args.target) as client,
-        client.stream(args.host, args.command, env=args.env, timeout=args.timeout) as call,
+        client.stream(
+            args.host,
+            args.command,
+            env=args.env,
+            timeout=args.timeout,
+            close_stdin=fd is None,  # no input to forward: EOF travels with the start
+        ) as call,
     ):
         task = asyncio.current_task()
         assert task is not None  # we run inside asyncio.run
         interrupts = _Interrupts(call, task)
         installed = _install_sigint(interrupts)
-        fd = _stdin_fd(stdin)
         feeder: asyncio.Task[None] | None = None
         try:
-            if fd is None:
-                await call.close_stdin()
-            else:
+            if fd is not None:
                 feeder = asyncio.create_task(_forward_stdin(call, fd))
             async for event in call:
                 if isinstance(event, Stdout):

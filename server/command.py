@@ -33,6 +33,7 @@ class CommandSpec:
     host: str
     command: str  # the final command line, environment and directory applied
     stdin: bytes = b""
+    close_stdin: bool = True  # EOF right after stdin (Stream: only when asked)
     pty: bool = False
     term_size: tuple[int, int] = (80, 24)
     max_output_bytes: int = 0  # 0: no cap

@@ -133,6 +133,7 @@ def check_execute(
         host=host.name,
         command=command_line(request),
         stdin=request.stdin,
+        close_stdin=request.close_stdin or not stream,
         pty=request.pty,
         term_size=term,
         max_output_bytes=cap,

@@ -47,6 +47,7 @@ from .requests import check_execute, signal_name, timeout_of
 log = logging.getLogger(__name__)
 
 _DEADLINE_MARGIN = 0.05  # stop the command a little before the caller's deadline
+_LINGER = 2.0  # after `exit`, how long a Stream waits for the caller to half-close
 R = TypeVar("R")
 
 _STATUS: dict[type[ScoutError], grpc.StatusCode] = {
@@ -200,9 +201,11 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
                 info = await _bounded(
                     run, spec, deadline, self._pump(queue, run, context, first.start.text)
                 )
-            finally:
+            except BaseException:
                 await feeder.stop()
+                raise
             if feeder.error is not None:
+                await feeder.stop()
                 raise feeder.error
         await context.write(
             exec_pb2.StreamResponse(
@@ -218,6 +221,10 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
                 )
             )
         )
+        # The RPC ends when the caller half-closes (the client library does on `exit`),
+        # or after a short linger: a caller still writing stdin when the command ended
+        # must not write into a finished call (grpc then hides the outcome as INTERNAL).
+        await feeder.finish(_LINGER)
 
     async def _pump(
         self, queue: OutputQueue, run: RunningCommand, context: Any, text: bool
@@ -263,6 +270,8 @@ class _StdinFeeder:
     async def _feed(self) -> None:
         run = self._run
         await run.write(run.spec.stdin)
+        if run.spec.close_stdin:
+            run.close_stdin()
         try:
             async for msg in self._requests:
                 event = msg.WhichOneof("event")
@@ -283,6 +292,12 @@ class _StdinFeeder:
             await run.stop()
             return
         run.close_stdin()
+
+    async def finish(self, linger: float) -> None:
+        """Let the caller end its request stream (bounded), then stop reading."""
+        if self._task is not None:
+            await asyncio.wait({self._task}, timeout=linger)
+        await self.stop()
 
     async def stop(self) -> None:
         """Stop reading requests (the command has ended or is being stopped)."""

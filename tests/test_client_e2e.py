@@ -132,7 +132,7 @@ class FakeExec(exec_pb2_grpc.ExecServiceServicer):
         if start.stdin:
             total += len(start.stdin)
             await context.write(exec_pb2.StreamResponse(stdout=start.stdin))
-        while (message := await context.read()) is not grpc.aio.EOF:
+        while not start.close_stdin and (message := await context.read()) is not grpc.aio.EOF:
             self.seen.stream_messages.append(message)
             kind = message.WhichOneof("event")
             if kind == "stdin":
@@ -451,12 +451,19 @@ async def test_cli_forwards_stdin_and_streams_output(fake: tuple[FakeExec, str])
 async def test_cli_sends_eof_at_once_without_stdin(fake: tuple[FakeExec, str]) -> None:
     code, out, _ = await run_cli(["exec", "--target", fake[1], "web1", "--", "cat"], None)
     assert (code, out) == (0, b"")
+    assert fake[0].seen.requests[0].close_stdin  # EOF in the start message
+    assert fake[0].seen.stream_messages == []  # nothing written after it
 
 
 async def test_cli_exit_codes(fake: tuple[FakeExec, str]) -> None:
     target = ["--target", fake[1]]
-    assert (await run_cli(["exec", *target, "web1", "--", "exit-now", "5"], None))[0] == 5
-    assert (await run_cli(["exec", *target, "web1", "--", "exit-now -1 TERM"], None))[0] == 143
+    for _ in range(20):  # the command ends at once: the EOF write races the end
+        assert (await run_cli(["exec", *target, "web1", "--", "exit-now", "5"], None))[:3:2] == (
+            5,
+            b"",
+        )
+        done = await run_cli(["exec", *target, "web1", "--", "exit-now -1 TERM"], None)
+        assert done[:3:2] == (143, b"")
     code, _, err = await run_cli(
         ["exec", *target, "web1", "--", "fail NOT_FOUND no host web1"], b""
     )

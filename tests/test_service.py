@@ -278,3 +278,26 @@ async def test_python_client_against_the_real_server(scout: Scout) -> None:
         assert events[0] == Stdout(b"abc")
         last = events[-1]
         assert isinstance(last, Exit) and last.status.signal == "TERM"
+
+
+async def test_stream_start_can_carry_eof(scout: Scout) -> None:
+    """close_stdin in `start`: the command gets EOF with no message after the start."""
+    never = asyncio.Event()
+
+    async def requests() -> AsyncIterator[exec_pb2.StreamRequest]:
+        yield exec_pb2.StreamRequest(
+            start=exec_pb2.ExecuteRequest(
+                host="local", command="cat; echo end", stdin=b"in ", close_stdin=True
+            )
+        )
+        await never.wait()  # keep the request stream open: EOF must come from the flag
+
+    call = scout.stub.Stream(requests(), timeout=10)
+    out = b""
+    while (msg := await call.read()) is not grpc.aio.EOF:
+        if msg.WhichOneof("event") == "exit":
+            assert msg.exit.exit_code == 0
+            break
+        out += msg.stdout
+    call.cancel()
+    assert out == b"in end\n"

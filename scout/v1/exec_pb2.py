@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13scout/v1/exec.proto\x12\x08scout.v1\x1a\x1egoogle/protobuf/duration.proto\"\xbf\x02\n\x0e\x45xecuteRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\t\x12\r\n\x05stdin\x18\x03 \x01(\x0c\x12.\n\x03\x65nv\x18\x04 \x03(\x0b\x32!.scout.v1.ExecuteRequest.EnvEntry\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10max_output_bytes\x18\x06 \x01(\x04\x12\x0c\n\x04text\x18\x07 \x01(\x08\x12\x13\n\x0bworking_dir\x18\x08 \x01(\t\x12\x0b\n\x03pty\x18\t \x01(\x08\x12-\n\rterminal_size\x18\n \x01(\x0b\x32\x16.scout.v1.TerminalSize\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa0\x02\n\x0f\x45xecuteResponse\x12\x0e\n\x06stdout\x18\x01 \x01(\x0c\x12\x0e\n\x06stderr\x18\x02 \x01(\x0c\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\x0e\n\x06signal\x18\x04 \x01(\t\x12\x13\n\x0b\x63ore_dumped\x18\x05 \x01(\x08\x12\x18\n\x10stdout_truncated\x18\x06 \x01(\x08\x12\x18\n\x10stderr_truncated\x18\x07 \x01(\x08\x12\x14\n\x0cstdout_bytes\x18\x08 \x01(\x04\x12\x14\n\x0cstderr_bytes\x18\t \x01(\x04\x12\x13\n\x0bstdout_text\x18\n \x01(\t\x12\x13\n\x0bstderr_text\x18\x0b \x01(\t\x12+\n\x08\x64uration\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\"\xa7\x01\n\rStreamRequest\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x18.scout.v1.ExecuteRequestH\x00\x12\x0f\n\x05stdin\x18\x02 \x01(\x0cH\x00\x12\x10\n\x06signal\x18\x03 \x01(\tH\x00\x12(\n\x06resize\x18\x04 \x01(\x0b\x32\x16.scout.v1.TerminalSizeH\x00\x12\x15\n\x0b\x63lose_stdin\x18\x05 \x01(\x08H\x00\x42\x07\n\x05\x65vent\"q\n\x0eStreamResponse\x12\x10\n\x06stdout\x18\x01 \x01(\x0cH\x00\x12\x10\n\x06stderr\x18\x02 \x01(\x0cH\x00\x12$\n\x04\x65xit\x18\x03 \x01(\x0b\x32\x14.scout.v1.ExitStatusH\x00\x12\x0c\n\x04text\x18\x04 \x01(\tB\x07\n\x05\x65vent\"\xd1\x01\n\nExitStatus\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06signal\x18\x02 \x01(\t\x12\x13\n\x0b\x63ore_dumped\x18\x03 \x01(\x08\x12\x14\n\x0cstdout_bytes\x18\x04 \x01(\x04\x12\x14\n\x0cstderr_bytes\x18\x05 \x01(\x04\x12\x18\n\x10stdout_truncated\x18\x06 \x01(\x08\x12\x18\n\x10stderr_truncated\x18\x07 \x01(\x08\x12+\n\x08\x64uration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\"-\n\x0cTerminalSize\x12\x0f\n\x07\x63olumns\x18\x01 \x01(\r\x12\x0c\n\x04rows\x18\x02 \x01(\r2\x8e\x01\n\x0b\x45xecService\x12>\n\x07\x45xecute\x12\x18.scout.v1.ExecuteRequest\x1a\x19.scout.v1.ExecuteResponse\x12?\n\x06Stream\x12\x17.scout.v1.StreamRequest\x1a\x18.scout.v1.StreamResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13scout/v1/exec.proto\x12\x08scout.v1\x1a\x1egoogle/protobuf/duration.proto\"\xd4\x02\n\x0e\x45xecuteRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\t\x12\r\n\x05stdin\x18\x03 \x01(\x0c\x12.\n\x03\x65nv\x18\x04 \x03(\x0b\x32!.scout.v1.ExecuteRequest.EnvEntry\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10max_output_bytes\x18\x06 \x01(\x04\x12\x0c\n\x04text\x18\x07 \x01(\x08\x12\x13\n\x0bworking_dir\x18\x08 \x01(\t\x12\x0b\n\x03pty\x18\t \x01(\x08\x12-\n\rterminal_size\x18\n \x01(\x0b\x32\x16.scout.v1.TerminalSize\x12\x13\n\x0b\x63lose_stdin\x18\x0b \x01(\x08\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa0\x02\n\x0f\x45xecuteResponse\x12\x0e\n\x06stdout\x18\x01 \x01(\x0c\x12\x0e\n\x06stderr\x18\x02 \x01(\x0c\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\x0e\n\x06signal\x18\x04 \x01(\t\x12\x13\n\x0b\x63ore_dumped\x18\x05 \x01(\x08\x12\x18\n\x10stdout_truncated\x18\x06 \x01(\x08\x12\x18\n\x10stderr_truncated\x18\x07 \x01(\x08\x12\x14\n\x0cstdout_bytes\x18\x08 \x01(\x04\x12\x14\n\x0cstderr_bytes\x18\t \x01(\x04\x12\x13\n\x0bstdout_text\x18\n \x01(\t\x12\x13\n\x0bstderr_text\x18\x0b \x01(\t\x12+\n\x08\x64uration\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\"\xa7\x01\n\rStreamRequest\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x18.scout.v1.ExecuteRequestH\x00\x12\x0f\n\x05stdin\x18\x02 \x01(\x0cH\x00\x12\x10\n\x06signal\x18\x03 \x01(\tH\x00\x12(\n\x06resize\x18\x04 \x01(\x0b\x32\x16.scout.v1.TerminalSizeH\x00\x12\x15\n\x0b\x63lose_stdin\x18\x05 \x01(\x08H\x00\x42\x07\n\x05\x65vent\"q\n\x0eStreamResponse\x12\x10\n\x06stdout\x18\x01 \x01(\x0cH\x00\x12\x10\n\x06stderr\x18\x02 \x01(\x0cH\x00\x12$\n\x04\x65xit\x18\x03 \x01(\x0b\x32\x14.scout.v1.ExitStatusH\x00\x12\x0c\n\x04text\x18\x04 \x01(\tB\x07\n\x05\x65vent\"\xd1\x01\n\nExitStatus\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06signal\x18\x02 \x01(\t\x12\x13\n\x0b\x63ore_dumped\x18\x03 \x01(\x08\x12\x14\n\x0cstdout_bytes\x18\x04 \x01(\x04\x12\x14\n\x0cstderr_bytes\x18\x05 \x01(\x04\x12\x18\n\x10stdout_truncated\x18\x06 \x01(\x08\x12\x18\n\x10stderr_truncated\x18\x07 \x01(\x08\x12+\n\x08\x64uration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\"-\n\x0cTerminalSize\x12\x0f\n\x07\x63olumns\x18\x01 \x01(\r\x12\x0c\n\x04rows\x18\x02 \x01(\r2\x8e\x01\n\x0b\x45xecService\x12>\n\x07\x45xecute\x12\x18.scout.v1.ExecuteRequest\x1a\x19.scout.v1.ExecuteResponse\x12?\n\x06Stream\x12\x17.scout.v1.StreamRequest\x1a\x18.scout.v1.StreamResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,19 +35,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXECUTEREQUEST_ENVENTRY']._loaded_options = None
   _globals['_EXECUTEREQUEST_ENVENTRY']._serialized_options = b'8\001'
   _globals['_EXECUTEREQUEST']._serialized_start=66
-  _globals['_EXECUTEREQUEST']._serialized_end=385
-  _globals['_EXECUTEREQUEST_ENVENTRY']._serialized_start=343
-  _globals['_EXECUTEREQUEST_ENVENTRY']._serialized_end=385
-  _globals['_EXECUTERESPONSE']._serialized_start=388
-  _globals['_EXECUTERESPONSE']._serialized_end=676
-  _globals['_STREAMREQUEST']._serialized_start=679
-  _globals['_STREAMREQUEST']._serialized_end=846
-  _globals['_STREAMRESPONSE']._serialized_start=848
-  _globals['_STREAMRESPONSE']._serialized_end=961
-  _globals['_EXITSTATUS']._serialized_start=964
-  _globals['_EXITSTATUS']._serialized_end=1173
-  _globals['_TERMINALSIZE']._serialized_start=1175
-  _globals['_TERMINALSIZE']._serialized_end=1220
-  _globals['_EXECSERVICE']._serialized_start=1223
-  _globals['_EXECSERVICE']._serialized_end=1365
+  _globals['_EXECUTEREQUEST']._serialized_end=406
+  _globals['_EXECUTEREQUEST_ENVENTRY']._serialized_start=364
+  _globals['_EXECUTEREQUEST_ENVENTRY']._serialized_end=406
+  _globals['_EXECUTERESPONSE']._serialized_start=409
+  _globals['_EXECUTERESPONSE']._serialized_end=697
+  _globals['_STREAMREQUEST']._serialized_start=700
+  _globals['_STREAMREQUEST']._serialized_end=867
+  _globals['_STREAMRESPONSE']._serialized_start=869
+  _globals['_STREAMRESPONSE']._serialized_end=982
+  _globals['_EXITSTATUS']._serialized_start=985
+  _globals['_EXITSTATUS']._serialized_end=1194
+  _globals['_TERMINALSIZE']._serialized_start=1196
+  _globals['_TERMINALSIZE']._serialized_end=1241
+  _globals['_EXECSERVICE']._serialized_start=1244
+  _globals['_EXECSERVICE']._serialized_end=1386
 # @@protoc_insertion_point(module_scope)

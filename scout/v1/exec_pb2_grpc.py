@@ -65,7 +65,9 @@ class ExecServiceServicer:
         `close_stdin`, or half-closing the request stream, sends EOF to stdin.
         The server sends response headers once the command has started; a client
         should write stdin only after them (a request that fails earlier ends the
-        call with its status and no headers).
+        call with its status and no headers). After the `exit` message the server
+        waits (up to 2 s) for the caller to half-close before it ends the RPC, so
+        late stdin never lands in a finished call: half-close on `exit`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
