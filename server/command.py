@@ -52,24 +52,27 @@ class ExitInfo:
 
 
 class CappedBuffer:
-    """Collects up to `cap` bytes (0: no cap) and counts the rest."""
+    """Counts output against `cap` bytes (0: no cap); collects the part under it if asked."""
 
-    __slots__ = ("cap", "chunks", "kept", "total")
+    __slots__ = ("cap", "chunks", "collect", "kept", "total")
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, *, collect: bool = True) -> None:
         self.cap = cap
+        self.collect = collect
         self.chunks: list[bytes] = []
         self.kept = 0
         self.total = 0
 
-    def feed(self, data: bytes) -> None:
-        """Keep what fits under the cap; count everything."""
+    def feed(self, data: bytes) -> bytes:
+        """Count everything; keep and return the part that fits under the cap."""
         self.total += len(data)
         if self.cap and self.kept + len(data) > self.cap:
             data = data[: self.cap - self.kept]
         if data:
-            self.chunks.append(data)
             self.kept += len(data)
+            if self.collect:
+                self.chunks.append(data)
+        return data
 
     @property
     def truncated(self) -> bool:
@@ -102,8 +105,8 @@ class OutputQueue:
         self._chan: asyncssh.SSHClientChannel[bytes] | None = None
         self._paused = False
         self._resuming = False
-        self.stdout = CappedBuffer(cap)  # only counts and caps; chunks are not kept
-        self.stderr = CappedBuffer(cap)
+        self.stdout = CappedBuffer(cap, collect=False)  # counts and caps; the queue keeps
+        self.stderr = CappedBuffer(cap, collect=False)
 
     def attach(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
         """The channel to pause and resume."""
@@ -111,11 +114,7 @@ class OutputQueue:
 
     def feed(self, kind: int, data: bytes) -> None:
         """Queue a chunk (cut at the cap), pausing the channel when too much is waiting."""
-        counter = self.stdout if kind == STDOUT else self.stderr
-        before = counter.kept
-        counter.feed(data)
-        data = data[: counter.kept - before]
-        counter.chunks.clear()
+        data = (self.stdout if kind == STDOUT else self.stderr).feed(data)
         if not data:
             return
         self._items.append((kind, data))
