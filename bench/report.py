@@ -90,7 +90,7 @@ _METHOD = """\
   real SSH key exchange, authentication and channels, but `exec` answers from memory and
   spawns nothing) listening on 200 loopback addresses 127.0.0.2… (one "host" each), with a
   connect delay injected before authentication; and a real OpenSSH `sshd` on 127.0.0.1
-  (`tests/openssh.py`, default `MaxSessions 10` and `MaxStartups`).
+  (`testkit/sshd.py`, default `MaxSessions 10` and `MaxStartups`).
 - **Server under test**: `scout-server --config <generated TOML> --listen 127.0.0.1:0`, a
   fresh process per scenario (per run where the scenario needs a cold pool), ready when the
   gRPC health service says SERVING. Its CPU time and RSS are read with psutil.

@@ -1,12 +1,12 @@
 """The rig of one benchmark invocation: targets up, load generators on demand, all torn down.
 
 The fake hosts share one host key and trust one client key, both made here, and one
-known_hosts file lists them all; sshd brings its own keys (tests/openssh.py).
+known_hosts file lists them all; sshd brings its own keys (testkit/sshd.py).
 
     Rig
     ├── fake     protocol-only SSH server process, `fake_count` hosts on 127.0.0.2..,
     │            `delay_ms` before authentication (bench.fakessh)
-    ├── sshd     a real OpenSSH sshd on 127.0.0.1 (tests/openssh.py, the tests' fixture)
+    ├── sshd     a real OpenSSH sshd on 127.0.0.1 (testkit/sshd.py, the tests' fixture)
     ├── scout()  a scout-server process for a given inventory and pool settings
     └── load()   one load generator process per measurement (bench.loadgen)
 
@@ -30,7 +30,7 @@ from typing import Any
 
 import asyncssh
 
-from tests.openssh import OpenSSHServer
+from testkit.sshd import OpenSSHServer
 
 from . import fakessh
 from .callers import Host
@@ -108,9 +108,9 @@ def brief(result: dict[str, Any]) -> str:
 
 
 def login_note(user: str) -> str:
-    """Who logs in to sshd and with which shell (tests/openssh.py picks the user)."""
+    """Who logs in to sshd and with which shell (testkit/sshd.py picks the user)."""
     shell = pwd.getpwnam(user).pw_shell
-    return f"`{user}` (shell {shell}; tests/openssh.py's login user)"
+    return f"`{user}` (shell {shell}; testkit/sshd.py's login user)"
 
 
 @dataclass(frozen=True)

@@ -17,18 +17,6 @@ from .config import Config, ConfigError, load
 
 log = logging.getLogger("scout")
 
-_DEMO_HELP = """\
-scout demo: serving on {listen}; host "local" is an SSH server on {ssh} running commands
-here as {user}. Try, from another terminal:
-
-  .venv/bin/scout exec local -- uname -a
-  .venv/bin/buf curl --protocol grpc --http2-prior-knowledge \\
-      -d '{{"host": "local", "command": "echo hi", "text": true}}' \\
-      http://{listen}/scout.v1.ExecService/Execute
-
-Ctrl-C stops it.
-"""
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line."""
@@ -55,7 +43,7 @@ async def serve(args: argparse.Namespace) -> None:
     async with contextlib.AsyncExitStack() as stack:
         demo = None
         if args.demo:
-            from .demo import demo_host_config, start_demo
+            from .demo import demo_host_config, help_text, start_demo
 
             state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="scout-demo-")))
             demo = await start_demo(state)
@@ -69,9 +57,7 @@ async def serve(args: argparse.Namespace) -> None:
             loop.add_signal_handler(sig, stop.set)
         listen = args.listen or config.listen
         if demo is not None:
-            sys.stdout.write(
-                _DEMO_HELP.format(listen=listen, ssh=f"{demo.address}:{demo.port}", user=demo.user)
-            )
+            sys.stdout.write(help_text(demo, listen))
             sys.stdout.flush()
         await stop.wait()
         log.info("shutting down (grace %.1fs)", config.shutdown_grace)

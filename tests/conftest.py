@@ -1,9 +1,9 @@
 """Shared fixtures. Logic lives in the modules beside this file; fixtures only wire it.
 
 ssh_keys      session: one ShellKeys shared by every in-process server (cheap starts)
-shell_server  function: a ScriptedServer on 127.0.0.1, port 0 (tests/sshservers.py)
+shell_server  function: a ScriptedServer on 127.0.0.1, port 0 (testkit/scripted.py)
 shell_host    function: scout's HostConfig for shell_server, named "shell"
-openssh       session: a real OpenSSH sshd on loopback (tests/openssh.py)
+openssh       session: a real OpenSSH sshd on loopback (testkit/sshd.py)
 openssh_host  session: scout's HostConfig for openssh, named "openssh"
 """
 
@@ -14,10 +14,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from server.config import HostConfig
-from server.demo import ShellKeys, load_or_create_keys
-
-from .openssh import OpenSSHServer, start_openssh
-from .sshservers import ScriptedServer, start_scripted
+from server.keyfiles import ShellKeys, load_or_create_keys
+from testkit.scripted import ScriptedServer, start_scripted
+from testkit.sshd import OpenSSHServer, start_openssh
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,9 +18,11 @@ from google.protobuf import duration_pb2
 
 from scout.v1 import exec_pb2
 from server.config import Config, HostConfig
-from server.demo import ShellHost, load_or_create_keys
+from server.keyfiles import load_or_create_keys
+from server.localshell import ShellHost
+from testkit.processes import gone, marker, process_list
+from testkit.sshd import OpenSSHServer
 
-from .openssh import OpenSSHServer, process_list
 from .scoutd import Scout, running_scout
 
 TARGETS = ["shell", "openssh"]
@@ -50,21 +51,6 @@ def secs(value: float) -> duration_pb2.Duration:
     d = duration_pb2.Duration()
     d.FromNanoseconds(int(value * 1e9))
     return d
-
-
-def marker() -> str:
-    """A sleep length no other process has: `sleep 30.<random>`."""
-    return f"30.{uuid.uuid4().int % 10**9:09d}"
-
-
-async def gone(pattern: str, within: float) -> bool:
-    """Whether no process matches pattern, waiting up to `within` seconds."""
-    end = time.monotonic() + within
-    while process_list(pattern):
-        if time.monotonic() > end:
-            return False
-        await asyncio.sleep(0.05)
-    return True
 
 
 async def test_request_timeout_stops_the_remote_command(scout: Scout) -> None:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from server.config import Config
+from testkit.scripted import ScriptedServer
 
 from .scoutd import Scout, running_scout
-from .sshservers import ScriptedServer
 
 ROOT = Path(__file__).resolve().parent.parent
 BUF = shutil.which("buf") or str(ROOT / ".venv" / "bin" / "buf")

@@ -14,11 +14,12 @@ import pytest
 
 from scout.v1 import exec_pb2
 from server.config import Config, PoolSettings
-from server.demo import LocalShellServer, load_or_create_keys
+from server.keyfiles import load_or_create_keys
+from server.localshell import LocalShellServer
+from testkit.scripted import ScriptedServer, close_all, inventory, start_fleet, start_scripted
+from testkit.sshd import OpenSSHServer
 
-from .openssh import OpenSSHServer
 from .scoutd import running_scout
-from .sshservers import ScriptedServer, close_all, inventory, start_fleet, start_scripted
 
 
 def with_pool(config: Config, **settings: Any) -> Config:

@@ -17,7 +17,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from client import Client, Exit, HostNotFound, Stdout
 from scout.v1 import exec_pb2
 from server.config import Config, HostConfig
-from server.demo import ShellHost, load_or_create_keys
+from server.keyfiles import load_or_create_keys
+from server.localshell import ShellHost
 
 from .scoutd import Scout, running_scout
 

@@ -13,34 +13,10 @@ import uuid
 import asyncssh
 import pytest
 
-from server.demo import ShellKeys
-
-from .openssh import OpenSSHServer, process_list
-from .sshservers import ScriptedServer, close_all, connect, inventory, start_fleet
-
-
-def marker() -> str:
-    """A `sleep` argument no other process has."""
-    return f"31337.{uuid.uuid4().int % 10**9:09d}"
-
-
-async def running(pattern: str, within: float = 2.0) -> bool:
-    """Whether a process with pattern in its command line shows up within the time."""
-    for _ in range(int(within / 0.02)):
-        if process_list(pattern):
-            return True
-        await asyncio.sleep(0.02)
-    return False
-
-
-async def gone(pattern: str, within: float = 2.0) -> bool:
-    """Whether every process with pattern in its command line ends within the time."""
-    for _ in range(int(within / 0.02)):
-        if not process_list(pattern):
-            return True
-        await asyncio.sleep(0.02)
-    return False
-
+from server.keyfiles import ShellKeys
+from testkit.processes import gone, marker, process_list, running
+from testkit.scripted import ScriptedServer, close_all, connect, inventory, start_fleet
+from testkit.sshd import OpenSSHServer
 
 # ---- the in-process scripted server ------------------------------------------------
 
@@ -257,7 +233,7 @@ async def test_openssh_channel_close_does_not_stop_a_command(openssh: OpenSSHSer
 
 @pytest.mark.sshd
 async def test_openssh_signal_requests(openssh: OpenSSHServer) -> None:
-    """Signals reach the command (the rig logs in as a non-root user, see tests/openssh.py)."""
+    """Signals reach the command (the rig logs in as a non-root user, see testkit/sshd.py)."""
     assert openssh.user != "root"
     m = marker()
     async with await connect(openssh.host_config()) as conn:

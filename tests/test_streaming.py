@@ -20,8 +20,7 @@ import psutil
 import pytest
 
 from scout.v1 import exec_pb2, exec_pb2_grpc
-
-from .openssh import OpenSSHServer
+from testkit.sshd import OpenSSHServer
 
 SIZE = 256 * 1024 * 1024
 _LISTENING = re.compile(r"listening on \S+ \(port (\d+)\)")

@@ -28,7 +28,8 @@ from typing import Any, Literal
 import asyncssh
 
 from server.config import Config, HostConfig, SSHSettings
-from server.demo import LocalShellServer, LocalShellSession, ShellHost, ShellKeys
+from server.keyfiles import ShellKeys
+from server.localshell import LocalShellServer, LocalShellSession, ShellHost
 
 
 class ScriptedConnection(LocalShellServer):

@@ -41,6 +41,7 @@ import asyncssh
 import psutil
 
 from server.config import HostConfig
+from server.keyfiles import write_key
 
 SSHD = Path("/usr/sbin/sshd")
 PRIVSEP_DIR = Path("/run/sshd")  # sshd running as root refuses to start without it
@@ -61,14 +62,6 @@ def _free_port(address: str) -> int:
         return port
 
 
-def _write_key(path: Path, key: asyncssh.SSHKey) -> None:
-    """Write a private key 0600 (sshd and ssh refuse looser ones) and its .pub beside it."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.export_private_key("openssh"))
-    path.with_name(path.name + ".pub").write_bytes(key.export_public_key("openssh"))
-
-
 def login_user() -> str:
     """Who scout logs in as: ourselves, or (as root) an unprivileged user made on first use."""
     if os.geteuid() != 0:
@@ -83,17 +76,6 @@ def login_user() -> str:
             capture_output=True,
         )
     return TEST_USER
-
-
-def process_list(pattern: str) -> list[psutil.Process]:
-    """Live processes (zombies excluded) whose command line contains pattern."""
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.pid == os.getpid():
-            continue
-        if pattern in " ".join(proc.info["cmdline"] or ()):
-            found.append(proc)
-    return found
 
 
 @dataclass
@@ -149,8 +131,8 @@ class OpenSSHServer:
         self.root.mkdir(parents=True, exist_ok=True)
         host_key = asyncssh.generate_private_key("ssh-ed25519", comment="scout-test-sshd")
         client_key = asyncssh.generate_private_key("ssh-ed25519", comment="scout-test-client")
-        _write_key(self.root / "ssh_host_ed25519_key", host_key)
-        _write_key(self.identity_file, client_key)
+        write_key(self.root / "ssh_host_ed25519_key", host_key)
+        write_key(self.identity_file, client_key)
         # sshd reads authorized_keys as the login user: keep it where that user can.
         self._keys_dir = Path(tempfile.mkdtemp(prefix="scout-sshd-keys-"))
         self._keys_dir.chmod(0o755)
@@ -269,10 +251,6 @@ class OpenSSHServer:
             and c.laddr.port == self.port
             and c.laddr.ip == self.address
         )
-
-    def process_list(self, pattern: str) -> list[psutil.Process]:
-        """Live processes whose command line contains pattern (e.g. a remote `sleep 31337`)."""
-        return process_list(pattern)
 
     def stop(self) -> None:
         """Stop sshd and everything it started (sessions do not end with the listener)."""

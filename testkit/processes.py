@@ -1,0 +1,50 @@
+"""Remote commands are processes of this machine (every test SSH server is on loopback).
+
+So "the remote command is gone" is a look at the process list. Each test runs a command
+with a unique argument (`marker()`), so it never sees another test's processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+
+import psutil
+
+
+def marker() -> str:
+    """A `sleep` length no other process has: `sleep 30.<random>` (30 s if it leaks)."""
+    return f"30.{uuid.uuid4().int % 10**9:09d}"
+
+
+def process_list(pattern: str) -> list[psutil.Process]:
+    """Live processes (zombies excluded) whose command line contains pattern."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.pid == os.getpid():
+            continue
+        if pattern in " ".join(proc.info["cmdline"] or ()):
+            found.append(proc)
+    return found
+
+
+async def running(pattern: str, within: float = 2.0) -> bool:
+    """Whether a process with pattern in its command line shows up within the time."""
+    end = time.monotonic() + within
+    while not process_list(pattern):
+        if time.monotonic() > end:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def gone(pattern: str, within: float = 2.0) -> bool:
+    """Whether every process with pattern in its command line ends within the time."""
+    end = time.monotonic() + within
+    while process_list(pattern):
+        if time.monotonic() > end:
+            return False
+        await asyncio.sleep(0.02)
+    return True
