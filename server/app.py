@@ -1,9 +1,16 @@
-"""Assembling the gRPC server: ExecService, health, reflection, and a two-step shutdown."""
+"""Assembling the gRPC server: ExecService, health, reflection, reloads, and the shutdown.
+
+Shutdown has two steps (DESIGN.md): health goes NOT_SERVING and in-flight RPCs get the
+grace period; then grpc cancels what is left, each cancelled handler stops its command
+(TERM, KILL, close) within a short stop budget, and the pool closes its connections only
+after those stops (or the budget) are over: no remote command outlives scout's interest.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncssh
 import grpc
@@ -11,17 +18,23 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from scout.v1 import exec_pb2, exec_pb2_grpc
+from scout.v1 import exec_pb2
 
-from .config import Config
+from .command import CLOSE_WAIT, KILL_WAIT
+from .config import Config, ConfigError
 from .connector import Connector
 from .pool import Pool
+from .rpc import safe_parser
 from .service import ExecService
+from .sshfiles import FileError
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = exec_pb2.DESCRIPTOR.services_by_name["ExecService"].full_name
-_MAX_MESSAGE = 64 * 1024 * 1024  # gRPC message bound: stdin, command and capped output
+FILE_CHECK_PERIOD = 2.0  # seconds between looks at known_hosts and key files
+# grpc core queues calls it has not handed to Python yet and cancels them past 1,000 by
+# default; scout's own limit (max_concurrent_rpcs) must be the one that answers.
+PENDING_CALLS = 1_000_000
 
 
 @dataclass
@@ -33,35 +46,88 @@ class App:
     pool: Pool[asyncssh.SSHClientConnection]
     service: ExecService
     health: HealthServicer
+    connector: Connector
     port: int
+    _watcher: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def stop_budget(self) -> float:
+        """How long stopping the commands still running may take after the grace."""
+        return self.config.exec.kill_grace + KILL_WAIT + CLOSE_WAIT + 0.5
 
     async def stop(self, grace: float | None = None) -> None:
-        """Health NOT_SERVING, in-flight RPCs get the grace period, then close the pool."""
+        """NOT_SERVING; in-flight RPCs get the grace; their commands are stopped; pool closed."""
         grace = self.config.shutdown_grace if grace is None else grace
+        if self._watcher is not None:
+            self._watcher.cancel()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
-        await self.pool.close()
+        budget = self.stop_budget()
+        await self.service.launcher.wait_stopped(budget)
+        await self.pool.close(drain_within=budget)
         log.info("stopped; pool closed")
+
+    def reload(self) -> None:
+        """Re-read known_hosts and keys (SIGHUP); retire connections that relied on them."""
+        changed = set(self.connector.reload())
+        if changed:
+            hosts = {
+                h.name
+                for h in self.config.hosts.values()
+                if self.connector.known_hosts_path(h) in changed
+                or changed.intersection(self.connector.key_paths(h))
+            }
+            self.pool.retire_hosts(hosts, "files_changed")
+
+    async def _watch_files(self) -> None:
+        """Notice edits of known_hosts and keys without a SIGHUP (bounded by shutdown)."""
+        while True:
+            await asyncio.sleep(FILE_CHECK_PERIOD)
+            self.reload()
 
     async def wait(self) -> None:
         """Until the server stops."""
         await self.server.wait_for_termination()
 
 
+def _handlers(service: ExecService) -> grpc.GenericRpcHandler:
+    """ExecService's methods, with deserializers that mark bad bytes instead of raising."""
+    return grpc.method_handlers_generic_handler(
+        SERVICE_NAME,
+        {
+            "Execute": grpc.unary_unary_rpc_method_handler(
+                service.Execute,
+                request_deserializer=safe_parser(exec_pb2.ExecuteRequest),
+                response_serializer=exec_pb2.ExecuteResponse.SerializeToString,
+            ),
+            "Stream": grpc.stream_stream_rpc_method_handler(
+                service.Stream,
+                request_deserializer=safe_parser(exec_pb2.StreamRequest),
+                response_serializer=exec_pb2.StreamResponse.SerializeToString,
+            ),
+        },
+    )
+
+
 async def start(config: Config, listen: str | None = None) -> App:
     """Build and start the server; listen defaults to the config's (port 0 picks one)."""
     address = listen or config.listen
-    pool: Pool[asyncssh.SSHClientConnection] = Pool(config.pool, Connector(config.ssh, config.pool))
+    connector = Connector(config.ssh, config.pool)
+    try:
+        connector.preload(config.hosts.values())
+    except FileError as exc:
+        raise ConfigError(f"{exc} (scout checks every host's files at start)") from None
+    pool: Pool[asyncssh.SSHClientConnection] = Pool(config.pool, connector)
     service = ExecService(config, pool)
     server = grpc.aio.server(
-        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         options=[
-            ("grpc.max_receive_message_length", _MAX_MESSAGE),
-            ("grpc.max_send_message_length", _MAX_MESSAGE),
+            ("grpc.max_receive_message_length", config.exec.receive_limit()),
+            ("grpc.max_send_message_length", config.exec.send_limit()),
+            ("grpc.server.max_pending_requests", PENDING_CALLS),
+            ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS),
             ("grpc.so_reuseport", 0),
         ],
     )
-    exec_pb2_grpc.add_ExecServiceServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+    server.add_generic_rpc_handlers((_handlers(service),))
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -72,11 +138,16 @@ async def start(config: Config, listen: str | None = None) -> App:
         ),
         server,
     )
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {address}")
+        raise OSError(f"cannot listen on {address} (in use, or not an address of this machine)")
     await server.start()
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("listening on %s (port %d), %d hosts", address, port, len(config.hosts))
-    return App(config, server, pool, service, health, port)
+    app = App(config, server, pool, service, health, connector, port)
+    app._watcher = asyncio.get_running_loop().create_task(app._watch_files())
+    return app

@@ -1,8 +1,13 @@
-"""One remote command on one SSH channel: open, feed stdin, collect or pump output, stop.
+"""One remote command on one SSH channel: open it, feed it, watch it end, or stop it.
 
-Built on asyncssh's session callbacks rather than its process streams so that output is
-handled once, where it arrives: Execute counts and caps it in place, Stream queues it
-with a bound and pauses the channel (the SSH window) while the caller is behind.
+Built on asyncssh's session callbacks rather than its process streams, so output is
+handled once, where it arrives (server.output caps, counts and queues it).
+
+A command that may have started is stopped on every way out that is not its own end:
+`stop()` sends TERM, KILL after the grace, then closes the channel, each step bounded, so
+"the command has been stopped" is true by the time a caller hears it. Failures are named
+for the rules of DESIGN.md: before the channel is open nothing reached the host
+(ChannelRefused, ConnectionDead); once it is open, the exec request may have.
 """
 
 from __future__ import annotations
@@ -10,20 +15,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncssh
 
-from .errors import CommandAborted, HostUnavailable
-from .pool import ChannelRefused, ConnectionDead
+from .errors import ChannelRefused, CommandAborted, ConnectionDead, HostRejected
 
-STDOUT, STDERR = 1, 2
-_HIGH_WATER = 1024 * 1024  # Stream: pause the channel above this many buffered bytes
-_LOW_WATER = 256 * 1024  # ... and resume below this
-_MAX_MESSAGE = 256 * 1024  # Stream: merge chunks of one kind up to this size
-_KILL_WAIT = 1.0  # after KILL, how long to wait before closing the channel anyway
+KILL_WAIT = 1.0  # after KILL, how long to wait before closing the channel anyway
+CLOSE_WAIT = 0.5  # after closing the channel, how long to wait for the server's close
+
+Sink = Callable[[int, bytes], None]  # (STDOUT or STDERR, data)
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,10 @@ class CommandSpec:
     max_output_bytes: int = 0  # 0: no cap
     kill_grace: float = 2.0
 
+    def full_stop(self) -> float:
+        """The longest a stop can take: TERM grace, KILL wait, close wait."""
+        return self.kill_grace + KILL_WAIT + CLOSE_WAIT
+
 
 @dataclass
 class ExitInfo:
@@ -49,142 +55,40 @@ class ExitInfo:
     core_dumped: bool = False
     started: float = 0.0
     ended: float = 0.0
-
-
-class CappedBuffer:
-    """Counts output against `cap` bytes (0: no cap); collects the part under it if asked."""
-
-    __slots__ = ("cap", "chunks", "collect", "kept", "total")
-
-    def __init__(self, cap: int, *, collect: bool = True) -> None:
-        self.cap = cap
-        self.collect = collect
-        self.chunks: list[bytes] = []
-        self.kept = 0
-        self.total = 0
-
-    def feed(self, data: bytes) -> bytes:
-        """Count everything; keep and return the part that fits under the cap."""
-        self.total += len(data)
-        if self.cap and self.kept + len(data) > self.cap:
-            data = data[: self.cap - self.kept]
-        if data:
-            self.kept += len(data)
-            if self.collect:
-                self.chunks.append(data)
-        return data
-
-    @property
-    def truncated(self) -> bool:
-        """Whether bytes were discarded."""
-        return self.total > self.kept
-
-    def value(self) -> bytes:
-        """The kept bytes."""
-        return b"".join(self.chunks)
-
-
-class OutputQueue:
-    """Stream output between the SSH reader and the gRPC writer, bounded in bytes.
-
-    Above the high-water mark the channel stops reading, so the SSH window closes and
-    the remote command blocks on its writes: a slow caller slows the command down.
-
-    On resume, asyncssh hands over what it buffered while paused and, with the first
-    piece, grants the peer a full window again. If we paused again in the middle of that
-    hand-over, the rest would stay in asyncssh's buffer, uncounted by the next grant, and
-    that buffer would grow by up to a window per cycle. So the hand-over is taken whole
-    (at most one window), and the pause decision waits until it is done.
-    """
-
-    def __init__(self, cap: int) -> None:
-        self._items: deque[tuple[int, bytes]] = deque()
-        self._buffered = 0
-        self._ready = asyncio.Event()
-        self._eof = False
-        self._chan: asyncssh.SSHClientChannel[bytes] | None = None
-        self._paused = False
-        self._resuming = False
-        self.stdout = CappedBuffer(cap, collect=False)  # counts and caps; the queue keeps
-        self.stderr = CappedBuffer(cap, collect=False)
-
-    def attach(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
-        """The channel to pause and resume."""
-        self._chan = chan
-
-    def feed(self, kind: int, data: bytes) -> None:
-        """Queue a chunk (cut at the cap), pausing the channel when too much is waiting."""
-        data = (self.stdout if kind == STDOUT else self.stderr).feed(data)
-        if not data:
-            return
-        self._items.append((kind, data))
-        self._buffered += len(data)
-        self._ready.set()
-        if not self._resuming:
-            self._maybe_pause()
-
-    def _maybe_pause(self) -> None:
-        """Stop reading the channel while too much output waits for the caller."""
-        if self._buffered > _HIGH_WATER and not self._paused and self._chan is not None:
-            self._paused = True
-            self._chan.pause_reading()
-
-    def close(self) -> None:
-        """No more output will come."""
-        self._eof = True
-        self._ready.set()
-
-    async def get(self) -> tuple[int, bytes] | None:
-        """The next chunk, merged with queued chunks of the same kind; None at the end."""
-        while not self._items:
-            if self._eof:
-                return None
-            self._ready.clear()
-            await self._ready.wait()
-        kind, data = self._items.popleft()
-        if self._items and self._items[0][0] == kind and len(data) < _MAX_MESSAGE:
-            parts = [data]
-            size = len(data)
-            while self._items and self._items[0][0] == kind and size < _MAX_MESSAGE:
-                more = self._items.popleft()[1]
-                parts.append(more)
-                size += len(more)
-            data = b"".join(parts)
-        self._buffered -= len(data)
-        if self._paused and self._buffered < _LOW_WATER and self._chan is not None:
-            self._paused = False
-            self._resuming = True
-            try:
-                self._chan.resume_reading()  # delivers everything asyncssh buffered
-            finally:
-                self._resuming = False
-            self._maybe_pause()
-        return kind, data
+    has_status: bool = False  # the server sent an exit status or signal
 
 
 class CommandSession(asyncssh.SSHClientSession[bytes]):
-    """asyncssh callbacks for one command: route output, note the exit, tell when done."""
+    """asyncssh callbacks for one command: route output, note the exit, tell when closed."""
 
-    def __init__(self, out: Callable[[int, bytes], None]) -> None:
+    def __init__(self, out: Sink) -> None:
         self._out = out
         self.exit = ExitInfo(started=time.monotonic())
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.chan: asyncssh.SSHClientChannel[bytes] | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.error: Exception | None = None  # why the connection died under the channel
         self._writable = asyncio.Event()
         self._writable.set()
 
+    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
+        """The channel is open (the exec request follows)."""
+        self.chan = chan
+
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         """Output arrived: stderr is extended data, everything else is stdout."""
-        self._out(STDERR if datatype == asyncssh.EXTENDED_DATA_STDERR else STDOUT, data)
+        self._out(2 if datatype == asyncssh.EXTENDED_DATA_STDERR else 1, data)
 
     def exit_status_received(self, status: int) -> None:
         """The command exited with a status."""
         self.exit.exit_code = status
+        self.exit.has_status = True
 
     def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
         """A signal ended the command."""
         self.exit.exit_code = -1
         self.exit.signal = signal
         self.exit.core_dumped = core_dumped
+        self.exit.has_status = True
 
     def pause_writing(self) -> None:
         """The channel's send window is full: hold stdin."""
@@ -197,11 +101,9 @@ class CommandSession(asyncssh.SSHClientSession[bytes]):
     def connection_lost(self, exc: Exception | None) -> None:
         """The channel closed; exc is set when the connection died under it."""
         self.exit.ended = time.monotonic()
-        if not self.done.done():
-            if exc is None:
-                self.done.set_result(None)
-            else:
-                self.done.set_exception(exc)
+        self.error = exc
+        if not self.closed.done():
+            self.closed.set_result(None)  # never an exception: nobody may be waiting
         self._writable.set()
 
     async def drain(self) -> None:
@@ -212,15 +114,16 @@ class CommandSession(asyncssh.SSHClientSession[bytes]):
 class RunningCommand:
     """An open channel running one command."""
 
-    def __init__(
-        self,
-        spec: CommandSpec,
-        chan: asyncssh.SSHClientChannel[bytes],
-        session: CommandSession,
-    ) -> None:
+    def __init__(self, spec: CommandSpec, session: CommandSession) -> None:
+        assert session.chan is not None
         self.spec = spec
-        self.chan = chan
+        self.chan: asyncssh.SSHClientChannel[bytes] = session.chan
         self.session = session
+
+    @property
+    def ended(self) -> bool:
+        """The channel is closed: the command is over (or its connection is gone)."""
+        return self.session.closed.done()
 
     async def write(self, data: bytes) -> None:
         """Send stdin bytes, waiting while the remote side is not reading."""
@@ -236,91 +139,108 @@ class RunningCommand:
 
     def signal(self, name: str) -> None:
         """Send a signal by name ("INT", "TERM", ...); allowed after stdin's EOF too."""
-        if not self.session.done.done():
+        if not self.ended:
             with contextlib.suppress(OSError, asyncssh.Error):
                 self.chan.send_signal(name)
 
     def resize(self, columns: int, rows: int) -> None:
         """Tell the remote pty its new size."""
-        if self.spec.pty and not self.session.done.done():
+        if self.spec.pty and not self.ended:
             with contextlib.suppress(OSError, asyncssh.Error):
                 self.chan.change_terminal_size(columns, rows)
 
-    async def wait(self) -> ExitInfo:
-        """Wait for the channel to close; a dead connection means ABORTED."""
-        try:
-            await asyncio.shield(self.session.done)
-        except (asyncssh.Error, OSError) as exc:
+    async def wait_closed(self) -> None:
+        """Until the channel is closed (the command ended, or its connection died)."""
+        await asyncio.shield(self.session.closed)
+
+    def outcome(self) -> ExitInfo:
+        """How the command ended, once the channel is closed."""
+        error, info = self.session.error, self.session.exit
+        if error is not None:
             raise CommandAborted(
                 f"{self.spec.host}: SSH connection lost while the command ran; it may have "
-                f"had effects, so it was not retried ({exc})",
+                f"had effects, so it was not retried ({error})",
                 self.spec.host,
-            ) from exc
-        return self.session.exit
+            )
+        if not info.has_status:
+            raise CommandAborted(
+                f"{self.spec.host}: the SSH server closed the channel without an exit status; "
+                "the command may have run",
+                self.spec.host,
+            )
+        return info
 
-    async def stop(self) -> None:
-        """Stop the command: TERM, then KILL after the grace, then close the channel."""
-        done = self.session.done
-        for sig, wait in (("TERM", self.spec.kill_grace), ("KILL", _KILL_WAIT)):
-            if done.done():
+    async def stop(self, within: float | None = None) -> None:
+        """Stop the command: TERM, KILL after the grace, then close the channel.
+
+        `within` bounds the whole stop (a deadline leaves only so much); the grace and
+        waits shrink to fit it. Returns when the channel is closed or the bound passed.
+        """
+        budget = self.spec.full_stop() if within is None else max(within, 0.0)
+        grace = min(self.spec.kill_grace, budget * 0.5)
+        kill_wait = min(KILL_WAIT, budget * 0.3)
+        close_wait = max(budget - grace - kill_wait, 0.05)
+        closed = self.session.closed
+        for sig, wait in (("TERM", grace), ("KILL", kill_wait)):
+            if closed.done():
                 return
             self.signal(sig)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(done), wait)
-        if not done.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(closed), wait)
+        if not closed.done():
             self.chan.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(done), _KILL_WAIT)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(closed), close_wait)
 
 
-async def open_command(
-    conn: asyncssh.SSHClientConnection,
-    spec: CommandSpec,
-    out: Callable[[int, bytes], None],
-) -> RunningCommand:
-    """Open a session channel and start the command; name failures for the pool's rules.
-
-    Before the channel is open nothing reached the host: a refusal on a live connection is
-    ChannelRefused (full), anything on a dead one is ConnectionDead (retry elsewhere).
-    After it opened, the exec request may have reached the host: never retried.
+class Opening:
+    """Opening a channel and starting the command on it (run as a task that may outlive
+    its caller: a channel opened after the caller gave up still gets stopped and closed).
     """
-    session: CommandSession | None = None
 
-    def factory() -> CommandSession:
-        nonlocal session
-        session = CommandSession(out)
-        return session
+    def __init__(self, spec: CommandSpec, out: Sink) -> None:
+        self.spec = spec
+        self.out = out
+        self.session: CommandSession | None = None  # set once the channel is open
 
-    try:
-        chan, _ = await conn.create_session(
-            factory,
-            spec.command,
-            encoding=None,
-            request_pty=spec.pty,
-            term_type="xterm" if spec.pty else None,
-            term_size=spec.term_size if spec.pty else None,
-        )
-    except asyncssh.ChannelOpenError as exc:
-        if session is None:
+    def _factory(self) -> CommandSession:
+        self.session = CommandSession(self.out)
+        return self.session
+
+    async def run(self, conn: asyncssh.SSHClientConnection) -> RunningCommand:
+        """Open the session channel and send the exec request; name what failed."""
+        spec = self.spec
+        try:
+            await conn.create_session(
+                self._factory,
+                spec.command,
+                encoding=None,
+                request_pty=spec.pty,
+                term_type="xterm" if spec.pty else None,
+                term_size=spec.term_size if spec.pty else None,
+            )
+        except asyncssh.ChannelOpenError as exc:
+            if self.session is None:
+                if conn.is_closed():
+                    raise ConnectionDead(exc.reason) from exc
+                raise ChannelRefused(exc.reason) from exc
             if conn.is_closed():
-                raise ConnectionDead(exc.reason) from exc
-            raise ChannelRefused(exc.reason) from exc
-        if conn.is_closed():
-            raise CommandAborted(
-                f"{spec.host}: SSH connection lost while starting the command; it may have "
-                "started, so it was not retried",
+                raise _lost_while_starting(spec) from exc
+            raise HostRejected(
+                f"{spec.host}: the SSH server refused to start the command ({exc.reason})",
                 spec.host,
             ) from exc
-        raise HostUnavailable(
-            f"{spec.host}: the SSH server refused to run the command ({exc.reason})", spec.host
-        ) from exc
-    except (asyncssh.Error, OSError) as exc:
-        if session is None:
-            raise ConnectionDead(str(exc) or type(exc).__name__) from exc
-        raise CommandAborted(
-            f"{spec.host}: SSH connection lost while starting the command; it may have "
-            "started, so it was not retried",
-            spec.host,
-        ) from exc
-    assert session is not None
-    return RunningCommand(spec, chan, session)
+        except (asyncssh.Error, OSError) as exc:
+            if self.session is None:
+                raise ConnectionDead(str(exc) or type(exc).__name__) from exc
+            raise _lost_while_starting(spec) from exc
+        assert self.session is not None
+        return RunningCommand(spec, self.session)
+
+
+def _lost_while_starting(spec: CommandSpec) -> CommandAborted:
+    return CommandAborted(
+        f"{spec.host}: SSH connection lost while starting the command; it may have "
+        "started, so it was not retried",
+        spec.host,
+    )

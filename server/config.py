@@ -7,14 +7,20 @@ typo cannot silently fall back to a default.
 from __future__ import annotations
 
 import getpass
+import ipaddress
 import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
-HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,253}$")
+HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,253}")
+EXEC_LINE_MAX = 100 * 1024  # the final command line: well under sshd's 256 KiB packet and
+#                            Linux's 128 KiB limit on one argument (the login shell's -c)
+MAX_ENV_BYTES = 64 * 1024  # names and values of one request's environment, before quoting
+MAX_WORKING_DIR_BYTES = 4096  # PATH_MAX
+MESSAGE_OVERHEAD = 64 * 1024  # room in a gRPC message beyond its payload fields
 
 
 class ConfigError(ValueError):
@@ -43,18 +49,38 @@ class PoolSettings:
     keepalive_interval: float = 15.0
     keepalive_count_max: int = 3
     connect_timeout: float = 10.0
+    channel_open_timeout: float = 5.0
 
 
 @dataclass(frozen=True)
 class ExecSettings:
     """Limits on the commands themselves."""
 
-    default_timeout: float = 300.0
+    default_timeout: float = 300.0  # Execute, when a request sets none
+    stream_default_timeout: float = 3600.0  # Stream, when a request sets none
     max_timeout: float = 3600.0
-    max_output_bytes: int = 4 * 1024 * 1024
+    # Execute, per stream. A response holds both streams and, with `text`, a copy of each
+    # (capped alike): 4 x 1,000,000 bytes stays under the 4 MiB that default gRPC clients
+    # (grpcurl, Go, Node, Java) accept.
+    max_output_bytes: int = 1_000_000
+    max_buffered_output_bytes: int = 256 * 1024 * 1024  # Execute output held, server-wide
     kill_grace: float = 2.0
     max_command_bytes: int = 64 * 1024
     max_stdin_bytes: int = 16 * 1024 * 1024
+
+    def receive_limit(self) -> int:
+        """The gRPC receive limit: the largest request these limits allow."""
+        return (
+            self.max_stdin_bytes
+            + self.max_command_bytes
+            + MAX_ENV_BYTES
+            + MAX_WORKING_DIR_BYTES
+            + MESSAGE_OVERHEAD
+        )
+
+    def send_limit(self) -> int:
+        """The gRPC send limit: the largest response (two streams and their text copies)."""
+        return max(4 * self.max_output_bytes, 2 * 1024 * 1024) + MESSAGE_OVERHEAD
 
 
 @dataclass(frozen=True)
@@ -96,19 +122,33 @@ _POOL_BOUNDS: _Bounds = {
     "keepalive_interval": (float, 0, 3600),
     "keepalive_count_max": (int, 1, 100),
     "connect_timeout": (float, 0.1, 600),
+    "channel_open_timeout": (float, 0.1, 600),
 }
 _EXEC_BOUNDS: _Bounds = {
     "default_timeout": (float, 0.001, None),
+    "stream_default_timeout": (float, 0.001, None),
     "max_timeout": (float, 0.001, None),
-    "max_output_bytes": (int, 0, 2**40),
+    "max_output_bytes": (int, 1, 512 * 1024 * 1024),
+    "max_buffered_output_bytes": (int, 1, 2**40),
     "kill_grace": (float, 0, 60),
-    "max_command_bytes": (int, 1, 2**24),
-    "max_stdin_bytes": (int, 0, 2**32),
+    "max_command_bytes": (int, 1, EXEC_LINE_MAX),
+    "max_stdin_bytes": (int, 0, 1024 * 1024 * 1024),
 }
 _TOP_BOUNDS: _Bounds = {
     "shutdown_grace": (float, 0, 3600),
     "max_concurrent_rpcs": (int, 1, 1_000_000),
 }
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether a HOST:PORT listen address is on this machine's loopback only."""
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _number(key: str, value: Any, kind: type, low: float | None, high: float | None) -> Any:
@@ -164,7 +204,7 @@ def _ssh(raw: Any, base: Path) -> SSHSettings:
 
 def _host(name: str, raw: Any, base: Path) -> HostConfig:
     prefix = f"hosts.{name}"
-    if not HOST_NAME.match(name):
+    if not HOST_NAME.fullmatch(name):
         raise ConfigError(f"{prefix}: a host name is letters, digits, '.', '_' and '-'")
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix}: expected a table")
@@ -200,8 +240,14 @@ def parse(raw: dict[str, Any], base: Path) -> Config:
     top = {k: _number(k, raw[k], *_TOP_BOUNDS[k]) for k in _TOP_BOUNDS if k in raw}
     pool = PoolSettings(**_section("pool", raw.get("pool", {}), _POOL_BOUNDS))
     exec_ = ExecSettings(**_section("exec", raw.get("exec", {}), _EXEC_BOUNDS))
-    if exec_.default_timeout > exec_.max_timeout:
-        raise ConfigError("exec.default_timeout: must not exceed exec.max_timeout")
+    for key in ("default_timeout", "stream_default_timeout"):
+        if getattr(exec_, key) > exec_.max_timeout:
+            raise ConfigError(f"exec.{key}: must not exceed exec.max_timeout")
+    if exec_.max_buffered_output_bytes < 4 * exec_.max_output_bytes:
+        raise ConfigError(
+            "exec.max_buffered_output_bytes: must hold at least one full Execute response "
+            f"(4 x exec.max_output_bytes = {4 * exec_.max_output_bytes})"
+        )
     if pool.max_connections_per_host > pool.max_connections:
         raise ConfigError("pool.max_connections_per_host: must not exceed pool.max_connections")
     hosts_raw = raw.get("hosts", {})
@@ -229,8 +275,3 @@ def load(path: Path) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     return parse(raw, path.parent.resolve())
-
-
-def settings_names(cls: type) -> list[str]:
-    """Field names of a settings dataclass, for docs and tests."""
-    return [f.name for f in fields(cls)]

@@ -1,22 +1,28 @@
 """Opening SSH connections to inventory hosts, and naming what went wrong.
 
-Options (keys, known hosts, keepalive, timeouts) are built once per host and reused,
-so a connect reads no file. Host keys are verified against known_hosts by default.
+Host keys are verified against known_hosts. When a host offers a key that is not there,
+the message tells an unknown key (never seen: add it) from a changed one (the file lists
+another: check before trusting), with the offered key's fingerprint. known_hosts files and
+client keys are read at start and again when they change (server.sshfiles), so adding or
+revoking a key takes effect without a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import asyncssh
 
 from .config import HostConfig, PoolSettings, SSHSettings
 from .errors import HostRejected, HostUnavailable, ScoutError
+from .sshfiles import FileError, KeyFiles, KnownHostsFiles, fingerprint
 
 log = logging.getLogger(__name__)
+
+DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
 
 # AES-GCM first: one AEAD call per packet, where asyncssh's chacha20-poly1305 builds
 # several cipher contexts per packet (a quarter of the server's CPU per command).
@@ -29,11 +35,19 @@ CIPHERS = (
 )
 
 
-class _LossWatcher(asyncssh.SSHClient):
-    """Tells the pool the moment a connection closes, whatever closed it."""
+class _Client(asyncssh.SSHClient):
+    """Tells the pool when the connection closes; notes a host key it did not trust."""
 
     def __init__(self, on_lost: Callable[[], None]) -> None:
         self._on_lost = on_lost
+        self.offered: asyncssh.SSHKey | None = None
+
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
+        """Called only for a key known_hosts does not trust: remember it, refuse it."""
+        self.offered = key
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Called by asyncssh once the connection is gone."""
@@ -41,42 +55,65 @@ class _LossWatcher(asyncssh.SSHClient):
 
 
 class Connector:
-    """Connects to hosts with per-host options built on first use."""
+    """Connects to hosts with options built from the current known_hosts and keys."""
 
     def __init__(self, ssh: SSHSettings, pool: PoolSettings) -> None:
         self._ssh = ssh
         self._pool = pool
-        self._options: dict[str, asyncssh.SSHClientConnectionOptions] = {}
-        self._keys: dict[Path, asyncssh.SSHKey] = {}
-        self._known: dict[Path, asyncssh.SSHKnownHosts] = {}
+        self.known_hosts = KnownHostsFiles()
+        self.keys = KeyFiles()
+
+    def known_hosts_path(self, host: HostConfig) -> Path:
+        """The known_hosts file that vouches for host."""
+        path = host.known_hosts or self._ssh.known_hosts or DEFAULT_KNOWN_HOSTS
+        return path.expanduser()
+
+    def key_paths(self, host: HostConfig) -> list[Path]:
+        """The client keys scout offers host (empty: asyncssh's default ~/.ssh/id_*)."""
+        return [host.identity_file] if host.identity_file else list(self._ssh.client_keys)
+
+    def preload(self, hosts: Iterable[HostConfig]) -> None:
+        """Read the hosts' known_hosts files and keys now; FileError names a bad one."""
+        for host in hosts:
+            self.known_hosts.load(self.known_hosts_path(host))
+            for path in self.key_paths(host):
+                self.keys.load(path)
+
+    def reload(self) -> list[Path]:
+        """Re-read the files that changed (SIGHUP, or the periodic check); return them."""
+        return self.known_hosts.changed() + self.keys.changed()
 
     async def __call__(
         self, host: HostConfig, on_lost: Callable[[], None]
     ) -> asyncssh.SSHClientConnection:
         """Open an authenticated connection to host, or raise a ScoutError."""
+        client = _Client(on_lost)
         try:
-            options = self._options.get(host.name) or self._build(host)
+            known = self.known_hosts.get(self.known_hosts_path(host))
+            keys = [self.keys.get(p) for p in self.key_paths(host)]
             return await asyncssh.connect(
                 host.address,
                 host.port,
-                options=options,
+                options=self._options(host, known, keys),
                 config=None,
-                client_factory=lambda: _LossWatcher(on_lost),
+                client_factory=lambda: client,
             )
+        except FileError as exc:
+            raise HostRejected(f"{host.name}: {exc}", host.name) from None
         except ScoutError:
             raise
         except Exception as exc:
-            raise classify_connect_error(host, exc) from exc
+            raise self.classify(host, exc, client.offered) from exc
 
-    def _build(self, host: HostConfig) -> asyncssh.SSHClientConnectionOptions:
-        """Options for one host: its key, known hosts and the pool's timers."""
-        keys = [host.identity_file] if host.identity_file else list(self._ssh.client_keys)
-        known = host.known_hosts or self._ssh.known_hosts or Path("~/.ssh/known_hosts")
+    def _options(
+        self, host: HostConfig, known: asyncssh.SSHKnownHosts, keys: list[asyncssh.SSHKey]
+    ) -> asyncssh.SSHClientConnectionOptions:
+        """Options for one connect: its key, known hosts and the pool's timers."""
         settings = self._pool
-        options = asyncssh.SSHClientConnectionOptions(
+        return asyncssh.SSHClientConnectionOptions(
             username=host.user,
-            client_keys=[self._key(p, host) for p in keys] if keys else (),
-            known_hosts=self._known_hosts(known.expanduser(), host),
+            client_keys=keys or (),
+            known_hosts=known,
             agent_path=None,
             password=None,
             kbdint_auth=False,
@@ -87,57 +124,60 @@ class Connector:
             encryption_algs=CIPHERS,
             config=None,
         )
-        self._options[host.name] = options
-        return options
 
-    def _key(self, path: Path, host: HostConfig) -> asyncssh.SSHKey:
-        """A private key, read once."""
-        key = self._keys.get(path)
-        if key is None:
-            try:
-                key = self._keys[path] = asyncssh.read_private_key(path)
-            except (OSError, asyncssh.KeyImportError) as exc:
-                raise HostRejected(
-                    f"{host.name}: cannot read the client key {path}: {exc}", host.name
-                ) from exc
-        return key
+    def classify(
+        self, host: HostConfig, exc: BaseException, offered: asyncssh.SSHKey | None
+    ) -> ScoutError:
+        """Name a failed connect: the host's fault (retry later) or ours (fix the config)."""
+        where = f"{host.name} ({host.user}@{host.address}:{host.port})"
+        if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+            return self._untrusted(host, where, exc, offered)
+        if isinstance(exc, asyncssh.PermissionDenied):
+            return HostRejected(
+                f"{where}: SSH authentication refused for user {host.user!r}; check the "
+                "gateway's client key is in the host's authorized_keys",
+                host.name,
+            )
+        if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+            return HostUnavailable(
+                f"{where}: SSH connect timed out after {self._pool.connect_timeout:g}s",
+                host.name,
+            )
+        if isinstance(exc, asyncssh.Error):
+            return HostUnavailable(f"{where}: SSH connection failed: {exc.reason}", host.name)
+        if isinstance(exc, OSError):
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            return HostUnavailable(f"{where}: cannot connect: {reason}", host.name)
+        log.error("unexpected connect error for %s", host.name, exc_info=exc)
+        return HostUnavailable(f"{where}: SSH connection failed", host.name)
 
-    def _known_hosts(self, path: Path, host: HostConfig) -> asyncssh.SSHKnownHosts:
-        """The known_hosts file, read once."""
-        known = self._known.get(path)
-        if known is None:
-            try:
-                known = self._known[path] = asyncssh.read_known_hosts(str(path))
-            except (OSError, ValueError) as exc:
-                raise HostRejected(
-                    f"{host.name}: cannot read known_hosts {path}: {exc}; host keys are "
-                    "verified, so scout needs the host's key there",
-                    host.name,
-                ) from exc
-        return known
-
-
-def classify_connect_error(host: HostConfig, exc: BaseException) -> ScoutError:
-    """Name a failed connect: the host's fault (retry later) or ours (fix the config)."""
-    where = f"{host.name} ({host.user}@{host.address}:{host.port})"
-    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+    def _untrusted(
+        self,
+        host: HostConfig,
+        where: str,
+        exc: asyncssh.HostKeyNotVerifiable,
+        offered: asyncssh.SSHKey | None,
+    ) -> HostRejected:
+        """Unknown key, changed key, or revoked key: each says what to do."""
+        path = self.known_hosts_path(host)
+        if offered is None:
+            return HostRejected(
+                f"{where}: host key not trusted ({exc.reason}), per {path}", host.name
+            )
+        known = self.known_hosts.get(path)
+        port = host.port if host.port != 22 else None
+        listed = known.match(host.address, "", port)[0]
+        entry = f"[{host.address}]:{host.port}" if port else host.address
+        if listed:
+            return HostRejected(
+                f"{where}: HOST KEY CHANGED: the host offered {fingerprint(offered)}, but {path} "
+                f"lists another key for {entry}. If the change is expected, replace that line "
+                "after checking the fingerprint; otherwise someone may be intercepting",
+                host.name,
+            )
         return HostRejected(
-            f"{where}: host key not trusted ({exc.reason}); add the host's key to known_hosts "
-            "if it is expected to have changed",
+            f"{where}: host key unknown: the host offered {fingerprint(offered)} and {path} "
+            f"has no key for {entry}; add it there after checking the fingerprint "
+            f"(ssh-keyscan -p {host.port} {host.address})",
             host.name,
         )
-    if isinstance(exc, asyncssh.PermissionDenied):
-        return HostRejected(
-            f"{where}: SSH authentication refused for user {host.user!r}; check the "
-            "gateway's client key is in the host's authorized_keys",
-            host.name,
-        )
-    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
-        return HostUnavailable(f"{where}: SSH connect timed out", host.name)
-    if isinstance(exc, asyncssh.Error):
-        return HostUnavailable(f"{where}: SSH connection failed: {exc.reason}", host.name)
-    if isinstance(exc, OSError):
-        reason = exc.strerror or str(exc) or type(exc).__name__
-        return HostUnavailable(f"{where}: cannot connect: {reason}", host.name)
-    log.error("unexpected connect error for %s", host.name, exc_info=exc)
-    return HostUnavailable(f"{where}: SSH connection failed", host.name)

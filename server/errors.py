@@ -3,14 +3,21 @@
     ScoutError                      a failure the caller is told about (never a bug)
     ├── InvalidRequest              the request itself is malformed
     ├── HostNotFound                the host is not in the inventory
-    ├── HostRejected                host key unknown or changed, SSH auth refused
+    ├── HostRejected                host key unknown or changed, SSH auth refused, no sessions
     ├── HostUnavailable             unreachable, connect timeout, lost before the command started
-    ├── CommandAborted              connection lost after the command started (it may have run)
-    ├── PoolExhausted               no connection slot or channel before the deadline
+    ├── CommandAborted              lost after the command started (it may have run)
+    ├── PoolExhausted               no connection or channel before the deadline; overloaded
     └── CommandTimeout              the command outlived its timeout (it has been stopped)
 
-The server maps these to gRPC status codes in exactly one place (`server.service`).
-Messages name the host and the cause in words a person can act on, never a secret.
+    ChannelTrouble                  the pool's business, never shown to a caller as such
+    ├── ChannelRefused              the server refused a channel on a live connection: full
+    └── ConnectionDead              the connection died before the channel opened
+
+Every ScoutError says whether the command may have started (`started`): the server tells
+callers in the trailing metadata (`x-scout-started`), so "nothing ran, retry" is never
+said of a command that may have run. The server maps these to gRPC status codes in
+exactly one place (`server.rpc`). Messages name the host and the cause in words a
+person can act on, never a secret, and quote callers' values only as a short prefix.
 """
 
 from __future__ import annotations
@@ -19,10 +26,14 @@ from __future__ import annotations
 class ScoutError(Exception):
     """Base of every expected failure; the message is shown to the caller."""
 
-    def __init__(self, message: str, host: str = "") -> None:
+    started = False  # the default of the class: whether the command may have started
+
+    def __init__(self, message: str, host: str = "", *, started: bool | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.host = host
+        if started is not None:
+            self.started = started
 
 
 class InvalidRequest(ScoutError):
@@ -34,7 +45,7 @@ class HostNotFound(ScoutError):
 
 
 class HostRejected(ScoutError):
-    """The host cannot be trusted or refuses the gateway's credentials."""
+    """The host cannot be trusted, refuses the gateway's credentials, or refuses sessions."""
 
 
 class HostUnavailable(ScoutError):
@@ -44,10 +55,33 @@ class HostUnavailable(ScoutError):
 class CommandAborted(ScoutError):
     """The connection was lost after the command started; it may have had effects."""
 
+    started = True
+
 
 class PoolExhausted(ScoutError):
-    """No connection or channel became free before the caller's deadline."""
+    """No connection or channel in time, or the server is at a limit; nothing started."""
 
 
 class CommandTimeout(ScoutError):
     """The command ran past its timeout and was stopped."""
+
+    started = True
+
+
+class ChannelTrouble(Exception):
+    """A channel could not be opened on a pooled connection; nothing reached the host."""
+
+
+class ChannelRefused(ChannelTrouble):
+    """The server refused a channel on a live connection: that connection is full."""
+
+
+class ConnectionDead(ChannelTrouble):
+    """The connection died before the channel opened."""
+
+
+def brief(value: str | bytes, limit: int = 48) -> str:
+    """A caller's value for a message or a log line: a short quoted prefix, and its size."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} {'bytes' if isinstance(value, bytes) else 'chars'})"

@@ -7,13 +7,14 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import sys
 import tempfile
 from pathlib import Path
 
-from .app import start
-from .config import Config, ConfigError, load
+from .app import App, start
+from .config import Config, ConfigError, is_loopback, load
 
 log = logging.getLogger("scout")
 
@@ -38,30 +39,60 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    """Start, wait for SIGTERM or Ctrl-C, stop gracefully."""
+    """Start; SIGHUP reloads; SIGTERM or Ctrl-C stops gracefully, a second one at once."""
     config = load(args.config) if args.config else Config()
+    listen = args.listen or config.listen
     async with contextlib.AsyncExitStack() as stack:
         demo = None
         if args.demo:
-            from .demo import demo_host_config, help_text, start_demo
+            from .demo import DEMO_HOST, demo_host_config, help_text, start_demo
 
+            if DEMO_HOST in config.hosts:
+                raise ConfigError(
+                    f"hosts.{DEMO_HOST}: --demo adds its own host {DEMO_HOST!r}; rename yours"
+                )
+            if not is_loopback(listen):
+                raise ConfigError(
+                    f"--demo serves a shell of this machine, so it listens on loopback only, "
+                    f"not {listen}"
+                )
             state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="scout-demo-")))
             demo = await start_demo(state)
             stack.push_async_callback(demo.close)
             host = demo_host_config(demo)
             config = dataclasses.replace(config, hosts={**config.hosts, host.name: host})
         app = await start(config, args.listen)
-        stop = asyncio.Event()
+        stops = asyncio.Queue[int]()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        listen = args.listen or config.listen
+            loop.add_signal_handler(sig, stops.put_nowait, sig)
+        loop.add_signal_handler(signal.SIGHUP, _reload, app)
         if demo is not None:
             sys.stdout.write(help_text(demo, listen))
             sys.stdout.flush()
-        await stop.wait()
-        log.info("shutting down (grace %.1fs)", config.shutdown_grace)
-        await app.stop()
+        await stops.get()
+        log.info(
+            "shutting down (grace %.1fs); signal again to skip the grace", config.shutdown_grace
+        )
+        stopping = asyncio.ensure_future(app.stop())
+        forced = asyncio.ensure_future(stops.get())
+        await asyncio.wait({stopping, forced}, return_when=asyncio.FIRST_COMPLETED)
+        if not stopping.done():
+            log.warning("second signal: in-flight calls end now; a third exits at once")
+            loop.add_signal_handler(signal.SIGTERM, os._exit, 128 + signal.SIGTERM)
+            loop.add_signal_handler(signal.SIGINT, os._exit, 128 + signal.SIGINT)
+            await app.server.stop(0)
+        forced.cancel()
+        await stopping
+
+
+def _reload(app: App) -> None:
+    """SIGHUP: re-read what can change without a restart; never stop the server."""
+    log.info("SIGHUP: reloading")
+    try:
+        app.reload()
+    except Exception:
+        log.exception("reload failed; serving with what was loaded before")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,10 @@
-"""Checking requests and turning them into command lines; every rejection names the field."""
+"""Checking requests and turning them into command lines; every rejection names the field.
+
+Sizes are checked before names and contents, so an oversize value is never scanned,
+matched or echoed whole: messages quote at most a short prefix (`errors.brief`). The
+final command line, after quoting, is bounded too (`EXEC_LINE_MAX`): a line sshd cannot
+take in one packet makes it drop the whole connection, and every other command on it.
+"""
 
 from __future__ import annotations
 
@@ -8,32 +14,27 @@ import shlex
 from scout.v1 import exec_pb2
 
 from .command import CommandSpec
-from .config import Config, HostConfig
-from .errors import HostNotFound, InvalidRequest
+from .config import (
+    EXEC_LINE_MAX,
+    MAX_ENV_BYTES,
+    MAX_WORKING_DIR_BYTES,
+    Config,
+    ExecSettings,
+    HostConfig,
+)
+from .errors import HostNotFound, InvalidRequest, brief
 
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+HOST_MAX = 255
 MAX_ENV = 256
-MAX_ENV_BYTES = 128 * 1024
 MAX_TERM = 10_000
+MAX_SIGNAL = 16
+WORKING_DIR_FAILED = 125  # the exit code when working_dir cannot be entered (as env(1))
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 SIGNALS = frozenset(
     {
-        "ABRT",
-        "ALRM",
-        "FPE",
-        "HUP",
-        "ILL",
-        "INT",
-        "KILL",
-        "PIPE",
-        "QUIT",
-        "SEGV",
-        "TERM",
-        "USR1",
-        "USR2",
-        "CONT",
-        "STOP",
-        "TSTP",
-        "WINCH",
+        *("ABRT", "ALRM", "FPE", "HUP", "ILL", "INT", "KILL", "PIPE", "QUIT"),
+        *("SEGV", "TERM", "USR1", "USR2", "CONT", "STOP", "TSTP", "WINCH"),
     }
 )
 
@@ -42,45 +43,76 @@ def lookup_host(config: Config, name: str) -> HostConfig:
     """The inventory entry for name."""
     if not name:
         raise InvalidRequest("host: required, the name of a host in the inventory")
+    if len(name) > HOST_MAX or _CONTROL.search(name):
+        raise InvalidRequest(
+            f"host: {brief(name)} is not a host name (at most {HOST_MAX} characters, "
+            "no control characters)"
+        )
     host = config.hosts.get(name)
     if host is None:
-        raise HostNotFound(f"host {name!r} is not in the inventory", name)
+        raise HostNotFound(f"host {brief(name)} is not in the inventory", name)
     return host
 
 
-def timeout_of(config: Config, request: exec_pb2.ExecuteRequest) -> float:
-    """The command's own time bound in seconds (the RPC deadline may be shorter)."""
+def _seconds(field: str, value: exec_pb2.ExecuteRequest) -> float:
+    """A Duration field in seconds, refusing what the Duration spec forbids."""
+    duration = value.timeout
+    nanos, secs = duration.nanos, duration.seconds
+    if not -999_999_999 <= nanos <= 999_999_999 or (secs > 0 > nanos) or (secs < 0 < nanos):
+        raise InvalidRequest(f"{field}: not a valid Duration (seconds={secs}, nanos={nanos})")
+    return secs + nanos / 1e9
+
+
+def timeout_of(limits: ExecSettings, request: exec_pb2.ExecuteRequest, *, stream: bool) -> float:
+    """The request's own time bound in seconds (the RPC deadline may be shorter)."""
     if not request.HasField("timeout"):
-        return config.exec.default_timeout
-    seconds = request.timeout.seconds + request.timeout.nanos / 1e9
+        return limits.stream_default_timeout if stream else limits.default_timeout
+    seconds = _seconds("timeout", request)
     if seconds <= 0:
         raise InvalidRequest(f"timeout: must be positive, got {seconds:g}s")
-    if seconds > config.exec.max_timeout:
+    if seconds > limits.max_timeout:
         raise InvalidRequest(
-            f"timeout: at most {config.exec.max_timeout:g}s on this server, got {seconds:g}s"
+            f"timeout: at most {limits.max_timeout:g}s on this server, got {seconds:g}s"
         )
     return seconds
 
 
 def command_line(request: exec_pb2.ExecuteRequest) -> str:
-    """The command as sent: as is, or with its directory and environment applied.
+    """The command as sent: as is, or after its environment and directory.
 
-    With env or working_dir, the line becomes `cd DIR && exec env K=V ... /bin/sh -c CMD`:
-    the environment travels in the command because sshd drops `env` requests outside its
-    AcceptEnv, and `exec` keeps one process, so a signal sent to the session reaches
-    the command itself.
+    The environment travels in the line because sshd drops `env` requests outside its
+    AcceptEnv. The command itself stays on its own line, read by the user's own login
+    shell exactly as without env or working_dir (so bash stays bash). A directory that
+    cannot be entered ends the line with exit code 125, before the command runs.
     """
     if not request.env and not request.working_dir:
         return request.command
-    parts: list[str] = []
+    parts = [f"export {k}={shlex.quote(v)};" for k, v in sorted(request.env.items())]
     if request.working_dir:
-        parts.append(f"cd -- {shlex.quote(request.working_dir)} &&")
-    parts.append("exec")
-    if request.env:
-        parts.append("env")
-        parts.extend(shlex.quote(f"{k}={v}") for k, v in sorted(request.env.items()))
-    parts.extend(["/bin/sh", "-c", shlex.quote(request.command)])
-    return " ".join(parts)
+        parts.append(f"cd -- {shlex.quote(request.working_dir)} || exit {WORKING_DIR_FAILED};")
+    return " ".join(parts) + "\n" + request.command
+
+
+def _check_sizes(limits: ExecSettings, request: exec_pb2.ExecuteRequest, host: str) -> None:
+    """Every variable-size field against its bound, before anything reads its content."""
+    if len(request.command) > limits.max_command_bytes or (
+        len(request.command.encode()) > limits.max_command_bytes
+    ):
+        raise InvalidRequest(
+            f"command: at most {limits.max_command_bytes} bytes on this server", host
+        )
+    if len(request.working_dir.encode()) > MAX_WORKING_DIR_BYTES:
+        raise InvalidRequest(f"working_dir: at most {MAX_WORKING_DIR_BYTES} bytes", host)
+    if len(request.stdin) > limits.max_stdin_bytes:
+        raise InvalidRequest(
+            f"stdin: at most {limits.max_stdin_bytes} bytes in a request; use Stream for more",
+            host,
+        )
+    if len(request.env) > MAX_ENV:
+        raise InvalidRequest(f"env: at most {MAX_ENV} variables", host)
+    env_bytes = sum(len(k.encode()) + len(v.encode()) for k, v in request.env.items())
+    if env_bytes > MAX_ENV_BYTES:
+        raise InvalidRequest(f"env: at most {MAX_ENV_BYTES} bytes of names and values", host)
 
 
 def check_execute(
@@ -88,50 +120,39 @@ def check_execute(
 ) -> CommandSpec:
     """Validate an ExecuteRequest (or a Stream's start) and build its CommandSpec."""
     host = lookup_host(config, request.host)
-    limits = config.exec
+    name, limits = host.name, config.exec
+    _check_sizes(limits, request, name)
     if not request.command.strip():
-        raise InvalidRequest("command: required, a shell command line", host.name)
-    if len(request.command.encode()) > limits.max_command_bytes:
-        raise InvalidRequest(
-            f"command: at most {limits.max_command_bytes} bytes on this server", host.name
-        )
+        raise InvalidRequest("command: required, a shell command line", name)
     if "\0" in request.command or "\0" in request.working_dir:
-        raise InvalidRequest("command and working_dir: must not contain NUL bytes", host.name)
-    if len(request.stdin) > limits.max_stdin_bytes:
-        raise InvalidRequest(
-            f"stdin: at most {limits.max_stdin_bytes} bytes in a request; use Stream for more",
-            host.name,
-        )
-    if len(request.env) > MAX_ENV:
-        raise InvalidRequest(f"env: at most {MAX_ENV} variables", host.name)
-    env_bytes = 0
-    for name, value in request.env.items():
-        if not ENV_NAME.match(name):
+        raise InvalidRequest("command and working_dir: must not contain NUL bytes", name)
+    for key, value in request.env.items():
+        if not ENV_NAME.fullmatch(key):
             raise InvalidRequest(
-                f"env: {name!r} is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)",
-                host.name,
+                f"env: {brief(key)} is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)",
+                name,
             )
         if "\0" in value:
-            raise InvalidRequest(f"env: the value of {name} contains a NUL byte", host.name)
-        env_bytes += len(name) + len(value.encode())
-    if env_bytes > MAX_ENV_BYTES:
-        raise InvalidRequest(f"env: at most {MAX_ENV_BYTES} bytes in all", host.name)
+            raise InvalidRequest(f"env: the value of {key} contains a NUL byte", name)
     term = (80, 24)
     if request.HasField("terminal_size"):
-        size = request.terminal_size
-        if not (0 < size.columns <= MAX_TERM and 0 < size.rows <= MAX_TERM):
-            raise InvalidRequest(
-                f"terminal_size: columns and rows must be 1..{MAX_TERM}", host.name
-            )
-        term = (size.columns, size.rows)
+        term = check_terminal_size(request.terminal_size, "terminal_size")
+    timeout_of(limits, request, stream=stream)  # validated here, used by the caller
+    line = command_line(request)
+    if len(line.encode()) > EXEC_LINE_MAX:
+        raise InvalidRequest(
+            f"command, env and working_dir: {len(line.encode())} bytes once quoted, more than "
+            f"the {EXEC_LINE_MAX} bytes one SSH exec request may carry safely",
+            name,
+        )
     # Execute holds output in memory: the server's maximum bounds it. Stream holds little
     # (the SSH window does the waiting), so it has no cap unless the caller sets one.
     cap = request.max_output_bytes
-    if not stream and limits.max_output_bytes:
+    if not stream:
         cap = min(cap or limits.max_output_bytes, limits.max_output_bytes)
     return CommandSpec(
-        host=host.name,
-        command=command_line(request),
+        host=name,
+        command=line,
         stdin=request.stdin,
         close_stdin=request.close_stdin or not stream,
         pty=request.pty,
@@ -141,11 +162,20 @@ def check_execute(
     )
 
 
+def check_terminal_size(size: exec_pb2.TerminalSize, field: str) -> tuple[int, int]:
+    """A terminal size within 1..MAX_TERM on both axes."""
+    if not (0 < size.columns <= MAX_TERM and 0 < size.rows <= MAX_TERM):
+        raise InvalidRequest(
+            f"{field}: columns and rows must be 1..{MAX_TERM}, got {size.columns}x{size.rows}"
+        )
+    return size.columns, size.rows
+
+
 def signal_name(raw: str) -> str:
     """A signal name as SSH wants it: "INT" for "INT", "SIGINT" or "sigint"."""
-    name = raw.strip().upper().removeprefix("SIG")
-    if name not in SIGNALS:
+    name = raw[:MAX_SIGNAL].strip().upper().removeprefix("SIG")
+    if len(raw) > MAX_SIGNAL or name not in SIGNALS:
         raise InvalidRequest(
-            f"signal: unknown signal {raw!r}; use one of {', '.join(sorted(SIGNALS))}"
+            f"signal: unknown signal {brief(raw)}; use one of {', '.join(sorted(SIGNALS))}"
         )
     return name

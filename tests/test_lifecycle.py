@@ -60,7 +60,7 @@ async def test_request_timeout_stops_the_remote_command(scout: Scout) -> None:
         await scout.execute(host="t", command=f"sleep {m}", timeout=secs(1))
     elapsed = time.monotonic() - started
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert "ran past its deadline and was stopped" in (info.value.details() or "")
+    assert "and was stopped" in (info.value.details() or "")
     assert 0.9 < elapsed < 3.0
     assert await gone(f"sleep {m}", within=1.0)
     assert scout.app.pool.gauges()["channels_in_use"] == 0
@@ -115,9 +115,9 @@ async def test_signal_over_stream_ends_the_command(scout: Scout) -> None:
 
 async def test_output_cap_keeps_the_head_and_counts_the_rest(scout: Scout) -> None:
     r = await scout.execute(
-        host="t", command="head -c 10485760 /dev/zero", max_output_bytes=1 << 20
+        host="t", command="head -c 10485760 /dev/zero", max_output_bytes=1 << 19
     )
-    assert len(r.stdout) == 1 << 20 and r.stdout_truncated
+    assert len(r.stdout) == 1 << 19 and r.stdout_truncated
     assert r.stdout_bytes == 10 << 20 and r.exit_code == 0
     assert not r.stderr_truncated
 

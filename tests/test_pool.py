@@ -1,13 +1,16 @@
 """The pool's rules, exactly, with a scripted connection factory (no network).
 
-Real SSH servers exercise the pool in test_pool_ssh.py; here each rule of DESIGN.md is
-checked on its own, and hypothesis checks the invariants over random workloads.
+Real SSH servers exercise the pool in test_pool_ssh.py, and the assignment step alone is
+checked in test_poolstate.py; here the async pool (reservations, waiters, connect tasks,
+timeouts, cancellation) is checked rule by rule, and hypothesis checks the invariants
+over random workloads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Callable
 
 import pytest
@@ -16,7 +19,7 @@ from hypothesis import strategies as st
 
 from server.config import HostConfig, PoolSettings
 from server.errors import HostRejected, HostUnavailable, PoolExhausted
-from server.pool import ChannelRefused, ConnectionDead, Pool
+from server.pool import Pool, Reservation
 
 
 class FakeConn:
@@ -75,17 +78,17 @@ class Factory:
         self.conns.append(conn)
         return conn
 
-    async def open(self, conn: FakeConn) -> FakeConn:
-        """The opener: take a channel, or refuse as a full or dead server would."""
-        await asyncio.sleep(0)
+    def open(self, res: Reservation[FakeConn]) -> str:
+        """Open a channel on the reserved connection as a server would: ok, full or dead."""
+        conn = res.conn
         if conn.dead or conn.closed:
             conn.closed = True
-            raise ConnectionDead("connection lost")
+            return "dead"
         if conn.refuse_above is not None and conn.active >= conn.refuse_above:
-            raise ChannelRefused("open failed")
+            return "refused"
         conn.active += 1
         self.per_conn_peak = max(self.per_conn_peak, conn.active)
-        return conn
+        return "ok"
 
 
 def host(name: str) -> HostConfig:
@@ -106,19 +109,33 @@ def make_pool(factory: Factory, **overrides: float) -> Pool[FakeConn]:
 
 
 def deadline(seconds: float = 5.0) -> float:
-    return asyncio.get_running_loop().time() + seconds
+    return time.monotonic() + seconds
 
 
 async def use(
     pool: Pool[FakeConn], factory: Factory, name: str, hold: float = 0.0, wait: float = 5.0
 ) -> FakeConn:
-    """One checkout: open a channel, hold it, close it."""
-    async with pool.session(host(name), factory.open, deadline(wait)) as conn:
-        try:
-            await asyncio.sleep(hold)
-        finally:
-            conn.active -= 1
-    return conn
+    """One command: reserve, open a channel (retrying as server.launch does), hold, close."""
+    until = deadline(wait)
+    retried = False
+    while True:
+        res = await pool.reserve(host(name), until)
+        outcome = factory.open(res)
+        if outcome == "ok":
+            break
+        if outcome == "refused":
+            res.refused()
+            await asyncio.sleep(0.005)
+        else:
+            res.dead()
+            assert not retried, "a dead connection is retried once"
+            retried = True
+    try:
+        await asyncio.sleep(hold)
+    finally:
+        res.conn.active -= 1
+        res.release()
+    return res.conn
 
 
 async def test_sequential_commands_reuse_one_connection() -> None:
@@ -175,11 +192,11 @@ async def test_busy_connection_is_never_closed_to_make_room() -> None:
     pool = make_pool(factory, max_connections=1)
     holder = asyncio.create_task(use(pool, factory, "a", hold=0.5))
     await asyncio.sleep(0.05)
-    with pytest.raises(PoolExhausted, match="b: no SSH connection"):
+    with pytest.raises(PoolExhausted, match="b: no SSH channel became free"):
         await use(pool, factory, "b", wait=0.1)
     busy = await holder
     assert not busy.closed and not factory.violations
-    assert "waiters=0" in repr(pool) and "slot_queue=0" in repr(pool)
+    assert "waiters=0" in repr(pool) and "budget_queue=0" in repr(pool)
     await use(pool, factory, "b")  # now "a" is idle and gives way
     assert busy.closed
     await pool.close()
@@ -191,10 +208,10 @@ async def test_waiters_are_served_in_fifo_order() -> None:
     order: list[int] = []
 
     async def job(i: int) -> None:
-        async with pool.session(host("a"), factory.open, deadline()) as conn:
-            order.append(i)
-            await asyncio.sleep(0.01)
-            conn.active -= 1
+        res = await pool.reserve(host("a"), deadline())
+        order.append(i)
+        await asyncio.sleep(0.01)
+        res.release()
 
     tasks = []
     for i in range(5):
@@ -225,14 +242,14 @@ async def test_cancelled_waiter_leaves_no_trace() -> None:
 async def test_channel_granted_at_cancellation_goes_to_the_next_waiter() -> None:
     factory = Factory()
     pool = make_pool(factory, max_connections=1, max_sessions_per_connection=1)
-    held = await pool._acquire(host("a"), deadline())
+    held = await pool.reserve(host("a"), deadline())
     first = asyncio.create_task(use(pool, factory, "a"))
     second = asyncio.create_task(use(pool, factory, "a"))
     await asyncio.sleep(0.01)
     assert "waiters=2" in repr(pool)
     # In one step: the channel is released and granted to `first`, which is then
     # cancelled before it can run. The channel must move on to `second`.
-    pool._give_back(held)
+    held.release()
     first.cancel()
     await asyncio.gather(first, return_exceptions=True)
     assert first.cancelled()
@@ -253,26 +270,62 @@ async def test_refused_channel_lowers_the_cap_and_retries_elsewhere() -> None:
     await pool.close()
 
 
-async def test_dead_connection_is_evicted_and_retried_once() -> None:
+async def test_dead_connection_is_evicted_and_the_next_reservation_connects_anew() -> None:
     factory = Factory()
     pool = make_pool(factory)
     first = await use(pool, factory, "a")
     first.dead = True
-    second = await use(pool, factory, "a")
+    second = await use(pool, factory, "a")  # use() saw "dead" once and reserved again
     assert second is not first and factory.connects == 2
-    assert pool.stats.retries == 1 and pool.stats.evictions == {"dead": 1}
+    assert pool.stats.evictions == {"dead": 1}
     await pool.close()
 
 
-async def test_connect_failure_reaches_every_waiter() -> None:
+async def test_a_retired_connection_takes_no_new_channels_and_closes_when_free() -> None:
+    factory = Factory()
+    pool = make_pool(factory)
+    res = await pool.reserve(host("a"), deadline())
+    res.retire()  # a channel open hung on it
+    other = await pool.reserve(host("a"), deadline())
+    assert other.conn is not res.conn and factory.connects == 2
+    other.release()
+    res.release()
+    await asyncio.sleep(0)
+    assert res.conn.closed and not other.conn.closed
+    assert pool.stats.evictions == {"stalled": 1, "drained": 1}
+    await pool.close()
+
+
+async def test_connect_failure_reaches_every_waiter_once_and_the_host_backs_off() -> None:
     factory = Factory(delay=0.01, fail=HostUnavailable("a: connection refused", "a"))
     pool = make_pool(factory)
     results = await asyncio.gather(
         *(use(pool, factory, "a") for _ in range(3)), return_exceptions=True
     )
     assert all(isinstance(r, HostUnavailable) for r in results)
-    assert pool.stats.retries == 3  # each caller retried once, then gave up
+    assert len({id(r) for r in results}) == 3  # each caller has its own exception
+    assert pool.stats.connects == {"error": 1}  # one connect for all, not retried
+    with pytest.raises(HostUnavailable, match="connection refused"):
+        await use(pool, factory, "a")  # in the backoff: the same error, at once
+    assert pool.stats.connects == {"error": 1}
     assert "total=0/" in repr(pool)
+    await pool.close()
+
+
+async def test_failing_connects_beside_a_full_connection_back_off_instead_of_looping() -> None:
+    """A host with one full connection and failing new connects: a few tries, not hundreds."""
+    factory = Factory()
+    pool = make_pool(factory, max_sessions_per_connection=1)
+    holder = asyncio.create_task(use(pool, factory, "a", hold=1.5))
+    await asyncio.sleep(0.05)
+    factory.fail = HostUnavailable("a: cannot connect: MaxStartups", "a")
+    started = time.monotonic()
+    with pytest.raises(HostUnavailable, match="MaxStartups") as info:
+        await use(pool, factory, "a", wait=1.0)
+    assert 0.9 < time.monotonic() - started < 1.5  # it waited for a channel, within its deadline
+    assert "stayed busy" in info.value.message
+    assert pool.stats.connects["error"] <= 3  # backoff: 0.5 s, then 1 s
+    await holder
     await pool.close()
 
 
@@ -304,7 +357,8 @@ async def test_idle_and_old_connections_expire() -> None:
     pool = make_pool(factory, idle_timeout=0.05, max_age=10)
     conn = await use(pool, factory, "a")
     await asyncio.sleep(0.1)
-    await pool.reap()
+    pool.reap()
+    await asyncio.sleep(0)
     assert conn.closed and pool.stats.evictions == {"expired": 1}
     assert "open=0" in repr(pool)
     await pool.close()
@@ -315,11 +369,13 @@ async def test_old_busy_connection_retires_after_its_last_channel() -> None:
     pool = make_pool(factory, idle_timeout=60, max_age=0.05)
     task = asyncio.create_task(use(pool, factory, "a", hold=0.2))
     await asyncio.sleep(0.1)
-    await pool.reap()
+    pool.reap()
     (conn,) = factory.conns
     assert not conn.closed  # still carries a channel
     await task
+    await asyncio.sleep(0)
     assert conn.closed and not factory.violations
+    assert pool.stats.evictions == {"expired": 1, "drained": 1}
     await pool.close()
 
 
@@ -400,6 +456,6 @@ async def test_waiter_that_gives_up_leaves_no_slot_request_behind() -> None:
     await asyncio.sleep(0.01)
     with pytest.raises(PoolExhausted):
         await use(pool, factory, "b", wait=0.05)
-    assert "waiters=0" in repr(pool) and "slot_queue=0" in repr(pool)
+    assert "waiters=0" in repr(pool) and "budget_queue=0" in repr(pool)
     await holder
     await pool.close()

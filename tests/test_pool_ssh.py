@@ -51,7 +51,7 @@ async def test_fifty_concurrent_commands_on_one_openssh_host(openssh: OpenSSHSer
         assert [r.stdout for r in results] == [f"{i}\n".encode() for i in range(50)]  # type: ignore[union-attr]
         conns = s.app.pool.connections()
         cap = s.app.pool.settings.max_sessions_per_connection
-        assert len(conns) > 1 and s.app.pool.stats.connects == len(conns)
+        assert len(conns) > 1 and s.app.pool.stats.connects == {"ok": len(conns)}
         assert all(pc.peak_channels <= cap for pc in conns)
         assert 1 < peak_sshd <= s.app.pool.settings.max_connections_per_host
         print(
@@ -99,7 +99,7 @@ async def test_two_hundred_hosts_never_exceed_the_connection_bound(tmp_path: Pat
             assert not errors, errors[:3]
             assert [r.stdout for r in results] == [f"{i}\n".encode() for i in range(400)]  # type: ignore[union-attr]
             assert peak <= 50
-            assert s.app.pool.stats.connects >= 200  # every host was reached
+            assert s.app.pool.stats.connects["ok"] >= 200  # every host was reached
             print(f"\n200 hosts, 400 requests, max_connections=50: peak {peak}, {elapsed:.2f}s")
     finally:
         await close_all(fleet)
@@ -123,8 +123,8 @@ async def test_deadline_while_waiting_for_a_slot_leaves_the_pool_clean(tmp_path:
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await s.execute(rpc_timeout=0.4, host="host1", command="true")
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "host1: no SSH connection" in (info.value.details() or "")
-            assert "waiters=0" in repr(s.app.pool) and "slot_queue=0" in repr(s.app.pool)
+            assert "host1: no SSH channel became free" in (info.value.details() or "")
+            assert "waiters=0" in repr(s.app.pool) and "budget_queue=0" in repr(s.app.pool)
             waiting = asyncio.create_task(s.execute(host="host1", command="true"))
             await asyncio.sleep(0.2)
             assert "waiters=1" in repr(s.app.pool)

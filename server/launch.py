@@ -1,0 +1,286 @@
+"""Starting a command on a host, and making sure it is over before its channel's place is free.
+
+    async with launcher.run(host, spec, sink, bounds) as command:
+        ...                        # write stdin, wait for the end
+
+The way in: reserve a channel's place from the pool, open the channel within
+`channel_open_timeout`, and retry what is safe to retry (DESIGN.md rule 7): a refused
+channel (that connection is full), a connection that died before the channel opened,
+a channel open that hangs (the connection is retired and keepalive decides its fate).
+Nothing is retried once the exec request may have reached the host.
+
+The way out, on every path: a command that has not ended by itself is stopped (TERM,
+KILL, close) in a task of its own, shielded from the caller's cancellation, and its
+place is released only when the channel is closed. An open that finishes after its
+caller gave up is *adopted*: whatever it opened is stopped and closed, then released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Coroutine
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar
+
+import asyncssh
+
+from .command import CommandSpec, Opening, RunningCommand, Sink
+from .config import HostConfig, PoolSettings
+from .errors import (
+    ChannelRefused,
+    CommandTimeout,
+    ConnectionDead,
+    HostRejected,
+    HostUnavailable,
+    PoolExhausted,
+)
+from .pool import Pool, Reservation
+
+log = logging.getLogger(__name__)
+
+REFUSAL_BACKOFF = (0.005, 0.2)  # first and largest pause after a refused channel
+STUCK_LIMIT = 30.0  # a channel that will not close after a stop: how long to keep its place
+SSHConn = asyncssh.SSHClientConnection
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """When the command must be over, and how long stopping it may then take."""
+
+    run_until: float  # time.monotonic(): past this the command is stopped
+    stop_within: float  # seconds the stop may take after run_until
+    cause: str  # what set run_until, for the message: "its timeout (10s)"
+
+
+class Launcher:
+    """Runs commands on pooled connections; tracks the stops and adoptions in flight."""
+
+    def __init__(self, pool: Pool[SSHConn], settings: PoolSettings) -> None:
+        self.pool = pool
+        self.open_timeout = settings.channel_open_timeout
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def run(self, host: HostConfig, spec: CommandSpec, out: Sink, bounds: Bounds) -> Run:
+        """An async context: the running command in, a stopped-and-released one out."""
+        return Run(self, host, spec, out, bounds)
+
+    async def start(
+        self, host: HostConfig, spec: CommandSpec, out: Sink, until: float
+    ) -> tuple[Reservation[SSHConn], RunningCommand]:
+        """Reserve, open and start, with the safe retries; the caller must finish() it."""
+        retried = False
+        pause = REFUSAL_BACKOFF[0]
+        loop = asyncio.get_running_loop()
+        while True:
+            res = await self.pool.reserve(host, until)
+            opening = Opening(spec, out)
+            task = loop.create_task(opening.run(res.conn))
+            try:
+                opened = await _settled(task, min(time.monotonic() + self.open_timeout, until))
+                if not opened and opening.session is not None:
+                    opened = await _settled(task, until)  # the exec is out: wait for its reply
+            except BaseException:
+                self._adopt(task, res, opening)  # the caller was cancelled meanwhile
+                raise
+            if not opened:
+                self._adopt(task, res, opening)
+                if opening.session is not None:
+                    raise CommandTimeout(
+                        f"{host.name}: the SSH server did not confirm the command before the "
+                        "deadline; it may have started, and has been stopped",
+                        host.name,
+                    )
+                res.retire()  # the open hangs there: nothing reached the host yet
+                if retried or until - time.monotonic() < 0.05:
+                    raise HostUnavailable(
+                        f"{host.name}: the SSH server did not open a channel within "
+                        f"{self.open_timeout:g}s (the connection is not answering)",
+                        host.name,
+                    )
+                retried = True
+                self.pool.stats.retries += 1
+                continue
+            error = task.exception()
+            if error is None:
+                return res, task.result()
+            if isinstance(error, ChannelRefused):
+                if res.refused() == 0:
+                    raise HostRejected(
+                        f"{host.name}: the SSH server refused a session channel on a "
+                        f"connection carrying no other ({error}); it does not allow "
+                        "sessions for this user",
+                        host.name,
+                    ) from error
+                wait = min(pause * random.uniform(0.5, 1.0), until - time.monotonic())
+                if wait <= 0:
+                    raise PoolExhausted(
+                        f"{host.name}: every SSH connection is at the server's session limit "
+                        "(sshd MaxSessions) and none freed before the deadline",
+                        host.name,
+                    ) from None
+                await asyncio.sleep(wait)
+                pause = min(pause * 2, REFUSAL_BACKOFF[1])
+                continue
+            if isinstance(error, ConnectionDead):
+                res.dead()
+                if retried or time.monotonic() >= until:
+                    raise HostUnavailable(
+                        f"{host.name}: SSH connection lost before the command started: {error}",
+                        host.name,
+                    ) from error
+                retried = True
+                self.pool.stats.retries += 1
+                continue
+            self._adopt(task, res, opening)  # failed after the channel opened: close it first
+            raise error
+
+    def finish(
+        self, res: Reservation[SSHConn], command: RunningCommand, within: float | None
+    ) -> asyncio.Future[None] | None:
+        """Release at once if the command ended; else stop it in a task and release after.
+
+        Returns the stop task (await it shielded), or None when there was nothing to stop.
+        """
+        if command.ended:
+            res.release()
+            return None
+        return self._track(self._stop_then_release(res, command, within))
+
+    async def _stop_then_release(
+        self, res: Reservation[SSHConn], command: RunningCommand, within: float | None
+    ) -> None:
+        await command.stop(within)
+        if not command.ended:
+            log.warning(
+                "%s: the command did not stop after TERM, KILL and a channel close (a root "
+                "login ignores signals; see the README); retiring its connection",
+                command.spec.host,
+            )
+            res.retire()
+            with _quiet():
+                await asyncio.wait_for(asyncio.shield(command.session.closed), STUCK_LIMIT)
+        res.release()
+
+    def _adopt(
+        self, task: asyncio.Task[RunningCommand], res: Reservation[SSHConn], opening: Opening
+    ) -> None:
+        """An open its caller gave up on: stop whatever it started, then release."""
+        self._track(self._settle_adopted(task, res, opening))
+
+    async def _settle_adopted(
+        self, task: asyncio.Task[RunningCommand], res: Reservation[SSHConn], opening: Opening
+    ) -> None:
+        try:
+            async with asyncio.timeout(STUCK_LIMIT):
+                command = await asyncio.shield(task)
+        except TimeoutError:
+            log.warning("%s: a channel open never finished; retiring its connection", res.pc)
+            res.retire()
+            task.cancel()
+        except Exception:  # nothing started, or the server refused: wait for the close
+            if opening.session is not None:
+                with _quiet():
+                    await asyncio.wait_for(asyncio.shield(opening.session.closed), STUCK_LIMIT)
+        else:
+            await self._stop_then_release(res, command, None)
+            return
+        res.release()
+
+    def _track(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def wait_stopped(self, within: float) -> None:
+        """Wait (bounded) for the stops and adoptions in flight (at shutdown)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=within)
+
+
+class Run:
+    """`async with launcher.run(...)`: a started command, stopped and released on exit."""
+
+    __slots__ = ("_command", "_launcher", "_res", "bounds", "host", "out", "spec")
+
+    def __init__(
+        self, launcher: Launcher, host: HostConfig, spec: CommandSpec, out: Sink, bounds: Bounds
+    ) -> None:
+        self._launcher = launcher
+        self.host = host
+        self.spec = spec
+        self.out = out
+        self.bounds = bounds
+        self._res: Reservation[SSHConn] | None = None
+        self._command: RunningCommand | None = None
+
+    async def __aenter__(self) -> Run:
+        self._res, self._command = await self._launcher.start(
+            self.host, self.spec, self.out, self.bounds.run_until
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._res is not None and self._command is not None
+        within = self.bounds.stop_within if isinstance(exc, CommandTimeout) else None
+        stop = self._launcher.finish(self._res, self._command, within)
+        if stop is not None:
+            await asyncio.shield(stop)
+
+    @property
+    def command(self) -> RunningCommand:
+        """The running command."""
+        assert self._command is not None
+        return self._command
+
+    async def bounded(self, work: Awaitable[T]) -> T:
+        """Await work until `run_until`; then raise CommandTimeout (the exit stops it)."""
+        try:
+            async with asyncio.timeout(self.bounds.run_until - time.monotonic()):
+                return await work
+        except TimeoutError:
+            raise CommandTimeout(
+                f"{self.spec.host}: the command ran past {self.bounds.cause} and was stopped",
+                self.spec.host,
+            ) from None
+
+
+async def _settled(task: asyncio.Task[RunningCommand], until: float) -> bool:
+    """Wait for task to finish, at most until `until`; never cancel it. Whether it did."""
+    if task.done():
+        return True
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    task.add_done_callback(wake)
+    timer = loop.call_later(max(until - time.monotonic(), 0.0), wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        task.remove_done_callback(wake)
+    return task.done()
+
+
+class _quiet:
+    """Suppress a bounded wait's timeout (and errors of a channel that died meanwhile)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> bool:
+        return exc_type is not None and issubclass(exc_type, TimeoutError | asyncssh.Error)

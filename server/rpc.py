@@ -1,0 +1,183 @@
+"""The loop around every RPC handler: admission, errors to statuses, trailers, counts.
+
+In the style of grpclib's server loop, each ExecService method is wrapped by `@rpc`:
+
+- admission: beyond `max_concurrent_rpcs`, RESOURCE_EXHAUSTED at once, with a retry
+  hint (grpc core's own queue would answer CANCELLED, late);
+- a request whose bytes are not a valid message gets INVALID_ARGUMENT (grpcio would say
+  UNKNOWN with its own internal text, and log a traceback);
+- expected failures (ScoutError) become the status codes of DESIGN.md's table in
+  `status_of`, the one place that mapping lives; anything else is a bug: logged with its
+  traceback, answered with a generic INTERNAL and no internal text;
+- every status scout decides carries the trailing metadata `x-scout-started`: `false`
+  when nothing reached the host (retrying is safe), `true` when the command may have
+  started. A status without it was not scout's decision (a proxy, a reset connection,
+  grpc's own limits): the caller must assume the command may have run;
+- a cancellation is told apart from a passed deadline, for the counts and the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NoReturn, Protocol, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from .errors import (
+    CommandAborted,
+    CommandTimeout,
+    HostNotFound,
+    HostRejected,
+    HostUnavailable,
+    InvalidRequest,
+    PoolExhausted,
+    ScoutError,
+)
+from .stream import MALFORMED
+
+log = logging.getLogger(__name__)
+
+STARTED_KEY = "x-scout-started"
+
+_STATUS: dict[type[ScoutError], grpc.StatusCode] = {
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    HostNotFound: grpc.StatusCode.NOT_FOUND,
+    HostRejected: grpc.StatusCode.FAILED_PRECONDITION,
+    HostUnavailable: grpc.StatusCode.UNAVAILABLE,
+    CommandAborted: grpc.StatusCode.ABORTED,
+    PoolExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    CommandTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+class Context(Protocol):
+    """What handlers use of grpc.aio's ServicerContext (grpcio ships no type hints)."""
+
+    async def abort(
+        self, code: grpc.StatusCode, details: str = "", trailing_metadata: Sequence[Any] = ()
+    ) -> NoReturn:
+        """End the RPC with a status."""
+
+    def time_remaining(self) -> float | None:
+        """Seconds to the caller's deadline, or None."""
+
+    async def send_initial_metadata(self, metadata: Sequence[Any]) -> None:
+        """Send the response headers."""
+
+    async def write(self, message: Any) -> None:
+        """Send one response message (streaming responses)."""
+
+    def invocation_metadata(self) -> Sequence[Any] | None:
+        """The caller's metadata."""
+
+    def peer(self) -> str:
+        """The caller's address."""
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str, bool]:
+    """Status, message and "may have started" for an exception: the only error mapping."""
+    if isinstance(exc, ScoutError):
+        for cls in type(exc).__mro__:
+            if cls in _STATUS:
+                return _STATUS[cls], exc.message, exc.started
+    return grpc.StatusCode.INTERNAL, "internal error (logged on the server)", True
+
+
+@dataclass
+class RpcStats:
+    """RPCs in flight and finished, by method and status code."""
+
+    max_in_flight: int
+    in_flight: int = 0
+    finished: dict[tuple[str, str], int] = field(default_factory=dict)
+    durations: list[tuple[str, float]] = field(default_factory=list)  # drained by the metrics
+
+    def done(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        """Count one finished RPC."""
+        key = (method, code.name)
+        self.finished[key] = self.finished.get(key, 0) + 1
+
+
+class Servicer(Protocol):
+    """A servicer whose methods `@rpc` wraps: it carries the shared RpcStats."""
+
+    rpcs: RpcStats
+
+
+S = TypeVar("S", bound=Servicer)
+R = TypeVar("R")
+Handler = Callable[[S, Any, Context], Awaitable[R]]
+
+
+def rpc(method: str) -> Callable[[Handler[S, R]], Handler[S, R]]:
+    """Wrap a servicer method in scout's RPC loop (see the module docstring)."""
+
+    def decorate(handler: Handler[S, R]) -> Handler[S, R]:
+        @functools.wraps(handler)
+        async def loop(self: S, request: Any, context: Context) -> R:
+            stats = self.rpcs
+            if stats.in_flight >= stats.max_in_flight:
+                stats.done(method, grpc.StatusCode.RESOURCE_EXHAUSTED, 0.0)
+                await _abort(
+                    context,
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"scout is at its limit of {stats.max_in_flight} calls at once "
+                    "(max_concurrent_rpcs); retry in a second",
+                    started=False,
+                )
+            stats.in_flight += 1
+            began = time.monotonic()
+            code = grpc.StatusCode.OK
+            try:
+                _well_formed(method, request)
+                return await handler(self, request, context)
+            except asyncio.CancelledError:
+                remaining = context.time_remaining()
+                passed = remaining is not None and remaining <= 0
+                code = grpc.StatusCode.DEADLINE_EXCEEDED if passed else grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:
+                code, message, started = status_of(exc)
+                if code is grpc.StatusCode.INTERNAL:
+                    log.exception("%s failed", method)
+                else:
+                    log.info("%s: %s: %s", method, code.name, message)
+            finally:
+                stats.in_flight -= 1
+                stats.done(method, code, time.monotonic() - began)
+            await _abort(context, code, message, started=started)
+
+        return loop
+
+    return decorate
+
+
+def _well_formed(method: str, request: Any) -> None:
+    """Refuse bytes that did not parse as the method's request message."""
+    if request is MALFORMED:
+        raise InvalidRequest(f"{method}: the request is not a valid message")
+
+
+async def _abort(
+    context: Context, code: grpc.StatusCode, message: str, *, started: bool
+) -> NoReturn:
+    """End the call with scout's own status and its `x-scout-started` trailer."""
+    await context.abort(code, message, trailing_metadata=((STARTED_KEY, str(started).lower()),))
+
+
+def safe_parser(message: type[Message]) -> Callable[[bytes], Any]:
+    """A request deserializer that yields MALFORMED instead of raising on bad bytes."""
+
+    def parse(data: bytes) -> Any:
+        try:
+            return message.FromString(data)
+        except (DecodeError, UnicodeDecodeError, ValueError):
+            return MALFORMED
+
+    return parse

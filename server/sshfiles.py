@@ -1,0 +1,140 @@
+"""The SSH files scout trusts and authenticates with: known_hosts and private keys.
+
+Each is read at start (a missing or unreadable file stops the server, naming it) and read
+again when it changes on disk or on `reload()` (SIGHUP). A file that turns unreadable
+later keeps its last good contents, with an error in the log: a half-written edit must
+not turn every host away. Key material never reaches a log line or a message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import asyncssh
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class FileError(Exception):
+    """A file could not be read or parsed; the message names it, never its contents."""
+
+
+@dataclass(frozen=True)
+class _Stamp:
+    """What tells a changed file: inode, size and modification time."""
+
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> _Stamp:
+        st = os.stat(path)
+        return cls(st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class _Watched(Generic[T]):
+    """One file's parsed contents, re-read when its stamp changes."""
+
+    def __init__(self, path: Path, value: T, stamp: _Stamp) -> None:
+        self.path = path
+        self.value = value
+        self.stamp = stamp
+
+
+class _Files(Generic[T]):
+    """Files of one kind, parsed once and again when they change."""
+
+    kind = "file"
+
+    def __init__(self) -> None:
+        self._files: dict[Path, _Watched[T]] = {}
+
+    def _parse(self, path: Path) -> T:
+        raise NotImplementedError
+
+    def _read(self, path: Path) -> _Watched[T]:
+        try:
+            stamp = _Stamp.of(path)
+            return _Watched(path, self._parse(path), stamp)
+        except (OSError, ValueError, asyncssh.KeyImportError) as exc:
+            reason = (
+                exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            )
+            raise FileError(f"cannot read the {self.kind} {path}: {reason}") from None
+
+    def load(self, path: Path) -> T:
+        """Read path now (at start): raise FileError if it cannot be used."""
+        watched = self._files[path] = self._read(path)
+        return watched.value
+
+    def get(self, path: Path) -> T:
+        """The contents, re-read first if the file changed (a stat per call)."""
+        watched = self._files.get(path)
+        if watched is None:
+            return self.load(path)
+        try:
+            changed = _Stamp.of(path) != watched.stamp
+        except OSError:
+            changed = True
+        if changed:
+            self._refresh(watched)
+        return watched.value
+
+    def _refresh(self, watched: _Watched[T]) -> bool:
+        """Read a file again; keep the old contents if the new ones cannot be used."""
+        try:
+            fresh = self._read(watched.path)
+        except FileError as exc:
+            log.error("%s; keeping the version read before", exc)  # noqa: TRY400 - no traceback
+            return False
+        changed = fresh.stamp != watched.stamp
+        watched.value, watched.stamp = fresh.value, fresh.stamp
+        if changed:
+            log.info("re-read the %s %s", self.kind, watched.path)
+        return changed
+
+    def reload(self) -> list[Path]:
+        """Re-read every file that changed; return those."""
+        return [w.path for w in self._files.values() if self._refresh(w)]
+
+    def changed(self) -> list[Path]:
+        """Re-read the files whose stamp changed on disk; return those."""
+        out = []
+        for watched in self._files.values():
+            try:
+                same = _Stamp.of(watched.path) == watched.stamp
+            except OSError:
+                same = False
+            if not same and self._refresh(watched):
+                out.append(watched.path)
+        return out
+
+
+class KnownHostsFiles(_Files[asyncssh.SSHKnownHosts]):
+    """known_hosts files."""
+
+    kind = "known_hosts file"
+
+    def _parse(self, path: Path) -> asyncssh.SSHKnownHosts:
+        return asyncssh.read_known_hosts(str(path))
+
+
+class KeyFiles(_Files[asyncssh.SSHKey]):
+    """Private keys (unencrypted: scout runs unattended; use ssh-agent for others)."""
+
+    kind = "client key"
+
+    def _parse(self, path: Path) -> asyncssh.SSHKey:
+        return asyncssh.read_private_key(path)
+
+
+def fingerprint(key: asyncssh.SSHKey) -> str:
+    """`ssh-ed25519 SHA256:...`: what a person compares with `ssh-keygen -lf`."""
+    return f"{key.get_algorithm()} {key.get_fingerprint('sha256')}"

@@ -1,0 +1,193 @@
+"""Stream's machinery: the caller's messages in, the command's output out, and the end.
+
+- `first_message()`: the `start`, within START_TIMEOUT: a Stream that never starts must
+  not hold an RPC slot.
+- `StdinPump`: reads the caller's messages as they arrive. Signals, resizes and EOF act at
+  once; stdin goes into a read-ahead buffer (at most STDIN_READ_AHEAD bytes) that a writer
+  feeds to the channel as fast as the command reads. So a signal never waits behind stdin
+  that the command is not reading. A failure on either side ends the call: it is handed
+  to the output queue, whose reader (the handler) raises it.
+- `pump_output()`: output to the caller as it arrives, each write paced by gRPC.
+- The end: after `exit`, the call ends at once when the caller can send nothing more that
+  matters (it sent `close_stdin`, or half-closed); otherwise when it half-closes, or after
+  LINGER seconds (a write into a finished call would hide the outcome as INTERNAL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+from scout.v1 import exec_pb2
+
+from .command import RunningCommand
+from .errors import InvalidRequest
+from .output import STDOUT, OutputQueue
+from .requests import check_terminal_size, signal_name
+
+START_TIMEOUT = 5.0  # seconds a Stream may take to send `start`
+STDIN_READ_AHEAD = 4 * 1024 * 1024  # stdin bytes read from the caller, not yet written
+LINGER = 2.0  # after `exit`, how long a caller that may still write gets to half-close
+
+MALFORMED = object()  # what the deserializer yields for bytes that are not a message
+
+
+async def first_message(
+    requests: AsyncIterator[exec_pb2.StreamRequest],
+) -> exec_pb2.ExecuteRequest:
+    """The `start` message, which must come first and soon."""
+    try:
+        async with asyncio.timeout(START_TIMEOUT):
+            first: Any = await anext(requests, None)
+    except TimeoutError:
+        raise InvalidRequest(
+            f"Stream: no `start` message within {START_TIMEOUT:g}s of the call"
+        ) from None
+    if first is MALFORMED:
+        raise InvalidRequest("Stream: the first message is not a valid StreamRequest")
+    if first is None or first.WhichOneof("event") != "start":
+        raise InvalidRequest("Stream: the first message must be `start`")
+    start: exec_pb2.ExecuteRequest = first.start
+    return start
+
+
+class StdinPump:
+    """The caller's later messages: stdin (read ahead, bounded), signals, resizes, EOF."""
+
+    def __init__(
+        self,
+        command: RunningCommand,
+        requests: AsyncIterator[exec_pb2.StreamRequest],
+        queue: OutputQueue,
+    ) -> None:
+        self._command = command
+        self._requests = requests
+        self._queue = queue
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        self._more = asyncio.Event()
+        self._eof = False  # EOF is asked for; sent once the chunks before it are written
+        self.half_closed = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def caller_done(self) -> bool:
+        """The caller will send nothing that matters after the command's end."""
+        return self._eof or self.half_closed
+
+    def start(self) -> None:
+        """Write start's stdin (and EOF if asked), then read the caller's messages."""
+        spec = self._command.spec
+        if spec.stdin:
+            self._chunks.append(spec.stdin)
+            self._buffered += len(spec.stdin)
+        if spec.close_stdin:
+            self._eof = True
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._read()), loop.create_task(self._write())]
+
+    async def _read(self) -> None:
+        """Act on each message as it comes; stdin waits only for read-ahead room."""
+        try:
+            async for msg in self._requests:
+                await self._handle(msg)
+            self.half_closed = True
+            self._close_stdin()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # handed to the handler, which maps it
+            self._queue.fail(exc)
+
+    async def _handle(self, msg: Any) -> None:
+        """One message after `start`."""
+        if msg is MALFORMED:
+            raise InvalidRequest("Stream: a message is not a valid StreamRequest")
+        event = msg.WhichOneof("event")
+        if event == "stdin":
+            await self._put(msg.stdin)
+        elif event == "signal":
+            self._command.signal(signal_name(msg.signal))
+        elif event == "resize":
+            self._command.resize(*check_terminal_size(msg.resize, "resize"))
+        elif event == "close_stdin":
+            self._close_stdin()
+        elif event == "start":
+            raise InvalidRequest("Stream: `start` may only be the first message")
+        else:
+            raise InvalidRequest("Stream: a message must carry an event")
+
+    async def _put(self, data: bytes) -> None:
+        """Queue stdin; past the read-ahead bound, wait until the command has read some."""
+        if self._eof or not data:
+            return  # stdin after EOF is dropped, as a closed pipe would
+        while self._buffered >= STDIN_READ_AHEAD:
+            self._room.clear()
+            await self._room.wait()
+        self._chunks.append(data)
+        self._buffered += len(data)
+        self._more.set()
+
+    def _close_stdin(self) -> None:
+        self._eof = True
+        self._more.set()
+
+    async def _write(self) -> None:
+        """Feed queued stdin to the channel as the command reads it; EOF after the last."""
+        command = self._command
+        try:
+            while True:
+                while not self._chunks:
+                    if self._eof:
+                        command.close_stdin()
+                        return
+                    self._more.clear()
+                    await self._more.wait()
+                chunk = self._chunks.popleft()
+                self._buffered -= len(chunk)
+                self._room.set()
+                await command.write(chunk)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # handed to the handler, which maps it
+            self._queue.fail(exc)
+
+    async def finish(self) -> None:
+        """After `exit`: end now if the caller is done, else let it half-close (bounded)."""
+        if not self.caller_done and self._tasks:
+            await asyncio.wait({self._tasks[0]}, timeout=LINGER)
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Stop reading and writing (the command has ended or is being stopped)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def pump_output(queue: OutputQueue, context: Any, text: bool) -> None:
+    """Write output to the caller as it arrives; each write waits for flow control."""
+    decoders = {k: codecs.getincrementaldecoder("utf-8")("replace") for k in (1, 2)}
+    while (item := await queue.get()) is not None:
+        kind, data = item
+        msg = (
+            exec_pb2.StreamResponse(stdout=data)
+            if kind == STDOUT
+            else exec_pb2.StreamResponse(stderr=data)
+        )
+        if text:
+            msg.text = decoders[kind].decode(data)
+        await context.write(msg)
+    if text:
+        for kind, decoder in decoders.items():
+            if rest := decoder.decode(b"", final=True):
+                msg = (
+                    exec_pb2.StreamResponse(stdout=b"", text=rest)
+                    if kind == STDOUT
+                    else exec_pb2.StreamResponse(stderr=b"", text=rest)
+                )
+                await context.write(msg)
