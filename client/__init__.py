@@ -1,9 +1,10 @@
-"""The scout client library: `Client` (asyncio), `SyncClient`, results and errors.
+"""The scout client library: `Client` (asyncio), `SyncClient`, options, results and errors.
 
 Import from here; the submodules' layout may change.
 """
 
 from client.aio import DEFAULT_TARGET, Client, StreamCall
+from client.credentials import TLS
 from client.errors import (
     Aborted,
     Cancelled,
@@ -19,16 +20,19 @@ from client.errors import (
     Unavailable,
     from_rpc_error,
 )
+from client.options import ExecOptions
 from client.results import Event, Exit, ExitStatus, Result, Stderr, Stdout
 from client.sync import SyncClient
 
 __all__ = [
     "DEFAULT_TARGET",
+    "TLS",
     "Aborted",
     "Cancelled",
     "Client",
     "CommandFailed",
     "Event",
+    "ExecOptions",
     "Exit",
     "ExitStatus",
     "HostNotFound",

@@ -1,24 +1,26 @@
 """The asyncio client: Execute as one awaitable, Stream as an async context manager.
 
 Every call carries the metadata `x-scout-host: HOST`, because proxies in front
-of several scout replicas route by it (DESIGN.md, "Beyond one machine"). Every
-gRPC error leaves this module as a `ScoutError` made by `from_rpc_error`.
+of several scout replicas route by it (DESIGN.md, "Beyond one machine"), and
+`authorization: Bearer <token>` when the client has a token. Every gRPC error
+leaves this module as a `ScoutError` made by `from_rpc_error`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from signal import Signals
 from types import TracebackType
 from typing import Any, Self
 
 import grpc
-from google.protobuf.duration_pb2 import Duration
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client.errors import InvalidRequest, from_rpc_error
+from client.credentials import TLS, bearer_metadata
+from client.errors import InvalidRequest, ScoutError, from_rpc_error
+from client.options import ExecOptions, exec_options
 from client.results import (
     Event,
     Exit,
@@ -38,74 +40,12 @@ HOST_HEADER = "x-scout-host"
 DEFAULT_DEADLINE_MARGIN = 5.0
 # The server caps output; gRPC's default 4 MiB receive limit would fail a
 # legitimate Execute response with both streams near the server's cap.
-_DEFAULT_OPTIONS: dict[str, Any] = {"grpc.max_receive_message_length": -1}
-
-
-def _host_metadata(host: str) -> tuple[tuple[str, str], ...]:
-    """Build the routing header; gRPC itself fails obscurely on non-ASCII values."""
-    if not all(" " <= ch <= "~" for ch in host):
-        raise InvalidRequest(
-            f"host name {host!r} is not printable ASCII", code="INVALID_ARGUMENT", host=host
-        )
-    return ((HOST_HEADER, host),)
+_DEFAULT_CHANNEL_OPTIONS: dict[str, Any] = {"grpc.max_receive_message_length": -1}
 
 
 def _exec_stub(channel: grpc.aio.Channel) -> Any:
     """Make the generated stub, which has no type hints (no _grpc.pyi is generated)."""
     return exec_pb2_grpc.ExecServiceStub(channel)  # type: ignore[no-untyped-call]
-
-
-def _duration(seconds: float) -> Duration:
-    """Convert float seconds into the contract's Duration."""
-    duration = Duration()
-    duration.FromNanoseconds(round(seconds * 1e9))
-    return duration
-
-
-def rpc_deadline(timeout: float | None, rpc_timeout: float | None, margin: float) -> float | None:
-    """Pick the gRPC deadline so the server, not the client, reports a command timeout."""
-    for name, value in (("timeout", timeout), ("rpc_timeout", rpc_timeout)):
-        if value is not None and value <= 0:
-            raise ValueError(f"{name} must be positive seconds, got {value!r}")
-    if rpc_timeout is not None:
-        return rpc_timeout
-    if timeout is not None:
-        return timeout + margin
-    return None
-
-
-def build_request(
-    host: str,
-    command: str,
-    *,
-    stdin: bytes = b"",
-    env: Mapping[str, str] | None = None,
-    timeout: float | None = None,
-    max_output_bytes: int = 0,
-    text: bool = False,
-    working_dir: str = "",
-    pty: bool = False,
-    terminal_size: tuple[int, int] | None = None,
-    close_stdin: bool = False,
-) -> exec_pb2.ExecuteRequest:
-    """Build the ExecuteRequest shared by Execute and Stream's start message."""
-    request = exec_pb2.ExecuteRequest(
-        host=host,
-        command=command,
-        stdin=stdin,
-        env=dict(env or {}),
-        max_output_bytes=max_output_bytes,
-        text=text,
-        working_dir=working_dir,
-        pty=pty,
-        close_stdin=close_stdin,
-    )
-    if timeout is not None:
-        request.timeout.CopyFrom(_duration(timeout))
-    if terminal_size is not None:
-        columns, rows = terminal_size
-        request.terminal_size.CopyFrom(exec_pb2.TerminalSize(columns=columns, rows=rows))
-    return request
 
 
 class Client:
@@ -115,22 +55,40 @@ class Client:
         self,
         target: str = DEFAULT_TARGET,
         *,
-        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
+        tls: TLS | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
         deadline_margin: float = DEFAULT_DEADLINE_MARGIN,
     ) -> None:
-        """Remember the settings; the channel opens on first use, inside the running loop."""
+        """Check the token and read the TLS files now; the channel opens on first use.
+
+        token: sent on every call as `authorization: Bearer <token>` (plaintext too).
+        tls: TLS to the server (None: plaintext, for loopback); its files are read here,
+        so a missing one raises OSError at once.
+        """
         self.target = target
-        self._credentials = credentials
-        self._options = list({**_DEFAULT_OPTIONS, **dict(channel_options)}.items())
+        self._auth = bearer_metadata(token)
+        self._credentials = tls.channel_credentials() if tls is not None else None
+        self._channel_options = list({**_DEFAULT_CHANNEL_OPTIONS, **dict(channel_options)}.items())
         self._margin = deadline_margin
         self._channel: grpc.aio.Channel | None = None
         self._closed = False
 
     def __repr__(self) -> str:
-        """Show the target and state, for logs."""
+        """Show the target, transport and state for logs; never the token."""
         state = "closed" if self._closed else "open" if self._channel else "idle"
-        return f"<Client target={self.target!r} {state}>"
+        transport = "tls" if self._credentials is not None else "plaintext"
+        auth = " token" if self._auth else ""
+        return f"<Client target={self.target!r} {transport}{auth} {state}>"
+
+    def _metadata(self, host: str) -> tuple[tuple[str, str], ...]:
+        """Build one call's metadata: the routing header, then the credentials."""
+        if not all(" " <= ch <= "~" for ch in host):
+            # gRPC itself fails obscurely on non-ASCII values; nothing was sent.
+            raise InvalidRequest(
+                f"host name {host!r} is not printable ASCII", code="INVALID_ARGUMENT", host=host
+            )
+        return ((HOST_HEADER, host), *self._auth)
 
     async def __aenter__(self) -> Self:
         """Use the client as `async with Client() as c:` so the channel always closes."""
@@ -158,96 +116,62 @@ class Client:
             raise RuntimeError("this scout client is closed")
         if self._channel is None:
             if self._credentials is None:
-                self._channel = grpc.aio.insecure_channel(self.target, options=self._options)
+                self._channel = grpc.aio.insecure_channel(
+                    self.target, options=self._channel_options
+                )
             else:
                 self._channel = grpc.aio.secure_channel(
-                    self.target, self._credentials, options=self._options
+                    self.target, self._credentials, options=self._channel_options
                 )
         return self._channel
 
     async def execute(
-        self,
-        host: str,
-        command: str,
-        *,
-        stdin: bytes = b"",
-        env: Mapping[str, str] | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - the remote command's bound, sent to the server
-        max_output_bytes: int = 0,
-        text: bool = False,
-        working_dir: str = "",
-        pty: bool = False,
-        terminal_size: tuple[int, int] | None = None,
-        rpc_timeout: float | None = None,
+        self, host: str, command: str, options: ExecOptions | None = None, **fields: Any
     ) -> Result:
-        """Run a command, wait for it to end, and return its exit status and capped output."""
-        metadata = _host_metadata(host)
-        deadline = rpc_deadline(timeout, rpc_timeout, self._margin)
-        request = build_request(
-            host,
-            command,
-            stdin=stdin,
-            env=env,
-            timeout=timeout,
-            max_output_bytes=max_output_bytes,
-            text=text,
-            working_dir=working_dir,
-            pty=pty,
-            terminal_size=terminal_size,
-        )
+        """Run a command, wait for it to end, and return its exit status and capped output.
+
+        `fields` are ExecOptions fields by name (`timeout=10`), over `options` if given.
+        """
+        metadata = self._metadata(host)
+        opts = exec_options(options, fields)
         stub = _exec_stub(self._open())
         try:
-            response = await stub.Execute(request, timeout=deadline, metadata=metadata)
+            response = await stub.Execute(
+                opts.request(host, command), timeout=opts.deadline(self._margin), metadata=metadata
+            )
         except grpc.RpcError as err:
             raise from_rpc_error(err, host) from err
         return result_from_response(response, host)
 
     def stream(
-        self,
-        host: str,
-        command: str,
-        *,
-        stdin: bytes = b"",
-        env: Mapping[str, str] | None = None,
-        timeout: float | None = None,
-        max_output_bytes: int = 0,
-        text: bool = False,
-        working_dir: str = "",
-        pty: bool = False,
-        terminal_size: tuple[int, int] | None = None,
-        rpc_timeout: float | None = None,
-        close_stdin: bool = False,
+        self, host: str, command: str, options: ExecOptions | None = None, **fields: Any
     ) -> StreamCall:
         """Prepare a streamed command; it starts when entered with `async with`.
 
-        close_stdin=True sends EOF right after `stdin`, in the start message: use it when
-        there is no more input, so that nothing is written after the start.
+        `fields` are ExecOptions fields by name, over `options` if given. close_stdin=True
+        sends EOF right after `stdin`, in the start message: use it when there is no more
+        input, so that nothing is written after the start.
         """
-        metadata = _host_metadata(host)
-        deadline = rpc_deadline(timeout, rpc_timeout, self._margin)
-        request = build_request(
-            host,
-            command,
-            stdin=stdin,
-            env=env,
-            timeout=timeout,
-            max_output_bytes=max_output_bytes,
-            text=text,
-            working_dir=working_dir,
-            pty=pty,
-            terminal_size=terminal_size,
-            close_stdin=close_stdin,
+        metadata = self._metadata(host)
+        opts = exec_options(options, fields)
+        return StreamCall(
+            self, host, opts.request(host, command), opts.deadline(self._margin), metadata
         )
-        return StreamCall(self, host, request, deadline, metadata)
 
     async def health(self, service: str = "", *, rpc_timeout: float | None = 10.0) -> str:
-        """Ask the server's standard health service; returns e.g. "SERVING"."""
+        """Ask the server's standard health service for a service ("": the server itself).
+
+        Returns the status name, e.g. "SERVING"; a service the server does not know
+        is "SERVICE_UNKNOWN" (the health protocol's name for it) rather than an error.
+        """
         stub = health_pb2_grpc.HealthStub(self._open())
         request = health_pb2.HealthCheckRequest(service=service)
         try:
-            response = await stub.Check(request, timeout=rpc_timeout)
+            response = await stub.Check(request, timeout=rpc_timeout, metadata=self._auth)
         except grpc.RpcError as err:
-            raise from_rpc_error(err, "") from err
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                return "SERVICE_UNKNOWN"
+            raise from_rpc_error(err, "", started=False) from err
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
 
@@ -279,6 +203,10 @@ class StreamCall:
         self._stdin_closed = request.close_stdin  # EOF already in the start message
         self._write_failed = False  # a write found the call ended (see _send)
         self._cancelled = False
+        # A response message arrived, so the response headers did: the command started.
+        # (Empty headers cannot be told from a trailers-only failure; the server's
+        # x-scout-started mark covers the time before the first message.)
+        self._responded = False
         self._exit: ExitStatus | None = None
 
     def __repr__(self) -> str:
@@ -360,7 +288,7 @@ class StreamCall:
 
     async def __anext__(self) -> Event:
         """Read the next Stdout, Stderr or Exit event; errors arrive as ScoutError."""
-        call = self._started()
+        call = self._running()
         while True:
             try:
                 response = await call.read()
@@ -370,7 +298,7 @@ class StreamCall:
                     # and an error now can only be our own late write into the ended call.
                     raise StopAsyncIteration from None
                 if self._write_failed and err.code() == grpc.StatusCode.INTERNAL:
-                    raise from_rpc_error(
+                    raise self._error(
                         grpc.aio.AioRpcError(
                             grpc.StatusCode.UNKNOWN,
                             grpc.aio.Metadata(),
@@ -378,15 +306,15 @@ class StreamCall:
                             "the command ended while input was still being sent to it; "
                             "grpc lost its outcome (send EOF with the start message, "
                             "close_stdin=True, when there is no more input)",
-                        ),
-                        self.host,
+                        )
                     ) from err
-                raise from_rpc_error(err, self.host) from err
+                raise self._error(err) from err
             except asyncio.CancelledError:
                 self._raise_if_we_cancelled()
                 raise
             if response is grpc.aio.EOF:
                 raise StopAsyncIteration
+            self._responded = True
             event = event_from_response(response)
             if event is None:
                 continue  # a newer server's event kind; skipping it keeps us compatible
@@ -400,9 +328,9 @@ class StreamCall:
         for this, so that no write of ours can land in a finished call)."""
         async with self._write_lock:
             with contextlib.suppress(grpc.RpcError, asyncio.InvalidStateError):
-                await self._started().done_writing()
+                await self._running().done_writing()
 
-    def _started(self) -> Any:
+    def _running(self) -> Any:
         """Return the gRPC call, or explain that `async with` is missing."""
         if self._call is None:
             raise RuntimeError("use `async with client.stream(...) as call:` to start it")
@@ -412,9 +340,8 @@ class StreamCall:
         """Report our own cancel() as Cancelled; a cancelled task keeps its CancelledError."""
         task = asyncio.current_task()
         if self._cancelled and task is not None and task.cancelling() == 0:
-            raise from_rpc_error(
-                grpc.aio.AioRpcError(grpc.StatusCode.CANCELLED, details="stream cancelled"),
-                self.host,
+            raise self._error(
+                grpc.aio.AioRpcError(grpc.StatusCode.CANCELLED, details="stream cancelled")
             ) from None
 
     async def _send(self, message: exec_pb2.StreamRequest) -> None:
@@ -425,7 +352,7 @@ class StreamCall:
         call without a write racing it (a write into a finished call makes grpc report
         INTERNAL in place of the server's status).
         """
-        call = self._started()
+        call = self._running()
         async with self._write_lock:
             if not message.HasField("start"):
                 await call.initial_metadata()
@@ -455,4 +382,8 @@ class StreamCall:
             await call.trailing_metadata(),
             await call.details(),
         )
-        raise from_rpc_error(error, self.host)
+        raise self._error(error)
+
+    def _error(self, err: grpc.RpcError) -> ScoutError:
+        """Map this call's error, knowing that output means the command had started."""
+        return from_rpc_error(err, self.host, started=True if self._responded else None)

@@ -1,13 +1,24 @@
 """The `scout` command: run a command on a host through a scout server, like ssh.
 
-    scout exec [--target ADDR] [--timeout SECONDS] [--env K=V ...] HOST -- COMMAND...
-    scout health [--target ADDR] [--service NAME]
+    scout exec [OPTIONS] HOST [--] COMMAND...
+        --timeout SECS  --env K=V (repeatable)  --cwd DIR  --tty
+    scout health [OPTIONS] [--service NAME]
+    scout --version
 
-`exec` streams the remote stdout and stderr to ours as they arrive, forwards
-our stdin when it is not a terminal (a terminal gets EOF at once), and exits
-with the remote exit code, 128+N when a signal N killed the command, and 255
-when scout itself failed (as ssh does). The first Ctrl-C sends INT to the
-remote command; a second one cancels the call, and the server stops the command.
+    connection OPTIONS (both commands): --target ADDR (env SCOUT_TARGET),
+        --token-file PATH (else env SCOUT_TOKEN), --tls, --ca FILE, --cert FILE --key FILE
+
+Options may come before or after HOST; option parsing ends at `--` or at the
+first word after HOST, and everything from there is the command. `exec`
+streams the remote stdout and stderr to ours as they arrive, forwards our stdin
+when it is not a terminal (a terminal gets EOF at once), and exits with the
+remote exit code, 128+N when a signal N killed the command, and 255 when scout
+itself failed (as ssh does), saying whether the command did not run or may
+have run. The first Ctrl-C sends INT to the remote command; a second one
+cancels the call, and the server stops the command.
+
+The token is read from --token-file when given (the flag wins over the
+environment, as --target does), else from $SCOUT_TOKEN; it is never printed.
 """
 
 from __future__ import annotations
@@ -16,21 +27,34 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
+import importlib.metadata
 import os
 import shlex
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import BinaryIO
 
 from client.aio import DEFAULT_TARGET, Client, StreamCall
+from client.credentials import TLS
 from client.errors import ScoutError
 from client.results import Exit, ExitStatus, Stderr, Stdout
 
-__all__ = ["amain", "exit_code_for", "join_command", "main", "parse_args"]
+__all__ = [
+    "amain",
+    "client_for",
+    "exit_code_for",
+    "join_command",
+    "main",
+    "parse_args",
+    "split_exec_words",
+]
 
 TARGET_ENV = "SCOUT_TARGET"
+TOKEN_ENV = "SCOUT_TOKEN"
+PACKAGE = "scout"
 EXIT_SCOUT_FAILED = 255  # like ssh: the command's own codes stay distinguishable
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
@@ -58,41 +82,115 @@ def _env_pair(text: str) -> tuple[str, str]:
     return name, value
 
 
-def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
-    """Describe the command line in one place, so help and parsing agree."""
+def _version() -> str:
+    """The installed package's version, for --version."""
+    try:
+        return importlib.metadata.version(PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _connection_options() -> tuple[argparse.ArgumentParser, list[argparse.Action]]:
+    """Where the server is and how to reach it: shared by every subcommand."""
     default_target = os.environ.get(TARGET_ENV) or DEFAULT_TARGET
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_argument_group("connection")
+    actions = [
+        group.add_argument(
+            "--target",
+            default=default_target,
+            help=f"scout server address (default ${TARGET_ENV}, else {DEFAULT_TARGET})",
+        ),
+        group.add_argument(
+            "--token-file",
+            type=Path,
+            metavar="PATH",
+            help=f"file holding the bearer token (default: ${TOKEN_ENV}, if set)",
+        ),
+        group.add_argument(
+            "--tls", action="store_true", help="use TLS, trusting the default root CAs"
+        ),
+        group.add_argument(
+            "--ca", type=Path, metavar="FILE", help="use TLS, trusting this CA bundle (PEM)"
+        ),
+        group.add_argument(
+            "--cert", type=Path, metavar="FILE", help="client certificate for mutual TLS (PEM)"
+        ),
+        group.add_argument("--key", type=Path, metavar="FILE", help="its private key (PEM)"),
+    ]
+    return options, actions
+
+
+def _value_options(actions: Iterable[argparse.Action]) -> frozenset[str]:
+    """The option strings that take a value, so the exec scanner can skip the value."""
+    return frozenset(name for a in actions for name in a.option_strings if a.nargs != 0)
+
+
+def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, frozenset[str]]:
+    """Describe the command line in one place, so help and parsing agree."""
+    connection, connection_actions = _connection_options()
     parser = argparse.ArgumentParser(
         prog="scout", description="Run shell commands on SSH hosts through a scout server."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="action", required=True, metavar="{exec,health}")
 
-    run = commands.add_parser("exec", help="run a command on a host and stream its output")
-    run.add_argument(
-        "--target",
-        default=default_target,
-        help=f"scout server address (default ${TARGET_ENV}, else {DEFAULT_TARGET})",
+    run = commands.add_parser(
+        "exec",
+        parents=[connection],
+        allow_abbrev=False,  # the scanner in split_exec_words knows full names only
+        usage="scout exec [OPTIONS] HOST [--] COMMAND...",
+        help="run a command on a host and stream its output",
     )
-    run.add_argument("--timeout", type=_positive_seconds, help="stop the command after SECONDS")
-    run.add_argument(
-        "--env",
-        type=_env_pair,
-        action="append",
-        default=[],
-        metavar="K=V",
-        help="set an environment variable for the command (repeatable)",
-    )
+    run_actions = [
+        run.add_argument(
+            "--timeout", type=_positive_seconds, metavar="SECS", help="stop the command after SECS"
+        ),
+        run.add_argument(
+            "--env",
+            type=_env_pair,
+            action="append",
+            default=[],
+            metavar="K=V",
+            help="set an environment variable for the command (repeatable)",
+        ),
+        run.add_argument("--cwd", default="", metavar="DIR", help="run the command in DIR"),
+        run.add_argument(
+            "--tty",
+            action="store_true",
+            help="run the command under a pseudo-terminal (the size of ours, if any)",
+        ),
+    ]
     run.add_argument("host", metavar="HOST", help="host name in the server's inventory")
-    run.add_argument(
-        "command",
-        nargs=argparse.REMAINDER,
-        metavar="-- COMMAND...",
-        help="one word goes to the remote shell as is; several are quoted and joined",
-    )
 
-    health = commands.add_parser("health", help="print the server's health status")
-    health.add_argument("--target", default=default_target, help="scout server address")
+    health = commands.add_parser(
+        "health", parents=[connection], help="print the server's health status"
+    )
     health.add_argument("--service", default="", help="service name (default: the server)")
-    return parser, run
+    return parser, run, _value_options([*connection_actions, *run_actions])
+
+
+def split_exec_words(words: Sequence[str], value_options: frozenset[str]) -> tuple[int, bool]:
+    """Find where `exec`'s options and HOST end: (index, whether a "--" is there).
+
+    Options come before or after HOST; the options part ends at "--" or at the
+    first word after HOST that is not an option, where the command begins.
+    """
+    seen_host = False
+    index = 0
+    while index < len(words):
+        word = words[index]
+        if word == "--":
+            return index, True
+        if word.startswith("-") and word != "-":
+            takes_value = word in value_options  # "--env=A=1" carries its value
+            index += 2 if takes_value else 1
+            continue
+        if seen_host:
+            return index, False
+        seen_host = True
+        index += 1
+    return len(words), False
 
 
 def join_command(words: Sequence[str]) -> str:
@@ -105,23 +203,44 @@ def join_command(words: Sequence[str]) -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the command line; exits with usage (status 2) on a mistake."""
     words = list(sys.argv[1:] if argv is None else argv)
-    # Split at the first "--" ourselves: argparse's handling of "--" before a
-    # REMAINDER argument differs between Python versions.
-    tail: list[str] = []
-    if "--" in words:
+    parser, run, value_options = _parser()
+    tail: list[str] | None = None
+    if words[:1] == ["exec"]:
+        cut, dashes = split_exec_words(words[1:], value_options)
+        words, tail = words[: cut + 1], words[cut + 1 + dashes :]
+    elif "--" in words:
         cut = words.index("--")
-        words, tail = words[:cut], words[cut + 1 :]
-    parser, run = _parser()
+        if words[cut + 1 :]:
+            parser.error(f"unexpected arguments after --: {shlex.join(words[cut + 1 :])}")
+        words = words[:cut]
     args = parser.parse_args(words)
+    if (args.cert is None) != (args.key is None):
+        parser.error("--cert and --key go together (mutual TLS needs both)")
     if args.action == "exec":
-        command = [*args.command, *tail]
-        if not command:
+        if not tail:
             run.error("missing COMMAND after HOST (scout exec HOST -- COMMAND...)")
-        args.command = join_command(command)
+        args.command = join_command(tail)
         args.env = dict(args.env)
-    elif tail:
-        parser.error(f"unexpected arguments after --: {shlex.join(tail)}")
     return args
+
+
+def client_for(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Client:
+    """Make the Client the options describe; OSError when a file cannot be read.
+
+    The token comes from --token-file if given, else from $SCOUT_TOKEN; surrounding
+    whitespace (a file's final newline) is not part of it.
+    """
+    env = os.environ if environ is None else environ
+    if args.token_file is not None:
+        token: str | None = args.token_file.read_text(encoding="utf-8").strip()
+        if not token:
+            raise ValueError(f"the token file {args.token_file} is empty")
+    else:
+        token = env.get(TOKEN_ENV, "").strip() or None
+    tls = None
+    if args.tls or args.ca is not None or args.cert is not None:
+        tls = TLS(ca_file=args.ca, cert_file=args.cert, key_file=args.key)
+    return Client(args.target, token=token, tls=tls)
 
 
 def exit_code_for(status: ExitStatus) -> int:
@@ -227,22 +346,35 @@ def _install_sigint(handler: _Interrupts) -> bool:
     return True
 
 
+def _terminal_size(stream: BinaryIO) -> tuple[int, int] | None:
+    """Our terminal's (columns, rows) for --tty, when stdout is a terminal."""
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (OSError, ValueError):  # not a terminal, or no descriptor (io.BytesIO)
+        return None
+    return size.columns, size.lines
+
+
 async def run_exec(
-    args: argparse.Namespace, stdin: BinaryIO | None, stdout: BinaryIO, stderr: BinaryIO
+    client: Client,
+    args: argparse.Namespace,
+    stdin: BinaryIO | None,
+    stdout: BinaryIO,
+    stderr: BinaryIO,
 ) -> int:
     """Stream one command and return our exit status."""
     status: ExitStatus | None = None
     fd = _stdin_fd(stdin)
-    async with (
-        Client(args.target) as client,
-        client.stream(
-            args.host,
-            args.command,
-            env=args.env,
-            timeout=args.timeout,
-            close_stdin=fd is None,  # no input to forward: EOF travels with the start
-        ) as call,
-    ):
+    async with client.stream(
+        args.host,
+        args.command,
+        env=args.env,
+        timeout=args.timeout,
+        working_dir=args.cwd,
+        pty=args.tty,
+        terminal_size=_terminal_size(stdout) if args.tty else None,
+        close_stdin=fd is None,  # no input to forward: EOF travels with the start
+    ) as call:
         task = asyncio.current_task()
         assert task is not None  # we run inside asyncio.run
         interrupts = _Interrupts(call, task)
@@ -271,13 +403,21 @@ async def run_exec(
     return exit_code_for(status)
 
 
-async def run_health(args: argparse.Namespace, stdout: BinaryIO) -> int:
-    """Print the server's health status; exit 0 only when it is SERVING."""
-    async with Client(args.target) as client:
-        status = await client.health(args.service)
-    stdout.write(f"{status}\n".encode())
+async def run_health(client: Client, args: argparse.Namespace, stdout: BinaryIO) -> int:
+    """Print the health status (of --service NAME, by name); exit 0 only when SERVING."""
+    status = await client.health(args.service)
+    line = f"{args.service}: {status}" if args.service else status
+    stdout.write(f"{line}\n".encode(errors="replace"))
     stdout.flush()
     return 0 if status == "SERVING" else 1
+
+
+def _failure(err: ScoutError, action: str) -> str:
+    """Say what went wrong and, for exec, whether the command may have run."""
+    if action != "exec":
+        return f"scout: {err}"
+    ran = "may have run" if err.may_have_run else "did not run"
+    return f"scout: {err} (the command {ran})"
 
 
 async def amain(
@@ -290,11 +430,18 @@ async def amain(
     """Run the CLI on given streams (tests pass their own) and return the exit status."""
     args = parse_args(argv)
     try:
-        if args.action == "health":
-            return await run_health(args, stdout)
-        return await run_exec(args, stdin, stdout, stderr)
-    except ScoutError as err:
+        client = client_for(args)
+    except (OSError, ValueError) as err:  # names the file, never the token
         stderr.write(f"scout: {err}\n".encode(errors="replace"))
+        stderr.flush()
+        return EXIT_SCOUT_FAILED
+    try:
+        async with client:
+            if args.action == "health":
+                return await run_health(client, args, stdout)
+            return await run_exec(client, args, stdin, stdout, stderr)
+    except ScoutError as err:
+        stderr.write(f"{_failure(err, args.action)}\n".encode(errors="replace"))
         stderr.flush()
         return EXIT_SCOUT_FAILED
     except asyncio.CancelledError:

@@ -4,26 +4,37 @@ A failed RPC means scout could not run the command, or lost track of it. A
 command that ran and exited non-zero is not an error here: it is a `Result`,
 and only `Result.check()` turns it into `CommandFailed`.
 
-    ScoutError                the base; carries .code, .message and .host
+Whether the command may have run is not in the class: it is `.may_have_run`.
+The server marks every status it decides itself with the trailing metadata
+`x-scout-started` ("false": decided before anything reached the host, nothing
+ran, retrying is safe; "true": the command may have started). A status without
+that mark came from something else (a proxy reset, a GOAWAY, a server killed
+mid-command, grpc's own size limits, our own deadline or cancel) and so may
+have run. A Stream whose response headers arrived had started its command.
+Errors raised here before anything was sent (a host name gRPC cannot carry)
+have may_have_run False.
+
+    ScoutError                the base; carries .code, .message, .host, .may_have_run
     ├── InvalidRequest        INVALID_ARGUMENT: malformed request; fix the call
     ├── HostNotFound          NOT_FOUND: the host is not in the server's inventory
     ├── NotAllowed            UNAUTHENTICATED, PERMISSION_DENIED
     ├── HostRejected          FAILED_PRECONDITION: host key unknown or changed,
     │                         SSH authentication refused; an operator must act
     ├── Unavailable           UNAVAILABLE: host or scout server unreachable, or the
-    │                         connection was lost before the command started;
-    │                         safe to retry
+    │                         connection was lost; nothing ran only when the server
+    │                         said so (may_have_run False)
     ├── Aborted               ABORTED: connection lost after the command started;
     │                         it may have had effects, so do not retry blindly
-    ├── Overloaded            RESOURCE_EXHAUSTED: no slot in time, rate limited;
-    │                         the command did not start, retry after a pause
+    ├── Overloaded            RESOURCE_EXHAUSTED: no slot in time, rate limited, or
+    │                         a message over a size limit; nothing ran only when the
+    │                         server said so (may_have_run False)
     ├── Timeout               DEADLINE_EXCEEDED: the command outlived its timeout
     │                         (the server stopped it) or the RPC deadline passed
     ├── Cancelled             CANCELLED: the call was cancelled
     ├── ServerError           INTERNAL, UNKNOWN and any other code: a scout bug
     └── CommandFailed         not an RPC error (code "OK"): raised only by
                               Result.check() when the command exited non-zero
-                              or was killed; carries .result
+                              or was killed; carries .result (may_have_run True)
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ if TYPE_CHECKING:
     from client.results import Result
 
 __all__ = [
+    "STARTED_TRAILER",
     "Aborted",
     "Cancelled",
     "CommandFailed",
@@ -55,12 +67,15 @@ __all__ = [
 class ScoutError(Exception):
     """Base of every client error, so callers and the CLI need one except clause."""
 
-    def __init__(self, message: str, *, code: str = "UNKNOWN", host: str = "") -> None:
-        """Keep the status name, the server's words and the host apart for callers."""
+    def __init__(
+        self, message: str, *, code: str = "UNKNOWN", host: str = "", may_have_run: bool = False
+    ) -> None:
+        """Keep the status name, the server's words, the host and what may have run apart."""
         super().__init__(message)
         self.message = message
         self.code = code
         self.host = host
+        self.may_have_run = may_have_run
 
     def __str__(self) -> str:
         """Show the server's message, which already names the host and the cause."""
@@ -68,7 +83,10 @@ class ScoutError(Exception):
 
     def __repr__(self) -> str:
         """Show every field, because logs need the code as much as the words."""
-        return f"{type(self).__name__}({self.message!r}, code={self.code!r}, host={self.host!r})"
+        return (
+            f"{type(self).__name__}({self.message!r}, code={self.code!r}, host={self.host!r}, "
+            f"may_have_run={self.may_have_run!r})"
+        )
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickle every field, so errors cross process boundaries whole."""
@@ -100,7 +118,7 @@ class HostRejected(ScoutError):
 
 
 class Unavailable(ScoutError):
-    """Nothing ran: the host or the scout server could not be reached; safe to retry."""
+    """The host or the scout server could not be reached; safe to retry unless may_have_run."""
 
 
 class Aborted(ScoutError):
@@ -108,7 +126,7 @@ class Aborted(ScoutError):
 
 
 class Overloaded(ScoutError):
-    """The server had no capacity in time; nothing ran, so retry after a pause."""
+    """No capacity in time or a size limit; retry after a pause unless may_have_run."""
 
 
 class Timeout(ScoutError):
@@ -133,9 +151,12 @@ class CommandFailed(ScoutError):
         else:
             what = f"exited with status {result.exit_code}"
         where = f" on {host}" if host else ""
-        super().__init__(f"command{where} {what}", code="OK", host=host)
+        super().__init__(f"command{where} {what}", code="OK", host=host, may_have_run=True)
         self.result = result
 
+
+# Trailing metadata the server sets on every status it decides itself.
+STARTED_TRAILER = "x-scout-started"
 
 _BY_CODE: dict[str, type[ScoutError]] = {
     "INVALID_ARGUMENT": InvalidRequest,
@@ -162,6 +183,14 @@ def _status_name(err: Any) -> str:
     return "UNKNOWN"
 
 
+def _server_said_nothing_ran(err: Any) -> bool:
+    """Say whether the status carries scout's own mark "x-scout-started: false"."""
+    trailing = getattr(err, "trailing_metadata", None)
+    metadata = trailing() if callable(trailing) else None
+    values = [str(value).strip().lower() for key, value in metadata or () if key == STARTED_TRAILER]
+    return bool(values) and all(value == "false" for value in values)
+
+
 def _details(err: Any) -> str:
     """Return the server's message, which is meant for a person to act on."""
     details = getattr(err, "details", None)
@@ -169,10 +198,19 @@ def _details(err: Any) -> str:
     return text if isinstance(text, str) else ""
 
 
-def from_rpc_error(err: grpc.aio.AioRpcError | grpc.RpcError, host: str) -> ScoutError:
-    """Turn a gRPC error into the client's exception; the only place that knows status codes."""
+def from_rpc_error(
+    err: grpc.aio.AioRpcError | grpc.RpcError, host: str, *, started: bool | None = None
+) -> ScoutError:
+    """Turn a gRPC error into the client's exception; the only place that knows status codes.
+
+    started: True when the caller knows the command started (Stream headers arrived),
+    False when the call cannot run a command (health), None to decide by the
+    server's x-scout-started mark: absent means the command may have run.
+    """
     name = _status_name(err)
     message = _details(err)
     if not message:
-        message = f"scout call for host {host!r} failed with {name}"
-    return _BY_CODE.get(name, ServerError)(message, code=name, host=host)
+        where = f" for host {host!r}" if host else ""
+        message = f"scout call{where} failed with {name}"
+    may_have_run = started if started is not None else not _server_said_nothing_ran(err)
+    return _BY_CODE.get(name, ServerError)(message, code=name, host=host, may_have_run=may_have_run)

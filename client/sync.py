@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-import grpc
-
 from client.aio import DEFAULT_DEADLINE_MARGIN, DEFAULT_TARGET, Client
+from client.credentials import TLS
+from client.options import ExecOptions
 from client.results import Result
 
 __all__ = ["SyncClient"]
@@ -35,14 +35,19 @@ class SyncClient:
         self,
         target: str = DEFAULT_TARGET,
         *,
-        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
+        tls: TLS | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
         deadline_margin: float = DEFAULT_DEADLINE_MARGIN,
     ) -> None:
-        """Create the private loop's runner; the channel opens on the first call."""
+        """Create the private loop's runner; the channel opens on the first call.
+
+        The arguments are Client's: see Client.__init__.
+        """
         self._client = Client(
             target,
-            credentials=credentials,
+            token=token,
+            tls=tls,
             channel_options=channel_options,
             deadline_margin=deadline_margin,
         )
@@ -87,36 +92,10 @@ class SyncClient:
                 self._runner.close()
 
     def execute(
-        self,
-        host: str,
-        command: str,
-        *,
-        stdin: bytes = b"",
-        env: Mapping[str, str] | None = None,
-        timeout: float | None = None,
-        max_output_bytes: int = 0,
-        text: bool = False,
-        working_dir: str = "",
-        pty: bool = False,
-        terminal_size: tuple[int, int] | None = None,
-        rpc_timeout: float | None = None,
+        self, host: str, command: str, options: ExecOptions | None = None, **fields: Any
     ) -> Result:
         """Run a command and wait for its Result; same arguments as Client.execute."""
-        return self._run(
-            self._client.execute(
-                host,
-                command,
-                stdin=stdin,
-                env=env,
-                timeout=timeout,
-                max_output_bytes=max_output_bytes,
-                text=text,
-                working_dir=working_dir,
-                pty=pty,
-                terminal_size=terminal_size,
-                rpc_timeout=rpc_timeout,
-            )
-        )
+        return self._run(self._client.execute(host, command, options, **fields))
 
     def health(self, service: str = "", *, rpc_timeout: float | None = 10.0) -> str:
         """Ask the server's health service; returns e.g. "SERVING"."""

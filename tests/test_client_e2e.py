@@ -1,7 +1,6 @@
 """The client against a scripted fake ExecService on 127.0.0.1:0 (no SSH involved).
 
-The fake's behaviour is chosen by the command string, as asyncssh's test
-server chooses by user name, so each test states the server side it needs.
+The fake (tests/fakeexec.py) plays the server side each test names in its command.
 """
 
 from __future__ import annotations
@@ -13,18 +12,17 @@ import signal
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health, health_pb2_grpc
 
 from client import (
     Aborted,
     Cancelled,
     Client,
     CommandFailed,
+    ExecOptions,
     Exit,
     ExitStatus,
     HostNotFound,
@@ -39,133 +37,18 @@ from client import (
     Unavailable,
 )
 from client.cli import amain
-from scout.v1 import exec_pb2, exec_pb2_grpc
+
+from .fakeexec import FakeExec, serving
 
 S = grpc.StatusCode
 pytestmark = pytest.mark.timeout(10)
 
 
-@dataclass
-class Seen:
-    """What the fake server received, for the tests to assert on."""
-
-    requests: list[exec_pb2.ExecuteRequest] = field(default_factory=list)
-    hosts: list[str] = field(default_factory=list)
-    time_remaining: list[float | None] = field(default_factory=list)
-    stream_messages: list[exec_pb2.StreamRequest] = field(default_factory=list)
-    started: asyncio.Event = field(default_factory=asyncio.Event)
-    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-class FakeExec(exec_pb2_grpc.ExecServiceServicer):
-    """An ExecService whose behaviour is picked by the request's command."""
-
-    def __init__(self) -> None:
-        self.seen = Seen()
-
-    def _record(self, request: exec_pb2.ExecuteRequest, context: Any) -> None:
-        self.seen.requests.append(request)
-        self.seen.hosts.append(dict(context.invocation_metadata()).get("x-scout-host", ""))
-        self.seen.time_remaining.append(context.time_remaining())
-        self.seen.started.set()
-
-    async def Execute(
-        self, request: exec_pb2.ExecuteRequest, context: Any
-    ) -> exec_pb2.ExecuteResponse:
-        self._record(request, context)
-        words = request.command.split(" ", 2)
-        if words[0] == "fail":
-            await context.abort(S[words[1]], words[2])
-        if words[0] == "sleep":
-            await asyncio.sleep(float(words[1]))
-        if words[0] == "killed":
-            return exec_pb2.ExecuteResponse(exit_code=-1, signal="TERM", core_dumped=True)
-        response = exec_pb2.ExecuteResponse(
-            stdout=request.stdin,
-            stderr=b"\xffwarn",
-            exit_code=3,
-            stdout_bytes=len(request.stdin) + 100,
-            stdout_truncated=True,
-        )
-        response.duration.FromMilliseconds(250)
-        if request.text:
-            response.stdout_text = request.stdin.decode(errors="replace")
-            response.stderr_text = "\ufffdwarn"
-        return response
-
-    async def Stream(self, request_iterator: Any, context: Any) -> None:
-        first = await context.read()
-        self._record(first.start, context)
-        words = first.start.command.split(" ", 2)
-        try:
-            await self._script(words, first.start, context)
-        except asyncio.CancelledError:
-            self.seen.cancelled.set()
-            raise
-
-    async def _script(self, words: list[str], start: exec_pb2.ExecuteRequest, context: Any) -> None:
-        """Play one scripted stream; `cat` echoes stdin and reports signals and resizes."""
-        if words[0] == "fail":  # before the command started: no response headers
-            await context.abort(S[words[1]], words[2])
-        await context.send_initial_metadata(())  # as scout: headers mean "started"
-        if words[0] == "partial-then-abort":
-            await context.write(exec_pb2.StreamResponse(stdout=b"partial"))
-            await context.abort(S.ABORTED, "lost the connection to web1 after the command started")
-        if words[0] == "hang":
-            await asyncio.sleep(30)
-        if words[0] == "exit-now":
-            signal_name = words[2] if len(words) > 2 else ""
-            await context.write(_exit(exit_code=int(words[1]), signal=signal_name))
-            return
-        if words[0] == "wait-signal":
-            while (message := await context.read()) is not grpc.aio.EOF:
-                self.seen.stream_messages.append(message)
-                if message.WhichOneof("event") == "signal":
-                    await context.write(exec_pb2.StreamResponse(stderr=b"got it\n"))
-                    await context.write(_exit(exit_code=-1, signal=message.signal))
-                    return
-            await context.write(_exit(exit_code=0))
-            return
-        # cat: stdout echoes stdin, stderr narrates signals and resizes, EOF ends it
-        # (close_stdin or a half-close).
-        total = 0
-        if start.stdin:
-            total += len(start.stdin)
-            await context.write(exec_pb2.StreamResponse(stdout=start.stdin))
-        while not start.close_stdin and (message := await context.read()) is not grpc.aio.EOF:
-            self.seen.stream_messages.append(message)
-            kind = message.WhichOneof("event")
-            if kind == "stdin":
-                total += len(message.stdin)
-                await context.write(exec_pb2.StreamResponse(stdout=message.stdin))
-            elif kind == "signal":
-                await context.write(
-                    exec_pb2.StreamResponse(stderr=f"signal {message.signal}".encode())
-                )
-            elif kind == "resize":
-                size = f"resize {message.resize.columns}x{message.resize.rows}"
-                await context.write(exec_pb2.StreamResponse(stderr=size.encode()))
-            elif kind == "close_stdin":
-                break
-        await context.write(_exit(exit_code=0, stdout_bytes=total))
-
-
-def _exit(**fields: Any) -> exec_pb2.StreamResponse:
-    return exec_pb2.StreamResponse(exit=exec_pb2.ExitStatus(**fields))
-
-
 @pytest.fixture
 async def fake() -> AsyncIterator[tuple[FakeExec, str]]:
-    server = grpc.aio.server()
     servicer = FakeExec()
-    exec_pb2_grpc.add_ExecServiceServicer_to_server(servicer, server)
-    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield servicer, f"127.0.0.1:{port}"
-    finally:
-        await server.stop(None)
+    async with serving(servicer) as target:
+        yield servicer, target
 
 
 @pytest.fixture
@@ -242,9 +125,10 @@ async def test_execute_without_timeout_leaves_it_to_the_server(
 )
 async def test_execute_maps_server_errors(client: Client, code: str, cls: type[ScoutError]) -> None:
     with pytest.raises(cls) as info:
-        await client.execute("web1", f"fail {code} web1: something a person can act on")
+        await client.execute("web1", f"refuse {code} web1: something a person can act on")
     assert (info.value.code, info.value.host) == (code, "web1")
     assert str(info.value) == "web1: something a person can act on"
+    assert not info.value.may_have_run  # the server marked it x-scout-started: false
 
 
 async def test_rpc_timeout_is_a_client_deadline(client: Client) -> None:
@@ -465,10 +349,78 @@ async def test_cli_exit_codes(fake: tuple[FakeExec, str]) -> None:
         done = await run_cli(["exec", *target, "web1", "--", "exit-now -1 TERM"], None)
         assert done[:3:2] == (143, b"")
     code, _, err = await run_cli(
-        ["exec", *target, "web1", "--", "fail NOT_FOUND no host web1"], b""
+        ["exec", *target, "web1", "--", "refuse NOT_FOUND no host web1"], b""
     )
-    assert (code, err) == (255, b"scout: no host web1\n")
+    assert (code, err) == (255, b"scout: no host web1 (the command did not run)\n")
 
 
 async def test_cli_health(fake: tuple[FakeExec, str]) -> None:
     assert await run_cli(["health", "--target", fake[1]], None) == (0, b"SERVING\n", b"")
+
+
+async def test_cli_health_names_the_service(fake: tuple[FakeExec, str]) -> None:
+    target = ["--target", fake[1]]
+    assert await run_cli(["health", *target, "--service", "scout.v1.ExecService"], None) == (
+        0,
+        b"scout.v1.ExecService: SERVING\n",
+        b"",
+    )
+    assert await run_cli(["health", *target, "--service", "maintenance"], None) == (
+        1,
+        b"maintenance: NOT_SERVING\n",
+        b"",
+    )
+    assert await run_cli(["health", *target, "--service", "nope"], None) == (
+        1,
+        b"nope: SERVICE_UNKNOWN\n",
+        b"",
+    )
+
+
+async def test_cli_health_failure_says_what_failed() -> None:
+    server = grpc.aio.server()
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    await server.stop(None)  # nothing listens there any more
+    code, out, err = await run_cli(["health", "--target", f"127.0.0.1:{port}"], None)
+    assert (code, out) == (255, b"")
+    assert err.startswith(b"scout: ")
+    assert b"host ''" not in err
+    assert b"command" not in err  # health runs no command: no "did not run" note
+
+
+async def test_cli_options_after_the_host_are_options(fake: tuple[FakeExec, str]) -> None:
+    argv = ["exec", "web1", "--target", fake[1], "--timeout", "1.5", "--cwd", "/srv"]
+    argv += ["--tty", "--env", "A=1", "--env=B=2", "--", "exit-now", "0"]
+    assert (await run_cli(argv, None))[0] == 0
+    sent = fake[0].seen.requests[0]
+    assert sent.command == "exit-now 0"
+    assert sent.timeout.ToMilliseconds() == 1500
+    assert (sent.working_dir, sent.pty, dict(sent.env)) == ("/srv", True, {"A": "1", "B": "2"})
+    assert not sent.HasField("terminal_size")  # our stdout is no terminal here
+
+
+async def test_options_value_and_keywords_build_one_request(
+    fake: tuple[FakeExec, str], client: Client
+) -> None:
+    base = ExecOptions(stdin=b"in", env={"A": "1"}, timeout=2.0, working_dir="/tmp")
+    await client.execute("web1", "echo", base, text=True, timeout=3.0)
+    await client.execute("web1", "echo", options=base)
+    async with client.stream("web1", "cat", base, close_stdin=True) as call:
+        assert [e async for e in call] == [
+            Stdout(b"in"),
+            Exit(ExitStatus(exit_code=0, stdout_bytes=2)),
+        ]
+    with_keywords, plain, streamed = fake[0].seen.requests
+    assert (with_keywords.text, with_keywords.timeout.seconds, with_keywords.stdin) == (
+        True,
+        3,
+        b"in",
+    )
+    assert (plain.text, plain.timeout.seconds, dict(plain.env)) == (False, 2, {"A": "1"})
+    assert streamed.close_stdin and streamed.working_dir == "/tmp"
+    assert base.timeout == 2.0  # the value itself never changes
+    with pytest.raises(TypeError, match="timout"):
+        await client.execute("web1", "echo", timout=1)
+    with pytest.raises(ValueError, match="timeout must be positive"):
+        client.stream("web1", "cat", timeout=0)

@@ -1,7 +1,8 @@
-"""Client pieces that need no server: error mapping, results, deadlines, CLI parsing."""
+"""Client pieces that need no server: error mapping, "may have run", results, options."""
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from typing import Any
 
@@ -12,6 +13,7 @@ from client import (
     Aborted,
     Cancelled,
     CommandFailed,
+    ExecOptions,
     HostNotFound,
     HostRejected,
     InvalidRequest,
@@ -25,8 +27,6 @@ from client import (
     from_rpc_error,
 )
 from client import errors as errors_module
-from client.aio import build_request, rpc_deadline
-from client.cli import exit_code_for, join_command, parse_args
 from client.results import Exit, ExitStatus, Stderr, Stdout, event_from_response
 from scout.v1 import exec_pb2
 
@@ -52,8 +52,10 @@ MAPPING = [
 ]
 
 
-def aio_error(code: grpc.StatusCode, details: str | None = "boom") -> Any:
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+def aio_error(
+    code: grpc.StatusCode, details: str | None = "boom", trailing: tuple[tuple[str, str], ...] = ()
+) -> Any:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing), details)
 
 
 @pytest.mark.parametrize(("code", "cls"), MAPPING, ids=[c.name for c, _ in MAPPING])
@@ -66,6 +68,7 @@ def test_every_status_maps_to_one_class(code: grpc.StatusCode, cls: type[ScoutEr
     assert err.message == f"web1: {code.name}"
     assert str(err) == f"web1: {code.name}"
     assert code.name in repr(err)
+    assert err.may_have_run  # no x-scout-started mark: it may have run
 
 
 def test_every_status_code_is_covered() -> None:
@@ -107,16 +110,75 @@ def test_rpc_error_without_a_code_is_a_server_error() -> None:
 
 def test_tree_is_written_out_in_the_module_docstring() -> None:
     doc = errors_module.__doc__ or ""
-    for name in errors_module.__all__:
-        if name != "from_rpc_error":
-            assert name in doc, name
-            assert issubclass(getattr(errors_module, name), ScoutError)
+    classes = [n for n in errors_module.__all__ if isinstance(getattr(errors_module, n), type)]
+    assert len(classes) == 12
+    for name in classes:
+        assert name in doc, name
+        assert issubclass(getattr(errors_module, name), ScoutError)
+    assert "x-scout-started" in doc
+    assert "may_have_run" in doc
+
+
+NOTHING_RAN = (("x-scout-started", "false"),)
+
+
+@pytest.mark.parametrize(
+    ("trailing", "may_have_run"),
+    [
+        ((), True),  # a proxy, a GOAWAY, a killed server, grpc's own limits
+        (NOTHING_RAN, False),
+        ((("x-scout-started", "False "),), False),
+        ((("x-scout-started", "true"),), True),
+        ((("x-scout-started", "yes"),), True),  # only an explicit "false" says nothing ran
+        ((("x-scout-started", "false"), ("x-scout-started", "true")), True),
+        ((("x-other", "false"),), True),
+    ],
+)
+@pytest.mark.parametrize("code", [S.UNAVAILABLE, S.RESOURCE_EXHAUSTED, S.CANCELLED, S.NOT_FOUND])
+def test_only_the_servers_mark_says_nothing_ran(
+    code: grpc.StatusCode, trailing: tuple[tuple[str, str], ...], may_have_run: bool
+) -> None:
+    assert from_rpc_error(aio_error(code, trailing=trailing), "h").may_have_run is may_have_run
+
+
+def test_what_the_caller_knows_overrides_the_mark() -> None:
+    refused = aio_error(S.UNAVAILABLE, trailing=NOTHING_RAN)
+    assert from_rpc_error(refused, "h", started=True).may_have_run  # output had arrived
+    assert not from_rpc_error(aio_error(S.UNAVAILABLE), "", started=False).may_have_run
+
+
+class MarkedSyncError(grpc.RpcError):  # type: ignore[misc]  # grpcio has no type hints
+    """A sync-API error carrying scout's mark, as grpc's sync Call returns it."""
+
+    def code(self) -> grpc.StatusCode:
+        return S.RESOURCE_EXHAUSTED
+
+    def details(self) -> str:
+        return "no slot"
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return NOTHING_RAN
+
+
+def test_the_mark_is_read_from_sync_errors_too() -> None:
+    err = from_rpc_error(MarkedSyncError(), "h")
+    assert isinstance(err, Overloaded)
+    assert not err.may_have_run
+    assert from_rpc_error(SyncCallError(), "h").may_have_run
+
+
+def test_errors_made_before_sending_and_command_failures() -> None:
+    assert not InvalidRequest("bad host").may_have_run
+    assert CommandFailed(Result(exit_code=1)).may_have_run  # it ran
+    assert "may_have_run=True" in repr(from_rpc_error(aio_error(S.ABORTED), "h"))
 
 
 def test_errors_survive_pickling_for_multiprocessing_users() -> None:
     err = pickle.loads(pickle.dumps(from_rpc_error(aio_error(S.ABORTED), "h")))
     assert isinstance(err, Aborted)
-    assert (str(err), err.code, err.host) == ("boom", "ABORTED", "h")
+    assert (str(err), err.code, err.host, err.may_have_run) == ("boom", "ABORTED", "h", True)
+    refused = from_rpc_error(aio_error(S.UNAVAILABLE, trailing=NOTHING_RAN), "h")
+    assert not pickle.loads(pickle.dumps(refused)).may_have_run
     failed = pickle.loads(pickle.dumps(CommandFailed(Result(exit_code=4), host="h")))
     assert failed.result == Result(exit_code=4)
     assert failed.host == "h"
@@ -152,98 +214,63 @@ def test_events_are_built_from_each_oneof_kind() -> None:
 
 
 def test_deadline_leaves_the_server_room_to_report_timeouts() -> None:
-    assert rpc_deadline(None, None, 5.0) is None
-    assert rpc_deadline(10.0, None, 5.0) == 15.0
-    assert rpc_deadline(10.0, 2.0, 5.0) == 2.0
-    assert rpc_deadline(None, 2.0, 5.0) == 2.0
-    with pytest.raises(ValueError, match="timeout"):
-        rpc_deadline(0, None, 5.0)
-    with pytest.raises(ValueError, match="rpc_timeout"):
-        rpc_deadline(None, -1, 5.0)
+    assert ExecOptions().deadline(5.0) is None
+    assert ExecOptions(timeout=10.0).deadline(5.0) == 15.0
+    assert ExecOptions(timeout=10.0, rpc_timeout=2.0).deadline(5.0) == 2.0
+    assert ExecOptions(rpc_timeout=2.0).deadline(5.0) == 2.0
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"timeout": 0}, "timeout must be positive"),
+        ({"rpc_timeout": -1}, "rpc_timeout must be positive"),
+        ({"max_output_bytes": -1}, "max_output_bytes"),
+        ({"terminal_size": (80,)}, "columns, rows"),
+    ],
+)
+def test_options_refuse_values_the_server_would_refuse(fields: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ExecOptions(**fields)
 
 
 def test_request_sets_timeout_only_when_given() -> None:
-    request = build_request("h", "ls", timeout=1.25, env={"A": "1"}, terminal_size=(100, 40))
+    options = ExecOptions(timeout=1.25, env={"A": "1"}, terminal_size=(100, 40))
+    request = options.request("h", "ls")
     assert request.HasField("timeout")
     assert request.timeout.ToMilliseconds() == 1250
     assert dict(request.env) == {"A": "1"}
     assert (request.terminal_size.columns, request.terminal_size.rows) == (100, 40)
-    assert not build_request("h", "ls").HasField("timeout")
-    assert not build_request("h", "ls").HasField("terminal_size")
+    assert not ExecOptions().request("h", "ls").HasField("timeout")
+    assert not ExecOptions().request("h", "ls").HasField("terminal_size")
 
 
-@pytest.mark.parametrize(
-    ("argv", "command"),
-    [
-        (["exec", "h", "--", "echo $HOME"], "echo $HOME"),
-        (["exec", "h", "--", "ls", "-l", "a b"], "ls -l 'a b'"),
-        (["exec", "h", "ls", "-l"], "ls -l"),
-        (["exec", "h", "--", "echo", "--", "x"], "echo -- x"),
-        (["exec", "h", "--", "--"], "--"),
-        (["exec", "h", "--", "-x"], "-x"),
-    ],
-)
-def test_command_words_join_like_ssh(argv: list[str], command: str) -> None:
-    args = parse_args(argv)
-    assert args.host == "h"
-    assert args.command == command
-
-
-def test_exec_options(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SCOUT_TARGET", raising=False)
-    args = parse_args(
-        ["exec", "--timeout", "2.5", "--env", "A=1", "--env", "B=x=y", "h", "--", "x"]
+def test_every_option_reaches_the_request() -> None:
+    options = ExecOptions(
+        stdin=b"in",
+        env={"A": "1"},
+        timeout=2,
+        max_output_bytes=7,
+        text=True,
+        working_dir="/srv",
+        pty=True,
+        terminal_size=(80, 24),
+        close_stdin=True,
+        rpc_timeout=9,
     )
-    assert args.target == "127.0.0.1:50051"
-    assert args.timeout == 2.5
-    assert args.env == {"A": "1", "B": "x=y"}
-    assert parse_args(["exec", "h", "x"]).timeout is None
+    request = options.request("web1", "ls")
+    sent = {f.name for f, _ in request.ListFields()}
+    # every field but rpc_timeout (the gRPC deadline, not a request field) is sent
+    option_names = {f.name for f in dataclasses.fields(ExecOptions)} - {"rpc_timeout"}
+    assert sent == option_names | {"host", "command"}
 
 
-def test_target_comes_from_the_environment_unless_given(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SCOUT_TARGET", "scout.internal:443")
-    assert parse_args(["exec", "h", "--", "x"]).target == "scout.internal:443"
-    assert parse_args(["exec", "--target", "other:1", "h", "--", "x"]).target == "other:1"
-    assert parse_args(["health"]).target == "scout.internal:443"
-
-
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["exec", "h"],
-        ["exec", "h", "--"],
-        ["exec", "--timeout", "0", "h", "--", "x"],
-        ["exec", "--timeout", "soon", "h", "--", "x"],
-        ["exec", "--env", "NOVALUE", "h", "--", "x"],
-        ["exec", "--env", "=v", "h", "--", "x"],
-        ["health", "--", "x"],
-        [],
-    ],
-)
-def test_usage_mistakes_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as info:
-        parse_args(argv)
-    assert info.value.code == 2
-    assert "usage:" in capsys.readouterr().err
-
-
-def test_join_command() -> None:
-    assert join_command(["echo $HOME"]) == "echo $HOME"
-    assert join_command(["printf", "%s\n", "it's"]) == "printf '%s\n' 'it'\"'\"'s'"
-
-
-@pytest.mark.parametrize(
-    ("status", "code"),
-    [
-        (ExitStatus(exit_code=0), 0),
-        (ExitStatus(exit_code=3), 3),
-        (ExitStatus(exit_code=255), 255),
-        (ExitStatus(exit_code=-1, signal="TERM"), 143),
-        (ExitStatus(exit_code=-1, signal="SIGKILL"), 137),
-        (ExitStatus(exit_code=-1, signal="INT"), 130),
-        (ExitStatus(exit_code=-1, signal="NOSUCH"), 255),
-        (ExitStatus(exit_code=-1), 255),
-    ],
-)
-def test_exit_codes_follow_the_shell(status: ExitStatus, code: int) -> None:
-    assert exit_code_for(status) == code
+def test_options_keep_their_own_copy_of_env() -> None:
+    env = {"A": "1"}
+    options = ExecOptions(env=env)
+    env["B"] = "2"
+    assert dict(options.env) == {"A": "1"}
+    with pytest.raises(TypeError):
+        options.env["C"] = "3"  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.timeout = 3  # type: ignore[misc]

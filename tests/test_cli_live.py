@@ -1,0 +1,84 @@
+"""The README's Python example and the scout command against a live scout server.
+
+scout runs in this process (tests/scoutd.py) with host "local" on the in-process
+SSH server (testkit/scripted.py), so the commands are real /bin/sh processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import platform
+import re
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from client.cli import amain
+from server.config import Config
+from testkit.scripted import ScriptedServer
+
+from .scoutd import Scout, running_scout
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+async def scout(shell_server: ScriptedServer) -> AsyncIterator[Scout]:
+    async with running_scout(Config(hosts={"local": shell_server.host_config("local")})) as s:
+        yield s
+
+
+def readme_python_example() -> str:
+    """The first ```python block after "From Python" in the README."""
+    text = (ROOT / "README.md").read_text()
+    after = text[text.index("From Python") :]
+    match = re.search(r"```python\n(.*?)```", after, re.DOTALL)
+    assert match is not None, "README has no python block after 'From Python'"
+    return match.group(1)
+
+
+async def test_readme_python_example_runs_as_a_script(scout: Scout, tmp_path: Path) -> None:
+    script = tmp_path / "example.py"
+    script.write_text(readme_python_example())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCOUT_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        cwd=tmp_path,  # the installed package, as a user has it, not this checkout
+        env={**env, "SCOUT_TARGET": scout.target},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().startswith(f"0 {platform.uname().system} "), out
+
+
+async def cli(*argv: str) -> tuple[int, bytes, bytes]:
+    out, err = io.BytesIO(), io.BytesIO()
+    code = await amain(list(argv), stdin=None, stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+async def test_timeout_after_the_host_is_scouts_option(scout: Scout) -> None:
+    # Sent to the shell, "--timeout 1 sleep 3" would fail at once with status 127.
+    argv = ["exec", "local", "--target", scout.target, "--timeout", "1", "--", "sleep", "3"]
+    code, out, err = await cli(*argv)
+    assert (code, out) == (255, b"")
+    assert err.endswith(b"(the command may have run)\n"), err
+
+
+async def test_cwd_env_and_tty_reach_the_command(scout: Scout, tmp_path: Path) -> None:
+    options = ["--target", scout.target, "--cwd", str(tmp_path), "--env", "GREETING=hi"]
+    line = 'pwd; echo "$GREETING"; test -t 0 && echo tty || echo no-tty'
+    code, out, err = await cli("exec", "local", *options, "--", line)
+    assert (code, out, err) == (0, f"{tmp_path}\nhi\nno-tty\n".encode(), b"")
+    code, out, _ = await cli(
+        "exec", "local", "--target", scout.target, "--tty", "--", "test -t 0 && echo tty"
+    )
+    assert (code, out) == (0, b"tty\r\n")  # a pty turns \n into \r\n
