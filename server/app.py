@@ -8,13 +8,12 @@ from dataclasses import dataclass
 import asyncssh
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from scout.v1 import exec_pb2, exec_pb2_grpc
 
 from .config import Config
 from .connector import Connector
+from .introspection import HEALTH_SERVICE, Health, enable_reflection
 from .pool import Pool
 from .service import ExecService
 
@@ -32,7 +31,7 @@ class App:
     server: grpc.aio.Server
     pool: Pool[asyncssh.SSHClientConnection]
     service: ExecService
-    health: HealthServicer
+    health: Health
     port: int
 
     async def stop(self, grace: float | None = None) -> None:
@@ -62,16 +61,9 @@ async def start(config: Config, listen: str | None = None) -> App:
         ],
     )
     exec_pb2_grpc.add_ExecServiceServicer_to_server(service, server)  # type: ignore[no-untyped-call]
-    health = HealthServicer()
+    health = Health()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        (
-            SERVICE_NAME,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
+    enable_reflection((SERVICE_NAME, HEALTH_SERVICE), server)
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
