@@ -15,14 +15,13 @@ from dataclasses import dataclass, field
 import asyncssh
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from scout.v1 import exec_pb2
 
 from .command import CLOSE_WAIT, KILL_WAIT
 from .config import Config, ConfigError
 from .connector import Connector
+from .introspection import HEALTH_SERVICE, Health, enable_reflection
 from .pool import Pool
 from .rpc import safe_parser
 from .service import ExecService
@@ -45,7 +44,7 @@ class App:
     server: grpc.aio.Server
     pool: Pool[asyncssh.SSHClientConnection]
     service: ExecService
-    health: HealthServicer
+    health: Health
     connector: Connector
     port: int
     _watcher: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -128,16 +127,9 @@ async def start(config: Config, listen: str | None = None) -> App:
         ],
     )
     server.add_generic_rpc_handlers((_handlers(service),))
-    health = HealthServicer()
+    health = Health()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        (
-            SERVICE_NAME,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
+    enable_reflection((SERVICE_NAME, HEALTH_SERVICE), server)
     try:
         port = server.add_insecure_port(address)
     except RuntimeError:

@@ -1,0 +1,84 @@
+"""The standard services that tools probe a gRPC server with: health and reflection.
+
+Health: grpcio-health-checking's servicer (1.85) inherits `List` from the generated base
+class, which answers UNIMPLEMENTED although reflection advertises it; `Health` answers it.
+
+Reflection: grpcurl up to 1.8 speaks `grpc.reflection.v1alpha`; buf curl, grpc-go and
+newer grpcurl ask `grpc.reflection.v1` first. grpcio-reflection (1.85) serves only v1alpha.
+The two protocols are one proto under two package names (the same messages with the same
+field numbers, so the same bytes on the wire), so v1 here is the v1alpha servicer
+registered under v1's method path, and v1's descriptor (v1alpha's, renamed) is added to
+the descriptor pool so that tools can describe v1 too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
+from grpc_health.v1 import health_pb2
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+REFLECTION_V1ALPHA = reflection.SERVICE_NAME
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+class Health(HealthServicer):  # type: ignore[misc]  # grpcio-health-checking is untyped
+    """The official asyncio health servicer, with `List` answered."""
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthListResponse:
+        """Every service's status: the base class keeps them in `_server_status`."""
+        statuses = {
+            name: health_pb2.HealthCheckResponse(status=status)
+            for name, status in self._server_status.items()
+        }
+        return health_pb2.HealthListResponse(statuses=statuses)
+
+
+def enable_reflection(service_names: Iterable[str], server: grpc.aio.Server) -> None:
+    """Serve reflection for service_names (and both reflection services) under v1 and v1alpha."""
+    _add_v1_descriptor(descriptor_pool.Default())
+    servicer = reflection.aio.ReflectionServicer(
+        (*service_names, REFLECTION_V1, REFLECTION_V1ALPHA)
+    )
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    v1 = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": v1}),)
+    )
+
+
+def _add_v1_descriptor(pool: Any) -> None:
+    """Add grpc/reflection/v1/reflection.proto, built from v1alpha's, unless it is there."""
+    try:
+        pool.FindServiceByName(REFLECTION_V1)
+    except KeyError:
+        pass
+    else:
+        return
+    alpha, v1 = ".grpc.reflection.v1alpha.", ".grpc.reflection.v1."
+    proto = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(proto)
+    proto.name = "grpc/reflection/v1/reflection.proto"
+    proto.package = "grpc.reflection.v1"
+    proto.options.java_package = "io.grpc.reflection.v1"
+    proto.options.go_package = "google.golang.org/grpc/reflection/grpc_reflection_v1"
+    for message in proto.message_type:
+        for field in message.field:
+            if field.HasField("type_name"):
+                field.type_name = field.type_name.replace(alpha, v1)
+    for service in proto.service:
+        for method in service.method:
+            method.input_type = method.input_type.replace(alpha, v1)
+            method.output_type = method.output_type.replace(alpha, v1)
+    pool.AddSerializedFile(proto.SerializeToString())
