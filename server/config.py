@@ -49,7 +49,7 @@ class PoolSettings:
     keepalive_interval: float = 15.0
     keepalive_count_max: int = 3
     connect_timeout: float = 10.0
-    channel_open_timeout: float = 5.0
+    channel_open_timeout: float = 2.0  # and at most a third of the time a request has left
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ class ExecSettings:
 
     default_timeout: float = 300.0  # Execute, when a request sets none
     stream_default_timeout: float = 3600.0  # Stream, when a request sets none
+    stream_start_timeout: float = 5.0  # a Stream that sends no `start` by then is refused
     max_timeout: float = 3600.0
     # Execute, per stream. A response holds both streams and, with `text`, a copy of each
     # (capped alike): 4 x 1,000,000 bytes stays under the 4 MiB that default gRPC clients
@@ -127,6 +128,7 @@ _POOL_BOUNDS: _Bounds = {
 _EXEC_BOUNDS: _Bounds = {
     "default_timeout": (float, 0.001, None),
     "stream_default_timeout": (float, 0.001, None),
+    "stream_start_timeout": (float, 0.01, 600),
     "max_timeout": (float, 0.001, None),
     "max_output_bytes": (int, 1, 512 * 1024 * 1024),
     "max_buffered_output_bytes": (int, 1, 2**40),

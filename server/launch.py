@@ -43,6 +43,8 @@ from .pool import Pool, Reservation
 log = logging.getLogger(__name__)
 
 REFUSAL_BACKOFF = (0.005, 0.2)  # first and largest pause after a refused channel
+OPEN_SHARE = 1 / 3  # at most this share of the time left goes to one channel open, so a
+#                     hung open still leaves time to retry on another connection
 STUCK_LIMIT = 30.0  # a channel that will not close after a stop: how long to keep its place
 SSHConn = asyncssh.SSHClientConnection
 T = TypeVar("T")
@@ -81,7 +83,9 @@ class Launcher:
             opening = Opening(spec, out)
             task = loop.create_task(opening.run(res.conn))
             try:
-                opened = await _settled(task, min(time.monotonic() + self.open_timeout, until))
+                now = time.monotonic()
+                limit = min(self.open_timeout, max((until - now) * OPEN_SHARE, 0.1))
+                opened = await _settled(task, now + limit)
                 if not opened and opening.session is not None:
                     opened = await _settled(task, until)  # the exec is out: wait for its reply
             except BaseException:
@@ -99,7 +103,7 @@ class Launcher:
                 if retried or until - time.monotonic() < 0.05:
                     raise HostUnavailable(
                         f"{host.name}: the SSH server did not open a channel within "
-                        f"{self.open_timeout:g}s (the connection is not answering)",
+                        f"{limit:.3g}s (the connection is not answering)",
                         host.name,
                     )
                 retried = True

@@ -381,7 +381,11 @@ class LocalShellSession(asyncssh.SSHServerSession[bytes]):
             return
         if chan.is_closing():
             return
-        code, signame, core = child.status
+        self.report_exit(chan, child.status)
+
+    def report_exit(self, chan: asyncssh.SSHServerChannel[bytes], status: _ExitStatus) -> None:
+        """Send the exit status (or signal) and close the channel."""
+        code, signame, core = status
         if code is not None:
             chan.exit(code)
         else:
@@ -439,7 +443,7 @@ class LocalShellServer(asyncssh.SSHServer):
         """Open a session (a subclass may refuse with ChannelOpenError first)."""
         self.open_sessions += 1
         self.host.stats.sessions_opened += 1
-        return LocalShellSession(self)
+        return self.host.session_class(self)
 
     def session_closed(self) -> None:
         """A session of this connection ended."""
@@ -455,6 +459,7 @@ class ShellHost:
     cwd: Path = field(default_factory=Path.home)
     kill_grace: float = KILL_GRACE
     server_class: type[LocalShellServer] = LocalShellServer
+    session_class: type[LocalShellSession] = LocalShellSession
     address: str = field(init=False, default="")
     port: int = field(init=False, default=0)
     stats: ServerStats = field(init=False, default_factory=ServerStats)
@@ -505,6 +510,10 @@ class ShellHost:
     def channels_per_connection(self) -> dict[int, int]:
         """Open sessions of each open connection, by connection number."""
         return {n: s.open_sessions for n, s in self.connections.items()}
+
+    def open_sessions(self) -> int:
+        """Sessions open now, over every connection."""
+        return sum(s.open_sessions for s in self.connections.values())
 
     def track(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a cleanup in the background; close() waits for it."""

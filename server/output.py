@@ -67,24 +67,32 @@ class CappedBuffer:
 class OutputBudget:
     """Bytes of Execute output held in memory, server-wide, and who waits for room.
 
-    Charging never fails: a chunk has already arrived when it is charged. A caller past
-    the limit pauses its channel and is resumed, in order, as others release; so the
-    limit is exceeded by at most the data already in flight (one SSH window per paused
-    channel, and `max_concurrent_rpcs` bounds those).
+    Charging never fails: a chunk has already arrived when it is charged. Past the limit,
+    one call at a time (the first to get there) may go on and finish: without it, calls
+    that each hold part of the budget would wait for each other until their deadlines.
+    The others pause their channels and are resumed, in order, as room frees. So the
+    limit is exceeded by at most one call's output (4 x max_output_bytes) plus the data
+    already in flight (one SSH window per paused channel; `max_concurrent_rpcs` bounds
+    those).
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
+        self.peak = 0
+        self.paused = 0  # calls paused for room, in all
+        self.overdraft: object | None = None  # the one call allowed past the limit
         self._waiting: deque[Callable[[], None]] = deque()
 
     def charge(self, n: int) -> bool:
         """Count n bytes; whether there is still room after them."""
         self.used += n
+        self.peak = max(self.peak, self.used)
         return self.used <= self.limit
 
     def when_room(self, resume: Callable[[], None]) -> None:
         """Call resume once the budget has room again."""
+        self.paused += 1
         self._waiting.append(resume)
 
     def release(self, n: int) -> None:
@@ -110,10 +118,13 @@ class ExecuteOutput:
         self._charged = 0
         self._chan: Pausable | None = None
         self._paused = False
+        self._spent = False  # the budget was spent before a channel was attached
 
     def attach(self, chan: Pausable) -> None:
         """The channel to pause when the budget is spent."""
         self._chan = chan
+        if self._spent:
+            self._pause()
 
     def feed(self, kind: int, data: bytes) -> None:
         """Keep a chunk (cut at the cap) and charge it."""
@@ -122,7 +133,18 @@ class ExecuteOutput:
             return
         charge = len(kept) * self._weight
         self._charged += charge
-        if not self._budget.charge(charge) and not self._paused and self._chan is not None:
+        budget = self._budget
+        if not budget.charge(charge):
+            if budget.overdraft is None:
+                budget.overdraft = self  # go on past the limit, and finish
+            elif budget.overdraft is not self:
+                self._pause()
+
+    def _pause(self) -> None:
+        """Stop reading the channel until the budget has room."""
+        if self._chan is None:
+            self._spent = True
+        elif not self._paused:
             self._paused = True
             self._chan.pause_reading()
             self._budget.when_room(self._resume)
@@ -134,6 +156,8 @@ class ExecuteOutput:
 
     def release(self) -> None:
         """The call is over: give the bytes back to the budget."""
+        if self._budget.overdraft is self:
+            self._budget.overdraft = None
         self._budget.release(self._charged)
         self._charged = 0
 

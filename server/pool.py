@@ -375,11 +375,13 @@ class Pool(Generic[C]):
         task.add_done_callback(self._tasks.discard)
 
     def retire_hosts(self, names: set[str], reason: str) -> None:
-        """Stop choosing the hosts' connections (their known_hosts or keys changed)."""
+        """Stop choosing the hosts' connections, and forget their connect failures: what
+        they relied on changed (known_hosts, keys), so the next caller connects afresh."""
         for state in self.hosts():
             if state.name in names:
 
                 def drain_all(now: float, plan: Plan[C], state: HostState[C] = state) -> None:
+                    state.backoff = None
                     for pc in list(state.conns):
                         drain(pc, self.budget, plan, reason)
 

@@ -100,7 +100,7 @@ class ExecService:
         self, requests: AsyncIterator[exec_pb2.StreamRequest], context: Context
     ) -> None:
         """Run a command, send its output as it comes, pass stdin and signals through."""
-        start = await first_message(requests)
+        start = await first_message(requests, self.config.exec.stream_start_timeout)
         spec = check_execute(self.config, start, stream=True)
         timeout = timeout_of(self.config.exec, start, stream=True)
         bounds = bounds_for(spec, timeout, context.time_remaining())

@@ -1,7 +1,7 @@
 """Stream's machinery: the caller's messages in, the command's output out, and the end.
 
-- `first_message()`: the `start`, within START_TIMEOUT: a Stream that never starts must
-  not hold an RPC slot.
+- `first_message()`: the `start`, within `[exec] stream_start_timeout`: a Stream that
+  never starts must not hold an RPC slot.
 - `StdinPump`: reads the caller's messages as they arrive. Signals, resizes and EOF act at
   once; stdin goes into a read-ahead buffer (at most STDIN_READ_AHEAD bytes) that a writer
   feeds to the channel as fast as the command reads. So a signal never waits behind stdin
@@ -28,7 +28,6 @@ from .errors import InvalidRequest
 from .output import STDOUT, OutputQueue
 from .requests import check_terminal_size, signal_name
 
-START_TIMEOUT = 5.0  # seconds a Stream may take to send `start`
 STDIN_READ_AHEAD = 4 * 1024 * 1024  # stdin bytes read from the caller, not yet written
 LINGER = 2.0  # after `exit`, how long a caller that may still write gets to half-close
 
@@ -36,16 +35,14 @@ MALFORMED = object()  # what the deserializer yields for bytes that are not a me
 
 
 async def first_message(
-    requests: AsyncIterator[exec_pb2.StreamRequest],
+    requests: AsyncIterator[exec_pb2.StreamRequest], within: float
 ) -> exec_pb2.ExecuteRequest:
     """The `start` message, which must come first and soon."""
     try:
-        async with asyncio.timeout(START_TIMEOUT):
+        async with asyncio.timeout(within):
             first: Any = await anext(requests, None)
     except TimeoutError:
-        raise InvalidRequest(
-            f"Stream: no `start` message within {START_TIMEOUT:g}s of the call"
-        ) from None
+        raise InvalidRequest(f"Stream: no `start` message within {within:g}s of the call") from None
     if first is MALFORMED:
         raise InvalidRequest("Stream: the first message is not a valid StreamRequest")
     if first is None or first.WhichOneof("event") != "start":

@@ -10,6 +10,7 @@ import asyncio
 import os
 import time
 import uuid
+from collections.abc import Callable
 
 import psutil
 
@@ -44,6 +45,16 @@ async def gone(pattern: str, within: float = 2.0) -> bool:
     """Whether every process with pattern in its command line ends within the time."""
     end = time.monotonic() + within
     while process_list(pattern):
+        if time.monotonic() > end:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def eventually(check: Callable[[], bool], within: float = 5.0) -> bool:
+    """Whether check() becomes true within the time (polled every 20 ms)."""
+    end = time.monotonic() + within
+    while not check():
         if time.monotonic() > end:
             return False
         await asyncio.sleep(0.02)

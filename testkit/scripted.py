@@ -6,9 +6,17 @@ whose behaviour a test changes while it runs:
     handshake_delay     seconds the server waits before it starts authenticating a user
     max_sessions        refuse channel opens beyond this many open sessions on a connection
                         (like sshd's MaxSessions: the client sees ChannelOpenError "open failed")
+    open_delay          seconds before the server confirms a channel open
+    refuse_first        refuse the first N channel opens (then behave)
     hang() / unhang()   stop reading from every connection, new ones too: a peer that no
                         longer answers (keepalives time out), without closing anything
     drop_connections()  abort every connection now, as a crash or a cut cable would
+
+Per command, a directive in front of it chooses adversarial timing, as asyncssh's own tests
+choose server behaviour by the command string:
+
+    @late-exec=SECS CMD      answer the exec request SECS late (CMD starts only then)
+    @no-exit-status CMD      run CMD, then close the channel without an exit status
 
 Large or slow output needs no knob: the commands are real (`head -c 10M /dev/zero`,
 `sleep 1; echo`). Counters are in `server.stats` (accepted, open, peak_open,
@@ -21,7 +29,8 @@ start_fleet() starts them concurrently on many ports or many 127.0.0.x addresses
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import re
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,7 +38,42 @@ import asyncssh
 
 from server.config import Config, HostConfig, SSHSettings
 from server.keyfiles import ShellKeys
-from server.localshell import LocalShellServer, LocalShellSession, ShellHost
+from server.localshell import LocalShellServer, LocalShellSession, ShellHost, _ExitStatus
+
+DIRECTIVE = re.compile(r"@(late-exec|no-exit-status)(?:=([0-9.]+))?\s+(.*)", re.DOTALL)
+
+
+class ScriptedSession(LocalShellSession):
+    """A session that obeys the directive in front of its command."""
+
+    _no_status = False
+
+    def exec_requested(self, command: str) -> bool | None:  # type: ignore[override]
+        """Run the command; with @late-exec, answer the request only after the delay."""
+        match = DIRECTIVE.fullmatch(command)
+        if match is None:
+            return super().exec_requested(command)
+        directive, value, rest = match.groups()
+        super().exec_requested(rest)
+        if directive == "no-exit-status":
+            self._no_status = True
+            return True
+        loop = asyncio.get_running_loop()
+        loop.call_later(float(value or 1), self._answer_exec)
+        return None  # asyncssh waits for our answer (and starts the session after it)
+
+    def _answer_exec(self) -> None:
+        chan = self._chan
+        if chan is not None and not chan.is_closing():
+            # asyncssh has no public call for a late answer; this is what it calls itself.
+            chan._report_response(True)
+
+    def report_exit(self, chan: asyncssh.SSHServerChannel[bytes], status: _ExitStatus) -> None:
+        """@no-exit-status: close without telling how the command ended."""
+        if self._no_status:
+            chan.close()
+        else:
+            super().report_exit(chan, status)
 
 
 class ScriptedConnection(LocalShellServer):
@@ -55,13 +99,24 @@ class ScriptedConnection(LocalShellServer):
             await asyncio.sleep(self.host.handshake_delay)
         return True
 
-    def session_requested(self) -> LocalShellSession:
-        """Refuse a channel beyond max_sessions the way sshd does, else open it."""
-        cap = self.host.max_sessions
-        if cap is not None and self.open_sessions >= cap:
-            self.host.stats.sessions_refused += 1
+    def session_requested(  # type: ignore[override]  # asyncssh accepts an awaitable
+        self,
+    ) -> LocalShellSession | Awaitable[LocalShellSession]:
+        """Refuse a channel the way sshd does (beyond max_sessions, or the first N), else
+        open it, open_delay seconds late if asked."""
+        host = self.host
+        cap = host.max_sessions
+        if (cap is not None and self.open_sessions >= cap) or host.refuse_first > 0:
+            host.refuse_first = max(host.refuse_first - 1, 0)
+            host.stats.sessions_refused += 1
             # sshd 9.2's exact refusal: reason 2 (connect failed), "open failed"
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "open failed")
+        if host.open_delay > 0:
+            return self._open_later(host.open_delay)
+        return super().session_requested()
+
+    async def _open_later(self, delay: float) -> LocalShellSession:
+        await asyncio.sleep(delay)
         return super().session_requested()
 
     def pause(self, paused: bool) -> None:
@@ -82,7 +137,10 @@ class ScriptedServer(ShellHost):
 
     handshake_delay: float = 0.0
     max_sessions: int | None = None
+    open_delay: float = 0.0
+    refuse_first: int = 0
     server_class: type[LocalShellServer] = ScriptedConnection
+    session_class: type[LocalShellSession] = ScriptedSession
     hung: bool = field(init=False, default=False)
     changed: asyncio.Event = field(init=False, default_factory=asyncio.Event)
 

@@ -62,20 +62,25 @@ def _free_port(address: str) -> int:
         return port
 
 
-def login_user() -> str:
-    """Who scout logs in as: ourselves, or (as root) an unprivileged user made on first use."""
+def login_user(shell: str = "/bin/sh") -> str:
+    """Who scout logs in as: ourselves, or (as root) an unprivileged user made on first use.
+
+    As root, each login shell gets its own user: `scout-test` has /bin/sh, and another
+    shell gives `scout-test-bash` and so on. Not root, we are the only user we have.
+    """
     if os.geteuid() != 0:
         return getpass.getuser()
+    name = TEST_USER if shell == "/bin/sh" else f"{TEST_USER}-{Path(shell).name}"
     try:
-        pwd.getpwnam(TEST_USER)
+        pwd.getpwnam(name)
     except KeyError:
         subprocess.run(
             # password "*": no password login, but not "locked" (sshd refuses locked users)
-            ["useradd", "--create-home", "--shell", "/bin/sh", "--password", "*", TEST_USER],
+            ["useradd", "--create-home", "--shell", shell, "--password", "*", name],
             check=True,
             capture_output=True,
         )
-    return TEST_USER
+    return name
 
 
 @dataclass
@@ -240,6 +245,22 @@ class OpenSSHServer:
         for proc in self._tree():
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.send_signal(signal.SIGCONT)
+
+    def commands(self) -> list[psutil.Process]:
+        """Processes sshd runs for sessions (not sshd's own): empty when no command runs."""
+        found = []
+        for proc in self._tree():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if proc.name() != "sshd" and proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(proc)
+        return found
+
+    def connection_processes(self, command: psutil.Process) -> list[psutil.Process]:
+        """The sshd processes that carry the connection a command runs on."""
+        with contextlib.suppress(psutil.NoSuchProcess):
+            listener = self.process.pid if self.process else -1
+            return [p for p in command.parents() if p.name() == "sshd" and p.pid != listener]
+        return []
 
     def established_connections(self) -> int:
         """TCP connections to sshd's port in ESTABLISHED state, counted on sshd's side."""

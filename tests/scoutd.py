@@ -1,17 +1,44 @@
-"""A scout server on 127.0.0.1:0 for tests, and a stub to call it."""
+"""A scout server on 127.0.0.1:0 for tests, a stub to call it, and small helpers."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf import duration_pb2
 
 from scout.v1 import exec_pb2, exec_pb2_grpc
 from server.app import App, start
-from server.config import Config
+from server.config import Config, HostConfig
+
+
+def secs(value: float) -> duration_pb2.Duration:
+    """A protobuf Duration."""
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(value * 1e9))
+    return d
+
+
+def started(err: grpc.aio.AioRpcError) -> str | None:
+    """The x-scout-started trailer of a failed call ("true", "false"), or None."""
+    for key, value in err.trailing_metadata() or ():
+        if key == "x-scout-started":
+            return str(value)
+    return None
+
+
+def config(hosts: dict[str, HostConfig], **sections: dict[str, Any]) -> Config:
+    """A Config with these hosts; `pool=dict(...)`, `exec=dict(...)` override settings."""
+    base = Config(hosts=hosts)
+    changes: dict[str, Any] = {}
+    for name, values in sections.items():
+        current = getattr(base, name)
+        changes[name] = dataclasses.replace(current, **values) if values else current
+    return dataclasses.replace(base, **changes)
 
 
 @dataclass

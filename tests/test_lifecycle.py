@@ -14,7 +14,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2
 
 from scout.v1 import exec_pb2
 from server.config import Config, HostConfig
@@ -23,7 +22,7 @@ from server.localshell import ShellHost
 from testkit.processes import gone, marker, process_list
 from testkit.sshd import OpenSSHServer
 
-from .scoutd import Scout, running_scout
+from .scoutd import Scout, running_scout, secs
 
 TARGETS = ["shell", "openssh"]
 
@@ -45,12 +44,6 @@ async def target(
 async def scout(target: HostConfig) -> AsyncIterator[Scout]:
     async with running_scout(Config(hosts={"t": target})) as s:
         yield s
-
-
-def secs(value: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(int(value * 1e9))
-    return d
 
 
 async def test_request_timeout_stops_the_remote_command(scout: Scout) -> None:

@@ -11,7 +11,6 @@ from typing import Any
 import asyncssh
 import grpc
 import pytest
-from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import Client, Exit, HostNotFound, Stdout
@@ -20,7 +19,7 @@ from server.config import Config, HostConfig
 from server.keyfiles import load_or_create_keys
 from server.localshell import ShellHost
 
-from .scoutd import Scout, running_scout
+from .scoutd import Scout, running_scout, secs
 
 
 @pytest.fixture
@@ -36,12 +35,6 @@ async def scout(shell: ShellHost) -> AsyncIterator[Scout]:
     """scout with host "local" on the shell server."""
     async with running_scout(Config(hosts={"local": shell.host_config()})) as s:
         yield s
-
-
-def secs(value: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(int(value * 1e9))
-    return d
 
 
 async def stream(scout: Scout, *requests: exec_pb2.StreamRequest) -> list[exec_pb2.StreamResponse]:
