@@ -183,11 +183,21 @@ def _status_name(err: Any) -> str:
     return "UNKNOWN"
 
 
+def _marks(err: Any, part: str) -> list[str]:
+    """The x-scout-started values in the error's initial or trailing metadata."""
+    getter = getattr(err, part, None)
+    metadata = getter() if callable(getter) else None
+    return [str(value).strip().lower() for key, value in metadata or () if key == STARTED_TRAILER]
+
+
 def _server_said_nothing_ran(err: Any) -> bool:
-    """Say whether the status carries scout's own mark "x-scout-started: false"."""
-    trailing = getattr(err, "trailing_metadata", None)
-    metadata = trailing() if callable(trailing) else None
-    values = [str(value).strip().lower() for key, value in metadata or () if key == STARTED_TRAILER]
+    """Say whether the status carries scout's own mark "x-scout-started: false".
+
+    Stream's response headers say "true" once the command started; that wins.
+    """
+    if "true" in _marks(err, "initial_metadata"):
+        return False
+    values = _marks(err, "trailing_metadata")
     return bool(values) and all(value == "false" for value in values)
 
 

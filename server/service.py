@@ -21,7 +21,7 @@ from .launch import Bounds, Launcher
 from .output import ExecuteOutput, OutputBudget, OutputQueue
 from .pool import Pool
 from .requests import check_execute, timeout_of
-from .rpc import Context, RpcStats, rpc
+from .rpc import STARTED_KEY, Context, RpcStats, rpc
 from .stream import StdinPump, first_message, pump_output
 
 STOP_SHARE = 0.25  # of the time to the RPC deadline, kept for stopping the command
@@ -116,10 +116,11 @@ class ExecService:
             command = run.command
             queue.attach(command.chan)
             command.session.closed.add_done_callback(lambda _: queue.close())
-            # Response headers mean "the command started": a client waits for them before
-            # it writes stdin, so a request that fails earlier never sees a write race
-            # the error (grpc would then report INTERNAL instead of the real status).
-            await context.send_initial_metadata(())
+            # Response headers mean "the command started" (and say so: x-scout-started):
+            # a client waits for them before it writes stdin, so a request that fails
+            # earlier never sees a write race the error (grpc would then report INTERNAL
+            # instead of the real status).
+            await context.send_initial_metadata(((STARTED_KEY, "true"),))
             stdin = StdinPump(command, requests, queue)
             stdin.start()
             try:

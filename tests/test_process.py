@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from scout.v1 import exec_pb2, exec_pb2_grpc
+from testkit.processes import gone, marker, process_list, running
 
 ROOT = Path(__file__).resolve().parent.parent
 SCOUT = [sys.executable, "-c", "from client.cli import main; raise SystemExit(main())"]
@@ -99,3 +100,95 @@ async def test_sigterm_lets_in_flight_commands_finish(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+async def test_sighup_reloads_and_never_kills_the_server(tmp_path: Path) -> None:
+    proc, target = start_server(["--demo"], tmp_path / "demo.log")
+    try:
+        for _ in range(3):
+            proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.3)
+        assert proc.poll() is None
+        done = scout("exec", "--target", target, "local", "--", "echo", "still here")
+        assert done.stdout == b"still here\n"
+        assert "SIGHUP: reloading" in (tmp_path / "demo.log").read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+
+
+async def test_a_second_signal_skips_the_grace_and_still_stops_the_command(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "scout.toml"
+    config.write_text("shutdown_grace = 60.0\n")
+    proc, target = start_server(["--demo", "--config", str(config)], tmp_path / "demo.log")
+    m = marker()
+    try:
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = exec_pb2_grpc.ExecServiceStub(channel)
+            call = stub.Execute(exec_pb2.ExecuteRequest(host="local", command=f"sleep {m}"))
+            assert await running(f"sleep {m}")
+            began = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.5)
+            assert proc.poll() is None  # in its 60 s grace
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0
+            assert time.monotonic() - began < 10
+            with pytest.raises(grpc.aio.AioRpcError):
+                await call
+        assert await gone(f"sleep {m}", within=2.0)
+        assert "second signal" in (tmp_path / "demo.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (["--listen", "0.0.0.0:0"], "listens on loopback only"),
+        (["--config", "CONFIG"], "--demo adds its own host 'local'"),
+    ],
+)
+def test_the_demo_refuses_to_expose_a_shell_or_hide_a_host(
+    tmp_path: Path, extra: list[str], says: str
+) -> None:
+    config = tmp_path / "scout.toml"
+    config.write_text("[hosts.local]\naddress = '10.0.0.5'\n")
+    args = [a.replace("CONFIG", str(config)) for a in extra]
+    done = subprocess.run(
+        [sys.executable, "-m", "server", "--demo", *args],
+        capture_output=True,
+        timeout=30,
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.returncode == 2
+    assert says in done.stderr.decode()
+
+
+def test_a_server_killed_mid_command_leaves_the_cli_saying_may_have_run(tmp_path: Path) -> None:
+    proc, target = start_server(["--demo"], tmp_path / "demo.log")
+    m = marker()
+    try:
+        cli = subprocess.Popen(
+            [*SCOUT, "exec", "--target", target, "local", "--", f"sleep {m}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+        )
+        for _ in range(200):
+            if process_list(f"sleep {m}"):
+                break
+            time.sleep(0.02)
+        proc.kill()
+        _, err = cli.communicate(timeout=30)
+        assert cli.returncode == 255
+        assert b"may have run" in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for leftover in process_list(f"sleep {m}"):  # the demo's commands die with it...
+            leftover.kill()  # ...unless a grandchild got away; not what this test is about
