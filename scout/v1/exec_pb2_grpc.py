@@ -61,13 +61,18 @@ class ExecServiceServicer:
 
     def Stream(self, request_iterator, context):
         """Stream runs a command and sends its output as it is produced. The first
-        request is `start`; later ones carry stdin, signals and terminal resizes.
+        request is `start` (within the server's stream_start_timeout, 5 s by
+        default); later ones carry stdin, signals and terminal resizes.
         `close_stdin`, or half-closing the request stream, sends EOF to stdin.
-        The server sends response headers once the command has started; a client
-        should write stdin only after them (a request that fails earlier ends the
-        call with its status and no headers). After the `exit` message the server
-        waits (up to 2 s) for the caller to half-close before it ends the RPC, so
-        late stdin never lands in a finished call: half-close on `exit`.
+        The server sends response headers (with `x-scout-started: true`) once the
+        command has started; a client should write stdin only after them (a
+        request that fails earlier ends the call with its status and no headers).
+        Signals and resizes act at once, even while stdin waits for the command.
+        The end: after the `exit` message the RPC ends at once if the caller has
+        sent `close_stdin` or half-closed; otherwise the server waits (up to 2 s)
+        for the half-close, so late stdin never lands in a finished call. So a
+        caller with no more input sends `close_stdin` (or half-closes), and sends
+        nothing after reading `exit`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
