@@ -33,13 +33,13 @@ test: $(STUBS) lint
 	$(BIN)/pytest
 
 # buf breaking: protos/ must stay wire- and source-compatible with the last released
-# contract, a committed copy in protos-released/ (see its README for why not git history).
+# contract, a committed buf image in protos-released/ (its README says why not git history).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	cd protos && ../$(BIN)/buf lint
-	cd protos && ../$(BIN)/buf breaking --against ../protos-released
+	cd protos && ../$(BIN)/buf breaking --against ../protos-released/image.json
 
 bench: $(STAMP) $(STUBS)
 	$(BIN)/python -m bench --quick

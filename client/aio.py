@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 from signal import Signals
-from types import TracebackType
 from typing import Any, Self
 
 import grpc
@@ -94,12 +93,7 @@ class Client:
         """Use the client as `async with Client() as c:` so the channel always closes."""
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         """Close the channel on the way out."""
         await self.close()
 
@@ -242,12 +236,7 @@ class StreamCall:
             raise
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         """Cancel the RPC if it is still running, so the server stops the command."""
         self.cancel()
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine, Sequence
-from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from client.aio import DEFAULT_DEADLINE_MARGIN, DEFAULT_TARGET, Client
@@ -63,12 +62,7 @@ class SyncClient:
         """Use as `with SyncClient() as c:` so the channel and loop always close."""
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         """Close on the way out."""
         self.close()
 

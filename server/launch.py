@@ -23,7 +23,6 @@ import random
 import time
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, TypeVar
 
 import asyncssh
@@ -229,14 +228,10 @@ class Run:
         )
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         assert self._res is not None and self._command is not None
-        within = self.bounds.stop_within if isinstance(exc, CommandTimeout) else None
+        timed_out = isinstance(exc_info[1], CommandTimeout)
+        within = self.bounds.stop_within if timed_out else None
         stop = self._launcher.finish(self._res, self._command, within)
         if stop is not None:
             await asyncio.shield(stop)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BUF = shutil.which("buf") or str(ROOT / ".venv" / "bin" / "buf")
-RELEASED = ROOT / "protos-released"
+RELEASED = ROOT / "protos-released" / "image.json"
 EXEC_PROTO = Path("scout/v1/exec.proto")
 
 
