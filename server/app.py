@@ -18,14 +18,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from scout.v1 import exec_pb2
 
+from .audit import AuditLog
+from .callers import IdentityInterceptor
 from .command import CLOSE_WAIT, KILL_WAIT
-from .config import Config, ConfigError
+from .config import Config, ConfigError, check_exposure
 from .connector import Connector
 from .introspection import HEALTH_SERVICE, Health, enable_reflection
 from .pool import Pool
 from .rpc import safe_parser
 from .service import ExecService
 from .sshfiles import FileError
+from .tls import ServerTLS
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ class App:
     health: Health
     connector: Connector
     port: int
+    tls: ServerTLS | None = None
     _watcher: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def stop_budget(self) -> float:
@@ -63,10 +67,14 @@ class App:
         budget = self.stop_budget()
         await self.service.launcher.wait_stopped(budget)
         await self.pool.close(drain_within=budget)
+        self.service.audit.close()
         log.info("stopped; pool closed")
 
     def reload(self) -> None:
-        """Re-read known_hosts and keys (SIGHUP); retire connections that relied on them."""
+        """Re-read TLS files, known_hosts and keys (SIGHUP); retire connections that relied
+        on changed SSH files."""
+        if self.tls is not None:
+            self.tls.reload()
         changed = set(self.connector.reload())
         if changed:
             hosts = {
@@ -107,17 +115,37 @@ def _handlers(service: ExecService) -> grpc.GenericRpcHandler:
     )
 
 
-async def start(config: Config, listen: str | None = None) -> App:
-    """Build and start the server; listen defaults to the config's (port 0 picks one)."""
-    address = listen or config.listen
+def _prepare(config: Config, address: str) -> tuple[Connector, ServerTLS | None, AuditLog]:
+    """Check everything that can be wrong before serving: exposure, files, audit log."""
+    for warning in check_exposure(config, address):
+        log.warning("%s", warning)
+    for host in config.hosts.values():
+        if host.insecure_accept_any_host_key:
+            log.warning(
+                "hosts.%s: insecure_accept_any_host_key = true: ANY host key is accepted, so "
+                "anyone who can intercept its traffic can impersonate it",
+                host.name,
+            )
     connector = Connector(config.ssh, config.pool)
     try:
         connector.preload(config.hosts.values())
+        tls = ServerTLS(config.tls) if config.tls.enabled else None
+        audit = AuditLog(config.audit)
     except FileError as exc:
-        raise ConfigError(f"{exc} (scout checks every host's files at start)") from None
+        raise ConfigError(f"{exc} (scout checks its files at start)") from None
+    return connector, tls, audit
+
+
+async def start(config: Config, listen: str | None = None) -> App:
+    """Build and start the server; listen defaults to the config's (port 0 picks one)."""
+    address = listen or config.listen
+    connector, tls, audit = _prepare(config, address)
     pool: Pool[asyncssh.SSHClientConnection] = Pool(config.pool, connector)
-    service = ExecService(config, pool)
+    service = ExecService(config, pool, audit=audit)
     server = grpc.aio.server(
+        interceptors=[
+            IdentityInterceptor(service.gate, mutual_tls=config.tls.client_ca_file is not None)
+        ],
         options=[
             ("grpc.max_receive_message_length", config.exec.receive_limit()),
             ("grpc.max_send_message_length", config.exec.send_limit()),
@@ -131,7 +159,10 @@ async def start(config: Config, listen: str | None = None) -> App:
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     enable_reflection((SERVICE_NAME, HEALTH_SERVICE), server)
     try:
-        port = server.add_insecure_port(address)
+        if tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, tls.credentials())
     except RuntimeError:
         port = 0
     if port == 0:
@@ -139,7 +170,14 @@ async def start(config: Config, listen: str | None = None) -> App:
     await server.start()
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("listening on %s (port %d), %d hosts", address, port, len(config.hosts))
-    app = App(config, server, pool, service, health, connector, port)
+    log.info(
+        "listening on %s (port %d) over %s, %d hosts, %s",
+        address,
+        port,
+        "plaintext" if tls is None else "mutual TLS" if config.tls.client_ca_file else "TLS",
+        len(config.hosts),
+        f"{len(config.callers)} callers" if config.callers else "no callers (open)",
+    )
+    app = App(config, server, pool, service, health, connector, port, tls)
     app._watcher = asyncio.get_running_loop().create_task(app._watch_files())
     return app

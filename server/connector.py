@@ -75,7 +75,8 @@ class Connector:
     def preload(self, hosts: Iterable[HostConfig]) -> None:
         """Read the hosts' known_hosts files and keys now; FileError names a bad one."""
         for host in hosts:
-            self.known_hosts.load(self.known_hosts_path(host))
+            if not host.insecure_accept_any_host_key:
+                self.known_hosts.load(self.known_hosts_path(host))
             for path in self.key_paths(host):
                 self.keys.load(path)
 
@@ -89,7 +90,11 @@ class Connector:
         """Open an authenticated connection to host, or raise a ScoutError."""
         client = _Client(on_lost)
         try:
-            known = self.known_hosts.get(self.known_hosts_path(host))
+            known = (
+                None
+                if host.insecure_accept_any_host_key
+                else self.known_hosts.get(self.known_hosts_path(host))
+            )
             keys = [self.keys.get(p) for p in self.key_paths(host)]
             return await asyncssh.connect(
                 host.address,
@@ -106,7 +111,7 @@ class Connector:
             raise self.classify(host, exc, client.offered) from exc
 
     def _options(
-        self, host: HostConfig, known: asyncssh.SSHKnownHosts, keys: list[asyncssh.SSHKey]
+        self, host: HostConfig, known: asyncssh.SSHKnownHosts | None, keys: list[asyncssh.SSHKey]
     ) -> asyncssh.SSHClientConnectionOptions:
         """Options for one connect: its key, known hosts and the pool's timers."""
         settings = self._pool

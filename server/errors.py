@@ -1,12 +1,15 @@
 """What can go wrong on the way from a request to a remote command, as one tree.
 
     ScoutError                      a failure the caller is told about (never a bug)
+    ├── Unauthenticated             no identity, or a wrong one
+    ├── PermissionDenied            a known caller outside its policy (names the rule)
     ├── InvalidRequest              the request itself is malformed
     ├── HostNotFound                the host is not in the inventory
     ├── HostRejected                host key unknown or changed, SSH auth refused, no sessions
     ├── HostUnavailable             unreachable, connect timeout, lost before the command started
     ├── CommandAborted              lost after the command started (it may have run)
     ├── PoolExhausted               no connection or channel before the deadline; overloaded
+    ├── AuditUnavailable            the audit log cannot be written: no command runs
     └── CommandTimeout              the command outlived its timeout (it has been stopped)
 
     ChannelTrouble                  the pool's business, never shown to a caller as such
@@ -36,6 +39,14 @@ class ScoutError(Exception):
             self.started = started
 
 
+class Unauthenticated(ScoutError):
+    """The call carries no identity scout accepts; the message never echoes a credential."""
+
+
+class PermissionDenied(ScoutError):
+    """A known caller asked for a host, command or method its policy does not allow."""
+
+
 class InvalidRequest(ScoutError):
     """The request is malformed: empty fields, oversize fields, bad names."""
 
@@ -60,6 +71,10 @@ class CommandAborted(ScoutError):
 
 class PoolExhausted(ScoutError):
     """No connection or channel in time, or the server is at a limit; nothing started."""
+
+
+class AuditUnavailable(ScoutError):
+    """The audit log cannot be written, so scout runs no command (it fails closed)."""
 
 
 class CommandTimeout(ScoutError):

@@ -14,7 +14,8 @@ import tempfile
 from pathlib import Path
 
 from .app import App, start
-from .config import Config, ConfigError, is_loopback, load
+from .config import Config, ConfigError, is_loopback
+from .configfile import load
 
 log = logging.getLogger("scout")
 

@@ -117,8 +117,8 @@ def _check_sizes(limits: ExecSettings, request: exec_pb2.ExecuteRequest, host: s
 
 def check_execute(
     config: Config, request: exec_pb2.ExecuteRequest, *, stream: bool = False
-) -> CommandSpec:
-    """Validate an ExecuteRequest (or a Stream's start) and build its CommandSpec."""
+) -> tuple[HostConfig, CommandSpec]:
+    """Validate an ExecuteRequest (or a Stream's start): its host, and its CommandSpec."""
     host = lookup_host(config, request.host)
     name, limits = host.name, config.exec
     _check_sizes(limits, request, name)
@@ -150,7 +150,7 @@ def check_execute(
     cap = request.max_output_bytes
     if not stream:
         cap = min(cap or limits.max_output_bytes, limits.max_output_bytes)
-    return CommandSpec(
+    return host, CommandSpec(
         host=name,
         command=line,
         stdin=request.stdin,

@@ -29,15 +29,22 @@ from typing import Any, NoReturn, Protocol, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from scout.v1 import exec_pb2
+
+from .audit import AuditLog, CallRecord
+from .callers import Gate
 from .errors import (
+    AuditUnavailable,
     CommandAborted,
     CommandTimeout,
     HostNotFound,
     HostRejected,
     HostUnavailable,
     InvalidRequest,
+    PermissionDenied,
     PoolExhausted,
     ScoutError,
+    Unauthenticated,
 )
 from .stream import MALFORMED
 
@@ -46,6 +53,9 @@ log = logging.getLogger(__name__)
 STARTED_KEY = "x-scout-started"
 
 _STATUS: dict[type[ScoutError], grpc.StatusCode] = {
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    AuditUnavailable: grpc.StatusCode.UNAVAILABLE,
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     HostNotFound: grpc.StatusCode.NOT_FOUND,
     HostRejected: grpc.StatusCode.FAILED_PRECONDITION,
@@ -66,6 +76,9 @@ class Context(Protocol):
 
     def time_remaining(self) -> float | None:
         """Seconds to the caller's deadline, or None."""
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        """What the transport proved: the client certificate's names under mutual TLS."""
 
     async def send_initial_metadata(self, metadata: Sequence[Any]) -> None:
         """Send the response headers."""
@@ -105,20 +118,27 @@ class RpcStats:
 
 
 class Servicer(Protocol):
-    """A servicer whose methods `@rpc` wraps: it carries the shared RpcStats."""
+    """A servicer whose methods `@rpc` wraps: its counts, its gate and its audit log."""
 
     rpcs: RpcStats
+    gate: Gate
+    audit: AuditLog
 
 
 S = TypeVar("S", bound=Servicer)
 R = TypeVar("R")
-Handler = Callable[[S, Any, Context], Awaitable[R]]
+Handler = Callable[[S, Any, Context, CallRecord], Awaitable[R]]
+Wrapped = Callable[[S, Any, Context], Awaitable[R]]
 
 
-def rpc(method: str) -> Callable[[Handler[S, R]], Handler[S, R]]:
-    """Wrap a servicer method in scout's RPC loop (see the module docstring)."""
+def rpc(method: str) -> Callable[[Handler[S, R]], Wrapped[S, R]]:
+    """Wrap a servicer method in scout's RPC loop (see the module docstring).
 
-    def decorate(handler: Handler[S, R]) -> Handler[S, R]:
+    The method gets one more argument, the call's record: who called (already
+    authenticated), and what the method fills in for the audit line.
+    """
+
+    def decorate(handler: Handler[S, R]) -> Wrapped[S, R]:
         @functools.wraps(handler)
         async def loop(self: S, request: Any, context: Context) -> R:
             stats = self.rpcs
@@ -133,10 +153,12 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Handler[S, R]]:
                 )
             stats.in_flight += 1
             began = time.monotonic()
+            call = CallRecord(method, context.peer())
             code = grpc.StatusCode.OK
             try:
+                _identify(self.gate, call, context)
                 _well_formed(method, request)
-                return await handler(self, request, context)
+                return await handler(self, request, context, call)
             except asyncio.CancelledError:
                 remaining = context.time_remaining()
                 passed = remaining is not None and remaining <= 0
@@ -144,18 +166,42 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Handler[S, R]]:
                 raise
             except Exception as exc:
                 code, message, started = status_of(exc)
+                if isinstance(exc, Unauthenticated):
+                    call.authorized = True  # a refusal at the door is audited too
+                    describe(call, request)
                 if code is grpc.StatusCode.INTERNAL:
                     log.exception("%s failed", method)
                 else:
                     log.info("%s: %s: %s", method, code.name, message)
             finally:
                 stats.in_flight -= 1
-                stats.done(method, code, time.monotonic() - began)
+                if call.who is not None:
+                    self.gate.release(call.who)
+                call.code, call.duration = code.name, time.monotonic() - began
+                self.audit.write(call)
+                stats.done(method, code, call.duration)
             await _abort(context, code, message, started=started)
 
         return loop
 
     return decorate
+
+
+def _identify(gate: Gate, call: CallRecord, context: Context) -> None:
+    """Authenticate the call and count it against its caller's max_in_flight."""
+    who = gate.authenticate(context.invocation_metadata(), context.auth_context())
+    call.caller = who.name
+    gate.admit(who)
+    call.who = who
+
+
+def describe(call: CallRecord, request: Any) -> None:
+    """Copy what an ExecuteRequest asks for into the call's record (bounded by validation)."""
+    if isinstance(request, exec_pb2.ExecuteRequest):
+        call.host = request.host
+        call.command = request.command
+        call.working_dir = request.working_dir
+        call.env_names = list(request.env)
 
 
 def _well_formed(method: str, request: Any) -> None:

@@ -15,13 +15,15 @@ from google.protobuf import duration_pb2
 
 from scout.v1 import exec_pb2
 
+from .audit import AuditLog, CallRecord
+from .callers import Gate
 from .command import CommandSpec, ExitInfo, RunningCommand
-from .config import Config
+from .config import Config, HostConfig
 from .launch import Bounds, Launcher
 from .output import ExecuteOutput, OutputBudget, OutputQueue
 from .pool import Pool
 from .requests import check_execute, timeout_of
-from .rpc import STARTED_KEY, Context, RpcStats, rpc
+from .rpc import STARTED_KEY, Context, RpcStats, describe, rpc
 from .stream import StdinPump, first_message, pump_output
 
 STOP_SHARE = 0.25  # of the time to the RPC deadline, kept for stopping the command
@@ -70,38 +72,59 @@ class ExecService:
         *,
         launcher: Launcher | None = None,
         output_budget: OutputBudget | None = None,
+        gate: Gate | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.config = config
         self.pool = pool
         self.launcher = launcher or Launcher(pool, config.pool)
         self.output_budget = output_budget or OutputBudget(config.exec.max_buffered_output_bytes)
         self.rpcs = RpcStats(max_in_flight=config.max_concurrent_rpcs)
+        self.gate = gate or Gate(config.callers)
+        self.audit = audit or AuditLog(config.audit)
+
+    def _admit(
+        self, call: CallRecord, request: exec_pb2.ExecuteRequest, *, stream: bool
+    ) -> tuple[HostConfig, CommandSpec]:
+        """Policy, then validation, then the audit log's consent: what may run, and where."""
+        describe(call, request)
+        call.authorized = True
+        assert call.who is not None
+        self.gate.authorize(call.who, call.method, request.host, request.command)
+        host, spec = check_execute(self.config, request, stream=stream)
+        self.audit.ready()
+        return host, spec
 
     @rpc("Execute")
     async def Execute(
-        self, request: exec_pb2.ExecuteRequest, context: Context
+        self, request: exec_pb2.ExecuteRequest, context: Context, call: CallRecord
     ) -> exec_pb2.ExecuteResponse:
         """Run a command, wait for it, return its capped output and exit status."""
-        spec = check_execute(self.config, request)
+        host, spec = self._admit(call, request, stream=False)
         timeout = timeout_of(self.config.exec, request, stream=False)
         bounds = bounds_for(spec, timeout, context.time_remaining())
         output = ExecuteOutput(spec.max_output_bytes, self.output_budget, text=request.text)
-        host = self.config.hosts[spec.host]
         try:
             async with self.launcher.run(host, spec, output.feed, bounds) as run:
                 output.attach(run.command.chan)
                 await run.bounded(_feed_and_wait(run.command))
-            return _execute_response(run.command.outcome(), output, request.text)
+            info = run.command.outcome()
+            call.exit_code, call.signal = info.exit_code, info.signal
+            return _execute_response(info, output, request.text)
         finally:
+            call.bytes_out = output.stdout.total + output.stderr.total
             output.release()
 
     @rpc("Stream")
     async def Stream(
-        self, requests: AsyncIterator[exec_pb2.StreamRequest], context: Context
+        self,
+        requests: AsyncIterator[exec_pb2.StreamRequest],
+        context: Context,
+        call: CallRecord,
     ) -> None:
         """Run a command, send its output as it comes, pass stdin and signals through."""
         start = await first_message(requests, self.config.exec.stream_start_timeout)
-        spec = check_execute(self.config, start, stream=True)
+        host, spec = self._admit(call, start, stream=True)
         timeout = timeout_of(self.config.exec, start, stream=True)
         bounds = bounds_for(spec, timeout, context.time_remaining())
         if not start.HasField("timeout"):
@@ -111,24 +134,27 @@ class ExecService:
                 bounds.cause.replace("timeout", "timeout, the server's default for Stream"),
             )
         queue = OutputQueue(spec.max_output_bytes)
-        host = self.config.hosts[spec.host]
-        async with self.launcher.run(host, spec, queue.feed, bounds) as run:
-            command = run.command
-            queue.attach(command.chan)
-            command.session.closed.add_done_callback(lambda _: queue.close())
-            # Response headers mean "the command started" (and say so: x-scout-started):
-            # a client waits for them before it writes stdin, so a request that fails
-            # earlier never sees a write race the error (grpc would then report INTERNAL
-            # instead of the real status).
-            await context.send_initial_metadata(((STARTED_KEY, "true"),))
-            stdin = StdinPump(command, requests, queue)
-            stdin.start()
-            try:
-                await run.bounded(pump_output(queue, context, start.text))
-            except BaseException:
-                await stdin.stop()
-                raise
+        try:
+            async with self.launcher.run(host, spec, queue.feed, bounds) as run:
+                command = run.command
+                queue.attach(command.chan)
+                command.session.closed.add_done_callback(lambda _: queue.close())
+                # Response headers mean "the command started" (and say so: x-scout-started):
+                # a client waits for them before it writes stdin, so a request that fails
+                # earlier never sees a write race the error (grpc would then report INTERNAL
+                # instead of the real status).
+                await context.send_initial_metadata(((STARTED_KEY, "true"),))
+                stdin = StdinPump(command, requests, queue)
+                stdin.start()
+                try:
+                    await run.bounded(pump_output(queue, context, start.text))
+                except BaseException:
+                    await stdin.stop()
+                    raise
+        finally:
+            call.bytes_out = queue.stdout.total + queue.stderr.total
         info = command.outcome()
+        call.exit_code, call.signal = info.exit_code, info.signal
         await context.write(
             exec_pb2.StreamResponse(
                 exit=exec_pb2.ExitStatus(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -48,7 +49,7 @@ class _Watched(Generic[T]):
         self.stamp = stamp
 
 
-class _Files(Generic[T]):
+class _Files(ABC, Generic[T]):
     """Files of one kind, parsed once and again when they change."""
 
     kind = "file"
@@ -56,17 +57,16 @@ class _Files(Generic[T]):
     def __init__(self) -> None:
         self._files: dict[Path, _Watched[T]] = {}
 
+    @abstractmethod
     def _parse(self, path: Path) -> T:
-        raise NotImplementedError
+        """Read one file of this kind."""
 
     def _read(self, path: Path) -> _Watched[T]:
         try:
             stamp = _Stamp.of(path)
             return _Watched(path, self._parse(path), stamp)
         except (OSError, ValueError, asyncssh.KeyImportError) as exc:
-            reason = (
-                exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-            )
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _reason(exc)
             raise FileError(f"cannot read the {self.kind} {path}: {reason}") from None
 
     def load(self, path: Path) -> T:
@@ -132,7 +132,18 @@ class KeyFiles(_Files[asyncssh.SSHKey]):
     kind = "client key"
 
     def _parse(self, path: Path) -> asyncssh.SSHKey:
+        mode = os.stat(path).st_mode & 0o777
+        if mode & 0o077:
+            # as ssh does: a key others can read is no longer the gateway's alone
+            raise ValueError(f"permissions {mode:04o} are too open; chmod 600 it")
         return asyncssh.read_private_key(path)
+
+
+def _reason(exc: Exception) -> str:
+    """Why a file was refused, in words that never quote its contents."""
+    if isinstance(exc, ValueError) and str(exc).startswith("permissions"):
+        return str(exc)
+    return type(exc).__name__
 
 
 def fingerprint(key: asyncssh.SSHKey) -> str:

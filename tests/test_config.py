@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from server.config import ConfigError, load
+from server.config import ConfigError
+from server.configfile import load
 
 GOOD = """
 listen = "127.0.0.1:6000"

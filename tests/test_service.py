@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from client import Client, Exit, HostNotFound, Stdout
 from scout.v1 import exec_pb2
 from server.config import Config, HostConfig
-from server.keyfiles import load_or_create_keys
+from server.keyfiles import load_or_create_keys, write_key
 from server.localshell import ShellHost
 
 from .scoutd import Scout, running_scout, secs
@@ -185,7 +185,7 @@ async def test_refused_authentication_is_failed_precondition(
     shell: ShellHost, tmp_path: Path
 ) -> None:
     stranger = tmp_path / "stranger"
-    stranger.write_bytes(asyncssh.generate_private_key("ssh-ed25519").export_private_key())
+    write_key(stranger, asyncssh.generate_private_key("ssh-ed25519"))
     host = dataclasses.replace(shell.host_config(), identity_file=stranger)
     async with running_scout(Config(hosts={"local": host})) as s:
         with pytest.raises(grpc.aio.AioRpcError) as info:

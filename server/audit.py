@@ -1,0 +1,144 @@
+"""The audit log: one JSON line per call that reached identity and policy, whatever its end.
+
+A line says who (caller, peer), what (method, host, the command or only its SHA-256 when
+`log_commands = false`, working_dir, the *names* of env variables, never their values),
+and how it ended (exit code or signal, bytes out, duration, the status code). Success,
+non-zero exit, refusal, failure, timeout and cancellation each get theirs.
+
+A full disk or an unwritable file fails closed: the line that could not be written goes
+to the server log at ERROR (so it is not lost silently) and into a bounded backlog, and
+until the backlog is written, scout runs no new command (UNAVAILABLE, nothing started).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import os
+import sys
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import AuditSettings, CallerConfig
+from .errors import AuditUnavailable
+from .sshfiles import FileError
+
+log = logging.getLogger(__name__)
+
+BACKLOG = 1000  # lines kept while the file cannot be written; the oldest go past this
+
+
+@dataclass
+class CallRecord:
+    """What one call did, filled in as it goes; becomes one audit line."""
+
+    method: str
+    peer: str
+    caller: str = "-"
+    who: CallerConfig | None = None  # the authenticated caller, once known
+    authorized: bool = False  # reached the authorization step: audit it
+    host: str = ""
+    command: str = ""
+    working_dir: str = ""
+    env_names: list[str] = field(default_factory=list)
+    exit_code: int | None = None
+    signal: str = ""
+    bytes_out: int = 0
+    code: str = "OK"
+    duration: float = 0.0
+
+    def line(self, *, log_commands: bool) -> dict[str, Any]:
+        """The JSON object of the audit line."""
+        record: dict[str, Any] = {
+            "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
+            "caller": self.caller,
+            "method": self.method,
+            "host": self.host,
+        }
+        if log_commands:
+            record["command"] = self.command
+        else:
+            record["command_sha256"] = hashlib.sha256(self.command.encode()).hexdigest()
+        record.update(
+            working_dir=self.working_dir,
+            env_names=sorted(self.env_names),
+            exit_code=self.exit_code,
+            signal=self.signal,
+            bytes_out=self.bytes_out,
+            duration=round(self.duration, 6),
+            code=self.code,
+            peer=self.peer,
+        )
+        return record
+
+
+class AuditLog:
+    """Appends audit lines to a file or stdout; fails closed when it cannot."""
+
+    def __init__(self, settings: AuditSettings) -> None:
+        self.settings = settings
+        self._backlog: deque[bytes] = deque(maxlen=BACKLOG)
+        self._fd: int | None = None
+        if settings.file == "-":
+            self._fd = sys.stdout.fileno()
+        elif settings.file:
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+            try:
+                self._fd = os.open(settings.file, flags, 0o640)
+            except OSError as exc:
+                raise FileError(
+                    f"cannot open the audit log {settings.file}: {exc.strerror}"
+                ) from None
+        self.lines = 0
+
+    @property
+    def enabled(self) -> bool:
+        """An audit destination is configured."""
+        return self._fd is not None
+
+    def ready(self) -> None:
+        """AuditUnavailable while lines that failed cannot be written yet (fail closed)."""
+        if self._backlog and not self._flush():
+            raise AuditUnavailable(
+                f"the audit log {self.settings.file} cannot be written, so scout runs no "
+                "command until it can; an operator must act"
+            )
+
+    def write(self, call: CallRecord) -> None:
+        """Append the call's line (after any backlog)."""
+        if self._fd is None or not call.authorized:
+            return
+        line = json.dumps(call.line(log_commands=self.settings.log_commands), ensure_ascii=False)
+        self._backlog.append(line.encode() + b"\n")
+        if not self._flush():
+            log.error("audit line not written (kept in memory, retried): %s", line)
+
+    def _flush(self) -> bool:
+        """Write the backlog, unbuffered (a partial write keeps its rest); whether all went."""
+        assert self._fd is not None
+        try:
+            while self._backlog:
+                data = self._backlog[0]
+                written = os.write(self._fd, data)
+                if written < len(data):
+                    self._backlog[0] = data[written:]
+                    continue
+                self._backlog.popleft()
+                self.lines += 1
+        except OSError as exc:
+            log.error(  # noqa: TRY400 - the reason is enough, no traceback
+                "audit log %s cannot be written (%s): refusing new commands",
+                self.settings.file,
+                exc.strerror or exc,
+            )
+            return False
+        return True
+
+    def close(self) -> None:
+        """Close the file (not stdout)."""
+        if self._fd is not None and self.settings.file != "-":
+            os.close(self._fd)
+            self._fd = None

@@ -1,0 +1,173 @@
+"""Who is calling, and what they may do: bearer tokens, client certificates, per-caller policy.
+
+With no `[[callers]]` configured, scout is open (the loopback default; off loopback,
+`config.check_exposure` demands callers, mTLS or an explicit `allow_anonymous`). Once any
+caller is configured, every call must carry an identity, deny by default:
+
+- a bearer token (`authorization: Bearer <token>`), stored only as its SHA-256 and
+  compared in constant time against every caller's hash, never logged or echoed;
+- and/or the mTLS client certificate's common name (the TLS handshake has already
+  checked it against `[tls] client_ca_file`). A caller with both configured must show
+  both; a token and a certificate naming two different callers is refused.
+
+Then the caller's policy: `hosts` and `commands` are glob patterns (fnmatch, case
+sensitive) over the inventory name and the command as sent; `stream` allows Stream. The
+host is checked before the inventory is looked at, so a caller cannot probe for names
+it may not use. A refusal names the rule that refused it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import hmac
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from .config import CallerConfig
+from .errors import PermissionDenied, PoolExhausted, Unauthenticated, brief
+
+ANONYMOUS = CallerConfig(name="-", hosts=("*",), stream=True, max_in_flight=1 << 30)
+
+
+def hash_token(token: str) -> str:
+    """The SHA-256 hex of a token: what `[[callers]] token_sha256` holds."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _bearer(metadata: Sequence[Any] | None) -> str | None:
+    """The token of an `authorization: Bearer <token>` header, if any."""
+    for key, value in metadata or ():
+        if key == "authorization":
+            scheme, _, token = str(value).partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    return None
+
+
+def _common_name(auth_context: dict[str, list[bytes]] | None) -> str | None:
+    """The verified client certificate's CN, when the call came over mutual TLS."""
+    names = (auth_context or {}).get("x509_common_name") or []
+    return names[0].decode(errors="replace") if names else None
+
+
+@dataclass
+class Gate:
+    """Authentication, policy and each caller's calls in flight."""
+
+    callers: tuple[CallerConfig, ...]
+    in_flight: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def open(self) -> bool:
+        """No callers configured: everyone is the anonymous caller."""
+        return not self.callers
+
+    def authenticate(
+        self, metadata: Sequence[Any] | None, auth_context: dict[str, list[bytes]] | None
+    ) -> CallerConfig:
+        """The caller this call proves to be, or Unauthenticated."""
+        if self.open:
+            return ANONYMOUS
+        token = _bearer(metadata)
+        by_token = None
+        if token is not None:
+            digest = hash_token(token)
+            for caller in self.callers:  # every hash, every time: no early exit to time
+                if caller.token_sha256 and hmac.compare_digest(digest, caller.token_sha256):
+                    by_token = caller
+        common_name = _common_name(auth_context)
+        by_cert = next((c for c in self.callers if c.cert_common_name == common_name), None)
+        if token is not None and by_token is None:
+            raise Unauthenticated("the bearer token is not one scout knows")
+        if by_token and by_cert and by_token is not by_cert:
+            raise Unauthenticated("the bearer token and the client certificate name two callers")
+        found = by_token or by_cert
+        if found is None:
+            if common_name is not None:
+                raise Unauthenticated(
+                    f"the client certificate's name {brief(common_name)} is not a caller's"
+                )
+            raise Unauthenticated(
+                "this server needs an identity: send `authorization: Bearer <token>`"
+                + (
+                    " or a client certificate"
+                    if any(c.cert_common_name for c in self.callers)
+                    else ""
+                )
+            )
+        if found.token_sha256 and by_token is None:
+            raise Unauthenticated(f"caller {found.name} must also send its bearer token")
+        if found.cert_common_name and by_cert is None:
+            raise Unauthenticated(f"caller {found.name} must also show its client certificate")
+        return found
+
+    def admit(self, caller: CallerConfig) -> None:
+        """Count one more call of caller, or refuse it at once past its max_in_flight."""
+        count = self.in_flight.get(caller.name, 0)
+        if count >= caller.max_in_flight:
+            raise PoolExhausted(
+                f"caller {caller.name} is at its limit of {caller.max_in_flight} calls at once "
+                "(max_in_flight); retry in a second"
+            )
+        self.in_flight[caller.name] = count + 1
+
+    def release(self, caller: CallerConfig) -> None:
+        """One call of caller ended."""
+        self.in_flight[caller.name] -= 1
+
+    def authorize(self, caller: CallerConfig, method: str, host: str, command: str) -> None:
+        """PermissionDenied unless caller's policy allows method, host and command."""
+        if caller is ANONYMOUS:
+            return
+        who = f"caller {caller.name}"
+        if method == "Stream" and not caller.stream:
+            raise PermissionDenied(f"{who} may not use Stream (its policy has stream = false)")
+        if not any(fnmatch.fnmatchcase(host, pattern) for pattern in caller.hosts):
+            rule = ", ".join(caller.hosts) if caller.hosts else "none"
+            raise PermissionDenied(f"{who} may not run commands on {brief(host)} (hosts: {rule})")
+        if caller.commands and not any(
+            fnmatch.fnmatchcase(command, pattern) for pattern in caller.commands
+        ):
+            rule = ", ".join(caller.commands)
+            raise PermissionDenied(f"{who} may not run {brief(command)} (commands: {rule})")
+
+
+class IdentityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
+    """Requires an identity for the services scout does not write itself (reflection).
+
+    ExecService authenticates in its own RPC loop (server.rpc), where the client
+    certificate is visible; health stays open for probes. An interceptor sees only the
+    metadata: under mutual TLS the handshake has already proved a certificate from the
+    client CA, which is identity enough to read the schema; otherwise it needs a token.
+    """
+
+    def __init__(self, gate: Gate, *, mutual_tls: bool) -> None:
+        self._gate = gate
+        self._mutual_tls = mutual_tls
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        method: str = details.method
+        if self._gate.open or method.startswith(OWN_PREFIXES):
+            return await continuation(details)
+        try:
+            self._gate.authenticate(details.invocation_metadata, None)
+        except Unauthenticated as exc:
+            if not self._mutual_tls or _bearer(details.invocation_metadata) is not None:
+                return _refusal(exc.message)
+        return await continuation(details)
+
+
+OWN_PREFIXES = ("/scout.v1.", "/grpc.health.v1.")
+
+
+def _refusal(message: str) -> Any:
+    """A handler that answers UNAUTHENTICATED (reflection is a bidirectional stream)."""
+
+    async def refuse(requests: Any, context: Any) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    return grpc.stream_stream_rpc_method_handler(refuse)

@@ -1,0 +1,290 @@
+"""Reading the TOML configuration: every key checked, every value bounded, once at start.
+
+Unknown keys and bad values stop the server with a message that names the key, so a
+typo cannot silently fall back to a default. Relative paths are taken from the config
+file's folder.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from .config import (
+    DEFAULT_LISTEN,
+    EXEC_LINE_MAX,
+    HOST_NAME,
+    AuditSettings,
+    CallerConfig,
+    Config,
+    ConfigError,
+    ExecSettings,
+    HostConfig,
+    PoolSettings,
+    SSHSettings,
+    TLSSettings,
+)
+
+CALLER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+# key -> (type, lowest allowed, highest allowed); None: unbounded
+_Bounds = dict[str, tuple[type, float | None, float | None]]
+
+_POOL: _Bounds = {
+    "shards": (int, 1, 4096),
+    "max_connections": (int, 1, 100_000),
+    "max_connections_per_host": (int, 1, 10_000),
+    "max_sessions_per_connection": (int, 1, 1024),
+    "max_concurrent_handshakes": (int, 1, 1024),
+    "idle_timeout": (float, 0.1, None),
+    "max_age": (float, 0.1, None),
+    "keepalive_interval": (float, 0, 3600),
+    "keepalive_count_max": (int, 1, 100),
+    "connect_timeout": (float, 0.1, 600),
+    "channel_open_timeout": (float, 0.1, 600),
+}
+_EXEC: _Bounds = {
+    "default_timeout": (float, 0.001, None),
+    "stream_default_timeout": (float, 0.001, None),
+    "stream_start_timeout": (float, 0.01, 600),
+    "max_timeout": (float, 0.001, None),
+    "max_output_bytes": (int, 1, 512 * 1024 * 1024),
+    "max_buffered_output_bytes": (int, 1, 2**40),
+    "kill_grace": (float, 0, 60),
+    "max_command_bytes": (int, 1, EXEC_LINE_MAX),
+    "max_stdin_bytes": (int, 0, 1024 * 1024 * 1024),
+}
+_TOP: _Bounds = {
+    "shutdown_grace": (float, 0, 3600),
+    "max_concurrent_rpcs": (int, 1, 1_000_000),
+}
+
+
+class _Table:
+    """One TOML table being read: only known keys, each value checked as it is taken."""
+
+    def __init__(self, prefix: str, raw: Any, known: set[str], base: Path) -> None:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{prefix}: expected a table")
+        for key in raw:
+            if key not in known:
+                where = f"{prefix}.{key}" if prefix else key
+                raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(known))})")
+        self.prefix = prefix
+        self.raw: dict[str, Any] = raw
+        self.base = base
+
+    def key(self, key: str) -> str:
+        """The key's full name, for messages."""
+        return f"{self.prefix}.{key}" if self.prefix else key
+
+    def number(self, key: str, kind: type, low: float | None, high: float | None) -> Any:
+        """A number within bounds."""
+        value = self.raw[key]
+        name = self.key(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        if kind is int and not isinstance(value, int):
+            raise ConfigError(f"{name}: expected a whole number, got {value!r}")
+        if low is not None and value < low:
+            raise ConfigError(f"{name}: must be at least {low}, got {value!r}")
+        if high is not None and value > high:
+            raise ConfigError(f"{name}: must be at most {high}, got {value!r}")
+        return kind(value)
+
+    def numbers(self, bounds: _Bounds) -> dict[str, Any]:
+        """Every bounded number present in the table."""
+        return {k: self.number(k, *bounds[k]) for k in bounds if k in self.raw}
+
+    def string(
+        self, key: str, default: str | None = None, pattern: re.Pattern[str] | None = None
+    ) -> Any:
+        """A non-empty string, matching pattern if given."""
+        if key not in self.raw:
+            return default
+        value = self.raw[key]
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{self.key(key)}: expected a non-empty string, got {value!r}")
+        if pattern is not None and not pattern.fullmatch(value):
+            raise ConfigError(f"{self.key(key)}: {value!r} does not match {pattern.pattern}")
+        return value
+
+    def flag(self, key: str, default: bool = False) -> bool:
+        """true or false."""
+        value = self.raw.get(key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self.key(key)}: expected true or false, got {value!r}")
+        return value
+
+    def path(self, key: str) -> Path | None:
+        """A path, relative to the config file's folder, with ~ expanded."""
+        if key not in self.raw:
+            return None
+        return _path(self.key(key), self.raw[key], self.base)
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        """A list of non-empty strings."""
+        value = self.raw.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{self.key(key)}: expected a list of strings")
+        return tuple(value)
+
+    def table(self, key: str) -> Any:
+        """A sub-table (empty when absent)."""
+        return self.raw.get(key, {})
+
+
+def _path(key: str, value: Any, base: Path) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: expected a path string, got {value!r}")
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def _ssh(raw: Any, base: Path) -> SSHSettings:
+    t = _Table("ssh", raw, {"known_hosts", "client_keys"}, base)
+    keys = t.raw.get("client_keys", [])
+    if not isinstance(keys, list):
+        raise ConfigError("ssh.client_keys: expected a list of paths")
+    return SSHSettings(
+        known_hosts=t.path("known_hosts"),
+        client_keys=tuple(_path("ssh.client_keys", k, base) for k in keys),
+    )
+
+
+def _host(name: str, raw: Any, base: Path) -> HostConfig:
+    prefix = f"hosts.{name}"
+    if not HOST_NAME.fullmatch(name):
+        raise ConfigError(f"{prefix}: a host name is letters, digits, '.', '_' and '-'")
+    known = {"address", "port", "user", "identity_file", "known_hosts"}
+    t = _Table(prefix, raw, known | {"insecure_accept_any_host_key"}, base)
+    address = t.string("address")
+    if address is None:
+        raise ConfigError(f"{prefix}.address: required, a host name or IP address")
+    args: dict[str, Any] = {"name": name, "address": address}
+    if "port" in t.raw:
+        args["port"] = t.number("port", int, 1, 65535)
+    if "user" in t.raw:
+        args["user"] = t.string("user")
+    for key in ("identity_file", "known_hosts"):
+        if key in t.raw:
+            args[key] = t.path(key)
+    args["insecure_accept_any_host_key"] = t.flag("insecure_accept_any_host_key")
+    return HostConfig(**args)
+
+
+def _tls(raw: Any, base: Path) -> TLSSettings:
+    t = _Table("tls", raw, {"cert_file", "key_file", "client_ca_file"}, base)
+    tls = TLSSettings(t.path("cert_file"), t.path("key_file"), t.path("client_ca_file"))
+    if (tls.cert_file is None) != (tls.key_file is None):
+        raise ConfigError("tls: cert_file and key_file go together")
+    if tls.client_ca_file is not None and tls.cert_file is None:
+        raise ConfigError("tls.client_ca_file: mutual TLS needs cert_file and key_file too")
+    return tls
+
+
+def _caller(index: int, raw: Any, base: Path, tls: TLSSettings) -> CallerConfig:
+    known = {"name", "token_sha256", "cert_common_name", "hosts", "commands", "stream"}
+    t = _Table(f"callers[{index}]", raw, known | {"max_in_flight"}, base)
+    name = t.string("name", pattern=CALLER_NAME)
+    if name is None:
+        raise ConfigError(f"callers[{index}].name: required")
+    t.prefix = f"callers[{name}]"
+    token = t.string("token_sha256")
+    if token is not None and not SHA256_HEX.fullmatch(token.lower()):
+        raise ConfigError(
+            f"callers[{name}].token_sha256: 64 hex digits, the SHA-256 of the token "
+            "(scout-server hash-token prints it); never the token itself"
+        )
+    common_name = t.string("cert_common_name")
+    if token is None and common_name is None:
+        raise ConfigError(f"callers[{name}]: needs token_sha256 or cert_common_name")
+    if common_name is not None and tls.client_ca_file is None:
+        raise ConfigError(
+            f"callers[{name}].cert_common_name: needs [tls] client_ca_file (mutual TLS)"
+        )
+    return CallerConfig(
+        name=name,
+        token_sha256=token.lower() if token else None,
+        cert_common_name=common_name,
+        hosts=t.strings("hosts"),
+        commands=t.strings("commands"),
+        stream=t.flag("stream"),
+        max_in_flight=t.number("max_in_flight", int, 1, 1_000_000)
+        if "max_in_flight" in t.raw
+        else 64,
+    )
+
+
+def _callers(raw: Any, base: Path, tls: TLSSettings) -> tuple[CallerConfig, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("callers: expected [[callers]] tables")
+    callers = tuple(_caller(i, item, base, tls) for i, item in enumerate(raw))
+    for attr in ("name", "token_sha256", "cert_common_name"):
+        values = [getattr(c, attr) for c in callers if getattr(c, attr)]
+        if len(values) != len(set(values)):
+            raise ConfigError(f"callers: two callers share a {attr}")
+    return callers
+
+
+def _audit(raw: Any, base: Path) -> AuditSettings:
+    t = _Table("audit", raw, {"file", "log_commands"}, base)
+    file = t.string("file", "")
+    if file and file != "-":
+        file = str(_path("audit.file", file, base))
+    return AuditSettings(file=file, log_commands=t.flag("log_commands", True))
+
+
+def parse(raw: dict[str, Any], base: Path) -> Config:
+    """Build a Config from parsed TOML; relative paths are taken from base."""
+    sections = {"ssh", "pool", "exec", "tls", "callers", "audit", "hosts"}
+    flags = {"allow_plaintext", "allow_anonymous"}
+    top = _Table("", raw, {"listen"} | set(_TOP) | sections | flags, base)
+    listen = top.string("listen", DEFAULT_LISTEN)
+    if ":" not in listen:
+        raise ConfigError(f"listen: expected HOST:PORT, got {listen!r}")
+    pool = PoolSettings(**_Table("pool", top.table("pool"), set(_POOL), base).numbers(_POOL))
+    exec_ = ExecSettings(**_Table("exec", top.table("exec"), set(_EXEC), base).numbers(_EXEC))
+    for key in ("default_timeout", "stream_default_timeout"):
+        if getattr(exec_, key) > exec_.max_timeout:
+            raise ConfigError(f"exec.{key}: must not exceed exec.max_timeout")
+    if exec_.max_buffered_output_bytes < 4 * exec_.max_output_bytes:
+        raise ConfigError(
+            "exec.max_buffered_output_bytes: must hold at least one full Execute response "
+            f"(4 x exec.max_output_bytes = {4 * exec_.max_output_bytes})"
+        )
+    if pool.max_connections_per_host > pool.max_connections:
+        raise ConfigError("pool.max_connections_per_host: must not exceed pool.max_connections")
+    hosts_raw = top.table("hosts")
+    if not isinstance(hosts_raw, dict):
+        raise ConfigError("hosts: expected tables [hosts.NAME]")
+    tls = _tls(top.table("tls"), base)
+    return Config(
+        listen=listen,
+        allow_plaintext=top.flag("allow_plaintext"),
+        allow_anonymous=top.flag("allow_anonymous"),
+        ssh=_ssh(top.table("ssh"), base),
+        pool=pool,
+        exec=exec_,
+        tls=tls,
+        callers=_callers(raw.get("callers", []), base, tls),
+        audit=_audit(top.table("audit"), base),
+        hosts={name: _host(name, value, base) for name, value in hosts_raw.items()},
+        **top.numbers(_TOP),
+    )
+
+
+def load(path: Path) -> Config:
+    """Read and check a TOML config file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse(raw, path.parent.resolve())
