@@ -1,41 +1,36 @@
 """A protocol-only SSH server: real SSH (kex, keys, channels), but `exec` spawns nothing.
 
-It answers every command with a fixed reply and exit status 0, so a benchmark against it
-measures what the SSH client side costs (scout, or a baseline), not fork and exec. It
-listens on many loopback addresses (127.0.0.2, 127.0.0.3, ...), one per "host", each on
-its own port, all in this one process. A configurable delay before authentication stands
-in for network and server latency on connect, as the seed document models it.
+It answers every command with REPLY and exit status 0, so a benchmark against it measures
+what the SSH client side costs (scout, or a baseline), not fork and exec. It listens on
+many loopback addresses (127.0.0.2, 127.0.0.3, ...), one per "host", each on its own
+port, all in this one process. A delay before authentication stands in for network and
+server latency on connect, as the seed document models it.
 
-Commands it understands:
-
-    stream N      write N bytes of zeros (flow-controlled), then exit 0
-    __stats__     (as user __control__) JSON counters; `__stats__ reset` also zeroes them
-    anything else write REPLY, exit 0
-
-The control user skips the delay and is not counted, so asking for the counters does not
-change them. Run it as `python -m bench.fakessh ...`; it prints one JSON line when ready.
+The control user (`query()`) skips the delay and is not counted; its command `__stats__`
+answers the counters as JSON, and `__stats__ reset` also zeroes them. Run it as
+`python -m bench.fakessh KEYS_DIR COUNT DELAY_MS` (KEYS_DIR as server.keyfiles lays it
+out); it prints one JSON line with its endpoints when ready.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
+import dataclasses
 import ipaddress
 import json
 import signal
-from dataclasses import asdict, dataclass, field
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import asyncssh
 
-from .procs import print_ready
+from server.keyfiles import load_or_create_keys
+
+from .procs import print_json
 
 REPLY = b"ok\n"
 CONTROL_USER = "__control__"
-_CHUNK = bytes(256 * 1024)
-_HIGH_WATER = 1024 * 1024
 
 
 @dataclass
@@ -45,175 +40,115 @@ class Counters:
     connections: int = 0
     peak: int = 0
     handshakes: int = 0
-    execs: int = 0
     ciphers: dict[str, int] = field(default_factory=dict)  # handshakes by negotiated cipher
 
     def reset(self) -> None:
         """Zero the counts; the peak restarts from what is open now."""
-        self.peak = self.connections
-        self.handshakes = 0
-        self.execs = 0
-        self.ciphers = {}
-
-
-class _Session(asyncssh.SSHServerSession[bytes]):
-    """One channel: answer the command from memory."""
-
-    def __init__(self, server: _Server) -> None:
-        self._server = server
-        self._chan: asyncssh.SSHServerChannel[bytes] | None = None
-        self._command = ""
-        self._resumed = asyncio.Event()
-        self._resumed.set()
-
-    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
-        self._chan = chan
-
-    def exec_requested(self, command: str) -> bool:
-        self._command = command
-        return True
-
-    def session_started(self) -> None:
-        chan = self._chan
-        assert chan is not None
-        words = self._command.split()
-        counters = self._server.counters
-        if self._server.control and words[:1] == ["__stats__"]:
-            chan.write(json.dumps(asdict(counters)).encode() + b"\n")
-            if words[1:] == ["reset"]:
-                counters.reset()
-            chan.exit(0)
-            return
-        counters.execs += 1
-        if len(words) == 2 and words[0] == "stream" and words[1].isdigit():
-            chan.set_write_buffer_limits(_HIGH_WATER, 0)
-            task = asyncio.get_running_loop().create_task(self._stream(chan, int(words[1])))
-            self._server.tasks.add(task)
-            task.add_done_callback(self._server.tasks.discard)
-            return
-        chan.write(REPLY)
-        chan.exit(0)
-
-    async def _stream(self, chan: asyncssh.SSHServerChannel[bytes], size: int) -> None:
-        """Write size bytes as fast as the client's window allows; exit once all is sent."""
-        with contextlib.suppress(OSError, asyncssh.Error):
-            left = size
-            while left > 0:
-                await self._resumed.wait()
-                n = min(left, len(_CHUNK))
-                chan.write(_CHUNK if n == len(_CHUNK) else _CHUNK[:n])
-                left -= n
-            if chan.get_write_buffer_size() > 0:  # exit-status must follow the data:
-                chan.set_write_buffer_limits(0, 0)  # pause now, resume once all is sent
-                await self._resumed.wait()
-            chan.exit(0)
-
-    def eof_received(self) -> bool:
-        """Keep sending after the client's EOF on stdin, as a real command does."""
-        return True
-
-    def pause_writing(self) -> None:
-        self._resumed.clear()
-
-    def resume_writing(self) -> None:
-        self._resumed.set()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._resumed.set()
+        self.peak, self.handshakes, self.ciphers = self.connections, 0, {}
 
 
 class _Server(asyncssh.SSHServer):
     """One SSH connection: delayed auth, counted unless it is the control user."""
 
-    def __init__(self, counters: Counters, delay: float, tasks: set[asyncio.Task[None]]) -> None:
+    def __init__(self, counters: Counters, delay: float) -> None:
         self.counters = counters
-        self.tasks = tasks
-        self._delay = delay
-        self.control = False
-        self._counted = False
-        self._conn: asyncssh.SSHServerConnection | None = None
+        self.delay = delay
+        self.counted = False
+        self.control = False  # the control user: asks for the counters, is not counted
+        self.conn: asyncssh.SSHServerConnection | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
-        self._conn = conn
+        self.conn = conn
 
     async def begin_auth(self, username: str) -> bool:
         """Count the connection, wait the injected delay, then ask for the key."""
         if username == CONTROL_USER:
             self.control = True
             return False
-        self._counted = True
         c = self.counters
+        self.counted = True
         c.connections += 1
         c.handshakes += 1
         c.peak = max(c.peak, c.connections)
-        if self._conn is not None:
-            cipher = str(self._conn.get_extra_info("recv_cipher"))
-            c.ciphers[cipher] = c.ciphers.get(cipher, 0) + 1
-        if self._delay > 0:
-            await asyncio.sleep(self._delay)
+        cipher = str(self.conn.get_extra_info("recv_cipher")) if self.conn else "?"
+        c.ciphers[cipher] = c.ciphers.get(cipher, 0) + 1
+        await asyncio.sleep(self.delay)
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._counted:
-            self._counted = False
+        if self.counted:
+            self.counted = False
             self.counters.connections -= 1
 
     def session_requested(self) -> asyncssh.SSHServerSession[bytes]:
         return _Session(self)
 
 
-def addresses(base: str, count: int) -> list[str]:
-    """count consecutive loopback addresses from base (127.0.0.2, 127.0.0.3, ...)."""
-    first = ipaddress.IPv4Address(base)
-    out = [str(first + i) for i in range(count)]
-    if not all(ipaddress.IPv4Address(a).is_loopback for a in out):
+class _Session(asyncssh.SSHServerSession[bytes]):
+    """One channel: answer the command from memory."""
+
+    def __init__(self, server: _Server) -> None:
+        self.server = server
+        self.command = ""
+
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        self.chan = chan
+
+    def exec_requested(self, command: str) -> bool:
+        self.command = command
+        return True
+
+    def session_started(self) -> None:
+        counters = self.server.counters
+        if self.server.control and self.command.startswith("__stats__"):
+            self.chan.write(json.dumps(dataclasses.asdict(counters)).encode() + b"\n")
+            if self.command == "__stats__ reset":
+                counters.reset()
+        else:
+            self.chan.write(REPLY)
+        self.chan.exit(0)
+
+
+async def serve(keys_dir: Path, count: int, delay: float) -> None:
+    """Listen on count loopback addresses from 127.0.0.2; print them; run until SIGTERM."""
+    addresses = [ipaddress.IPv4Address("127.0.0.2") + i for i in range(count)]
+    if not all(a.is_loopback for a in addresses):
         raise ValueError("the fake SSH server listens on loopback addresses only")
-    return out
-
-
-async def serve(base: str, count: int, delay: float, host_key: Path, authorized: Path) -> None:
-    """Listen on count addresses; print the endpoints; run until SIGTERM."""
+    keys = load_or_create_keys(keys_dir)
+    client = keys.client_key.export_public_key("openssh").decode()
     counters = Counters()
-    tasks: set[asyncio.Task[None]] = set()
     options = asyncssh.SSHServerConnectionOptions(
-        server_host_keys=[str(host_key)],
-        authorized_client_keys=str(authorized),
+        server_host_keys=[keys.host_key],
+        authorized_client_keys=asyncssh.import_authorized_keys(client),
         allow_pty=False,
-        line_editor=False,
         encoding=None,
-        agent_forwarding=False,
-        x11_forwarding=False,
         keepalive_interval=0,
     )
-    acceptors = []
-    endpoints: list[tuple[str, int]] = []
-    for address in addresses(base, count):
-        acceptor = await asyncssh.listen(
-            address,
+    acceptors = [
+        await asyncssh.listen(
+            str(a),
             0,
-            server_factory=lambda: _Server(counters, delay, tasks),
+            server_factory=lambda: _Server(counters, delay),
             options=options,
             backlog=1024,
         )
-        acceptors.append(acceptor)
-        endpoints.append((address, acceptor.get_port()))
+        for a in addresses
+    ]
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print_ready(endpoints=endpoints, delay=delay)
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    endpoints = [(str(a), acc.get_port()) for a, acc in zip(addresses, acceptors, strict=True)]
+    print_json({"endpoints": endpoints})
     await stop.wait()
     for acceptor in acceptors:
         acceptor.close()
 
 
-async def query(
-    endpoint: tuple[str, int], known_hosts: Path, *, reset: bool = False
-) -> dict[str, Any]:
+async def query(host: str, port: int, known_hosts: Path, *, reset: bool = False) -> Counters:
     """Ask a running fake server for its counters (and optionally zero them)."""
     async with asyncssh.connect(
-        endpoint[0],
-        endpoint[1],
+        host,
+        port,
         username=CONTROL_USER,
         known_hosts=str(known_hosts),
         client_keys=None,
@@ -221,25 +156,9 @@ async def query(
         config=None,
     ) as conn:
         result = await conn.run("__stats__ reset" if reset else "__stats__", check=True)
-    stdout = result.stdout
-    text = stdout.decode() if isinstance(stdout, bytes) else str(stdout)
-    value: dict[str, Any] = json.loads(text)
-    return value
-
-
-def main() -> None:
-    """`python -m bench.fakessh`: the protocol-only server process."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--base", default="127.0.0.2", help="first loopback address")
-    parser.add_argument("--count", type=int, default=1, help="how many addresses (hosts)")
-    parser.add_argument("--delay-ms", type=float, default=0.0, help="delay before auth")
-    parser.add_argument("--host-key", type=Path, required=True)
-    parser.add_argument("--authorized-keys", type=Path, required=True)
-    args = parser.parse_args()
-    asyncio.run(
-        serve(args.base, args.count, args.delay_ms / 1000, args.host_key, args.authorized_keys)
-    )
+    return Counters(**json.loads(str(result.stdout)))
 
 
 if __name__ == "__main__":
-    main()
+    keys_dir, count, delay_ms = sys.argv[1:]
+    asyncio.run(serve(Path(keys_dir), int(count), float(delay_ms) / 1000))

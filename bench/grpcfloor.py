@@ -5,7 +5,7 @@ returns a fixed response without touching SSH. Its CPU per request is what the g
 alone costs in this process model; with the raw asyncssh client's CPU per request (the
 SSH floor), it splits scout's cost into gRPC, SSH, and scout's own work in between.
 
-Run as `python -m bench.grpcfloor`; it prints one JSON line with its port when ready.
+Run as `python -m bench.grpcfloor`; it prints one JSON line with its endpoint when ready.
 """
 
 from __future__ import annotations
@@ -18,38 +18,28 @@ import grpc
 
 from scout.v1 import exec_pb2, exec_pb2_grpc
 
-from .procs import print_ready
-
-_MAX_MESSAGE = 64 * 1024 * 1024
-_REPLY = b"ok\n"
+from .fakessh import REPLY
+from .procs import print_json
+from .specs import GRPC_OPTIONS
 
 
 class _Echo(exec_pb2_grpc.ExecServiceServicer):
     """Execute answers what the protocol-only SSH host would, without SSH."""
 
-    async def Execute(
-        self, request: exec_pb2.ExecuteRequest, context: Any
-    ) -> exec_pb2.ExecuteResponse:
-        return exec_pb2.ExecuteResponse(stdout=_REPLY, exit_code=0, stdout_bytes=len(_REPLY))
+    async def Execute(self, request: exec_pb2.ExecuteRequest, context: Any) -> Any:
+        return exec_pb2.ExecuteResponse(stdout=REPLY, exit_code=0, stdout_bytes=len(REPLY))
 
 
 async def serve() -> None:
     """Serve on 127.0.0.1:0 until SIGTERM."""
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", _MAX_MESSAGE),
-            ("grpc.max_send_message_length", _MAX_MESSAGE),
-            ("grpc.so_reuseport", 0),
-        ]
-    )
+    server = grpc.aio.server(options=[*GRPC_OPTIONS, ("grpc.so_reuseport", 0)])
     exec_pb2_grpc.add_ExecServiceServicer_to_server(_Echo(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print_ready(port=port)
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    print_json({"endpoints": [("127.0.0.1", port)]})
     await stop.wait()
     await server.stop(1.0)
 

@@ -13,27 +13,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
 import asyncssh
 
 ConnectFn = Callable[[str], Awaitable[asyncssh.SSHClientConnection]]
-
-
-@dataclass
-class _Pooled:
-    """A connection and when it was last handed out."""
-
-    conn: asyncssh.SSHClientConnection
-    last_used: float = field(default_factory=time.monotonic)
-
-    def is_stale(self, idle_timeout: float) -> bool:
-        """Closed, or idle for longer than the timeout."""
-        return self.conn.is_closed() or time.monotonic() - self.last_used > idle_timeout
-
-    def touch(self) -> None:
-        """Mark as used now."""
-        self.last_used = time.monotonic()
 
 
 class GlobalLockPool:
@@ -43,29 +26,22 @@ class GlobalLockPool:
         self._connect = connect
         self._idle_timeout = idle_timeout
         self._lock = asyncio.Lock()
-        self._connections: dict[str, _Pooled] = {}
+        self._connections: dict[str, tuple[asyncssh.SSHClientConnection, float]] = {}
 
     async def get_connection(self, host: str) -> asyncssh.SSHClientConnection:
         """The host's connection; a miss connects under the global lock (the seed's flaw)."""
         async with self._lock:
-            pooled = self._connections.get(host)
-            if pooled is not None and not pooled.is_stale(self._idle_timeout):
-                pooled.touch()
-                return pooled.conn
-            if pooled is not None:
-                pooled.conn.close()
+            conn, last_used = self._connections.get(host, (None, 0.0))
+            now = time.monotonic()
+            if conn is not None and not conn.is_closed() and now - last_used < self._idle_timeout:
+                self._connections[host] = (conn, now)
+                return conn
+            if conn is not None:
+                conn.close()
             conn = await self._connect(host)
-            self._connections[host] = _Pooled(conn)
+            self._connections[host] = (conn, time.monotonic())
             return conn
 
-    def size(self) -> int:
-        """How many connections the pool holds."""
-        return len(self._connections)
-
-    async def close(self) -> None:
-        """Close every connection."""
-        conns = [p.conn for p in self._connections.values()]
-        self._connections.clear()
-        for conn in conns:
-            conn.close()
-        await asyncio.gather(*(c.wait_closed() for c in conns), return_exceptions=True)
+    def connections(self) -> list[asyncssh.SSHClientConnection]:
+        """Every connection the pool holds."""
+        return [conn for conn, _ in self._connections.values()]

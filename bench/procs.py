@@ -1,8 +1,9 @@
-"""Child processes of a benchmark: start, wait until ready, stop by their own pid.
+"""Child processes of a benchmark: start, read their JSON lines, stop by their own pid.
 
 Targets, servers and load generators each run in their own process so that no two of
 them share an event loop (or the GIL) with what they measure. Each child's stderr goes to
-a log file in the run's work directory, kept for a post-mortem.
+a log file in the run's work directory, kept for a post-mortem. A child talks to the
+parent in JSON lines on stdout (print_json): its endpoints once it is ready, or its result.
 """
 
 from __future__ import annotations
@@ -23,39 +24,41 @@ class ChildFailed(RuntimeError):
     """A child process died or never became ready; the message quotes its log."""
 
 
-def log_tail(path: Path, lines: int = 15) -> str:
-    """The last lines of a log file, for error messages."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
-
-
 @dataclass
 class Child:
-    """A running child process."""
+    """A running child process, and the endpoints its ready line announced."""
 
     name: str
     proc: asyncio.subprocess.Process
     log: Path
-    ready: dict[str, Any] = field(default_factory=dict)
+    endpoints: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def pid(self) -> int:
         """The child's process id."""
         return self.proc.pid
 
-    def alive(self) -> bool:
-        """Whether the child is still running."""
-        return self.proc.returncode is None
-
     def failure(self, what: str) -> ChildFailed:
-        """An error naming the child, what went wrong and its log's tail."""
-        return ChildFailed(f"{self.name} {what}; log {self.log}:\n{log_tail(self.log)}")
+        """An error naming the child, what went wrong and the tail of its log."""
+        try:
+            tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-15:])
+        except OSError:
+            tail = "(no log)"
+        return ChildFailed(f"{self.name} {what}; log {self.log}:\n{tail}")
 
-    async def stop(self, grace: float = 15.0) -> int:
-        """SIGTERM, wait, SIGKILL if it will not go; returns the exit status."""
+    async def read_json(self, within: float) -> dict[str, Any]:
+        """The next JSON object the child prints on stdout (other lines are skipped)."""
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(within):
+            while line := await self.proc.stdout.readline():
+                if line.startswith(b"{"):
+                    value: dict[str, Any] = json.loads(line)
+                    return value
+            await self.proc.wait()
+        raise self.failure(f"exited with status {self.proc.returncode}")
+
+    async def stop(self, grace: float = 15.0) -> None:
+        """SIGTERM, wait, SIGKILL if it will not go."""
         if self.proc.returncode is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -63,55 +66,36 @@ class Child:
             except TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.feed_eof()
-        assert self.proc.returncode is not None
-        return self.proc.returncode
 
 
-async def spawn(name: str, argv: list[str], log: Path, *, stdin: bool = False) -> Child:
-    """Start argv with stdout piped and stderr appended to log."""
+async def spawn(name: str, argv: list[str], log: Path, stdin: bytes | None = None) -> Child:
+    """Start argv with stdout piped, stderr appended to log, and stdin fed (then closed)."""
     with log.open("ab") as err:
         proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=err,
-            limit=64 * 1024 * 1024,
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err
         )
+    assert proc.stdin is not None
+    proc.stdin.write(stdin or b"")
+    proc.stdin.close()
     return Child(name, proc, log)
 
 
-async def read_json_line(child: Child, within: float) -> dict[str, Any]:
-    """The next JSON object the child prints on stdout (other lines are skipped)."""
-    assert child.proc.stdout is not None
-    async with asyncio.timeout(within):
-        while True:
-            line = await child.proc.stdout.readline()
-            if not line:
-                await child.proc.wait()
-                raise child.failure(f"exited with status {child.proc.returncode}")
-            text = line.decode("utf-8", "replace").strip()
-            if text.startswith("{"):
-                value: dict[str, Any] = json.loads(text)
-                return value
-
-
 async def start_ready(name: str, argv: list[str], log: Path, within: float = 60.0) -> Child:
-    """Start a child that prints one JSON line when it is ready; keep that line."""
+    """Start a child that prints one JSON line when ready: {"endpoints": [[address, port]]}."""
     child = await spawn(name, argv, log)
     try:
-        child.ready = await read_json_line(child, within)
+        ready = await child.read_json(within)
     except TimeoutError:
         await child.stop()
         raise child.failure(f"not ready after {within:.0f}s") from None
     except BaseException:
         await child.stop()
         raise
+    child.endpoints = [(str(a), int(p)) for a, p in ready["endpoints"]]
     return child
 
 
-def print_ready(**info: Any) -> None:
-    """In a child: announce readiness to the parent as one JSON line."""
-    sys.stdout.write(json.dumps(info) + "\n")
+def print_json(value: dict[str, Any]) -> None:
+    """In a child: one JSON line on stdout."""
+    sys.stdout.write(json.dumps(value) + "\n")
     sys.stdout.flush()

@@ -1,38 +1,17 @@
-"""Results: percentiles of one run, medians across runs, and a scenario's report section.
+"""A scenario's report section, and the medians and cells it is made of.
 
-Percentiles use the nearest-rank rule on the sorted sample (no interpolation), so P99 of
-a run is a latency some request really had. Scenarios compute a `Section` (a table, its
-targets met or not, notes); the report only lays sections out.
+Scenarios compute a `Section` (a table, its targets met or not, notes, the CPU figures
+scenario 7 gathers); the report only lays sections out. Tables show medians over runs.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-
-def percentile(ordered: Sequence[float], q: float) -> float:
-    """The q-th percentile (0-100) of an ascending sequence; NaN when empty."""
-    if not ordered:
-        return math.nan
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
-
-
-def latency_summary(seconds: list[float]) -> dict[str, float]:
-    """P50/P95/P99/max/mean in milliseconds."""
-    ordered = sorted(seconds)
-    out = {
-        "p50": percentile(ordered, 50),
-        "p95": percentile(ordered, 95),
-        "p99": percentile(ordered, 99),
-        "max": ordered[-1] if ordered else math.nan,
-        "mean": statistics.fmean(ordered) if ordered else math.nan,
-    }
-    return {k: v * 1000 for k, v in out.items()}
+from .specs import LoadResult
 
 
 def median(values: Sequence[float]) -> float:
@@ -41,35 +20,58 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(kept) if kept else math.nan
 
 
-def get(result: dict[str, Any], path: str) -> float:
-    """A number inside a nested result, by a dotted path ("latency.p95"); NaN if absent."""
-    value: Any = result
-    for part in path.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return math.nan
-        value = value[part]
-    return float(value) if isinstance(value, int | float) else math.nan
+class Runs(list[LoadResult]):
+    """One configuration's runs; tables show their medians."""
 
+    def median(self, of: Callable[[LoadResult], float]) -> float:
+        """The median over runs of one number."""
+        return median([of(r) for r in self])
 
-def median_of(results: list[dict[str, Any]], path: str) -> float:
-    """The median over runs of one number."""
-    return median([get(r, path) for r in results])
+    @property
+    def rate(self) -> float:
+        """Median throughput, requests per second."""
+        return self.median(lambda r: r.throughput)
 
+    def latency(self, p: str) -> float:
+        """Median of one latency percentile ("p50", "p95", "p99", "max"), ms."""
+        return self.median(lambda r: float(getattr(r.latency, p)))
 
-def merged_errors(results: list[dict[str, Any]]) -> dict[str, int]:
-    """Error counts by outcome, summed over runs."""
-    total: dict[str, int] = {}
-    for r in results:
-        for code, n in r.get("errors", {}).items():
-            total[code] = total.get(code, 0) + n
-    return total
+    @property
+    def errors(self) -> dict[str, int]:
+        """Error counts by outcome, summed over runs."""
+        total: dict[str, int] = {}
+        for r in self:
+            for code, n in r.errors.items():
+                total[code] = total.get(code, 0) + n
+        return total
+
+    def errors_text(self) -> str:
+        """Errors summed over runs, by outcome: "0" or "UNAVAILABLE 3, TIMEOUT 1"."""
+        return ", ".join(f"{code} {n}" for code, n in sorted(self.errors.items())) or "0"
+
+    def latency_cells(self) -> list[str]:
+        """Median P50, P95, P99 and max over runs, in ms."""
+        return [num(self.latency(p), 1) for p in ("p50", "p95", "p99", "max")]
 
 
 def ratio(a: float, b: float) -> float:
     """a / b, NaN when either is missing or b is zero."""
-    if math.isnan(a) or math.isnan(b) or b == 0:
-        return math.nan
-    return a / b
+    return math.nan if math.isnan(a) or math.isnan(b) or b == 0 else a / b
+
+
+def at_least(value: float, bound: float) -> bool | None:
+    """Whether value reached bound; None when it could not be measured."""
+    return None if math.isnan(value) else value >= bound
+
+
+def num(value: float, digits: int = 0) -> str:
+    """A number for a table; an em dash when missing."""
+    return "—" if math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def times(value: float) -> str:
+    """A ratio as "0.62x"."""
+    return "—" if math.isnan(value) else f"{value:.2f}x"
 
 
 @dataclass
@@ -88,51 +90,30 @@ class Verdict:
         return {True: "MET", False: "MISSED", None: "n/a"}[self.met]
 
 
+@dataclass(frozen=True)
+class CpuFigure:
+    """CPU µs per request measured in a scenario, for scenario 7's table."""
+
+    measure: str
+    scout: float  # scout's server process
+    raw: float  # the raw asyncssh client's own process
+    grpc: float  # the gRPC-alone server
+
+
 @dataclass
 class Section:
-    """One scenario's results."""
+    """One scenario's results: its table, targets, notes and every run behind them."""
 
-    key: str
+    number: int
     title: str
     what: str
     columns: list[str]
     rows: list[list[str]] = field(default_factory=list)
     verdicts: list[Verdict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    raw: dict[str, Any] = field(default_factory=dict)
+    cpu: list[CpuFigure] = field(default_factory=list)
+    runs: dict[str, Runs] = field(default_factory=dict)  # by label, for the raw results file
 
     def verdict(self, target: str, figure: str, met: bool | None, why: str = "") -> None:
         """Record a target's outcome (and, when missed, the measured reason)."""
         self.verdicts.append(Verdict(self.title, target, figure, met, why if met is False else ""))
-
-
-def num(value: float, digits: int = 0) -> str:
-    """A number for a table; an em dash when missing."""
-    if value is None or math.isnan(value):
-        return "—"
-    if digits == 0:
-        return f"{value:,.0f}"
-    return f"{value:,.{digits}f}"
-
-
-def times(value: float) -> str:
-    """A ratio as "0.62x"."""
-    return "—" if math.isnan(value) else f"{value:.2f}x"
-
-
-def errors_text(results: list[dict[str, Any]]) -> str:
-    """Errors summed over runs, by outcome: "0" or "UNAVAILABLE 3, TIMEOUT 1"."""
-    merged = merged_errors(results)
-    if not merged:
-        return "0"
-    return ", ".join(f"{code} {n}" for code, n in sorted(merged.items()))
-
-
-def error_count(results: list[dict[str, Any]]) -> int:
-    """Errors summed over runs."""
-    return sum(merged_errors(results).values())
-
-
-def latency_cells(results: list[dict[str, Any]]) -> list[str]:
-    """Median P50, P95, P99 and max over runs, in ms."""
-    return [num(median_of(results, f"latency.{p}"), 1) for p in ("p50", "p95", "p99", "max")]
