@@ -9,6 +9,7 @@ scripted, raw bytes through grpc's generic calls for malformed messages.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import socket
@@ -27,7 +28,7 @@ import pytest
 from scout.v1 import exec_pb2, exec_pb2_grpc
 from server.app import start
 from server.config import Config, ConfigError, HostConfig
-from server.keyfiles import ShellKeys
+from server.keyfiles import ShellKeys, write_key
 from testkit.processes import eventually, gone, marker, process_list, running
 from testkit.scripted import ScriptedServer
 from testkit.sshd import OpenSSHServer
@@ -453,15 +454,20 @@ async def test_a_host_key_added_and_revoked_while_scout_runs(
 
 
 async def test_missing_key_or_known_hosts_file_stops_the_start_naming_it(tmp_path: Path) -> None:
-    for field, other in (("identity_file", "known_hosts"), ("known_hosts", "identity_file")):
-        missing = tmp_path / f"no-{field}"
-        present = tmp_path / "present"
-        present.write_text("")
-        host = HostConfig(
-            name="h", address="127.0.0.1", port=22, user="u", **{field: missing, other: present}
-        )
+    known, key = tmp_path / "known_hosts", tmp_path / "id"
+    known.write_text("")
+    write_key(key, asyncssh.generate_private_key("ssh-ed25519"))
+    base = HostConfig(name="h", address="127.0.0.1", user="u", known_hosts=known, identity_file=key)
+    for host in (
+        dataclasses.replace(base, identity_file=tmp_path / "no-such-key"),
+        dataclasses.replace(base, known_hosts=tmp_path / "no-such-known_hosts"),
+    ):
+        missing = host.identity_file if host.identity_file != key else host.known_hosts
         with pytest.raises(ConfigError, match=str(missing)):
             await start(Config(hosts={"h": host}), "127.0.0.1:0")
+    key.chmod(0o644)  # readable by others: refused, as ssh refuses it
+    with pytest.raises(ConfigError, match="too open"):
+        await start(Config(hosts={"h": base}), "127.0.0.1:0")
 
 
 def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
