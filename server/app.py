@@ -31,6 +31,9 @@ from .sshfiles import FileError
 from .tls import ServerTLS
 
 log = logging.getLogger(__name__)
+# asyncssh logs every command line at INFO, and env values travel in it: those may be
+# secrets, which never go to a log. Its warnings and errors still do.
+logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
 SERVICE_NAME = exec_pb2.DESCRIPTOR.services_by_name["ExecService"].full_name
 FILE_CHECK_PERIOD = 2.0  # seconds between looks at known_hosts and key files

@@ -80,7 +80,9 @@ class Gate:
                 if caller.token_sha256 and hmac.compare_digest(digest, caller.token_sha256):
                     by_token = caller
         common_name = _common_name(auth_context)
-        by_cert = next((c for c in self.callers if c.cert_common_name == common_name), None)
+        by_cert = None
+        if common_name is not None:
+            by_cert = next((c for c in self.callers if c.cert_common_name == common_name), None)
         if token is not None and by_token is None:
             raise Unauthenticated("the bearer token is not one scout knows")
         if by_token and by_cert and by_token is not by_cert:

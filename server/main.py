@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import getpass
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from .app import App, start
+from .callers import hash_token
 from .config import Config, ConfigError, is_loopback
 from .configfile import load
 
@@ -96,14 +98,28 @@ def _reload(app: App) -> None:
         log.exception("reload failed; serving with what was loaded before")
 
 
+def hash_token_command() -> None:
+    """`scout-server hash-token`: a token from stdin (never argv, which `ps` shows) to the
+    SHA-256 hex that `[[callers]] token_sha256` holds."""
+    token = getpass.getpass("token: ") if sys.stdin.isatty() else sys.stdin.readline()
+    token = token.strip()
+    if not token:
+        sys.stderr.write("scout-server hash-token: no token on stdin\n")
+        sys.exit(2)
+    sys.stdout.write(hash_token(token) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the scout-server console script and `python -m server`."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["hash-token"]:
+        hash_token_command()
+        return
     args = parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("asyncssh").setLevel(logging.WARNING)
     try:
         asyncio.run(serve(args))
     except ConfigError as exc:
