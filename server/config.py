@@ -57,6 +57,7 @@ class ExecSettings:
     default_timeout: float = 300.0  # Execute, when a request sets none
     stream_default_timeout: float = 3600.0  # Stream, when a request sets none
     stream_start_timeout: float = 5.0  # a Stream that sends no `start` by then is refused
+    stream_messages_per_second: float = 1000.0  # one Stream's messages: paced beyond
     max_timeout: float = 3600.0
     # Execute, per stream. A response holds both streams and, with `text`, a copy of each
     # (capped alike): 4 x 1,000,000 bytes stays under the 4 MiB that default gRPC clients

@@ -50,6 +50,7 @@ _EXEC: _Bounds = {
     "default_timeout": (float, 0.001, None),
     "stream_default_timeout": (float, 0.001, None),
     "stream_start_timeout": (float, 0.01, 600),
+    "stream_messages_per_second": (float, 1, 1_000_000),
     "max_timeout": (float, 0.001, None),
     "max_output_bytes": (int, 1, 512 * 1024 * 1024),
     "max_buffered_output_bytes": (int, 1, 2**40),

@@ -123,7 +123,8 @@ class ExecService:
         call: CallRecord,
     ) -> None:
         """Run a command, send its output as it comes, pass stdin and signals through."""
-        start = await first_message(requests, self.config.exec.stream_start_timeout)
+        limits = self.config.exec
+        start = await first_message(requests, limits.stream_start_timeout)
         host, spec = self._admit(call, start, stream=True)
         timeout = timeout_of(self.config.exec, start, stream=True)
         bounds = bounds_for(spec, timeout, context.time_remaining())
@@ -144,7 +145,7 @@ class ExecService:
                 # earlier never sees a write race the error (grpc would then report INTERNAL
                 # instead of the real status).
                 await context.send_initial_metadata(((STARTED_KEY, "true"),))
-                stdin = StdinPump(command, requests, queue)
+                stdin = StdinPump(command, requests, queue, limits.stream_messages_per_second)
                 stdin.start()
                 try:
                     await run.bounded(pump_output(queue, context, start.text))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
@@ -59,8 +60,10 @@ class StdinPump:
         command: RunningCommand,
         requests: AsyncIterator[exec_pb2.StreamRequest],
         queue: OutputQueue,
+        rate: float,
     ) -> None:
         self._command = command
+        self._pace = Pace(rate)
         self._requests = requests
         self._queue = queue
         self._chunks: deque[bytes] = deque()
@@ -92,6 +95,7 @@ class StdinPump:
         """Act on each message as it comes; stdin waits only for read-ahead room."""
         try:
             async for msg in self._requests:
+                await self._pace.wait()
                 await self._handle(msg)
             self.half_closed = True
             self._close_stdin()
@@ -164,6 +168,29 @@ class StdinPump:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class Pace:
+    """At most `rate` messages a second on one Stream, with a burst of one second's worth.
+
+    Past it, the reader waits before taking the next message, so gRPC's flow control
+    slows the caller down: a flood of signals or resizes costs a bounded amount of CPU.
+    """
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._tokens = rate
+        self._last = time.monotonic()
+
+    async def wait(self) -> None:
+        """Take one message's token, waiting for it if the bucket is empty."""
+        now = time.monotonic()
+        self._tokens = min(self.rate, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens < 1:
+            await asyncio.sleep((1 - self._tokens) / self.rate)
+            self._tokens, self._last = 1.0, time.monotonic()
+        self._tokens -= 1
 
 
 async def pump_output(queue: OutputQueue, context: Any, text: bool) -> None:

@@ -488,3 +488,21 @@ def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
         "(in use, or not an address of this machine)"
     )
     assert not any("Traceback" in x for x in lines)
+
+
+async def test_a_flood_of_stream_messages_is_paced(shell_server: ScriptedServer) -> None:
+    cfg = config({"h": shell_server.host_config("h")}, exec={"stream_messages_per_second": 100})
+    async with running_scout(cfg) as s:
+
+        async def flood() -> AsyncIterator[exec_pb2.StreamRequest]:
+            yield exec_pb2.StreamRequest(
+                start=exec_pb2.ExecuteRequest(host="h", command="cat >/dev/null; echo done")
+            )
+            for _ in range(300):
+                yield exec_pb2.StreamRequest(stdin=b"x")
+            yield exec_pb2.StreamRequest(close_stdin=True)
+
+        began = time.monotonic()
+        out = [m async for m in s.stub.Stream(flood(), timeout=30)]
+        assert out[-1].exit.exit_code == 0
+        assert time.monotonic() - began >= 1.9  # 100 at once, then 100 a second
