@@ -11,8 +11,16 @@ PROTO_ROOT = ROOT / "protos"
 
 
 def proto_files() -> list[Path]:
-    """Every .proto file of the contract, relative to protos/."""
-    return sorted(p.relative_to(PROTO_ROOT) for p in PROTO_ROOT.rglob("*.proto"))
+    """Every .proto file of the contract, relative to protos/.
+
+    protos/google/ holds vendored imports (google/rpc/status.proto) for buf and protoc;
+    their Python modules come from googleapis-common-protos, so none is generated here.
+    """
+    return sorted(
+        p.relative_to(PROTO_ROOT)
+        for p in PROTO_ROOT.rglob("*.proto")
+        if p.relative_to(PROTO_ROOT).parts[0] != "google"
+    )
 
 
 def generate(out_dir: Path) -> list[Path]:

@@ -43,9 +43,9 @@ def test_the_live_contract_is_compatible_with_the_release() -> None:
 
 
 def test_renumbering_a_field_fails(tmp_path: Path) -> None:
-    result = buf_breaking(edited_copy(tmp_path, "string host = 1;", "string host = 99;"))
+    result = buf_breaking(edited_copy(tmp_path, "string command = 2;", "string command = 99;"))
     assert result.returncode != 0
-    assert 'Previously present field "1" with name "host" on message "ExecuteRequest"' in (
+    assert 'Previously present field "2" with name "command" on message "ExecuteRequest"' in (
         result.stdout
     ), result.stdout + result.stderr
 

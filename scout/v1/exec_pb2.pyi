@@ -1,10 +1,11 @@
 import datetime
 
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -123,3 +124,82 @@ class TerminalSize(_message.Message):
     columns: int
     rows: int
     def __init__(self, columns: _Optional[int] = ..., rows: _Optional[int] = ...) -> None: ...
+
+class ListHostsRequest(_message.Message):
+    __slots__ = ("selector", "hosts")
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    selector: str
+    hosts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, selector: _Optional[str] = ..., hosts: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListHostsResponse(_message.Message):
+    __slots__ = ("hosts",)
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    hosts: _containers.RepeatedCompositeFieldContainer[Host]
+    def __init__(self, hosts: _Optional[_Iterable[_Union[Host, _Mapping]]] = ...) -> None: ...
+
+class Host(_message.Message):
+    __slots__ = ("name", "address", "port", "user", "labels", "via", "connections_open", "channels_in_use")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    VIA_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_OPEN_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_IN_USE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    address: str
+    port: int
+    user: str
+    labels: _containers.ScalarMap[str, str]
+    via: _containers.RepeatedScalarFieldContainer[str]
+    connections_open: int
+    channels_in_use: int
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., port: _Optional[int] = ..., user: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., via: _Optional[_Iterable[str]] = ..., connections_open: _Optional[int] = ..., channels_in_use: _Optional[int] = ...) -> None: ...
+
+class ExecuteManyRequest(_message.Message):
+    __slots__ = ("hosts", "selector", "request", "max_parallel", "stream_output")
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    MAX_PARALLEL_FIELD_NUMBER: _ClassVar[int]
+    STREAM_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    hosts: _containers.RepeatedScalarFieldContainer[str]
+    selector: str
+    request: ExecuteRequest
+    max_parallel: int
+    stream_output: bool
+    def __init__(self, hosts: _Optional[_Iterable[str]] = ..., selector: _Optional[str] = ..., request: _Optional[_Union[ExecuteRequest, _Mapping]] = ..., max_parallel: _Optional[int] = ..., stream_output: _Optional[bool] = ...) -> None: ...
+
+class ExecuteManyResponse(_message.Message):
+    __slots__ = ("host", "result", "error", "output", "started")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    result: ExecuteResponse
+    error: _status_pb2.Status
+    output: OutputChunk
+    started: bool
+    def __init__(self, host: _Optional[str] = ..., result: _Optional[_Union[ExecuteResponse, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., output: _Optional[_Union[OutputChunk, _Mapping]] = ..., started: _Optional[bool] = ...) -> None: ...
+
+class OutputChunk(_message.Message):
+    __slots__ = ("stdout", "stderr", "text")
+    STDOUT_FIELD_NUMBER: _ClassVar[int]
+    STDERR_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    stdout: bytes
+    stderr: bytes
+    text: str
+    def __init__(self, stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ..., text: _Optional[str] = ...) -> None: ...

@@ -45,6 +45,16 @@ class ExecServiceStub:
                 request_serializer=scout_dot_v1_dot_exec__pb2.StreamRequest.SerializeToString,
                 response_deserializer=scout_dot_v1_dot_exec__pb2.StreamResponse.FromString,
                 _registered_method=True)
+        self.ListHosts = channel.unary_unary(
+                '/scout.v1.ExecService/ListHosts',
+                request_serializer=scout_dot_v1_dot_exec__pb2.ListHostsRequest.SerializeToString,
+                response_deserializer=scout_dot_v1_dot_exec__pb2.ListHostsResponse.FromString,
+                _registered_method=True)
+        self.ExecuteMany = channel.unary_stream(
+                '/scout.v1.ExecService/ExecuteMany',
+                request_serializer=scout_dot_v1_dot_exec__pb2.ExecuteManyRequest.SerializeToString,
+                response_deserializer=scout_dot_v1_dot_exec__pb2.ExecuteManyResponse.FromString,
+                _registered_method=True)
 
 
 class ExecServiceServicer:
@@ -78,6 +88,26 @@ class ExecServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListHosts(self, request, context):
+        """ListHosts lists the inventory, or the hosts a selector and patterns pick,
+        with the pool's view of each.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExecuteMany(self, request, context):
+        """ExecuteMany runs one command on many hosts, at most `max_parallel` at once,
+        and sends one message per host as each finishes (completion order). A host
+        that could not run the command gets its own status and the stream goes on;
+        the RPC itself fails only for a malformed request (INVALID_ARGUMENT) or
+        targets that match nothing (NOT_FOUND). Cancelling it, or its deadline,
+        stops every running command and starts no new one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -90,6 +120,16 @@ def add_ExecServiceServicer_to_server(servicer, server):
                     servicer.Stream,
                     request_deserializer=scout_dot_v1_dot_exec__pb2.StreamRequest.FromString,
                     response_serializer=scout_dot_v1_dot_exec__pb2.StreamResponse.SerializeToString,
+            ),
+            'ListHosts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHosts,
+                    request_deserializer=scout_dot_v1_dot_exec__pb2.ListHostsRequest.FromString,
+                    response_serializer=scout_dot_v1_dot_exec__pb2.ListHostsResponse.SerializeToString,
+            ),
+            'ExecuteMany': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExecuteMany,
+                    request_deserializer=scout_dot_v1_dot_exec__pb2.ExecuteManyRequest.FromString,
+                    response_serializer=scout_dot_v1_dot_exec__pb2.ExecuteManyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -147,6 +187,60 @@ class ExecService:
             '/scout.v1.ExecService/Stream',
             scout_dot_v1_dot_exec__pb2.StreamRequest.SerializeToString,
             scout_dot_v1_dot_exec__pb2.StreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHosts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scout.v1.ExecService/ListHosts',
+            scout_dot_v1_dot_exec__pb2.ListHostsRequest.SerializeToString,
+            scout_dot_v1_dot_exec__pb2.ListHostsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExecuteMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/scout.v1.ExecService/ExecuteMany',
+            scout_dot_v1_dot_exec__pb2.ExecuteManyRequest.SerializeToString,
+            scout_dot_v1_dot_exec__pb2.ExecuteManyResponse.FromString,
             options,
             channel_credentials,
             insecure,
