@@ -9,7 +9,9 @@ after those stops (or the budget) are over: no remote command outlives scout's i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import asyncssh
@@ -54,6 +56,7 @@ class App:
     connector: Connector
     port: int
     tls: ServerTLS | None = None
+    loader: Callable[[], Config] | None = None  # reads the config file again (SIGHUP)
     _watcher: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def stop_budget(self) -> float:
@@ -74,8 +77,13 @@ class App:
         log.info("stopped; pool closed")
 
     def reload(self) -> None:
-        """Re-read TLS files, known_hosts and keys (SIGHUP); retire connections that relied
-        on changed SSH files."""
+        """Re-read the inventory (when the config came from a file), TLS files, known_hosts
+        and keys (SIGHUP); retire connections that relied on what changed."""
+        if self.loader is not None:
+            try:
+                self._reload_inventory(self.loader())
+            except ConfigError as exc:
+                log.error("config not reloaded, serving the previous inventory: %s", exc)  # noqa: TRY400
         if self.tls is not None:
             self.tls.reload()
         changed = set(self.connector.reload())
@@ -87,6 +95,25 @@ class App:
                 or changed.intersection(self.connector.key_paths(h))
             }
             self.pool.retire_hosts(hosts, "files_changed")
+
+    def _reload_inventory(self, fresh: Config) -> None:
+        """Swap in the new hosts; connections of removed or changed hosts close once idle."""
+        old = self.service.config.hosts
+        try:
+            self.connector.preload(h for h in fresh.hosts.values() if old.get(h.name) != h)
+        except FileError as exc:
+            log.error("inventory not reloaded: %s", exc)  # noqa: TRY400 - no traceback
+            return
+        gone = {name for name, host in old.items() if fresh.hosts.get(name) != host}
+        self.service.config = dataclasses.replace(self.service.config, hosts=fresh.hosts)
+        self.pool.retire_hosts(gone, "inventory")
+        added = len(set(fresh.hosts) - set(old))
+        log.info(
+            "inventory: %d hosts (%d added, %d removed or changed)",
+            len(fresh.hosts),
+            added,
+            len(gone),
+        )
 
     async def _watch_files(self) -> None:
         """Notice edits of known_hosts and keys without a SIGHUP (bounded by shutdown)."""
@@ -114,6 +141,16 @@ def _handlers(service: ExecService) -> grpc.GenericRpcHandler:
                 request_deserializer=safe_parser(exec_pb2.StreamRequest),
                 response_serializer=exec_pb2.StreamResponse.SerializeToString,
             ),
+            "ListHosts": grpc.unary_unary_rpc_method_handler(
+                service.ListHosts,
+                request_deserializer=safe_parser(exec_pb2.ListHostsRequest),
+                response_serializer=exec_pb2.ListHostsResponse.SerializeToString,
+            ),
+            "ExecuteMany": grpc.unary_stream_rpc_method_handler(
+                service.ExecuteMany,
+                request_deserializer=safe_parser(exec_pb2.ExecuteManyRequest),
+                response_serializer=exec_pb2.ExecuteManyResponse.SerializeToString,
+            ),
         },
     )
 
@@ -139,11 +176,14 @@ def _prepare(config: Config, address: str) -> tuple[Connector, ServerTLS | None,
     return connector, tls, audit
 
 
-async def start(config: Config, listen: str | None = None) -> App:
+async def start(
+    config: Config, listen: str | None = None, loader: Callable[[], Config] | None = None
+) -> App:
     """Build and start the server; listen defaults to the config's (port 0 picks one)."""
     address = listen or config.listen
     connector, tls, audit = _prepare(config, address)
     pool: Pool[asyncssh.SSHClientConnection] = Pool(config.pool, connector)
+    connector.pool = pool
     service = ExecService(config, pool, audit=audit)
     server = grpc.aio.server(
         interceptors=[
@@ -181,6 +221,6 @@ async def start(config: Config, listen: str | None = None) -> App:
         len(config.hosts),
         f"{len(config.callers)} callers" if config.callers else "no callers (open)",
     )
-    app = App(config, server, pool, service, health, connector, port, tls)
+    app = App(config, server, pool, service, health, connector, port, tls, loader)
     app._watcher = asyncio.get_running_loop().create_task(app._watch_files())
     return app

@@ -121,6 +121,10 @@ class Gate:
         """One call of caller ended."""
         self.in_flight[caller.name] -= 1
 
+    def may_use(self, caller: CallerConfig, host: str) -> bool:
+        """Whether caller's policy allows host (ListHosts shows only those)."""
+        return caller is ANONYMOUS or any(fnmatch.fnmatchcase(host, p) for p in caller.hosts)
+
     def authorize(self, caller: CallerConfig, method: str, host: str, command: str) -> None:
         """PermissionDenied unless caller's policy allows method, host and command."""
         if caller is ANONYMOUS:
@@ -128,7 +132,7 @@ class Gate:
         who = f"caller {caller.name}"
         if method == "Stream" and not caller.stream:
             raise PermissionDenied(f"{who} may not use Stream (its policy has stream = false)")
-        if not any(fnmatch.fnmatchcase(host, pattern) for pattern in caller.hosts):
+        if not self.may_use(caller, host):
             rule = ", ".join(caller.hosts) if caller.hosts else "none"
             raise PermissionDenied(f"{who} may not run commands on {brief(host)} (hosts: {rule})")
         if caller.commands and not any(

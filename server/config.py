@@ -27,10 +27,12 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class SSHSettings:
-    """How the gateway authenticates to hosts and verifies them."""
+    """How the gateway authenticates to hosts and verifies them, and where hosts come from."""
 
     known_hosts: Path | None = None  # None: ~/.ssh/known_hosts
     client_keys: tuple[Path, ...] = ()  # empty: asyncssh's defaults (~/.ssh/id_*)
+    config_files: tuple[Path, ...] = ()  # OpenSSH client config files: every concrete Host
+    agent: str | None = None  # ssh-agent socket; None: $SSH_AUTH_SOCK when set
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,21 @@ class HostConfig:
     identity_file: Path | None = None
     known_hosts: Path | None = None  # overrides [ssh] known_hosts for this host
     insecure_accept_any_host_key: bool = False  # no host key check: loud at start
+    identity_files: tuple[Path, ...] = ()  # from ssh_config IdentityFile, after identity_file
+    labels: dict[str, str] = field(default_factory=dict, hash=False)
+    jump: HostConfig | None = None  # the last ProxyJump hop (its own jump is the one before)
+    keepalive_interval: float | None = None  # ssh_config ServerAliveInterval
+    keepalive_count_max: int | None = None  # ssh_config ServerAliveCountMax
+
+    @property
+    def via(self) -> tuple[str, ...]:
+        """The jump hosts' names, first hop first."""
+        hops: list[str] = []
+        hop = self.jump
+        while hop is not None:
+            hops.insert(0, hop.name)
+            hop = hop.jump
+        return tuple(hops)
 
 
 @dataclass(frozen=True)
@@ -124,6 +141,15 @@ class CallerConfig:
 
 
 @dataclass(frozen=True)
+class FanoutSettings:
+    """ExecuteMany: how many hosts run at once, and how many one call may name."""
+
+    default_parallel: int = 32
+    max_parallel: int = 256
+    max_targets: int = 10_000
+
+
+@dataclass(frozen=True)
 class AuditSettings:
     """Where the audit log goes ("": nowhere, "-": stdout) and what it holds."""
 
@@ -146,6 +172,7 @@ class Config:
     tls: TLSSettings = field(default_factory=TLSSettings)
     callers: tuple[CallerConfig, ...] = ()
     audit: AuditSettings = field(default_factory=AuditSettings)
+    fanout: FanoutSettings = field(default_factory=FanoutSettings)
     hosts: dict[str, HostConfig] = field(default_factory=dict)
 
 

@@ -12,6 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from . import inventory
 from .config import (
     DEFAULT_LISTEN,
     EXEC_LINE_MAX,
@@ -21,12 +22,15 @@ from .config import (
     Config,
     ConfigError,
     ExecSettings,
+    FanoutSettings,
     HostConfig,
     PoolSettings,
     SSHSettings,
     TLSSettings,
 )
 
+LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._/-]{0,251}[A-Za-z0-9])?")
+LABEL_VALUE = re.compile(r"([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?")
 CALLER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -57,6 +61,11 @@ _EXEC: _Bounds = {
     "kill_grace": (float, 0, 60),
     "max_command_bytes": (int, 1, EXEC_LINE_MAX),
     "max_stdin_bytes": (int, 0, 1024 * 1024 * 1024),
+}
+_FANOUT: _Bounds = {
+    "default_parallel": (int, 1, 100_000),
+    "max_parallel": (int, 1, 100_000),
+    "max_targets": (int, 1, 1_000_000),
 }
 _TOP: _Bounds = {
     "shutdown_grace": (float, 0, 3600),
@@ -145,36 +154,65 @@ def _path(key: str, value: Any, base: Path) -> Path:
     return path if path.is_absolute() else base / path
 
 
+def _paths(t: _Table, key: str) -> tuple[Path, ...]:
+    value = t.raw.get(key, [])
+    if not isinstance(value, list):
+        raise ConfigError(f"{t.key(key)}: expected a list of paths")
+    return tuple(_path(t.key(key), item, t.base) for item in value)
+
+
 def _ssh(raw: Any, base: Path) -> SSHSettings:
-    t = _Table("ssh", raw, {"known_hosts", "client_keys"}, base)
-    keys = t.raw.get("client_keys", [])
-    if not isinstance(keys, list):
-        raise ConfigError("ssh.client_keys: expected a list of paths")
+    t = _Table("ssh", raw, {"known_hosts", "client_keys", "config_files", "agent"}, base)
+    agent = t.path("agent")
     return SSHSettings(
         known_hosts=t.path("known_hosts"),
-        client_keys=tuple(_path("ssh.client_keys", k, base) for k in keys),
+        client_keys=_paths(t, "client_keys"),
+        config_files=_paths(t, "config_files"),
+        agent=str(agent) if agent else None,
     )
 
 
-def _host(name: str, raw: Any, base: Path) -> HostConfig:
+def _labels(t: _Table, key: str) -> dict[str, str]:
+    value = t.raw.get(key, {})
+    if not isinstance(value, dict) or not all(
+        LABEL.fullmatch(k) and isinstance(v, str) and LABEL_VALUE.fullmatch(v)
+        for k, v in value.items()
+    ):
+        raise ConfigError(f'{t.key(key)}: expected a table of labels (name = "value")')
+    return dict(value)
+
+
+def _host_table(name: str, raw: Any, base: Path) -> dict[str, Any]:
+    """The values a [hosts.NAME] table sets (over what ssh_config says, if it knows NAME)."""
     prefix = f"hosts.{name}"
     if not HOST_NAME.fullmatch(name):
         raise ConfigError(f"{prefix}: a host name is letters, digits, '.', '_' and '-'")
-    known = {"address", "port", "user", "identity_file", "known_hosts"}
+    known = {"address", "port", "user", "identity_file", "known_hosts", "labels"}
     t = _Table(prefix, raw, known | {"insecure_accept_any_host_key"}, base)
-    address = t.string("address")
-    if address is None:
-        raise ConfigError(f"{prefix}.address: required, a host name or IP address")
-    args: dict[str, Any] = {"name": name, "address": address}
+    values: dict[str, Any] = {}
+    for key in ("address", "user"):
+        if key in t.raw:
+            values[key] = t.string(key)
     if "port" in t.raw:
-        args["port"] = t.number("port", int, 1, 65535)
-    if "user" in t.raw:
-        args["user"] = t.string("user")
+        values["port"] = t.number("port", int, 1, 65535)
     for key in ("identity_file", "known_hosts"):
         if key in t.raw:
-            args[key] = t.path(key)
-    args["insecure_accept_any_host_key"] = t.flag("insecure_accept_any_host_key")
-    return HostConfig(**args)
+            values[key] = t.path(key)
+    if "insecure_accept_any_host_key" in t.raw:
+        values["insecure_accept_any_host_key"] = t.flag("insecure_accept_any_host_key")
+    if "labels" in t.raw:
+        values["labels"] = _labels(t, "labels")
+    return values
+
+
+def _table_host(name: str, values: dict[str, Any]) -> HostConfig:
+    """A host only a [hosts.NAME] table knows: it needs its address."""
+    if "address" not in values:
+        raise ConfigError(
+            f"hosts.{name}.address: required (no ssh_config file of [ssh] config_files "
+            "has this host)"
+        )
+    return HostConfig(name=name, **values)
 
 
 def _tls(raw: Any, base: Path) -> TLSSettings:
@@ -241,7 +279,7 @@ def _audit(raw: Any, base: Path) -> AuditSettings:
 
 def parse(raw: dict[str, Any], base: Path) -> Config:
     """Build a Config from parsed TOML; relative paths are taken from base."""
-    sections = {"ssh", "pool", "exec", "tls", "callers", "audit", "hosts"}
+    sections = {"ssh", "pool", "exec", "tls", "callers", "audit", "fanout", "labels", "hosts"}
     flags = {"allow_plaintext", "allow_anonymous"}
     top = _Table("", raw, {"listen"} | set(_TOP) | sections | flags, base)
     listen = top.string("listen", DEFAULT_LISTEN)
@@ -263,17 +301,31 @@ def parse(raw: dict[str, Any], base: Path) -> Config:
     if not isinstance(hosts_raw, dict):
         raise ConfigError("hosts: expected tables [hosts.NAME]")
     tls = _tls(top.table("tls"), base)
+    ssh = _ssh(top.table("ssh"), base)
+    labels_raw = _Table("labels", top.table("labels"), set(top.table("labels")), base)
+    hosts = inventory.build(
+        ssh.config_files,
+        {name: _host_table(name, value, base) for name, value in hosts_raw.items()},
+        {pattern: _labels(labels_raw, pattern) for pattern in labels_raw.raw},
+        _table_host,
+    )
+    fanout = FanoutSettings(
+        **_Table("fanout", top.table("fanout"), set(_FANOUT), base).numbers(_FANOUT)
+    )
+    if fanout.default_parallel > fanout.max_parallel:
+        raise ConfigError("fanout.default_parallel: must not exceed fanout.max_parallel")
     return Config(
         listen=listen,
         allow_plaintext=top.flag("allow_plaintext"),
         allow_anonymous=top.flag("allow_anonymous"),
-        ssh=_ssh(top.table("ssh"), base),
+        ssh=ssh,
         pool=pool,
         exec=exec_,
         tls=tls,
         callers=_callers(raw.get("callers", []), base, tls),
         audit=_audit(top.table("audit"), base),
-        hosts={name: _host(name, value, base) for name, value in hosts_raw.items()},
+        fanout=fanout,
+        hosts=hosts,
         **top.numbers(_TOP),
     )
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import asyncssh
 
 from .config import HostConfig, PoolSettings, SSHSettings
 from .errors import HostRejected, HostUnavailable, ScoutError
+from .pool import Pool, Reservation
 from .sshfiles import FileError, KeyFiles, KnownHostsFiles, fingerprint
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,7 @@ class Connector:
     def __init__(self, ssh: SSHSettings, pool: PoolSettings) -> None:
         self._ssh = ssh
         self._pool = pool
+        self.pool: Pool[asyncssh.SSHClientConnection] | None = None  # for jump hosts
         self.known_hosts = KnownHostsFiles()
         self.keys = KeyFiles()
 
@@ -70,11 +74,23 @@ class Connector:
 
     def key_paths(self, host: HostConfig) -> list[Path]:
         """The client keys scout offers host (empty: asyncssh's default ~/.ssh/id_*)."""
-        return [host.identity_file] if host.identity_file else list(self._ssh.client_keys)
+        if host.identity_file:
+            return [host.identity_file]
+        return list(host.identity_files or self._ssh.client_keys)
+
+    def hosts_with_jumps(self, hosts: Iterable[HostConfig]) -> list[HostConfig]:
+        """The hosts and every jump host they go through."""
+        seen: dict[str, HostConfig] = {}
+        for host in hosts:
+            hop: HostConfig | None = host
+            while hop is not None and hop.name not in seen:
+                seen[hop.name] = hop
+                hop = hop.jump
+        return list(seen.values())
 
     def preload(self, hosts: Iterable[HostConfig]) -> None:
         """Read the hosts' known_hosts files and keys now; FileError names a bad one."""
-        for host in hosts:
+        for host in self.hosts_with_jumps(hosts):
             if not host.insecure_accept_any_host_key:
                 self.known_hosts.load(self.known_hosts_path(host))
             for path in self.key_paths(host):
@@ -87,8 +103,42 @@ class Connector:
     async def __call__(
         self, host: HostConfig, on_lost: Callable[[], None]
     ) -> asyncssh.SSHClientConnection:
-        """Open an authenticated connection to host, or raise a ScoutError."""
-        client = _Client(on_lost)
+        """Open an authenticated connection to host, or raise a ScoutError.
+
+        Through a jump host (ProxyJump), the tunnel is a channel on a pooled connection
+        to that hop, held for as long as this connection lives: a hop is pooled, shared
+        and bounded like any host.
+        """
+        hop = await self._hop(host) if host.jump is not None else None
+        if hop is None:
+            return await self._connect(host, _Client(on_lost), None)
+
+        def lost() -> None:
+            on_lost()
+            hop.release()
+
+        try:
+            return await self._connect(host, _Client(lost), hop.conn)
+        except BaseException:
+            hop.release()
+            raise
+
+    async def _hop(self, host: HostConfig) -> Reservation[asyncssh.SSHClientConnection]:
+        """A channel's place on a pooled connection to host's last jump host."""
+        assert host.jump is not None and self.pool is not None
+        try:
+            return await self.pool.reserve(host.jump, time.monotonic() + self._pool.connect_timeout)
+        except ScoutError as exc:
+            raise HostUnavailable(
+                f"{host.name}: through jump host {host.jump.name}: {exc.message}", host.name
+            ) from None
+
+    async def _connect(
+        self,
+        host: HostConfig,
+        client: _Client,
+        tunnel: asyncssh.SSHClientConnection | None,
+    ) -> asyncssh.SSHClientConnection:
         try:
             known = (
                 None
@@ -99,6 +149,7 @@ class Connector:
             return await asyncssh.connect(
                 host.address,
                 host.port,
+                tunnel=tunnel,
                 options=self._options(host, known, keys),
                 config=None,
                 client_factory=lambda: client,
@@ -115,15 +166,18 @@ class Connector:
     ) -> asyncssh.SSHClientConnectionOptions:
         """Options for one connect: its key, known hosts and the pool's timers."""
         settings = self._pool
+        interval = host.keepalive_interval
+        if interval is None:
+            interval = settings.keepalive_interval
         return asyncssh.SSHClientConnectionOptions(
             username=host.user,
             client_keys=keys or (),
             known_hosts=known,
-            agent_path=None,
+            agent_path=self._ssh.agent or os.environ.get("SSH_AUTH_SOCK") or None,
             password=None,
             kbdint_auth=False,
-            keepalive_interval=settings.keepalive_interval or None,
-            keepalive_count_max=settings.keepalive_count_max,
+            keepalive_interval=interval or None,
+            keepalive_count_max=host.keepalive_count_max or settings.keepalive_count_max,
             connect_timeout=settings.connect_timeout,
             login_timeout=settings.connect_timeout,
             encryption_algs=CIPHERS,

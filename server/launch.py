@@ -58,6 +58,27 @@ class Bounds:
     cause: str  # what set run_until, for the message: "its timeout (10s)"
 
 
+STOP_SHARE = 0.25  # of the time to the RPC deadline, kept for stopping the command
+MIN_STOP_RESERVE = 0.1  # seconds kept for the stop however near the deadline is
+ANSWER_MARGIN = 0.05  # seconds between the end of the stop and the caller's deadline
+
+
+def bounds_for(spec: CommandSpec, timeout: float, rpc_remaining: float | None) -> Bounds:
+    """When the command must end, leaving time before the RPC deadline to stop it."""
+    now = time.monotonic()
+    full = spec.full_stop()
+    bounds = Bounds(now + timeout, full, f"its timeout ({timeout:g}s)")
+    if rpc_remaining is None:
+        return bounds
+    rpc_end = now + rpc_remaining
+    reserve = min(full, max(MIN_STOP_RESERVE, rpc_remaining * STOP_SHARE))
+    run_until, cause = bounds.run_until, bounds.cause
+    if rpc_end - reserve < run_until:
+        run_until, cause = rpc_end - reserve, "the RPC deadline"
+    within = min(full, max(rpc_end - run_until - ANSWER_MARGIN, 0.05))
+    return Bounds(run_until, within, cause)
+
+
 class Launcher:
     """Runs commands on pooled connections; tracks the stops and adoptions in flight."""
 

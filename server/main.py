@@ -64,7 +64,8 @@ async def serve(args: argparse.Namespace) -> None:
             stack.push_async_callback(demo.close)
             host = demo_host_config(demo)
             config = dataclasses.replace(config, hosts={**config.hosts, host.name: host})
-        app = await start(config, args.listen)
+        loader = (lambda: load(args.config)) if args.config else None
+        app = await start(config, args.listen, loader)
         stops = asyncio.Queue[int]()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -465,6 +465,14 @@ class Pool(Generic[C]):
         """Every host the pool knows now."""
         return [h for s in self._shards for h in s.hosts.values()]
 
+    def host_view(self, name: str) -> tuple[int, int]:
+        """One host's connections open and channels in use (ListHosts)."""
+        state = self._shard(name).hosts.get(name)
+        if state is None:
+            return 0, 0
+        live = [pc for pc in state.conns if pc.state is not ConnState.CONNECTING]
+        return len(live), sum(pc.channels for pc in live)
+
     def connections(self) -> list[PooledConnection[C]]:
         """Every connection in the pool, in every state but closed."""
         return [pc for h in self.hosts() for pc in h.conns]

@@ -1,69 +1,39 @@
-"""The ExecService servicer: for both RPCs, validate -> run the command -> map the outcome.
+"""The ExecService servicer: each RPC reads as admit -> run the command -> map the outcome.
 
-The RPC loop (`server.rpc`) wraps each method: limits, error mapping, trailers. The
-command's way in and out (pool, channel, stop, release) is `server.launch`; Stream's
-machinery is `server.stream`; output buffering is `server.output`.
+The RPC loop (`server.rpc`) wraps each method: limits, identity, error mapping, trailers.
+A command's way in and out (pool, channel, stop, release) is `server.launch`; Stream's
+machinery is `server.stream`, ExecuteMany's `server.fanout`; output buffering is
+`server.output`; the answers are built in `server.responses`.
 """
 
 from __future__ import annotations
 
-import time
+import difflib
 from collections.abc import AsyncIterator
 
 import asyncssh
-from google.protobuf import duration_pb2
 
 from scout.v1 import exec_pb2
 
+from . import inventory
+from . import selector as selectors
 from .audit import AuditLog, CallRecord
 from .callers import Gate
-from .command import CommandSpec, ExitInfo, RunningCommand
-from .config import Config, HostConfig
-from .launch import Bounds, Launcher
+from .command import CommandSpec, RunningCommand
+from .config import CallerConfig, Config, HostConfig
+from .errors import HostNotFound
+from .fanout import FanOut
+from .launch import Bounds, Launcher, bounds_for
 from .output import ExecuteOutput, OutputBudget, OutputQueue
 from .pool import Pool
 from .requests import check_execute, timeout_of
+from .responses import execute_response, exit_status
 from .rpc import STARTED_KEY, Context, RpcStats, describe, rpc
 from .stream import StdinPump, first_message, pump_output
 
-STOP_SHARE = 0.25  # of the time to the RPC deadline, kept for stopping the command
-MIN_STOP_RESERVE = 0.1  # seconds kept for the stop however near the deadline is
-ANSWER_MARGIN = 0.05  # seconds between the end of the stop and the caller's deadline
-
-
-def duration(seconds: float) -> duration_pb2.Duration:
-    """A protobuf Duration from seconds."""
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(int(max(seconds, 0) * 1e9))
-    return d
-
-
-def bounds_for(spec: CommandSpec, timeout: float, rpc_remaining: float | None) -> Bounds:
-    """When the command must end, leaving time before the RPC deadline to stop it."""
-    now = time.monotonic()
-    full = spec.full_stop()
-    bounds = Bounds(now + timeout, full, f"its timeout ({timeout:g}s)")
-    if rpc_remaining is None:
-        return bounds
-    rpc_end = now + rpc_remaining
-    reserve = min(full, max(MIN_STOP_RESERVE, rpc_remaining * STOP_SHARE))
-    run_until, cause = bounds.run_until, bounds.cause
-    if rpc_end - reserve < run_until:
-        run_until, cause = rpc_end - reserve, "the RPC deadline"
-    within = min(full, max(rpc_end - run_until - ANSWER_MARGIN, 0.05))
-    return Bounds(run_until, within, cause)
-
-
-def capped_text(data: bytes, cap: int) -> str:
-    """UTF-8 text of data (bad bytes replaced), at most cap bytes once encoded."""
-    text = data.decode("utf-8", "replace")
-    if cap and len(text) * 3 > cap and len(encoded := text.encode()) > cap:
-        text = encoded[:cap].decode("utf-8", "ignore")
-    return text
-
 
 class ExecService:
-    """Execute and Stream over the shared pool."""
+    """Execute, Stream, ListHosts and ExecuteMany over the shared pool."""
 
     def __init__(
         self,
@@ -83,7 +53,7 @@ class ExecService:
         self.gate = gate or Gate(config.callers)
         self.audit = audit or AuditLog(config.audit)
 
-    def _admit(
+    def admit(
         self, call: CallRecord, request: exec_pb2.ExecuteRequest, *, stream: bool
     ) -> tuple[HostConfig, CommandSpec]:
         """Policy, then validation, then the audit log's consent: what may run, and where."""
@@ -91,18 +61,32 @@ class ExecService:
         call.authorized = True
         assert call.who is not None
         self.gate.authorize(call.who, call.method, request.host, request.command)
-        host, spec = check_execute(self.config, request, stream=stream)
+        try:
+            host, spec = check_execute(self.config, request, stream=stream)
+        except HostNotFound as exc:
+            raise HostNotFound(
+                exc.message + self._closest(call.who, request.host), exc.host
+            ) from None
         self.audit.ready()
         return host, spec
 
-    @rpc("Execute")
-    async def Execute(
-        self, request: exec_pb2.ExecuteRequest, context: Context, call: CallRecord
+    def _closest(self, who: CallerConfig, name: str) -> str:
+        """ "; closest: a, b" among the hosts the caller may use, or nothing."""
+        usable = [h for h in self.config.hosts if self.gate.may_use(who, h)]
+        close = difflib.get_close_matches(name[:255], usable, n=3, cutoff=0.6)
+        return f"; closest: {', '.join(close)}" if close else ""
+
+    async def execute_once(
+        self,
+        host: HostConfig,
+        spec: CommandSpec,
+        request: exec_pb2.ExecuteRequest,
+        rpc_remaining: float | None,
+        call: CallRecord,
     ) -> exec_pb2.ExecuteResponse:
-        """Run a command, wait for it, return its capped output and exit status."""
-        host, spec = self._admit(call, request, stream=False)
+        """Run one command to its end and build Execute's answer (Execute, ExecuteMany)."""
         timeout = timeout_of(self.config.exec, request, stream=False)
-        bounds = bounds_for(spec, timeout, context.time_remaining())
+        bounds = bounds_for(spec, timeout, rpc_remaining)
         output = ExecuteOutput(spec.max_output_bytes, self.output_budget, text=request.text)
         try:
             async with self.launcher.run(host, spec, output.feed, bounds) as run:
@@ -110,10 +94,54 @@ class ExecService:
                 await run.bounded(_feed_and_wait(run.command))
             info = run.command.outcome()
             call.exit_code, call.signal = info.exit_code, info.signal
-            return _execute_response(info, output, request.text)
+            return execute_response(info, output.stdout, output.stderr, text=request.text)
         finally:
             call.bytes_out = output.stdout.total + output.stderr.total
             output.release()
+
+    @rpc("Execute")
+    async def Execute(
+        self, request: exec_pb2.ExecuteRequest, context: Context, call: CallRecord
+    ) -> exec_pb2.ExecuteResponse:
+        """Run a command, wait for it, return its capped output and exit status."""
+        host, spec = self.admit(call, request, stream=False)
+        return await self.execute_once(host, spec, request, context.time_remaining(), call)
+
+    @rpc("ListHosts")
+    async def ListHosts(
+        self, request: exec_pb2.ListHostsRequest, context: Context, call: CallRecord
+    ) -> exec_pb2.ListHostsResponse:
+        """The hosts picked (all by default) that the caller may use, with the pool's view."""
+        hosts = self.config.hosts
+        if request.hosts or request.selector:
+            selector = selectors.parse(request.selector) if request.selector else None
+            names, _ = inventory.pick(hosts, request.hosts, selector)
+        else:
+            names = sorted(hosts)
+        assert call.who is not None
+        response = exec_pb2.ListHostsResponse()
+        for name in names:
+            if self.gate.may_use(call.who, name):
+                host = hosts[name]
+                open_, in_use = self.pool.host_view(name)
+                response.hosts.add(
+                    name=name,
+                    address=host.address,
+                    port=host.port,
+                    user=host.user,
+                    labels=host.labels,
+                    via=host.via,
+                    connections_open=open_,
+                    channels_in_use=in_use,
+                )
+        return response
+
+    @rpc("ExecuteMany")
+    async def ExecuteMany(
+        self, request: exec_pb2.ExecuteManyRequest, context: Context, call: CallRecord
+    ) -> None:
+        """Run one command on many hosts; one message per host as each finishes."""
+        await FanOut(self, request, context, call).run()
 
     @rpc("Stream")
     async def Stream(
@@ -125,7 +153,7 @@ class ExecService:
         """Run a command, send its output as it comes, pass stdin and signals through."""
         limits = self.config.exec
         start = await first_message(requests, limits.stream_start_timeout)
-        host, spec = self._admit(call, start, stream=True)
+        host, spec = self.admit(call, start, stream=True)
         timeout = timeout_of(self.config.exec, start, stream=True)
         bounds = bounds_for(spec, timeout, context.time_remaining())
         if not start.HasField("timeout"):
@@ -156,20 +184,7 @@ class ExecService:
             call.bytes_out = queue.stdout.total + queue.stderr.total
         info = command.outcome()
         call.exit_code, call.signal = info.exit_code, info.signal
-        await context.write(
-            exec_pb2.StreamResponse(
-                exit=exec_pb2.ExitStatus(
-                    exit_code=info.exit_code,
-                    signal=info.signal,
-                    core_dumped=info.core_dumped,
-                    stdout_bytes=queue.stdout.total,
-                    stderr_bytes=queue.stderr.total,
-                    stdout_truncated=queue.stdout.truncated,
-                    stderr_truncated=queue.stderr.truncated,
-                    duration=duration(info.ended - info.started),
-                )
-            )
-        )
+        await context.write(exit_status(info, queue.stdout, queue.stderr))
         await stdin.finish()
 
 
@@ -178,26 +193,3 @@ async def _feed_and_wait(command: RunningCommand) -> None:
     await command.write(command.spec.stdin)
     command.close_stdin()
     await command.wait_closed()
-
-
-def _execute_response(
-    info: ExitInfo, output: ExecuteOutput, text: bool
-) -> exec_pb2.ExecuteResponse:
-    out, err = output.stdout, output.stderr
-    stdout, stderr = out.value(), err.value()
-    response = exec_pb2.ExecuteResponse(
-        stdout=stdout,
-        stderr=stderr,
-        exit_code=info.exit_code,
-        signal=info.signal,
-        core_dumped=info.core_dumped,
-        stdout_truncated=out.truncated,
-        stderr_truncated=err.truncated,
-        stdout_bytes=out.total,
-        stderr_bytes=err.total,
-        duration=duration(info.ended - info.started),
-    )
-    if text:
-        response.stdout_text = capped_text(stdout, out.cap)
-        response.stderr_text = capped_text(stderr, err.cap)
-    return response

@@ -1,0 +1,175 @@
+"""ExecuteMany: one command on many hosts, bounded, with results as they come.
+
+The targets are the union of the request's names and globs and its selector's matches;
+a plain name the inventory lacks is a target too, answered NOT_FOUND. At most
+`max_parallel` hosts run at once (a semaphore in front of the pool, so one fan-out
+never holds more channels than that, and other callers' commands are not starved: the
+pool's budget still serves them in order). Each host's outcome is one message, in
+completion order; a host that cannot run the command carries its own status (and
+whether the command may have started there) and the stream goes on. One task writes
+to the caller; cancelling the RPC, or its deadline, cancels every host task, which
+stops its command (server.launch) and starts no new one.
+
+With `stream_output`, each running host has an OutputQueue (at most ~1 MiB before it
+pauses its channel) and the chunks go through one bounded queue to the writer: a slow
+reader slows the commands down, and memory stays near max_parallel x 1 MiB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from google.rpc import status_pb2
+
+from scout.v1 import exec_pb2
+
+from . import inventory
+from . import selector as selectors
+from .audit import CallRecord
+from .command import RunningCommand
+from .errors import HostNotFound, InvalidRequest, ScoutError
+from .launch import bounds_for
+from .output import STDOUT, OutputQueue
+from .requests import timeout_of
+from .responses import execute_response
+from .rpc import Context, status_of
+
+if TYPE_CHECKING:
+    from .service import ExecService
+
+log = logging.getLogger(__name__)
+
+QUEUED_MESSAGES = 64  # messages waiting for the writer, across all hosts
+
+
+class FanOut:
+    """One ExecuteMany call."""
+
+    def __init__(
+        self,
+        service: ExecService,
+        request: exec_pb2.ExecuteManyRequest,
+        context: Context,
+        call: CallRecord,
+    ) -> None:
+        self.service = service
+        self.request = request
+        self.context = context
+        self.call = call
+        self.out: asyncio.Queue[exec_pb2.ExecuteManyResponse] = asyncio.Queue(QUEUED_MESSAGES)
+
+    def targets(self) -> list[str]:
+        """The hosts to run on, checked as a whole (the RPC fails only here)."""
+        request, settings = self.request, self.service.config.fanout
+        if request.request.host:
+            raise InvalidRequest(
+                "request.host: must be empty for ExecuteMany (targets are hosts and selector)"
+            )
+        if not request.hosts and not request.selector:
+            raise InvalidRequest("hosts or selector: at least one target is required")
+        if len(request.hosts) > settings.max_targets:
+            raise InvalidRequest(f"hosts: at most {settings.max_targets} names or patterns")
+        selector = selectors.parse(request.selector) if request.selector else None
+        found, missing = inventory.pick(self.service.config.hosts, request.hosts, selector)
+        targets = found + missing
+        if not found and not missing:
+            raise HostNotFound("no host in the inventory matches the hosts and selector")
+        if len(targets) > settings.max_targets:
+            raise InvalidRequest(
+                f"{len(targets)} targets: at most {settings.max_targets} in one ExecuteMany"
+            )
+        return targets
+
+    async def run(self) -> None:
+        """Run every target, max_parallel at once; write each outcome as it comes."""
+        targets = self.targets()
+        settings = self.service.config.fanout
+        asked = self.request.max_parallel or settings.default_parallel
+        parallel = min(asked, settings.max_parallel)
+        slots = asyncio.Semaphore(parallel)
+        tasks = [asyncio.ensure_future(self._host(name, slots)) for name in targets]
+        try:
+            for _ in targets:
+                while True:
+                    message = await self.out.get()
+                    await self.context.write(message)
+                    if message.WhichOneof("event") != "output":
+                        break
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _host(self, name: str, slots: asyncio.Semaphore) -> None:
+        """One target: run the command (when a slot frees) and queue its outcome."""
+        async with slots:
+            call = self.call
+            record = CallRecord(call.method, call.peer, caller=call.caller, who=call.who)
+            began = time.monotonic()
+            command = exec_pb2.ExecuteRequest()
+            command.CopyFrom(self.request.request)
+            command.host = name
+            message = exec_pb2.ExecuteManyResponse(host=name)
+            try:
+                message.result.CopyFrom(await self._execute(command, record))
+                record.code = "OK"
+            except ScoutError as exc:
+                code, text, started = status_of(exc)
+                record.code = code.name
+                message.error.CopyFrom(status_pb2.Status(code=code.value[0], message=text))
+                message.started = started
+            except Exception:
+                log.exception("ExecuteMany on %s failed", name)
+                record.code = "INTERNAL"
+                message.error.CopyFrom(
+                    status_pb2.Status(code=13, message="internal error (logged on the server)")
+                )
+                message.started = True
+            finally:
+                record.duration = time.monotonic() - began
+                self.service.audit.write(record)
+            await self.out.put(message)
+
+    async def _execute(
+        self, command: exec_pb2.ExecuteRequest, record: CallRecord
+    ) -> exec_pb2.ExecuteResponse:
+        """Admit and run one host's command: captured, or streamed in chunks."""
+        service = self.service
+        host, spec = service.admit(record, command, stream=False)
+        remaining = self.context.time_remaining()
+        if not self.request.stream_output:
+            return await service.execute_once(host, spec, command, remaining, record)
+        bounds = bounds_for(spec, timeout_of(service.config.exec, command, stream=False), remaining)
+        queue = OutputQueue(spec.max_output_bytes)
+        try:
+            async with service.launcher.run(host, spec, queue.feed, bounds) as run:
+                queue.attach(run.command.chan)
+                run.command.session.closed.add_done_callback(lambda _: queue.close())
+                await run.bounded(self._forward(run.command, queue, command.text))
+            info = run.command.outcome()
+            record.exit_code, record.signal = info.exit_code, info.signal
+            return execute_response(info, queue.stdout, queue.stderr, text=False)
+        finally:
+            record.bytes_out = queue.stdout.total + queue.stderr.total
+
+    async def _forward(self, command: RunningCommand, queue: OutputQueue, text: bool) -> None:
+        """Feed stdin, then pass the host's output, chunk by chunk, to the writer (waiting
+        while it is behind)."""
+        await command.write(command.spec.stdin)
+        command.close_stdin()
+        decoders = {k: codecs.getincrementaldecoder("utf-8")("replace") for k in (1, 2)}
+        name = command.spec.host
+        while (item := await queue.get()) is not None:
+            kind, data = item
+            chunk = (
+                exec_pb2.OutputChunk(stdout=data)
+                if kind == STDOUT
+                else exec_pb2.OutputChunk(stderr=data)
+            )
+            if text:
+                chunk.text = decoders[kind].decode(data)
+            await self.out.put(exec_pb2.ExecuteManyResponse(host=name, output=chunk))

@@ -1,0 +1,179 @@
+"""The inventory: hosts from OpenSSH config files and `[hosts.NAME]` tables, their labels,
+and the hosts a request's patterns and selector pick.
+
+People who run scout already describe their hosts in ssh_config files, so every concrete
+`Host` alias in `[ssh] config_files` (no wildcards) is a host, its settings resolved by
+asyncssh's own config support as OpenSSH would (`HostName`, `User`, `Port`,
+`IdentityFile`, `ProxyJump`, `Include`, `Match`, `ServerAlive*`). A `[hosts.NAME]` table
+overrides or adds to what the files say. `ProxyJump` hops become host configs of their
+own, chained by `jump`, so each hop is a pooled connection too.
+
+Labels: `[labels]` tables keyed by a glob over host names, then a host's own
+`labels = {...}`, which wins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import getpass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from asyncssh.config import ConfigParseError, SSHClientConfig
+
+from .config import ConfigError, HostConfig
+from .selector import Selector
+
+WILDCARDS = frozenset("*?![")
+
+
+class _Recorder(SSHClientConfig):
+    """asyncssh's own ssh_config parser, noting every `Host` pattern it reads."""
+
+    def __init__(self) -> None:
+        super().__init__(None, False, False, False, getpass.getuser(), (), "", ())  # type: ignore[arg-type]
+        self.patterns: list[str] = []
+
+    def _record_host(self, option: str, args: list[str]) -> None:
+        self.patterns.extend(args)
+        SSHClientConfig._match_host(self, option, args)
+
+    _handlers = {  # noqa: RUF012 - the parser's own table, with Host noted on the way
+        **SSHClientConfig._handlers,
+        "host": ("Host", _record_host),
+    }
+
+
+def aliases(files: Sequence[Path]) -> list[str]:
+    """Every concrete Host alias in the files (Include followed), in order, once each."""
+    recorder = _Recorder()
+    for path in files:
+        _parse(recorder, path)
+    return [a for a in dict.fromkeys(recorder.patterns) if not WILDCARDS & set(a)]
+
+
+def _parse(config: SSHClientConfig, path: Path) -> None:
+    try:
+        config.parse(path)
+    except (OSError, ConfigParseError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"ssh.config_files: {path}: {reason}") from None
+
+
+def _options(alias: str, files: Sequence[Path]) -> SSHClientConfig:
+    """What the files say for one host name, resolved as OpenSSH would."""
+    config = SSHClientConfig(None, False, False, False, getpass.getuser(), (), alias, ())  # type: ignore[arg-type]
+    for path in files:
+        _parse(config, path)
+    return config
+
+
+def _jump_spec(spec: str) -> tuple[str | None, str, int | None]:
+    """`[user@]host[:port]` of one ProxyJump hop."""
+    user, _, rest = spec.rpartition("@")
+    host, sep, port = rest.rpartition(":") if rest.count(":") == 1 else ("", "", "")
+    if not sep:
+        host = rest
+    return user or None, host, int(port) if port else None
+
+
+class _Resolver:
+    """Builds HostConfigs from ssh_config, one per alias or hop, each resolved once."""
+
+    def __init__(self, files: Sequence[Path]) -> None:
+        self.files = files
+        self._done: dict[tuple[str, str | None, int | None], HostConfig] = {}
+
+    def host(
+        self,
+        alias: str,
+        user: str | None = None,
+        port: int | None = None,
+        resolving: tuple[str, ...] = (),
+    ) -> HostConfig:
+        key = (alias, user, port)
+        if key in self._done:
+            return self._done[key]
+        if alias in resolving:
+            raise ConfigError(f"ssh.config_files: ProxyJump loops through {alias}")
+        opts = _options(alias, self.files)
+        get: Callable[[str], Any] = opts.get
+        jump = None
+        proxy = get("ProxyJump")
+        if proxy and str(proxy).lower() != "none":
+            for spec in str(proxy).split(","):
+                hop_user, hop_host, hop_port = _jump_spec(spec.strip())
+                hop = self.host(hop_host, hop_user, hop_port, (*resolving, alias))
+                jump = dataclasses.replace(hop, jump=jump) if jump is not None else hop
+        name = f"{user}@{alias}" if user else alias
+        name = f"{name}:{port}" if port else name
+        interval = get("ServerAliveInterval")
+        known = get("UserKnownHostsFile")
+        config = HostConfig(
+            name=name,
+            address=str(get("Hostname") or alias),
+            port=int(port or get("Port") or 22),
+            user=str(user or get("User") or getpass.getuser()),
+            identity_files=tuple(Path(p).expanduser() for p in get("IdentityFile") or ()),
+            known_hosts=Path(known[0]).expanduser() if known else None,
+            jump=jump,
+            keepalive_interval=float(interval) if interval is not None else None,
+            keepalive_count_max=get("ServerAliveCountMax"),
+        )
+        self._done[key] = config
+        return config
+
+
+def build(
+    files: Sequence[Path],
+    tables: Mapping[str, dict[str, Any]],
+    labels: Mapping[str, Mapping[str, str]],
+    table_host: Callable[[str, dict[str, Any]], HostConfig],
+) -> dict[str, HostConfig]:
+    """The whole inventory: ssh_config hosts, then tables over them, then labels.
+
+    tables: each `[hosts.NAME]` table's checked values; a name the files do not know
+    becomes a host by `table_host` (which needs its address).
+    """
+    resolver = _Resolver(files)
+    hosts = {alias: resolver.host(alias) for alias in aliases(files)} if files else {}
+    for name, values in tables.items():
+        if name in hosts:
+            hosts[name] = dataclasses.replace(hosts[name], **values)
+        else:
+            hosts[name] = table_host(name, values)
+    for name, host in hosts.items():
+        merged: dict[str, str] = {}
+        for pattern, extra in labels.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                merged.update(extra)
+        merged.update(tables.get(name, {}).get("labels", {}))
+        if merged != host.labels:
+            hosts[name] = dataclasses.replace(host, labels=merged)
+    return hosts
+
+
+def is_pattern(text: str) -> bool:
+    """Whether a target is a glob over names rather than one name."""
+    return bool(WILDCARDS & set(text))
+
+
+def pick(
+    hosts: Mapping[str, HostConfig], patterns: Iterable[str], selector: Selector | None
+) -> tuple[list[str], list[str]]:
+    """The targets: names and globs matched, plus selector matches (sorted), and the plain
+    names that are not in the inventory (each is a target that will answer NOT_FOUND)."""
+    found: set[str] = set()
+    missing: list[str] = []
+    for pattern in patterns:
+        if is_pattern(pattern):
+            found.update(fnmatch.filter(hosts, pattern))
+        elif pattern in hosts:
+            found.add(pattern)
+        elif pattern not in missing:
+            missing.append(pattern)
+    if selector is not None:
+        found.update(name for name, host in hosts.items() if selector.matches(host.labels))
+    return sorted(found), missing

@@ -1,0 +1,61 @@
+"""The contract's answers, built from a command's outcome: ExecuteResponse and ExitStatus.
+
+Both carry the same outcome (exit code or signal, byte counts, truncation, duration);
+this is the one place that copies it into the generated messages.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import duration_pb2
+
+from scout.v1 import exec_pb2
+
+from .command import ExitInfo
+from .output import CappedBuffer
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    """A protobuf Duration from seconds."""
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(max(seconds, 0) * 1e9))
+    return d
+
+
+def capped_text(data: bytes, cap: int) -> str:
+    """UTF-8 text of data (bad bytes replaced), at most cap bytes once encoded."""
+    text = data.decode("utf-8", "replace")
+    if cap and len(text) * 3 > cap and len(encoded := text.encode()) > cap:
+        text = encoded[:cap].decode("utf-8", "ignore")
+    return text
+
+
+def _outcome(info: ExitInfo, out: CappedBuffer, err: CappedBuffer) -> dict[str, object]:
+    """The fields ExecuteResponse and ExitStatus share."""
+    return {
+        "exit_code": info.exit_code,
+        "signal": info.signal,
+        "core_dumped": info.core_dumped,
+        "stdout_bytes": out.total,
+        "stderr_bytes": err.total,
+        "stdout_truncated": out.truncated,
+        "stderr_truncated": err.truncated,
+        "duration": duration(info.ended - info.started),
+    }
+
+
+def execute_response(
+    info: ExitInfo, out: CappedBuffer, err: CappedBuffer, *, text: bool
+) -> exec_pb2.ExecuteResponse:
+    """Execute's answer: the outcome, the kept output, and its text form if asked."""
+    response = exec_pb2.ExecuteResponse(**_outcome(info, out, err))  # type: ignore[arg-type]
+    if out.collect:
+        response.stdout, response.stderr = out.value(), err.value()
+        if text:
+            response.stdout_text = capped_text(response.stdout, out.cap)
+            response.stderr_text = capped_text(response.stderr, err.cap)
+    return response
+
+
+def exit_status(info: ExitInfo, out: CappedBuffer, err: CappedBuffer) -> exec_pb2.StreamResponse:
+    """Stream's last message."""
+    return exec_pb2.StreamResponse(exit=exec_pb2.ExitStatus(**_outcome(info, out, err)))  # type: ignore[arg-type]
