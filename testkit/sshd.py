@@ -29,6 +29,7 @@ import contextlib
 import getpass
 import os
 import pwd
+import random
 import signal
 import socket
 import subprocess
@@ -91,6 +92,7 @@ class OpenSSHServer:
     address: str = "127.0.0.1"
     user: str = field(default_factory=login_user)
     port: int = 0
+    netns: str | None = None  # run inside this network namespace (testkit.netns)
     process: subprocess.Popen[bytes] | None = None
     _host_public: str = field(default="", repr=False)
     _keys_dir: Path = field(default=Path(), repr=False)
@@ -164,8 +166,10 @@ class OpenSSHServer:
         )
         self.known_hosts.write_text(f"[{self.address}]:{self.port} {self._host_public}\n")
 
-    def _banner(self) -> bool:
-        """Whether sshd answers on its port with an SSH banner."""
+    def _ready(self, logged: int) -> bool:
+        """Whether sshd listens: its banner, or (inside a netns, out of our reach) its log."""
+        if self.netns is not None:
+            return "Server listening on" in self.log[logged:]
         try:
             with socket.create_connection((self.address, self.port), timeout=1.0) as sock:
                 return sock.recv(64).startswith(b"SSH-2.0-")
@@ -174,12 +178,13 @@ class OpenSSHServer:
 
     def _launch(self) -> bool:
         """Start sshd on a fresh port; False when the port was taken, raise on other failures."""
-        self.port = _free_port(self.address)
+        self.port = _free_port(self.address) if self.netns is None else random.randint(20000, 60000)
         self._write_config()
         logged = len(self.log)
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(
-                [str(SSHD), "-D", "-e", "-f", str(self.config_file)],
+                [*prefix, str(SSHD), "-D", "-e", "-f", str(self.config_file)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -192,7 +197,7 @@ class OpenSSHServer:
                 if "Address already in use" in self.log[logged:]:
                     return False
                 raise OpenSSHError(f"sshd exited at start; its log:\n{self.log}")
-            if self._banner():
+            if self._ready(logged):
                 return True
             time.sleep(0.05)
         self.stop()
@@ -293,8 +298,10 @@ class OpenSSHServer:
             self._keys_dir.rmdir()
 
 
-def start_openssh(root: Path, address: str = "127.0.0.1") -> OpenSSHServer:
-    """Start an sshd with everything in root; stop() it when done."""
-    server = OpenSSHServer(root, address)
+def start_openssh(
+    root: Path, address: str = "127.0.0.1", netns: str | None = None
+) -> OpenSSHServer:
+    """Start an sshd with everything in root (in a network namespace if given); stop() it."""
+    server = OpenSSHServer(root, address, netns=netns)
     server.start()
     return server

@@ -149,4 +149,5 @@ async def test_node_example_names_the_host_on_every_call(scout: Scout, node_modu
     assert proxy.routed == [
         ("/scout.v1.ExecService/Execute", "local"),
         ("/scout.v1.ExecService/Stream", "local"),
+        ("/scout.v1.ExecService/ListHosts", "local"),
     ]

@@ -97,3 +97,22 @@ async def test_unknown_host_status_reaches_a_go_caller(scout: Scout) -> None:
     )
     assert code != 0
     assert "not_found" in err.lower() and "'nope' is not in the inventory" in err
+
+
+async def test_execute_many_from_the_proto_files_alone(scout: Scout) -> None:
+    """A server stream: one message per host; a host outside the inventory has its own."""
+    request = {"hosts": ["local", "elsewhere"], "request": {"command": "echo fan", "text": True}}
+    code, out, err = await buf_curl(
+        "--schema",
+        str(ROOT / "protos"),
+        "--reflect=false",
+        "-d",
+        json.dumps(request),
+        f"http://{scout.target}/scout.v1.ExecService/ExecuteMany",
+    )
+    assert code == 0, err
+    replies = {
+        r["host"]: r for r in (json.loads(p) for p in out.replace("}\n{", "}\x00{").split("\x00"))
+    }
+    assert replies["local"]["result"]["stdoutText"] == "fan\n"
+    assert replies["elsewhere"]["error"]["code"] == 5  # NOT_FOUND

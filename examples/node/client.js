@@ -1,4 +1,4 @@
-// A Node.js caller of scout: one Execute, then one Stream. The contract is loaded from
+// A Node.js caller of scout: one Execute, one Stream, one ListHosts. The contract is loaded from
 // protos/ at run time, so there is no generated code to keep in step.
 //
 //   npm ci
@@ -61,6 +61,15 @@ function stream(command, input) {
   });
 }
 
+// ListHosts: the inventory, with labels and the pool's view of each host.
+function listHosts(selector) {
+  return new Promise((resolve, reject) => {
+    client.ListHosts({ selector }, ...callOptions(), (err, response) =>
+      err ? reject(err) : resolve(response.hosts),
+    );
+  });
+}
+
 async function main() {
   const result = await execute('echo "Execute ran on $(uname -s)"; exit 3');
   process.stdout.write(result.stdout); // bytes, as the command wrote them
@@ -68,6 +77,9 @@ async function main() {
 
   const exit = await stream('tr a-z A-Z', 'hello from node\n');
   console.log(`Stream: exit code ${exit.exit_code}, ${exit.stdout_bytes} bytes of stdout`);
+
+  const hosts = await listHosts('');
+  console.log(`ListHosts: ${hosts.map((h) => `${h.name} (${h.connections_open} open)`).join(', ')}`);
 }
 
 main()
