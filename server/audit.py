@@ -37,8 +37,10 @@ class CallRecord:
 
     method: str
     peer: str
+    request_id: str = ""
     caller: str = "-"
     who: CallerConfig | None = None  # the authenticated caller, once known
+    ran: bool = False  # the command started (for the metrics of commands)
     authorized: bool = False  # reached the authorization step: audit it
     host: str = ""
     command: str = ""
@@ -46,7 +48,8 @@ class CallRecord:
     env_names: list[str] = field(default_factory=list)
     exit_code: int | None = None
     signal: str = ""
-    bytes_out: int = 0
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
     code: str = "OK"
     duration: float = 0.0
 
@@ -54,6 +57,7 @@ class CallRecord:
         """The JSON object of the audit line."""
         record: dict[str, Any] = {
             "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
+            "request_id": self.request_id,
             "caller": self.caller,
             "method": self.method,
             "host": self.host,
@@ -67,7 +71,7 @@ class CallRecord:
             env_names=sorted(self.env_names),
             exit_code=self.exit_code,
             signal=self.signal,
-            bytes_out=self.bytes_out,
+            bytes_out=self.stdout_bytes + self.stderr_bytes,
             duration=round(self.duration, 6),
             code=self.code,
             peer=self.peer,

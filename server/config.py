@@ -69,6 +69,7 @@ class ExecSettings:
     kill_grace: float = 2.0
     max_command_bytes: int = 64 * 1024
     max_stdin_bytes: int = 16 * 1024 * 1024
+    export_request_id: bool = False  # the command sees SCOUT_REQUEST_ID
 
     def receive_limit(self) -> int:
         """The gRPC receive limit: the largest request these limits allow."""
@@ -150,6 +151,14 @@ class FanoutSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """Prometheus /metrics: where it is served ("": not served), and per-host series."""
+
+    listen: str = ""
+    per_host: bool = True  # a label per host: fine for hundreds, off for thousands
+
+
+@dataclass(frozen=True)
 class AuditSettings:
     """Where the audit log goes ("": nowhere, "-": stdout) and what it holds."""
 
@@ -173,6 +182,7 @@ class Config:
     callers: tuple[CallerConfig, ...] = ()
     audit: AuditSettings = field(default_factory=AuditSettings)
     fanout: FanoutSettings = field(default_factory=FanoutSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     hosts: dict[str, HostConfig] = field(default_factory=dict)
 
 

@@ -24,6 +24,7 @@ from .config import (
     ExecSettings,
     FanoutSettings,
     HostConfig,
+    MetricsSettings,
     PoolSettings,
     SSHSettings,
     TLSSettings,
@@ -277,16 +278,28 @@ def _audit(raw: Any, base: Path) -> AuditSettings:
     return AuditSettings(file=file, log_commands=t.flag("log_commands", True))
 
 
+def _metrics(raw: Any, base: Path) -> MetricsSettings:
+    t = _Table("metrics", raw, {"listen", "per_host"}, base)
+    listen = t.string("listen", "")
+    if listen and ":" not in listen:
+        raise ConfigError(f"metrics.listen: expected HOST:PORT, got {listen!r}")
+    return MetricsSettings(listen=listen, per_host=t.flag("per_host", True))
+
+
 def parse(raw: dict[str, Any], base: Path) -> Config:
     """Build a Config from parsed TOML; relative paths are taken from base."""
     sections = {"ssh", "pool", "exec", "tls", "callers", "audit", "fanout", "labels", "hosts"}
+    sections |= {"metrics"}
     flags = {"allow_plaintext", "allow_anonymous"}
     top = _Table("", raw, {"listen"} | set(_TOP) | sections | flags, base)
     listen = top.string("listen", DEFAULT_LISTEN)
     if ":" not in listen:
         raise ConfigError(f"listen: expected HOST:PORT, got {listen!r}")
     pool = PoolSettings(**_Table("pool", top.table("pool"), set(_POOL), base).numbers(_POOL))
-    exec_ = ExecSettings(**_Table("exec", top.table("exec"), set(_EXEC), base).numbers(_EXEC))
+    exec_table = _Table("exec", top.table("exec"), set(_EXEC) | {"export_request_id"}, base)
+    exec_ = ExecSettings(
+        **exec_table.numbers(_EXEC), export_request_id=exec_table.flag("export_request_id")
+    )
     for key in ("default_timeout", "stream_default_timeout"):
         if getattr(exec_, key) > exec_.max_timeout:
             raise ConfigError(f"exec.{key}: must not exceed exec.max_timeout")
@@ -325,6 +338,7 @@ def parse(raw: dict[str, Any], base: Path) -> Config:
         callers=_callers(raw.get("callers", []), base, tls),
         audit=_audit(top.table("audit"), base),
         fanout=fanout,
+        metrics=_metrics(top.table("metrics"), base),
         hosts=hosts,
         **top.numbers(_TOP),
     )

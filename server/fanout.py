@@ -108,7 +108,9 @@ class FanOut:
         """One target: run the command (when a slot frees) and queue its outcome."""
         async with slots:
             call = self.call
-            record = CallRecord(call.method, call.peer, caller=call.caller, who=call.who)
+            record = CallRecord(
+                call.method, call.peer, call.request_id, caller=call.caller, who=call.who
+            )
             began = time.monotonic()
             command = exec_pb2.ExecuteRequest()
             command.CopyFrom(self.request.request)
@@ -132,6 +134,7 @@ class FanOut:
             finally:
                 record.duration = time.monotonic() - began
                 self.service.audit.write(record)
+                self.service.rpcs.command_done(record)
             await self.out.put(message)
 
     async def _execute(
@@ -147,6 +150,7 @@ class FanOut:
         queue = OutputQueue(spec.max_output_bytes)
         try:
             async with service.launcher.run(host, spec, queue.feed, bounds) as run:
+                record.ran = True
                 queue.attach(run.command.chan)
                 run.command.session.closed.add_done_callback(lambda _: queue.close())
                 await run.bounded(self._forward(run.command, queue, command.text))
@@ -154,7 +158,7 @@ class FanOut:
             record.exit_code, record.signal = info.exit_code, info.signal
             return execute_response(info, queue.stdout, queue.stderr, text=False)
         finally:
-            record.bytes_out = queue.stdout.total + queue.stderr.total
+            record.stdout_bytes, record.stderr_bytes = queue.stdout.total, queue.stderr.total
 
     async def _forward(self, command: RunningCommand, queue: OutputQueue, text: bool) -> None:
         """Feed stdin, then pass the host's output, chunk by chunk, to the writer (waiting

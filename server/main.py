@@ -14,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from . import logs
 from .app import App, start
 from .callers import hash_token
 from .config import Config, ConfigError, is_loopback
@@ -35,6 +36,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="add host 'local': an embedded SSH server on loopback running commands here",
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="text or json lines (default: text on a terminal, json otherwise)",
+    )
     args = parser.parse_args(argv)
     if args.config is None and not args.demo:
         parser.error("--config FILE is required (or --demo for the embedded demo)")
@@ -117,10 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         hash_token_command()
         return
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.setup(args.log_level, args.log_format)
     try:
         asyncio.run(serve(args))
     except ConfigError as exc:

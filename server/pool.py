@@ -25,7 +25,6 @@ sections, which never interleave in one event loop.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
 import time
 import zlib
@@ -35,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Generic
 
 from .config import HostConfig, PoolSettings
+from .counters import MICROSECONDS, Histogram, Tally
 from .errors import HostUnavailable, PoolExhausted, ScoutError
 from .poolstate import (
     Budget,
@@ -62,25 +62,18 @@ CLOSE_TIMEOUT = 5.0  # bound on waiting for one closing connection
 # connect(host, on_lost) opens a connection; on_lost is called when it closes.
 ConnectFn = Callable[[HostConfig, Callable[[], None]], Awaitable[C]]
 
-# Lock wait and hold times are microseconds when all is well: buckets in seconds.
-LOCK_BUCKETS = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, 1e-1)
-
 
 class LockTimings:
-    """Histograms (bucket counts and sums) of shard-lock wait and hold times, cheap to feed."""
+    """How long sections waited for a shard's lock, and held it (microseconds, we hope)."""
 
     def __init__(self) -> None:
-        self.wait = [0] * (len(LOCK_BUCKETS) + 1)
-        self.hold = [0] * (len(LOCK_BUCKETS) + 1)
-        self.wait_sum = 0.0
-        self.hold_sum = 0.0
+        self.wait = Histogram(MICROSECONDS)
+        self.hold = Histogram(MICROSECONDS)
 
     def record(self, wait: float, hold: float) -> None:
         """Count one section."""
-        self.wait[bisect.bisect_left(LOCK_BUCKETS, wait)] += 1
-        self.hold[bisect.bisect_left(LOCK_BUCKETS, hold)] += 1
-        self.wait_sum += wait
-        self.hold_sum += hold
+        self.wait.observe(wait)
+        self.hold.observe(hold)
 
 
 @dataclass
@@ -90,16 +83,12 @@ class PoolStats:
     checkouts: int = 0
     reuses: int = 0
     waits: int = 0
-    wait_seconds: list[float] = field(default_factory=list)  # drained by the metrics
-    connects: dict[str, int] = field(default_factory=dict)  # by result: ok, error
-    connect_seconds: list[float] = field(default_factory=list)  # drained by the metrics
+    wait_seconds: Histogram = field(default_factory=Histogram)
+    connects: Tally = field(default_factory=Tally)  # by result: ok, error
+    connect_seconds: Histogram = field(default_factory=Histogram)
     refusals: int = 0
     retries: int = 0
-    evictions: dict[str, int] = field(default_factory=dict)
-
-    def count(self, table: dict[str, int], key: str) -> None:
-        """Add one to a labelled counter."""
-        table[key] = table.get(key, 0) + 1
+    evictions: Tally = field(default_factory=Tally)  # by reason
 
 
 class Shard(Generic[C]):
@@ -228,7 +217,7 @@ class Pool(Generic[C]):
         except TimeoutError:
             raise self._wait_error(state) from None
         finally:
-            self.stats.wait_seconds.append(self._clock() - now)
+            self.stats.wait_seconds.observe(self._clock() - now)
             if not granted:
                 self._forget(state, waiter)
         return Reservation(self, pc)
@@ -299,7 +288,7 @@ class Pool(Generic[C]):
     def _carry_out(self, state: HostState[C], plan: Plan[C]) -> None:
         """Start the connects and closes a section decided, and the host's backoff timer."""
         for pc, reason in plan.evicted:
-            self.stats.count(self.stats.evictions, reason)
+            self.stats.evictions.add(reason)
             log.debug("evict %r (%s)", pc, reason)
         for pc in plan.connect:
             self._spawn(self._connect_one(pc))
@@ -343,7 +332,7 @@ class Pool(Generic[C]):
         try:
             conn = await self._connect(state.config, lambda: self._lost(pc))
         except BaseException as exc:
-            self.stats.count(self.stats.connects, "error")
+            self.stats.connects.add("error")
             error = connect_error(state, exc)
             if not isinstance(exc, ScoutError | asyncio.CancelledError):
                 log.exception("connect to %s failed unexpectedly", state.name, exc_info=exc)
@@ -351,8 +340,9 @@ class Pool(Generic[C]):
             if not isinstance(exc, Exception):
                 raise
             return
-        self.stats.count(self.stats.connects, "ok")
-        self.stats.connect_seconds.append(self._clock() - started)
+        self.stats.connects.add("ok")
+        self.stats.connect_seconds.observe(self._clock() - started)
+        log.debug("connected to %s in %.3fs", state.name, self._clock() - started)
 
         def publish(now: float, plan: Plan[C]) -> None:
             if self._closed or pc.state is ConnState.CLOSED or conn.is_closed():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Mapping
 
 from scout.v1 import exec_pb2
 
@@ -77,7 +78,7 @@ def timeout_of(limits: ExecSettings, request: exec_pb2.ExecuteRequest, *, stream
     return seconds
 
 
-def command_line(request: exec_pb2.ExecuteRequest) -> str:
+def command_line(request: exec_pb2.ExecuteRequest, extra_env: Mapping[str, str] = {}) -> str:
     """The command as sent: as is, or after its environment and directory.
 
     The environment travels in the line because sshd drops `env` requests outside its
@@ -85,9 +86,10 @@ def command_line(request: exec_pb2.ExecuteRequest) -> str:
     shell exactly as without env or working_dir (so bash stays bash). A directory that
     cannot be entered ends the line with exit code 125, before the command runs.
     """
-    if not request.env and not request.working_dir:
+    env = {**request.env, **extra_env}
+    if not env and not request.working_dir:
         return request.command
-    parts = [f"export {k}={shlex.quote(v)};" for k, v in sorted(request.env.items())]
+    parts = [f"export {k}={shlex.quote(v)};" for k, v in sorted(env.items())]
     if request.working_dir:
         parts.append(f"cd -- {shlex.quote(request.working_dir)} || exit {WORKING_DIR_FAILED};")
     return " ".join(parts) + "\n" + request.command
@@ -116,9 +118,16 @@ def _check_sizes(limits: ExecSettings, request: exec_pb2.ExecuteRequest, host: s
 
 
 def check_execute(
-    config: Config, request: exec_pb2.ExecuteRequest, *, stream: bool = False
+    config: Config,
+    request: exec_pb2.ExecuteRequest,
+    *,
+    stream: bool = False,
+    extra_env: Mapping[str, str] = {},
 ) -> tuple[HostConfig, CommandSpec]:
-    """Validate an ExecuteRequest (or a Stream's start): its host, and its CommandSpec."""
+    """Validate an ExecuteRequest (or a Stream's start): its host, and its CommandSpec.
+
+    extra_env is scout's own (SCOUT_REQUEST_ID), exported after the caller's env.
+    """
     host = lookup_host(config, request.host)
     name, limits = host.name, config.exec
     _check_sizes(limits, request, name)
@@ -138,7 +147,7 @@ def check_execute(
     if request.HasField("terminal_size"):
         term = check_terminal_size(request.terminal_size, "terminal_size")
     timeout_of(limits, request, stream=stream)  # validated here, used by the caller
-    line = command_line(request)
+    line = command_line(request, extra_env)
     if len(line.encode()) > EXEC_LINE_MAX:
         raise InvalidRequest(
             f"command, env and working_dir: {len(line.encode())} bytes once quoted, more than "

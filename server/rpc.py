@@ -31,8 +31,10 @@ from google.protobuf.message import DecodeError, Message
 
 from scout.v1 import exec_pb2
 
+from . import logs
 from .audit import AuditLog, CallRecord
 from .callers import Gate
+from .counters import Histogram, Tally
 from .errors import (
     AuditUnavailable,
     CommandAborted,
@@ -46,6 +48,7 @@ from .errors import (
     ScoutError,
     Unauthenticated,
 )
+from .logs import request_id
 from .stream import MALFORMED
 
 log = logging.getLogger(__name__)
@@ -83,6 +86,9 @@ class Context(Protocol):
     async def send_initial_metadata(self, metadata: Sequence[Any]) -> None:
         """Send the response headers."""
 
+    def set_trailing_metadata(self, metadata: Sequence[Any]) -> None:
+        """Metadata sent with the status."""
+
     async def write(self, message: Any) -> None:
         """Send one response message (streaming responses)."""
 
@@ -104,17 +110,45 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str, bool]:
 
 @dataclass
 class RpcStats:
-    """RPCs in flight and finished, by method and status code."""
+    """RPCs in flight and finished, their durations, and the commands they ran."""
 
     max_in_flight: int
     in_flight: int = 0
-    finished: dict[tuple[str, str], int] = field(default_factory=dict)
-    durations: list[tuple[str, float]] = field(default_factory=list)  # drained by the metrics
+    in_flight_by_method: Tally = field(default_factory=Tally)
+    finished: dict[tuple[str, str], int] = field(default_factory=dict)  # (method, code)
+    durations: dict[str, Histogram] = field(default_factory=dict)  # by method
+    commands: Tally = field(default_factory=Tally)  # by outcome
+    output_bytes: Tally = field(default_factory=Tally)  # by stream
+    host_commands: dict[tuple[str, str], int] = field(default_factory=dict)  # (host, outcome)
 
     def done(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
         """Count one finished RPC."""
         key = (method, code.name)
         self.finished[key] = self.finished.get(key, 0) + 1
+        histogram = self.durations.get(method)
+        if histogram is None:
+            histogram = self.durations[method] = Histogram()
+        histogram.observe(seconds)
+
+    def command_done(self, call: CallRecord) -> None:
+        """Count a command that ran, by how it ended, and its output."""
+        if not call.ran:
+            return
+        outcome = outcome_of(call)
+        self.commands.add(outcome)
+        key = (call.host, outcome)
+        self.host_commands[key] = self.host_commands.get(key, 0) + 1
+        self.output_bytes.add("stdout", call.stdout_bytes)
+        self.output_bytes.add("stderr", call.stderr_bytes)
+
+
+def outcome_of(call: CallRecord) -> str:
+    """exit_zero, exit_nonzero, signal, timeout or aborted."""
+    if call.code == "OK":
+        if call.signal:
+            return "signal"
+        return "exit_zero" if call.exit_code == 0 else "exit_nonzero"
+    return "timeout" if call.code == "DEADLINE_EXCEEDED" else "aborted"
 
 
 class Servicer(Protocol):
@@ -142,6 +176,7 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Wrapped[S, R]]:
         @functools.wraps(handler)
         async def loop(self: S, request: Any, context: Context) -> R:
             stats = self.rpcs
+            call = CallRecord(method, context.peer(), request_id(context.invocation_metadata()))
             if stats.in_flight >= stats.max_in_flight:
                 stats.done(method, grpc.StatusCode.RESOURCE_EXHAUSTED, 0.0)
                 await _abort(
@@ -149,16 +184,24 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Wrapped[S, R]]:
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"scout is at its limit of {stats.max_in_flight} calls at once "
                     "(max_concurrent_rpcs); retry in a second",
+                    call,
                     started=False,
                 )
             stats.in_flight += 1
+            stats.in_flight_by_method.add(method)
             began = time.monotonic()
-            call = CallRecord(method, context.peer())
-            code = grpc.StatusCode.OK
+            fields = {"request_id": call.request_id, "method": method}
+            token = logs.current.set(fields)
+            code, message = grpc.StatusCode.OK, ""
             try:
                 _identify(self.gate, call, context)
+                fields["caller"] = call.caller
                 _well_formed(method, request)
-                return await handler(self, request, context, call)
+                if isinstance(request, exec_pb2.ExecuteRequest):
+                    fields["host"] = request.host[:255]
+                result = await handler(self, request, context, call)
+                context.set_trailing_metadata(((logs.REQUEST_ID_KEY, call.request_id),))
+                return result
             except asyncio.CancelledError:
                 remaining = context.time_remaining()
                 passed = remaining is not None and remaining <= 0
@@ -171,20 +214,34 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Wrapped[S, R]]:
                     describe(call, request)
                 if code is grpc.StatusCode.INTERNAL:
                     log.exception("%s failed", method)
-                else:
-                    log.info("%s: %s: %s", method, code.name, message)
             finally:
                 stats.in_flight -= 1
+                stats.in_flight_by_method.add(method, -1)
                 if call.who is not None:
                     self.gate.release(call.who)
                 call.code, call.duration = code.name, time.monotonic() - began
                 self.audit.write(call)
                 stats.done(method, code, call.duration)
-            await _abort(context, code, message, started=started)
+                stats.command_done(call)
+                _access_log(call, message)
+                logs.current.reset(token)
+            await _abort(context, code, message, call, started=started)
 
         return loop
 
     return decorate
+
+
+def _access_log(call: CallRecord, message: str) -> None:
+    """The one INFO line of every RPC: what, who, where, how it ended, how long."""
+    log.info(
+        "%s %s %.3fs%s",
+        call.method,
+        call.code,
+        call.duration,
+        f": {message}" if message else "",
+        extra={"status": call.code, "duration": round(call.duration, 6), "host": call.host},
+    )
 
 
 def _identify(gate: Gate, call: CallRecord, context: Context) -> None:
@@ -211,10 +268,11 @@ def _well_formed(method: str, request: Any) -> None:
 
 
 async def _abort(
-    context: Context, code: grpc.StatusCode, message: str, *, started: bool
+    context: Context, code: grpc.StatusCode, message: str, call: CallRecord, *, started: bool
 ) -> NoReturn:
-    """End the call with scout's own status and its `x-scout-started` trailer."""
-    await context.abort(code, message, trailing_metadata=((STARTED_KEY, str(started).lower()),))
+    """End the call with scout's own status, its `x-scout-started` trailer, its request id."""
+    trailers = ((STARTED_KEY, str(started).lower()), (logs.REQUEST_ID_KEY, call.request_id))
+    await context.abort(code, message, trailing_metadata=trailers)
 
 
 def safe_parser(message: type[Message]) -> Callable[[bytes], Any]:

@@ -24,6 +24,7 @@ from .config import CallerConfig, Config, HostConfig
 from .errors import HostNotFound
 from .fanout import FanOut
 from .launch import Bounds, Launcher, bounds_for
+from .logs import REQUEST_ID_KEY
 from .output import ExecuteOutput, OutputBudget, OutputQueue
 from .pool import Pool
 from .requests import check_execute, timeout_of
@@ -62,7 +63,10 @@ class ExecService:
         assert call.who is not None
         self.gate.authorize(call.who, call.method, request.host, request.command)
         try:
-            host, spec = check_execute(self.config, request, stream=stream)
+            extra = (
+                {"SCOUT_REQUEST_ID": call.request_id} if self.config.exec.export_request_id else {}
+            )
+            host, spec = check_execute(self.config, request, stream=stream, extra_env=extra)
         except HostNotFound as exc:
             raise HostNotFound(
                 exc.message + self._closest(call.who, request.host), exc.host
@@ -90,13 +94,14 @@ class ExecService:
         output = ExecuteOutput(spec.max_output_bytes, self.output_budget, text=request.text)
         try:
             async with self.launcher.run(host, spec, output.feed, bounds) as run:
+                call.ran = True
                 output.attach(run.command.chan)
                 await run.bounded(_feed_and_wait(run.command))
             info = run.command.outcome()
             call.exit_code, call.signal = info.exit_code, info.signal
             return execute_response(info, output.stdout, output.stderr, text=request.text)
         finally:
-            call.bytes_out = output.stdout.total + output.stderr.total
+            call.stdout_bytes, call.stderr_bytes = output.stdout.total, output.stderr.total
             output.release()
 
     @rpc("Execute")
@@ -165,6 +170,7 @@ class ExecService:
         queue = OutputQueue(spec.max_output_bytes)
         try:
             async with self.launcher.run(host, spec, queue.feed, bounds) as run:
+                call.ran = True
                 command = run.command
                 queue.attach(command.chan)
                 command.session.closed.add_done_callback(lambda _: queue.close())
@@ -172,7 +178,9 @@ class ExecService:
                 # a client waits for them before it writes stdin, so a request that fails
                 # earlier never sees a write race the error (grpc would then report INTERNAL
                 # instead of the real status).
-                await context.send_initial_metadata(((STARTED_KEY, "true"),))
+                await context.send_initial_metadata(
+                    ((STARTED_KEY, "true"), (REQUEST_ID_KEY, call.request_id))
+                )
                 stdin = StdinPump(command, requests, queue, limits.stream_messages_per_second)
                 stdin.start()
                 try:
@@ -181,7 +189,7 @@ class ExecService:
                     await stdin.stop()
                     raise
         finally:
-            call.bytes_out = queue.stdout.total + queue.stderr.total
+            call.stdout_bytes, call.stderr_bytes = queue.stdout.total, queue.stderr.total
         info = command.outcome()
         call.exit_code, call.signal = info.exit_code, info.signal
         await context.write(exit_status(info, queue.stdout, queue.stderr))

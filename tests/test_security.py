@@ -349,8 +349,8 @@ async def test_every_outcome_leaves_one_audit_line_and_no_token_anywhere(
     ]
     ok, nonzero, unauth, denied, timeout, cancel = lines
     assert set(ok) == {
-        "time", "caller", "method", "host", "command", "working_dir", "env_names",
-        "exit_code", "signal", "bytes_out", "duration", "code", "peer",
+        "time", "request_id", "caller", "method", "host", "command", "working_dir",
+        "env_names", "exit_code", "signal", "bytes_out", "duration", "code", "peer",
     }  # fmt: skip
     assert (ok["method"], ok["host"], ok["command"]) == ("Execute", "web1", "echo ok")
     assert ok["env_names"] == ["SECRET"] and ok["exit_code"] == 0 and ok["bytes_out"] == 3

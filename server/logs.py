@@ -1,0 +1,94 @@
+"""Logging: text on a terminal, JSON lines for a log pipeline, and each request's fields.
+
+Every log line written while a request is being served carries that request's id, caller,
+method and host (a contextvar set by the RPC loop, read by `RequestFields`), so a log
+pipeline can follow one request. The access line (one per RPC, at INFO) adds its status
+and duration. The standard `logging` module throughout; a small JSON formatter of ours
+rather than one more dependency.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime
+import json
+import logging
+import re
+import sys
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+REQUEST_ID_KEY = "x-request-id"
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+FIELDS = ("request_id", "caller", "method", "host", "status", "duration")
+
+# The fields of the request being served in this task (and the tasks it starts).
+current: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "scout_request", default=None
+)
+
+
+def request_id(metadata: Sequence[Any] | None) -> str:
+    """The caller's x-request-id if it is sane (bounded, plain), else a new one."""
+    for key, value in metadata or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and REQUEST_ID.fullmatch(value):
+            return value
+    return uuid.uuid4().hex
+
+
+class RequestFields(logging.Filter):
+    """Adds the current request's fields to every record logged while serving it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fields = current.get()
+        if fields:
+            for key, value in fields.items():
+                if not hasattr(record, key):
+                    setattr(record, key, value)
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, the request's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in FIELDS:
+            value = getattr(record, key, None)
+            if value is not None and value != "":
+                line[key] = value
+        if record.exc_info:
+            line["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """The classic line, with the request's id and fields after the message."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        extra = [f"{k}={getattr(record, k)}" for k in FIELDS if getattr(record, k, None)]
+        return f"{text} [{' '.join(extra)}]" if extra else text
+
+
+def setup(level: str, fmt: str | None) -> None:
+    """Configure the root logger: `fmt` text or json; None picks text on a terminal."""
+    if fmt is None:
+        fmt = "text" if sys.stderr.isatty() else "json"
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(RequestFields())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
