@@ -3,7 +3,7 @@
 # onto a slim Python of the same image, and runs it as an unprivileged user.
 #
 #   docker build -t scout:0.1.0 .
-#   docker run -v /etc/scout:/etc/scout:ro -p 50051:50051 scout:0.1.0
+#   docker run -v /srv/scout:/etc/scout:ro -p 50051:50051 scout:0.1.0
 #
 # The config and the files it names are mounted at /etc/scout (deploy/README.md has the
 # layout). Off loopback scout insists on TLS, so the HEALTHCHECK speaks TLS too: the
