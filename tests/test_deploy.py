@@ -459,7 +459,7 @@ def wait_listening(proc: subprocess.Popen[bytes], log: Path) -> str:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and proc.poll() is None:
         for line in log.read_text().splitlines():
-            if " listening on " in line and "(port " in line:
+            if "listening on " in line and "(port " in line:
                 return "127.0.0.1:" + line.split("(port ", 1)[1].split(")", 1)[0]
         time.sleep(0.05)
     proc.kill()
