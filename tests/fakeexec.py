@@ -294,7 +294,9 @@ class _FanOut:
         try:
             if name not in {h.name for h in INVENTORY}:
                 closest = difflib.get_close_matches(name, [h.name for h in INVENTORY], 2, 0.5)
-                text = f"host {name!r} is not in the inventory; closest: {', '.join(closest)}"
+                text = f"host {name!r} is not in the inventory"
+                if closest:
+                    text += f"; closest: {', '.join(closest)}"
                 await self.send(name, error=_status("NOT_FOUND", text), started=False)
                 return
             async with self.slots:

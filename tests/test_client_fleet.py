@@ -148,18 +148,18 @@ async def test_host_errors_are_events_with_their_class_and_may_have_run(client: 
         web3=[["after", "web2"], ["error", "ABORTED", True, "lost web3"]],
         db1=[["after", "web3"], ["error", "INTERNAL", True, ""]],
     )
-    events = await collect(client.execute_many(["web1", "web2", "web3", "nosuch", "db1"], command))
+    events = await collect(client.execute_many(["web1", "web2", "web3", "db2", "db1"], command))
     errors = [e for e in events if isinstance(e, ScoutError)]
     assert len(errors) == len(events) == 5
     by_host = {e.host: e for e in errors}
-    assert [type(by_host[h]) for h in ("web1", "web2", "web3", "db1", "nosuch")] == [
+    assert [type(by_host[h]) for h in ("web1", "web2", "web3", "db1", "db2")] == [
         Unavailable,
         Timeout,
         Aborted,
         ServerError,
         HostNotFound,
     ]
-    assert [by_host[h].may_have_run for h in ("web1", "web2", "web3", "db1", "nosuch")] == [
+    assert [by_host[h].may_have_run for h in ("web1", "web2", "web3", "db1", "db2")] == [
         False,
         True,
         True,
@@ -170,7 +170,7 @@ async def test_host_errors_are_events_with_their_class_and_may_have_run(client: 
     assert by_host["web2"].code == "DEADLINE_EXCEEDED"
     assert str(by_host["db1"]) == "scout call for host 'db1' failed with INTERNAL"
     # The server suggests names itself; the client keeps its words.
-    assert str(by_host["nosuch"]).startswith("host 'nosuch' is not in the inventory; closest:")
+    assert str(by_host["db2"]).startswith("host 'db2' is not in the inventory; closest:")
     # The unknown host is known at once, so it comes first; the rest follow the script.
     assert [e.host for e in errors][1:] == ["web1", "web2", "web3", "db1"]
 
@@ -247,7 +247,7 @@ async def test_options_value_and_keywords_and_max_parallel_reach_the_request(
     )
     remaining = fake[0].seen.time_remaining[0]
     assert remaining is not None
-    assert 0 < remaining <= 8.0
+    assert 0 < remaining < 8.5  # the deadline is rpc_timeout (grpc's clock rounds)
 
 
 async def test_leaving_the_block_cancels_the_fan_out(
