@@ -196,6 +196,7 @@ class _Printer:
         stream.flush()
 
     def _stream(self, name: str) -> BinaryIO:
+        """Our stream for a remote one: stdout to stdout, stderr to stderr."""
         return self._out if name == "stdout" else self._err
 
     def output(self, host: str, name: str, data: bytes) -> None:
