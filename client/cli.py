@@ -13,8 +13,10 @@
         --token-file PATH (else env SCOUT_TOKEN), --tls, --ca FILE, --cert FILE --key FILE
 
 Telling hosts from the command: options may come anywhere before the command.
-When `--` is there (and only our own options come before it), every other word
-before it is a host or a glob, and everything after it is the command. Without
+When `--` is there (and only our own options come before it, written as
+`-l SEL`, `--selector SEL` or `--selector=SEL`: `-lSEL` could be the command's
+`-la`), every other word before it is a host or a glob, and everything after it
+is the command. Without
 `--`, the first word is the one host and the command begins at the next word
 (options after it are the command's). So a command that itself contains `--`
 needs a `--` in front of it; -l needs `--` (without it, the command's first
