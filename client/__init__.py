@@ -3,7 +3,7 @@
 Import from here; the submodules' layout may change.
 """
 
-from client.aio import DEFAULT_TARGET, Client, StreamCall
+from client.aio import DEFAULT_TARGET, Client, ExecuteManyCall, StreamCall
 from client.credentials import TLS
 from client.errors import (
     Aborted,
@@ -18,8 +18,10 @@ from client.errors import (
     ServerError,
     Timeout,
     Unavailable,
+    from_host_status,
     from_rpc_error,
 )
+from client.fleet import Host, HostEvent, HostOutcome, HostOutput
 from client.options import ExecOptions
 from client.results import Event, Exit, ExitStatus, Result, Stderr, Stdout
 from client.sync import SyncClient
@@ -33,9 +35,14 @@ __all__ = [
     "CommandFailed",
     "Event",
     "ExecOptions",
+    "ExecuteManyCall",
     "Exit",
     "ExitStatus",
+    "Host",
+    "HostEvent",
     "HostNotFound",
+    "HostOutcome",
+    "HostOutput",
     "HostRejected",
     "InvalidRequest",
     "NotAllowed",
@@ -49,5 +56,6 @@ __all__ = [
     "SyncClient",
     "Timeout",
     "Unavailable",
+    "from_host_status",
     "from_rpc_error",
 ]

@@ -1,16 +1,19 @@
-"""The asyncio client: Execute as one awaitable, Stream as an async context manager.
+"""The asyncio client: Execute as one awaitable, Stream as an async context manager,
+ListHosts as one awaitable, ExecuteMany as an async iterator of host events.
 
-Every call carries the metadata `x-scout-host: HOST`, because proxies in front
-of several scout replicas route by it (DESIGN.md, "Beyond one machine"), and
-`authorization: Bearer <token>` when the client has a token. Every gRPC error
-leaves this module as a `ScoutError` made by `from_rpc_error`.
+Every call for one host carries the metadata `x-scout-host: HOST`, because
+proxies in front of several scout replicas route by it (DESIGN.md, "Beyond one
+machine"), and `authorization: Bearer <token>` when the client has a token.
+Calls for many hosts carry the header only when their first `hosts` entry is a
+name (see `_fan_out_metadata`). Every gRPC error leaves this module as a
+`ScoutError` made by `from_rpc_error`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from signal import Signals
 from typing import Any, Self
 
@@ -19,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client.credentials import TLS, bearer_metadata
 from client.errors import InvalidRequest, ScoutError, from_rpc_error
+from client.fleet import Host, HostEvent, host_event_from_response, host_from_message, is_pattern
 from client.options import ExecOptions, exec_options
 from client.results import (
     Event,
@@ -30,7 +34,7 @@ from client.results import (
 )
 from scout.v1 import exec_pb2, exec_pb2_grpc
 
-__all__ = ["DEFAULT_TARGET", "Client", "StreamCall"]
+__all__ = ["DEFAULT_TARGET", "Client", "ExecuteManyCall", "StreamCall"]
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 HOST_HEADER = "x-scout-host"
@@ -45,6 +49,13 @@ _DEFAULT_CHANNEL_OPTIONS: dict[str, Any] = {"grpc.max_receive_message_length": -
 def _exec_stub(channel: grpc.aio.Channel) -> Any:
     """Make the generated stub, which has no type hints (no _grpc.pyi is generated)."""
     return exec_pb2_grpc.ExecServiceStub(channel)  # type: ignore[no-untyped-call]
+
+
+def _host_list(hosts: Sequence[str]) -> list[str]:
+    """Copy `hosts`, refusing one string, which would otherwise be read letter by letter."""
+    if isinstance(hosts, str):
+        raise TypeError(f"hosts is a sequence of names or patterns, not one string: [{hosts!r}]")
+    return list(hosts)
 
 
 class Client:
@@ -88,6 +99,18 @@ class Client:
                 f"host name {host!r} is not printable ASCII", code="INVALID_ARGUMENT", host=host
             )
         return ((HOST_HEADER, host), *self._auth)
+
+    def _fan_out_metadata(self, hosts: Sequence[str]) -> tuple[tuple[str, str], ...]:
+        """Metadata for a call about many hosts: route by the first entry if it is a name.
+
+        A glob or a selector names no one host, so the header is left out and a
+        routing proxy picks any replica. How proxies should route fan-outs (whose
+        hosts live on several replicas) is designed in a later issue; until then a
+        fan-out runs on the replica that owns its first named host.
+        """
+        if hosts and not is_pattern(hosts[0]):
+            return self._metadata(hosts[0])
+        return self._auth
 
     async def __aenter__(self) -> Self:
         """Use the client as `async with Client() as c:` so the channel always closes."""
@@ -151,6 +174,58 @@ class Client:
         return StreamCall(
             self, host, opts.request(host, command), opts.deadline(self._margin), metadata
         )
+
+    async def list_hosts(
+        self, selector: str = "", hosts: Sequence[str] = (), *, rpc_timeout: float | None = 10.0
+    ) -> list[Host]:
+        """List the inventory hosts the selector and host names or globs pick, sorted by name.
+
+        Both empty: every host. Each Host carries the pool's view of it now
+        (connections open, channels in use). Nothing runs, so errors never may_have_run.
+        """
+        names = _host_list(hosts)
+        metadata = self._fan_out_metadata(names)
+        stub = _exec_stub(self._open())
+        request = exec_pb2.ListHostsRequest(selector=selector, hosts=names)
+        try:
+            response = await stub.ListHosts(request, timeout=rpc_timeout, metadata=metadata)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err, "", started=False) from err
+        return [host_from_message(host) for host in response.hosts]
+
+    def execute_many(
+        self,
+        hosts: Sequence[str],
+        command: str,
+        options: ExecOptions | None = None,
+        *,
+        selector: str = "",
+        max_parallel: int = 0,
+        stream_output: bool = False,
+        **fields: Any,
+    ) -> ExecuteManyCall:
+        """Run one command on many hosts; iterate the call for each host's events as they come.
+
+        Targets are the union of `hosts` (names or globs) and the label `selector`.
+        `max_parallel` bounds the hosts running at once (0: the server's default).
+        `fields` are ExecOptions fields by name, over `options` if given; `timeout`
+        bounds each host's command, and only `rpc_timeout` bounds the whole call
+        (no deadline by default, since hosts may wait their turn). Events: see
+        client/fleet.py; with stream_output, HostOutput chunks precede each Result.
+        """
+        names = _host_list(hosts)
+        if max_parallel < 0:
+            raise ValueError(f"max_parallel must be >= 0, got {max_parallel!r}")
+        metadata = self._fan_out_metadata(names)
+        opts = exec_options(options, fields)
+        request = exec_pb2.ExecuteManyRequest(
+            hosts=names,
+            selector=selector,
+            request=opts.request("", command),
+            max_parallel=max_parallel,
+            stream_output=stream_output,
+        )
+        return ExecuteManyCall(self, request, opts.rpc_timeout, metadata)
 
     async def health(self, service: str = "", *, rpc_timeout: float | None = 10.0) -> str:
         """Ask the server's standard health service for a service ("": the server itself).
@@ -376,3 +451,84 @@ class StreamCall:
     def _error(self, err: grpc.RpcError) -> ScoutError:
         """Map this call's error, knowing that output means the command had started."""
         return from_rpc_error(err, self.host, started=True if self._responded else None)
+
+
+class ExecuteManyCall(AsyncIterator[HostEvent]):
+    """One ExecuteMany RPC: iterate it for host events in completion order.
+
+    The RPC starts at the first iteration. A host's failure is an event (a
+    ScoutError value); only the RPC's own failure raises, as a ScoutError from
+    `from_rpc_error` (may_have_run by the server's mark, as for Execute). Leaving
+    `async with` or calling cancel() ends the RPC, and the server stops every
+    running command and starts no new one; a plain `async for` that breaks out
+    early leaves that to the call's garbage collection.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        request: exec_pb2.ExecuteManyRequest,
+        deadline: float | None,
+        metadata: tuple[tuple[str, str], ...],
+    ) -> None:
+        """Hold the request; nothing is sent until the first iteration."""
+        self._client = client
+        self._request = request
+        self._deadline = deadline
+        self._metadata = metadata
+        self._call: Any = None
+        self._cancelled = False
+
+    def __repr__(self) -> str:
+        """Show the targets and how far the call got, for logs."""
+        targets = ", ".join(self._request.hosts)
+        if self._request.selector:
+            targets += f"{', ' if targets else ''}-l {self._request.selector}"
+        state = "not started"
+        if self._call is not None:
+            state = "done" if self._call.done() else "running"
+        return f"<ExecuteManyCall {targets} {state}>"
+
+    async def __aenter__(self) -> Self:
+        """Use as `async with client.execute_many(...) as events:` to end it on the way out."""
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Cancel the RPC if it is still running, so the server stops the commands."""
+        self.cancel()
+
+    def cancel(self) -> None:
+        """Cancel the RPC: running commands are stopped, and no new one starts."""
+        if self._call is not None and not self._call.done():
+            self._cancelled = True
+            self._call.cancel()
+
+    def __aiter__(self) -> Self:
+        """Iterate over host events until the RPC ends."""
+        return self
+
+    async def __anext__(self) -> HostEvent:
+        """Read the next Result, host ScoutError or HostOutput; the RPC's failure raises."""
+        if self._call is None:
+            stub = _exec_stub(self._client._open())
+            self._call = stub.ExecuteMany(
+                self._request, timeout=self._deadline, metadata=self._metadata
+            )
+        while True:
+            try:
+                response = await self._call.read()
+            except grpc.RpcError as err:
+                raise from_rpc_error(err, "") from err
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if self._cancelled and task is not None and task.cancelling() == 0:
+                    cancelled = grpc.aio.AioRpcError(
+                        grpc.StatusCode.CANCELLED, details="fan-out cancelled"
+                    )
+                    raise from_rpc_error(cancelled, "") from None
+                raise
+            if response is grpc.aio.EOF:
+                raise StopAsyncIteration
+            event = host_event_from_response(response)
+            if event is not None:  # None: a newer server's event kind, skipped
+                return event

@@ -1,21 +1,55 @@
-"""The `scout` command: run a command on a host through a scout server, like ssh.
+"""The `scout` command: run a command on hosts through a scout server, like ssh.
 
-    scout exec [OPTIONS] HOST [--] COMMAND...
+    scout exec [OPTIONS] HOST [--] COMMAND...                one host
+    scout exec [OPTIONS] HOST|GLOB... [-l SELECTOR] -- COMMAND...
+    scout exec [OPTIONS] -l SELECTOR -- COMMAND...           many hosts (a fan-out)
         --timeout SECS  --env K=V (repeatable)  --cwd DIR  --tty
+        -l/--selector SELECTOR  --max-parallel N  --json
+    scout hosts [OPTIONS] [SELECTOR] [--json]
     scout health [OPTIONS] [--service NAME]
     scout --version
 
-    connection OPTIONS (both commands): --target ADDR (env SCOUT_TARGET),
+    connection OPTIONS (every command): --target ADDR (env SCOUT_TARGET),
         --token-file PATH (else env SCOUT_TOKEN), --tls, --ca FILE, --cert FILE --key FILE
 
-Options may come before or after HOST; option parsing ends at `--` or at the
-first word after HOST, and everything from there is the command. `exec`
-streams the remote stdout and stderr to ours as they arrive, forwards our stdin
-when it is not a terminal (a terminal gets EOF at once), and exits with the
-remote exit code, 128+N when a signal N killed the command, and 255 when scout
-itself failed (as ssh does), saying whether the command did not run or may
-have run. The first Ctrl-C sends INT to the remote command; a second one
-cancels the call, and the server stops the command.
+Telling hosts from the command: options may come anywhere before the command.
+When `--` is there (and only our own options come before it, written as
+`-l SEL`, `--selector SEL` or `--selector=SEL`: `-lSEL` could be the command's
+`-la`), every other word before it is a host or a glob, and everything after it
+is the command. Without
+`--`, the first word is the one host and the command begins at the next word
+(options after it are the command's). So a command that itself contains `--`
+needs a `--` in front of it; -l needs `--` (without it, the command's first
+word would be taken for a host).
+
+One literal host (and no -l or --json) streams the remote stdout and stderr to
+ours as they arrive, forwards our stdin when it is not a terminal (a terminal
+gets EOF at once), and exits with the remote exit code, 128+N when a signal N
+killed the command, and 255 when scout itself failed (as ssh does), saying
+whether the command did not run or may have run. The first Ctrl-C sends INT to
+the remote command; a second one cancels the call, and the server stops the
+command.
+
+Several hosts, a glob, -l or --json run the command everywhere at once through
+ExecuteMany (at most --max-parallel hosts at a time; the server's default
+otherwise), with no stdin and no --tty; --timeout bounds each host's command.
+Output lines come prefixed with their host (`web1 | ...`), stdout to stdout and
+stderr to stderr; --json prints one JSON object per host instead. A progress
+line on stderr (only when it is a terminal) and a summary at the end (on
+stderr) count the hosts. Ctrl-C cancels the call: the server stops every
+running command and starts no new one. The exit status is the highest class
+any host reached (client/fleetcli.py, FailureClass):
+
+    0    every host exited 0
+    1    some host's command exited non-zero
+    2    some host's command was killed by a signal, or timed out (--timeout)
+    3    some host could not run the command, or scout lost track of it
+         (not in the inventory, unreachable, refused, connection lost, ...)
+    255  the call itself failed (a malformed request, targets matching nothing,
+         the server unreachable or gone mid-way); what was heard is summed up first
+    130  interrupted (Ctrl-C)
+
+Usage mistakes exit 2 before anything runs, as everywhere in argparse.
 
 The token is read from --token-file when given (the flag wins over the
 environment, as --target does), else from $SCOUT_TOKEN; it is never printed.
@@ -40,6 +74,8 @@ from typing import BinaryIO
 from client.aio import DEFAULT_TARGET, Client, StreamCall
 from client.credentials import TLS
 from client.errors import ScoutError
+from client.fleet import is_pattern
+from client.fleetcli import FanOutOptions, run_fanout, run_hosts
 from client.results import Exit, ExitStatus, Stderr, Stdout
 
 __all__ = [
@@ -71,6 +107,17 @@ def _positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _positive_count(text: str) -> int:
+    """Parse --max-parallel: a whole number of hosts, at least one."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
     return value
 
 
@@ -121,30 +168,61 @@ def _connection_options() -> tuple[argparse.ArgumentParser, list[argparse.Action
     return options, actions
 
 
-def _value_options(actions: Iterable[argparse.Action]) -> frozenset[str]:
-    """The option strings that take a value, so the exec scanner can skip the value."""
-    return frozenset(name for a in actions for name in a.option_strings if a.nargs != 0)
+class _ExecOptionNames:
+    """exec's option strings, so the word scanner can tell ours from the command's."""
+
+    def __init__(self, actions: Iterable[argparse.Action]) -> None:
+        """Collect every option string, and those that take a value."""
+        actions = list(actions)
+        help_names = {"-h", "--help"}  # argparse adds them to every parser
+        self.known = frozenset(name for a in actions for name in a.option_strings) | help_names
+        self.take_value = frozenset(
+            name for a in actions for name in a.option_strings if a.nargs != 0
+        )
+
+    def is_ours(self, word: str) -> bool:
+        """Say whether a word is one of our options as written out (`--env=A=1` too)."""
+        return word in self.known or (
+            word.startswith("--") and word.partition("=")[0] in self.take_value
+        )
 
 
-def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, frozenset[str]]:
+def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, _ExecOptionNames]:
     """Describe the command line in one place, so help and parsing agree."""
     connection, connection_actions = _connection_options()
     parser = argparse.ArgumentParser(
         prog="scout", description="Run shell commands on SSH hosts through a scout server."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    commands = parser.add_subparsers(dest="action", required=True, metavar="{exec,health}")
+    commands = parser.add_subparsers(dest="action", required=True, metavar="{exec,hosts,health}")
 
     run = commands.add_parser(
         "exec",
         parents=[connection],
         allow_abbrev=False,  # the scanner in split_exec_words knows full names only
-        usage="scout exec [OPTIONS] HOST [--] COMMAND...",
-        help="run a command on a host and stream its output",
+        usage=(
+            "scout exec [OPTIONS] HOST [--] COMMAND...\n"
+            "       scout exec [OPTIONS] [HOST|GLOB...] [-l SELECTOR] -- COMMAND..."
+        ),
+        help="run a command on one host or many, and stream its output",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "With --, every word before it that is not an option is a host or a glob;\n"
+            "without it, the first word is the one host and the command starts after it."
+        ),
+        epilog=(
+            "one host: the remote exit code, 128+N for signal N, 255 when scout failed.\n"
+            "many hosts (several, a glob, -l or --json): the highest class reached:\n"
+            "  0 all exited 0, 1 some exited non-zero, 2 some killed by a signal or\n"
+            "  timed out, 3 some could not run the command, 255 the call itself failed."
+        ),
     )
     run_actions = [
         run.add_argument(
-            "--timeout", type=_positive_seconds, metavar="SECS", help="stop the command after SECS"
+            "--timeout",
+            type=_positive_seconds,
+            metavar="SECS",
+            help="stop the command after SECS (on each host)",
         ),
         run.add_argument(
             "--env",
@@ -158,39 +236,94 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, frozens
         run.add_argument(
             "--tty",
             action="store_true",
-            help="run the command under a pseudo-terminal (the size of ours, if any)",
+            help="run the command under a pseudo-terminal (the size of ours, if any; one host)",
+        ),
+        run.add_argument(
+            "-l",
+            "--selector",
+            default="",
+            metavar="SELECTOR",
+            help="also run on the hosts this label selector picks (role=web,region in (eu,us))",
+        ),
+        run.add_argument(
+            "--max-parallel",
+            type=_positive_count,
+            default=0,
+            metavar="N",
+            help="run on at most N hosts at once (default: the server's)",
+        ),
+        run.add_argument(
+            "--json",
+            action="store_true",
+            help="print one JSON object per host when it ends, instead of its output lines",
         ),
     ]
-    run.add_argument("host", metavar="HOST", help="host name in the server's inventory")
+
+    hosts = commands.add_parser(
+        "hosts", parents=[connection], help="list the server's inventory hosts"
+    )
+    hosts.add_argument(
+        "selector", nargs="?", default="", metavar="SELECTOR", help="only hosts it picks"
+    )
+    hosts.add_argument("--json", action="store_true", help="print one JSON object per host")
 
     health = commands.add_parser(
         "health", parents=[connection], help="print the server's health status"
     )
     health.add_argument("--service", default="", help="service name (default: the server)")
-    return parser, run, _value_options([*connection_actions, *run_actions])
+    return parser, run, _ExecOptionNames([*connection_actions, *run_actions])
 
 
-def split_exec_words(words: Sequence[str], value_options: frozenset[str]) -> tuple[int, bool]:
-    """Find where `exec`'s options and HOST end: (index, whether a "--" is there).
+def _separator(words: Sequence[str], names: _ExecOptionNames) -> int | None:
+    """Find the `--` that ends a list of hosts: every word before it is ours or a host.
 
-    Options come before or after HOST; the options part ends at "--" or at the
-    first word after HOST that is not an option, where the command begins.
+    A word that looks like an option but is not one of ours means the command has
+    begun (`ls -la -- x`), so that `--` is the command's, and None is returned.
     """
-    seen_host = False
     index = 0
     while index < len(words):
         word = words[index]
         if word == "--":
-            return index, True
+            return index
         if word.startswith("-") and word != "-":
-            takes_value = word in value_options  # "--env=A=1" carries its value
-            index += 2 if takes_value else 1
+            if not names.is_ours(word):
+                return None
+            index += 2 if word in names.take_value else 1
             continue
-        if seen_host:
-            return index, False
-        seen_host = True
         index += 1
-    return len(words), False
+    return None
+
+
+def split_exec_words(
+    words: Sequence[str], names: _ExecOptionNames
+) -> tuple[list[str], list[str], list[str], bool]:
+    """Split exec's words into (options, hosts, command, whether a "--" ended the hosts).
+
+    With a `--` whose every earlier word is ours or a host, the words before it
+    that are not options are hosts. Otherwise the first such word is the one host,
+    and the command begins at the next one (or after a `--` right behind the host).
+    """
+    separator = _separator(words, names)
+    options: list[str] = []
+    hosts: list[str] = []
+    index = 0
+    end = len(words) if separator is None else separator
+    while index < end:
+        word = words[index]
+        if word == "--":  # before the command, without a host list: today's rule
+            return options, hosts, list(words[index + 1 :]), True
+        if word.startswith("-") and word != "-":
+            width = 2 if word in names.take_value else 1  # "--env=A=1" carries its value
+            options.extend(words[index : index + width])
+            index += width
+            continue
+        if separator is None and hosts:
+            return options, hosts, list(words[index:]), False
+        hosts.append(word)
+        index += 1
+    if separator is not None:
+        return options, hosts, list(words[separator + 1 :]), True
+    return options, hosts, [], False
 
 
 def join_command(words: Sequence[str]) -> str:
@@ -201,13 +334,19 @@ def join_command(words: Sequence[str]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse the command line; exits with usage (status 2) on a mistake."""
+    """Parse the command line; exits with usage (status 2) on a mistake.
+
+    For exec: args.hosts (names or globs), args.command (one string), args.env (a
+    dict), and args.fan_out, which says whether the run goes through ExecuteMany.
+    """
     words = list(sys.argv[1:] if argv is None else argv)
-    parser, run, value_options = _parser()
-    tail: list[str] | None = None
+    parser, run, names = _parser()
+    hosts: list[str] = []
+    tail: list[str] = []
+    dashes = False
     if words[:1] == ["exec"]:
-        cut, dashes = split_exec_words(words[1:], value_options)
-        words, tail = words[: cut + 1], words[cut + 1 + dashes :]
+        options, hosts, tail, dashes = split_exec_words(words[1:], names)
+        words = ["exec", *options]
     elif "--" in words:
         cut = words.index("--")
         if words[cut + 1 :]:
@@ -217,11 +356,35 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if (args.cert is None) != (args.key is None):
         parser.error("--cert and --key go together (mutual TLS needs both)")
     if args.action == "exec":
-        if not tail:
-            run.error("missing COMMAND after HOST (scout exec HOST -- COMMAND...)")
-        args.command = join_command(tail)
-        args.env = dict(args.env)
+        _check_exec(run, args, hosts, tail, dashes)
     return args
+
+
+def _check_exec(
+    run: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    hosts: list[str],
+    tail: list[str],
+    dashes: bool,
+) -> None:
+    """Complete exec's arguments from the scanned words, refusing what cannot run."""
+    if args.selector and not dashes:
+        run.error("-l needs -- before the command: scout exec -l SELECTOR [HOST...] -- COMMAND...")
+    if not hosts and not args.selector:
+        run.error("missing HOST (or -l SELECTOR): scout exec HOST -- COMMAND...")
+    if not tail:
+        run.error("missing COMMAND after the hosts: scout exec HOST -- COMMAND...")
+    args.hosts = hosts
+    args.command = join_command(tail)
+    args.env = dict(args.env)
+    args.fan_out = bool(
+        len(hosts) > 1 or any(is_pattern(h) for h in hosts) or args.selector or args.json
+    )
+    if args.fan_out and args.tty:
+        run.error(
+            "--tty runs one command on our terminal: it needs one host "
+            "(no second host, glob, -l or --json)"
+        )
 
 
 def client_for(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Client:
@@ -366,7 +529,7 @@ async def run_exec(
     status: ExitStatus | None = None
     fd = _stdin_fd(stdin)
     async with client.stream(
-        args.host,
+        args.hosts[0],
         args.command,
         env=args.env,
         timeout=args.timeout,
@@ -412,12 +575,27 @@ async def run_health(client: Client, args: argparse.Namespace, stdout: BinaryIO)
     return 0 if status == "SERVING" else 1
 
 
-def _failure(err: ScoutError, action: str) -> str:
+def _failure(err: ScoutError, args: argparse.Namespace) -> str:
     """Say what went wrong and, for exec, whether the command may have run."""
-    if action != "exec":
+    if args.action != "exec":
         return f"scout: {err}"
+    if args.fan_out:
+        ran = "commands may have run" if err.may_have_run else "no command ran"
+        return f"scout: {err} ({ran})"
     ran = "may have run" if err.may_have_run else "did not run"
     return f"scout: {err} (the command {ran})"
+
+
+def _fan_out_options(args: argparse.Namespace) -> FanOutOptions:
+    """What a fan-out needs from exec's arguments (no stdin, no pty: see the docstring)."""
+    return FanOutOptions(
+        hosts=args.hosts,
+        selector=args.selector,
+        command=args.command,
+        max_parallel=args.max_parallel,
+        json_lines=args.json,
+        exec_fields={"env": args.env, "timeout": args.timeout, "working_dir": args.cwd},
+    )
 
 
 async def amain(
@@ -439,9 +617,13 @@ async def amain(
         async with client:
             if args.action == "health":
                 return await run_health(client, args, stdout)
+            if args.action == "hosts":
+                return await run_hosts(client, args.selector, args.json, stdout)
+            if args.fan_out:
+                return await run_fanout(client, _fan_out_options(args), stdout, stderr)
             return await run_exec(client, args, stdin, stdout, stderr)
     except ScoutError as err:
-        stderr.write(f"{_failure(err, args.action)}\n".encode(errors="replace"))
+        stderr.write(f"{_failure(err, args)}\n".encode(errors="replace"))
         stderr.flush()
         return EXIT_SCOUT_FAILED
     except asyncio.CancelledError:

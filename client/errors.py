@@ -14,6 +14,11 @@ have run. A Stream whose response headers arrived had started its command.
 Errors raised here before anything was sent (a host name gRPC cannot carry)
 have may_have_run False.
 
+ExecuteMany reports a host that could not run the command as a
+`google.rpc.Status` inside the stream, with a `started` flag in place of the
+trailer; `from_host_status` maps it through the same table, so a host's error
+is the same class as the one Execute would have raised for it.
+
     ScoutError                the base; carries .code, .message, .host, .may_have_run
     ├── InvalidRequest        INVALID_ARGUMENT: malformed request; fix the call
     ├── HostNotFound          NOT_FOUND: the host is not in the server's inventory
@@ -60,6 +65,7 @@ __all__ = [
     "ServerError",
     "Timeout",
     "Unavailable",
+    "from_host_status",
     "from_rpc_error",
 ]
 
@@ -172,6 +178,10 @@ _BY_CODE: dict[str, type[ScoutError]] = {
 }
 
 
+# google.rpc.Status carries the code as its number.
+_NAME_BY_NUMBER: dict[int, str] = {code.value[0]: code.name for code in grpc.StatusCode}
+
+
 def _status_name(err: Any) -> str:
     """Name the status of any gRPC error, sync or aio, even one without a code()."""
     code = getattr(err, "code", None)
@@ -211,16 +221,32 @@ def _details(err: Any) -> str:
 def from_rpc_error(
     err: grpc.aio.AioRpcError | grpc.RpcError, host: str, *, started: bool | None = None
 ) -> ScoutError:
-    """Turn a gRPC error into the client's exception; the only place that knows status codes.
+    """Turn a gRPC error into the client's exception (through _BY_CODE, the one status table).
 
     started: True when the caller knows the command started (Stream headers arrived),
     False when the call cannot run a command (health), None to decide by the
     server's x-scout-started mark: absent means the command may have run.
     """
-    name = _status_name(err)
-    message = _details(err)
+    may_have_run = started if started is not None else not _server_said_nothing_ran(err)
+    return _error(_status_name(err), _details(err), host, may_have_run)
+
+
+def from_host_status(code: int, message: str, host: str, *, started: bool) -> ScoutError:
+    """Turn one host's status in an ExecuteMany stream into the client's exception.
+
+    code is the numeric gRPC status code (google.rpc.Status.code); started is the
+    message's flag, which the server sets on every host's status, so it decides alone.
+    OK, or a number gRPC does not know, is a server bug: ServerError, code UNKNOWN.
+    """
+    name = _NAME_BY_NUMBER.get(code, "UNKNOWN")
+    if name == "OK":
+        name = "UNKNOWN"
+    return _error(name, message, host, started)
+
+
+def _error(name: str, message: str, host: str, may_have_run: bool) -> ScoutError:
+    """Build the class the status name maps to, with a message a person can act on."""
     if not message:
         where = f" for host {host!r}" if host else ""
         message = f"scout call{where} failed with {name}"
-    may_have_run = started if started is not None else not _server_said_nothing_ran(err)
     return _BY_CODE.get(name, ServerError)(message, code=name, host=host, may_have_run=may_have_run)

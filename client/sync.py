@@ -8,6 +8,11 @@ at a time; code that wants concurrency should use the asyncio `Client`.
 Calling from inside a running event loop is refused by asyncio: use `Client`
 there. Ctrl-C in the main thread cancels the RPC, and the server stops the
 command, before KeyboardInterrupt propagates.
+
+`execute_many` returns a list: every host's outcome in completion order once
+the fan-out has ended, since a blocking iterator would hold the loop (and the
+lock) between items. Code that wants each host as it finishes, or its output
+as it comes, iterates the asyncio `Client.execute_many`.
 """
 
 from __future__ import annotations
@@ -17,14 +22,21 @@ import threading
 from collections.abc import Coroutine, Sequence
 from typing import Any, Self, TypeVar
 
-from client.aio import DEFAULT_DEADLINE_MARGIN, DEFAULT_TARGET, Client
+from client.aio import DEFAULT_DEADLINE_MARGIN, DEFAULT_TARGET, Client, ExecuteManyCall
 from client.credentials import TLS
+from client.fleet import Host, HostOutcome, HostOutput
 from client.options import ExecOptions
 from client.results import Result
 
 __all__ = ["SyncClient"]
 
 T = TypeVar("T")
+
+
+async def _outcomes(call: ExecuteManyCall) -> list[HostOutcome]:
+    """Run a fan-out to its end and keep each host's outcome (output chunks are not asked for)."""
+    async with call:
+        return [event async for event in call if not isinstance(event, HostOutput)]
 
 
 class SyncClient:
@@ -90,6 +102,32 @@ class SyncClient:
     ) -> Result:
         """Run a command and wait for its Result; same arguments as Client.execute."""
         return self._run(self._client.execute(host, command, options, **fields))
+
+    def list_hosts(
+        self, selector: str = "", hosts: Sequence[str] = (), *, rpc_timeout: float | None = 10.0
+    ) -> list[Host]:
+        """List the inventory hosts the selector and names or globs pick; see Client.list_hosts."""
+        return self._run(self._client.list_hosts(selector, hosts, rpc_timeout=rpc_timeout))
+
+    def execute_many(
+        self,
+        hosts: Sequence[str],
+        command: str,
+        options: ExecOptions | None = None,
+        *,
+        selector: str = "",
+        max_parallel: int = 0,
+        **fields: Any,
+    ) -> list[HostOutcome]:
+        """Run one command on many hosts; every host's Result or ScoutError, in completion order.
+
+        Same arguments as Client.execute_many, without stream_output; a host's error
+        is an item of the list, and only the RPC's own failure raises.
+        """
+        call = self._client.execute_many(
+            hosts, command, options, selector=selector, max_parallel=max_parallel, **fields
+        )
+        return self._run(_outcomes(call))
 
     def health(self, service: str = "", *, rpc_timeout: float | None = 10.0) -> str:
         """Ask the server's health service; returns e.g. "SERVING"."""

@@ -14,6 +14,23 @@ server chooses by user name, so each test states the server side it needs:
     wait-signal             Stream: exit with the first signal received
     anything else           Execute: echo stdin, exit 3; Stream: cat
 
+ListHosts and ExecuteMany work over a fixed inventory (INVENTORY: db1, web1,
+web2, web3). Host entries are names or fnmatch globs; the fake's selector is
+only "k=v,k=v" (anything else is INVALID_ARGUMENT, as a malformed selector is).
+ExecuteMany plays one script per host, given as the command in JSON:
+{"web1": [STEP, ...], "*": [STEP, ...]} ("*" for hosts not named); a command
+that is not JSON runs ["stdout", "HOST\n"], ["exit", 0] everywhere. Steps:
+
+    ["stdout", TEXT] ["stderr", TEXT]   output (a chunk with stream_output, else kept)
+    ["after", HOST]                     wait until HOST's last message was sent
+    ["sleep", SECS]
+    ["exit", CODE] ["signal", NAME]     the host's result (the default end: exit 0)
+    ["error", CODE, STARTED, TEXT]      the host's status, with the started flag
+    ["abort", CODE, TEXT]               end the whole RPC with CODE, unmarked
+
+A literal name not in the inventory gets NOT_FOUND (started false) with the
+closest names, as scout says it; no target at all is NOT_FOUND for the RPC.
+
 Run as `python -m tests.fakeexec`, it serves on 127.0.0.1:0, prints "port N",
 then "started HOST" for every call it receives, so a test can kill it mid-call.
 """
@@ -21,6 +38,9 @@ then "started HOST" for every call it receives, so a test can kill it mid-call.
 from __future__ import annotations
 
 import asyncio
+import difflib
+import fnmatch
+import json
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -34,6 +54,43 @@ from scout.v1 import exec_pb2, exec_pb2_grpc
 
 S = grpc.StatusCode
 NOTHING_RAN = (("x-scout-started", "false"),)
+DEFAULT_MAX_PARALLEL = 8
+
+INVENTORY = [
+    exec_pb2.Host(
+        name="db1",
+        address="10.0.0.5",
+        port=22,
+        user="postgres",
+        labels={"role": "db", "region": "eu"},
+        via=["bastion"],
+        connections_open=1,
+    ),
+    exec_pb2.Host(
+        name="web1",
+        address="10.0.0.1",
+        port=22,
+        user="deploy",
+        labels={"role": "web", "region": "eu"},
+        connections_open=2,
+        channels_in_use=1,
+    ),
+    exec_pb2.Host(
+        name="web2",
+        address="10.0.0.2",
+        port=2222,
+        user="deploy",
+        labels={"role": "web", "region": "us"},
+    ),
+    exec_pb2.Host(
+        name="web3",
+        address="web3.example.net",
+        port=22,
+        user="deploy",
+        labels={"role": "web", "region": "eu", "canary": "yes"},
+        via=["bastion", "admin@jump2:2200"],
+    ),
+]
 
 
 @dataclass
@@ -46,6 +103,8 @@ class Seen:
     peer_names: list[list[bytes]] = field(default_factory=list)
     time_remaining: list[float | None] = field(default_factory=list)
     stream_messages: list[exec_pb2.StreamRequest] = field(default_factory=list)
+    many: list[exec_pb2.ExecuteManyRequest] = field(default_factory=list)
+    listings: list[exec_pb2.ListHostsRequest] = field(default_factory=list)
     started: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -154,6 +213,178 @@ class FakeExec(exec_pb2_grpc.ExecServiceServicer):
             elif kind == "close_stdin":
                 break
         await context.write(_exit(exit_code=0, stdout_bytes=total))
+
+    async def ListHosts(
+        self, request: exec_pb2.ListHostsRequest, context: Any
+    ) -> exec_pb2.ListHostsResponse:
+        self._record(exec_pb2.ExecuteRequest(), context)
+        self.seen.listings.append(request)
+        labels = await _selector(request.selector, context)
+        picked = [
+            host
+            for host in INVENTORY
+            if (not request.hosts and not request.selector)
+            or any(fnmatch.fnmatchcase(host.name, entry) for entry in request.hosts)
+            or (labels is not None and _matches(host, labels))
+        ]
+        return exec_pb2.ListHostsResponse(hosts=picked)
+
+    async def ExecuteMany(self, request: exec_pb2.ExecuteManyRequest, context: Any) -> None:
+        self._record(request.request, context)
+        self.seen.many.append(request)
+        if request.request.host:
+            await context.abort(
+                S.INVALID_ARGUMENT, "request.host must be empty", trailing_metadata=NOTHING_RAN
+            )
+        labels = await _selector(request.selector, context)
+        targets = _targets(request.hosts, labels)
+        if not targets:
+            await context.abort(
+                S.NOT_FOUND, "no host matches the targets", trailing_metadata=NOTHING_RAN
+            )
+        plan = _plan(request.request.command)
+        fan_out = _FanOut(request, context, targets)
+        try:
+            await fan_out.run(plan)
+        except asyncio.CancelledError:
+            self.seen.cancelled.set()
+            raise
+
+
+class _Abort(Exception):
+    """A step ended the whole ExecuteMany RPC."""
+
+    def __init__(self, code: str, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
+class _FanOut:
+    """One scripted ExecuteMany: each host plays its steps, at most max_parallel at once."""
+
+    def __init__(
+        self, request: exec_pb2.ExecuteManyRequest, context: Any, targets: list[str]
+    ) -> None:
+        self.request = request
+        self.context = context
+        self.targets = targets
+        self.finished = {host: asyncio.Event() for host in targets}
+        self.slots = asyncio.Semaphore(request.max_parallel or DEFAULT_MAX_PARALLEL)
+        self.write_lock = asyncio.Lock()
+
+    async def run(self, plan: dict[str, list[list[Any]]]) -> None:
+        tasks = [
+            asyncio.create_task(self.host(name, plan.get(name, plan.get("*", []))))
+            for name in self.targets
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        except _Abort as abort:
+            await self.context.abort(S[abort.code], abort.text)
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def send(self, host: str, **event: Any) -> None:
+        async with self.write_lock:
+            await self.context.write(exec_pb2.ExecuteManyResponse(host=host, **event))
+
+    async def host(self, name: str, steps: list[list[Any]]) -> None:
+        try:
+            if name not in {h.name for h in INVENTORY}:
+                closest = difflib.get_close_matches(name, [h.name for h in INVENTORY], 2, 0.5)
+                text = f"host {name!r} is not in the inventory"
+                if closest:
+                    text += f"; closest: {', '.join(closest)}"
+                await self.send(name, error=_status("NOT_FOUND", text), started=False)
+                return
+            async with self.slots:
+                await self.play(name, steps)
+        finally:
+            self.finished[name].set()
+
+    async def play(self, name: str, steps: list[list[Any]]) -> None:
+        kept = {"stdout": b"", "stderr": b""}
+        counts = {"stdout": 0, "stderr": 0}
+        for kind, *args in steps:
+            if kind in ("stdout", "stderr"):
+                data = args[0].encode()
+                counts[kind] += len(data)
+                if self.request.stream_output:
+                    await self.send(name, output=exec_pb2.OutputChunk(**{kind: data}))
+                else:
+                    kept[kind] += data
+            elif kind == "after":
+                await self.finished[args[0]].wait()
+            elif kind == "sleep":
+                await asyncio.sleep(args[0])
+            elif kind == "error":
+                code, started, text = args
+                await self.send(name, error=_status(code, text), started=started)
+                return
+            elif kind == "abort":
+                raise _Abort(args[0], args[1])
+            elif kind in ("exit", "signal"):
+                break
+        else:
+            kind, args = "exit", [0]
+        result = exec_pb2.ExecuteResponse(
+            stdout=kept["stdout"],
+            stderr=kept["stderr"],
+            stdout_bytes=counts["stdout"],
+            stderr_bytes=counts["stderr"],
+            exit_code=args[0] if kind == "exit" else -1,
+            signal=args[0] if kind == "signal" else "",
+        )
+        result.duration.FromMilliseconds(10)
+        await self.send(name, result=result)
+
+
+async def _selector(text: str, context: Any) -> dict[str, str] | None:
+    """The fake's selector: "k=v,k=v" only; None when empty."""
+    if not text:
+        return None
+    labels: dict[str, str] = {}
+    for term in text.split(","):
+        key, sep, value = term.partition("=")
+        if not sep or not key.strip():
+            await context.abort(
+                S.INVALID_ARGUMENT,
+                f"malformed selector {text!r}: expected key=value",
+                trailing_metadata=NOTHING_RAN,
+            )
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+def _matches(host: exec_pb2.Host, labels: dict[str, str]) -> bool:
+    return all(host.labels.get(key) == value for key, value in labels.items())
+
+
+def _targets(entries: Any, labels: dict[str, str] | None) -> list[str]:
+    """The union of names, globs and selector matches, in the order scout starts them."""
+    names: set[str] = set()
+    for entry in entries:
+        if any(ch in entry for ch in "*?["):
+            names.update(h.name for h in INVENTORY if fnmatch.fnmatchcase(h.name, entry))
+        else:
+            names.add(entry)
+    if labels is not None:
+        names.update(h.name for h in INVENTORY if _matches(h, labels))
+    return sorted(names)
+
+
+def _plan(command: str) -> dict[str, list[list[Any]]]:
+    if command.startswith("{"):
+        plan: dict[str, list[list[Any]]] = json.loads(command)
+        return plan
+    return {name: [["stdout", f"{name}\n"], ["exit", 0]] for name in (h.name for h in INVENTORY)}
+
+
+def _status(code: str, text: str) -> dict[str, Any]:
+    """A google.rpc.Status as the message's initializer takes it (no google.rpc import)."""
+    return {"code": S[code].value[0], "message": text}
 
 
 def _exit(**fields: Any) -> exec_pb2.StreamResponse:

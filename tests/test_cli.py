@@ -27,7 +27,7 @@ from .fakeexec import FakeExec, serving
 )
 def test_command_words_join_like_ssh(argv: list[str], command: str) -> None:
     args = parse_args(argv)
-    assert args.host == "h"
+    assert args.hosts == ["h"]
     assert args.command == command
 
 
@@ -106,7 +106,7 @@ def test_options_after_host_are_options_up_to_the_command(
     argv: list[str], timeout: float | None, command: str
 ) -> None:
     args = parse_args(argv)
-    assert (args.host, args.timeout, args.command) == ("local", timeout, command)
+    assert (args.hosts, args.timeout, args.command) == (["local"], timeout, command)
 
 
 def test_every_exec_option_after_the_host(tmp_path: Path) -> None:
@@ -136,7 +136,7 @@ def test_every_exec_option_after_the_host(tmp_path: Path) -> None:
             "-j4",
         ]
     )
-    assert (args.host, args.command, args.env) == ("web1", "make -j4", {"A": "1", "B": "2"})
+    assert (args.hosts, args.command, args.env) == (["web1"], "make -j4", {"A": "1", "B": "2"})
     assert (args.cwd, args.tty, args.target, args.token_file) == ("/srv", True, "scout:1", token)
     assert (args.ca, args.cert, args.key) == (Path("ca.pem"), Path("c.pem"), Path("k.pem"))
     plain = parse_args(["exec", "web1", "true"])

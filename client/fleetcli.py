@@ -1,0 +1,392 @@
+"""The `scout` command's fleet side: `scout exec` on many hosts, and `scout hosts`.
+
+A fan-out prints each host's output as it comes, every line whole and
+prefixed with its host (`web1 | ...`), stdout to stdout and stderr to stderr;
+a host's unfinished last line is completed when that host ends, and a line
+longer than MAX_LINE is cut into prefixed pieces so that memory stays bounded.
+A host that did not exit 0 gets a line on stderr when it ends; a summary on
+stderr ends the run. With --json, each host's outcome is one JSON object on
+stdout instead (OUTCOME_KEYS). When stderr is a terminal, a progress line
+there shows hosts done (exited 0), failed and still running; the total comes
+from ListHosts, asked alongside, and without it "running" is left out.
+
+The exit status is the highest failure class among the hosts (FailureClass),
+or 255 when the call itself failed (cli.py says so and exits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from client.aio import Client
+from client.errors import ScoutError
+from client.fleet import Host, HostOutcome, HostOutput, is_pattern
+from client.results import Result
+
+__all__ = [
+    "HOST_COLUMNS",
+    "MAX_LINE",
+    "OUTCOME_KEYS",
+    "FailureClass",
+    "FanOutOptions",
+    "failure_class",
+    "host_record",
+    "hosts_table",
+    "outcome_record",
+    "run_fanout",
+    "run_hosts",
+]
+
+MAX_LINE = 64 * 1024  # a longer line is printed in pieces, each with the host prefix
+SUMMARY_NAMES = 20  # hosts named per summary line before "and N more"
+CLEAR_LINE = b"\r\x1b[K"
+OUTCOME_KEYS = (
+    "host",
+    "exit_code",
+    "signal",
+    "stdout",
+    "stderr",
+    "stdout_truncated",
+    "stderr_truncated",
+    "error",
+    "may_have_run",
+)
+HOST_COLUMNS = ("NAME", "ADDRESS", "PORT", "USER", "LABELS", "VIA", "CONNECTIONS", "CHANNELS")
+
+
+class FailureClass(enum.IntEnum):
+    """How badly a host's run went; the fan-out exits with the highest one seen."""
+
+    OK = 0  # exited 0
+    EXITED_NON_ZERO = 1  # the command exited with a non-zero status
+    KILLED_OR_TIMED_OUT = 2  # a signal ended it, or it outlived --timeout (DEADLINE_EXCEEDED)
+    NOT_RUN = 3  # scout could not run it there, or lost track of it (any other status)
+
+
+_CLASS_WORDS = {
+    FailureClass.EXITED_NON_ZERO: "exited non-zero",
+    FailureClass.KILLED_OR_TIMED_OUT: "killed or timed out",
+    FailureClass.NOT_RUN: "could not run",
+}
+
+
+def failure_class(outcome: HostOutcome) -> FailureClass:
+    """Classify one host's outcome for the exit status and the summary."""
+    if isinstance(outcome, ScoutError):
+        if outcome.code == "DEADLINE_EXCEEDED":
+            return FailureClass.KILLED_OR_TIMED_OUT
+        return FailureClass.NOT_RUN
+    if outcome.signal:
+        return FailureClass.KILLED_OR_TIMED_OUT
+    if outcome.exit_code != 0:
+        return FailureClass.EXITED_NON_ZERO
+    return FailureClass.OK
+
+
+def outcome_record(outcome: HostOutcome) -> dict[str, Any]:
+    """One host's outcome as the JSON object --json prints (keys: OUTCOME_KEYS)."""
+    if isinstance(outcome, ScoutError):
+        return {
+            "host": outcome.host,
+            "exit_code": None,
+            "signal": None,
+            "stdout": "",
+            "stderr": "",
+            "stdout_truncated": False,
+            "stderr_truncated": False,
+            "error": {"code": outcome.code, "message": outcome.message},
+            "may_have_run": outcome.may_have_run,
+        }
+    return {
+        "host": outcome.host,
+        "exit_code": outcome.exit_code,
+        "signal": outcome.signal,
+        "stdout": outcome.stdout.decode(errors="replace"),
+        "stderr": outcome.stderr.decode(errors="replace"),
+        "stdout_truncated": outcome.stdout_truncated,
+        "stderr_truncated": outcome.stderr_truncated,
+        "error": None,
+        "may_have_run": True,
+    }
+
+
+def _what_happened(outcome: HostOutcome) -> str:
+    """A host's failure in words, for its stderr line."""
+    if isinstance(outcome, ScoutError):
+        ran = "may have run" if outcome.may_have_run else "did not run"
+        return f"{outcome} (the command {ran})"
+    if outcome.signal:
+        return f"killed by signal {outcome.signal}"
+    return f"exited with status {outcome.exit_code}"
+
+
+def _is_terminal(stream: BinaryIO) -> bool:
+    """Say whether a stream is a terminal (io.BytesIO and closed streams are not)."""
+    try:
+        return os.isatty(stream.fileno())
+    except (OSError, ValueError):
+        return False
+
+
+@dataclass(frozen=True, kw_only=True)
+class FanOutOptions:
+    """What `scout exec` passes on for a fan-out (parsed by cli.py)."""
+
+    hosts: Sequence[str]
+    selector: str
+    command: str
+    max_parallel: int
+    json_lines: bool
+    exec_fields: Mapping[str, Any]  # Client.execute_many's ExecOptions fields
+
+
+class _Progress:
+    """The progress line on a terminal: cleared before other output, drawn again after."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        """Draw on stream (our stderr, a terminal)."""
+        self._stream = stream
+        self._shown = False
+        self.total: int | None = None
+
+    def hide(self) -> None:
+        """Clear the line, so output does not land in the middle of it."""
+        if self._shown:
+            self._stream.write(CLEAR_LINE)
+            self._stream.flush()
+            self._shown = False
+
+    def show(self, done: int, failed: int) -> None:
+        """Draw the counts in place (no newline)."""
+        text = f"scout: {done} done, {failed} failed"
+        if self.total is not None:
+            text += f", {max(0, self.total - done - failed)} running"
+        self._stream.write(CLEAR_LINE + text.encode())
+        self._stream.flush()
+        self._shown = True
+
+
+class _Printer:
+    """Everything a fan-out prints, host by host, and what it remembers for the summary."""
+
+    def __init__(
+        self, stdout: BinaryIO, stderr: BinaryIO, json_lines: bool, progress: _Progress | None
+    ) -> None:
+        """Print to stdout and stderr; a progress line only when given one."""
+        self._out = stdout
+        self._err = stderr
+        self._json = json_lines
+        self._progress = progress
+        self._stdout_is_terminal = _is_terminal(stdout)
+        self._partial: dict[tuple[str, str], bytes] = {}
+        self.outcomes: list[tuple[str, FailureClass]] = []
+
+    def _write(self, stream: BinaryIO, data: bytes) -> None:
+        """Write whole lines, clearing the progress line first when they share the terminal."""
+        if self._progress is not None and (stream is self._err or self._stdout_is_terminal):
+            self._progress.hide()
+        stream.write(data)
+        stream.flush()
+
+    def _stream(self, name: str) -> BinaryIO:
+        """Our stream for a remote one: stdout to stdout, stderr to stderr."""
+        return self._out if name == "stdout" else self._err
+
+    def output(self, host: str, name: str, data: bytes) -> None:
+        """Print the complete lines of a chunk with the host prefix; keep the rest."""
+        buffered = self._partial.pop((host, name), b"") + data
+        lines = buffered.split(b"\n")
+        rest = lines.pop()
+        while len(rest) > MAX_LINE:
+            lines.append(rest[:MAX_LINE])
+            rest = rest[MAX_LINE:]
+        if rest:
+            self._partial[host, name] = rest
+        if lines:
+            prefix = f"{host} | ".encode(errors="replace")
+            self._write(self._stream(name), b"".join(prefix + line + b"\n" for line in lines))
+
+    def _finish_lines(self, host: str) -> None:
+        """End the host's unfinished lines: nothing more will come from it."""
+        for name in ("stdout", "stderr"):
+            if (host, name) in self._partial:
+                self.output(host, name, b"\n")
+
+    def outcome(self, outcome: HostOutcome) -> None:
+        """Print one host's end: its JSON object, or its last lines and a failure note."""
+        host = outcome.host
+        kind = failure_class(outcome)
+        self.outcomes.append((host, kind))
+        if self._json:
+            line = json.dumps(outcome_record(outcome), ensure_ascii=False) + "\n"
+            self._write(self._out, line.encode(errors="replace"))
+            return
+        if isinstance(outcome, Result):  # a server that did not stream its output
+            self.output(host, "stdout", outcome.stdout)
+            self.output(host, "stderr", outcome.stderr)
+        self._finish_lines(host)
+        if kind is not FailureClass.OK:
+            line = f"{host} | scout: {_what_happened(outcome)}\n"
+            self._write(self._err, line.encode(errors="replace"))
+
+    def finish(self) -> None:
+        """End every unfinished line (the call ended) and clear the progress line for good."""
+        for host, _ in list(self._partial):
+            self._finish_lines(host)
+        if self._progress is not None:
+            self._progress.hide()
+            self._progress = None  # a late redraw (the ListHosts callback) draws nothing
+
+    def show_progress(self) -> None:
+        """Redraw the progress line with the counts so far."""
+        if self._progress is not None:
+            done = sum(1 for _, kind in self.outcomes if kind is FailureClass.OK)
+            self._progress.show(done, len(self.outcomes) - done)
+
+    def summary(self) -> bytes:
+        """Count the hosts by class and name the ones that failed (on stderr at the end)."""
+        total = len(self.outcomes)
+        ok = sum(1 for _, kind in self.outcomes if kind is FailureClass.OK)
+        parts = [f"{ok} ok"]
+        details = []
+        for kind, words in _CLASS_WORDS.items():
+            names = sorted(host for host, k in self.outcomes if k is kind)
+            if names:
+                parts.append(f"{len(names)} {words}")
+                shown = ", ".join(names[:SUMMARY_NAMES])
+                more = len(names) - SUMMARY_NAMES
+                details.append(f"scout: {words}: {shown}{f' and {more} more' if more > 0 else ''}")
+        head = f"scout: {total} host{'' if total == 1 else 's'}: {', '.join(parts)}"
+        return "\n".join([head, *details, ""]).encode(errors="replace")
+
+    def exit_status(self) -> int:
+        """The highest failure class seen."""
+        return max((kind for _, kind in self.outcomes), default=FailureClass.OK)
+
+
+async def _count_targets(client: Client, options: FanOutOptions, progress: _Progress) -> None:
+    """Learn how many hosts the fan-out has, for the progress line's "running" count.
+
+    ListHosts gives the names the patterns and selector pick; literal names that
+    are not in the inventory are targets too (they end with NOT_FOUND). If the
+    call fails (a caller allowed to run commands but not to list hosts), the
+    progress line goes without a total.
+    """
+    with contextlib.suppress(ScoutError):
+        listed = await client.list_hosts(options.selector, options.hosts)
+        names = {host.name for host in listed}
+        names.update(name for name in options.hosts if not is_pattern(name))
+        progress.total = len(names)
+
+
+async def run_fanout(
+    client: Client, options: FanOutOptions, stdout: BinaryIO, stderr: BinaryIO
+) -> int:
+    """Run one command on many hosts through ExecuteMany; return the highest failure class.
+
+    The call's own failure raises ScoutError after the summary of what was heard.
+    """
+    progress = _Progress(stderr) if _is_terminal(stderr) else None
+    printer = _Printer(stdout, stderr, options.json_lines, progress)
+    counter = None
+    if progress is not None:
+        counter = asyncio.create_task(_count_targets(client, options, progress))
+        counter.add_done_callback(lambda _: printer.show_progress())
+    call = client.execute_many(
+        options.hosts,
+        options.command,
+        selector=options.selector,
+        max_parallel=options.max_parallel,
+        stream_output=not options.json_lines,  # JSON wants each host's output whole
+        **options.exec_fields,
+    )
+    ended = ""  # how the call ended, when not by failing before any host was heard
+    try:
+        printer.show_progress()
+        async with call:
+            async for event in call:
+                if isinstance(event, HostOutput):
+                    printer.output(event.host, event.stream, event.data)
+                else:
+                    printer.outcome(event)
+                printer.show_progress()
+        ended = "done"
+    except asyncio.CancelledError:
+        ended = "interrupted"
+        raise
+    finally:
+        if counter is not None:
+            counter.cancel()
+        printer.finish()
+        if ended or printer.outcomes:
+            stderr.write(printer.summary())
+        if ended == "interrupted":
+            stderr.write(b"scout: interrupted; the server stops the commands still running\n")
+        stderr.flush()
+    if not printer.outcomes:
+        stderr.write(b"scout: the server reported no host\n")
+        stderr.flush()
+        return 255
+    return printer.exit_status()
+
+
+def _label_text(labels: Mapping[str, str]) -> str:
+    """Labels as k=v,k=v in key order, "-" for none."""
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items())) or "-"
+
+
+def host_record(host: Host) -> dict[str, Any]:
+    """One host as the JSON object `scout hosts --json` prints."""
+    return {
+        "name": host.name,
+        "address": host.address,
+        "port": host.port,
+        "user": host.user,
+        "labels": dict(host.labels),
+        "via": list(host.via),
+        "connections_open": host.connections_open,
+        "channels_in_use": host.channels_in_use,
+    }
+
+
+def hosts_table(hosts: Sequence[Host]) -> str:
+    """The inventory as aligned columns (HOST_COLUMNS), "-" for an empty cell."""
+    rows = [list(HOST_COLUMNS)]
+    for host in hosts:
+        rows.append(
+            [
+                host.name,
+                host.address or "-",
+                str(host.port) if host.port else "-",
+                host.user or "-",
+                _label_text(host.labels),
+                ",".join(host.via) or "-",
+                str(host.connections_open),
+                str(host.channels_in_use),
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HOST_COLUMNS))]
+    return "".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        + "\n"
+        for row in rows
+    )
+
+
+async def run_hosts(client: Client, selector: str, json_lines: bool, stdout: BinaryIO) -> int:
+    """Print the hosts the selector picks (all without one) as a table or JSON lines."""
+    hosts = await client.list_hosts(selector)
+    if json_lines:
+        text = "".join(json.dumps(host_record(h), ensure_ascii=False) + "\n" for h in hosts)
+    else:
+        text = hosts_table(hosts)
+    stdout.write(text.encode(errors="replace"))
+    stdout.flush()
+    return 0
