@@ -27,7 +27,7 @@ $(STUBS): | $(STAMP)
 	$(BIN)/python -m server.protogen
 
 run: $(STAMP) $(STUBS)
-	$(BIN)/scout-server --demo
+	$(BIN)/scout-server --demo --metrics 127.0.0.1:9464
 
 test: $(STUBS) lint
 	$(BIN)/pytest

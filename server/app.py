@@ -26,6 +26,7 @@ from .command import CLOSE_WAIT, KILL_WAIT
 from .config import Config, ConfigError, check_exposure
 from .connector import Connector
 from .introspection import HEALTH_SERVICE, Health, enable_reflection
+from .metrics import MetricsServer
 from .pool import Pool
 from .rpc import safe_parser
 from .service import ExecService
@@ -57,6 +58,7 @@ class App:
     port: int
     tls: ServerTLS | None = None
     loader: Callable[[], Config] | None = None  # reads the config file again (SIGHUP)
+    metrics: MetricsServer | None = None
     _watcher: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def stop_budget(self) -> float:
@@ -74,6 +76,8 @@ class App:
         await self.service.launcher.wait_stopped(budget)
         await self.pool.close(drain_within=budget)
         self.service.audit.close()
+        if self.metrics is not None:
+            await self.metrics.stop()
         log.info("stopped; pool closed")
 
     def reload(self) -> None:
@@ -222,5 +226,8 @@ async def start(
         f"{len(config.callers)} callers" if config.callers else "no callers (open)",
     )
     app = App(config, server, pool, service, health, connector, port, tls, loader)
+    if config.metrics.listen:
+        app.metrics = MetricsServer(app)
+        await app.metrics.start(config.metrics.listen)
     app._watcher = asyncio.get_running_loop().create_task(app._watch_files())
     return app

@@ -44,6 +44,9 @@ def demo_host_config(demo: ShellHost) -> HostConfig:
     return demo.host_config(DEMO_HOST)
 
 
-def help_text(demo: ShellHost, listen: str) -> str:
+def help_text(demo: ShellHost, listen: str, metrics_port: int | None) -> str:
     """What `make run` prints: where scout and the demo host listen, and what to try."""
-    return HELP.format(listen=listen, ssh=f"{demo.address}:{demo.port}", user=demo.user)
+    text = HELP.format(listen=listen, ssh=f"{demo.address}:{demo.port}", user=demo.user)
+    if metrics_port is not None:
+        text += f"Metrics: http://127.0.0.1:{metrics_port}/metrics\n"
+    return text

@@ -35,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="add host 'local': an embedded SSH server on loopback running commands here",
     )
+    parser.add_argument("--metrics", help="HOST:PORT to serve /metrics on (overrides [metrics])")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     parser.add_argument(
         "--log-format",
@@ -50,6 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def serve(args: argparse.Namespace) -> None:
     """Start; SIGHUP reloads; SIGTERM or Ctrl-C stops gracefully, a second one at once."""
     config = load(args.config) if args.config else Config()
+    if args.metrics:
+        config = dataclasses.replace(
+            config, metrics=dataclasses.replace(config.metrics, listen=args.metrics)
+        )
     listen = args.listen or config.listen
     async with contextlib.AsyncExitStack() as stack:
         demo = None
@@ -78,7 +83,7 @@ async def serve(args: argparse.Namespace) -> None:
             loop.add_signal_handler(sig, stops.put_nowait, sig)
         loop.add_signal_handler(signal.SIGHUP, _reload, app)
         if demo is not None:
-            sys.stdout.write(help_text(demo, listen))
+            sys.stdout.write(help_text(demo, listen, app.metrics.port if app.metrics else None))
             sys.stdout.flush()
         await stops.get()
         log.info(
