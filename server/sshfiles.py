@@ -132,9 +132,11 @@ class KeyFiles(_Files[asyncssh.SSHKey]):
     kind = "client key"
 
     def _parse(self, path: Path) -> asyncssh.SSHKey:
-        mode = os.stat(path).st_mode & 0o777
-        if mode & 0o077:
-            # as ssh does: a key others can read is no longer the gateway's alone
+        st = os.stat(path)
+        mode = st.st_mode & 0o777
+        if st.st_uid == os.geteuid() and mode & 0o077:
+            # ssh's own rule: a key of ours that others may read is no longer ours alone
+            # (a key another user owns, such as a mounted secret, is that user's business)
             raise ValueError(f"permissions {mode:04o} are too open; chmod 600 it")
         return asyncssh.read_private_key(path)
 
