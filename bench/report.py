@@ -162,7 +162,7 @@ def render(report: Report) -> str:
         "minutes. Rerun with `make bench` (quick, a few minutes) or `make bench-full` "
         "(longer windows, more runs). This file is generated; edit `bench/report.py`.",
         "",
-        "## Targets (issue 5)",
+        "## Targets (issues 5 and 12)",
         "",
     ]
     lines += _table(
