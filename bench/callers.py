@@ -5,20 +5,26 @@ Each caller runs one request per `call(worker, host)` and answers with an outcom
 of output bytes. The baselines run in the load generator's own process: the raw client
 is the floor of what SSH costs, with no pool logic and no gRPC hop at all.
 
-    scout       Execute or Stream on a scout server (the system under test)
+    scout       Execute or Stream on a scout server (the system under test), or one
+                ExecuteMany over every host whose messages answer the requests, one each
     raw         asyncssh on connections opened before the measurement, K per host;
                 worker w always uses connection w % K (hand-tuned for MaxSessions)
-    raw_cold    asyncssh connect, run, close, for every request (the cold floor)
+    raw_cold    asyncssh: a host's first request connects, then runs (the cold floor);
+                like scout's, the connections stay open until the clock has stopped
     naive       the seed's global-lock pool (bench.naive), one connection per host
+
+The raw clients can run at most `parallel` requests at once (an asyncio.Semaphore).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import asyncssh
 import grpc
+from google.rpc import code_pb2
 
 from scout.v1 import exec_pb2, exec_pb2_grpc
 
@@ -95,9 +101,18 @@ class ScoutCaller(Caller):
         self._channel = grpc.aio.insecure_channel(self.spec.target, options=GRPC_OPTIONS)
         await asyncio.wait_for(self._channel.channel_ready(), 30)
         self._stub = exec_pb2_grpc.ExecServiceStub(self._channel)
+        self._many: asyncio.Task[None] | None = None
+        loop = asyncio.get_running_loop()
+        self._answers = {h.name: loop.create_future() for h in self.hosts}
 
     async def call(self, worker: int, host: int) -> tuple[str, int]:
         request = exec_pb2.ExecuteRequest(host=self.hosts[host].name, command=self.spec.command)
+        if self.spec.op == "many":
+            self._many = self._many or asyncio.create_task(self._execute_many())
+            news: exec_pb2.ExecuteManyResponse = await self._answers[request.host]
+            if news.HasField("error"):
+                return code_pb2.Code.Name(news.error.code), 0
+            return (OK if news.result.exit_code == 0 else EXIT_NONZERO), len(news.result.stdout)
         if self.spec.op != "stream":
             response = await self._stub.Execute(request, timeout=self.spec.timeout)
             return (OK if response.exit_code == 0 else EXIT_NONZERO), len(response.stdout)
@@ -109,13 +124,30 @@ class ScoutCaller(Caller):
                 code = OK if msg.exit.exit_code == 0 else EXIT_NONZERO
         return code, nbytes
 
+    async def _execute_many(self) -> None:
+        """One ExecuteMany over every host; each message answers that host's request."""
+        command = exec_pb2.ExecuteRequest(command=self.spec.command)
+        hosts = [h.name for h in self.hosts]
+        request = exec_pb2.ExecuteManyRequest(
+            hosts=hosts, request=command, max_parallel=self.spec.parallel
+        )
+        try:
+            async for msg in self._stub.ExecuteMany(request, timeout=self.spec.timeout):
+                self._answers[msg.host].set_result(msg)
+        except Exception as exc:  # the requests not answered yet fail with it
+            for answer in self._answers.values():
+                if not answer.done():
+                    answer.set_exception(exc)
+
     async def close(self) -> None:
+        if self._many:
+            self._many.cancel()
         await self._channel.close()
 
 
 class RawCaller(Caller):
-    """asyncssh with no pool: K connections per host opened in setup, or (raw_cold) a new
-    connection for every request."""
+    """asyncssh with no pool: K connections per host opened in setup, or (raw_cold) one
+    opened by the host's first request."""
 
     async def setup(self) -> None:
         assert self.spec.auth is not None
@@ -129,13 +161,17 @@ class RawCaller(Caller):
         k = 0 if self.spec.backend == "raw_cold" else self.spec.per_host
         flat = await asyncio.gather(*(one(h) for h in self.hosts for _ in range(k)))
         self._conns = [flat[i * k : (i + 1) * k] for i in range(len(self.hosts))]
+        p = self.spec.parallel
+        self._gate: contextlib.AbstractAsyncContextManager[None] = (
+            asyncio.Semaphore(p) if p else contextlib.nullcontext()
+        )
 
     async def call(self, worker: int, host: int) -> tuple[str, int]:
-        if conns := self._conns[host]:
+        async with self._gate:
+            if not (conns := self._conns[host]):
+                h = self.hosts[host]
+                conns.append(await asyncssh.connect(h.address, h.port, options=self._options))
             return await run_raw(conns[worker % len(conns)], self.spec.command)
-        h = self.hosts[host]
-        async with asyncssh.connect(h.address, h.port, options=self._options) as conn:
-            return await run_raw(conn, self.spec.command)
 
     async def close(self) -> None:
         await close_all([c for conns in self._conns for c in conns])

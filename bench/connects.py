@@ -24,10 +24,6 @@ BOUNDED_HOSTS = 200
 BOUNDED_CALLERS = 50
 
 
-def _makespan_ms(runs: Runs) -> float:
-    return runs.median(lambda r: r.elapsed) * 1000
-
-
 async def cold_hosts(rig: Rig) -> Section:
     """Scenario 2: first requests to n cold hosts at once."""
     section = Section(
@@ -57,9 +53,9 @@ async def cold_hosts(rig: Rig) -> Section:
                 say(f"[s2] n={n} {label} run {run + 1}: {runs[label][-1].brief()}")
         section.runs |= {f"n={n} {label}": rs for label, rs in runs.items()}
         for label, rs in runs.items():
-            cells = [num(_makespan_ms(rs)), *rs.latency_cells(), rs.errors_text()]
+            cells = [num(rs.makespan_ms), *rs.latency_cells(), rs.errors_text()]
             section.rows.append([str(n), label, *cells])
-        scout_ms, naive_ms, raw_ms = (_makespan_ms(rs) for rs in runs.values())
+        scout_ms, naive_ms, raw_ms = (rs.makespan_ms for rs in runs.values())
         speedup, floor = ratio(naive_ms, scout_ms), ratio(scout_ms, raw_ms)
         section.notes.append(
             f"n={n}: scout is **{times(speedup)}** faster than the naive pool; "
@@ -110,13 +106,11 @@ async def bounded(rig: Rig) -> Section:
         await rig.quiet()
         server = await rig.scout(hosts, rig.fake_auth(), max_connections=POOL_CAP)
         try:
-            result = await rig.load(server.aim(replace(naive, seed=run)))
-            seen[labels[0]].append((result, await rig.stats()))
+            seen[labels[0]].append(await rig.counted(server.aim(replace(naive, seed=run))))
         finally:
             await server.stop()
         await rig.quiet()
-        result = await rig.load(replace(naive, seed=run))
-        seen[labels[1]].append((result, await rig.stats()))
+        seen[labels[1]].append(await rig.counted(replace(naive, seed=run)))
         for label in labels:
             r, c = seen[label][-1]
             say(f"[s5] {label} run {run + 1} (peak {c.peak}): {r.brief()}")

@@ -35,16 +35,20 @@ CONTROL_USER = "__control__"
 
 @dataclass
 class Counters:
-    """What the server saw; `peak` is the most connections open at once."""
+    """What the server saw; `peak` is the most connections open at once, `peak_channels`
+    the most channels (commands) open at once."""
 
     connections: int = 0
     peak: int = 0
     handshakes: int = 0
     ciphers: dict[str, int] = field(default_factory=dict)  # handshakes by negotiated cipher
+    channels: int = 0
+    peak_channels: int = 0
 
     def reset(self) -> None:
-        """Zero the counts; the peak restarts from what is open now."""
+        """Zero the counts; the peaks restart from what is open now."""
         self.peak, self.handshakes, self.ciphers = self.connections, 0, {}
+        self.peak_channels = self.channels
 
 
 class _Server(asyncssh.SSHServer):
@@ -90,9 +94,16 @@ class _Session(asyncssh.SSHServerSession[bytes]):
     def __init__(self, server: _Server) -> None:
         self.server = server
         self.command = ""
+        self.counted = server.counted  # the control user's channels are not
 
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         self.chan = chan
+        c = self.server.counters
+        c.channels += self.counted
+        c.peak_channels = max(c.peak_channels, c.channels)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.counters.channels -= self.counted
 
     def exec_requested(self, command: str) -> bool:
         self.command = command

@@ -45,7 +45,7 @@ class Step:
     def row(self, label: str) -> list[str]:
         """The table row."""
         runs = self.runs
-        cpu = [runs.median(lambda r: r.cpu.loadgen), runs.median(lambda r: r.cpu.server)]
+        cpu = [runs.cpu("loadgen"), runs.cpu("server")]
         cells = [*runs.latency_cells(), runs.errors_text(), *map(num, cpu)]
         return [label, num(self.rate), num(runs.rate), *cells, "yes" if self.held else "**no**"]
 
@@ -124,12 +124,8 @@ async def ladder(rig: Rig) -> Section:
     for rate, runs in by_rate["scout"].items():
         raw_runs, grpc_runs = by_rate["raw"].get(rate, Runs()), by_rate["grpc"].get(rate, Runs())
         measure = f"CPU µs per request, open loop {rate:,} req/s, 100 hosts"
-        scout_us = runs.median(lambda r: r.cpu.server)
-        raw_us, grpc_us = (
-            raw_runs.median(lambda r: r.cpu.loadgen),
-            grpc_runs.median(lambda r: r.cpu.server),
-        )
-        section.cpu.append(CpuFigure(measure, scout_us, raw_us, grpc_us))
+        cpu = (runs.cpu("server"), raw_runs.cpu("loadgen"), grpc_runs.cpu("server"))
+        section.cpu.append(CpuFigure(measure, *cpu))
     return section
 
 

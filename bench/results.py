@@ -10,6 +10,7 @@ import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from .specs import LoadResult
 
@@ -32,6 +33,11 @@ class Runs(list[LoadResult]):
         """Median throughput, requests per second."""
         return self.median(lambda r: r.throughput)
 
+    @property
+    def makespan_ms(self) -> float:
+        """Median makespan of bursts (their measured window), ms."""
+        return self.median(lambda r: r.elapsed) * 1000
+
     def latency(self, p: str) -> float:
         """Median of one latency percentile ("p50", "p95", "p99", "max"), ms."""
         return self.median(lambda r: float(getattr(r.latency, p)))
@@ -52,6 +58,14 @@ class Runs(list[LoadResult]):
     def latency_cells(self) -> list[str]:
         """Median P50, P95, P99 and max over runs, in ms."""
         return [num(self.latency(p), 1) for p in ("p50", "p95", "p99", "max")]
+
+    def cpu(self, process: str) -> float:
+        """Median CPU µs per request of one process ("loadgen", "server", "target") or "total"."""
+        return self.median(attrgetter(f"cpu.{process}"))
+
+    def cpu_cells(self) -> list[str]:
+        """Median CPU µs per request: load generator, server, SSH server, all three."""
+        return [num(self.cpu(p)) for p in ("loadgen", "server", "target", "total")]
 
 
 def ratio(a: float, b: float) -> float:
@@ -76,7 +90,7 @@ def times(value: float) -> str:
 
 @dataclass
 class Verdict:
-    """One issue-5 target: what was asked, what was measured, met or not."""
+    """One target (issues 5 and 12): what was asked, what was measured, met or not."""
 
     scenario: str
     target: str

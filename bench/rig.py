@@ -215,6 +215,12 @@ class Rig:
         address, port = self.fake.endpoints[0]
         return await query(address, port, self.keys.known_hosts, reset=reset)
 
+    async def counted(self, spec: LoadSpec) -> tuple[LoadResult, Counters]:
+        """One load generator run, and what the fake server counted meanwhile."""
+        await self.stats(reset=True)
+        result = await self.load(spec)
+        return result, await self.stats()
+
     async def quiet(self) -> None:
         """Wait until the fake server has no connection left, then zero its counters."""
         for _ in range(100):

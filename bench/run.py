@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .connects import bounded, cold_hosts
 from .cost import cost
+from .fanout import fan_out
 from .ladder import ladder
 from .report import Report, load_average, machine, render
 from .results import Section
@@ -40,6 +41,7 @@ SCENARIOS: dict[int, Scenario] = {
     5: bounded,
     6: stream,
     7: cost,
+    8: fan_out,
 }
 
 

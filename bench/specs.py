@@ -50,11 +50,12 @@ class LoadSpec:
     hosts: tuple[Host, ...]
     command: str = "echo ok"
     target: str = ""  # scout: the gRPC target
-    op: str = "exec"  # scout: exec or stream
+    op: str = "exec"  # scout: exec, stream, or many (one ExecuteMany over every host)
     auth: Auth | None = None  # the SSH baselines
     per_host: int = 1  # raw: connections per host, opened before the clock
     prewarm: bool = False  # naive: connect every host before the clock
     concurrency: int = 1  # closed: callers; burst: requests
+    parallel: int = 0  # raw: at most this many requests at once (0: no bound); many: max_parallel
     rate: float = 0.0  # open: arrivals per second
     warmup: float = 0.0  # seconds before the measured window (closed, open)
     duration: float = 1.0  # seconds of the measured window (closed, open)

@@ -30,9 +30,7 @@ _COLUMNS = ["backend", "req/s", "P50 ms", "P95 ms", "P99 ms", "max ms", "errors"
 
 def _row(label: str, runs: Runs) -> list[str]:
     """Throughput, latency, errors, then CPU per request by process and in total."""
-    cpu = [runs.median(lambda r: r.cpu.loadgen), runs.median(lambda r: r.cpu.server)]
-    cpu += [runs.median(lambda r: r.cpu.target), runs.median(lambda r: r.cpu.total)]
-    return [label, num(runs.rate), *runs.latency_cells(), runs.errors_text(), *map(num, cpu)]
+    return [label, num(runs.rate), *runs.latency_cells(), runs.errors_text(), *runs.cpu_cells()]
 
 
 async def single_host(rig: Rig) -> Section:
@@ -72,9 +70,9 @@ async def single_host(rig: Rig) -> Section:
     section.rows = [_row(label, rs) for label, rs in runs.items()]
     scout, base, grpc = runs["scout"], runs["raw asyncssh"], runs["gRPC alone, no SSH"]
     share = ratio(scout.rate, base.rate)
-    cpu = scout.median(lambda r: r.cpu.server)
-    grpc_us = grpc.median(lambda r: r.cpu.server)
-    ssh_us = base.median(lambda r: r.cpu.loadgen)
+    cpu = scout.cpu("server")
+    grpc_us = grpc.cpu("server")
+    ssh_us = base.cpu("loadgen")
     own = cpu - grpc_us - ssh_us
     other_share = ratio(runs[f"raw asyncssh, {other}"].rate, base.rate)
     section.cpu.append(
@@ -91,7 +89,7 @@ async def single_host(rig: Rig) -> Section:
         "throughput: the cipher alone moves asyncssh's cost per command a lot "
         "(chacha20-poly1305 takes several cryptography calls per packet, AES-GCM one).",
     ]
-    total, raw_total = scout.median(lambda r: r.cpu.total), base.median(lambda r: r.cpu.total)
+    total, raw_total = scout.cpu("total"), base.cpu("total")
     section.verdict(
         "throughput ≥ 0.6 of raw asyncssh",
         times(share),
@@ -151,16 +149,16 @@ async def openssh_host(rig: Rig) -> Section:
         f"best raw client without errors: {best or 'none'}; scout / best raw: **{times(share)}**"
     )
     section.verdict("zero errors", f"{failed} errors", failed == 0)
-    total = scout.median(lambda r: r.cpu.total)
-    raw_total = runs[best].median(lambda r: r.cpu.total) if best else math.nan
+    total = scout.cpu("total")
+    raw_total = runs[best].cpu("total") if best else math.nan
     section.verdict(
         "throughput ≥ 0.9 of the best raw client",
         times(share),
         at_least(share, 0.9),
-        f"sshd's process tree spends {num(scout.median(lambda r: r.cpu.target))} µs of CPU per "
+        f"sshd's process tree spends {num(scout.cpu('target'))} µs of CPU per "
         f"command (it forks a shell each time), and all processes together {num(total)} µs "
         f"per request through scout against {num(raw_total)} µs with the raw client: scout's "
-        f"server ({num(scout.median(lambda r: r.cpu.server))} µs) and its gRPC "
+        f"server ({num(scout.cpu('server'))} µs) and its gRPC "
         "client come on top of the same sshd work, and on 2 saturated cores throughput "
         f"goes as the inverse ({times(ratio(raw_total, total))}).",
     )
