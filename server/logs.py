@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextvars
 import datetime
+import itertools
 import json
 import logging
 import re
+import secrets
 import sys
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,12 +30,16 @@ current: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
 )
 
 
+_PROCESS = secrets.token_hex(8)  # ids unique across processes and restarts...
+_SERIAL = itertools.count()  # ...and within this one: no system call per request
+
+
 def request_id(metadata: Sequence[Any] | None) -> str:
     """The caller's x-request-id if it is sane (bounded, plain), else a new one."""
     for key, value in metadata or ():
         if key == REQUEST_ID_KEY and isinstance(value, str) and REQUEST_ID.fullmatch(value):
             return value
-    return uuid.uuid4().hex
+    return f"{_PROCESS}{next(_SERIAL):016x}"
 
 
 class RequestFields(logging.Filter):

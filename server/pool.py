@@ -192,7 +192,7 @@ class Pool(Generic[C]):
             now = self._clock()
             state = shard.hosts.get(host.name)
             if state is None:
-                state = shard.hosts[host.name] = HostState(host)
+                state = shard.hosts[host.name] = HostState(host, shard.index)
             self.stats.checkouts += 1
             pc = None if state.waiters else state.best_available()
             if pc is not None:
@@ -268,7 +268,7 @@ class Pool(Generic[C]):
         returned: PooledConnection[C] | None = None,
     ) -> None:
         """Apply a change (and give back `returned`'s channel) to a host, then assign."""
-        shard = self._shard(state.name)
+        shard = self._shards[state.shard]
         plan: Plan[C] = Plan()
         with _Section(shard):
             now = self._clock()

@@ -131,8 +131,9 @@ class Backoff:
 class HostState(Generic[C]):
     """A host's connections (in every state), its waiting callers and its connect backoff."""
 
-    def __init__(self, config: HostConfig) -> None:
+    def __init__(self, config: HostConfig, shard: int = 0) -> None:
         self.config = config
+        self.shard = shard  # which shard holds this host (the pool's stable hash)
         self.conns: list[PooledConnection[C]] = []
         self.waiters: deque[Waiter[C]] = deque()
         self.backoff: Backoff | None = None

@@ -176,7 +176,8 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Wrapped[S, R]]:
         @functools.wraps(handler)
         async def loop(self: S, request: Any, context: Context) -> R:
             stats = self.rpcs
-            call = CallRecord(method, context.peer(), request_id(context.invocation_metadata()))
+            metadata = context.invocation_metadata()
+            call = CallRecord(method, context.peer(), request_id(metadata))
             if stats.in_flight >= stats.max_in_flight:
                 stats.done(method, grpc.StatusCode.RESOURCE_EXHAUSTED, 0.0)
                 await _abort(
@@ -194,7 +195,7 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Wrapped[S, R]]:
             token = logs.current.set(fields)
             code, message = grpc.StatusCode.OK, ""
             try:
-                _identify(self.gate, call, context)
+                _identify(self.gate, call, metadata, context)
                 fields["caller"] = call.caller
                 _well_formed(method, request)
                 if isinstance(request, exec_pb2.ExecuteRequest):
@@ -244,9 +245,9 @@ def _access_log(call: CallRecord, message: str) -> None:
     )
 
 
-def _identify(gate: Gate, call: CallRecord, context: Context) -> None:
+def _identify(gate: Gate, call: CallRecord, metadata: Any, context: Context) -> None:
     """Authenticate the call and count it against its caller's max_in_flight."""
-    who = gate.authenticate(context.invocation_metadata(), context.auth_context())
+    who = gate.authenticate(metadata, None if gate.open else context.auth_context())
     call.caller = who.name
     gate.admit(who)
     call.who = who
