@@ -25,6 +25,8 @@ person can act on, never a secret, and quote callers' values only as a short pre
 
 from __future__ import annotations
 
+STARTED_KEY = "x-scout-started"  # the trailer (and Stream header) that says "may have run"
+
 
 class ScoutError(Exception):
     """Base of every expected failure; the message is shown to the caller."""

@@ -36,6 +36,7 @@ from .audit import AuditLog, CallRecord
 from .callers import Gate
 from .counters import Histogram, Tally
 from .errors import (
+    STARTED_KEY,
     AuditUnavailable,
     CommandAborted,
     CommandTimeout,
@@ -53,7 +54,6 @@ from .stream import MALFORMED
 
 log = logging.getLogger(__name__)
 
-STARTED_KEY = "x-scout-started"
 
 _STATUS: dict[type[ScoutError], grpc.StatusCode] = {
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,

@@ -24,13 +24,12 @@ from .config import CallerConfig, Config, HostConfig
 from .errors import HostNotFound
 from .fanout import FanOut
 from .launch import Bounds, Launcher, bounds_for
-from .logs import REQUEST_ID_KEY
-from .output import ExecuteOutput, OutputBudget, OutputQueue
+from .output import ExecuteOutput, OutputBudget
 from .pool import Pool
 from .requests import check_execute, timeout_of
-from .responses import execute_response, exit_status
-from .rpc import STARTED_KEY, Context, RpcStats, describe, rpc
-from .stream import StdinPump, first_message, pump_output
+from .responses import execute_response
+from .rpc import Context, RpcStats, describe, rpc
+from .stream import first_message, run_stream
 
 
 class ExecService:
@@ -159,7 +158,7 @@ class ExecService:
         limits = self.config.exec
         start = await first_message(requests, limits.stream_start_timeout)
         host, spec = self.admit(call, start, stream=True)
-        timeout = timeout_of(self.config.exec, start, stream=True)
+        timeout = timeout_of(limits, start, stream=True)
         bounds = bounds_for(spec, timeout, context.time_remaining())
         if not start.HasField("timeout"):
             bounds = Bounds(
@@ -167,33 +166,17 @@ class ExecService:
                 bounds.stop_within,
                 bounds.cause.replace("timeout", "timeout, the server's default for Stream"),
             )
-        queue = OutputQueue(spec.max_output_bytes)
-        try:
-            async with self.launcher.run(host, spec, queue.feed, bounds) as run:
-                call.ran = True
-                command = run.command
-                queue.attach(command.chan)
-                command.session.closed.add_done_callback(lambda _: queue.close())
-                # Response headers mean "the command started" (and say so: x-scout-started):
-                # a client waits for them before it writes stdin, so a request that fails
-                # earlier never sees a write race the error (grpc would then report INTERNAL
-                # instead of the real status).
-                await context.send_initial_metadata(
-                    ((STARTED_KEY, "true"), (REQUEST_ID_KEY, call.request_id))
-                )
-                stdin = StdinPump(command, requests, queue, limits.stream_messages_per_second)
-                stdin.start()
-                try:
-                    await run.bounded(pump_output(queue, context, start.text))
-                except BaseException:
-                    await stdin.stop()
-                    raise
-        finally:
-            call.stdout_bytes, call.stderr_bytes = queue.stdout.total, queue.stderr.total
-        info = command.outcome()
-        call.exit_code, call.signal = info.exit_code, info.signal
-        await context.write(exit_status(info, queue.stdout, queue.stderr))
-        await stdin.finish()
+        await run_stream(
+            self.launcher,
+            host,
+            spec,
+            bounds=bounds,
+            requests=requests,
+            context=context,
+            call=call,
+            text=start.text,
+            limits=limits,
+        )
 
 
 async def _feed_and_wait(command: RunningCommand) -> None:

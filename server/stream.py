@@ -24,10 +24,15 @@ from typing import Any
 
 from scout.v1 import exec_pb2
 
-from .command import RunningCommand
-from .errors import InvalidRequest
+from .audit import CallRecord
+from .command import CommandSpec, RunningCommand
+from .config import ExecSettings, HostConfig
+from .errors import STARTED_KEY, InvalidRequest
+from .launch import Bounds, Launcher
+from .logs import REQUEST_ID_KEY
 from .output import STDOUT, OutputQueue
 from .requests import check_terminal_size, signal_name
+from .responses import exit_status
 
 STDIN_READ_AHEAD = 4 * 1024 * 1024  # stdin bytes read from the caller, not yet written
 LINGER = 2.0  # after `exit`, how long a caller that may still write gets to half-close
@@ -191,6 +196,48 @@ class Pace:
             await asyncio.sleep((1 - self._tokens) / self.rate)
             self._tokens, self._last = 1.0, time.monotonic()
         self._tokens -= 1
+
+
+async def run_stream(
+    launcher: Launcher,
+    host: HostConfig,
+    spec: CommandSpec,
+    *,
+    bounds: Bounds,
+    requests: AsyncIterator[exec_pb2.StreamRequest],
+    context: Any,
+    call: CallRecord,
+    text: bool,
+    limits: ExecSettings,
+) -> None:
+    """Start the command; pass messages in and output out; end with `exit`."""
+    queue = OutputQueue(spec.max_output_bytes)
+    try:
+        async with launcher.run(host, spec, queue.feed, bounds) as run:
+            call.ran = True
+            command = run.command
+            queue.attach(command.chan)
+            command.session.closed.add_done_callback(lambda _: queue.close())
+            # Response headers mean "the command started" (and say so: x-scout-started): a
+            # client waits for them before it writes stdin, so a request that fails earlier
+            # never sees a write race the error (grpc would then report INTERNAL instead of
+            # the real status).
+            await context.send_initial_metadata(
+                ((STARTED_KEY, "true"), (REQUEST_ID_KEY, call.request_id))
+            )
+            stdin = StdinPump(command, requests, queue, limits.stream_messages_per_second)
+            stdin.start()
+            try:
+                await run.bounded(pump_output(queue, context, text))
+            except BaseException:
+                await stdin.stop()
+                raise
+    finally:
+        call.stdout_bytes, call.stderr_bytes = queue.stdout.total, queue.stderr.total
+    info = command.outcome()
+    call.exit_code, call.signal = info.exit_code, info.signal
+    await context.write(exit_status(info, queue.stdout, queue.stderr))
+    await stdin.finish()
 
 
 async def pump_output(queue: OutputQueue, context: Any, text: bool) -> None:
