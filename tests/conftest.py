@@ -5,6 +5,8 @@ shell_server  function: a ScriptedServer on 127.0.0.1, port 0 (testkit/scripted.
 shell_host    function: scout's HostConfig for shell_server, named "shell"
 openssh       session: a real OpenSSH sshd on loopback (testkit/sshd.py)
 openssh_host  session: scout's HostConfig for openssh, named "openssh"
+fake          function: the scripted fake ExecService (tests/fakeexec.py) and its target
+client        function: a scout Client connected to fake
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from client import Client
 from server.config import HostConfig
 from server.keyfiles import ShellKeys, load_or_create_keys
 from testkit.scripted import ScriptedServer, start_scripted
 from testkit.sshd import OpenSSHServer, start_openssh
+
+from .fakeexec import FakeExec, serving
 
 
 @pytest.fixture(scope="session")
@@ -55,3 +60,18 @@ def openssh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenSSHServer]
 def openssh_host(openssh: OpenSSHServer) -> HostConfig:
     """The inventory entry for openssh."""
     return openssh.host_config("openssh")
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[tuple[FakeExec, str]]:
+    """The fake ExecService on loopback: for client tests that script the server's answers."""
+    servicer = FakeExec()
+    async with serving(servicer) as target:
+        yield servicer, target
+
+
+@pytest.fixture
+async def client(fake: tuple[FakeExec, str]) -> AsyncIterator[Client]:
+    """A Client of fake."""
+    async with Client(fake[1]) as c:
+        yield c

@@ -56,41 +56,29 @@ S = grpc.StatusCode
 NOTHING_RAN = (("x-scout-started", "false"),)
 DEFAULT_MAX_PARALLEL = 8
 
+
+def _host(name: str, address: str, port: int, user: str, labels: str, *via: str) -> exec_pb2.Host:
+    """One inventory entry; labels as "k=v,k=v"."""
+    pairs = dict(pair.split("=") for pair in labels.split(","))
+    return exec_pb2.Host(name=name, address=address, port=port, user=user, labels=pairs, via=via)
+
+
 INVENTORY = [
-    exec_pb2.Host(
-        name="db1",
-        address="10.0.0.5",
-        port=22,
-        user="postgres",
-        labels={"role": "db", "region": "eu"},
-        via=["bastion"],
-        connections_open=1,
-    ),
-    exec_pb2.Host(
-        name="web1",
-        address="10.0.0.1",
-        port=22,
-        user="deploy",
-        labels={"role": "web", "region": "eu"},
-        connections_open=2,
-        channels_in_use=1,
-    ),
-    exec_pb2.Host(
-        name="web2",
-        address="10.0.0.2",
-        port=2222,
-        user="deploy",
-        labels={"role": "web", "region": "us"},
-    ),
-    exec_pb2.Host(
-        name="web3",
-        address="web3.example.net",
-        port=22,
-        user="deploy",
-        labels={"role": "web", "region": "eu", "canary": "yes"},
-        via=["bastion", "admin@jump2:2200"],
+    _host("db1", "10.0.0.5", 22, "postgres", "role=db,region=eu", "bastion"),
+    _host("web1", "10.0.0.1", 22, "deploy", "role=web,region=eu"),
+    _host("web2", "10.0.0.2", 2222, "deploy", "role=web,region=us"),
+    _host(
+        "web3",
+        "web3.example.net",
+        22,
+        "deploy",
+        "role=web,region=eu,canary=yes",
+        "bastion",
+        "admin@jump2:2200",
     ),
 ]
+INVENTORY[0].connections_open = 1
+INVENTORY[1].connections_open, INVENTORY[1].channels_in_use = 2, 1
 
 
 @dataclass

@@ -56,6 +56,23 @@ class Scout:
         response: exec_pb2.ExecuteResponse = await self.stub.Execute(request, timeout=rpc_timeout)
         return response
 
+    async def assert_stream_fails(
+        self,
+        messages: AsyncIterator[exec_pb2.StreamRequest],
+        code: grpc.StatusCode,
+        says: str,
+        rpc_timeout: float = 10.0,
+    ) -> None:
+        """A Stream of these messages ends with code, its details containing says."""
+        call = self.stub.Stream(messages, timeout=rpc_timeout)
+        try:
+            async for _ in call:
+                pass
+        except grpc.aio.AioRpcError as error:
+            assert (error.code(), says in (error.details() or "")) == (code, True), error
+        else:
+            raise AssertionError(f"Stream ended OK; expected {code.name}")
+
 
 @asynccontextmanager
 async def running_scout(config: Config) -> AsyncIterator[Scout]:

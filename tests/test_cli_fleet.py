@@ -14,7 +14,6 @@ import pty
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +22,10 @@ import pytest
 from client.cli import amain, parse_args
 from client.fleetcli import OUTCOME_KEYS
 
-from .fakeexec import FakeExec, serving
+from .fakeexec import FakeExec
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(20)
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[tuple[FakeExec, str]]:
-    servicer = FakeExec()
-    async with serving(servicer) as target:
-        yield servicer, target
 
 
 def script(**hosts: list[list[Any]]) -> str:

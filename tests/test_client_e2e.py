@@ -6,12 +6,12 @@ The fake (tests/fakeexec.py) plays the server side each test names in its comman
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import os
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -38,23 +38,10 @@ from client import (
 )
 from client.cli import amain
 
-from .fakeexec import FakeExec, serving
+from .fakeexec import FakeExec
 
 S = grpc.StatusCode
 pytestmark = pytest.mark.timeout(10)
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[tuple[FakeExec, str]]:
-    servicer = FakeExec()
-    async with serving(servicer) as target:
-        yield servicer, target
-
-
-@pytest.fixture
-async def client(fake: tuple[FakeExec, str]) -> AsyncIterator[Client]:
-    async with Client(fake[1]) as c:
-        yield c
 
 
 # ---- Execute ---------------------------------------------------------------
@@ -74,6 +61,7 @@ async def test_execute_returns_the_outcome_as_payload(
         working_dir="/tmp",
         pty=True,
         terminal_size=(120, 40),
+        close_stdin=True,
     )
     assert (result.stdout, result.stderr, result.exit_code) == (b"hello", b"\xffwarn", 3)
     assert (result.stdout_text, result.stderr_text) == ("hello", "\ufffdwarn")
@@ -84,6 +72,9 @@ async def test_execute_returns_the_outcome_as_payload(
     with pytest.raises(CommandFailed, match="web1 exited with status 3"):
         result.check()
     sent = fake[0].seen.requests[0]
+    # every option but rpc_timeout (the gRPC deadline, not a request field) is sent
+    option_names = {f.name for f in dataclasses.fields(ExecOptions)} - {"rpc_timeout"}
+    assert {f.name for f, _ in sent.ListFields()} == option_names | {"host", "command"}
     assert (sent.host, sent.command, dict(sent.env)) == ("web1", "echo", {"LANG": "C"})
     assert (sent.max_output_bytes, sent.text, sent.working_dir, sent.pty) == (
         10,

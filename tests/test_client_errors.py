@@ -245,26 +245,6 @@ def test_request_sets_timeout_only_when_given() -> None:
     assert not ExecOptions().request("h", "ls").HasField("terminal_size")
 
 
-def test_every_option_reaches_the_request() -> None:
-    options = ExecOptions(
-        stdin=b"in",
-        env={"A": "1"},
-        timeout=2,
-        max_output_bytes=7,
-        text=True,
-        working_dir="/srv",
-        pty=True,
-        terminal_size=(80, 24),
-        close_stdin=True,
-        rpc_timeout=9,
-    )
-    request = options.request("web1", "ls")
-    sent = {f.name for f, _ in request.ListFields()}
-    # every field but rpc_timeout (the gRPC deadline, not a request field) is sent
-    option_names = {f.name for f in dataclasses.fields(ExecOptions)} - {"rpc_timeout"}
-    assert sent == option_names | {"host", "command"}
-
-
 def test_options_keep_their_own_copy_of_env() -> None:
     env = {"A": "1"}
     options = ExecOptions(env=env)

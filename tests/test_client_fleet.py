@@ -38,24 +38,11 @@ from client import (
     from_rpc_error,
 )
 
-from .fakeexec import FakeExec, serving
+from .fakeexec import FakeExec
 
 ROOT = Path(__file__).resolve().parent.parent
 S = grpc.StatusCode
 pytestmark = pytest.mark.timeout(10)
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[tuple[FakeExec, str]]:
-    servicer = FakeExec()
-    async with serving(servicer) as target:
-        yield servicer, target
-
-
-@pytest.fixture
-async def client(fake: tuple[FakeExec, str]) -> AsyncIterator[Client]:
-    async with Client(fake[1]) as c:
-        yield c
 
 
 def script(**hosts: list[list[Any]]) -> str:

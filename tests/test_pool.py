@@ -112,6 +112,15 @@ def deadline(seconds: float = 5.0) -> float:
     return time.monotonic() + seconds
 
 
+async def holding(
+    pool: Pool[FakeConn], factory: Factory, name: str, hold: float
+) -> asyncio.Task[FakeConn]:
+    """A caller that has its channel (after a moment to get it) and keeps it for hold seconds."""
+    task = asyncio.create_task(use(pool, factory, name, hold=hold))
+    await asyncio.sleep(0.05)
+    return task
+
+
 async def use(
     pool: Pool[FakeConn], factory: Factory, name: str, hold: float = 0.0, wait: float = 5.0
 ) -> FakeConn:
@@ -190,8 +199,7 @@ async def test_lru_idle_connection_makes_room_at_the_cap() -> None:
 async def test_busy_connection_is_never_closed_to_make_room() -> None:
     factory = Factory()
     pool = make_pool(factory, max_connections=1)
-    holder = asyncio.create_task(use(pool, factory, "a", hold=0.5))
-    await asyncio.sleep(0.05)
+    holder = await holding(pool, factory, "a", 0.5)
     with pytest.raises(PoolExhausted, match="b: no SSH channel became free"):
         await use(pool, factory, "b", wait=0.1)
     busy = await holder
@@ -225,8 +233,7 @@ async def test_waiters_are_served_in_fifo_order() -> None:
 async def test_cancelled_waiter_leaves_no_trace() -> None:
     factory = Factory()
     pool = make_pool(factory, max_connections=1, max_sessions_per_connection=1)
-    holder = asyncio.create_task(use(pool, factory, "a", hold=0.2))
-    await asyncio.sleep(0.01)
+    holder = await holding(pool, factory, "a", 0.2)
     waiter = asyncio.create_task(use(pool, factory, "a"))
     await asyncio.sleep(0.01)
     assert "waiters=1" in repr(pool)
@@ -316,8 +323,7 @@ async def test_failing_connects_beside_a_full_connection_back_off_instead_of_loo
     """A host with one full connection and failing new connects: a few tries, not hundreds."""
     factory = Factory()
     pool = make_pool(factory, max_sessions_per_connection=1)
-    holder = asyncio.create_task(use(pool, factory, "a", hold=1.5))
-    await asyncio.sleep(0.05)
+    holder = await holding(pool, factory, "a", 1.5)
     factory.fail = HostUnavailable("a: cannot connect: MaxStartups", "a")
     started = time.monotonic()
     with pytest.raises(HostUnavailable, match="MaxStartups") as info:
@@ -452,8 +458,7 @@ def test_invariants_hold_under_random_load(
 async def test_waiter_that_gives_up_leaves_no_slot_request_behind() -> None:
     factory = Factory()
     pool = make_pool(factory, max_connections=1)
-    holder = asyncio.create_task(use(pool, factory, "a", hold=0.3))
-    await asyncio.sleep(0.01)
+    holder = await holding(pool, factory, "a", 0.3)
     with pytest.raises(PoolExhausted):
         await use(pool, factory, "b", wait=0.05)
     assert "waiters=0" in repr(pool) and "budget_queue=0" in repr(pool)

@@ -85,6 +85,15 @@ def open_all(plan: Plan[Conn], budget: Budget[Conn], now: float) -> list[Conn]:
     return conns
 
 
+def served(callers: int) -> tuple[HostState[Conn], Budget[Conn], list[Waiter[Conn]]]:
+    """A host whose callers were all given channels on the connections opened for them."""
+    a, budget = host(), Budget[Conn](3)
+    waiters = [wait(a) for _ in range(callers)]
+    open_all(assign(a, budget, SETTINGS, 0.0), budget, 0.0)
+    assign(a, budget, SETTINGS, 0.0)
+    return a, budget, waiters
+
+
 async def test_first_caller_starts_one_connect_that_the_next_shares() -> None:
     a, budget = host(), Budget[Conn](3)
     wait(a)
@@ -117,20 +126,13 @@ async def test_a_third_caller_opens_a_second_connection_up_to_the_host_bound() -
 
 
 async def test_waiters_get_channels_in_order_on_the_fullest_connection() -> None:
-    a, budget = host(), Budget[Conn](3)
-    first, second = wait(a), wait(a)
-    open_all(assign(a, budget, SETTINGS, 0.0), budget, 0.0)
-    assign(a, budget, SETTINGS, 0.0)
+    _, _, (first, second) = served(2)
     assert first.future.done() and second.future.done()
     assert first.future.result() is second.future.result()
 
 
 async def test_a_draining_connection_does_not_count_against_the_host_bound() -> None:
-    a, budget = host(), Budget[Conn](3)
-    for _ in range(4):
-        wait(a)
-    open_all(assign(a, budget, SETTINGS, 0.0), budget, 0.0)
-    assign(a, budget, SETTINGS, 0.0)
+    a, budget, _ = served(4)
     old = a.conns[0]
     drain(old, budget, Plan(), "expired")  # a long Stream keeps it busy for hours
     wait(a)
@@ -188,11 +190,7 @@ async def test_backoff_doubles_while_connects_keep_failing() -> None:
 
 async def test_with_a_full_live_connection_a_failing_host_waits_for_the_backoff() -> None:
     """The hot-loop case: connects fail while one connection is full: no retry storm."""
-    a, budget = host(), Budget[Conn](3)
-    wait(a)
-    wait(a)
-    open_all(assign(a, budget, SETTINGS, 0.0), budget, 0.0)
-    assign(a, budget, SETTINGS, 0.0)
+    a, budget, _ = served(2)
     w = wait(a)
     (pc,) = assign(a, budget, SETTINGS, 1.0).connect
     connect_failed(pc, HostUnavailable("a: MaxStartups", "a"), budget, Plan(), 1.0)
@@ -237,12 +235,7 @@ async def test_without_an_idle_connection_hosts_queue_for_the_budget_in_order() 
 
 
 async def test_idle_connections_expire_and_old_busy_ones_drain() -> None:
-    a, budget = host(), Budget[Conn](3)
-    wait(a)
-    wait(a)
-    wait(a)
-    open_all(assign(a, budget, SETTINGS, 0.0), budget, 0.0)
-    assign(a, budget, SETTINGS, 0.0)
+    a, budget, _ = served(3)
     give_back_channel(a.conns[1], budget, 0.0)  # conn #2 idle, conn #1 busy
     plan = assign(a, budget, SETTINGS, 61.0)
     assert [e[1] for e in plan.evicted] == ["expired"]
@@ -259,11 +252,7 @@ async def test_idle_connections_expire_and_old_busy_ones_drain() -> None:
 
 
 async def test_a_refusal_lowers_the_cap_for_a_while_then_it_recovers() -> None:
-    a, budget = host(), Budget[Conn](3)
-    wait(a)
-    wait(a)
-    open_all(assign(a, budget, SETTINGS, 0.0), budget, 0.0)
-    assign(a, budget, SETTINGS, 0.0)
+    a, budget, _ = served(2)
     pc = a.conns[0]
     refused(pc, 1.0)
     give_back_channel(pc, budget, 1.0)

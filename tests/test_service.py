@@ -168,17 +168,22 @@ async def test_hundred_sequential_commands_use_one_ssh_connection(
     assert scout.app.pool.stats.connects == {"ok": 1}
 
 
+async def assert_refused(host: HostConfig, code: grpc.StatusCode, says: str) -> None:
+    """`true` on a scout whose inventory is this one host fails with code, saying this."""
+    async with running_scout(Config(hosts={host.name: host})) as s:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await s.execute(host=host.name, command="true")
+    assert info.value.code() == code
+    assert says in (info.value.details() or "")
+
+
 async def test_changed_host_key_is_failed_precondition(shell: ShellHost, tmp_path: Path) -> None:
     impostor = asyncssh.generate_private_key("ssh-ed25519")
     known = tmp_path / "other_known_hosts"
     public = impostor.export_public_key("openssh").decode().strip()
     known.write_text(f"[{shell.address}]:{shell.port} {public}\n")
     host = dataclasses.replace(shell.host_config(), known_hosts=known)
-    async with running_scout(Config(hosts={"local": host})) as s:
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await s.execute(host="local", command="true")
-    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "HOST KEY CHANGED" in (info.value.details() or "")
+    await assert_refused(host, grpc.StatusCode.FAILED_PRECONDITION, "HOST KEY CHANGED")
 
 
 async def test_refused_authentication_is_failed_precondition(
@@ -187,11 +192,7 @@ async def test_refused_authentication_is_failed_precondition(
     stranger = tmp_path / "stranger"
     write_key(stranger, asyncssh.generate_private_key("ssh-ed25519"))
     host = dataclasses.replace(shell.host_config(), identity_file=stranger)
-    async with running_scout(Config(hosts={"local": host})) as s:
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await s.execute(host="local", command="true")
-    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "authentication refused" in (info.value.details() or "")
+    await assert_refused(host, grpc.StatusCode.FAILED_PRECONDITION, "authentication refused")
 
 
 async def test_unreachable_host_is_unavailable(shell: ShellHost) -> None:
@@ -204,11 +205,7 @@ async def test_unreachable_host_is_unavailable(shell: ShellHost) -> None:
         identity_file=shell.identity_file,
         known_hosts=shell.known_hosts,
     )
-    async with running_scout(Config(hosts={"gone": host})) as s:
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await s.execute(host="gone", command="true")
-    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert "gone" in (info.value.details() or "")
+    await assert_refused(host, grpc.StatusCode.UNAVAILABLE, "gone")
 
 
 async def test_connection_closed_mid_command_is_aborted_then_recovers(
