@@ -7,6 +7,7 @@ openssh       session: a real OpenSSH sshd on loopback (testkit/sshd.py)
 openssh_host  session: scout's HostConfig for openssh, named "openssh"
 fake          function: the scripted fake ExecService (tests/fakeexec.py) and its target
 client        function: a scout Client connected to fake
+openssh_scout function: scout (in this process) whose one host, "o", is the openssh rig
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from testkit.scripted import ScriptedServer, start_scripted
 from testkit.sshd import OpenSSHServer, start_openssh
 
 from .fakeexec import FakeExec, serving
+from .scoutd import Scout, config, running_scout
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +77,10 @@ async def client(fake: tuple[FakeExec, str]) -> AsyncIterator[Client]:
     """A Client of fake."""
     async with Client(fake[1]) as c:
         yield c
+
+
+@pytest.fixture
+async def openssh_scout(openssh: OpenSSHServer) -> AsyncIterator[Scout]:
+    """scout serving one host, "o": the real sshd."""
+    async with running_scout(config({"o": openssh.host_config("o")})) as s:
+        yield s

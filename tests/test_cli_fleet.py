@@ -263,41 +263,14 @@ async def test_json_prints_one_object_per_host(fake: tuple[FakeExec, str]) -> No
     assert code == 3
     records = [json.loads(line) for line in out.decode().splitlines()]
     assert all(tuple(r) == OUTCOME_KEYS for r in records)
-    assert records == [
-        {
-            "host": "gone",
-            "exit_code": None,
-            "signal": None,
-            "stdout": "",
-            "stderr": "",
-            "stdout_truncated": False,
-            "stderr_truncated": False,
-            "error": {"code": "NOT_FOUND", "message": records[0]["error"]["message"]},
-            "may_have_run": False,
-        },
-        {
-            "host": "web1",
-            "exit_code": 2,
-            "signal": "",
-            "stdout": "caf\u00e9\n",
-            "stderr": "w\n",
-            "stdout_truncated": False,
-            "stderr_truncated": False,
-            "error": None,
-            "may_have_run": True,
-        },
-        {
-            "host": "web2",
-            "exit_code": None,
-            "signal": None,
-            "stdout": "",
-            "stderr": "",
-            "stdout_truncated": False,
-            "stderr_truncated": False,
-            "error": {"code": "DEADLINE_EXCEEDED", "message": "web2 timed out"},
-            "may_have_run": True,
-        },
+    gone_error = {"code": "NOT_FOUND", "message": records[0]["error"]["message"]}
+    timed_out = {"code": "DEADLINE_EXCEEDED", "message": "web2 timed out"}
+    expected = [  # in OUTCOME_KEYS order
+        ("gone", None, None, "", "", False, False, gone_error, False),
+        ("web1", 2, "", "caf\u00e9\n", "w\n", False, False, None, True),
+        ("web2", None, None, "", "", False, False, timed_out, True),
     ]
+    assert records == [dict(zip(OUTCOME_KEYS, row, strict=True)) for row in expected]
     assert records[0]["error"]["message"].startswith("host 'gone' is not in the inventory")
     # No per-host lines in JSON mode: only the summary, on stderr.
     assert err.decode().splitlines()[0] == (

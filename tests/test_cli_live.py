@@ -6,12 +6,8 @@ SSH server (testkit/scripted.py), so the commands are real /bin/sh processes.
 
 from __future__ import annotations
 
-import asyncio
 import io
-import os
 import platform
-import re
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,6 +17,7 @@ from client.cli import amain
 from server.config import Config
 from testkit.scripted import ScriptedServer
 
+from .readmescripts import run_python_block
 from .scoutd import Scout, running_scout
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,30 +30,9 @@ async def scout(shell_server: ScriptedServer) -> AsyncIterator[Scout]:
         yield s
 
 
-def readme_python_example() -> str:
-    """The first ```python block after "From Python" in the README."""
-    text = (ROOT / "README.md").read_text()
-    after = text[text.index("From Python") :]
-    match = re.search(r"```python\n(.*?)```", after, re.DOTALL)
-    assert match is not None, "README has no python block after 'From Python'"
-    return match.group(1)
-
-
 async def test_readme_python_example_runs_as_a_script(scout: Scout, tmp_path: Path) -> None:
-    script = tmp_path / "example.py"
-    script.write_text(readme_python_example())
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCOUT_")}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(script),
-        cwd=tmp_path,  # the installed package, as a user has it, not this checkout
-        env={**env, "SCOUT_TARGET": scout.target},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 0, err.decode()
-    assert out.decode().startswith(f"0 {platform.uname().system} "), out
+    out = await run_python_block("From Python", scout.target, tmp_path, 30)
+    assert out.startswith(f"0 {platform.uname().system} "), out
 
 
 async def cli(*argv: str) -> tuple[int, bytes, bytes]:

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +36,7 @@ from client import (
 )
 
 from .fakeexec import FakeExec
+from .readmescripts import run_python_block
 
 ROOT = Path(__file__).resolve().parent.parent
 S = grpc.StatusCode
@@ -322,32 +320,11 @@ async def test_sync_client_lists_hosts_and_collects_outcomes(fake: tuple[FakeExe
 # ---- the README's example -------------------------------------------------------
 
 
-def readme_fleet_example() -> str:
-    """The first ```python block after the README's execute_many paragraph."""
-    text = (ROOT / "README.md").read_text()
-    after = text[text.index("`execute_many(hosts, command") :]
-    match = re.search(r"```python\n(.*?)```", after, re.DOTALL)
-    assert match is not None, "README has no python block after the execute_many paragraph"
-    return match.group(1)
-
-
 async def test_readme_fleet_example_runs_as_a_script(
     fake: tuple[FakeExec, str], tmp_path: Path
 ) -> None:
-    script_file = tmp_path / "fleet.py"
-    script_file.write_text(readme_fleet_example())
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCOUT_")}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(script_file),
-        cwd=tmp_path,  # the installed package, as a user has it
-        env={**env, "SCOUT_TARGET": fake[1]},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 10)
-    assert proc.returncode == 0, err.decode()
-    lines = out.decode().splitlines()
+    out = await run_python_block("`execute_many(hosts, command", fake[1], tmp_path, 10)
+    lines = out.splitlines()
     assert lines[0] == "['web1', 'web2', 'web3']"
     assert sorted(lines[1:]) == ["web1 0 web1", "web2 0 web2", "web3 0 web3"]
     assert fake[0].seen.many[0].max_parallel == 20

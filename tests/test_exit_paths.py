@@ -99,21 +99,21 @@ async def test_a_bad_message_mid_stream_stops_the_command(shell_server: Scripted
 
 @pytest.mark.sshd
 async def test_the_rpc_deadline_leaves_time_to_kill_a_command_that_ignores_term(
-    openssh: OpenSSHServer,
+    openssh: OpenSSHServer, openssh_scout: Scout
 ) -> None:
     m = marker()
-    async with running_scout(config({"o": openssh.host_config("o")})) as s:
-        began = time.monotonic()
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await s.execute(rpc_timeout=4.0, host="o", command=f"trap '' TERM; sleep {m}")
-        took = time.monotonic() - began
-        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        # scout's own answer, before the caller's deadline, after the command was stopped
-        assert "the RPC deadline" in (info.value.details() or "") and took < 4.0
-        assert started(info.value) == "true"
-        assert await gone(f"sleep {m}", within=0.5)
-        assert await eventually(lambda: not openssh.commands())
-        assert await eventually(lambda: s.app.pool.reserved == 0)
+    s = openssh_scout
+    began = time.monotonic()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await s.execute(rpc_timeout=4.0, host="o", command=f"trap '' TERM; sleep {m}")
+    took = time.monotonic() - began
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # scout's own answer, before the caller's deadline, after the command was stopped
+    assert "the RPC deadline" in (info.value.details() or "") and took < 4.0
+    assert started(info.value) == "true"
+    assert await gone(f"sleep {m}", within=0.5)
+    assert await eventually(lambda: not openssh.commands())
+    assert await eventually(lambda: s.app.pool.reserved == 0)
 
 
 @pytest.mark.parametrize("target", ["shell", "openssh"])

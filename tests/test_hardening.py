@@ -33,7 +33,7 @@ from testkit.processes import eventually, gone, marker, process_list, running
 from testkit.scripted import ScriptedServer
 from testkit.sshd import OpenSSHServer
 
-from .scoutd import config, running_scout, secs, started
+from .scoutd import Scout, config, running_scout, secs, started
 from .test_process import ROOT, start_server
 
 EXECUTE = "/scout.v1.ExecService/Execute"
@@ -59,27 +59,27 @@ def sleeps(m: str) -> list[psutil.Process]:
 
 @pytest.mark.sshd
 async def test_oversize_exec_lines_are_refused_and_hurt_no_other_command(
-    openssh: OpenSSHServer,
+    openssh_scout: Scout,
 ) -> None:
-    async with running_scout(config({"o": openssh.host_config("o")})) as s:
-        victims = [
-            asyncio.ensure_future(s.execute(host="o", command="sleep 1; echo ok")) for _ in range(6)
-        ]
-        await asyncio.sleep(0.3)  # the victims run on the pooled connections now
-        attacks: list[dict[str, object]] = [
-            {"command": "true", "working_dir": "/" + "d" * 300 * 1024},
-            {"command": "true", "env": {"V": "'" * 60 * 1024}},  # 300 KiB once quoted
-            {"command": "'" * 64 * 1024, "env": {"A": "'" * 30 * 1024}},
-        ]
-        for fields in attacks:
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                await s.stub.Execute(exec_pb2.ExecuteRequest(host="o", **fields))  # type: ignore[arg-type]
-            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert started(info.value) == "false"
-            assert len(info.value.details() or "") < 300
-        results = await asyncio.gather(*victims)
-        assert all((r.exit_code, r.stdout) == (0, b"ok\n") for r in results)
-        assert s.app.pool.stats.evictions == {}  # no connection was lost
+    s = openssh_scout
+    victims = [
+        asyncio.ensure_future(s.execute(host="o", command="sleep 1; echo ok")) for _ in range(6)
+    ]
+    await asyncio.sleep(0.3)  # the victims run on the pooled connections now
+    attacks: list[dict[str, object]] = [
+        {"command": "true", "working_dir": "/" + "d" * 300 * 1024},
+        {"command": "true", "env": {"V": "'" * 60 * 1024}},  # 300 KiB once quoted
+        {"command": "'" * 64 * 1024, "env": {"A": "'" * 30 * 1024}},
+    ]
+    for fields in attacks:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await s.stub.Execute(exec_pb2.ExecuteRequest(host="o", **fields))  # type: ignore[arg-type]
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert started(info.value) == "false"
+        assert len(info.value.details() or "") < 300
+    results = await asyncio.gather(*victims)
+    assert all((r.exit_code, r.stdout) == (0, b"ok\n") for r in results)
+    assert s.app.pool.stats.evictions == {}  # no connection was lost
 
 
 # ---- 2. shutdown -----------------------------------------------------------------------
@@ -126,32 +126,32 @@ async def test_shutdown_stops_every_running_command_before_the_process_exits(
 
 @pytest.mark.sshd
 async def test_a_frozen_connection_costs_one_channel_open_timeout_not_the_host(
-    openssh: OpenSSHServer,
+    openssh: OpenSSHServer, openssh_scout: Scout
 ) -> None:
     m = marker()
-    async with running_scout(config({"o": openssh.host_config("o")})) as s:
-        hostage = asyncio.ensure_future(s.execute(host="o", command=f"sleep {m}"))
-        assert await running(f"sleep {m}")
-        (command,) = sleeps(m)
-        frozen = openssh.connection_processes(command)
-        assert frozen
+    s = openssh_scout
+    hostage = asyncio.ensure_future(s.execute(host="o", command=f"sleep {m}"))
+    assert await running(f"sleep {m}")
+    (command,) = sleeps(m)
+    frozen = openssh.connection_processes(command)
+    assert frozen
+    for p in frozen:
+        p.send_signal(signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        r = await s.execute(host="o", command="echo alive", timeout=secs(5), rpc_timeout=30)
+        assert r.stdout == b"alive\n"
+        assert time.monotonic() - began < 5.0
+        began = time.monotonic()  # the frozen connection is no longer chosen
+        r = await s.execute(host="o", command="echo again", timeout=secs(5), rpc_timeout=30)
+        assert r.stdout == b"again\n" and time.monotonic() - began < 1.0
+        assert s.app.pool.stats.evictions.get("stalled") == 1
+    finally:
         for p in frozen:
-            p.send_signal(signal.SIGSTOP)
-        try:
-            began = time.monotonic()
-            r = await s.execute(host="o", command="echo alive", timeout=secs(5), rpc_timeout=30)
-            assert r.stdout == b"alive\n"
-            assert time.monotonic() - began < 5.0
-            began = time.monotonic()  # the frozen connection is no longer chosen
-            r = await s.execute(host="o", command="echo again", timeout=secs(5), rpc_timeout=30)
-            assert r.stdout == b"again\n" and time.monotonic() - began < 1.0
-            assert s.app.pool.stats.evictions.get("stalled") == 1
-        finally:
-            for p in frozen:
-                p.send_signal(signal.SIGCONT)
-            hostage.cancel()
-            await asyncio.gather(hostage, return_exceptions=True)
-        assert await gone(f"sleep {m}", within=5)
+            p.send_signal(signal.SIGCONT)
+        hostage.cancel()
+        await asyncio.gather(hostage, return_exceptions=True)
+    assert await gone(f"sleep {m}", within=5)
 
 
 # ---- 4. bursts -------------------------------------------------------------------------

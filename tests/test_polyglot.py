@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -52,17 +52,25 @@ async def test_reflection_lists_the_service(scout: Scout) -> None:
     assert "grpc.health.v1.Health/Check" in methods
 
 
-async def test_execute_from_the_proto_files_alone(scout: Scout) -> None:
-    """No reflection: buf compiles protos/ itself, as any language's tooling would."""
-    request = {"host": "local", "command": "echo hi; exit 3", "text": True, "timeout": "5s"}
-    code, out, err = await buf_curl(
+async def call_from_protos(
+    scout: Scout, method: str, *messages: Mapping[str, object]
+) -> tuple[int, str, str]:
+    """buf curl with the schema compiled from protos/, no reflection, messages on stdin."""
+    return await buf_curl(
         "--schema",
         str(ROOT / "protos"),
         "--reflect=false",
         "-d",
-        json.dumps(request),
-        f"http://{scout.target}/scout.v1.ExecService/Execute",
+        "@-",
+        f"http://{scout.target}/scout.v1.ExecService/{method}",
+        stdin="\n".join(json.dumps(m) for m in messages).encode(),
     )
+
+
+async def test_execute_from_the_proto_files_alone(scout: Scout) -> None:
+    """No reflection: buf compiles protos/ itself, as any language's tooling would."""
+    request = {"host": "local", "command": "echo hi; exit 3", "text": True, "timeout": "5s"}
+    code, out, err = await call_from_protos(scout, "Execute", request)
     assert code == 0, err
     response = json.loads(out)
     assert response["stdoutText"] == "hi\n" and response["exitCode"] == 3
@@ -70,19 +78,11 @@ async def test_execute_from_the_proto_files_alone(scout: Scout) -> None:
 
 async def test_stream_from_the_proto_files_alone(scout: Scout) -> None:
     """A bidirectional stream: start, stdin, then end of input (EOF for the command)."""
-    messages = [
+    messages: list[Mapping[str, object]] = [
         {"start": {"host": "local", "command": "tr a-z A-Z"}},
         {"stdin": "aGVsbG8K"},  # base64 of "hello\n"
     ]
-    code, out, err = await buf_curl(
-        "--schema",
-        str(ROOT / "protos"),
-        "--reflect=false",
-        "-d",
-        "@-",
-        f"http://{scout.target}/scout.v1.ExecService/Stream",
-        stdin="\n".join(json.dumps(m) for m in messages).encode(),
-    )
+    code, out, err = await call_from_protos(scout, "Stream", *messages)
     assert code == 0, err
     replies = [json.loads(part) for part in out.replace("}\n{", "}\x00{").split("\x00")]
     assert replies[0] == {"stdout": "SEVMTE8K"}  # base64 of "HELLO\n"
@@ -102,14 +102,7 @@ async def test_unknown_host_status_reaches_a_go_caller(scout: Scout) -> None:
 async def test_execute_many_from_the_proto_files_alone(scout: Scout) -> None:
     """A server stream: one message per host; a host outside the inventory has its own."""
     request = {"hosts": ["local", "elsewhere"], "request": {"command": "echo fan", "text": True}}
-    code, out, err = await buf_curl(
-        "--schema",
-        str(ROOT / "protos"),
-        "--reflect=false",
-        "-d",
-        json.dumps(request),
-        f"http://{scout.target}/scout.v1.ExecService/ExecuteMany",
-    )
+    code, out, err = await call_from_protos(scout, "ExecuteMany", request)
     assert code == 0, err
     replies = {
         r["host"]: r for r in (json.loads(p) for p in out.replace("}\n{", "}\x00{").split("\x00"))
