@@ -11,6 +11,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,253}")
@@ -112,6 +113,33 @@ class HostConfig:
             hops.insert(0, hop.name)
             hop = hop.jump
         return tuple(hops)
+
+
+class Endpoint(Protocol):
+    """An SSH server scout starts itself (the demo's, the tests'): where, and how to log in."""
+
+    @property
+    def address(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def user(self) -> str: ...
+    @property
+    def identity_file(self) -> Path: ...
+    @property
+    def known_hosts(self) -> Path: ...
+
+
+def host_entry(name: str, server: Endpoint) -> HostConfig:
+    """The inventory entry that reaches server."""
+    return HostConfig(
+        name=name,
+        address=server.address,
+        port=server.port,
+        user=server.user,
+        identity_file=server.identity_file,
+        known_hosts=server.known_hosts,
+    )
 
 
 @dataclass(frozen=True)

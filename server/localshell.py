@@ -45,7 +45,7 @@ from typing import IO, Any, Self
 
 import asyncssh
 
-from .config import HostConfig
+from .config import HostConfig, host_entry
 from .keyfiles import ShellKeys
 
 log = logging.getLogger(__name__)
@@ -523,14 +523,7 @@ class ShellHost:
 
     def host_config(self, name: str = "local") -> HostConfig:
         """A scout inventory entry that reaches this listener."""
-        return HostConfig(
-            name=name,
-            address=self.address,
-            port=self.port,
-            user=self.user,
-            identity_file=self.identity_file,
-            known_hosts=self.known_hosts,
-        )
+        return host_entry(name, self)
 
     async def close(self) -> None:
         """Stop listening, drop every connection, and wait until their commands are gone."""

@@ -41,7 +41,7 @@ from pathlib import Path
 import asyncssh
 import psutil
 
-from server.config import HostConfig
+from server.config import HostConfig, host_entry
 from server.keyfiles import write_key
 
 SSHD = Path("/usr/sbin/sshd")
@@ -124,14 +124,7 @@ class OpenSSHServer:
 
     def host_config(self, name: str = "openssh") -> HostConfig:
         """A scout inventory entry that reaches this sshd."""
-        return HostConfig(
-            name=name,
-            address=self.address,
-            port=self.port,
-            user=self.user,
-            identity_file=self.identity_file,
-            known_hosts=self.known_hosts,
-        )
+        return host_entry(name, self)
 
     def prepare(self) -> None:
         """Make the keys, authorized_keys and the sshd_config body (port comes later)."""

@@ -102,10 +102,9 @@ async def test_the_rpc_deadline_leaves_time_to_kill_a_command_that_ignores_term(
     openssh: OpenSSHServer, openssh_scout: Scout
 ) -> None:
     m = marker()
-    s = openssh_scout
     began = time.monotonic()
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await s.execute(rpc_timeout=4.0, host="o", command=f"trap '' TERM; sleep {m}")
+        await openssh_scout.execute(rpc_timeout=4.0, host="o", command=f"trap '' TERM; sleep {m}")
     took = time.monotonic() - began
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     # scout's own answer, before the caller's deadline, after the command was stopped
@@ -113,7 +112,7 @@ async def test_the_rpc_deadline_leaves_time_to_kill_a_command_that_ignores_term(
     assert started(info.value) == "true"
     assert await gone(f"sleep {m}", within=0.5)
     assert await eventually(lambda: not openssh.commands())
-    assert await eventually(lambda: s.app.pool.reserved == 0)
+    assert await eventually(lambda: openssh_scout.app.pool.reserved == 0)
 
 
 @pytest.mark.parametrize("target", ["shell", "openssh"])

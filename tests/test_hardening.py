@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -34,19 +33,10 @@ from testkit.scripted import ScriptedServer
 from testkit.sshd import OpenSSHServer
 
 from .scoutd import Scout, config, running_scout, secs, started
-from .test_process import ROOT, start_server
+from .serverproc import ROOT, host_toml, server_exits, start_server
 
 EXECUTE = "/scout.v1.ExecService/Execute"
 STREAM = "/scout.v1.ExecService/Stream"
-
-
-def host_toml(name: str, host: HostConfig) -> str:
-    """A [hosts.NAME] table for a subprocess server's config file."""
-    return (
-        f"[hosts.{name}]\naddress = {host.address!r}\nport = {host.port}\n"
-        f"user = {host.user!r}\nidentity_file = '{host.identity_file}'\n"
-        f"known_hosts = '{host.known_hosts}'\n"
-    )
 
 
 def sleeps(m: str) -> list[psutil.Process]:
@@ -61,9 +51,9 @@ def sleeps(m: str) -> list[psutil.Process]:
 async def test_oversize_exec_lines_are_refused_and_hurt_no_other_command(
     openssh_scout: Scout,
 ) -> None:
-    s = openssh_scout
     victims = [
-        asyncio.ensure_future(s.execute(host="o", command="sleep 1; echo ok")) for _ in range(6)
+        asyncio.ensure_future(openssh_scout.execute(host="o", command="sleep 1; echo ok"))
+        for _ in range(6)
     ]
     await asyncio.sleep(0.3)  # the victims run on the pooled connections now
     attacks: list[dict[str, object]] = [
@@ -73,13 +63,13 @@ async def test_oversize_exec_lines_are_refused_and_hurt_no_other_command(
     ]
     for fields in attacks:
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await s.stub.Execute(exec_pb2.ExecuteRequest(host="o", **fields))  # type: ignore[arg-type]
+            await openssh_scout.stub.Execute(exec_pb2.ExecuteRequest(host="o", **fields))  # type: ignore[arg-type]
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert started(info.value) == "false"
         assert len(info.value.details() or "") < 300
     results = await asyncio.gather(*victims)
     assert all((r.exit_code, r.stdout) == (0, b"ok\n") for r in results)
-    assert s.app.pool.stats.evictions == {}  # no connection was lost
+    assert openssh_scout.app.pool.stats.evictions == {}  # no connection was lost
 
 
 # ---- 2. shutdown -----------------------------------------------------------------------
@@ -129,8 +119,7 @@ async def test_a_frozen_connection_costs_one_channel_open_timeout_not_the_host(
     openssh: OpenSSHServer, openssh_scout: Scout
 ) -> None:
     m = marker()
-    s = openssh_scout
-    hostage = asyncio.ensure_future(s.execute(host="o", command=f"sleep {m}"))
+    hostage = asyncio.ensure_future(openssh_scout.execute(host="o", command=f"sleep {m}"))
     assert await running(f"sleep {m}")
     (command,) = sleeps(m)
     frozen = openssh.connection_processes(command)
@@ -139,13 +128,17 @@ async def test_a_frozen_connection_costs_one_channel_open_timeout_not_the_host(
         p.send_signal(signal.SIGSTOP)
     try:
         began = time.monotonic()
-        r = await s.execute(host="o", command="echo alive", timeout=secs(5), rpc_timeout=30)
+        r = await openssh_scout.execute(
+            host="o", command="echo alive", timeout=secs(5), rpc_timeout=30
+        )
         assert r.stdout == b"alive\n"
         assert time.monotonic() - began < 5.0
         began = time.monotonic()  # the frozen connection is no longer chosen
-        r = await s.execute(host="o", command="echo again", timeout=secs(5), rpc_timeout=30)
+        r = await openssh_scout.execute(
+            host="o", command="echo again", timeout=secs(5), rpc_timeout=30
+        )
         assert r.stdout == b"again\n" and time.monotonic() - began < 1.0
-        assert s.app.pool.stats.evictions.get("stalled") == 1
+        assert openssh_scout.app.pool.stats.evictions.get("stalled") == 1
     finally:
         for p in frozen:
             p.send_signal(signal.SIGCONT)
@@ -469,12 +462,7 @@ def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
         sock.bind(("127.0.0.1", 0))
         sock.listen(1)
         port = sock.getsockname()[1]
-        done = subprocess.run(
-            [sys.executable, "-m", "server", "--demo", "--listen", f"127.0.0.1:{port}"],
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )
+        done = server_exits("--demo", "--listen", f"127.0.0.1:{port}")
     assert done.returncode == 1
     lines = done.stderr.decode().strip().splitlines()
     assert lines[-1] == (

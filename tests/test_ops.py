@@ -17,8 +17,7 @@ from scout.v1 import exec_pb2, exec_pb2_grpc
 from testkit.scripted import ScriptedServer
 
 from .scoutd import Scout, config, running_scout, secs
-from .test_hardening import host_toml
-from .test_process import start_server
+from .serverproc import host_toml, start_server
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

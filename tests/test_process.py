@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
 import subprocess
 import sys
@@ -17,28 +16,9 @@ import pytest
 from scout.v1 import exec_pb2, exec_pb2_grpc
 from testkit.processes import gone, marker, process_list, running
 
-ROOT = Path(__file__).resolve().parent.parent
+from .serverproc import ROOT, server_exits, start_server
+
 SCOUT = [sys.executable, "-c", "from client.cli import main; raise SystemExit(main())"]
-_LISTENING = re.compile(r"listening on \S+ \(port (\d+)\)")
-
-
-def start_server(args: list[str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """Start `python -m server ARGS --listen 127.0.0.1:0`; return it and its target."""
-    with log.open("w") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "server", *args, "--listen", "127.0.0.1:0"],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-    for _ in range(300):  # up to 15 s
-        if m := _LISTENING.search(log.read_text()):
-            return proc, f"127.0.0.1:{m.group(1)}"
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError(f"scout-server did not start:\n{log.read_text()}")
 
 
 @pytest.fixture
@@ -74,13 +54,7 @@ def test_demo_runs_commands_through_the_scout_command(demo: str) -> None:
 def test_bad_config_stops_the_server_naming_the_key(tmp_path: Path) -> None:
     config = tmp_path / "scout.toml"
     config.write_text("[pool]\nmax_conections = 5\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "server", "--config", str(config)],
-        capture_output=True,
-        timeout=30,
-        check=False,
-        cwd=ROOT,
-    )
+    done = server_exits("--config", str(config))
     assert done.returncode == 2
     assert b"pool.max_conections: unknown key" in done.stderr
 
@@ -158,13 +132,7 @@ def test_the_demo_refuses_to_expose_a_shell_or_hide_a_host(
     config = tmp_path / "scout.toml"
     config.write_text("[hosts.local]\naddress = '10.0.0.5'\n")
     args = [a.replace("CONFIG", str(config)) for a in extra]
-    done = subprocess.run(
-        [sys.executable, "-m", "server", "--demo", *args],
-        capture_output=True,
-        timeout=30,
-        check=False,
-        cwd=ROOT,
-    )
+    done = server_exits("--demo", *args)
     assert done.returncode == 2
     assert says in done.stderr.decode()
 

@@ -12,8 +12,6 @@ import dataclasses
 import json
 import logging
 import shutil
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -39,7 +37,7 @@ from testkit.certs import PKI, make_pki
 from testkit.scripted import ScriptedServer
 
 from .scoutd import config, started
-from .test_process import ROOT
+from .serverproc import server_exits
 
 BOT_TOKEN = "bot-7c1f0e6a8d2b4e59a3f1"
 OPS_TOKEN = "ops-2d8e9b0c7a6f5e4d3c2b"
@@ -235,13 +233,7 @@ def test_off_loopback_scout_needs_tls_and_identities_or_says_so_loudly() -> None
 def test_a_non_loopback_listen_without_tls_refuses_to_start(tmp_path: Path) -> None:
     cfg = tmp_path / "scout.toml"
     cfg.write_text('listen = "0.0.0.0:0"\n')
-    done = subprocess.run(
-        [sys.executable, "-m", "server", "--config", str(cfg)],
-        capture_output=True,
-        timeout=30,
-        check=False,
-        cwd=ROOT,
-    )
+    done = server_exits("--config", str(cfg))
     assert done.returncode == 2
     assert b"allow_plaintext" in done.stderr and b"[tls]" in done.stderr
 
@@ -429,13 +421,7 @@ async def test_insecure_accept_any_host_key_is_explicit_and_loud(
 
 
 def test_hash_token_prints_the_hash_the_config_wants() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "server", "hash-token"],
-        input=b"s3cret\n",
-        capture_output=True,
-        timeout=30,
-        check=True,
-        cwd=ROOT,
-    )
+    done = server_exits("hash-token", stdin=b"s3cret\n")
+    assert done.returncode == 0, done.stderr
     assert done.stdout.decode().split() == [hash_token("s3cret")]
     assert b"s3cret" not in done.stdout + done.stderr

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,40 +19,19 @@ import pytest
 from scout.v1 import exec_pb2, exec_pb2_grpc
 from testkit.sshd import OpenSSHServer
 
+from .serverproc import host_toml, start_server
+
 SIZE = 256 * 1024 * 1024
-_LISTENING = re.compile(r"listening on \S+ \(port (\d+)\)")
 
 
 @pytest.fixture
 def scout_process(openssh: OpenSSHServer, tmp_path: Path) -> Iterator[tuple[str, psutil.Process]]:
     """scout-server as a child process, host "o" on sshd; yields its target and process."""
     config = tmp_path / "scout.toml"
-    host = openssh.host_config("o")
-    config.write_text(
-        f"""
-[hosts.o]
-address = "{host.address}"
-port = {host.port}
-user = "{host.user}"
-identity_file = "{host.identity_file}"
-known_hosts = "{host.known_hosts}"
-"""
-    )
-    log = tmp_path / "scout.log"
-    with log.open("w") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--config", str(config), "--listen", "127.0.0.1:0"],
-            stderr=sink,
-        )
+    config.write_text(host_toml("o", openssh.host_config("o")))
+    proc, target = start_server(["--config", str(config)], tmp_path / "scout.log")
     try:
-        port = None
-        for _ in range(200):  # up to 10 s
-            if m := _LISTENING.search(log.read_text()):
-                port = int(m.group(1))
-                break
-            time.sleep(0.05)
-        assert port, f"scout-server did not start:\n{log.read_text()}"
-        yield f"127.0.0.1:{port}", psutil.Process(proc.pid)
+        yield target, psutil.Process(proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=15)

@@ -1,0 +1,54 @@
+"""scout-server as a child process, as people run it: started, or run to its exit."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from server.config import HostConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+_LISTENING = re.compile(r"listening on \S+ \(port (\d+)\)")
+
+
+def start_server(args: list[str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start `python -m server ARGS --listen 127.0.0.1:0`; return it and its target."""
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "server", *args, "--listen", "127.0.0.1:0"],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    for _ in range(300):  # up to 15 s
+        if m := _LISTENING.search(log.read_text()):
+            return proc, f"127.0.0.1:{m.group(1)}"
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"scout-server did not start:\n{log.read_text()}")
+
+
+def server_exits(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    """Run `python -m server ARGS` to its end (a refusal, a subcommand): 30 s at most."""
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=30,
+        check=False,
+        cwd=ROOT,
+    )
+
+
+def host_toml(name: str, host: HostConfig) -> str:
+    """A [hosts.NAME] table for a child server's config file."""
+    return (
+        f"[hosts.{name}]\naddress = {host.address!r}\nport = {host.port}\n"
+        f"user = {host.user!r}\nidentity_file = '{host.identity_file}'\n"
+        f"known_hosts = '{host.known_hosts}'\n"
+    )
