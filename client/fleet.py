@@ -24,7 +24,7 @@ from types import MappingProxyType
 from typing import Literal, TypeAlias
 
 from client.errors import ScoutError, from_host_status
-from client.results import Result, result_from_response
+from client.results import Result, from_message, result_from_response
 from scout.v1 import exec_pb2
 
 __all__ = [
@@ -81,16 +81,7 @@ HostEvent: TypeAlias = Result | ScoutError | HostOutput
 
 def host_from_message(message: exec_pb2.Host) -> Host:
     """Copy a wire Host into the value callers keep."""
-    return Host(
-        name=message.name,
-        address=message.address,
-        port=message.port,
-        user=message.user,
-        labels=dict(message.labels),
-        via=tuple(message.via),
-        connections_open=message.connections_open,
-        channels_in_use=message.channels_in_use,
-    )
+    return from_message(Host, message, labels=dict(message.labels), via=tuple(message.via))
 
 
 def host_event_from_response(response: exec_pb2.ExecuteManyResponse) -> HostEvent | None:

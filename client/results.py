@@ -6,8 +6,9 @@ contract's layout stays inside this module.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from google.protobuf.duration_pb2 import Duration
 
@@ -23,8 +24,24 @@ __all__ = [
     "Stdout",
     "event_from_response",
     "exit_status_from_message",
+    "from_message",
     "result_from_response",
 ]
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+V = TypeVar("V", bound="DataclassInstance")
+
+
+def from_message(cls: type[V], message: Any, **converted: Any) -> V:
+    """The value of dataclass cls from the wire message's fields of the same names.
+
+    `converted` gives the fields whose wire type differs (Durations, maps, repeated)
+    or that the message lacks; every other field of cls is copied as it is.
+    """
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in converted]
+    return cls(**{name: getattr(message, name) for name in names}, **converted)
 
 
 def _seconds(duration: Duration) -> float:
@@ -96,35 +113,12 @@ Event: TypeAlias = Stdout | Stderr | Exit
 
 def exit_status_from_message(message: exec_pb2.ExitStatus) -> ExitStatus:
     """Copy a wire ExitStatus into the value callers keep."""
-    return ExitStatus(
-        exit_code=message.exit_code,
-        signal=message.signal,
-        core_dumped=message.core_dumped,
-        stdout_bytes=message.stdout_bytes,
-        stderr_bytes=message.stderr_bytes,
-        stdout_truncated=message.stdout_truncated,
-        stderr_truncated=message.stderr_truncated,
-        duration=_seconds(message.duration),
-    )
+    return from_message(ExitStatus, message, duration=_seconds(message.duration))
 
 
 def result_from_response(response: exec_pb2.ExecuteResponse, host: str) -> Result:
     """Copy an ExecuteResponse into a Result that remembers its host for messages."""
-    return Result(
-        exit_code=response.exit_code,
-        signal=response.signal,
-        core_dumped=response.core_dumped,
-        stdout_bytes=response.stdout_bytes,
-        stderr_bytes=response.stderr_bytes,
-        stdout_truncated=response.stdout_truncated,
-        stderr_truncated=response.stderr_truncated,
-        duration=_seconds(response.duration),
-        stdout=response.stdout,
-        stderr=response.stderr,
-        stdout_text=response.stdout_text,
-        stderr_text=response.stderr_text,
-        host=host,
-    )
+    return from_message(Result, response, duration=_seconds(response.duration), host=host)
 
 
 def event_from_response(response: exec_pb2.StreamResponse) -> Event | None:
