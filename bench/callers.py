@@ -1,26 +1,21 @@
 """The things a load generator calls: scout over gRPC, and the SSH baselines.
 
-Each caller runs one request per `call(worker, host)` and answers with an outcome name
-("OK", a gRPC status code name, an exception class name, or EXIT_NONZERO) and the number
-of output bytes. The baselines run in the load generator's own process: the raw client
-is the floor of what SSH costs, with no pool logic and no gRPC hop at all.
+    scout       Execute or Stream on a scout server, or one ExecuteMany over every host
+                whose messages answer the requests, one each
+    raw         asyncssh on connections opened before the clock, K per host; worker w
+                always on connection w % K (hand-tuned for MaxSessions): the SSH floor
+    raw_cold    asyncssh: a host's first request connects, then runs (the cold floor)
+    naive       the seed's "current" pool: one connection per host, one global
+                asyncio.Lock held across asyncssh.connect(); no bounds
 
-    scout       Execute or Stream on a scout server (the system under test), or one
-                ExecuteMany over every host whose messages answer the requests, one each
-    raw         asyncssh on connections opened before the measurement, K per host;
-                worker w always uses connection w % K (hand-tuned for MaxSessions)
-    raw_cold    asyncssh: a host's first request connects, then runs (the cold floor);
-                like scout's, the connections stay open until the clock has stopped
-    naive       the seed's global-lock pool (bench.naive), one connection per host
-
-The raw clients can run at most `parallel` requests at once (an asyncio.Semaphore).
+A call answers an outcome (OK, a gRPC status code, an exception class, EXIT_NONZERO) and
+the output bytes; the raw clients run at most `parallel` requests at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
 
 import asyncssh
 import grpc
@@ -28,7 +23,6 @@ from google.rpc import code_pb2
 
 from scout.v1 import exec_pb2, exec_pb2_grpc
 
-from .naive import GlobalLockPool
 from .specs import GRPC_OPTIONS, Auth, Host, LoadSpec
 
 OK = "OK"
@@ -45,9 +39,8 @@ def failure(exc: BaseException) -> tuple[str, str]:
 
 def options(auth: Auth) -> asyncssh.SSHClientConnectionOptions:
     """Client options, built once (key and known_hosts read once)."""
-    extra: dict[str, Any] = {"encryption_algs": list(auth.ciphers)} if auth.ciphers else {}
     return asyncssh.SSHClientConnectionOptions(
-        **extra,
+        encryption_algs=list(auth.ciphers),
         username=auth.user,
         client_keys=[asyncssh.read_private_key(auth.client_key)],
         known_hosts=asyncssh.read_known_hosts(auth.known_hosts),
@@ -76,25 +69,15 @@ async def run_raw(conn: asyncssh.SSHClientConnection, command: str) -> tuple[str
     return (OK if chan.get_exit_status() == 0 else EXIT_NONZERO), session.nbytes
 
 
-class Caller:
-    """One backend, driven by a load generator."""
+class _Caller:
+    """One backend: setup() before the clock, call(worker, host) per request (the outcome
+    and output bytes of one request on hosts[host]), close() after."""
 
     def __init__(self, spec: LoadSpec) -> None:
-        self.spec = spec
-        self.hosts = spec.hosts
-
-    async def setup(self) -> None:
-        """Everything before the clock starts (channels, connections)."""
-
-    async def call(self, worker: int, host: int) -> tuple[str, int]:
-        """Run one request on hosts[host]; return (outcome, output bytes)."""
-        raise NotImplementedError
-
-    async def close(self) -> None:
-        """Release everything."""
+        self.spec, self.hosts = spec, spec.hosts
 
 
-class ScoutCaller(Caller):
+class ScoutCaller(_Caller):
     """Execute (or Stream) through a scout server."""
 
     async def setup(self) -> None:
@@ -126,8 +109,10 @@ class ScoutCaller(Caller):
 
     async def _execute_many(self) -> None:
         """One ExecuteMany over every host; each message answers that host's request."""
-        command = exec_pb2.ExecuteRequest(command=self.spec.command)
-        hosts = [h.name for h in self.hosts]
+        command, hosts = (
+            exec_pb2.ExecuteRequest(command=self.spec.command),
+            [h.name for h in self.hosts],
+        )
         request = exec_pb2.ExecuteManyRequest(
             hosts=hosts, request=command, max_parallel=self.spec.parallel
         )
@@ -145,70 +130,44 @@ class ScoutCaller(Caller):
         await self._channel.close()
 
 
-class RawCaller(Caller):
-    """asyncssh with no pool: K connections per host opened in setup, or (raw_cold) one
-    opened by the host's first request."""
+class RawCaller(_Caller):
+    """asyncssh with no pool: K connections per host opened in setup (raw), or one opened
+    by the host's first request (raw_cold; naive: under the global lock, held across the
+    connect, and taken for every lookup; with prewarm, every host connected in setup)."""
 
     async def setup(self) -> None:
         assert self.spec.auth is not None
-        self._options = options(self.spec.auth)
+        self._options, spec = options(self.spec.auth), self.spec
         gate = asyncio.Semaphore(_CONNECT_PARALLEL)
 
         async def one(h: Host) -> asyncssh.SSHClientConnection:
             async with gate:
                 return await asyncssh.connect(h.address, h.port, options=self._options)
 
-        k = 0 if self.spec.backend == "raw_cold" else self.spec.per_host
+        k = spec.per_host if spec.backend == "raw" else int(spec.prewarm)
         flat = await asyncio.gather(*(one(h) for h in self.hosts for _ in range(k)))
         self._conns = [flat[i * k : (i + 1) * k] for i in range(len(self.hosts))]
-        p = self.spec.parallel
-        self._gate: contextlib.AbstractAsyncContextManager[None] = (
-            asyncio.Semaphore(p) if p else contextlib.nullcontext()
-        )
+        free: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
+        self._gate = asyncio.Semaphore(spec.parallel) if spec.parallel else free
+        self._lock = asyncio.Lock() if spec.backend == "naive" else free
 
     async def call(self, worker: int, host: int) -> tuple[str, int]:
         async with self._gate:
-            if not (conns := self._conns[host]):
-                h = self.hosts[host]
-                conns.append(await asyncssh.connect(h.address, h.port, options=self._options))
+            async with self._lock:
+                if not (conns := self._conns[host]):
+                    h = self.hosts[host]
+                    conns.append(await asyncssh.connect(h.address, h.port, options=self._options))
             return await run_raw(conns[worker % len(conns)], self.spec.command)
 
     async def close(self) -> None:
-        await close_all([c for conns in self._conns for c in conns])
+        for conn in (flat := [c for per_host in self._conns for c in per_host]):
+            conn.close()
+        await asyncio.gather(*(c.wait_closed() for c in flat), return_exceptions=True)
 
 
-class NaiveCaller(Caller):
-    """The seed's global-lock pool; with prewarm, every host connected before the clock."""
-
-    async def setup(self) -> None:
-        assert self.spec.auth is not None
-        opts = options(self.spec.auth)
-        by_name = {h.name: h for h in self.hosts}
-
-        async def connect(name: str) -> asyncssh.SSHClientConnection:
-            h = by_name[name]
-            return await asyncssh.connect(h.address, h.port, options=opts)
-
-        self.pool = GlobalLockPool(connect)
-        for h in self.hosts if self.spec.prewarm else ():
-            await self.pool.get_connection(h.name)
-
-    async def call(self, worker: int, host: int) -> tuple[str, int]:
-        conn = await self.pool.get_connection(self.hosts[host].name)
-        return await run_raw(conn, self.spec.command)
-
-    async def close(self) -> None:
-        await close_all(self.pool.connections())
-
-
-async def close_all(conns: list[asyncssh.SSHClientConnection]) -> None:
-    """Close connections and wait for all of them at once."""
-    for conn in conns:
-        conn.close()
-    await asyncio.gather(*(c.wait_closed() for c in conns), return_exceptions=True)
+Caller = ScoutCaller | RawCaller
 
 
 def make_caller(spec: LoadSpec) -> Caller:
     """The caller a load generator spec asks for."""
-    kinds = {"scout": ScoutCaller, "raw": RawCaller, "raw_cold": RawCaller, "naive": NaiveCaller}
-    return kinds[spec.backend](spec)
+    return (ScoutCaller if spec.backend == "scout" else RawCaller)(spec)

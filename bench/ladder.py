@@ -1,139 +1,113 @@
-"""Scenario 3: the load ladder, open loop on 100 warm hosts, and its plot (bench/ladder.png).
+"""Scenarios 3 and 11: the load ladder, open loop on 100 warm hosts, and its plot.
 
-Arrivals come on a fixed schedule at each offered rate (100, 500, 1000, 2000 req/s and
-up), spread round robin over 100 hosts whose connections are already warm. A rate is
-*held* when P95 (from scheduled arrival, so queueing counts) stays at or under 50 ms, no
-request fails, and at least 90 % of the offered rate completes. The ladder climbs until a
-rate is not held; raw asyncssh (one connection per host, opened beforehand) and the
-gRPC-only ExecService (bench.grpcfloor) climb the same ladder in the same invocation.
+scout, raw asyncssh and gRPC alone climb the same rates, interleaved rate by rate, each
+until a rate is not held (P95 from the scheduled arrival within 50 ms, no error, 90 % of
+the rate completed); scenario 11 climbs it pinned, the gateway on its own core.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .results import CpuFigure, Runs, Section, num
-from .rig import Rig, say
-from .specs import LoadSpec
+from .results import Runs, Section, num
+from .rig import PINNED, Rig, say
+from .specs import Host, LoadSpec
 
 RATES = (100, 500, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000, 10000)
 HOSTS = 100
 P95_LIMIT_MS = 50.0
-MIN_ACHIEVED = 0.9
+MIN = 0.9  # of the offered rate achieved
 BACKENDS = {"scout": "scout", "raw": "raw asyncssh", "grpc": "gRPC alone, no SSH"}
 PLOT = Path(__file__).resolve().parent / "ladder.png"
 
 
 @dataclass
 class Step:
-    """One rate of one backend: its runs, their medians, and whether the rate was held."""
+    """One rate of one backend: its runs, and whether the rate was held (P95 within the
+    limit, no errors, and enough of the rate completed)."""
 
     rate: int
     runs: Runs
 
     @property
     def held(self) -> bool:
-        """P95 within the limit, no errors, and enough of the rate completed."""
-        runs = self.runs
-        return (
-            runs.latency("p95") <= P95_LIMIT_MS
-            and not runs.errors
-            and runs.rate >= MIN_ACHIEVED * self.rate
-        )
-
-    def row(self, label: str) -> list[str]:
-        """The table row."""
-        runs = self.runs
-        cpu = [runs.cpu("loadgen"), runs.cpu("server")]
-        cells = [*runs.latency_cells(), runs.errors_text(), *map(num, cpu)]
-        return [label, num(self.rate), num(runs.rate), *cells, "yes" if self.held else "**no**"]
+        """Whether the rate was held."""
+        r = self.runs
+        return r.latency("p95") <= P95_LIMIT_MS and not r.errors and r.rate >= MIN * self.rate
 
 
 def highest_held(steps: list[Step]) -> int:
     """The highest rate held before the first rate that was not (0: none)."""
-    best = 0
-    for step in steps:
-        if not step.held:
-            break
-        best = step.rate
-    return best
+    return max((s.rate for s in itertools.takewhile(lambda s: s.held, steps)), default=0)
 
 
-async def ladder(rig: Rig) -> Section:
-    """Climb the ladder with scout, raw asyncssh and gRPC alone, interleaved rate by rate."""
+async def ladder(rig: Rig, pinned: bool = False) -> Section:
+    """Climb the ladder with scout, raw asyncssh and gRPC alone, interleaved rate by rate;
+    pinned (scenario 11), with the gateway on its own core as in scenario 10."""
     mode, hosts = rig.mode, tuple(rig.fake_hosts[:HOSTS])
     section = Section(
-        3,
-        "3. Load ladder, 100 warm hosts, open loop",
+        11 if pinned else 3,
+        "11. Pinned: the load ladder with the gateway on its own core"
+        if pinned
+        else "3. Load ladder, 100 warm hosts, open loop",
         f"{HOSTS} protocol-only hosts, connections warmed first; open-loop arrivals at "
         f"each rate for {mode.ladder_step:g} s after 1 s of warm-up at that rate, "
         f"{mode.ladder_runs} run(s) per rate (medians). Held: P95 ≤ {P95_LIMIT_MS:g} ms "
-        f"from the scheduled arrival, no errors, ≥ {MIN_ACHIEVED:.0%} of the rate completed. "
+        f"from the scheduled arrival, no errors, ≥ {MIN:.0%} of the rate completed. "
         "Raw asyncssh has one connection per host, opened beforehand; *gRPC alone* is "
-        "scenario 1's ExecService that answers without SSH (the gRPC hop's own ceiling).",
+        "scenario 1's ExecService that answers without SSH (the gRPC hop's own ceiling). "
+        "CANCELLED at an overloaded rung: see Method." + PINNED * pinned,
         ["backend", "offered req/s", "achieved req/s", "P50 ms", "P95 ms", "P99 ms", "max ms",
          "errors", "CPU µs/req: load gen.", "server", "held"],
     )  # fmt: skip
-    server = await rig.scout(list(hosts), rig.fake_auth())
-    floor = await rig.grpc_floor()
-    raw = LoadSpec(
-        "raw",
-        "open",
-        hosts,
-        auth=rig.fake_auth(),
-        timeout=10.0,
-        warmup=1.0,
-        duration=mode.ladder_step,
-        target_pid=rig.fake.pid,
-    )
-    specs = {"scout": server.aim(raw), "raw": raw, "grpc": floor.aim(raw)}
-    steps: dict[str, list[Step]] = {key: [] for key in specs}
-    try:
-        warm = replace(specs["scout"], mode="closed", concurrency=HOSTS, warmup=0.0)
-        say(f"[s3] warming {HOSTS} hosts: {(await rig.load(warm)).brief()}")
-        for rate in RATES:
-            for key in [k for k in specs if all(s.held for s in steps[k])]:
-                runs = Runs()
-                for run in range(mode.ladder_runs):
-                    runs.append(await rig.load(replace(specs[key], rate=rate)))
-                    say(f"[s3] {key} {rate}/s run {run + 1}: {runs[-1].brief()}")
-                steps[key].append(Step(rate, runs))
-                section.runs[f"{key} {rate}/s"] = runs
-    finally:
-        await server.stop()
-        await floor.stop()
-    section.rows = [step.row(BACKENDS[key]) for key in specs for step in steps[key]]
+    async with rig.pinned() if pinned else contextlib.nullcontext():
+        steps = await climb(rig, hosts, section)
+    for key, step in [(k, step) for k in steps for step in steps[k]]:
+        r, mark = step.runs, "yes" if step.held else "**no**"
+        cells = [*r.latency_cells(), r.errors_text(), num(r.cpu("loadgen")), num(r.cpu("server"))]
+        section.rows.append([BACKENDS[key], num(step.rate), num(r.rate), *cells, mark])
     held = {key: highest_held(steps[key]) for key in steps}
     section.notes.append(
         f"Highest rate held: scout **{held['scout']:,} req/s**; raw asyncssh "
         f"{held['raw']:,} req/s; gRPC alone {held['grpc']:,} req/s (the next rung up is "
         "the first not held)."
     )
-    if any("CANCELLED" in s.runs.errors for k in steps for s in steps[k]):
-        section.notes.append(
-            "CANCELLED at an overloaded rung comes from grpc core, not from scout's code: "
-            "calls that wait too long in the server's queue of not-yet-handled calls are "
-            "shed (server arguments `grpc.server.max_pending_requests`, default 1000, and "
-            "its hard limit, 3000), so an overloaded server answers CANCELLED after about a "
-            "second rather than RESOURCE_EXHAUSTED."
-        )
-    if plot(steps, rig.caption):
+    if not pinned:
+        plot(steps, rig.caption)
         section.notes.append(f"![load ladder](bench/{PLOT.name})")
-    by_rate = {key: {s.rate: s.runs for s in steps[key]} for key in steps}
-    for rate, runs in by_rate["scout"].items():
-        raw_runs, grpc_runs = by_rate["raw"].get(rate, Runs()), by_rate["grpc"].get(rate, Runs())
-        measure = f"CPU µs per request, open loop {rate:,} req/s, 100 hosts"
-        cpu = (runs.cpu("server"), raw_runs.cpu("loadgen"), grpc_runs.cpu("server"))
-        section.cpu.append(CpuFigure(measure, *cpu))
     return section
 
 
-def plot(steps: dict[str, list[Step]], caption: str) -> bool:
-    """Latency percentiles against offered rate, one panel per backend; False if empty."""
+async def climb(rig: Rig, hosts: tuple[Host, ...], section: Section) -> dict[str, list[Step]]:
+    """Each backend up the rates, interleaved, until a rate is not held."""
+    server = await rig.scout(list(hosts), rig.fake_auth())
+    floor = await rig.grpc_floor()
+    raw = LoadSpec("raw", "open", hosts, auth=rig.fake_auth(), timeout=10.0, warmup=1.0,
+                   duration=rig.mode.ladder_step, target_pid=rig.fake.pid)  # fmt: skip
+    specs = {"scout": server.aim(raw), "raw": raw, "grpc": floor.aim(raw)}
+    steps: dict[str, list[Step]] = {key: [] for key in specs}
+    tag = f"s{section.number}"
+    warm = replace(specs["scout"], mode="closed", concurrency=HOSTS, warmup=0.0)
+    say(f"[{tag}] warming {HOSTS} hosts: {(await rig.load(warm)).brief()}")
+    for rate in RATES:
+        for key in [k for k in specs if all(s.held for s in steps[k])]:
+            runs = Runs()
+            for run in range(rig.mode.ladder_runs):
+                runs.append(await rig.load(replace(specs[key], rate=rate)))
+                say(f"[{tag}] {key} {rate}/s run {run + 1}: {runs[-1].brief()}")
+            steps[key].append(Step(rate, runs))
+            section.runs[f"{key} {rate}/s"] = runs
+    await server.stop()
+    await floor.stop()
+    return steps
+
+
+def plot(steps: dict[str, list[Step]], caption: str) -> None:
+    """Latency percentiles against offered rate, one panel per backend."""
     keys = [key for key in BACKENDS if steps.get(key)]
-    if not keys:
-        return False
     import matplotlib
 
     matplotlib.use("Agg")
@@ -160,4 +134,3 @@ def plot(steps: dict[str, list[Step]], caption: str) -> bool:
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(PLOT)
     plt.close(fig)
-    return True

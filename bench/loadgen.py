@@ -1,22 +1,20 @@
 """The load generator process: a LoadSpec in (JSON on stdin), a LoadResult out (a JSON line).
 
-It runs in its own process, apart from the server under test, and drives one caller
-(bench.callers) in one of three ways:
+It runs apart from the server under test and drives one caller (bench.callers):
 
-    closed    N callers, each starts its next request when the last one ends
-    open      arrivals on a fixed schedule (rate per second); a request's latency is
-              counted from its *scheduled* time, so a server that falls behind shows
-              its queueing instead of slowing the generator down (no coordinated omission)
+    closed    N callers back to back; paced, request i starts no earlier than i / rate
+    open      arrivals on a fixed schedule; latency counts from the *scheduled* time, so a
+              server that falls behind shows its queueing (no coordinated omission)
     burst     N requests at once: the makespan is the time until the last one ends
 
-Latency percentiles are over successful requests; failures are counted by outcome.
-CPU per request is read for this process, the server under test and the SSH target's
-process tree, each over the measured window.
+CPU per request: this process's, the server's and the SSH server's process tree's over
+the measured window; meanwhile /metrics can be scraped every second (as Prometheus would).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -25,21 +23,18 @@ import os
 import random
 import sys
 from collections import Counter
-from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import psutil
 
 from .callers import OK, Caller, failure, make_caller
-from .procs import print_json
+from .procs import Probe, print_json
 from .specs import Cpu, Latency, LoadResult, LoadSpec
 
 
 def tree_cpu(pid: int) -> float:
-    """CPU seconds of a process and its descendants, reaped children included.
-
-    An sshd's session processes come and go; once reaped, their time shows in their
-    parent's children_user/children_system, so the sum over the live tree keeps it.
-    """
+    """CPU seconds of a process and its descendants, reaped children included (an sshd's
+    sessions come and go; once reaped, their time is in their parent's children_*)."""
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
@@ -47,11 +42,9 @@ def tree_cpu(pid: int) -> float:
         return math.nan
     total = 0.0
     for proc in procs:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             t = proc.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += t.user + t.system + t.children_user + t.children_system
+            total += t.user + t.system + t.children_user + t.children_system
     return total
 
 
@@ -59,36 +52,40 @@ class Window:
     """The requests measured, their outcomes, and the CPU each process spent meanwhile."""
 
     def __init__(self, spec: LoadSpec) -> None:
-        self.spec = spec
-        self.latencies: list[float] = []
-        self.errors: Counter[str] = Counter()
-        self.details: dict[str, str] = {}  # the first detail of each error outcome
-        self.nbytes = 0
+        self.spec, self.latencies = spec, list[float]()
+        self.errors, self.details = Counter[str](), dict[str, str]()  # the first detail of each
+        self.nbytes = self.scrapes = self.finished = 0
         pids = {"loadgen": os.getpid(), "server": spec.server_pid, "target": spec.target_pid}
         self._pids = {name: pid for name, pid in pids.items() if pid}  # 0: not measured
         self._cpu: dict[str, float] = {}
-        n, rng = len(spec.hosts), random.Random(spec.seed)
-        self.pick: Callable[[int], int] = lambda i: i % n  # which host request i goes to
-        if spec.seed is not None:
-            self.pick = lambda _i: rng.randrange(n)
+        self.probe = Probe(spec.server_pid or os.getpid()) if spec.probe else None
+        self._rng = random.Random(spec.seed)
 
     async def call(self, caller: Caller, worker: int, i: int) -> tuple[str, int]:
-        """Request number i, bounded by the spec's timeout; a failure becomes an outcome name."""
+        """Request number i (to a host round robin, or at random with a seed), bounded by the
+        spec's timeout; a failure becomes an outcome name."""
+        n = len(self.spec.hosts)
         try:
             async with asyncio.timeout(self.spec.timeout):
-                return await caller.call(worker, self.pick(i))
+                return await caller.call(
+                    worker, i % n if self.spec.seed is None else self._rng.randrange(n)
+                )
         except Exception as exc:
             name, detail = failure(exc)
             self.details.setdefault(name, detail)
             return name, 0
 
     def begin(self) -> None:
-        """The window opens: read the CPU clocks."""
+        """The window opens: start the probe, read the CPU clocks."""
+        if self.probe:
+            self.probe.begin()
         self._cpu = {name: tree_cpu(pid) for name, pid in self._pids.items()}
 
     def end(self) -> None:
-        """The window closes: CPU seconds spent inside it, by process."""
+        """The window closes: CPU seconds spent inside it, by process; stop the probe."""
         self._cpu = {name: tree_cpu(pid) - self._cpu[name] for name, pid in self._pids.items()}
+        if self.probe:
+            self.probe.end()
 
     def record(self, outcome: str, latency: float, nbytes: int) -> None:
         """One measured request."""
@@ -100,35 +97,44 @@ class Window:
 
     def result(self, elapsed: float, finished: int | None = None) -> LoadResult:
         """The summary; CPU per request over `finished` requests (default: the successful)."""
-        n = len(self.latencies) if finished is None else finished
+        n = self.finished = len(self.latencies) if finished is None else finished
         cpu = Cpu(**{name: s / n * 1e6 if n else math.nan for name, s in self._cpu.items()})
         return LoadResult(
-            backend=self.spec.backend,
-            mode=self.spec.mode,
-            ok=len(self.latencies),
-            elapsed=elapsed,
-            throughput=n / elapsed if elapsed > 0 else 0.0,
-            latency=Latency.of(self.latencies),
-            cpu=cpu,
-            nbytes=self.nbytes,
-            errors=dict(self.errors),
-            error_details=self.details,
-        )
+            backend=self.spec.backend, mode=self.spec.mode, ok=len(self.latencies),
+            elapsed=elapsed, throughput=n / elapsed if elapsed > 0 else 0.0,
+            latency=Latency.of(self.latencies), cpu=cpu, nbytes=self.nbytes,
+            errors=dict(self.errors), error_details=self.details, scrapes=self.scrapes,
+        )  # fmt: skip
+
+    async def scrape(self, url: str) -> None:
+        """GET url every second, as Prometheus would; fail loudly on a bad answer."""
+        where = urlsplit(url)
+        while True:
+            reader, writer = await asyncio.open_connection(where.hostname, where.port)
+            writer.write(f"GET {where.path} HTTP/1.1\r\nHost: {where.netloc}\r\n\r\n".encode())
+            answer = await reader.read()
+            writer.close()
+            if not answer.startswith(b"HTTP/1.1 200") or b"scout_rpcs_total" not in answer:
+                raise RuntimeError(f"GET {url}: {answer[:200]!r}")
+            self.scrapes += 1
+            await asyncio.sleep(1.0)
 
 
 async def closed_loop(caller: Caller, w: Window) -> LoadResult:
-    """N callers back to back; requests that start inside the window are measured, and
-    throughput and CPU count the requests that also finish inside it."""
+    """N callers back to back, maybe paced; requests that start inside the window are
+    measured, and throughput and CPU count those that also finish inside it."""
     loop = asyncio.get_running_loop()
-    t0 = loop.time() + w.spec.warmup
-    t1 = t0 + w.spec.duration
-    seq = itertools.count()
-    finished = 0
+    t1 = (t0 := (start := loop.time()) + w.spec.warmup) + w.spec.duration
+    seq, finished = itertools.count(), 0
 
     async def worker(k: int) -> None:
         nonlocal finished
         while (began := loop.time()) < t1:
-            outcome, nbytes = await w.call(caller, k, next(seq))
+            i = next(seq)
+            if w.spec.rate and (early := start + i / w.spec.rate - began) > 0:
+                await asyncio.sleep(early)
+                began = loop.time()
+            outcome, nbytes = await w.call(caller, k, i)
             ended = loop.time()
             if began >= t0:
                 w.record(outcome, ended - began, nbytes)
@@ -155,7 +161,7 @@ async def open_loop(caller: Caller, w: Window) -> LoadResult:
         first, least = round(spec.warmup * spec.rate), spec.duration
     start = loop.time() + 0.05
     t0 = last_end = start + schedule[first]
-    tasks: set[asyncio.Task[None]] = set()
+    tasks: list[asyncio.Task[None]] = []
 
     async def one(k: int, scheduled: float) -> None:
         nonlocal last_end
@@ -170,28 +176,28 @@ async def open_loop(caller: Caller, w: Window) -> LoadResult:
             await asyncio.sleep(delay)
         if k == first:
             w.begin()
-        task = loop.create_task(one(k, start + at))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        tasks.append(loop.create_task(one(k, start + at)))
     await asyncio.gather(*tasks)
     w.end()
     return w.result(max(last_end - t0, least))
 
 
-MODES = {"closed": closed_loop, "open": open_loop, "burst": open_loop}
-
-
 async def run(spec: LoadSpec) -> LoadResult:
     """Set up the caller (outside the window), run the mode, tear down."""
-    caller = make_caller(spec)
-    rss_before = psutil.Process().memory_info().rss
+    caller, me = make_caller(spec), psutil.Process()
+    rss_before = me.memory_info().rss
     await caller.setup()
-    rss_after = psutil.Process().memory_info().rss
+    rss_after, w = me.memory_info().rss, Window(spec)
+    scraper = asyncio.ensure_future(w.scrape(spec.scrape) if spec.scrape else asyncio.sleep(0))
     try:
-        result = await MODES[spec.mode](caller, Window(spec))
+        result = await (closed_loop if spec.mode == "closed" else open_loop)(caller, w)
     finally:
         await caller.close()
-    return dataclasses.replace(result, rss_before=rss_before, rss_after=rss_after)
+    if scraper.done():
+        scraper.result()  # a failed scrape fails the run
+    scraper.cancel()
+    counts = await w.probe.counts(w.finished) if w.probe else {}
+    return dataclasses.replace(result, rss_before=rss_before, rss_after=rss_after, counts=counts)
 
 
 if __name__ == "__main__":

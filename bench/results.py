@@ -1,13 +1,11 @@
-"""A scenario's report section, and the medians and cells it is made of.
-
-Scenarios compute a `Section` (a table, its targets met or not, notes, the CPU figures
-scenario 7 gathers); the report only lays sections out. Tables show medians over runs.
-"""
+"""A scenario's report Section (a table of medians over runs, targets met or not, notes,
+every run), and the medians and cells it is made of; the report only lays it out."""
 
 from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -31,25 +29,29 @@ class Runs(list[LoadResult]):
     @property
     def rate(self) -> float:
         """Median throughput, requests per second."""
-        return self.median(lambda r: r.throughput)
+        return self.median(attrgetter("throughput"))
 
     @property
     def makespan_ms(self) -> float:
         """Median makespan of bursts (their measured window), ms."""
-        return self.median(lambda r: r.elapsed) * 1000
+        return self.median(attrgetter("elapsed")) * 1000
 
     def latency(self, p: str) -> float:
         """Median of one latency percentile ("p50", "p95", "p99", "max"), ms."""
-        return self.median(lambda r: float(getattr(r.latency, p)))
+        return self.median(attrgetter(f"latency.{p}"))
+
+    def most(self, counter: str) -> int:
+        """The highest of a counter of the fake SSH server over runs (0: none)."""
+        return max((r.seen[counter] for r in self), default=0)
+
+    def cpu(self, process: str) -> float:
+        """Median CPU µs per request of one process ("loadgen", "server", "target") or "total"."""
+        return self.median(attrgetter(f"cpu.{process}"))
 
     @property
     def errors(self) -> dict[str, int]:
         """Error counts by outcome, summed over runs."""
-        total: dict[str, int] = {}
-        for r in self:
-            for code, n in r.errors.items():
-                total[code] = total.get(code, 0) + n
-        return total
+        return dict(sum((Counter(r.errors) for r in self), Counter[str]()))
 
     def errors_text(self) -> str:
         """Errors summed over runs, by outcome: "0" or "UNAVAILABLE 3, TIMEOUT 1"."""
@@ -58,10 +60,6 @@ class Runs(list[LoadResult]):
     def latency_cells(self) -> list[str]:
         """Median P50, P95, P99 and max over runs, in ms."""
         return [num(self.latency(p), 1) for p in ("p50", "p95", "p99", "max")]
-
-    def cpu(self, process: str) -> float:
-        """Median CPU µs per request of one process ("loadgen", "server", "target") or "total"."""
-        return self.median(attrgetter(f"cpu.{process}"))
 
     def cpu_cells(self) -> list[str]:
         """Median CPU µs per request: load generator, server, SSH server, all three."""
@@ -73,9 +71,9 @@ def ratio(a: float, b: float) -> float:
     return math.nan if math.isnan(a) or math.isnan(b) or b == 0 else a / b
 
 
-def at_least(value: float, bound: float) -> bool | None:
-    """Whether value reached bound; None when it could not be measured."""
-    return None if math.isnan(value) else value >= bound
+def met(value: float, ok: bool) -> bool | None:
+    """Whether a target was met (ok); None when its value could not be measured."""
+    return None if math.isnan(value) else ok
 
 
 def num(value: float, digits: int = 0) -> str:
@@ -88,9 +86,14 @@ def times(value: float) -> str:
     return "—" if math.isnan(value) else f"{value:.2f}x"
 
 
+def percent(value: float) -> str:
+    """A fraction as "62 %"."""
+    return "—" if math.isnan(value) else f"{100 * value:.0f} %"
+
+
 @dataclass
 class Verdict:
-    """One target (issues 5 and 12): what was asked, what was measured, met or not."""
+    """One target: what was asked, what was measured, met or not."""
 
     scenario: str
     target: str
@@ -101,17 +104,7 @@ class Verdict:
     @property
     def mark(self) -> str:
         """MET, MISSED or n/a."""
-        return {True: "MET", False: "MISSED", None: "n/a"}[self.met]
-
-
-@dataclass(frozen=True)
-class CpuFigure:
-    """CPU µs per request measured in a scenario, for scenario 7's table."""
-
-    measure: str
-    scout: float  # scout's server process
-    raw: float  # the raw asyncssh client's own process
-    grpc: float  # the gRPC-alone server
+        return "n/a" if self.met is None else "MET" if self.met else "MISSED"
 
 
 @dataclass
@@ -125,7 +118,6 @@ class Section:
     rows: list[list[str]] = field(default_factory=list)
     verdicts: list[Verdict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    cpu: list[CpuFigure] = field(default_factory=list)
     runs: dict[str, Runs] = field(default_factory=dict)  # by label, for the raw results file
 
     def verdict(self, target: str, figure: str, met: bool | None, why: str = "") -> None:

@@ -1,45 +1,49 @@
 """The rig of one benchmark invocation: targets up, servers and load generators on demand.
 
     Rig
-    ├── fake      protocol-only SSH server process, 200 hosts on 127.0.0.2..,
-    │             a connect delay before authentication (bench.fakessh)
+    ├── fake      protocol-only SSH server, 200 hosts on 127.0.0.2.. (bench.fakes)
     ├── sshd      a real OpenSSH sshd on 127.0.0.1 (testkit.sshd, the tests' fixture)
-    ├── scout()   a scout-server process for a given inventory and pool settings
+    ├── scout()   a scout-server process for an inventory, pool settings and flags
     └── load()    one load generator process per measurement (bench.loadgen)
 
-Everything runs in its own process; this one only orchestrates and reads clocks. The fake
-hosts share the keys server.keyfiles makes in the work directory; sshd brings its own.
-scout-server is started by its console script from a TOML inventory written the way an
-operator would, on 127.0.0.1:0: the port is read from its start-up log line, and it is
-ready when the gRPC health service says SERVING.
+scout-server is started by its console script from a TOML inventory, on 127.0.0.1:0
+(/metrics, if asked, on METRICS_HOST:0); its ports are read from the sockets its process
+tree listens on, whatever it logs, and it is ready when its health service says SERVING.
+Inside `pinned()`, servers and SSH clients run on the first CPU (the gateway's), load
+generators and the fake SSH server on the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
-import re
+import os
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
+import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from server.connector import CIPHERS
 from server.keyfiles import ShellKeys, load_or_create_keys
 from testkit.sshd import OpenSSHServer
 
-from .fakessh import Counters, query
-from .procs import BIN, PYTHON, Child, spawn, start_ready
+from .fakes import Counters
+from .procs import BIN, METRICS_HOST, PYTHON, Child, pin, spawn
 from .results import Runs, Section
 from .specs import Auth, Host, LoadResult, LoadSpec
 
-FAKE_HOSTS = 200
-DELAY_MS = 10.0
-_LISTENING = re.compile(r"listening on \S+ \(port (\d+)\)")
+FAKE_HOSTS, DELAY_MS = 200, 10.0  # the fake SSH server's hosts, and its connect delay
+SSH_CLIENTS = ("raw", "raw_cold", "naive")  # load generators that do a gateway's SSH work
+PINNED = " Pinned: the gateway on the first core, the rest on the second (see Method)."
+Plan = LoadSpec | Callable[[dict[str, "Runs"]], LoadSpec]  # a spec, or one from this round's
 
 
 def say(message: str) -> None:
@@ -69,72 +73,44 @@ FULL = Mode("full", runs=5, warmup=2.0, duration=8.0, ladder_step=8.0, ladder_ru
             stream_bytes=2**30, rss_runs=3)  # fmt: skip
 
 
-@dataclass
-class Server:
-    """A running gRPC server process (scout, or the gRPC floor) that load can be aimed at."""
-
-    child: Child
-    port: int
-
-    @property
-    def pid(self) -> int:
-        """The server's process id."""
-        return self.child.pid
-
-    def aim(self, spec: LoadSpec) -> LoadSpec:
-        """spec, sent through this server, with its CPU measured."""
-        target = f"127.0.0.1:{self.port}"
-        return replace(spec, backend="scout", target=target, server_pid=self.pid)
-
-    async def stop(self) -> None:
-        """SIGTERM: the server drains and exits."""
-        await self.child.stop(grace=30.0)
-
-
 def config_text(hosts: list[Host], login: Auth, pool: dict[str, int]) -> str:
     """The TOML inventory for these hosts (strings quoted as JSON, which TOML accepts)."""
     lines = ["[ssh]", f"known_hosts = {json.dumps(login.known_hosts)}", "", "[pool]"]
     lines += [f"{key} = {value}" for key, value in pool.items()]
     for h in hosts:
-        lines += [
-            "",
-            f"[hosts.{h.name}]",
-            f"address = {json.dumps(h.address)}",
-            f"port = {h.port}",
-            f"user = {json.dumps(login.user)}",
-            f"identity_file = {json.dumps(login.client_key)}",
-        ]
+        lines += ["", f"[hosts.{h.name}]", f"address = {json.dumps(h.address)}",
+                  f"port = {h.port}", f"user = {json.dumps(login.user)}",
+                  f"identity_file = {json.dumps(login.client_key)}"]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
-async def start_scout(workdir: Path, tag: str, config: str) -> Server:
-    """Write the config, start scout-server on port 0, wait until it serves."""
-    path = workdir / f"scout-{tag}.toml"
-    path.write_text(config, encoding="utf-8")
-    log = workdir / f"scout-{tag}.log"
-    argv = [str(BIN / "scout-server"), "--config", str(path), "--listen", "127.0.0.1:0"]
-    child = await spawn(f"scout-server ({tag})", argv, log)
+def listening(pid: int) -> dict[str, int]:
+    """The TCP ports a process and its descendants listen on, by IPv4 address."""
     try:
-        server = Server(child, await _serving(child))
-    except BaseException:
-        await child.stop()
-        raise
-    return server
+        root = psutil.Process(pid)
+        conns = [c for p in (root, *root.children(recursive=True)) for c in p.net_connections()]
+    except psutil.NoSuchProcess:
+        return {}
+    listen = [c.laddr for c in conns if c.status == psutil.CONN_LISTEN]
+    return {a.ip.removeprefix("::ffff:"): a.port for a in listen}  # grpc binds dual-stack
 
 
-async def _serving(child: Child) -> int:
-    """The port scout-server logs once started, after its health service says SERVING."""
+async def serving(child: Child, metrics: bool) -> Child:
+    """The server once it listens (and serves /metrics if asked) and says SERVING; its
+    endpoints: gRPC first, then /metrics."""
+    request = health_pb2.HealthCheckRequest(service="scout.v1.ExecService")
     async with asyncio.timeout(60):
-        while not (found := _LISTENING.findall(child.log.read_text(errors="replace"))):
-            if child.proc.returncode is not None:
-                raise child.failure("exited at start")
+        while child.proc.returncode is None:
+            ports = listening(child.pid)
+            child.endpoints = [(a, ports[a]) for a in ("127.0.0.1", METRICS_HOST) if a in ports]
+            if "127.0.0.1" in ports and (METRICS_HOST in ports or not metrics):
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{ports['127.0.0.1']}") as ch:
+                    with contextlib.suppress(grpc.aio.AioRpcError):
+                        reply = await health_pb2_grpc.HealthStub(ch).Check(request)
+                        if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                            return child
             await asyncio.sleep(0.05)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{found[-1]}") as channel:
-            request = health_pb2.HealthCheckRequest(service="scout.v1.ExecService")
-            reply = await health_pb2_grpc.HealthStub(channel).Check(request)
-    if reply.status != health_pb2.HealthCheckResponse.SERVING:
-        raise child.failure(f"is not SERVING: {reply}")
-    return int(found[-1])
+    raise child.failure("exited at start")
 
 
 @dataclass
@@ -150,104 +126,107 @@ class Rig:
     sshd_host: Host
     sshd_pid: int  # the listener; its process tree does the SSH server's work
     caption: str = ""  # the machine and the command, for plots
-    servers: list[Server] = field(default_factory=list)
-    scout_cipher: str = ""  # what scout negotiates; the baselines then use the same
+    servers: list[Child] = field(default_factory=list)
     sections: dict[int, Section] = field(default_factory=dict)
+    gateway: set[int] = field(default_factory=set)  # pinned(): the gateway's CPU
+    others: set[int] = field(default_factory=set)  # pinned(): everything else's
 
     def closed(self, spec: LoadSpec, callers: int) -> LoadSpec:
         """spec as a closed loop of callers, over the mode's warm-up and measured window."""
-        mode = self.mode
+        m = self.mode
         return replace(
-            spec, mode="closed", concurrency=callers, warmup=mode.warmup, duration=mode.duration
+            spec, mode="closed", concurrency=callers, warmup=m.warmup, duration=m.duration
         )
 
     def fake_auth(self, *ciphers: str) -> Auth:
-        """How to log in to the fake hosts; by default with scout's cipher."""
-        ciphers = ciphers or self.ciphers
-        return Auth("bench", str(self.keys.identity_file), str(self.keys.known_hosts), ciphers)
+        """How to log in to the fake hosts; by default with scout's ciphers."""
+        keys = self.keys
+        return Auth("bench", str(keys.identity_file), str(keys.known_hosts), ciphers or CIPHERS)
 
     def sshd_auth(self) -> Auth:
-        """How to log in to sshd, with scout's cipher."""
+        """How to log in to sshd, with scout's ciphers."""
         s = self.sshd
-        return Auth(s.user, str(s.identity_file), str(s.known_hosts), self.ciphers)
+        return Auth(s.user, str(s.identity_file), str(s.known_hosts), CIPHERS)
 
-    @property
-    def ciphers(self) -> tuple[str, ...]:
-        """What the baselines offer: scout's cipher once known, else asyncssh's defaults."""
-        return (self.scout_cipher,) if self.scout_cipher else ()
-
-    async def scout(self, hosts: list[Host], login: Auth, **pool: int) -> Server:
-        """Start a scout server whose inventory is hosts, with these pool settings."""
-        config = config_text(hosts, login, pool)
-        server = await start_scout(self.workdir, str(len(self.servers) + 1), config)
-        self.servers.append(server)
+    async def scout(
+        self, hosts: list[Host], login: Auth, *, args: Sequence[str] = (), count: bool = False,
+        **pool: int,
+    ) -> Child:  # fmt: skip
+        """Start a scout server for hosts with these pool settings and extra flags."""
+        path = self.workdir / f"scout-{len(self.servers) + 1}.toml"
+        path.write_text(config_text(hosts, login, pool), encoding="utf-8")
+        argv = [str(BIN / "scout-server"), "--config", str(path), "--listen", "127.0.0.1:0"]
+        name, log = f"scout-server ({path.stem})", path.with_suffix(".log")
+        child = await spawn(name, [*argv, *args], log, cpus=self.gateway, count=count)
+        try:
+            self.servers.append(server := await serving(child, "--metrics" in args))
+        except BaseException:
+            await child.stop()
+            raise
         return server
 
-    async def grpc_floor(self) -> Server:
-        """Start the gRPC-only ExecService (bench.grpcfloor)."""
-        argv = [PYTHON, "-m", "bench.grpcfloor"]
-        child = await start_ready("grpcfloor", argv, self.workdir / "grpcfloor.log")
-        self.servers.append(server := Server(child, child.endpoints[0][1]))
-        return server
+    async def grpc_floor(self, count: bool = False) -> Child:
+        """Start the gRPC-only ExecService (bench.fakes)."""
+        argv, log = [PYTHON, "-m", "bench.fakes", "grpc"], self.workdir / "grpc.log"
+        child = await spawn("gRPC floor", argv, log, ready=True, cpus=self.gateway, count=count)
+        self.servers.append(child)
+        return child
 
-    async def load(self, spec: LoadSpec) -> LoadResult:
+    async def load(self, spec: LoadSpec, count: bool = False) -> LoadResult:
         """Run one load generator process to completion; its result."""
-        name = f"loadgen ({spec.backend}, {spec.mode})"
+        cpus = self.gateway if spec.backend in SSH_CLIENTS else self.others
         stdin = json.dumps(dataclasses.asdict(spec)).encode()
-        argv = [PYTHON, "-m", "bench.loadgen"]
-        child = await spawn(name, argv, self.workdir / "loadgen.log", stdin)
+        argv, log = [PYTHON, "-m", "bench.loadgen"], self.workdir / "loadgen.log"
+        name = f"loadgen ({spec.backend}, {spec.mode})"
+        child = await spawn(name, argv, log, stdin=stdin, cpus=cpus, count=count)
         try:
             return LoadResult.from_dict(await child.read_json(900.0))
         finally:
             await child.stop()
 
-    async def repeat(self, tag: str, runs: int, specs: dict[str, LoadSpec]) -> dict[str, Runs]:
+    async def repeat(self, tag: str, runs: int, specs: Mapping[str, Plan]) -> dict[str, Runs]:
         """Each spec `runs` times, interleaved (A B C A B C ...) so drift hits all alike."""
         out = {label: Runs() for label in specs}
         for run in range(runs):
-            for label, spec in specs.items():
-                out[label].append(result := await self.load(spec))
-                say(f"[{tag}] {label} run {run + 1}/{runs}: {result.brief()}")
+            for label, plan in specs.items():
+                out[label].append(
+                    r := await self.load(plan if isinstance(plan, LoadSpec) else plan(out))
+                )
+                say(f"[{tag}] {label} run {run + 1}/{runs}: {r.brief()}")
         return out
 
+    @contextlib.asynccontextmanager
+    async def pinned(self) -> AsyncIterator[None]:
+        """The gateway's processes on the first CPU, the others on the rest, for what
+        starts inside the block (and the fake SSH server; sshd is not used)."""
+        first, *rest = cpus = sorted(os.sched_getaffinity(0))
+        if not rest:
+            raise RuntimeError("pinned runs need at least 2 CPUs")
+        self.gateway, self.others = {first}, set(rest)
+        pin(self.fake.pid, self.others)
+        try:
+            yield
+        finally:
+            self.gateway, self.others = set(), set()
+            pin(self.fake.pid, cpus)
+
     async def stats(self, *, reset: bool = False) -> Counters:
-        """The fake server's counters (connections, peak, handshakes, ciphers)."""
-        address, port = self.fake.endpoints[0]
-        return await query(address, port, self.keys.known_hosts, reset=reset)
+        """The fake SSH server's counters (and zero them)."""
+        assert self.fake.proc.stdin is not None
+        self.fake.proc.stdin.write(b"reset\n" if reset else b"stats\n")
+        return Counters(**await self.fake.read_json(30.0))
 
-    async def counted(self, spec: LoadSpec) -> tuple[LoadResult, Counters]:
-        """One load generator run, and what the fake server counted meanwhile."""
-        await self.stats(reset=True)
-        result = await self.load(spec)
-        return result, await self.stats()
-
-    async def quiet(self) -> None:
-        """Wait until the fake server has no connection left, then zero its counters."""
+    async def counted(self, spec: LoadSpec) -> LoadResult:
+        """One run once the fake SSH server has no connection left, with what it counted."""
         for _ in range(100):
-            if (await self.stats()).connections == 0:
+            if (await self.stats(reset=True)).connections == 0:
                 break
             await asyncio.sleep(0.05)
-        await self.stats(reset=True)
-
-    async def learn_scout_cipher(self) -> None:
-        """Which cipher scout negotiates (seen by the fake server), so baselines match it.
-
-        Comparing scout on AES-GCM with a raw client on chacha20-poly1305 would measure
-        the cipher, not scout: asyncssh spends twice the CPU per command on the latter.
-        """
-        hosts = self.fake_hosts[:1]
-        server = await self.scout(hosts, self.fake_auth())
-        try:
-            await self.stats(reset=True)
-            await self.load(server.aim(LoadSpec("scout", "burst", tuple(hosts))))
-            ciphers = (await self.stats()).ciphers
-        finally:
-            await server.stop()
-        self.scout_cipher = max(ciphers, key=lambda c: ciphers[c]) if ciphers else ""
-        say(f"bench: scout negotiates {self.scout_cipher or 'an unknown cipher'}")
+        result = await self.load(spec)
+        return replace(result, seen=dataclasses.asdict(await self.stats()))
 
     async def close(self) -> None:
-        """Stop every server, then the targets."""
+        """Stop every server (a scenario stops its own, unless it failed), then the targets."""
         for server in self.servers:
             await server.stop()
         await self.fake.stop()
@@ -258,17 +237,20 @@ async def start_rig(mode: Mode) -> Rig:
     """Make a work directory and keys, start the fake server and sshd."""
     workdir = Path(tempfile.mkdtemp(prefix="scout-bench-"))
     keys = load_or_create_keys(workdir / "keys", "scout-bench")
-    argv = [PYTHON, "-m", "bench.fakessh", str(workdir / "keys"), str(FAKE_HOSTS), str(DELAY_MS)]
-    fake = await start_ready("fakessh", argv, workdir / "fakessh.log")
+    argv = [PYTHON, "-m", "bench.fakes", "ssh", str(workdir / "keys"), str(FAKE_HOSTS)]
+    fake = await spawn(
+        "fake SSH", [*argv, str(DELAY_MS)], workdir / "fake.log", stdin=None, ready=True
+    )
     for address, port in fake.endpoints:
         keys.trust(address, port)
-    hosts = [Host(f"fake{i:03d}", a, p) for i, (a, p) in enumerate(fake.endpoints)]
     sshd = OpenSSHServer(workdir / "openssh")
     try:
         await asyncio.to_thread(sshd.start)
     except BaseException:
         await fake.stop()
         raise
-    assert sshd.process is not None
-    sshd_host = Host("openssh", sshd.address, sshd.port)
-    return Rig(mode, workdir, keys, fake, hosts, sshd, sshd_host, sshd.process.pid)
+    hosts = [Host(f"fake{i:03d}", a, p) for i, (a, p) in enumerate(fake.endpoints)]
+    pid = sshd.process.pid if sshd.process else 0
+    return Rig(
+        mode, workdir, keys, fake, hosts, sshd, Host("openssh", sshd.address, sshd.port), pid
+    )

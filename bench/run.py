@@ -1,10 +1,9 @@
-"""`python -m bench`: start the rig, run the scenarios, write BENCHMARKS.md and the plot.
+"""`python -m bench`: run the scenarios on one rig, write BENCHMARKS.md and the plot.
 
-Every scenario is one entry in SCENARIOS: a function that takes the rig and returns its
-report Section (a later one may read the sections before it, in `rig.sections`). A
-scenario that fails is reported as failed and the others still run; the rig (SSH
-targets, scout servers, load generators) is always torn down. Raw results, every run of
-every backend, go to bench/results/<time>.json (not committed).
+A scenario (SCENARIOS) takes the rig and returns its report Section; one that fails is
+reported and the others still run. Every run of every backend goes to bench/results/
+(not committed). BENCHMARKS.md is generated whole, except the sections headed WRITTEN
+(method, findings, cuts, what moved): written by hand in it, carried over as they are.
 """
 
 from __future__ import annotations
@@ -12,28 +11,38 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import json
+import os
+import platform
+import re
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .connects import bounded, cold_hosts
-from .cost import cost
-from .fanout import fan_out
+import asyncssh
+import grpc
+import psutil
+from google.protobuf import __version__ as protobuf_version
+
+from server.connector import CIPHERS
+
+from .connects import bounded, cold_hosts, fan_out
+from .cost import anatomy, cost, overhead
 from .ladder import ladder
-from .report import Report, load_average, machine, render
 from .results import Section
 from .rig import FULL, QUICK, SMOKE, Rig, say, start_rig
 from .throughput import openssh_host, single_host, stream
 
 ROOT = Path(__file__).resolve().parent.parent
 
-Scenario = Callable[[Rig], Awaitable[Section]]
-SCENARIOS: dict[int, Scenario] = {
+SCENARIOS: dict[int, Callable[[Rig], Awaitable[Section]]] = {
     1: single_host,
     2: cold_hosts,
     3: ladder,
@@ -42,7 +51,113 @@ SCENARIOS: dict[int, Scenario] = {
     6: stream,
     7: cost,
     8: fan_out,
+    9: overhead,
+    10: functools.partial(single_host, pinned=True),
+    11: functools.partial(ladder, pinned=True),
+    12: anatomy,  # an investigation, not in the default set: needs perf, counts the loop
 }
+DEFAULT = range(1, 12)
+
+
+WRITTEN = ("## Method", "## Where scout's time goes", "## Cuts to the request path",
+           "## What moved")  # fmt: skip
+
+
+def _run(argv: list[str]) -> str:
+    """A command's output (stdout and stderr), or "" if it cannot run."""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return (done.stdout + done.stderr).strip()
+
+
+def machine() -> dict[str, str]:
+    """What the numbers were measured on."""
+    fields = dict(re.findall(r"^([^:\n]+):\s*(.+)$", _run(["lscpu"]), re.MULTILINE))
+    sshd = _run(["/usr/sbin/sshd", "-V"]).splitlines()
+    dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"])
+    return {
+        "CPU": fields.get("Model name", platform.processor() or "?"),
+        "CPUs (lscpu / nproc)": f"{fields.get('CPU(s)', '?')} / {_run(['nproc']) or '?'}",
+        "threads per core": fields.get("Thread(s) per core", "?"),
+        "memory": f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
+        "kernel": platform.release(),
+        "Python": platform.python_version(),
+        "asyncssh": asyncssh.__version__,
+        "grpcio": grpc.__version__,
+        "protobuf": protobuf_version,
+        "OpenSSH": sshd[0] if sshd else "?",
+        "scout commit": _run(["git", "rev-parse", "--short", "HEAD"])
+        + (" (with uncommitted changes)" if dirty else ""),
+    }
+
+
+@dataclass
+class Report:
+    """One invocation's results, ready to write."""
+
+    mode: str
+    command: str
+    started: float
+    machine: dict[str, str]
+    load: str  # the 1-minute load average at the start, then "start -> end"
+    sections: list[Section] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    finished: float = 0.0
+
+
+def _table(columns: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return out + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def written(previous: str) -> list[str]:
+    """The hand-written sections of the previous BENCHMARKS.md, as they are."""
+    parts = re.split(r"^(?=## )", previous, flags=re.MULTILINE)
+    return [part.strip() for part in parts if part.startswith(WRITTEN)]
+
+
+def render(report: Report, previous: str = "") -> str:
+    """The whole Markdown document; previous: the file it replaces."""
+    when = time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(report.started))
+    minutes = (report.finished - report.started) / 60
+    verdicts = [v for s in report.sections for v in s.verdicts]
+    lines = [
+        "# scout benchmarks",
+        "",
+        f"Generated by `{report.command}` ({report.mode} mode) on {when}, in {minutes:.1f} "
+        "minutes. Rerun with `make bench` (quick, several minutes) or `make bench-full` "
+        "(longer windows, more runs). Generated by `bench/run.py`, except the sections "
+        "written by hand (method, findings, cuts, what moved), which a rerun keeps as they are.",
+        "",
+        "## Targets (issues 5, 12, 13 and 14)",
+        "",
+        *_table(
+            ["scenario", "target", "measured", "result"],
+            [[v.scenario, v.target, v.figure, f"**{v.mark}**"] for v in verdicts],
+        ),
+    ]
+    if report.failures:
+        lines += ["", "Scenarios that failed to run:", ""] + [f"- {f}" for f in report.failures]
+    lines += ["", "## Machine", "", *_table(["", ""], [[k, v] for k, v in report.machine.items()])]
+    lines += [
+        "",
+        f"1-minute load average, start -> end: {report.load} (2: both cores busy on average).",
+    ]
+    kept = written(previous)
+    lines += ["", kept.pop(0)] if kept and kept[0].startswith("## Method") else []
+    for section in report.sections:
+        lines += ["", f"## {section.title}", "", section.what, ""]
+        lines += _table(section.columns, section.rows)
+        lines += [""] + [f"{note}  " for note in section.notes] if section.notes else []
+    for part in kept:
+        lines += ["", part]
+    lines += ["", "## Closing note", ""]
+    for v in verdicts:
+        lines.append(f"- {v.scenario}: {v.target}: measured {v.figure}, **{v.mark}**.")
+        lines += [f"  Why: {v.why}"] if v.why else []
+    return "\n".join(lines) + "\n"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,7 +171,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md", help="report path")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, configs)")
     args = parser.parse_args(argv)
-    args.chosen = sorted({int(n) for n in args.only.split(",")}) if args.only else [*SCENARIOS]
+    args.chosen = sorted({int(n) for n in args.only.split(",")}) if args.only else [*DEFAULT]
     if unknown := [n for n in args.chosen if n not in SCENARIOS]:
         parser.error(f"unknown scenario(s) {unknown}; there are {sorted(SCENARIOS)}")
     return args
@@ -66,48 +181,41 @@ async def run(args: argparse.Namespace) -> Report:
     """Every chosen scenario, in order, on one rig; the report."""
     mode = FULL if args.full else SMOKE if args.smoke else QUICK
     command = "python -m bench " + shlex.join(sys.argv[1:] or ["--quick"])
-    started, load_start, about = time.time(), load_average(), machine()
+    report = Report(mode.name, command, time.time(), machine(), f"{os.getloadavg()[0]:.2f}")
     say(f"bench: {mode.name} mode, scenarios {args.chosen}")
     rig = await start_rig(mode)
-    rig.caption = f"{about['CPU']}, {about['CPUs (lscpu / nproc)']} CPUs; {command}"
-    failures: list[str] = []
+    rig.caption = (
+        f"{report.machine['CPU']}, {report.machine['CPUs (lscpu / nproc)']} CPUs; {command}"
+    )
     try:
-        await rig.learn_scout_cipher()
         for n in args.chosen:
             say(f"bench: scenario {n}")
             try:
                 rig.sections[n] = await SCENARIOS[n](rig)
             except Exception as exc:
                 traceback.print_exc()
-                failures.append(f"scenario {n}: {type(exc).__name__}: {exc}".splitlines()[0])
+                report.failures.append(f"scenario {n}: {type(exc).__name__}: {exc}".splitlines()[0])
     finally:
         await rig.close()
         if args.keep:
             say(f"bench: work dir kept: {rig.workdir}")
         else:
             shutil.rmtree(rig.workdir, ignore_errors=True)
-    about["SSH cipher (scout and baselines)"] = rig.scout_cipher or "?"
-    return Report(
-        mode.name,
-        command,
-        started,
-        time.time(),
-        about,
-        load_start,
-        load_average(),
-        list(rig.sections.values()),
-        failures,
-    )
+    report.machine["SSH ciphers (scout and baselines)"] = ", ".join(CIPHERS[:2]) + ", ..."
+    report.sections, report.finished = [*rig.sections.values()], time.time()
+    report.load += f" -> {os.getloadavg()[0]:.2f}"
+    return report
 
 
 def write(report: Report, out: Path) -> None:
-    """BENCHMARKS.md and the raw results (every run of every backend)."""
-    out.write_text(render(report), encoding="utf-8")
+    """BENCHMARKS.md (keeping its hand-written sections) and the raw results."""
+    previous = out if out.exists() else ROOT / "BENCHMARKS.md"
+    out.write_text(render(report, previous.read_text(encoding="utf-8")), encoding="utf-8")
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(report.started))
     raw = ROOT / "bench" / "results" / f"{stamp}-{report.mode}.json"
     raw.parent.mkdir(exist_ok=True)
     runs = {
-        s.title: {label: [dataclasses.asdict(r) for r in rs] for label, rs in s.runs.items()}
+        s.title: {k: [dataclasses.asdict(r) for r in v] for k, v in s.runs.items()}
         for s in report.sections
     }
     raw.write_text(json.dumps({"machine": report.machine, **runs}, indent=1), encoding="utf-8")

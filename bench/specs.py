@@ -1,25 +1,15 @@
-"""What crosses a process boundary: a load generator's spec in, its result out.
-
-The parent writes a LoadSpec as JSON on the load generator's stdin and reads a LoadResult
-back as one JSON line: `dataclasses.asdict` on one side, `from_dict` on the other, so both
-processes share one typed shape instead of dictionaries with agreed keys.
-"""
+"""What crosses a process boundary: a load generator's LoadSpec in (JSON on its stdin),
+its LoadResult out (a JSON line): one typed shape on both sides (asdict, from_dict)."""
 
 from __future__ import annotations
 
 import math
-import statistics
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-# The gRPC message bound of the bench's clients and of the gRPC floor: scout's own default
-# (server/app.py), restated rather than imported because that one is private and may change.
-MAX_MESSAGE = 64 * 2**20
-GRPC_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE),
-    ("grpc.max_send_message_length", MAX_MESSAGE),
-]
+# The gRPC message bound of the bench's clients and of the gRPC floor: scout's default
+# (server/app.py), restated because that one is private and may change.
+GRPC_OPTIONS = [(f"grpc.max_{way}_message_length", 64 * 2**20) for way in ("receive", "send")]
 
 
 @dataclass(frozen=True)
@@ -33,12 +23,13 @@ class Host:
 
 @dataclass(frozen=True)
 class Auth:
-    """How scout and the baselines log in: user, key, known_hosts, and the cipher to use."""
+    """How the baselines log in: user, key, known_hosts, and the ciphers they offer (scout's
+    own preference, server.connector.CIPHERS, so a ratio measures scout, not a cipher)."""
 
     user: str
     client_key: str
     known_hosts: str
-    ciphers: tuple[str, ...] = ()  # empty: asyncssh's default preference, as scout's
+    ciphers: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -56,47 +47,40 @@ class LoadSpec:
     prewarm: bool = False  # naive: connect every host before the clock
     concurrency: int = 1  # closed: callers; burst: requests
     parallel: int = 0  # raw: at most this many requests at once (0: no bound); many: max_parallel
-    rate: float = 0.0  # open: arrivals per second
+    rate: float = 0.0  # open: arrivals per second; closed: at most this many starts (0: no pace)
     warmup: float = 0.0  # seconds before the measured window (closed, open)
     duration: float = 1.0  # seconds of the measured window (closed, open)
     timeout: float = 30.0  # per request
     seed: int | None = None  # pick hosts at random with this seed; None: round robin
     server_pid: int = 0  # whose CPU to read over the window (0: none)
     target_pid: int = 0  # the SSH server; its whole process tree is read
+    scrape: str = ""  # a /metrics URL to GET every second meanwhile, as Prometheus would
+    probe: bool = False  # count the measured process's system calls (bench.procs.Probe)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LoadSpec:
         """The inverse of dataclasses.asdict."""
         auth = d["auth"] and Auth(**{**d["auth"], "ciphers": tuple(d["auth"]["ciphers"])})
-        hosts = tuple(Host(**h) for h in d["hosts"])
-        return cls(**{**d, "hosts": hosts, "auth": auth})
-
-
-def percentile(ordered: Sequence[float], q: float) -> float:
-    """Nearest rank on an ascending sequence (a latency some request really had); NaN if empty."""
-    if not ordered:
-        return math.nan
-    return ordered[min(max(1, math.ceil(q / 100 * len(ordered))), len(ordered)) - 1]
+        return cls(**{**d, "hosts": tuple(Host(**h) for h in d["hosts"]), "auth": auth})
 
 
 @dataclass(frozen=True)
 class Latency:
-    """Percentiles of the successful requests, in milliseconds."""
+    """Percentiles of the successful requests, in milliseconds (nearest rank: a latency
+    some request really had)."""
 
     p50: float = math.nan
     p95: float = math.nan
     p99: float = math.nan
     max: float = math.nan
-    mean: float = math.nan
 
     @classmethod
     def of(cls, seconds: list[float]) -> Latency:
         """The summary of a sample of latencies in seconds."""
-        s = sorted(seconds)
-        if not s:
-            return cls()
-        p50, p95, p99, top = (1000 * percentile(s, q) for q in (50, 95, 99, 100))
-        return cls(p50, p95, p99, top, statistics.fmean(s) * 1000)
+        s, n = sorted(seconds), len(seconds)
+        return cls(
+            *(1000 * s[max(1, math.ceil(q * n / 100)) - 1] for q in (50, 95, 99, 100)) if s else ()
+        )
 
 
 @dataclass(frozen=True)
@@ -129,6 +113,9 @@ class LoadResult:
     error_details: dict[str, str] = field(default_factory=dict)  # the first detail of each
     rss_before: int = 0  # the load generator's RSS before and after its setup
     rss_after: int = 0
+    scrapes: int = 0  # good answers from spec.scrape
+    counts: dict[str, float] = field(default_factory=dict)  # per request (bench.procs.Probe)
+    seen: dict[str, int] = field(default_factory=dict)  # the fake SSH server's counters
 
     @property
     def mib_s(self) -> float:
@@ -137,11 +124,9 @@ class LoadResult:
 
     def brief(self) -> str:
         """One line for the progress log."""
-        text = f"{self.throughput:,.0f}/s, p95 {self.latency.p95:.1f} ms"
-        if self.mode == "burst":
-            text = f"makespan {self.elapsed * 1000:.0f} ms, " + text
-        if self.nbytes >= 2**20:
-            text = f"{self.mib_s:.0f} MiB/s, " + text
+        text = f"makespan {self.elapsed * 1000:.0f} ms, " if self.mode == "burst" else ""
+        text += f"{self.mib_s:.0f} MiB/s, " if self.nbytes >= 2**20 else ""
+        text += f"{self.throughput:,.0f}/s, p95 {self.latency.p95:.1f} ms"
         return text + (f", errors {self.errors}" if self.errors else "")
 
     @classmethod
