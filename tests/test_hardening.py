@@ -185,7 +185,7 @@ async def burst(stub: Any, request: exec_pb2.ExecuteRequest, n: int) -> list[tup
 async def test_beyond_max_concurrent_rpcs_calls_are_refused_at_once(
     openssh: OpenSSHServer, tmp_path: Path
 ) -> None:
-    """Limit 50, 500 calls at once: 450 RESOURCE_EXHAUSTED as fast as gRPC can answer.
+    """Limit 50, 500 calls at once: 450 RESOURCE_EXHAUSTED about as fast as gRPC can answer.
 
     "As fast as gRPC can answer" is measured in the same run: a grpc.aio server that
     refuses every call with no work at all (tests/fakeexec.py), hit the same way. Its
@@ -207,7 +207,7 @@ async def test_beyond_max_concurrent_rpcs_calls_are_refused_at_once(
         async with grpc.aio.insecure_channel(target) as channel:
             stub = exec_pb2_grpc.ExecServiceStub(channel)
             await stub.Execute(exec_pb2.ExecuteRequest(host="o", command="true"))  # warm
-            outcomes = await burst(stub, exec_pb2.ExecuteRequest(host="o", command="sleep 1"), 500)
+            outcomes = await burst(stub, exec_pb2.ExecuteRequest(host="o", command="sleep 3"), 500)
         assert {code for code, _ in outcomes} == {"OK", "RESOURCE_EXHAUSTED"}
         assert sum(code == "OK" for code, _ in outcomes) >= 50
         refused = sorted(t for code, t in outcomes if code == "RESOURCE_EXHAUSTED")
@@ -216,8 +216,9 @@ async def test_beyond_max_concurrent_rpcs_calls_are_refused_at_once(
             f"\nrefusals: median {median * 1e3:.0f} ms, max {refused[-1] * 1e3:.0f} ms; "
             f"bare gRPC floor: median {floor_median * 1e3:.0f} ms, max {floor[-1] * 1e3:.0f} ms"
         )
-        assert median < 3 * floor_median + 0.05
-        assert refused[-1] < 3 * floor[-1] + 0.1  # far below the admitted calls' 1 s
+        # margins for a busy 2-core machine; queued refusals would come after the 3 s sleeps
+        assert median < 3 * floor_median + 0.25
+        assert refused[-1] < min(3 * floor[-1] + 0.5, 2.0)
     finally:
         floor_proc.kill()
         await floor_proc.wait()
