@@ -21,13 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from client import Client, ScoutError
+from client import Client, Result, ScoutError
 from server.keyfiles import ShellKeys
 from testkit.proxies import Proxy, drain_nginx_server, serving, start_nginx
 from testkit.scripted import ScriptedServer, close_all, start_fleet
 
-from .test_hardening import host_toml
-from .test_process import ROOT
+from .serverproc import ROOT, host_toml
 
 HOSTS = 60
 REPLICAS = 3
@@ -247,3 +246,38 @@ async def test_nginx_keeps_each_host_on_one_replica_and_moves_only_a_lost_replic
     assert {h for h, n in reconnects.items() if n} == moved  # only the moved hosts ...
     assert set(reconnects[h] for h in moved) == {1}  # ... each once
     print(f"reconnects: {sum(reconnects.values())} for {len(moved)} moved hosts")
+
+
+@pytest.mark.slow
+async def test_behind_nginx_a_split_fan_out_runs_each_host_on_its_own_replica(
+    fleet: list[ScriptedServer], replicas: list[Replica], nginx: Proxy
+) -> None:
+    everyone = sorted(f"host{i}" for i in range(HOSTS))
+    async with Client(nginx.target) as client:
+        first = Calls()
+        await call_every_host(client, 1, first)  # each host now has its replica
+        assert first.failed == []
+    before = await owners(replicas)
+    assert all(len(held) == 1 for held in before.values()), before
+
+    async with Client(nginx.target, split_fan_out=True) as split:
+        events = [e async for e in split.execute_many(["host*"], "echo $((6 * 7))")]
+    assert sorted(e.host for e in events if isinstance(e, Result) and e.stdout == b"42\n") == (
+        everyone
+    )
+    assert await owners(replicas) == before  # every command ran where its host was
+    assert set(accepted(fleet).values()) == {1}  # and no host was connected again
+
+    # One ExecuteMany (the default) lands on one replica, which connects to every host.
+    async with Client(nginx.target) as client:
+        events = [e async for e in client.execute_many(["host*"], "echo $((6 * 7))")]
+    assert sorted(e.host for e in events if isinstance(e, Result)) == everyone
+    after = await owners(replicas)
+    (landed,) = {i for i in range(REPLICAS) if all(i in held for held in after.values())}
+    owned_there = sum(1 for held in before.values() if held == [landed])
+    doubled = sorted(h for h, held in after.items() if len(held) == 2)
+    extra = sum(accepted(fleet).values()) - HOSTS
+    assert extra == len(doubled) == HOSTS - owned_there > 0
+    print(
+        f"one ExecuteMany through nginx: {extra} more SSH handshakes, {extra} hosts on two replicas"
+    )
