@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import subprocess
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -23,7 +24,15 @@ import pytest
 
 from client import Client, Result, ScoutError
 from server.keyfiles import ShellKeys
-from testkit.proxies import Proxy, drain_nginx_server, serving, start_nginx
+from testkit.proxies import (
+    ENVOY_YAML,
+    Proxy,
+    drain_nginx_server,
+    envoy_binary,
+    serving,
+    start_envoy,
+    start_nginx,
+)
 from testkit.scripted import ScriptedServer, close_all, start_fleet
 
 from .serverproc import ROOT, host_toml
@@ -130,6 +139,13 @@ async def replicas(fleet: list[ScriptedServer], tmp_path: Path) -> AsyncIterator
 def nginx(replicas: list[Replica], tmp_path: Path) -> Iterator[Proxy]:
     """deploy/nginx/scout.conf in front of the replicas."""
     with serving(start_nginx(tmp_path / "nginx", [r.port for r in replicas])) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def envoy(replicas: list[Replica], tmp_path: Path) -> Iterator[Proxy]:
+    """deploy/envoy/scout.yaml in front of the replicas."""
+    with serving(start_envoy(tmp_path / "envoy", [r.port for r in replicas])) as proxy:
         yield proxy
 
 
@@ -280,4 +296,57 @@ async def test_behind_nginx_a_split_fan_out_runs_each_host_on_its_own_replica(
     assert extra == len(doubled) == HOSTS - owned_there > 0
     print(
         f"one ExecuteMany through nginx: {extra} more SSH handshakes, {extra} hosts on two replicas"
+    )
+
+
+def test_the_envoy_config_passes_envoys_own_validation() -> None:
+    done = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(ENVOY_YAML)],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    output = done.stdout.decode() + done.stderr.decode()
+    assert done.returncode == 0, output
+    assert f"configuration '{ENVOY_YAML}' OK" in output
+    assert "deprecated" not in output.lower()
+
+
+@pytest.mark.slow
+async def test_envoy_keeps_each_host_on_one_replica_and_fails_only_a_lost_replicas_calls(
+    fleet: list[ScriptedServer], replicas: list[Replica], envoy: Proxy
+) -> None:
+    """Envoy's ring is rebuilt over the replicas left, which gives each more points: some
+    hosts of the survivors move too (nginx keeps its ring and moves none; README)."""
+    async with Client(envoy.target) as client:
+        first = Calls()
+        await call_every_host(client, CALLS_PER_HOST, first)
+        assert first.failed == []
+        before = await owners(replicas)
+        assert sorted(before) == sorted(f"host{i}" for i in range(HOSTS))
+        assert all(len(held) == 1 for held in before.values()), before
+        per_replica = Counter(held[0] for held in before.values())
+        assert len(per_replica) == REPLICAS, per_replica
+        assert set(accepted(fleet).values()) == {1}
+
+        lost = per_replica.most_common(1)[0][0]
+        moved = {host for host, held in before.items() if held == [lost]}
+        handshakes = accepted(fleet)
+        halfway = asyncio.Event()
+        during = Calls()
+        running = asyncio.ensure_future(call_every_host(client, CALLS_PER_HOST, during, halfway))
+        await halfway.wait()
+        replicas[lost].proc.send_signal(signal.SIGKILL)
+        await running
+        assert {host for host, _ in during.failed} <= moved, during.failed
+        after = Calls()
+        await call_every_host(client, 2, after)
+        assert after.failed == []
+    reconnects = {h: n - handshakes[h] for h, n in accepted(fleet).items()}
+    assert moved <= {h for h, n in reconnects.items() if n}  # the lost hosts reconnected
+    assert max(reconnects.values()) == 1  # each host at most once
+    also = len([h for h, n in reconnects.items() if n and h not in moved])
+    print(
+        f"envoy: {dict(sorted(per_replica.items()))}; {len(moved)} hosts lost, "
+        f"{len(during.failed)} calls failed; {also} of {HOSTS - len(moved)} other hosts moved"
     )
