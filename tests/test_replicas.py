@@ -36,6 +36,7 @@ from testkit.proxies import (
 from testkit.scripted import ScriptedServer, close_all, start_fleet
 
 from .serverproc import ROOT, host_toml
+from .test_process import SCOUT
 
 HOSTS = 60
 REPLICAS = 3
@@ -350,3 +351,25 @@ async def test_envoy_keeps_each_host_on_one_replica_and_fails_only_a_lost_replic
         f"envoy: {dict(sorted(per_replica.items()))}; {len(moved)} hosts lost, "
         f"{len(during.failed)} calls failed; {also} of {HOSTS - len(moved)} other hosts moved"
     )
+
+
+@pytest.mark.slow
+async def test_behind_nginx_scout_exec_split_fan_out_adds_no_connection(
+    fleet: list[ScriptedServer], replicas: list[Replica], nginx: Proxy
+) -> None:
+    async with Client(nginx.target) as client:
+        first = Calls()
+        await call_every_host(client, 1, first)
+        assert first.failed == []
+    before = await owners(replicas)
+    scout = await asyncio.create_subprocess_exec(
+        *SCOUT, "exec", "--target", nginx.target, "--split-fan-out", "--max-parallel", "10",
+        "host*", "--", "echo $((6 * 7))",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(scout.communicate(), 60)
+    assert scout.returncode == 0, err
+    assert sorted(out.decode().splitlines()) == sorted(f"host{i} | 42" for i in range(HOSTS))
+    assert b"60 hosts: 60 ok" in err
+    assert await owners(replicas) == before  # each host's command ran on its replica
+    assert set(accepted(fleet).values()) == {1}
