@@ -37,7 +37,7 @@ from collections.abc import Iterator
 
 import grpc
 
-from client.aio import Client, ExecuteManyCall, StreamCall, _exec_stub
+from client.aio import ExecuteManyCall, StreamCall, _exec_stub
 from client.errors import HostNotFound, InvalidRequest, ScoutError, from_rpc_error
 from client.fleet import HostEvent, HostOutput, is_pattern
 from client.results import Event, Exit, Result, Stdout, result_from_response
@@ -56,23 +56,16 @@ class _End:
 class SplitExecuteManyCall(ExecuteManyCall):
     """One fan-out as one call per host; iterate it as an ExecuteManyCall.
 
-    Nothing is sent until the first iteration. Leaving `async with`, cancel(), the
-    call's deadline or its garbage collection cancel every host's call, so the
-    replicas stop what still runs.
+    Nothing is sent until the first iteration. The call's metadata (the credentials)
+    goes on ListHosts; each host's call carries its own x-scout-host. Leaving `async
+    with`, cancel(), the call's deadline or its garbage collection cancel every host's
+    call, so the replicas stop what still runs.
     """
 
-    def __init__(
-        self,
-        client: Client,
-        request: exec_pb2.ExecuteManyRequest,
-        deadline: float | None,
-        metadata: tuple[tuple[str, str], ...],
-    ) -> None:
-        """Hold the request; `metadata` (the credentials) goes on ListHosts."""
-        super().__init__(client, request, deadline, metadata)
-        self._events: asyncio.Queue[HostEvent | _End] = asyncio.Queue(QUEUED_EVENTS)
-        self._runner: asyncio.Task[None] | None = None
-        self._ended = False
+    # set at the first iteration, when the host calls start
+    _events: asyncio.Queue[HostEvent | _End]
+    _runner: asyncio.Task[None] | None = None
+    _ended = False
 
     def __repr__(self) -> str:
         """Show the targets and how far the call got, for logs."""
@@ -95,6 +88,7 @@ class SplitExecuteManyCall(ExecuteManyCall):
     async def __anext__(self) -> HostEvent:
         """Read the next Result, host ScoutError or HostOutput; the call's failure raises."""
         if self._runner is None:
+            self._events = asyncio.Queue(QUEUED_EVENTS)
             self._runner = asyncio.ensure_future(self._run())
         while not self._ended:
             if not self._events.empty():

@@ -180,20 +180,10 @@ def start_nginx(workdir: Path, replicas: Sequence[int]) -> Proxy:
 
     def command(port: int) -> list[str]:
         conf = nginx_files(workdir, port, replicas)
-        return [
-            nginx_binary(),
-            "-e",
-            str(error_log),
-            "-p",
-            str(workdir),
-            "-c",
-            str(conf),
-            "-g",
-            "daemon off;",
-        ]
+        args = ("-e", error_log, "-p", workdir, "-c", conf, "-g", "daemon off;")
+        return [nginx_binary(), *map(str, args)]
 
-    proxy = _start(command, error_log, lambda log: "Address already in use" in log)
-    return proxy
+    return _start(command, error_log, lambda log: "Address already in use" in log)
 
 
 async def drain_nginx_server(proxy: Proxy, port: int) -> None:
@@ -221,16 +211,8 @@ def start_envoy(workdir: Path, replicas: Sequence[int]) -> Proxy:
 
     def command(port: int) -> list[str]:
         conf = envoy_file(workdir, port, replicas)
-        return [
-            envoy_binary(),
-            "-c",
-            str(conf),
-            "--concurrency",
-            "1",
-            "--disable-hot-restart",
-            "--log-level",
-            "warning",
-        ]
+        args = ("-c", conf, "--concurrency", 1, "--disable-hot-restart", "--log-level", "warning")
+        return [envoy_binary(), *map(str, args)]
 
     return _start(command, log, lambda text: "Address already in use" in text)
 

@@ -198,6 +198,24 @@ def accepted(fleet: list[ScriptedServer]) -> dict[str, int]:
     return {f"host{i}": s.stats.accepted for i, s in enumerate(fleet)}
 
 
+async def placed(
+    client: Client, replicas: list[Replica], fleet: list[ScriptedServer]
+) -> tuple[dict[str, list[int]], Counter[int]]:
+    """600 calls, 10 per host, then where each host's connection lives: on exactly one
+    replica, every replica holding some, no host ever connected twice."""
+    first = Calls()
+    await call_every_host(client, CALLS_PER_HOST, first)
+    assert first.failed == []
+    assert sum(first.ok.values()) == HOSTS * CALLS_PER_HOST
+    before = await owners(replicas)
+    assert sorted(before) == sorted(f"host{i}" for i in range(HOSTS))
+    assert all(len(held) == 1 for held in before.values()), before
+    per_replica = Counter(held[0] for held in before.values())
+    assert len(per_replica) == REPLICAS, per_replica  # the hash spreads the hosts
+    assert set(accepted(fleet).values()) == {1}
+    return before, per_replica
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", ["sigterm", "sigkill", "drain"])
 async def test_nginx_keeps_each_host_on_one_replica_and_moves_only_a_lost_replicas_hosts(
@@ -209,18 +227,7 @@ async def test_nginx_keeps_each_host_on_one_replica_and_moves_only_a_lost_replic
     """sigterm: a replica stops gracefully under nginx's feet; sigkill: it crashes; drain:
     the operator marks it `down` in nginx (reload), then stops it."""
     async with Client(nginx.target) as client:
-        # 600 calls, 10 per host: each host's connection lives on exactly one replica.
-        first = Calls()
-        await call_every_host(client, CALLS_PER_HOST, first)
-        assert first.failed == []
-        assert sum(first.ok.values()) == HOSTS * CALLS_PER_HOST
-        before = await owners(replicas)
-        assert sorted(before) == sorted(f"host{i}" for i in range(HOSTS))
-        assert all(len(held) == 1 for held in before.values()), before
-        per_replica = Counter(held[0] for held in before.values())
-        assert sum(per_replica.values()) == HOSTS
-        assert len(per_replica) == REPLICAS, per_replica  # the hash spreads the hosts
-        assert set(accepted(fleet).values()) == {1}  # no host was ever connected twice
+        before, per_replica = await placed(client, replicas, fleet)
         print(f"hosts per replica: {dict(sorted(per_replica.items()))}")
 
         # Stop the replica with the most hosts while 600 more calls run.
@@ -322,15 +329,7 @@ async def test_envoy_keeps_each_host_on_one_replica_and_fails_only_a_lost_replic
     """Envoy's ring is rebuilt over the replicas left, which gives each more points: some
     hosts of the survivors move too (nginx keeps its ring and moves none; README)."""
     async with Client(envoy.target) as client:
-        first = Calls()
-        await call_every_host(client, CALLS_PER_HOST, first)
-        assert first.failed == []
-        before = await owners(replicas)
-        assert sorted(before) == sorted(f"host{i}" for i in range(HOSTS))
-        assert all(len(held) == 1 for held in before.values()), before
-        per_replica = Counter(held[0] for held in before.values())
-        assert len(per_replica) == REPLICAS, per_replica
-        assert set(accepted(fleet).values()) == {1}
+        before, per_replica = await placed(client, replicas, fleet)
 
         lost = per_replica.most_common(1)[0][0]
         moved = {host for host, held in before.items() if held == [lost]}
