@@ -149,10 +149,9 @@ def _listening(port: int) -> bool:
     return False
 
 
-def _start(
-    command: Callable[[int], list[str]], log: Path, port_taken: Callable[[str], bool]
-) -> Proxy:
+def _start(command: Callable[[int], list[str]], log: Path) -> Proxy:
     """Start the proxy on a free port; try another port if it lost the race for one."""
+    log.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(START_TRIES):
         port = free_port()
         with log.open("ab") as sink:
@@ -168,14 +167,13 @@ def _start(
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=10)
-        if not port_taken(log.read_text(errors="replace")):
+        if "Address already in use" not in log.read_text(errors="replace"):
             break
     raise AssertionError(f"{command(0)[0]} did not start:\n{log.read_text(errors='replace')}")
 
 
 def start_nginx(workdir: Path, replicas: Sequence[int]) -> Proxy:
     """Serve deploy/nginx/scout.conf in front of these replica ports (nginx -p workdir)."""
-    workdir.mkdir(parents=True, exist_ok=True)
     error_log = workdir / "error.log"
 
     def command(port: int) -> list[str]:
@@ -183,7 +181,7 @@ def start_nginx(workdir: Path, replicas: Sequence[int]) -> Proxy:
         args = ("-e", error_log, "-p", workdir, "-c", conf, "-g", "daemon off;")
         return [nginx_binary(), *map(str, args)]
 
-    return _start(command, error_log, lambda log: "Address already in use" in log)
+    return _start(command, error_log)
 
 
 async def drain_nginx_server(proxy: Proxy, port: int) -> None:
@@ -206,15 +204,13 @@ async def drain_nginx_server(proxy: Proxy, port: int) -> None:
 
 def start_envoy(workdir: Path, replicas: Sequence[int]) -> Proxy:
     """Serve deploy/envoy/scout.yaml in front of these replica ports."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    log = workdir / "envoy.log"
 
     def command(port: int) -> list[str]:
         conf = envoy_file(workdir, port, replicas)
         args = ("-c", conf, "--concurrency", 1, "--disable-hot-restart", "--log-level", "warning")
         return [envoy_binary(), *map(str, args)]
 
-    return _start(command, log, lambda text: "Address already in use" in text)
+    return _start(command, workdir / "envoy.log")
 
 
 @contextlib.contextmanager

@@ -216,6 +216,24 @@ async def placed(
     return before, per_replica
 
 
+def busiest(
+    before: dict[str, list[int]], per_replica: Counter[int], fleet: list[ScriptedServer]
+) -> tuple[int, set[str], dict[str, int]]:
+    """The replica with the most hosts (the one to lose), its hosts, and the handshakes
+    every SSH server has accepted so far."""
+    lost = per_replica.most_common(1)[0][0]
+    return lost, {host for host, held in before.items() if held == [lost]}, accepted(fleet)
+
+
+async def calls_under_way(client: Client) -> tuple[Calls, asyncio.Future[None]]:
+    """Another round of calls to every host, returned once a third of them are done."""
+    halfway = asyncio.Event()
+    during = Calls()
+    running = asyncio.ensure_future(call_every_host(client, CALLS_PER_HOST, during, halfway))
+    await halfway.wait()
+    return during, running
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", ["sigterm", "sigkill", "drain"])
 async def test_nginx_keeps_each_host_on_one_replica_and_moves_only_a_lost_replicas_hosts(
@@ -231,13 +249,8 @@ async def test_nginx_keeps_each_host_on_one_replica_and_moves_only_a_lost_replic
         print(f"hosts per replica: {dict(sorted(per_replica.items()))}")
 
         # Stop the replica with the most hosts while 600 more calls run.
-        lost = per_replica.most_common(1)[0][0]
-        moved = {host for host, held in before.items() if held == [lost]}
-        handshakes = accepted(fleet)
-        halfway = asyncio.Event()
-        during = Calls()
-        running = asyncio.ensure_future(call_every_host(client, CALLS_PER_HOST, during, halfway))
-        await halfway.wait()
+        lost, moved, handshakes = busiest(before, per_replica, fleet)
+        during, running = await calls_under_way(client)
         if stop == "drain":
             await drain_nginx_server(nginx, replicas[lost].port)
         replicas[lost].proc.send_signal(signal.SIGKILL if stop == "sigkill" else signal.SIGTERM)
@@ -331,13 +344,8 @@ async def test_envoy_keeps_each_host_on_one_replica_and_fails_only_a_lost_replic
     async with Client(envoy.target) as client:
         before, per_replica = await placed(client, replicas, fleet)
 
-        lost = per_replica.most_common(1)[0][0]
-        moved = {host for host, held in before.items() if held == [lost]}
-        handshakes = accepted(fleet)
-        halfway = asyncio.Event()
-        during = Calls()
-        running = asyncio.ensure_future(call_every_host(client, CALLS_PER_HOST, during, halfway))
-        await halfway.wait()
+        lost, moved, handshakes = busiest(before, per_replica, fleet)
+        during, running = await calls_under_way(client)
         replicas[lost].proc.send_signal(signal.SIGKILL)
         await running
         assert {host for host, _ in during.failed} <= moved, during.failed
