@@ -199,6 +199,7 @@ class Config:
     """The whole configuration."""
 
     listen: str = DEFAULT_LISTEN
+    workers: int = 1  # processes serving the port (server.workers); "auto" resolved when read
     shutdown_grace: float = 10.0
     max_concurrent_rpcs: int = 4096
     allow_plaintext: bool = False  # plaintext off loopback (behind a TLS proxy only)
