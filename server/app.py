@@ -26,7 +26,7 @@ from .command import CLOSE_WAIT, KILL_WAIT
 from .config import Config, ConfigError, check_exposure
 from .connector import Connector
 from .introspection import HEALTH_SERVICE, Health, enable_reflection
-from .metrics import MetricsServer
+from .metrics import MetricsServer, exposition, served
 from .pool import Pool
 from .rpc import safe_parser
 from .service import ExecService
@@ -227,7 +227,7 @@ async def start(
     )
     app = App(config, server, pool, service, health, connector, port, tls, loader)
     if config.metrics.listen:
-        app.metrics = MetricsServer(app)
+        app.metrics = MetricsServer(served(exposition(app)))
         await app.metrics.start(config.metrics.listen)
     app._watcher = asyncio.get_running_loop().create_task(app._watch_files())
     return app
