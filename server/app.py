@@ -159,7 +159,9 @@ def _handlers(service: ExecService) -> grpc.GenericRpcHandler:
     )
 
 
-def _prepare(config: Config, address: str) -> tuple[Connector, ServerTLS | None, AuditLog]:
+def _prepare(
+    config: Config, address: str, *, shared: bool
+) -> tuple[Connector, ServerTLS | None, AuditLog]:
     """Check everything that can be wrong before serving: exposure, files, audit log."""
     for warning in check_exposure(config, address):
         log.warning("%s", warning)
@@ -174,18 +176,35 @@ def _prepare(config: Config, address: str) -> tuple[Connector, ServerTLS | None,
     try:
         connector.preload(config.hosts.values())
         tls = ServerTLS(config.tls) if config.tls.enabled else None
-        audit = AuditLog(config.audit)
+        audit = AuditLog(config.audit, shared=shared)
     except FileError as exc:
         raise ConfigError(f"{exc} (scout checks its files at start)") from None
     return connector, tls, audit
 
 
+def describe(config: Config, address: str, port: int) -> str:
+    """What the listening line says: where, over what, how many hosts and callers."""
+    tls = config.tls
+    over = "plaintext" if not tls.enabled else "mutual TLS" if tls.client_ca_file else "TLS"
+    callers = f"{len(config.callers)} callers" if config.callers else "no callers (open)"
+    return f"{address} (port {port}) over {over}, {len(config.hosts)} hosts, {callers}"
+
+
 async def start(
-    config: Config, listen: str | None = None, loader: Callable[[], Config] | None = None
+    config: Config,
+    listen: str | None = None,
+    loader: Callable[[], Config] | None = None,
+    *,
+    shared_port: bool = False,
 ) -> App:
-    """Build and start the server; listen defaults to the config's (port 0 picks one)."""
+    """Build and start the server; listen defaults to the config's (port 0 picks one).
+
+    `shared_port`: one worker of several on a port its supervisor holds (SO_REUSEPORT);
+    otherwise the port is scout's alone, so a second scout on it fails instead of
+    silently sharing it. The supervisor, not a worker, writes the listening line.
+    """
     address = listen or config.listen
-    connector, tls, audit = _prepare(config, address)
+    connector, tls, audit = _prepare(config, address, shared=shared_port)
     pool: Pool[asyncssh.SSHClientConnection] = Pool(config.pool, connector)
     connector.pool = pool
     service = ExecService(config, pool, audit=audit)
@@ -198,7 +217,7 @@ async def start(
             ("grpc.max_send_message_length", config.exec.send_limit()),
             ("grpc.server.max_pending_requests", PENDING_CALLS),
             ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(shared_port)),
         ],
     )
     server.add_generic_rpc_handlers((_handlers(service),))
@@ -217,14 +236,7 @@ async def start(
     await server.start()
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info(
-        "listening on %s (port %d) over %s, %d hosts, %s",
-        address,
-        port,
-        "plaintext" if tls is None else "mutual TLS" if config.tls.client_ca_file else "TLS",
-        len(config.hosts),
-        f"{len(config.callers)} callers" if config.callers else "no callers (open)",
-    )
+    log.info("%s %s", "serving" if shared_port else "listening on", describe(config, address, port))
     app = App(config, server, pool, service, health, connector, port, tls, loader)
     if config.metrics.listen:
         app.metrics = MetricsServer(served(exposition(app)))
