@@ -81,13 +81,17 @@ class App:
         log.info("stopped; pool closed")
 
     def reload(self) -> None:
-        """Re-read the inventory (when the config came from a file), TLS files, known_hosts
-        and keys (SIGHUP); retire connections that relied on what changed."""
+        """SIGHUP: re-read the inventory (when the config came from a file), then the files."""
         if self.loader is not None:
             try:
                 self._reload_inventory(self.loader())
             except ConfigError as exc:
                 log.error("config not reloaded, serving the previous inventory: %s", exc)  # noqa: TRY400
+        self.reload_files()
+
+    def reload_files(self) -> None:
+        """Re-read TLS files, known_hosts and keys that changed (cheap: by mtime); retire
+        connections that relied on what changed. The inventory waits for a SIGHUP."""
         if self.tls is not None:
             self.tls.reload()
         changed = set(self.connector.reload())
@@ -123,7 +127,7 @@ class App:
         """Notice edits of known_hosts and keys without a SIGHUP (bounded by shutdown)."""
         while True:
             await asyncio.sleep(FILE_CHECK_PERIOD)
-            self.reload()
+            self.reload_files()
 
     async def wait(self) -> None:
         """Until the server stops."""

@@ -18,6 +18,7 @@ from .config import (
     DEFAULT_LISTEN,
     EXEC_LINE_MAX,
     HOST_NAME,
+    WORKERS_AUTO,
     AuditSettings,
     CallerConfig,
     Config,
@@ -84,9 +85,9 @@ def available_cores() -> int:
 
 
 def workers_value(name: str, value: Any) -> int:
-    """`workers`: a whole number from 1, or "auto" for one per available core."""
+    """`workers`: a whole number from 1, or "auto" (WORKERS_AUTO; server.workers.count)."""
     if value == "auto":
-        return available_cores()
+        return WORKERS_AUTO
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
         raise ConfigError(
             f'{name}: expected a whole number from 1 to {MAX_WORKERS} or "auto", got {value!r}'

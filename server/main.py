@@ -22,7 +22,7 @@ from .callers import hash_token
 from .config import Config, ConfigError, is_loopback
 from .configfile import load, workers_value
 from .metrics import exposition
-from .workers import Supervisor, WorkerStart, answer_supervisor, receive_start
+from .workers import Supervisor, WorkerStart, answer_supervisor, count, receive_start
 
 log = logging.getLogger("scout")
 
@@ -74,7 +74,7 @@ def configured(args: argparse.Namespace) -> Config:
         config = dataclasses.replace(
             config, metrics=dataclasses.replace(config.metrics, listen=args.metrics)
         )
-    if args.workers:
+    if args.workers is not None:
         config = dataclasses.replace(config, workers=args.workers)
     return dataclasses.replace(config, listen=args.listen or config.listen)
 
@@ -190,15 +190,16 @@ def main(argv: list[str] | None = None) -> None:
     logs.setup(args.log_level, args.log_format)
     with _errors_exit():
         config = configured(args)
-        if config.workers > 1:
+        workers = count(config)
+        if workers > 1:
             if args.demo:
                 raise ConfigError(
                     "--demo serves its shell from one process: run it without workers "
-                    f"(workers = {config.workers} asked for)"
+                    f"({workers} asked for)"
                 )
             supervisor = Supervisor(
                 config,
-                config.workers,
+                workers,
                 args.config,
                 args.log_level,
                 logs.resolved_format(args.log_format),

@@ -48,8 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .app import describe
-from .config import Config, ConfigError, check_exposure
-from .configfile import load
+from .config import WORKERS_AUTO, Config, ConfigError, check_exposure
+from .configfile import available_cores, load
 from .metrics import MetricsServer
 from .workermetrics import Aggregate
 
@@ -70,6 +70,26 @@ class WorkerStart:
     count: int
     config: Config  # listen on the reserved port, limits shared, no [metrics] listen
     config_file: Path | None  # re-read on SIGHUP, for the inventory
+
+
+def count(config: Config) -> int:
+    """How many workers to run: the configured number, or for "auto" one per core this
+    process may use, but no more than every shared limit can be split among (see share)."""
+    if config.workers != WORKERS_AUTO:
+        return config.workers
+    cores = available_cores()
+    fits, why = 1, ""
+    for n in range(cores, 1, -1):
+        try:
+            share(config, n)
+        except ConfigError as exc:
+            why = why or str(exc)
+            continue
+        fits = n
+        break
+    if fits < cores:
+        log.warning("workers = auto: %d for %d cores, because %s", fits, cores, why)
+    return fits
 
 
 def share(config: Config, workers: int) -> Config:

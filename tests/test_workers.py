@@ -29,7 +29,7 @@ import pytest
 from scout.v1 import exec_pb2, exec_pb2_grpc
 from server.callers import hash_token
 from server.configfile import available_cores, load
-from server.workers import RESTART_LIMIT
+from server.workers import RESTART_LIMIT, count
 from testkit.certs import make_pki
 from testkit.processes import eventually, gone, marker, running
 from testkit.scripted import ScriptedServer
@@ -521,6 +521,16 @@ async def test_no_other_server_can_take_the_port_of_one_with_workers(
 
 def test_auto_is_one_worker_per_core_this_process_may_use(tmp_path: Path) -> None:
     (tmp_path / "scout.toml").write_text('workers = "auto"\n')
-    assert (
-        load(tmp_path / "scout.toml").workers == available_cores() == len(os.sched_getaffinity(0))
-    )
+    assert count(load(tmp_path / "scout.toml")) == available_cores()
+    assert available_cores() == len(os.sched_getaffinity(0))
+
+
+def test_auto_runs_no_more_workers_than_the_shared_limits_allow(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a machine with more cores than a per-host limit, "auto" still starts (a number
+    given outright is refused instead: see the test of what is refused at start)."""
+    (tmp_path / "scout.toml").write_text('workers = "auto"\n[pool]\nmax_connections_per_host = 1\n')
+    assert count(load(tmp_path / "scout.toml")) == 1
+    if available_cores() > 1:
+        assert "pool.max_connections_per_host = 1 cannot be shared" in caplog.text
