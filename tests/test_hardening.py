@@ -21,7 +21,6 @@ from typing import Any
 
 import asyncssh
 import grpc
-import psutil
 import pytest
 
 from scout.v1 import exec_pb2, exec_pb2_grpc
@@ -29,7 +28,7 @@ from server.app import start
 from server.config import Config, ConfigError, HostConfig
 from server.keyfiles import ShellKeys, write_key
 from server.logs import JsonFormatter, TextFormatter
-from testkit.processes import eventually, gone, marker, process_list, running
+from testkit.processes import eventually, gone, marker, process_list, running, sleeps
 from testkit.scripted import ScriptedServer
 from testkit.sshd import OpenSSHServer
 
@@ -38,11 +37,6 @@ from .serverproc import ROOT, host_toml, server_exits, start_server
 
 EXECUTE = "/scout.v1.ExecService/Execute"
 STREAM = "/scout.v1.ExecService/Stream"
-
-
-def sleeps(m: str) -> list[psutil.Process]:
-    """The `sleep M` processes themselves (not the shells that started them)."""
-    return [p for p in process_list(m) if p.info["cmdline"][0] == "sleep"]
 
 
 # ---- 1. the exec line ------------------------------------------------------------------
