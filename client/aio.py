@@ -5,7 +5,8 @@ Every call for one host carries the metadata `x-scout-host: HOST`, because
 proxies in front of several scout replicas route by it (DESIGN.md, "Beyond one
 machine"), and `authorization: Bearer <token>` when the client has a token.
 Calls for many hosts carry the header only when their first `hosts` entry is a
-name (see `_fan_out_metadata`). Every gRPC error leaves this module as a
+name (see `_fan_out_metadata`); `split_fan_out=True` makes a fan-out one call per
+host instead (client/splitfanout.py). Every gRPC error leaves this module as a
 `ScoutError` made by `from_rpc_error`.
 """
 
@@ -69,18 +70,22 @@ class Client:
         tls: TLS | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
         deadline_margin: float = DEFAULT_DEADLINE_MARGIN,
+        split_fan_out: bool = False,
     ) -> None:
         """Check the token and read the TLS files now; the channel opens on first use.
 
         token: sent on every call as `authorization: Bearer <token>` (plaintext too).
         tls: TLS to the server (None: plaintext, for loopback); its files are read here,
         so a missing one raises OSError at once.
+        split_fan_out: run execute_many as one call per host, for a target that is a
+        proxy routing by host in front of several replicas (client/splitfanout.py).
         """
         self.target = target
         self._auth = bearer_metadata(token)
         self._credentials = tls.channel_credentials() if tls is not None else None
         self._channel_options = list({**_DEFAULT_CHANNEL_OPTIONS, **dict(channel_options)}.items())
         self._margin = deadline_margin
+        self._split_fan_out = split_fan_out
         self._channel: grpc.aio.Channel | None = None
         self._closed = False
 
@@ -89,7 +94,8 @@ class Client:
         state = "closed" if self._closed else "open" if self._channel else "idle"
         transport = "tls" if self._credentials is not None else "plaintext"
         auth = " token" if self._auth else ""
-        return f"<Client target={self.target!r} {transport}{auth} {state}>"
+        split = " split-fan-out" if self._split_fan_out else ""
+        return f"<Client target={self.target!r} {transport}{auth}{split} {state}>"
 
     def _metadata(self, host: str) -> tuple[tuple[str, str], ...]:
         """Build one call's metadata: the routing header, then the credentials."""
@@ -104,9 +110,9 @@ class Client:
         """Metadata for a call about many hosts: route by the first entry if it is a name.
 
         A glob or a selector names no one host, so the header is left out and a
-        routing proxy picks any replica. How proxies should route fan-outs (whose
-        hosts live on several replicas) is designed in a later issue; until then a
-        fan-out runs on the replica that owns its first named host.
+        routing proxy picks any replica. One ExecuteMany runs on one replica, which
+        connects to every target; behind such a proxy, `split_fan_out=True` sends one
+        call per host instead (README, "Replicas behind a proxy").
         """
         if hosts and not is_pattern(hosts[0]):
             return self._metadata(hosts[0])
@@ -212,6 +218,7 @@ class Client:
         bounds each host's command, and only `rpc_timeout` bounds the whole call
         (no deadline by default, since hosts may wait their turn). Events: see
         client/fleet.py; with stream_output, HostOutput chunks precede each Result.
+        With split_fan_out, one Execute (or Stream) per host, each routed by its host.
         """
         names = _host_list(hosts)
         if max_parallel < 0:
@@ -225,6 +232,11 @@ class Client:
             max_parallel=max_parallel,
             stream_output=stream_output,
         )
+        if self._split_fan_out:
+            # Imported here: the split call extends ExecuteManyCall, defined below.
+            from client.splitfanout import SplitExecuteManyCall
+
+            return SplitExecuteManyCall(self, request, opts.rpc_timeout, self._auth)
         return ExecuteManyCall(self, request, opts.rpc_timeout, metadata)
 
     async def health(self, service: str = "", *, rpc_timeout: float | None = 10.0) -> str:
@@ -481,13 +493,17 @@ class ExecuteManyCall(AsyncIterator[HostEvent]):
 
     def __repr__(self) -> str:
         """Show the targets and how far the call got, for logs."""
-        targets = ", ".join(self._request.hosts)
-        if self._request.selector:
-            targets += f"{', ' if targets else ''}-l {self._request.selector}"
         state = "not started"
         if self._call is not None:
             state = "done" if self._call.done() else "running"
-        return f"<ExecuteManyCall {targets} {state}>"
+        return f"<ExecuteManyCall {self._targets_text()} {state}>"
+
+    def _targets_text(self) -> str:
+        """The targets as asked for: names and globs, then `-l SELECTOR`."""
+        targets = ", ".join(self._request.hosts)
+        if self._request.selector:
+            targets += f"{', ' if targets else ''}-l {self._request.selector}"
+        return targets
 
     async def __aenter__(self) -> Self:
         """Use as `async with client.execute_many(...) as events:` to end it on the way out."""

@@ -4,7 +4,7 @@
     scout exec [OPTIONS] HOST|GLOB... [-l SELECTOR] -- COMMAND...
     scout exec [OPTIONS] -l SELECTOR -- COMMAND...           many hosts (a fan-out)
         --timeout SECS  --env K=V (repeatable)  --cwd DIR  --tty
-        -l/--selector SELECTOR  --max-parallel N  --json
+        -l/--selector SELECTOR  --max-parallel N  --json  --split-fan-out
     scout hosts [OPTIONS] [SELECTOR] [--json]
     scout health [OPTIONS] [--service NAME]
     scout --version
@@ -33,6 +33,8 @@ command.
 Several hosts, a glob, -l or --json run the command everywhere at once through
 ExecuteMany (at most --max-parallel hosts at a time; the server's default
 otherwise), with no stdin and no --tty; --timeout bounds each host's command.
+--split-fan-out makes it one call per host instead, for a --target that is a
+proxy routing by host (client/splitfanout.py).
 Output lines come prefixed with their host (`web1 | ...`), stdout to stdout and
 stderr to stderr; --json prints one JSON object per host instead. A progress
 line on stderr (only when it is a terminal) and a summary at the end (on
@@ -257,6 +259,11 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, _ExecOp
             action="store_true",
             help="print one JSON object per host when it ends, instead of its output lines",
         ),
+        run.add_argument(
+            "--split-fan-out",
+            action="store_true",
+            help="many hosts: one call per host, for a --target that is a proxy routing by host",
+        ),
     ]
 
     hosts = commands.add_parser(
@@ -403,7 +410,8 @@ def client_for(args: argparse.Namespace, environ: Mapping[str, str] | None = Non
     tls = None
     if args.tls or args.ca is not None or args.cert is not None:
         tls = TLS(ca_file=args.ca, cert_file=args.cert, key_file=args.key)
-    return Client(args.target, token=token, tls=tls)
+    split = bool(getattr(args, "split_fan_out", False))  # exec's option only
+    return Client(args.target, token=token, tls=tls, split_fan_out=split)
 
 
 def exit_code_for(status: ExitStatus) -> int:

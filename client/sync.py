@@ -50,6 +50,7 @@ class SyncClient:
         tls: TLS | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
         deadline_margin: float = DEFAULT_DEADLINE_MARGIN,
+        split_fan_out: bool = False,
     ) -> None:
         """Create the private loop's runner; the channel opens on the first call.
 
@@ -61,6 +62,7 @@ class SyncClient:
             tls=tls,
             channel_options=channel_options,
             deadline_margin=deadline_margin,
+            split_fan_out=split_fan_out,
         )
         self._runner = asyncio.Runner()
         self._lock = threading.Lock()

@@ -26,7 +26,7 @@ from .command import CLOSE_WAIT, KILL_WAIT
 from .config import Config, ConfigError, check_exposure
 from .connector import Connector
 from .introspection import HEALTH_SERVICE, Health, enable_reflection
-from .metrics import MetricsServer
+from .metrics import MetricsServer, exposition, served
 from .pool import Pool
 from .rpc import safe_parser
 from .service import ExecService
@@ -81,13 +81,17 @@ class App:
         log.info("stopped; pool closed")
 
     def reload(self) -> None:
-        """Re-read the inventory (when the config came from a file), TLS files, known_hosts
-        and keys (SIGHUP); retire connections that relied on what changed."""
+        """SIGHUP: re-read the inventory (when the config came from a file), then the files."""
         if self.loader is not None:
             try:
                 self._reload_inventory(self.loader())
             except ConfigError as exc:
                 log.error("config not reloaded, serving the previous inventory: %s", exc)  # noqa: TRY400
+        self.reload_files()
+
+    def reload_files(self) -> None:
+        """Re-read TLS files, known_hosts and keys that changed (cheap: by mtime); retire
+        connections that relied on what changed. The inventory waits for a SIGHUP."""
         if self.tls is not None:
             self.tls.reload()
         changed = set(self.connector.reload())
@@ -123,7 +127,7 @@ class App:
         """Notice edits of known_hosts and keys without a SIGHUP (bounded by shutdown)."""
         while True:
             await asyncio.sleep(FILE_CHECK_PERIOD)
-            self.reload()
+            self.reload_files()
 
     async def wait(self) -> None:
         """Until the server stops."""
@@ -159,7 +163,9 @@ def _handlers(service: ExecService) -> grpc.GenericRpcHandler:
     )
 
 
-def _prepare(config: Config, address: str) -> tuple[Connector, ServerTLS | None, AuditLog]:
+def _prepare(
+    config: Config, address: str, *, shared: bool
+) -> tuple[Connector, ServerTLS | None, AuditLog]:
     """Check everything that can be wrong before serving: exposure, files, audit log."""
     for warning in check_exposure(config, address):
         log.warning("%s", warning)
@@ -174,18 +180,35 @@ def _prepare(config: Config, address: str) -> tuple[Connector, ServerTLS | None,
     try:
         connector.preload(config.hosts.values())
         tls = ServerTLS(config.tls) if config.tls.enabled else None
-        audit = AuditLog(config.audit)
+        audit = AuditLog(config.audit, shared=shared)
     except FileError as exc:
         raise ConfigError(f"{exc} (scout checks its files at start)") from None
     return connector, tls, audit
 
 
+def describe(config: Config, address: str, port: int) -> str:
+    """What the listening line says: where, over what, how many hosts and callers."""
+    tls = config.tls
+    over = "plaintext" if not tls.enabled else "mutual TLS" if tls.client_ca_file else "TLS"
+    callers = f"{len(config.callers)} callers" if config.callers else "no callers (open)"
+    return f"{address} (port {port}) over {over}, {len(config.hosts)} hosts, {callers}"
+
+
 async def start(
-    config: Config, listen: str | None = None, loader: Callable[[], Config] | None = None
+    config: Config,
+    listen: str | None = None,
+    loader: Callable[[], Config] | None = None,
+    *,
+    shared_port: bool = False,
 ) -> App:
-    """Build and start the server; listen defaults to the config's (port 0 picks one)."""
+    """Build and start the server; listen defaults to the config's (port 0 picks one).
+
+    `shared_port`: one worker of several on a port its supervisor holds (SO_REUSEPORT);
+    otherwise the port is scout's alone, so a second scout on it fails instead of
+    silently sharing it. The supervisor, not a worker, writes the listening line.
+    """
     address = listen or config.listen
-    connector, tls, audit = _prepare(config, address)
+    connector, tls, audit = _prepare(config, address, shared=shared_port)
     pool: Pool[asyncssh.SSHClientConnection] = Pool(config.pool, connector)
     connector.pool = pool
     service = ExecService(config, pool, audit=audit)
@@ -198,7 +221,7 @@ async def start(
             ("grpc.max_send_message_length", config.exec.send_limit()),
             ("grpc.server.max_pending_requests", PENDING_CALLS),
             ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(shared_port)),
         ],
     )
     server.add_generic_rpc_handlers((_handlers(service),))
@@ -217,17 +240,10 @@ async def start(
     await server.start()
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info(
-        "listening on %s (port %d) over %s, %d hosts, %s",
-        address,
-        port,
-        "plaintext" if tls is None else "mutual TLS" if config.tls.client_ca_file else "TLS",
-        len(config.hosts),
-        f"{len(config.callers)} callers" if config.callers else "no callers (open)",
-    )
+    log.info("%s %s", "serving" if shared_port else "listening on", describe(config, address, port))
     app = App(config, server, pool, service, health, connector, port, tls, loader)
     if config.metrics.listen:
-        app.metrics = MetricsServer(app)
+        app.metrics = MetricsServer(served(exposition(app)))
         await app.metrics.start(config.metrics.listen)
     app._watcher = asyncio.get_running_loop().create_task(app._watch_files())
     return app

@@ -5,6 +5,11 @@ A line says who (caller, peer), what (method, host, the command or only its SHA-
 and how it ended (exit code or signal, bytes out, duration, the status code). Success,
 non-zero exit, refusal, failure, timeout and cancellation each get theirs.
 
+Each line is one write(2). With worker processes all appending to one destination, a
+file opened O_APPEND already keeps lines whole, but a pipe or socket (stdout under a
+container runtime or systemd) does so only for writes up to 4 KiB; so a worker writes
+while holding a POSIX record lock on the destination, which the others' lock waits for.
+
 A full disk or an unwritable file fails closed: the line that could not be written goes
 to the server log at ERROR (so it is not lost silently) and into a bounded backlog, and
 until the backlog is written, scout runs no new command (UNAVAILABLE, nothing started).
@@ -12,13 +17,16 @@ until the backlog is written, scout runs no new command (UNAVAILABLE, nothing st
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import sys
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,8 +90,9 @@ class CallRecord:
 class AuditLog:
     """Appends audit lines to a file or stdout; fails closed when it cannot."""
 
-    def __init__(self, settings: AuditSettings) -> None:
+    def __init__(self, settings: AuditSettings, *, shared: bool = False) -> None:
         self.settings = settings
+        self.shared = shared  # other worker processes write to the same destination
         self._backlog: deque[bytes] = deque(maxlen=BACKLOG)
         self._fd: int | None = None
         if settings.file == "-":
@@ -124,14 +133,8 @@ class AuditLog:
         """Write the backlog, unbuffered (a partial write keeps its rest); whether all went."""
         assert self._fd is not None
         try:
-            while self._backlog:
-                data = self._backlog[0]
-                written = os.write(self._fd, data)
-                if written < len(data):
-                    self._backlog[0] = data[written:]
-                    continue
-                self._backlog.popleft()
-                self.lines += 1
+            with self._locked(self._fd):
+                self._write_backlog(self._fd)
         except OSError as exc:
             log.error(  # noqa: TRY400 - the reason is enough, no traceback
                 "audit log %s cannot be written (%s): refusing new commands",
@@ -140,6 +143,29 @@ class AuditLog:
             )
             return False
         return True
+
+    @contextlib.contextmanager
+    def _locked(self, fd: int) -> Iterator[None]:
+        """Hold the destination's lock while writing, if other workers write there too."""
+        if not self.shared:
+            yield
+            return
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+
+    def _write_backlog(self, fd: int) -> None:
+        """Each line in one write; a partial write keeps its rest first in line."""
+        while self._backlog:
+            data = self._backlog[0]
+            written = os.write(fd, data)
+            if written < len(data):
+                self._backlog[0] = data[written:]
+                continue
+            self._backlog.popleft()
+            self.lines += 1
 
     def close(self) -> None:
         """Close the file (not stdout)."""

@@ -67,12 +67,16 @@ class CommandSession(asyncssh.SSHClientSession[bytes]):
         self.chan: asyncssh.SSHClientChannel[bytes] | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.error: Exception | None = None  # why the connection died under the channel
+        self.abandoned = False  # set before the channel opens: close it, send nothing
         self._writable = asyncio.Event()
         self._writable.set()
 
     def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
-        """The channel is open (the exec request follows)."""
+        """The channel is open; the exec request follows, unless nobody wants it any more."""
         self.chan = chan
+        if self.abandoned:
+            chan.close()
+            raise OpenAbandoned("the channel opened after its caller gave up; closed unused")
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         """Output arrived: stderr is extended data, everything else is stdout."""
@@ -193,18 +197,32 @@ class RunningCommand:
                 await asyncio.wait_for(asyncio.shield(closed), close_wait)
 
 
+class OpenAbandoned(Exception):
+    """A channel opened after its caller gave up: closed before any request went out."""
+
+
 class Opening:
-    """Opening a channel and starting the command on it (run as a task that may outlive
-    its caller: a channel opened after the caller gave up still gets stopped and closed).
+    """Opening a channel and starting the command on it, as a task that may outlive its
+    caller. Once the caller gives up (`abandon()`), a channel that opens later is closed
+    before the exec request: the caller was told nothing ran, so nothing may run. One
+    that opened before is past that point (the exec goes out in the same step): it is
+    stopped and closed.
     """
 
     def __init__(self, spec: CommandSpec, out: Sink) -> None:
         self.spec = spec
         self.out = out
         self.session: CommandSession | None = None  # set once the channel is open
+        self._abandoned = False
+
+    def abandon(self) -> None:
+        """The caller no longer waits: a channel that opens from now on runs nothing."""
+        self._abandoned = True
 
     def _factory(self) -> CommandSession:
+        # asyncssh calls this when the open is confirmed, before it sends any request
         self.session = CommandSession(self.out)
+        self.session.abandoned = self._abandoned
         return self.session
 
     async def run(self, conn: asyncssh.SSHClientConnection) -> RunningCommand:

@@ -194,11 +194,15 @@ class AuditSettings:
     log_commands: bool = True  # False: only each command's SHA-256
 
 
+WORKERS_AUTO = 0  # `workers = "auto"`: one per core, as many as the shared limits allow
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration."""
 
     listen: str = DEFAULT_LISTEN
+    workers: int = 1  # processes serving the port (server.workers); WORKERS_AUTO: "auto"
     shutdown_grace: float = 10.0
     max_concurrent_rpcs: int = 4096
     allow_plaintext: bool = False  # plaintext off loopback (behind a TLS proxy only)

@@ -7,6 +7,7 @@ file's folder.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -17,6 +18,7 @@ from .config import (
     DEFAULT_LISTEN,
     EXEC_LINE_MAX,
     HOST_NAME,
+    WORKERS_AUTO,
     AuditSettings,
     CallerConfig,
     Config,
@@ -72,6 +74,25 @@ _TOP: _Bounds = {
     "shutdown_grace": (float, 0, 3600),
     "max_concurrent_rpcs": (int, 1, 1_000_000),
 }
+MAX_WORKERS = 1024
+
+
+def available_cores() -> int:
+    """The cores this process may run on: its affinity mask, which taskset and cpusets narrow
+    (what os.process_cpu_count() reads from Python 3.13 on). A CPU quota (`docker --cpus`)
+    is time, not cores, and is not seen here: set workers to the quota yourself."""
+    return len(os.sched_getaffinity(0))
+
+
+def workers_value(name: str, value: Any) -> int:
+    """`workers`: a whole number from 1, or "auto" (WORKERS_AUTO; server.workers.count)."""
+    if value == "auto":
+        return WORKERS_AUTO
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+        raise ConfigError(
+            f'{name}: expected a whole number from 1 to {MAX_WORKERS} or "auto", got {value!r}'
+        )
+    return value
 
 
 class _Table:
@@ -291,7 +312,7 @@ def parse(raw: dict[str, Any], base: Path) -> Config:
     sections = {"ssh", "pool", "exec", "tls", "callers", "audit", "fanout", "labels", "hosts"}
     sections |= {"metrics"}
     flags = {"allow_plaintext", "allow_anonymous"}
-    top = _Table("", raw, {"listen"} | set(_TOP) | sections | flags, base)
+    top = _Table("", raw, {"listen", "workers"} | set(_TOP) | sections | flags, base)
     listen = top.string("listen", DEFAULT_LISTEN)
     if ":" not in listen:
         raise ConfigError(f"listen: expected HOST:PORT, got {listen!r}")
@@ -329,6 +350,7 @@ def parse(raw: dict[str, Any], base: Path) -> Config:
         raise ConfigError("fanout.default_parallel: must not exceed fanout.max_parallel")
     return Config(
         listen=listen,
+        workers=workers_value("workers", raw.get("workers", 1)),
         allow_plaintext=top.flag("allow_plaintext"),
         allow_anonymous=top.flag("allow_anonymous"),
         ssh=ssh,

@@ -12,7 +12,9 @@ Nothing is retried once the exec request may have reached the host.
 The way out, on every path: a command that has not ended by itself is stopped (TERM,
 KILL, close) in a task of its own, shielded from the caller's cancellation, and its
 place is released only when the channel is closed. An open that finishes after its
-caller gave up is *adopted*: whatever it opened is stopped and closed, then released.
+caller gave up is *adopted*: a channel that opens after that is closed before the exec
+request (the caller may have been told nothing ran); a command that did start is stopped
+and closed; then the place is released.
 """
 
 from __future__ import annotations
@@ -194,6 +196,7 @@ class Launcher:
         self, task: asyncio.Task[RunningCommand], res: Reservation[SSHConn], opening: Opening
     ) -> None:
         """An open its caller gave up on: stop whatever it started, then release."""
+        opening.abandon()
         self._track(self._settle_adopted(task, res, opening))
 
     async def _settle_adopted(

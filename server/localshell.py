@@ -65,6 +65,7 @@ class ServerStats:
     peak_open: int = 0
     sessions_opened: int = 0  # channels accepted, in total
     sessions_refused: int = 0  # channel opens refused (session cap)
+    exec_requests: int = 0  # commands asked to run, in total
 
 
 def _set_winsize(fd: int, size: tuple[int, int, int, int]) -> None:
@@ -234,6 +235,7 @@ class LocalShellSession(asyncssh.SSHServerSession[bytes]):
 
     def exec_requested(self, command: str) -> bool:
         """Accept any command; it runs under /bin/sh -c once the session starts."""
+        self._server.host.stats.exec_requests += 1
         self._command = command
         return True
 

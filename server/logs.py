@@ -1,6 +1,7 @@
 """Logging: text on a terminal, JSON lines for a log pipeline, and each request's fields.
 
-Every log line written while a request is being served carries that request's id, caller,
+Every log line of a worker process (`--workers N`, N > 1) carries its `worker` index, and
+every log line written while a request is being served carries that request's id, caller,
 method and host (a contextvar set by the RPC loop, read by `RequestFields`), so a log
 pipeline can follow one request. The access line (one per RPC, at INFO) adds its status
 and duration. The standard `logging` module throughout; a small JSON formatter of ours
@@ -22,7 +23,7 @@ from typing import Any
 
 REQUEST_ID_KEY = "x-request-id"
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-FIELDS = ("request_id", "caller", "method", "host", "status", "duration")
+FIELDS = ("worker", "request_id", "caller", "method", "host", "status", "duration")
 
 # The fields of the request being served in this task (and the tasks it starts).
 current: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
@@ -43,9 +44,16 @@ def request_id(metadata: Sequence[Any] | None) -> str:
 
 
 class RequestFields(logging.Filter):
-    """Adds the current request's fields to every record logged while serving it."""
+    """Adds the worker's index, and the current request's fields while serving it, to every
+    record."""
+
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if self.worker is not None:
+            record.worker = self.worker
         fields = current.get()
         if fields:
             for key, value in fields.items():
@@ -83,17 +91,27 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        extra = [f"{k}={getattr(record, k)}" for k in FIELDS if getattr(record, k, None)]
+        extra = [
+            f"{k}={value}"
+            for k in FIELDS
+            if (value := getattr(record, k, None)) is not None and value != ""
+        ]
         return f"{text} [{' '.join(extra)}]" if extra else text
 
 
-def setup(level: str, fmt: str | None) -> None:
-    """Configure the root logger: `fmt` text or json; None picks text on a terminal."""
+def resolved_format(fmt: str | None) -> str:
+    """`fmt`, or when None: text on a terminal, json otherwise."""
     if fmt is None:
-        fmt = "text" if sys.stderr.isatty() else "json"
+        return "text" if sys.stderr.isatty() else "json"
+    return fmt
+
+
+def setup(level: str, fmt: str | None, worker: int | None = None) -> None:
+    """Configure the root logger: `fmt` text or json (None: see resolved_format); a worker
+    process gives its index, which then marks each of its lines."""
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    handler.addFilter(RequestFields())
+    handler.setFormatter(JsonFormatter() if resolved_format(fmt) == "json" else TextFormatter())
+    handler.addFilter(RequestFields(worker))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -10,15 +10,19 @@ import getpass
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from . import logs
 from .app import App, start
 from .callers import hash_token
 from .config import Config, ConfigError, is_loopback
-from .configfile import load
+from .configfile import load, workers_value
+from .metrics import exposition
+from .workers import Supervisor, WorkerStart, answer_supervisor, count, receive_start
 
 log = logging.getLogger("scout")
 
@@ -36,6 +40,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="add host 'local': an embedded SSH server on loopback running commands here",
     )
     parser.add_argument("--metrics", help="HOST:PORT to serve /metrics on (overrides [metrics])")
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        help="processes serving the port: a number, or auto (one per core); "
+        "overrides the config's workers (default 1)",
+    )
+    parser.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)  # server.workers
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     parser.add_argument(
         "--log-format",
@@ -43,19 +54,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="text or json lines (default: text on a terminal, json otherwise)",
     )
     args = parser.parse_args(argv)
-    if args.config is None and not args.demo:
+    if args.config is None and not args.demo and args.worker_fd is None:
         parser.error("--config FILE is required (or --demo for the embedded demo)")
     return args
 
 
-async def serve(args: argparse.Namespace) -> None:
-    """Start; SIGHUP reloads; SIGTERM or Ctrl-C stops gracefully, a second one at once."""
+def _workers(text: str) -> int:
+    """--workers: as the config's `workers`."""
+    try:
+        return workers_value("--workers", int(text) if text.isdigit() else text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--workers: ")) from None
+
+
+def configured(args: argparse.Namespace) -> Config:
+    """The config file (or the defaults), with what the command line overrides."""
     config = load(args.config) if args.config else Config()
     if args.metrics:
         config = dataclasses.replace(
             config, metrics=dataclasses.replace(config.metrics, listen=args.metrics)
         )
-    listen = args.listen or config.listen
+    if args.workers is not None:
+        config = dataclasses.replace(config, workers=args.workers)
+    return dataclasses.replace(config, listen=args.listen or config.listen)
+
+
+async def serve(args: argparse.Namespace, config: Config) -> None:
+    """One process: start; SIGHUP reloads; SIGTERM or Ctrl-C stops gracefully."""
+    listen = config.listen
     async with contextlib.AsyncExitStack() as stack:
         demo = None
         if args.demo:
@@ -76,29 +102,59 @@ async def serve(args: argparse.Namespace) -> None:
             host = demo_host_config(demo)
             config = dataclasses.replace(config, hosts={**config.hosts, host.name: host})
         loader = (lambda: load(args.config)) if args.config else None
-        app = await start(config, args.listen, loader)
-        stops = asyncio.Queue[int]()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stops.put_nowait, sig)
-        loop.add_signal_handler(signal.SIGHUP, _reload, app)
+        app = await start(config, listen, loader)
+        stops = _stops()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload, app)
         if demo is not None:
             sys.stdout.write(help_text(demo, listen, app.metrics.port if app.metrics else None))
             sys.stdout.flush()
-        await stops.get()
-        log.info(
-            "shutting down (grace %.1fs); signal again to skip the grace", config.shutdown_grace
-        )
-        stopping = asyncio.ensure_future(app.stop())
-        forced = asyncio.ensure_future(stops.get())
-        await asyncio.wait({stopping, forced}, return_when=asyncio.FIRST_COMPLETED)
-        if not stopping.done():
-            log.warning("second signal: in-flight calls end now; a third exits at once")
-            loop.add_signal_handler(signal.SIGTERM, os._exit, 128 + signal.SIGTERM)
-            loop.add_signal_handler(signal.SIGINT, os._exit, 128 + signal.SIGINT)
-            await app.server.stop(0)
-        forced.cancel()
-        await stopping
+        await _until_stopped(app, stops)
+
+
+async def serve_worker(start_: WorkerStart, link: socket.socket) -> None:
+    """One worker of a supervisor (server.workers): serve the shared port as one process
+    would, and stop also when the supervisor is gone."""
+    config = start_.config
+    path = start_.config_file
+    stops = _stops()  # before the start: a stop while starting still drains, after it
+    app = await start(config, None, (lambda: load(path)) if path else None, shared_port=True)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload, app)
+
+    def orphaned() -> None:
+        log.warning("the supervisor is gone: shutting down")
+        stops.put_nowait(signal.SIGTERM)
+
+    answering = asyncio.ensure_future(answer_supervisor(link, exposition(app), orphaned))
+    await _until_stopped(app, stops)
+    answering.cancel()
+
+
+def _stops() -> asyncio.Queue[int]:
+    """SIGTERM and SIGINT, queued from now on."""
+    stops = asyncio.Queue[int]()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stops.put_nowait, sig)
+    return stops
+
+
+async def _until_stopped(app: App, stops: asyncio.Queue[int]) -> None:
+    """The first stop drains (the grace), a second ends calls now, a third exits at once."""
+    await stops.get()
+    log.info(
+        "shutting down (grace %.1fs); signal again to skip the grace", app.config.shutdown_grace
+    )
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.ensure_future(app.stop())
+    forced = asyncio.ensure_future(stops.get())
+    await asyncio.wait({stopping, forced}, return_when=asyncio.FIRST_COMPLETED)
+    if not stopping.done():
+        log.warning("second signal: in-flight calls end now; a third exits at once")
+        loop.add_signal_handler(signal.SIGTERM, os._exit, 128 + signal.SIGTERM)
+        loop.add_signal_handler(signal.SIGINT, os._exit, 128 + signal.SIGINT)
+        await app.server.stop(0)
+    forced.cancel()
+    await stopping
 
 
 def _reload(app: App) -> None:
@@ -128,9 +184,45 @@ def main(argv: list[str] | None = None) -> None:
         hash_token_command()
         return
     args = parse_args(argv)
+    if args.worker_fd is not None:
+        _worker_main(args)
+        return
     logs.setup(args.log_level, args.log_format)
+    with _errors_exit():
+        config = configured(args)
+        workers = count(config)
+        if workers > 1:
+            if args.demo:
+                raise ConfigError(
+                    "--demo serves its shell from one process: run it without workers "
+                    f"({workers} asked for)"
+                )
+            supervisor = Supervisor(
+                config,
+                workers,
+                args.config,
+                args.log_level,
+                logs.resolved_format(args.log_format),
+            )
+            sys.exit(asyncio.run(supervisor.run()))
+        asyncio.run(serve(args, config))
+
+
+def _worker_main(args: argparse.Namespace) -> None:
+    """`--worker-fd FD`: one worker process (server.workers); its start comes on FD."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload is passed on once it serves
+    link = socket.socket(fileno=args.worker_fd)
+    start_ = receive_start(link)
+    logs.setup(args.log_level, args.log_format, worker=start_.index)
+    with _errors_exit():
+        asyncio.run(serve_worker(start_, link))
+
+
+@contextlib.contextmanager
+def _errors_exit() -> Iterator[None]:
+    """A bad config exits 2, a system error (a port in use) 1, each with one line."""
     try:
-        asyncio.run(serve(args))
+        yield
     except ConfigError as exc:
         sys.stderr.write(f"scout-server: config: {exc}\n")
         sys.exit(2)

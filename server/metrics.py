@@ -4,7 +4,8 @@ Counting happens on the request path in `server.counters` (a dict or a bisect pe
 whether or not anyone scrapes); this collector turns those counters, and the pool's and
 the budget's current sizes, into Prometheus families at scrape time. `/metrics` is
 served by a small HTTP responder on scout's own event loop, not by prometheus-client's
-thread, so a scrape never reads a dict the loop is changing.
+thread, so a scrape never reads a dict the loop is changing. With worker processes, each
+worker hands its text to the supervisor, which serves their sum (`server.workermetrics`).
 
 Cardinality: every label is bounded by the code (method, status code, state, reason,
 outcome, stream) or by the config (caller names), except the per-host series
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -170,12 +171,27 @@ def _merged(parts: list[Histogram]) -> Histogram:
     return total
 
 
-class MetricsServer:
-    """`GET /metrics` on scout's event loop."""
+def exposition(app: App) -> Callable[[], bytes]:
+    """The Prometheus text of app's metrics, read anew at each call."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ScoutCollector(app))
+    return lambda: generate_latest(registry)
 
-    def __init__(self, app: App) -> None:
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(ScoutCollector(app))
+
+def served(text: Callable[[], bytes]) -> Callable[[], Awaitable[bytes]]:
+    """A MetricsServer's render of a text read on the spot."""
+
+    async def render() -> bytes:
+        return text()
+
+    return render
+
+
+class MetricsServer:
+    """`GET /metrics` on scout's event loop; `render` gives the body of each answer."""
+
+    def __init__(self, render: Callable[[], Awaitable[bytes]]) -> None:
+        self.render = render
         self._server: asyncio.Server | None = None
         self.port = 0
 
@@ -194,7 +210,7 @@ class MetricsServer:
                 head = await reader.readuntil(b"\r\n\r\n")
             method, path, *_ = head.split(b"\r\n", 1)[0].split(b" ")
             if method == b"GET" and path.split(b"?")[0] == b"/metrics":
-                status, kind, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry)
+                status, kind, body = "200 OK", CONTENT_TYPE_LATEST, await self.render()
             else:
                 status, kind, body = "404 Not Found", "text/plain", b"scout: GET /metrics\n"
             writer.write(

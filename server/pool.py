@@ -239,9 +239,14 @@ class Pool(Generic[C]):
         name = state.name
         busy = state.count(ConnState.OPEN, ConnState.DRAINING)
         if state.backoff is not None:
+            # the error may be an earlier request's: say it is the last connect's
+            retry_in = max(state.backoff.until - self._clock(), 0.0)
+            held = {0: "", 1: "; the one open connection stayed busy until the deadline"}.get(
+                busy, f"; the {busy} open connections stayed busy until the deadline"
+            )
             return HostUnavailable(
-                f"{state.backoff.error.message} (and the {busy} open connections stayed busy "
-                "until the deadline)",
+                f"{state.backoff.error.message} (the last connect attempt; the next is in "
+                f"{retry_in:.1f}s{held})",
                 name,
             )
         connecting = [pc for pc in state.conns if pc.state is ConnState.CONNECTING]

@@ -34,6 +34,7 @@ from scout.v1 import exec_pb2
 from . import logs
 from .audit import AuditLog, CallRecord
 from .callers import Gate
+from .config import EXEC_LINE_MAX, MAX_WORKING_DIR_BYTES
 from .counters import Histogram, Tally
 from .errors import (
     STARTED_KEY,
@@ -50,6 +51,7 @@ from .errors import (
     Unauthenticated,
 )
 from .logs import request_id
+from .requests import HOST_MAX, MAX_ENV
 from .stream import MALFORMED
 
 log = logging.getLogger(__name__)
@@ -199,7 +201,7 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Wrapped[S, R]]:
                 fields["caller"] = call.caller
                 _well_formed(method, request)
                 if isinstance(request, exec_pb2.ExecuteRequest):
-                    fields["host"] = request.host[:255]
+                    fields["host"] = capped(request.host, HOST_MAX)
                 result = await handler(self, request, context, call)
                 context.set_trailing_metadata(((logs.REQUEST_ID_KEY, call.request_id),))
                 return result
@@ -254,12 +256,20 @@ def _identify(gate: Gate, call: CallRecord, metadata: Any, context: Context) -> 
 
 
 def describe(call: CallRecord, request: Any) -> None:
-    """Copy what an ExecuteRequest asks for into the call's record (bounded by validation)."""
+    """Copy what an ExecuteRequest asks for into the call's record, for the audit and
+    access lines. This runs before validation (refused calls are recorded too), so every
+    field is cut to validation's own limits: a valid request is recorded whole.
+    """
     if isinstance(request, exec_pb2.ExecuteRequest):
-        call.host = request.host
-        call.command = request.command
-        call.working_dir = request.working_dir
-        call.env_names = list(request.env)
+        call.host = capped(request.host, HOST_MAX)
+        call.command = capped(request.command, EXEC_LINE_MAX)
+        call.working_dir = capped(request.working_dir, MAX_WORKING_DIR_BYTES)
+        call.env_names = [capped(name, HOST_MAX) for name in list(request.env)[:MAX_ENV]]
+
+
+def capped(text: str, limit: int) -> str:
+    """text, or its first limit characters and how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
 
 
 def _well_formed(method: str, request: Any) -> None:

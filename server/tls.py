@@ -79,6 +79,7 @@ class ServerTLS:
         self.settings = settings
         self._files = _load(settings)
         self._pending: grpc.ServerCertificateConfiguration | None = None
+        self._last_error = ""  # said once, not at every periodic check
 
     def credentials(self) -> grpc.ServerCredentials:
         """Credentials for add_secure_port; mutual TLS when a client CA is set."""
@@ -98,8 +99,11 @@ class ServerTLS:
         try:
             files = _load(self.settings)
         except FileError as exc:
-            log.error("TLS files not reloaded: %s; serving the previous ones", exc)  # noqa: TRY400
+            if str(exc) != self._last_error:
+                log.error("TLS files not reloaded: %s; serving the previous ones", exc)  # noqa: TRY400
+            self._last_error = str(exc)
             return False
+        self._last_error = ""
         if files == self._files:
             return False
         self._files = files

@@ -31,6 +31,17 @@ def process_list(pattern: str) -> list[psutil.Process]:
     return found
 
 
+def sleeps(m: str) -> list[psutil.Process]:
+    """The `sleep M` processes themselves (not the shells that started them)."""
+    return [p for p in process_list(m) if p.info["cmdline"][0] == "sleep"]
+
+
+async def sleeping(m: str, within: float = 2.0) -> bool:
+    """Whether `sleep M` itself runs within the time: its shell has exec'd or forked it,
+    so a signal now reaches the command (one sent while a shell starts up may be lost)."""
+    return await eventually(lambda: bool(sleeps(m)), within)
+
+
 async def running(pattern: str, within: float = 2.0) -> bool:
     """Whether a process with pattern in its command line shows up within the time."""
     end = time.monotonic() + within

@@ -195,6 +195,7 @@ def test_the_systemd_unit_runs_scout_as_its_user_reloads_with_sighup_and_stops_i
         "AmbientCapabilities": "",
         "Restart": "on-failure",
         "RestartPreventExitStatus": "2",  # scout-server's exit status for a bad config
+        "KillMode": "mixed",  # workers get SIGTERM once, from the supervisor (README)
     }.items():
         assert service[key] == value, key
     program, *args = service["ExecStart"].split()

@@ -53,9 +53,26 @@ async def test_cancel_during_a_slow_channel_open_stops_what_the_late_open_starte
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
-        # The open completes at ~1 s and the exec goes out: scout must stop that command.
+        # The open completes at ~1 s, after the caller left: the channel closes unused.
         await asyncio.sleep(1.0)
         await far_side_clean(slow_open, f"sleep {m}", s)
+    assert slow_open.stats.sessions_opened == 1
+    assert slow_open.stats.exec_requests == 0
+
+
+async def test_opens_that_outlive_their_deadline_run_nothing(slow_open: ScriptedServer) -> None:
+    """Told "nothing started" (x-scout-started: false), a caller may retry: so nothing may
+    run, neither the late open nor the retry on another connection (DESIGN rule 7)."""
+    m = marker()
+    async with running_scout(config({"h": slow_open.host_config("h")})) as s:
+        await s.execute(host="h", command="true")  # connected: only the opens are slow
+        calls = [s.execute(host="h", command=f"sleep {m}", rpc_timeout=0.5) for _ in range(5)]
+        errors = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(e, grpc.aio.AioRpcError) for e in errors), errors
+        assert {started(e) for e in errors} == {"false"}, errors
+        await asyncio.sleep(1.5)  # every late open has been confirmed by now
+        await far_side_clean(slow_open, f"sleep {m}", s)
+    assert slow_open.stats.exec_requests == 1  # the warm-up's `true`, and nothing else
 
 
 async def test_a_deadline_during_a_late_exec_reply_is_may_have_run_and_stops_the_command(

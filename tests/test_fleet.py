@@ -22,7 +22,7 @@ import grpc
 import pytest
 
 from scout.v1 import exec_pb2, exec_pb2_grpc
-from server.app import start
+from server.app import FILE_CHECK_PERIOD, start
 from server.config import Config, SSHSettings
 from server.configfile import load, parse
 from server.errors import InvalidRequest
@@ -431,9 +431,11 @@ async def test_sighup_reloads_the_inventory_and_retires_removed_hosts(
     s = Scout(app, "", channel, exec_pb2_grpc.ExecServiceStub(channel))
     try:
         await s.execute(host="a", command="true")
-        in_flight = asyncio.ensure_future(s.execute(host="a", command="sleep 0.5; echo finished"))
+        in_flight = asyncio.ensure_future(s.execute(host="a", command="sleep 3; echo finished"))
         await asyncio.sleep(0.2)
         write(["b", "c"])
+        await asyncio.sleep(FILE_CHECK_PERIOD + 0.5)  # the periodic check leaves it be
+        assert sorted(app.service.config.hosts) == ["a", "b"]
         app.reload()  # what SIGHUP does
         assert (await in_flight).stdout == b"finished\n"  # a call in flight finishes
         assert await eventually(lambda: fleet[0].stats.open == 0)  # a's connection closes

@@ -21,14 +21,14 @@ from typing import Any
 
 import asyncssh
 import grpc
-import psutil
 import pytest
 
 from scout.v1 import exec_pb2, exec_pb2_grpc
 from server.app import start
 from server.config import Config, ConfigError, HostConfig
 from server.keyfiles import ShellKeys, write_key
-from testkit.processes import eventually, gone, marker, process_list, running
+from server.logs import JsonFormatter, TextFormatter
+from testkit.processes import eventually, gone, marker, process_list, running, sleeps
 from testkit.scripted import ScriptedServer
 from testkit.sshd import OpenSSHServer
 
@@ -37,11 +37,6 @@ from .serverproc import ROOT, host_toml, server_exits, start_server
 
 EXECUTE = "/scout.v1.ExecService/Execute"
 STREAM = "/scout.v1.ExecService/Stream"
-
-
-def sleeps(m: str) -> list[psutil.Process]:
-    """The `sleep M` processes themselves (not the shells that started them)."""
-    return [p for p in process_list(m) if p.info["cmdline"][0] == "sleep"]
 
 
 # ---- 1. the exec line ------------------------------------------------------------------
@@ -184,7 +179,7 @@ async def burst(stub: Any, request: exec_pb2.ExecuteRequest, n: int) -> list[tup
 async def test_beyond_max_concurrent_rpcs_calls_are_refused_at_once(
     openssh: OpenSSHServer, tmp_path: Path
 ) -> None:
-    """Limit 50, 500 calls at once: 450 RESOURCE_EXHAUSTED as fast as gRPC can answer.
+    """Limit 50, 500 calls at once: 450 RESOURCE_EXHAUSTED about as fast as gRPC can answer.
 
     "As fast as gRPC can answer" is measured in the same run: a grpc.aio server that
     refuses every call with no work at all (tests/fakeexec.py), hit the same way. Its
@@ -206,7 +201,7 @@ async def test_beyond_max_concurrent_rpcs_calls_are_refused_at_once(
         async with grpc.aio.insecure_channel(target) as channel:
             stub = exec_pb2_grpc.ExecServiceStub(channel)
             await stub.Execute(exec_pb2.ExecuteRequest(host="o", command="true"))  # warm
-            outcomes = await burst(stub, exec_pb2.ExecuteRequest(host="o", command="sleep 1"), 500)
+            outcomes = await burst(stub, exec_pb2.ExecuteRequest(host="o", command="sleep 3"), 500)
         assert {code for code, _ in outcomes} == {"OK", "RESOURCE_EXHAUSTED"}
         assert sum(code == "OK" for code, _ in outcomes) >= 50
         refused = sorted(t for code, t in outcomes if code == "RESOURCE_EXHAUSTED")
@@ -215,8 +210,9 @@ async def test_beyond_max_concurrent_rpcs_calls_are_refused_at_once(
             f"\nrefusals: median {median * 1e3:.0f} ms, max {refused[-1] * 1e3:.0f} ms; "
             f"bare gRPC floor: median {floor_median * 1e3:.0f} ms, max {floor[-1] * 1e3:.0f} ms"
         )
-        assert median < 3 * floor_median + 0.05
-        assert refused[-1] < 3 * floor[-1] + 0.1  # far below the admitted calls' 1 s
+        # margins for a busy 2-core machine; queued refusals would come after the 3 s sleeps
+        assert median < 3 * floor_median + 0.25
+        assert refused[-1] < min(3 * floor[-1] + 0.5, 2.0)
     finally:
         floor_proc.kill()
         await floor_proc.wait()
@@ -254,7 +250,9 @@ async def test_huge_values_are_refused_with_a_short_message_and_a_short_log_line
         with pytest.raises(grpc.aio.AioRpcError) as info:  # over the receive limit
             await s.stub.Execute(exec_pb2.ExecuteRequest(host="x" * 60 * 1024 * 1024))
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert max(len(r.getMessage()) for r in caplog.records) < 1000
+    # the whole line as an operator's pipeline gets it, fields too (the host among them)
+    for formatter in (JsonFormatter(), TextFormatter()):
+        assert max(len(formatter.format(r)) for r in caplog.records) < 1000
 
 
 # ---- 6. the output budget --------------------------------------------------------------

@@ -14,7 +14,7 @@ import asyncssh
 import pytest
 
 from server.keyfiles import ShellKeys
-from testkit.processes import gone, marker, process_list, running
+from testkit.processes import gone, marker, process_list, running, sleeping
 from testkit.scripted import ScriptedServer, close_all, connect, inventory, start_fleet
 from testkit.sshd import OpenSSHServer
 
@@ -51,8 +51,7 @@ async def test_signal_int_ends_the_command_with_exit_signal(
     m = marker()
     async with await connect(server.host_config()) as conn:
         proc = await conn.create_process(f"sleep {m}")
-        # a signal sent before the shell (dash) or sshd set the command up is lost
-        assert await running(m)
+        assert await sleeping(m)
         proc.send_signal("INT")
         result = await asyncio.wait_for(proc.wait(), 5)
     assert result.exit_signal is not None
