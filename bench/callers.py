@@ -78,14 +78,17 @@ class _Caller:
 
 
 class ScoutCaller(_Caller):
-    """Execute (or Stream) through a scout server."""
+    """Execute (or Stream) through a scout server, worker w on channel w % channels (each
+    its own TCP connection: SO_REUSEPORT spreads connections, not calls, over processes)."""
 
     async def setup(self) -> None:
-        self._channel = grpc.aio.insecure_channel(self.spec.target, options=GRPC_OPTIONS)
-        await asyncio.wait_for(self._channel.channel_ready(), 30)
-        self._stub = exec_pb2_grpc.ExecServiceStub(self._channel)
+        options = [*GRPC_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+        self._channels = [grpc.aio.insecure_channel(self.spec.target, options=options)
+                          for _ in range(self.spec.channels)]  # fmt: skip
+        await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in self._channels)), 30)
+        self._stubs = [exec_pb2_grpc.ExecServiceStub(c) for c in self._channels]
+        self._stub, loop = self._stubs[0], asyncio.get_running_loop()
         self._many: asyncio.Task[None] | None = None
-        loop = asyncio.get_running_loop()
         self._answers = {h.name: loop.create_future() for h in self.hosts}
 
     async def call(self, worker: int, host: int) -> tuple[str, int]:
@@ -97,7 +100,8 @@ class ScoutCaller(_Caller):
                 return code_pb2.Code.Name(news.error.code), 0
             return (OK if news.result.exit_code == 0 else EXIT_NONZERO), len(news.result.stdout)
         if self.spec.op != "stream":
-            response = await self._stub.Execute(request, timeout=self.spec.timeout)
+            stub = self._stubs[worker % len(self._stubs)]
+            response = await stub.Execute(request, timeout=self.spec.timeout)
             return (OK if response.exit_code == 0 else EXIT_NONZERO), len(response.stdout)
         nbytes, code = 0, EXIT_NONZERO
         start = [exec_pb2.StreamRequest(start=request)]
@@ -127,7 +131,7 @@ class ScoutCaller(_Caller):
     async def close(self) -> None:
         if self._many:
             self._many.cancel()
-        await self._channel.close()
+        await asyncio.gather(*(c.close() for c in self._channels))
 
 
 class RawCaller(_Caller):

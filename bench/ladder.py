@@ -26,15 +26,14 @@ PLOT = Path(__file__).resolve().parent / "ladder.png"
 
 @dataclass
 class Step:
-    """One rate of one backend: its runs, and whether the rate was held (P95 within the
-    limit, no errors, and enough of the rate completed)."""
+    """One rate of one backend: its runs, and whether the rate was held."""
 
     rate: int
     runs: Runs
 
     @property
     def held(self) -> bool:
-        """Whether the rate was held."""
+        """P95 within the limit, no errors, and enough of the rate completed."""
         r = self.runs
         return r.latency("p95") <= P95_LIMIT_MS and not r.errors and r.rate >= MIN * self.rate
 

@@ -96,8 +96,7 @@ def listening(pid: int) -> dict[str, int]:
 
 
 async def serving(child: Child, metrics: bool) -> Child:
-    """The server once it listens (and serves /metrics if asked) and says SERVING; its
-    endpoints: gRPC first, then /metrics."""
+    """The server, its endpoints (gRPC, then /metrics if asked) found, once SERVING."""
     request = health_pb2.HealthCheckRequest(service="scout.v1.ExecService")
     async with asyncio.timeout(60):
         while child.proc.returncode is None:

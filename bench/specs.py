@@ -41,6 +41,7 @@ class LoadSpec:
     hosts: tuple[Host, ...]
     command: str = "echo ok"
     target: str = ""  # scout: the gRPC target
+    channels: int = 1  # scout: gRPC channels (TCP connections), worker w on w % channels
     op: str = "exec"  # scout: exec, stream, or many (one ExecuteMany over every host)
     auth: Auth | None = None  # the SSH baselines
     per_host: int = 1  # raw: connections per host, opened before the clock
@@ -66,8 +67,7 @@ class LoadSpec:
 
 @dataclass(frozen=True)
 class Latency:
-    """Percentiles of the successful requests, in milliseconds (nearest rank: a latency
-    some request really had)."""
+    """Percentiles (nearest rank) of the successful requests, in milliseconds."""
 
     p50: float = math.nan
     p95: float = math.nan
