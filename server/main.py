@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import logs
+from . import fdlimit, logs
 from .app import App, start
 from .callers import hash_token
 from .config import Config, ConfigError, is_loopback
@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     logs.setup(args.log_level, args.log_format)
     with _errors_exit():
         config = configured(args)
+        fdlimit.check(fdlimit.raise_soft_limit(), config.pool.max_connections)
         workers = count(config)
         if workers > 1:
             if args.demo:

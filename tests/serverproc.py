@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from server.config import HostConfig
@@ -14,14 +15,20 @@ ROOT = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(r"listening on \S+ \(port (\d+)\)")
 
 
-def start_server(args: list[str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """Start `python -m server ARGS --listen 127.0.0.1:0`; return it and its target."""
+def start_server(
+    args: list[str], log: Path, *, before: Callable[[], None] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start `python -m server ARGS --listen 127.0.0.1:0`; return it and its target.
+
+    `before` runs in the child before it executes the server (to set its limits).
+    """
     with log.open("w") as sink:
         proc = subprocess.Popen(
             [sys.executable, "-m", "server", *args, "--listen", "127.0.0.1:0"],
             stdout=sink,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
+            preexec_fn=before,  # noqa: PLW1509  # only setrlimit: no threads to deadlock
         )
     for _ in range(300):  # up to 15 s
         if m := _LISTENING.search(log.read_text()):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import resource
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -160,3 +161,39 @@ def test_a_server_killed_mid_command_leaves_the_cli_saying_may_have_run(tmp_path
             proc.kill()
         for leftover in process_list(f"sleep {m}"):  # the demo's commands die with it...
             leftover.kill()  # ...unless a grandchild got away; not what this test is about
+
+
+def _open_files(pid: int) -> tuple[int, int]:
+    """A process's soft and hard limit on open files, from /proc."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no open-files line in /proc/PID/limits")
+
+
+def _limited(soft: int, hard: int) -> Callable[[], None]:
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_the_open_files_limit_is_raised_and_a_tight_one_is_reported(tmp_path: Path) -> None:
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 2048:
+        pytest.skip("this process may not give a child 2,048 open files")
+    proc, _ = start_server(["--demo"], tmp_path / "raised.log", before=_limited(256, 2048))
+    try:
+        assert _open_files(proc.pid) == (2048, 2048)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert "open files are limited" not in (tmp_path / "raised.log").read_text()
+
+    # max_connections 256 + room for callers does not fit in 300: said at start, served anyway
+    proc, target = start_server(["--demo"], tmp_path / "tight.log", before=_limited(200, 300))
+    try:
+        assert _open_files(proc.pid) == (300, 300)
+        log = (tmp_path / "tight.log").read_text()
+        assert "open files are limited to 300: under max_connections (256)" in log
+        assert scout("exec", "--target", target, "local", "--", "echo", "ok").stdout == b"ok\n"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
