@@ -55,6 +55,7 @@ def test_a_full_config_loads(tmp_path: Path) -> None:
         ("[pool]\nmax_connections = 2.5", "pool.max_connections: expected a whole number"),
         ("[pool]\nidle_timeout = true", "pool.idle_timeout: expected a number"),
         ("[exec]\nkill_grace = -1", "exec.kill_grace: must be at least 0"),
+        ("[exec]\nmax_output_bytes = 0", "exec.max_output_bytes: must be at least 1"),
         ("[ssh]\nknownhosts = 'x'", "ssh.knownhosts: unknown key"),
         ("[hosts.a]\nport = 22", "hosts.a.address: required"),
         ("[hosts.a]\naddress = 'h'\nport = 70000", "hosts.a.port: must be at most 65535"),
@@ -72,3 +73,15 @@ def test_bad_configs_name_the_key(tmp_path: Path, text: str, named: str) -> None
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config"):
         load(tmp_path / "nope.toml")
+
+
+def test_grpc_message_limits_follow_the_exec_limits(tmp_path: Path) -> None:
+    """The largest request and response the limits allow fit the gRPC limits (issue 9.9):
+    they were a fixed 64 MiB, so a larger stdin, or output with `text`, failed after the
+    command ran."""
+    path = tmp_path / "scout.toml"
+    mib = 1024 * 1024
+    path.write_text(f"[exec]\nmax_stdin_bytes = {100 * mib}\nmax_output_bytes = {17 * mib}\n")
+    limits = load(path).exec
+    assert limits.receive_limit() > 100 * mib + limits.max_command_bytes
+    assert limits.send_limit() > 4 * 17 * mib  # stdout, stderr and a text copy of each
