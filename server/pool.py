@@ -131,6 +131,7 @@ class Reservation(Generic[C]):
         """
         others = self.pc.channels - 1
         self._pool.stats.refusals += 1
+        log.debug("channel refused on %r (%d other channels on it)", self.pc, others)
         if not self._done:
             self._done = True
             self._pool._event(self.pc.host, lambda now, plan: refused(self.pc, now), self.pc)

@@ -10,6 +10,7 @@ command (`@late-exec=SECS`, `@no-exit-status`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import pwd
 import time
 from collections.abc import AsyncIterator
@@ -161,8 +162,9 @@ async def test_a_signal_does_not_wait_behind_stdin_the_command_never_reads(
 
 
 async def test_a_server_that_refuses_every_session_is_failed_precondition_at_once(
-    ssh_keys: ShellKeys,
+    ssh_keys: ShellKeys, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="server.pool")
     server = await start_scripted(ssh_keys, max_sessions=0)
     try:
         async with running_scout(config({"h": server.host_config("h")})) as s:
@@ -173,6 +175,8 @@ async def test_a_server_that_refuses_every_session_is_failed_precondition_at_onc
             assert "does not allow sessions" in (info.value.details() or "")
             assert started(info.value) == "false"
             assert time.monotonic() - began < 2.0
+        refusals = [r.getMessage() for r in caplog.records if "channel refused" in r.msg]
+        assert refusals and "(0 other channels on it)" in refusals[0]  # a pool event, at DEBUG
     finally:
         await server.close()
 
