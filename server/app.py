@@ -136,29 +136,21 @@ class App:
 
 def _handlers(service: ExecService) -> grpc.GenericRpcHandler:
     """ExecService's methods, with deserializers that mark bad bytes instead of raising."""
+    kinds = {  # each method's messages are exec_pb2.<name>Request and <name>Response
+        "Execute": grpc.unary_unary_rpc_method_handler,
+        "Stream": grpc.stream_stream_rpc_method_handler,
+        "ListHosts": grpc.unary_unary_rpc_method_handler,
+        "ExecuteMany": grpc.unary_stream_rpc_method_handler,
+    }
     return grpc.method_handlers_generic_handler(
         SERVICE_NAME,
         {
-            "Execute": grpc.unary_unary_rpc_method_handler(
-                service.Execute,
-                request_deserializer=safe_parser(exec_pb2.ExecuteRequest),
-                response_serializer=exec_pb2.ExecuteResponse.SerializeToString,
-            ),
-            "Stream": grpc.stream_stream_rpc_method_handler(
-                service.Stream,
-                request_deserializer=safe_parser(exec_pb2.StreamRequest),
-                response_serializer=exec_pb2.StreamResponse.SerializeToString,
-            ),
-            "ListHosts": grpc.unary_unary_rpc_method_handler(
-                service.ListHosts,
-                request_deserializer=safe_parser(exec_pb2.ListHostsRequest),
-                response_serializer=exec_pb2.ListHostsResponse.SerializeToString,
-            ),
-            "ExecuteMany": grpc.unary_stream_rpc_method_handler(
-                service.ExecuteMany,
-                request_deserializer=safe_parser(exec_pb2.ExecuteManyRequest),
-                response_serializer=exec_pb2.ExecuteManyResponse.SerializeToString,
-            ),
+            name: kind(
+                getattr(service, name),
+                request_deserializer=safe_parser(getattr(exec_pb2, f"{name}Request")),
+                response_serializer=getattr(exec_pb2, f"{name}Response").SerializeToString,
+            )
+            for name, kind in kinds.items()
         },
     )
 
