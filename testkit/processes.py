@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import psutil
 
@@ -70,3 +73,14 @@ async def eventually(check: Callable[[], bool], within: float = 5.0) -> bool:
             return False
         await asyncio.sleep(0.02)
     return True
+
+
+def stop(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGTERM a child process and reap it; SIGKILL it if it is still there after timeout."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)

@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import processes
+
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_CONF = ROOT / "deploy" / "nginx" / "scout.conf"
 ENVOY_YAML = ROOT / "deploy" / "envoy" / "scout.yaml"
@@ -47,13 +49,7 @@ class Proxy:
 
     def stop(self) -> None:
         """Stop it (SIGTERM: both stop at once) and reap it."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        processes.stop(self.proc, timeout=10)
 
 
 def free_port() -> int:

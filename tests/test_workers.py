@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -31,7 +31,7 @@ from server.callers import hash_token
 from server.configfile import available_cores, load
 from server.workers import RESTART_LIMIT, count
 from testkit.certs import make_pki
-from testkit.processes import eventually, gone, marker, running
+from testkit.processes import eventually, gone, marker, running, stop
 from testkit.scripted import ScriptedServer
 from testkit.sshd import OpenSSHServer
 
@@ -120,18 +120,23 @@ def _popen(args: list[str], log: Path, *, audit_pipe: bool) -> subprocess.Popen[
         )
 
 
+Start = Callable[..., Awaitable[Served]]
+
+
 @pytest.fixture
-def stopped_at_end() -> Iterator[list[Served]]:
-    """Served servers to SIGTERM (then kill, with their workers) at the end of a test."""
+def started(tmp_path: Path) -> Iterator[Start]:
+    """`await started(TOML, ARGS...)`: serve() in this test's folder, and at its end SIGTERM
+    each server (then kill it, with its workers)."""
     servers: list[Served] = []
-    yield servers
+
+    async def start(toml: str, *args: str, fmt: str = "json", audit_pipe: bool = False) -> Served:
+        served = await serve(tmp_path, toml, *args, fmt=fmt, audit_pipe=audit_pipe)
+        servers.append(served)
+        return served
+
+    yield start
     for s in servers:
-        if s.proc.poll() is None:
-            s.proc.send_signal(signal.SIGTERM)
-            try:
-                s.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                s.proc.kill()
+        stop(s.proc, timeout=30)
         if s.proc.stdout is not None:
             s.proc.stdout.close()
         for pid in s.every_pid():
@@ -178,6 +183,12 @@ async def channels(served: Served, wanted: set[int]) -> dict[int, grpc.aio.Chann
     raise AssertionError(f"60 connections never reached workers {wanted - set(found)}")
 
 
+async def two_workers(started: Start, toml: str) -> tuple[Served, dict[int, grpc.aio.Channel]]:
+    """A server of two workers on TOML, and a channel on each."""
+    served = await started(toml, "--workers", "2")
+    return served, await channels(served, {0, 1})
+
+
 async def closing(chans: dict[int, grpc.aio.Channel]) -> None:
     for channel in chans.values():
         await channel.close()
@@ -198,12 +209,10 @@ def sample(name: str, **labels: str) -> tuple[str, tuple[tuple[str, str], ...]]:
 
 
 async def test_two_workers_serve_one_port_and_one_metrics_endpoint(
-    shell_server: ScriptedServer, tmp_path: Path, stopped_at_end: list[Served]
+    shell_server: ScriptedServer, tmp_path: Path, started: Start
 ) -> None:
     toml = host_toml("h", shell_server.host_config("h")) + '[metrics]\nlisten = "127.0.0.1:0"\n'
-    served = await serve(tmp_path, toml, "--workers", "2")
-    stopped_at_end.append(served)
-    on = await channels(served, {0, 1})
+    served, on = await two_workers(started, toml)
     ids = {w: [f"w{w}-{n}" for n in range(5)] for w in on}
     replies = await asyncio.gather(
         *(
@@ -233,14 +242,13 @@ async def test_two_workers_serve_one_port_and_one_metrics_endpoint(
 
 
 async def test_every_worker_serves_tls_on_the_one_port(
-    shell_server: ScriptedServer, tmp_path: Path, stopped_at_end: list[Served]
+    shell_server: ScriptedServer, tmp_path: Path, started: Start
 ) -> None:
     pki = make_pki(tmp_path)
     tls = f'[tls]\ncert_file = "{pki.server.cert}"\nkey_file = "{pki.server.key}"\n'
     toml = tls + host_toml("h", shell_server.host_config("h"))
-    served = await serve(tmp_path, toml, "--workers", "2")
+    served = await started(toml, "--workers", "2")
     served.credentials = grpc.ssl_channel_credentials(pki.ca.bundle.read_bytes())
-    stopped_at_end.append(served)
     assert "over TLS" in served.text()
     on = await channels(served, {0, 1})
     for channel in on.values():
@@ -250,13 +258,12 @@ async def test_every_worker_serves_tls_on_the_one_port(
 
 @pytest.mark.parametrize("destination", ["file", "stdout pipe"])
 async def test_audit_lines_of_all_workers_stay_whole(
-    shell_server: ScriptedServer, tmp_path: Path, stopped_at_end: list[Served], destination: str
+    shell_server: ScriptedServer, tmp_path: Path, started: Start, destination: str
 ) -> None:
     audit = tmp_path / "audit.jsonl"
     where = str(audit) if destination == "file" else "-"
     toml = f'[audit]\nfile = "{where}"\n' + host_toml("h", shell_server.host_config("h"))
-    served = await serve(tmp_path, toml, "--workers", "2", audit_pipe=destination != "file")
-    stopped_at_end.append(served)
+    served = await started(toml, "--workers", "2", audit_pipe=destination != "file")
     out = bytearray()
     if served.proc.stdout is not None:  # a slow log collector: the pipe is often full
         reader = threading.Thread(target=_read_slowly, args=(served.proc.stdout, out))
@@ -294,12 +301,10 @@ def _read_slowly(pipe: IO[bytes], into: bytearray) -> None:
 
 @pytest.mark.sshd
 async def test_a_killed_worker_fails_no_call_on_the_other_and_is_started_again(
-    openssh: OpenSSHServer, tmp_path: Path, stopped_at_end: list[Served]
+    openssh: OpenSSHServer, tmp_path: Path, started: Start
 ) -> None:
     toml = host_toml("h", openssh.host_config("h")) + '[metrics]\nlisten = "127.0.0.1:0"\n'
-    served = await serve(tmp_path, toml, "--workers", "2")
-    stopped_at_end.append(served)
-    on = await channels(served, {0, 1})
+    served, on = await two_workers(started, toml)
     victim, survivor = served.pids()[1], on[0]
     assert (await execute(on[1], "echo counted")).stdout == b"counted\n"  # by the victim
     a, b = (marker().replace("30.", "2.") for _ in range(2))  # 2.x seconds each
@@ -331,12 +336,10 @@ async def test_a_killed_worker_fails_no_call_on_the_other_and_is_started_again(
 
 
 async def test_sigterm_drains_every_worker_and_stops_what_outlives_the_grace(
-    shell_server: ScriptedServer, tmp_path: Path, stopped_at_end: list[Served]
+    shell_server: ScriptedServer, tmp_path: Path, started: Start
 ) -> None:
     toml = "shutdown_grace = 2.0\n" + host_toml("h", shell_server.host_config("h"))
-    served = await serve(tmp_path, toml, "--workers", "2")
-    stopped_at_end.append(served)
-    on = await channels(served, {0, 1})
+    served, on = await two_workers(started, toml)
     quick, slow = marker().replace("30.", "1."), marker()
     finishing = execute(on[0], f"sleep {quick}; echo finished")
     outliving = execute(on[1], f"sleep {slow}")
@@ -353,12 +356,10 @@ async def test_sigterm_drains_every_worker_and_stops_what_outlives_the_grace(
 
 
 async def test_a_second_signal_skips_the_grace_on_every_worker(
-    shell_server: ScriptedServer, tmp_path: Path, stopped_at_end: list[Served]
+    shell_server: ScriptedServer, tmp_path: Path, started: Start
 ) -> None:
     toml = "shutdown_grace = 60.0\n" + host_toml("h", shell_server.host_config("h"))
-    served = await serve(tmp_path, toml, "--workers", "2")
-    stopped_at_end.append(served)
-    on = await channels(served, {0, 1})
+    served, on = await two_workers(started, toml)
     marks = {w: marker() for w in on}
     calls = [execute(on[w], f"sleep {m}") for w, m in marks.items()]
     for m in marks.values():
@@ -379,11 +380,10 @@ async def test_a_second_signal_skips_the_grace_on_every_worker(
 
 
 async def test_sighup_reaches_every_worker_and_never_stops_one(
-    shell_server: ScriptedServer, tmp_path: Path, stopped_at_end: list[Served]
+    shell_server: ScriptedServer, tmp_path: Path, started: Start
 ) -> None:
     host = shell_server.host_config("h")
-    served = await serve(tmp_path, host_toml("h", host), "--workers", "2")
-    stopped_at_end.append(served)
+    served = await started(host_toml("h", host), "--workers", "2")
     pids = served.pids()
     (tmp_path / "scout.toml").write_text(host_toml("h", host) + host_toml("added", host))
     for _ in range(3):
@@ -401,10 +401,9 @@ async def test_sighup_reaches_every_worker_and_never_stops_one(
 
 
 async def test_workers_stop_when_the_supervisor_is_killed(
-    shell_server: ScriptedServer, tmp_path: Path, stopped_at_end: list[Served]
+    shell_server: ScriptedServer, tmp_path: Path, started: Start
 ) -> None:
-    served = await serve(tmp_path, host_toml("h", shell_server.host_config("h")), "--workers", "2")
-    stopped_at_end.append(served)
+    served = await started(host_toml("h", shell_server.host_config("h")), "--workers", "2")
     pids = served.pids()
     served.proc.kill()
     assert await served.exited() == -signal.SIGKILL
@@ -416,11 +415,10 @@ async def test_workers_stop_when_the_supervisor_is_killed(
 
 
 async def test_restarts_past_the_bound_stop_the_server_with_status_1(
-    shell_server: ScriptedServer, tmp_path: Path, stopped_at_end: list[Served]
+    shell_server: ScriptedServer, tmp_path: Path, started: Start
 ) -> None:
     toml = host_toml("h", shell_server.host_config("h"))
-    served = await serve(tmp_path, toml, "--workers", "2", fmt="text")
-    stopped_at_end.append(served)
+    served = await started(toml, "--workers", "2", fmt="text")
     for n in range(RESTART_LIMIT + 1):
         os.kill(served.pids()[0], signal.SIGKILL)
         if n < RESTART_LIMIT:  # wait for the new one, so the next kill is of a serving one
@@ -444,16 +442,15 @@ def restarted(served: Served, times: int) -> Callable[[], bool]:
 
 
 async def test_each_worker_gets_its_share_of_a_callers_max_in_flight(
-    shell_server: ScriptedServer, tmp_path: Path, stopped_at_end: list[Served]
+    shell_server: ScriptedServer, tmp_path: Path, started: Start
 ) -> None:
     caller = (
         f'[[callers]]\nname = "ci"\ntoken_sha256 = "{hash_token(TOKEN)}"\n'
         'hosts = ["*"]\nmax_in_flight = 4\n'
     )
     toml = caller + host_toml("h", shell_server.host_config("h"))
-    served = await serve(tmp_path, toml, "--workers", "2")
+    served = await started(toml, "--workers", "2")
     served.metadata = (("authorization", f"Bearer {TOKEN}"),)
-    stopped_at_end.append(served)
     on = await channels(served, {0})
     m = marker()
     held = [execute(on[0], f"sleep {m}", metadata=served.metadata) for _ in range(2)]
@@ -506,10 +503,9 @@ def test_what_cannot_be_served_by_workers_is_refused_at_start_with_status_2(
 
 
 async def test_no_other_server_can_take_the_port_of_one_with_workers(
-    tmp_path: Path, stopped_at_end: list[Served]
+    tmp_path: Path, started: Start
 ) -> None:
-    served = await serve(tmp_path, "", "--workers", "2")
-    stopped_at_end.append(served)
+    served = await started("", "--workers", "2")
     for extra in ([], ["--workers", "2"]):  # one process (no SO_REUSEPORT), or workers
         config = str(tmp_path / "scout.toml")
         done = await asyncio.to_thread(
