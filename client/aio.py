@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from signal import Signals
-from typing import Any, Self
+from typing import Any, Generic, Self, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -256,7 +256,40 @@ class Client:
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
 
-class StreamCall:
+RequestT = TypeVar("RequestT")
+
+
+class _OwnedCall(Generic[RequestT]):
+    """An RPC that `async with` owns: leaving the block cancels it if it still runs, and
+    the server then stops what it started (signal, then channel close; no new command)."""
+
+    def __init__(
+        self,
+        client: Client,
+        request: RequestT,
+        deadline: float | None,
+        metadata: tuple[tuple[str, str], ...],
+    ) -> None:
+        """Hold what the call needs; nothing is sent yet."""
+        self._client = client
+        self._request = request
+        self._deadline = deadline
+        self._metadata = metadata
+        self._call: Any = None
+        self._cancelled = False
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Cancel the RPC if it is still running."""
+        self.cancel()
+
+    def cancel(self) -> None:
+        """Cancel the RPC; the server stops the command(s) it runs."""
+        if self._call is not None and not self._call.done():
+            self._cancelled = True
+            self._call.cancel()
+
+
+class StreamCall(_OwnedCall[exec_pb2.ExecuteRequest]):
     """One running Stream RPC: write stdin, send signals, and iterate output events.
 
     `close_stdin()` sends EOF to the command (the `close_stdin` message); the stream
@@ -274,16 +307,11 @@ class StreamCall:
         metadata: tuple[tuple[str, str], ...],
     ) -> None:
         """Hold what the start message needs; nothing is sent until `async with`."""
+        super().__init__(client, request, deadline, metadata)
         self.host = host
-        self._client = client
-        self._request = request
-        self._deadline = deadline
-        self._metadata = metadata
-        self._call: Any = None
         self._write_lock = asyncio.Lock()
         self._stdin_closed = request.close_stdin  # EOF already in the start message
         self._write_failed = False  # a write found the call ended (see _send)
-        self._cancelled = False
         # A response message arrived, so the response headers did: the command started.
         # (Empty headers cannot be told from a trailers-only failure; the server's
         # x-scout-started mark covers the time before the first message.)
@@ -322,16 +350,6 @@ class StreamCall:
             self._call.cancel()
             raise
         return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        """Cancel the RPC if it is still running, so the server stops the command."""
-        self.cancel()
-
-    def cancel(self) -> None:
-        """Cancel the RPC; the server stops the command (signal, then channel close)."""
-        if self._call is not None and not self._call.done():
-            self._cancelled = True
-            self._call.cancel()
 
     async def write(self, data: bytes) -> None:
         """Send bytes to the command's stdin, waiting while gRPC flow control says so."""
@@ -465,7 +483,7 @@ class StreamCall:
         return from_rpc_error(err, self.host, started=True if self._responded else None)
 
 
-class ExecuteManyCall(AsyncIterator[HostEvent]):
+class ExecuteManyCall(_OwnedCall[exec_pb2.ExecuteManyRequest], AsyncIterator[HostEvent]):
     """One ExecuteMany RPC: iterate it for host events in completion order.
 
     The RPC starts at the first iteration. A host's failure is an event (a
@@ -484,12 +502,7 @@ class ExecuteManyCall(AsyncIterator[HostEvent]):
         metadata: tuple[tuple[str, str], ...],
     ) -> None:
         """Hold the request; nothing is sent until the first iteration."""
-        self._client = client
-        self._request = request
-        self._deadline = deadline
-        self._metadata = metadata
-        self._call: Any = None
-        self._cancelled = False
+        super().__init__(client, request, deadline, metadata)
 
     def __repr__(self) -> str:
         """Show the targets and how far the call got, for logs."""
@@ -508,16 +521,6 @@ class ExecuteManyCall(AsyncIterator[HostEvent]):
     async def __aenter__(self) -> Self:
         """Use as `async with client.execute_many(...) as events:` to end it on the way out."""
         return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        """Cancel the RPC if it is still running, so the server stops the commands."""
-        self.cancel()
-
-    def cancel(self) -> None:
-        """Cancel the RPC: running commands are stopped, and no new one starts."""
-        if self._call is not None and not self._call.done():
-            self._cancelled = True
-            self._call.cancel()
 
     def __aiter__(self) -> Self:
         """Iterate over host events until the RPC ends."""
