@@ -18,7 +18,6 @@ reader slows the commands down, and memory stays near max_parallel x 1 MiB.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -33,7 +32,7 @@ from .audit import CallRecord
 from .command import RunningCommand
 from .errors import HostNotFound, InvalidRequest, ScoutError
 from .launch import bounds_for
-from .output import STDOUT, OutputQueue
+from .output import STDOUT, OutputQueue, chunks
 from .requests import timeout_of
 from .responses import execute_response
 from .rpc import Context, status_of
@@ -165,15 +164,13 @@ class FanOut:
         while it is behind)."""
         await command.write(command.spec.stdin)
         command.close_stdin()
-        decoders = {k: codecs.getincrementaldecoder("utf-8")("replace") for k in (1, 2)}
         name = command.spec.host
-        while (item := await queue.get()) is not None:
-            kind, data = item
+        async for kind, data, decoded in chunks(queue, text):
             chunk = (
                 exec_pb2.OutputChunk(stdout=data)
                 if kind == STDOUT
                 else exec_pb2.OutputChunk(stderr=data)
             )
-            if text:
-                chunk.text = decoders[kind].decode(data)
+            if decoded is not None:
+                chunk.text = decoded
             await self.out.put(exec_pb2.ExecuteManyResponse(host=name, output=chunk))

@@ -11,8 +11,9 @@ and pauses the channel while the caller is behind.
 from __future__ import annotations
 
 import asyncio
+import codecs
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 STDOUT, STDERR = 1, 2
@@ -246,3 +247,20 @@ class OutputQueue:
                 self._resuming = False
             self._maybe_pause()
         return kind, data
+
+
+async def chunks(queue: OutputQueue, text: bool) -> AsyncIterator[tuple[int, bytes, str | None]]:
+    """A command's output as (STDOUT or STDERR, bytes, their text or None) until its end.
+
+    With `text`, each chunk comes with its UTF-8 decoding (invalid bytes replaced, a
+    character split between chunks completed in the next), and at the end whatever a
+    stream's decoder still holds comes as (stream, b"", rest).
+    """
+    decoders = {k: codecs.getincrementaldecoder("utf-8")("replace") for k in (STDOUT, STDERR)}
+    while (item := await queue.get()) is not None:
+        kind, data = item
+        yield kind, data, decoders[kind].decode(data) if text else None
+    if text:
+        for kind, decoder in decoders.items():
+            if rest := decoder.decode(b"", final=True):
+                yield kind, b"", rest

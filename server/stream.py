@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import asyncio
-import codecs
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -30,7 +29,7 @@ from .config import ExecSettings, HostConfig
 from .errors import STARTED_KEY, InvalidRequest
 from .launch import Bounds, Launcher
 from .logs import REQUEST_ID_KEY
-from .output import STDOUT, OutputQueue
+from .output import STDOUT, OutputQueue, chunks
 from .requests import check_terminal_size, signal_name
 from .responses import exit_status
 
@@ -242,23 +241,12 @@ async def run_stream(
 
 async def pump_output(queue: OutputQueue, context: Any, text: bool) -> None:
     """Write output to the caller as it arrives; each write waits for flow control."""
-    decoders = {k: codecs.getincrementaldecoder("utf-8")("replace") for k in (1, 2)}
-    while (item := await queue.get()) is not None:
-        kind, data = item
+    async for kind, data, decoded in chunks(queue, text):
         msg = (
             exec_pb2.StreamResponse(stdout=data)
             if kind == STDOUT
             else exec_pb2.StreamResponse(stderr=data)
         )
-        if text:
-            msg.text = decoders[kind].decode(data)
+        if decoded is not None:
+            msg.text = decoded
         await context.write(msg)
-    if text:
-        for kind, decoder in decoders.items():
-            if rest := decoder.decode(b"", final=True):
-                msg = (
-                    exec_pb2.StreamResponse(stdout=b"", text=rest)
-                    if kind == STDOUT
-                    else exec_pb2.StreamResponse(stderr=b"", text=rest)
-                )
-                await context.write(msg)

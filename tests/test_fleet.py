@@ -310,7 +310,10 @@ async def test_fan_out_streams_output_tagged_by_host(fleet: list[ScriptedServer]
         messages = await many(
             s,
             hosts=["web0[0-2]"],
-            request=exec_pb2.ExecuteRequest(command="echo out; echo err >&2", text=True),
+            # ends with half a UTF-8 character: its text comes as U+FFFD once stdout ends
+            request=exec_pb2.ExecuteRequest(
+                command="echo out; echo err >&2; printf '\\303'", text=True
+            ),
             stream_output=True,
         )
     by_host: dict[str, list[exec_pb2.ExecuteManyResponse]] = {}
@@ -320,9 +323,15 @@ async def test_fan_out_streams_output_tagged_by_host(fleet: list[ScriptedServer]
     for events in by_host.values():
         assert events[-1].WhichOneof("event") == "result"  # after the host's output
         chunks = [e.output for e in events[:-1]]
-        assert b"".join(c.stdout for c in chunks) == b"out\n"
-        assert b"".join(c.stderr for c in chunks) == b"err\n"
-        assert events[-1].result.stdout == b"" and events[-1].result.stdout_bytes == 4
+        out = [c for c in chunks if c.WhichOneof("data") == "stdout"]
+        err = [c for c in chunks if c.WhichOneof("data") == "stderr"]
+        assert b"".join(c.stdout for c in out) == b"out\n\xc3"
+        assert "".join(c.text for c in out) == "out\n\ufffd"
+        assert (b"".join(c.stderr for c in err), "".join(c.text for c in err)) == (
+            b"err\n",
+            "err\n",
+        )
+        assert events[-1].result.stdout == b"" and events[-1].result.stdout_bytes == 5
 
 
 async def test_a_fan_out_as_a_whole_fails_only_when_malformed_or_empty(
