@@ -319,9 +319,19 @@ async def test_every_outcome_leaves_one_audit_line_and_no_token_anywhere(
             ("wrong-" + BOT_TOKEN, {"host": "web1", "command": "true"}),
             (BOT_TOKEN, {"host": "db1", "command": "true"}),
             (BOT_TOKEN, {"host": "web1", "command": "sleep 5", "timeout": {"seconds": 1}}),
+            (None, {"host": "web1", "command": "true"}),
+            (BOT_TOKEN, {"host": "web1", "command": "rm -rf /"}),
+            (OPS_TOKEN, {"host": "nowhere", "command": "true"}),
         ):
             with pytest.raises(grpc.aio.AioRpcError):
                 await execute(channel, token, **fields)
+        start_msg = exec_pb2.StreamRequest(
+            start=exec_pb2.ExecuteRequest(host="web1", command="echo s", close_stdin=True)
+        )
+        with pytest.raises(grpc.aio.AioRpcError):  # deploy-bot may not Stream
+            stub = exec_pb2_grpc.ExecServiceStub(channel)
+            async for _ in stub.Stream(iter([start_msg]), metadata=bearer(BOT_TOKEN)):
+                pass
         cancelled = asyncio.ensure_future(
             execute(channel, OPS_TOKEN, host="web1", command="sleep 5")
         )
@@ -337,9 +347,13 @@ async def test_every_outcome_leaves_one_audit_line_and_no_token_anywhere(
         ("-", "UNAUTHENTICATED"),
         ("deploy-bot", "PERMISSION_DENIED"),
         ("deploy-bot", "DEADLINE_EXCEEDED"),
+        ("-", "UNAUTHENTICATED"),
+        ("deploy-bot", "PERMISSION_DENIED"),
+        ("ops", "NOT_FOUND"),
+        ("deploy-bot", "PERMISSION_DENIED"),
         ("ops", "CANCELLED"),
     ]
-    ok, nonzero, unauth, denied, timeout, cancel = lines
+    ok, nonzero, unauth, denied, timeout, anonymous, command, missing, stream, cancel = lines
     assert set(ok) == {
         "time", "request_id", "caller", "method", "host", "command", "working_dir",
         "env_names", "exit_code", "signal", "bytes_out", "duration", "code", "peer",
@@ -351,6 +365,10 @@ async def test_every_outcome_leaves_one_audit_line_and_no_token_anywhere(
     assert unauth["host"] == "web1" and unauth["exit_code"] is None
     assert denied["host"] == "db1" and denied["exit_code"] is None
     assert timeout["signal"] in ("TERM", "") and 0.9 < timeout["duration"] < 4
+    assert (anonymous["host"], anonymous["command"]) == ("web1", "true")
+    assert (command["command"], command["exit_code"]) == ("rm -rf /", None)
+    assert (missing["host"], missing["exit_code"]) == ("nowhere", None)
+    assert (stream["method"], stream["host"], stream["command"]) == ("Stream", "web1", "echo s")
     assert cancel["command"] == "sleep 5"
     everything = text + caplog.text
     for secret in (BOT_TOKEN, OPS_TOKEN, "v4lue"):
