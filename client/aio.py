@@ -2,8 +2,8 @@
 ListHosts as one awaitable, ExecuteMany as an async iterator of host events.
 
 Every call for one host carries the metadata `x-scout-host: HOST`, because
-proxies in front of several scout replicas route by it (DESIGN.md, "Beyond one
-machine"), and `authorization: Bearer <token>` when the client has a token.
+proxies in front of several scout replicas route by it (docs/architecture.md,
+"Beyond one process"), and `authorization: Bearer <token>` when the client has a token.
 Calls for many hosts carry the header only when their first `hosts` entry is a
 name (see `_fan_out_metadata`); `split_fan_out=True` makes a fan-out one call per
 host instead (client/splitfanout.py). Every gRPC error leaves this module as a

@@ -1,9 +1,10 @@
 """Assembling the gRPC server: ExecService, health, reflection, reloads, and the shutdown.
 
-Shutdown has two steps (DESIGN.md): health goes NOT_SERVING and in-flight RPCs get the
-grace period; then grpc cancels what is left, each cancelled handler stops its command
-(TERM, KILL, close) within a short stop budget, and the pool closes its connections only
-after those stops (or the budget) are over: no remote command outlives scout's interest.
+Shutdown has two steps (docs/architecture.md, "Stopping"): health goes NOT_SERVING and
+in-flight RPCs get the grace period; then grpc cancels what is left, each cancelled
+handler stops its command (TERM, KILL, close) within a short stop budget, and the pool
+closes its connections only after those stops (or the budget) are over: no remote command
+outlives scout's interest.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ handled once, where it arrives (server.output caps, counts and queues it).
 A command that may have started is stopped on every way out that is not its own end:
 `stop()` sends TERM, KILL after the grace, then closes the channel, each step bounded, so
 "the command has been stopped" is true by the time a caller hears it. Failures are named
-for the rules of DESIGN.md: before the channel is open nothing reached the host
+for what a caller may conclude (docs/architecture.md, "Statuses"): before the channel is
+open nothing reached the host
 (ChannelRefused, ConnectionDead); once it is open, the exec request may have.
 """
 

@@ -38,7 +38,7 @@ class SSHSettings:
 
 @dataclass(frozen=True)
 class PoolSettings:
-    """Bounds of the SSH connection pool (DESIGN.md, pool rules 1-8)."""
+    """Bounds of the SSH connection pool (docs/architecture.md, pool rules 1-8)."""
 
     shards: int = 16
     max_connections: int = 256

@@ -1,13 +1,13 @@
 """Starting a command on a host, and making sure it is over before its channel's place is free.
 
-    async with launcher.run(host, spec, sink, bounds) as command:
-        ...                        # write stdin, wait for the end
+    async with launcher.run(host, spec, sink, bounds) as run:
+        ...                        # run.command: write stdin; run.bounded(...): wait
 
 The way in: reserve a channel's place from the pool, open the channel within
-`channel_open_timeout`, and retry what is safe to retry (DESIGN.md rule 7): a refused
-channel (that connection is full), a connection that died before the channel opened,
-a channel open that hangs (the connection is retired and keepalive decides its fate).
-Nothing is retried once the exec request may have reached the host.
+`channel_open_timeout`, and retry what is safe to retry (docs/architecture.md, pool
+rule 7): a refused channel (that connection is full), a connection that died before the
+channel opened, a channel open that hangs (the connection is retired and keepalive
+decides its fate). Nothing is retried once the exec request may have reached the host.
 
 The way out, on every path: a command that has not ended by itself is stopped (TERM,
 KILL, close) in a task of its own, shielded from the caller's cancellation, and its

@@ -4,8 +4,8 @@
 on a connection to the host. The caller opens the channel itself and gives the place back
 with `release()` once the channel is closed, or tells the pool what went wrong
 (`refused()`, `dead()`, `retire()`). What to do after each event is decided by
-`poolstate.assign()` (DESIGN.md, "Pool rules"); this module runs the events, the connects
-and closes, and the timers.
+`poolstate.assign()` (docs/architecture.md, "Pool rules"); this module runs the events,
+the connects and closes, and the timers.
 
 Shards and their locks. Hosts live in `N` shards chosen by a stable hash of the host name
 (crc32, the same in every process, so a shard is also what maps a host to a worker or a

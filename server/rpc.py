@@ -6,9 +6,9 @@ In the style of grpclib's server loop, each ExecService method is wrapped by `@r
   hint (grpc core's own queue would answer CANCELLED, late);
 - a request whose bytes are not a valid message gets INVALID_ARGUMENT (grpcio would say
   UNKNOWN with its own internal text, and log a traceback);
-- expected failures (ScoutError) become the status codes of DESIGN.md's table in
-  `status_of`, the one place that mapping lives; anything else is a bug: logged with its
-  traceback, answered with a generic INTERNAL and no internal text;
+- expected failures (ScoutError) become the status codes (docs/architecture.md,
+  "Statuses") in `status_of`, the one place that mapping lives; anything else is a bug:
+  logged with its traceback, answered with a generic INTERNAL and no internal text;
 - every status scout decides carries the trailing metadata `x-scout-started`: `false`
   when nothing reached the host (retrying is safe), `true` when the command may have
   started. A status without it was not scout's decision (a proxy, a reset connection,

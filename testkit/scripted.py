@@ -1,6 +1,6 @@
 """Scripted in-process SSH servers: the demo's local shell server, steerable by tests.
 
-A ScriptedServer is a server.demo.ShellHost (real SSH, real keys, real /bin/sh commands)
+A ScriptedServer is a server.localshell.ShellHost (real SSH, real keys, real /bin/sh commands)
 whose behaviour a test changes while it runs:
 
     handshake_delay     seconds the server waits before it starts authenticating a user

@@ -63,7 +63,8 @@ async def test_cancel_during_a_slow_channel_open_stops_what_the_late_open_starte
 
 async def test_opens_that_outlive_their_deadline_run_nothing(slow_open: ScriptedServer) -> None:
     """Told "nothing started" (x-scout-started: false), a caller may retry: so nothing may
-    run, neither the late open nor the retry on another connection (DESIGN rule 7)."""
+    run, neither the late open nor the retry on another connection (docs/architecture.md,
+    pool rule 7)."""
     m = marker()
     async with running_scout(config({"h": slow_open.host_config("h")})) as s:
         await s.execute(host="h", command="true")  # connected: only the opens are slow
