@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from scout.v1 import exec_pb2
 from server.argvpolicy import argv_matches, split_pattern
 from server.callers import hash_token
 from server.config import CallerConfig, Config, ConfigError, HostConfig
-from server.configfile import load
+from server.configfile import load, parse
 from testkit.scripted import ScriptedServer
 from testkit.sshd import OpenSSHServer, login_user
 
@@ -329,3 +330,45 @@ async def test_random_argv_reaches_the_program_through_bash_and_dash(
     program = [python3(), "-c", PRINT_ARGV]
     r = await shells.execute(host=shell, argv=[*program, *argv])
     assert (r.exit_code, r.stdout) == (0, expected(argv)), r.stderr
+
+
+# ---- the README's worked example -------------------------------------------------------
+
+
+def readme_policy() -> CallerConfig:
+    """The `[[callers]]` of the README's worked example, with a token of ours."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = text.split("A worked example:", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    block = block.replace('"9f86d0..."', f'"{hash_token(TOKEN)}"')
+    (policy,) = parse(tomllib.loads(block), Path()).callers
+    return policy
+
+
+async def test_the_readmes_worked_example_does_what_its_table_says(
+    shell_server: ScriptedServer,
+) -> None:
+    policy = dataclasses.replace(readme_policy(), hosts=("h",))  # the table's web1
+    runs: list[dict[str, Any]] = [
+        {"argv": ["systemctl", "status", "nginx"]},
+        {"argv": ["systemctl", "status", "nginx; reboot"]},
+        {"argv": ["journalctl", "-u", "nginx", "--since", "1 hour ago"]},
+        {"argv": ["uptime"], "env": {"LANG": "C"}, "working_dir": "/srv/app"},
+    ]
+    refusals: list[tuple[dict[str, Any], str]] = [
+        ({"command": "systemctl status nginx"}, "may send only argv"),
+        ({"argv": ["systemctl", "restart", "nginx"]}, "commands:"),
+        ({"argv": ["uptime", "-p"]}, "commands:"),
+        ({"argv": ["uptime"], "env": {"TZ": "UTC", "HOME": "/tmp"}}, "(env: LANG, TZ"),
+        ({"argv": ["uptime"], "env": {"LD_PRELOAD": "/tmp/x.so"}}, "dynamic loader"),
+        ({"argv": ["uptime"], "env": {"BASH_ENV": "/tmp/x"}}, "shell starts"),
+        ({"argv": ["uptime"], "working_dir": "/etc"}, "working_dirs: /srv/*"),
+        ({"argv": ["uptime"], "working_dir": "/srv/../etc"}, "working_dirs: /srv/*"),
+        ({"command": "uptime", "argv": ["uptime"]}, "may send only argv"),
+        ({}, "may send only argv"),
+    ]
+    async with running_scout(guarded(shell_server, policy)) as s:
+        for fields in runs:
+            r = await call(s, **fields)  # ran: the exit code is the program's (or 125, 127)
+            assert r.exit_code in (0, 1, 3, 4, 125, 127), (fields, r.stderr)
+        for fields, says in refusals:
+            await refused(s, says, **fields)
