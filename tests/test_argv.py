@@ -28,6 +28,7 @@ from server.argvpolicy import argv_matches, split_pattern
 from server.callers import hash_token
 from server.config import CallerConfig, Config, ConfigError, HostConfig
 from server.configfile import load, parse
+from server.rpc import capped_argv
 from testkit.scripted import ScriptedServer
 from testkit.sshd import OpenSSHServer, login_user
 
@@ -177,6 +178,38 @@ def test_env_and_working_dirs_load_and_start_up_names_are_warned_about(
 
 def test_split_pattern_keeps_quoted_words_whole() -> None:
     assert split_pattern("""grep -e 'a b' "c d" ...""") == ("grep", "-e", "a b", "c d", "...")
+
+
+# ---- bounds -----------------------------------------------------------------------------
+
+
+async def test_argv_is_bounded_like_every_field(shell_server: ScriptedServer) -> None:
+    cfg = config({"h": shell_server.host_config("h")}, exec={"max_command_bytes": 1000})
+    huge = "x" * 2000
+    async with running_scout(cfg) as s:
+        for argv, says in (
+            (["echo", "a\0b"], "argv: element 1 contains a NUL byte"),
+            (["", "x"], "argv: the first element, the program, must not be empty"),
+            (["true"] * 4097, "argv: at most 4096 elements"),
+            (["echo", huge], "argv: at most 1000 bytes on this server (all elements together)"),
+            (["echo"] + ["é" * 100] * 6, "argv: at most 1000 bytes"),  # 606 chars, 1204 bytes
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await s.execute(host="h", argv=argv)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, argv[:3]
+            details = info.value.details() or ""
+            assert details.startswith(says) and huge not in details, details
+        r = await s.execute(host="h", argv=["echo"] + ["é" * 100] * 4)  # 804 bytes: fits
+        assert r.exit_code == 0
+
+
+def test_the_audit_line_keeps_a_bounded_argv() -> None:
+    assert capped_argv(["echo", "a b"]) == ["echo", "a b"]
+    kept = capped_argv(["x"] * 5000)
+    assert len(kept) == 4097 and kept[-1] == "... (904 more elements)"
+    kept = capped_argv(["a" * 200_000, "b"])
+    assert kept[0].endswith("... (200000 chars)") and len(kept[0]) < 110_000
+    assert kept[1:] == ["... (1 more elements)"]
 
 
 # ---- the two bypasses ------------------------------------------------------------------
