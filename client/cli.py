@@ -210,7 +210,8 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, _ExecOp
         allow_abbrev=False,  # the scanner in split_exec_words knows full names only
         usage=(
             "scout exec [OPTIONS] HOST [--] COMMAND...\n"
-            "       scout exec [OPTIONS] [HOST|GLOB...] [-l SELECTOR] -- COMMAND..."
+            "       scout exec [OPTIONS] [HOST|GLOB...] [-l SELECTOR] -- COMMAND...\n"
+            "       scout exec [OPTIONS] HOST|GLOB... --argv -- PROGRAM [ARG...]"
         ),
         help="run a command on one host or many, and stream its output",
         formatter_class=argparse.RawDescriptionHelpFormatter,
