@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from client.credentials import TLS, bearer_metadata
 from client.errors import InvalidRequest, ScoutError, from_rpc_error
 from client.fleet import Host, HostEvent, host_event_from_response, host_from_message, is_pattern
-from client.options import ExecOptions, exec_options
+from client.options import ExecOptions, command_or_argv, exec_options
 from client.results import (
     Event,
     Exit,
@@ -149,36 +149,55 @@ class Client:
         return self._channel
 
     async def execute(
-        self, host: str, command: str, options: ExecOptions | None = None, **fields: Any
+        self,
+        host: str,
+        command: str = "",
+        options: ExecOptions | None = None,
+        *,
+        argv: Sequence[str] | None = None,
+        **fields: Any,
     ) -> Result:
         """Run a command, wait for it to end, and return its exit status and capped output.
 
+        The command is a shell line, or `argv=[program, arg, ...]` (exactly one of them;
+        a caller whose policy lists commands must send argv).
         `fields` are ExecOptions fields by name (`timeout=10`), over `options` if given.
         """
+        words = command_or_argv(command, argv)
         metadata = self._metadata(host)
         opts = exec_options(options, fields)
         stub = _exec_stub(self._open())
         try:
             response = await stub.Execute(
-                opts.request(host, command), timeout=opts.deadline(self._margin), metadata=metadata
+                opts.request(host, command, words),
+                timeout=opts.deadline(self._margin),
+                metadata=metadata,
             )
         except grpc.RpcError as err:
             raise from_rpc_error(err, host) from err
         return result_from_response(response, host)
 
     def stream(
-        self, host: str, command: str, options: ExecOptions | None = None, **fields: Any
+        self,
+        host: str,
+        command: str = "",
+        options: ExecOptions | None = None,
+        *,
+        argv: Sequence[str] | None = None,
+        **fields: Any,
     ) -> StreamCall:
         """Prepare a streamed command; it starts when entered with `async with`.
 
-        `fields` are ExecOptions fields by name, over `options` if given. close_stdin=True
+        The command is a shell line or `argv=[...]`, as for execute. `fields` are
+        ExecOptions fields by name, over `options` if given. close_stdin=True
         sends EOF right after `stdin`, in the start message: use it when there is no more
         input, so that nothing is written after the start.
         """
+        words = command_or_argv(command, argv)
         metadata = self._metadata(host)
         opts = exec_options(options, fields)
         return StreamCall(
-            self, host, opts.request(host, command), opts.deadline(self._margin), metadata
+            self, host, opts.request(host, command, words), opts.deadline(self._margin), metadata
         )
 
     async def list_hosts(
@@ -202,9 +221,10 @@ class Client:
     def execute_many(
         self,
         hosts: Sequence[str],
-        command: str,
+        command: str = "",
         options: ExecOptions | None = None,
         *,
+        argv: Sequence[str] | None = None,
         selector: str = "",
         max_parallel: int = 0,
         stream_output: bool = False,
@@ -219,7 +239,9 @@ class Client:
         (no deadline by default, since hosts may wait their turn). Events: see
         client/fleet.py; with stream_output, HostOutput chunks precede each Result.
         With split_fan_out, one Execute (or Stream) per host, each routed by its host.
+        The command is a shell line or `argv=[...]`, as for execute.
         """
+        words = command_or_argv(command, argv)
         names = _host_list(hosts)
         if max_parallel < 0:
             raise ValueError(f"max_parallel must be >= 0, got {max_parallel!r}")
@@ -228,7 +250,7 @@ class Client:
         request = exec_pb2.ExecuteManyRequest(
             hosts=names,
             selector=selector,
-            request=opts.request("", command),
+            request=opts.request("", command, words),
             max_parallel=max_parallel,
             stream_output=stream_output,
         )

@@ -3,7 +3,8 @@
     scout exec [OPTIONS] HOST [--] COMMAND...                one host
     scout exec [OPTIONS] HOST|GLOB... [-l SELECTOR] -- COMMAND...
     scout exec [OPTIONS] -l SELECTOR -- COMMAND...           many hosts (a fan-out)
-        --timeout SECS  --env K=V (repeatable)  --cwd DIR  --tty
+    scout exec [OPTIONS] HOST... --argv -- PROGRAM [ARG...]  argv: each word as it is
+        --timeout SECS  --env K=V (repeatable)  --cwd DIR  --tty  --argv
         -l/--selector SELECTOR  --max-parallel N  --json  --split-fan-out
     scout hosts [OPTIONS] [SELECTOR] [--json]
     scout health [OPTIONS] [--service NAME]
@@ -21,6 +22,11 @@ is the command. Without
 (options after it are the command's). So a command that itself contains `--`
 needs a `--` in front of it; -l needs `--` (without it, the command's first
 word would be taken for a host).
+
+The words of COMMAND are joined into one shell line, as ssh does (one word as it is,
+several quoted). With --argv they are sent as argv instead: each word is one element,
+the first the program, and the remote shell runs exactly that program with exactly
+those arguments (a caller whose policy lists commands may send only argv).
 
 One literal host (and no -l or --json) streams the remote stdout and stderr to
 ours as they arrive, forwards our stdin when it is not a terminal (a terminal
@@ -204,7 +210,8 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, _ExecOp
         allow_abbrev=False,  # the scanner in split_exec_words knows full names only
         usage=(
             "scout exec [OPTIONS] HOST [--] COMMAND...\n"
-            "       scout exec [OPTIONS] [HOST|GLOB...] [-l SELECTOR] -- COMMAND..."
+            "       scout exec [OPTIONS] [HOST|GLOB...] [-l SELECTOR] -- COMMAND...\n"
+            "       scout exec [OPTIONS] HOST|GLOB... --argv -- PROGRAM [ARG...]"
         ),
         help="run a command on one host or many, and stream its output",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -235,6 +242,12 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, _ExecOp
             help="set an environment variable for the command (repeatable)",
         ),
         run.add_argument("--cwd", default="", metavar="DIR", help="run the command in DIR"),
+        run.add_argument(
+            "--argv",
+            action="store_true",
+            help="send the words after the hosts as argv (program, then each argument as is), "
+            "not as a shell line",
+        ),
         run.add_argument(
             "--tty",
             action="store_true",
@@ -343,8 +356,9 @@ def join_command(words: Sequence[str]) -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the command line; exits with usage (status 2) on a mistake.
 
-    For exec: args.hosts (names or globs), args.command (one string), args.env (a
-    dict), and args.fan_out, which says whether the run goes through ExecuteMany.
+    For exec: args.hosts (names or globs), args.command (one string; "" with --argv),
+    args.argv (the words, with --argv; else None), args.env (a dict), and args.fan_out,
+    which says whether the run goes through ExecuteMany.
     """
     words = list(sys.argv[1:] if argv is None else argv)
     parser, run, names = _parser()
@@ -382,7 +396,8 @@ def _check_exec(
     if not tail:
         run.error("missing COMMAND after the hosts: scout exec HOST -- COMMAND...")
     args.hosts = hosts
-    args.command = join_command(tail)
+    args.command = "" if args.argv else join_command(tail)
+    args.argv = tail if args.argv else None
     args.env = dict(args.env)
     args.fan_out = bool(
         len(hosts) > 1 or any(is_pattern(h) for h in hosts) or args.selector or args.json
@@ -539,6 +554,7 @@ async def run_exec(
     async with client.stream(
         args.hosts[0],
         args.command,
+        argv=args.argv,
         env=args.env,
         timeout=args.timeout,
         working_dir=args.cwd,
@@ -600,6 +616,7 @@ def _fan_out_options(args: argparse.Namespace) -> FanOutOptions:
         hosts=args.hosts,
         selector=args.selector,
         command=args.command,
+        argv=args.argv,
         max_parallel=args.max_parallel,
         json_lines=args.json,
         exec_fields={"env": args.env, "timeout": args.timeout, "working_dir": args.cwd},

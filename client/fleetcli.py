@@ -145,6 +145,7 @@ class FanOutOptions:
     max_parallel: int
     json_lines: bool
     exec_fields: Mapping[str, Any]  # Client.execute_many's ExecOptions fields
+    argv: Sequence[str] | None = None  # instead of command (scout exec --argv)
 
 
 class _Progress:
@@ -302,6 +303,7 @@ async def run_fanout(
     call = client.execute_many(
         options.hosts,
         options.command,
+        argv=options.argv,
         selector=options.selector,
         max_parallel=options.max_parallel,
         stream_output=not options.json_lines,  # JSON wants each host's output whole

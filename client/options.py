@@ -8,7 +8,7 @@ defaults, its checks and the request it becomes live here and nowhere else.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -16,7 +16,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from scout.v1 import exec_pb2
 
-__all__ = ["ExecOptions", "exec_options"]
+__all__ = ["ExecOptions", "command_or_argv", "exec_options"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -69,11 +69,12 @@ class ExecOptions:
             return self.timeout + margin
         return None
 
-    def request(self, host: str, command: str) -> exec_pb2.ExecuteRequest:
+    def request(self, host: str, command: str, argv: Sequence[str] = ()) -> exec_pb2.ExecuteRequest:
         """Build the ExecuteRequest shared by Execute and Stream's start message."""
         request = exec_pb2.ExecuteRequest(
             host=host,
             command=command,
+            argv=list(argv),
             stdin=self.stdin,
             env=dict(self.env),
             max_output_bytes=self.max_output_bytes,
@@ -97,3 +98,22 @@ def exec_options(options: ExecOptions | None, fields: Mapping[str, Any]) -> Exec
     if options is None:
         return ExecOptions(**fields)
     return dataclasses.replace(options, **fields) if fields else options
+
+
+def command_or_argv(command: str, argv: Sequence[str] | None) -> list[str]:
+    """argv as a list, checking that exactly one of command and argv was given.
+
+    A caller whose policy lists commands may send only argv: the program and its
+    arguments, one element each, which the remote shell runs as they are.
+    """
+    if argv is None:
+        if not command:
+            raise ValueError("give a command (a shell line) or argv=[program, arg, ...]")
+        return []
+    if isinstance(argv, str):
+        raise TypeError(f"argv is a sequence of words, not one string: [{argv!r}]")
+    if command:
+        raise ValueError("give a command or argv, not both")
+    if not argv:
+        raise ValueError("argv needs at least the program")
+    return list(argv)

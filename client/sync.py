@@ -100,10 +100,17 @@ class SyncClient:
                 self._runner.close()
 
     def execute(
-        self, host: str, command: str, options: ExecOptions | None = None, **fields: Any
+        self,
+        host: str,
+        command: str = "",
+        options: ExecOptions | None = None,
+        *,
+        argv: Sequence[str] | None = None,
+        **fields: Any,
     ) -> Result:
-        """Run a command and wait for its Result; same arguments as Client.execute."""
-        return self._run(self._client.execute(host, command, options, **fields))
+        """Run a command (a shell line, or argv=[...]) and wait for its Result; same
+        arguments as Client.execute."""
+        return self._run(self._client.execute(host, command, options, argv=argv, **fields))
 
     def list_hosts(
         self, selector: str = "", hosts: Sequence[str] = (), *, rpc_timeout: float | None = 10.0
@@ -114,9 +121,10 @@ class SyncClient:
     def execute_many(
         self,
         hosts: Sequence[str],
-        command: str,
+        command: str = "",
         options: ExecOptions | None = None,
         *,
+        argv: Sequence[str] | None = None,
         selector: str = "",
         max_parallel: int = 0,
         **fields: Any,
@@ -127,7 +135,13 @@ class SyncClient:
         is an item of the list, and only the RPC's own failure raises.
         """
         call = self._client.execute_many(
-            hosts, command, options, selector=selector, max_parallel=max_parallel, **fields
+            hosts,
+            command,
+            options,
+            argv=argv,
+            selector=selector,
+            max_parallel=max_parallel,
+            **fields,
         )
         return self._run(_outcomes(call))
 

@@ -1,7 +1,8 @@
 """The audit log: one JSON line per call that reached identity and policy, whatever its end.
 
-A line says who (caller, peer), what (method, host, the command or only its SHA-256 when
-`log_commands = false`, working_dir, the *names* of env variables, never their values),
+A line says who (caller, peer), what (method, host, the command or the argv list, or only
+the SHA-256 of the line the host's shell got when `log_commands = false`, working_dir, the
+*names* of env variables, never their values),
 and how it ended (exit code or signal, bytes out, duration, the status code). Success,
 non-zero exit, refusal, failure, timeout and cancellation each get theirs.
 
@@ -30,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .argvpolicy import argv_line
 from .config import AuditSettings, CallerConfig
 from .errors import AuditUnavailable
 from .sshfiles import FileError
@@ -52,6 +54,7 @@ class CallRecord:
     authorized: bool = False  # reached the authorization step: audit it
     host: str = ""
     command: str = ""
+    argv: list[str] = field(default_factory=list)
     working_dir: str = ""
     env_names: list[str] = field(default_factory=list)
     exit_code: int | None = None
@@ -72,8 +75,10 @@ class CallRecord:
         }
         if log_commands:
             record["command"] = self.command
+            record["argv"] = self.argv
         else:
-            record["command_sha256"] = hashlib.sha256(self.command.encode()).hexdigest()
+            line = argv_line(self.argv) if self.argv else self.command
+            record["command_sha256"] = hashlib.sha256(line.encode()).hexdigest()
         record.update(
             working_dir=self.working_dir,
             env_names=sorted(self.env_names),

@@ -10,10 +10,14 @@ caller is configured, every call must carry an identity, deny by default:
   checked it against `[tls] client_ca_file`). A caller with both configured must show
   both; a token and a certificate naming two different callers is refused.
 
-Then the caller's policy: `hosts` and `commands` are glob patterns (fnmatch, case
-sensitive) over the inventory name and the command as sent; `stream` allows Stream. The
-host is checked before the inventory is looked at, so a caller cannot probe for names
-it may not use. A refusal names the rule that refused it.
+Then the caller's policy: `hosts` are glob patterns (fnmatch, case sensitive) over the
+inventory name; `stream` allows Stream. A caller with `commands` is restricted: it may
+send only argv, and only argv its patterns allow (server.argvpolicy), only the `env`
+names it lists (never one that changes how a shell or the loader starts) and only a
+`working_dir` its `working_dirs` globs allow. On a caller without `commands`, `env` and
+`working_dirs` hold when set. The host is checked before the inventory is looked at, so
+a caller cannot probe for names it may not use. A refusal names the rule that refused
+it, and quotes what the caller sent only briefly.
 """
 
 from __future__ import annotations
@@ -21,12 +25,16 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import hmac
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
+from scout.v1 import exec_pb2
+
+from .argvpolicy import argv_matches, startup_reason
 from .config import CallerConfig
 from .errors import PermissionDenied, PoolExhausted, Unauthenticated, brief
 
@@ -125,21 +133,75 @@ class Gate:
         """Whether caller's policy allows host (ListHosts shows only those)."""
         return caller is ANONYMOUS or any(fnmatch.fnmatchcase(host, p) for p in caller.hosts)
 
-    def authorize(self, caller: CallerConfig, method: str, host: str, command: str) -> None:
-        """PermissionDenied unless caller's policy allows method, host and command."""
+    def authorize(
+        self, caller: CallerConfig, method: str, request: exec_pb2.ExecuteRequest
+    ) -> None:
+        """PermissionDenied unless caller's policy allows the method, the host, and what
+        the request runs (command or argv), with its env and working_dir."""
         if caller is ANONYMOUS:
             return
         who = f"caller {caller.name}"
         if method == "Stream" and not caller.stream:
             raise PermissionDenied(f"{who} may not use Stream (its policy has stream = false)")
+        host = request.host
         if not self.may_use(caller, host):
             rule = ", ".join(caller.hosts) if caller.hosts else "none"
             raise PermissionDenied(f"{who} may not run commands on {brief(host)} (hosts: {rule})")
-        if caller.commands and not any(
-            fnmatch.fnmatchcase(command, pattern) for pattern in caller.commands
-        ):
-            rule = ", ".join(caller.commands)
-            raise PermissionDenied(f"{who} may not run {brief(command)} (commands: {rule})")
+        if caller.restricted:
+            _check_argv(who, caller, request)
+        _check_env(who, caller, request)
+        _check_working_dir(who, caller, request.working_dir)
+
+
+def _check_argv(who: str, caller: CallerConfig, request: exec_pb2.ExecuteRequest) -> None:
+    """A restricted caller sends argv, and argv its `commands` patterns allow."""
+    rule = ", ".join(caller.commands)
+    if request.command or not request.argv:
+        raise PermissionDenied(
+            f"{who} may send only argv, not a shell command (commands: {rule}); send the "
+            "program and its arguments as argv, one element each"
+        )
+    if not any(argv_matches(pattern, request.argv) for pattern in caller.commands):
+        shown = brief(shlex.join(request.argv[:32]))
+        raise PermissionDenied(f"{who} may not run argv {shown} (commands: {rule})")
+
+
+def _check_env(who: str, caller: CallerConfig, request: exec_pb2.ExecuteRequest) -> None:
+    """Only the `env` names the policy lists (for a restricted caller: none by default,
+    and never a name that changes how a shell or the loader starts)."""
+    if not request.env:
+        return
+    allowed = caller.env
+    if allowed is None and not caller.restricted:
+        return
+    for name in request.env:
+        reason = startup_reason(name) if caller.restricted else None
+        if reason is not None:
+            raise PermissionDenied(
+                f"{who} may not set env {name}: {reason}, so no caller with commands may set it"
+            )
+        if name not in (allowed or ()):
+            rule = ", ".join(allowed) if allowed else "none"
+            raise PermissionDenied(f"{who} may not set env {brief(name)} (env: {rule})")
+
+
+def _check_working_dir(who: str, caller: CallerConfig, working_dir: str) -> None:
+    """Only a working_dir the `working_dirs` globs allow (for a restricted caller: none by
+    default); `..` is refused there, since a glob cannot see where it leads."""
+    if not working_dir:
+        return
+    allowed = caller.working_dirs
+    if allowed is None and not caller.restricted:
+        return
+    rule = ", ".join(allowed) if allowed else "none"
+    if ".." in working_dir.split("/"):
+        raise PermissionDenied(
+            f"{who} may not use a working_dir with `..` in it (working_dirs: {rule})"
+        )
+    if not any(fnmatch.fnmatchcase(working_dir, pattern) for pattern in allowed or ()):
+        raise PermissionDenied(
+            f"{who} may not run in working_dir {brief(working_dir)} (working_dirs: {rule})"
+        )
 
 
 class IdentityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped

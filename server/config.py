@@ -15,6 +15,7 @@ from typing import Protocol
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,253}")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 EXEC_LINE_MAX = 100 * 1024  # the final command line: well under sshd's 256 KiB packet and
 #                            Linux's 128 KiB limit on one argument (the login shell's -c)
 MAX_ENV_BYTES = 64 * 1024  # names and values of one request's environment, before quoting
@@ -164,9 +165,18 @@ class CallerConfig:
     token_sha256: str | None = None  # hex SHA-256 of its bearer token
     cert_common_name: str | None = None  # or its mTLS client certificate's CN
     hosts: tuple[str, ...] = ()  # glob patterns over inventory names; empty: none
-    commands: tuple[str, ...] = ()  # glob patterns over the command; empty: any
+    # argv patterns (server.argvpolicy); set: the caller is restricted, argv only
+    commands: tuple[str, ...] = ()  # empty: any command, as a shell line or argv
+    # None (unset): none for a restricted caller, any for another; set: only these
+    env: tuple[str, ...] | None = None  # variable names it may set
+    working_dirs: tuple[str, ...] | None = None  # glob patterns over working_dir
     stream: bool = False  # may use Stream (stdin, signals, pty)
     max_in_flight: int = 64
+
+    @property
+    def restricted(self) -> bool:
+        """Its policy lists commands: it may send only argv, within them."""
+        return bool(self.commands)
 
 
 @dataclass(frozen=True)

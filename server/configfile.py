@@ -7,6 +7,7 @@ file's folder.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tomllib
@@ -14,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from . import inventory
+from .argvpolicy import PatternError, split_pattern, startup_reason
 from .config import (
     DEFAULT_LISTEN,
+    ENV_NAME,
     EXEC_LINE_MAX,
     HOST_NAME,
     WORKERS_AUTO,
@@ -31,6 +34,8 @@ from .config import (
     SSHSettings,
     TLSSettings,
 )
+
+log = logging.getLogger(__name__)
 
 LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._/-]{0,251}[A-Za-z0-9])?")
 LABEL_VALUE = re.compile(r"([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?")
@@ -247,8 +252,50 @@ def _tls(raw: Any, base: Path) -> TLSSettings:
     return tls
 
 
+def _commands(t: _Table) -> tuple[str, ...]:
+    """`commands`: argv patterns, each split once here so a bad one stops the start."""
+    patterns = t.strings("commands")
+    for pattern in patterns:
+        try:
+            split_pattern(pattern)
+        except PatternError as exc:
+            raise ConfigError(f"{t.key('commands')}: {exc}") from None
+    return patterns
+
+
+def _optional_strings(t: _Table, key: str) -> tuple[str, ...] | None:
+    """A list of non-empty strings, or None when the key is absent (an empty list is kept)."""
+    if key not in t.raw:
+        return None
+    value = t.raw[key]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{t.key(key)}: expected a list of strings")
+    return tuple(value)
+
+
+def _env_names(t: _Table, restricted: bool) -> tuple[str, ...] | None:
+    """`env`: names a caller may set; a shell start-up name is warned about (and refused
+    at call time) for a restricted caller."""
+    names = _optional_strings(t, "env")
+    for name in names or ():
+        if not ENV_NAME.fullmatch(name):
+            raise ConfigError(
+                f"{t.key('env')}: {name!r} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)"
+            )
+        reason = startup_reason(name)
+        if restricted and reason is not None:
+            log.warning(
+                "%s lists %s, which is refused anyway for a caller with commands: %s",
+                t.key("env"),
+                name,
+                reason,
+            )
+    return names
+
+
 def _caller(index: int, raw: Any, base: Path, tls: TLSSettings) -> CallerConfig:
     known = {"name", "token_sha256", "cert_common_name", "hosts", "commands", "stream"}
+    known |= {"env", "working_dirs"}
     t = _Table(f"callers[{index}]", raw, known | {"max_in_flight"}, base)
     name = t.string("name", pattern=CALLER_NAME)
     if name is None:
@@ -267,12 +314,15 @@ def _caller(index: int, raw: Any, base: Path, tls: TLSSettings) -> CallerConfig:
         raise ConfigError(
             f"callers[{name}].cert_common_name: needs [tls] client_ca_file (mutual TLS)"
         )
+    commands = _commands(t)
     return CallerConfig(
         name=name,
         token_sha256=token.lower() if token else None,
         cert_common_name=common_name,
         hosts=t.strings("hosts"),
-        commands=t.strings("commands"),
+        commands=commands,
+        env=_env_names(t, restricted=bool(commands)),
+        working_dirs=_optional_strings(t, "working_dirs"),
         stream=t.flag("stream"),
         max_in_flight=t.number("max_in_flight", int, 1, 1_000_000)
         if "max_in_flight" in t.raw

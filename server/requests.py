@@ -14,8 +14,10 @@ from collections.abc import Mapping
 
 from scout.v1 import exec_pb2
 
+from .argvpolicy import argv_line
 from .command import CommandSpec
 from .config import (
+    ENV_NAME,
     EXEC_LINE_MAX,
     MAX_ENV_BYTES,
     MAX_WORKING_DIR_BYTES,
@@ -25,9 +27,9 @@ from .config import (
 )
 from .errors import HostNotFound, InvalidRequest, brief
 
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 HOST_MAX = 255
 MAX_ENV = 256
+MAX_ARGV = 4096  # elements; their bytes together are bounded like a command's
 MAX_TERM = 10_000
 MAX_SIGNAL = 16
 WORKING_DIR_FAILED = 125  # the exit code when working_dir cannot be entered (as env(1))
@@ -81,18 +83,20 @@ def timeout_of(limits: ExecSettings, request: exec_pb2.ExecuteRequest, *, stream
 def command_line(request: exec_pb2.ExecuteRequest, extra_env: Mapping[str, str] = {}) -> str:
     """The command as sent: as is, or after its environment and directory.
 
+    argv becomes one simple command of single-quoted words (server.argvpolicy).
     The environment travels in the line because sshd drops `env` requests outside its
     AcceptEnv. The command itself stays on its own line, read by the user's own login
     shell exactly as without env or working_dir (so bash stays bash). A directory that
     cannot be entered ends the line with exit code 125, before the command runs.
     """
+    command = argv_line(request.argv) if request.argv else request.command
     env = {**request.env, **extra_env}
     if not env and not request.working_dir:
-        return request.command
+        return command
     parts = [f"export {k}={shlex.quote(v)};" for k, v in sorted(env.items())]
     if request.working_dir:
         parts.append(f"cd -- {shlex.quote(request.working_dir)} || exit {WORKING_DIR_FAILED};")
-    return " ".join(parts) + "\n" + request.command
+    return " ".join(parts) + "\n" + command
 
 
 def _check_sizes(limits: ExecSettings, request: exec_pb2.ExecuteRequest, host: str) -> None:
@@ -102,6 +106,18 @@ def _check_sizes(limits: ExecSettings, request: exec_pb2.ExecuteRequest, host: s
     ):
         raise InvalidRequest(
             f"command: at most {limits.max_command_bytes} bytes on this server", host
+        )
+    if len(request.argv) > MAX_ARGV:
+        raise InvalidRequest(f"argv: at most {MAX_ARGV} elements", host)
+    # Characters first (a cheap lower bound on bytes), so a huge argv is never encoded.
+    characters = sum(len(arg) for arg in request.argv)
+    if characters > limits.max_command_bytes or (
+        sum(len(arg.encode()) for arg in request.argv) > limits.max_command_bytes
+    ):
+        raise InvalidRequest(
+            f"argv: at most {limits.max_command_bytes} bytes on this server (all elements "
+            "together)",
+            host,
         )
     if len(request.working_dir.encode()) > MAX_WORKING_DIR_BYTES:
         raise InvalidRequest(f"working_dir: at most {MAX_WORKING_DIR_BYTES} bytes", host)
@@ -131,8 +147,23 @@ def check_execute(
     host = lookup_host(config, request.host)
     name, limits = host.name, config.exec
     _check_sizes(limits, request, name)
-    if not request.command.strip():
-        raise InvalidRequest("command: required, a shell command line", name)
+    if request.argv and request.command:
+        raise InvalidRequest(
+            "command and argv: send one of the two (a shell command line, or a program "
+            "and its arguments), not both",
+            name,
+        )
+    if request.argv:
+        if not request.argv[0]:
+            raise InvalidRequest("argv: the first element, the program, must not be empty", name)
+        for index, arg in enumerate(request.argv):
+            if "\0" in arg:
+                raise InvalidRequest(f"argv: element {index} contains a NUL byte", name)
+    elif not request.command.strip():
+        raise InvalidRequest(
+            "command or argv: one is required, a shell command line or a program and its arguments",
+            name,
+        )
     if "\0" in request.command or "\0" in request.working_dir:
         raise InvalidRequest("command and working_dir: must not contain NUL bytes", name)
     for key, value in request.env.items():

@@ -51,7 +51,7 @@ from .errors import (
     Unauthenticated,
 )
 from .logs import request_id
-from .requests import HOST_MAX, MAX_ENV
+from .requests import HOST_MAX, MAX_ARGV, MAX_ENV
 from .stream import MALFORMED
 
 log = logging.getLogger(__name__)
@@ -263,6 +263,7 @@ def describe(call: CallRecord, request: Any) -> None:
     if isinstance(request, exec_pb2.ExecuteRequest):
         call.host = capped(request.host, HOST_MAX)
         call.command = capped(request.command, EXEC_LINE_MAX)
+        call.argv = capped_argv(request.argv)
         call.working_dir = capped(request.working_dir, MAX_WORKING_DIR_BYTES)
         call.env_names = [capped(name, HOST_MAX) for name in list(request.env)[:MAX_ENV]]
 
@@ -270,6 +271,21 @@ def describe(call: CallRecord, request: Any) -> None:
 def capped(text: str, limit: int) -> str:
     """text, or its first limit characters and how long it was."""
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
+def capped_argv(argv: Sequence[str]) -> list[str]:
+    """argv, or as much of it as fits EXEC_LINE_MAX characters and MAX_ARGV elements, then
+    an element saying how many were left out."""
+    kept: list[str] = []
+    room = EXEC_LINE_MAX
+    for arg in argv[:MAX_ARGV]:
+        if room <= 0:
+            break
+        kept.append(capped(arg, room))
+        room -= len(arg)
+    if len(kept) < len(argv):
+        kept.append(f"... ({len(argv) - len(kept)} more elements)")
+    return kept
 
 
 def _well_formed(method: str, request: Any) -> None:

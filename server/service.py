@@ -60,7 +60,7 @@ class ExecService:
         describe(call, request)
         call.authorized = True
         assert call.who is not None
-        self.gate.authorize(call.who, call.method, request.host, request.command)
+        self.gate.authorize(call.who, call.method, request)
         try:
             extra = (
                 {"SCOUT_REQUEST_ID": call.request_id} if self.config.exec.export_request_id else {}

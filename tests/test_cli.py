@@ -31,6 +31,25 @@ def test_command_words_join_like_ssh(argv: list[str], command: str) -> None:
     assert args.command == command
 
 
+@pytest.mark.parametrize(
+    ("argv", "hosts", "words"),
+    [
+        (
+            ["exec", "h", "--argv", "--", "ls", "-la", "--", "a b"],
+            ["h"],
+            ["ls", "-la", "--", "a b"],
+        ),
+        (["exec", "--argv", "h", "echo $HOME"], ["h"], ["echo $HOME"]),
+        (["exec", "a", "b*", "--argv", "--", "uptime"], ["a", "b*"], ["uptime"]),
+        (["exec", "--argv", "-l", "role=web", "--", "", "-x"], [], ["", "-x"]),
+    ],
+)
+def test_argv_sends_each_word_as_it_is(argv: list[str], hosts: list[str], words: list[str]) -> None:
+    args = parse_args(argv)
+    assert (args.hosts, args.argv, args.command) == (hosts, words, "")
+    assert parse_args(["exec", "h", "--", "ls", "-l"]).argv is None
+
+
 def test_exec_options(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SCOUT_TARGET", raising=False)
     args = parse_args(

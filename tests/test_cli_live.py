@@ -1,4 +1,5 @@
-"""The README's Python example and the scout command against a live scout server.
+"""The README's Python example, the scout command and the client's argv against a live
+scout server.
 
 scout runs in this process (tests/scoutd.py) with host "local" on the in-process
 SSH server (testkit/scripted.py), so the commands are real /bin/sh processes.
@@ -6,6 +7,7 @@ SSH server (testkit/scripted.py), so the commands are real /bin/sh processes.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import platform
 from collections.abc import AsyncIterator
@@ -13,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from client import Client, Result, Stdout, SyncClient
 from client.cli import amain
-from server.config import Config
+from server.callers import hash_token
+from server.config import CallerConfig, Config
 from testkit.scripted import ScriptedServer
 
 from .readmescripts import run_python_block
@@ -58,3 +62,69 @@ async def test_cwd_env_and_tty_reach_the_command(scout: Scout, tmp_path: Path) -
         "exec", "local", "--target", scout.target, "--tty", "--", "test -t 0 && echo tty"
     )
     assert (code, out) == (0, b"tty\r\n")  # a pty turns \n into \r\n
+
+
+# ---- argv ------------------------------------------------------------------------------
+
+ARGV = ["printf", "%s|", "a b", "'q'", "$(id)", "*", "", "-n"]
+PRINTED = b"a b|'q'|$(id)|*||-n|"
+
+
+async def test_the_client_sends_argv_on_every_call(scout: Scout) -> None:
+    async with Client(scout.target) as c:
+        r = await c.execute("local", argv=ARGV)
+        assert (r.exit_code, r.stdout) == (0, PRINTED)
+        async with c.stream("local", argv=ARGV, close_stdin=True) as call:
+            out = b"".join([e.data async for e in call if isinstance(e, Stdout)])
+        assert out == PRINTED
+        (many,) = [e async for e in c.execute_many(["local"], argv=ARGV)]
+        assert isinstance(many, Result) and many.stdout == PRINTED
+        with pytest.raises(ValueError, match="not both"):
+            await c.execute("local", "true", argv=["true"])
+        with pytest.raises(TypeError, match="not one string"):
+            await c.execute("local", argv="true")
+    async with Client(scout.target, split_fan_out=True) as c:
+        (many,) = [e async for e in c.execute_many(["local"], argv=ARGV)]
+        assert isinstance(many, Result) and many.stdout == PRINTED
+
+    def blocking() -> tuple[bytes, bytes]:
+        with SyncClient(scout.target) as c:
+            (many,) = c.execute_many(["local"], argv=ARGV)
+            assert isinstance(many, Result)
+            return c.execute("local", argv=ARGV).stdout, many.stdout
+
+    assert await asyncio.to_thread(blocking) == (PRINTED, PRINTED)
+
+
+async def test_cli_argv_sends_each_word_as_one_element(scout: Scout) -> None:
+    target = ["--target", scout.target]
+    code, out, err = await cli("exec", "local", *target, "--argv", "--", *ARGV)
+    assert (code, out, err) == (0, PRINTED, b"")
+    code, out, err = await cli("exec", "--argv", *target, "local", *ARGV)  # no `--`
+    assert (code, out, err) == (0, PRINTED, b"")
+    code, out, err = await cli("exec", "loc*", *target, "--argv", "--", *ARGV)  # a fan-out
+    assert (code, out) == (0, b"local | " + PRINTED + b"\n"), err
+
+
+async def test_a_restricted_caller_runs_argv_from_the_cli(
+    shell_server: ScriptedServer, tmp_path: Path
+) -> None:
+    token = tmp_path / "token"
+    token.write_text("restricted-1f2e3d4c5b6a\n")
+    bot = CallerConfig(
+        name="bot",
+        token_sha256=hash_token("restricted-1f2e3d4c5b6a"),
+        hosts=("local",),
+        commands=("printf * ...",),
+        stream=True,
+    )
+    cfg = Config(hosts={"local": shell_server.host_config("local")}, callers=(bot,))
+    async with running_scout(cfg) as s:
+        options = ["--target", s.target, "--token-file", str(token)]
+        code, out, err = await cli("exec", "local", *options, "--argv", "--", *ARGV)
+        assert (code, out, err) == (0, PRINTED, b"")
+        code, out, err = await cli("exec", "loc*", *options, "--argv", "--", *ARGV)  # fan-out
+        assert (code, out) == (0, b"local | " + PRINTED + b"\n"), err
+        code, out, err = await cli("exec", "local", *options, "--", *ARGV)  # a shell line
+        assert (code, out) == (255, b"")
+        assert b"may send only argv" in err and b"(the command did not run)" in err

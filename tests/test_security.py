@@ -41,15 +41,26 @@ from .serverproc import server_exits
 
 BOT_TOKEN = "bot-7c1f0e6a8d2b4e59a3f1"
 OPS_TOKEN = "ops-2d8e9b0c7a6f5e4d3c2b"
+READER_TOKEN = "reader-5b4a39281706f5e4d3c2"
 CALLERS = (
-    CallerConfig(
+    CallerConfig(  # restricted: argv patterns, so argv only
         name="deploy-bot",
         token_sha256=hash_token(BOT_TOKEN),
         hosts=("web*",),
         commands=("echo *", "true", "exit *", "sleep *"),
+        env=("SECRET", "BASH_ENV"),  # BASH_ENV: listed, and refused all the same
+        working_dirs=("/tmp", "/srv/*"),
         max_in_flight=2,
     ),
     CallerConfig(name="ops", token_sha256=hash_token(OPS_TOKEN), hosts=("*",), stream=True),
+    CallerConfig(  # restricted, with Stream
+        name="reader",
+        token_sha256=hash_token(READER_TOKEN),
+        hosts=("web*",),
+        commands=("cat", "printenv LANG"),
+        env=("LANG",),
+        stream=True,
+    ),
 )
 
 
@@ -243,28 +254,64 @@ def test_a_non_loopback_listen_without_tls_refuses_to_start(tmp_path: Path) -> N
 
 async def test_the_policy_matrix(guarded: Served) -> None:
     async with guarded.channel() as channel:
-        refusals = [
-            (None, "web1", "true", "UNAUTHENTICATED", "needs an identity"),
-            ("wrong", "web1", "true", "UNAUTHENTICATED", "not one scout"),
-            (BOT_TOKEN, "db1", "true", "PERMISSION_DENIED", "hosts: web*"),
-            (BOT_TOKEN, "web1", "rm -rf /", "PERMISSION_DENIED", "commands:"),
-            (BOT_TOKEN, "nowhere", "true", "PERMISSION_DENIED", "hosts: web*"),
-            (OPS_TOKEN, "nowhere", "true", "NOT_FOUND", "not in the inventory"),
-        ]
-        for token, host, command, code, says in refusals:
+        refusals: list[tuple[str | None, dict[str, Any], str, str]] = [
+            (None, {"command": "true"}, "UNAUTHENTICATED", "needs an identity"),
+            ("wrong", {"command": "true"}, "UNAUTHENTICATED", "not one scout"),
+            (BOT_TOKEN, {"host": "db1", "argv": ["true"]}, "PERMISSION_DENIED", "hosts: web*"),
+            (BOT_TOKEN, {"argv": ["rm", "-rf", "/"]}, "PERMISSION_DENIED", "commands: echo *"),
+            (BOT_TOKEN, {"argv": ["echo", "a", "b"]}, "PERMISSION_DENIED", "commands:"),
+            (BOT_TOKEN, {"host": "nowhere", "argv": ["true"]}, "PERMISSION_DENIED", "hosts:"),
+            (OPS_TOKEN, {"host": "nowhere", "command": "true"}, "NOT_FOUND", "not in the"),
+            # a restricted caller sends argv, never a shell line
+            (BOT_TOKEN, {"command": "echo x"}, "PERMISSION_DENIED", "may send only argv"),
+            (BOT_TOKEN, {"command": "true"}, "PERMISSION_DENIED", "as argv"),
+            # its env: the names it lists, never a shell's or the loader's start-up names
+            (BOT_TOKEN, {"argv": ["true"], "env": {"OTHER": "1"}}, "PERMISSION_DENIED", "env:"),
+            (BOT_TOKEN, {"argv": ["true"], "env": {"BASH_ENV": "/x"}}, "PERMISSION_DENIED",
+             "BASH_ENV: it changes how a shell starts"),
+            (BOT_TOKEN, {"argv": ["true"], "env": {"LD_PRELOAD": "/x.so"}}, "PERMISSION_DENIED",
+             "dynamic loader"),
+            (READER_TOKEN, {"argv": ["cat"], "env": {"PATH": "/tmp"}}, "PERMISSION_DENIED",
+             "which program"),
+            # its working_dir: the globs it lists
+            (BOT_TOKEN, {"argv": ["true"], "working_dir": "/etc"}, "PERMISSION_DENIED",
+             "working_dirs: /tmp, /srv/*"),
+            (BOT_TOKEN, {"argv": ["true"], "working_dir": "/srv/../etc"}, "PERMISSION_DENIED",
+             "`..`"),
+            (READER_TOKEN, {"argv": ["cat"], "working_dir": "/tmp"}, "PERMISSION_DENIED",
+             "working_dirs: none"),
+            # anyone: exactly one of command and argv
+            (OPS_TOKEN, {"command": "true", "argv": ["true"]}, "INVALID_ARGUMENT", "not both"),
+            (OPS_TOKEN, {}, "INVALID_ARGUMENT", "command or argv"),
+        ]  # fmt: skip
+        for token, asked, code, says in refusals:
+            fields = {"host": "web1", **asked}
             with pytest.raises(grpc.aio.AioRpcError) as info:
-                await execute(channel, token, host=host, command=command)
-            assert info.value.code().name == code, (token, host, command)
+                await execute(channel, token, **fields)
+            assert info.value.code().name == code, (token, fields)
             assert says in (info.value.details() or ""), info.value.details()
             assert started(info.value) == "false"
-        r = await execute(channel, BOT_TOKEN, host="web1", command="echo allowed")
+        r = await execute(channel, BOT_TOKEN, host="web1", argv=["echo", "allowed"])
         assert r.stdout == b"allowed\n"
+        r = await execute(channel, BOT_TOKEN, host="web1", argv=["echo", "$(id); x"])
+        assert r.stdout == b"$(id); x\n"  # one argument, never a shell line
+        r = await execute(
+            channel,
+            BOT_TOKEN,
+            host="web1",
+            argv=["echo", "in"],
+            env={"SECRET": "s"},
+            working_dir="/tmp",
+        )
+        assert r.stdout == b"in\n"
         r = await execute(channel, OPS_TOKEN, host="db1", command="uname")
         assert r.exit_code == 0
+        r = await execute(channel, OPS_TOKEN, host="db1", argv=["printf", "%s|", "a b", "c"])
+        assert r.stdout == b"a b|c|"  # an unrestricted caller may send either
 
         stub = exec_pb2_grpc.ExecServiceStub(channel)
         start_msg = exec_pb2.StreamRequest(
-            start=exec_pb2.ExecuteRequest(host="web1", command="echo s", close_stdin=True)
+            start=exec_pb2.ExecuteRequest(host="web1", argv=["echo", "s"], close_stdin=True)
         )
         with pytest.raises(grpc.aio.AioRpcError) as info:
             async for _ in stub.Stream(iter([start_msg]), metadata=bearer(BOT_TOKEN)):
@@ -273,6 +320,7 @@ async def test_the_policy_matrix(guarded: Served) -> None:
         assert "stream = false" in (info.value.details() or "")
         out = [m async for m in stub.Stream(iter([start_msg]), metadata=bearer(OPS_TOKEN))]
         assert out[0].stdout == b"s\n" and out[-1].exit.exit_code == 0
+        await _a_restricted_stream(stub)
 
         health = health_pb2_grpc.HealthStub(channel)
         status = await health.Check(health_pb2.HealthCheckRequest())  # no credentials at all
@@ -291,10 +339,65 @@ async def test_the_policy_matrix(guarded: Served) -> None:
         assert "scout.v1.ExecService" in names
 
 
+async def _a_restricted_stream(stub: Any) -> None:
+    """Stream holds a restricted caller to the same argv and env policy as Execute."""
+
+    def start(**fields: Any) -> list[exec_pb2.StreamRequest]:
+        request = exec_pb2.ExecuteRequest(host="web1", **fields)
+        return [exec_pb2.StreamRequest(start=request), exec_pb2.StreamRequest(stdin=b"in\n")]
+
+    for fields, says in (
+        ({"command": "cat"}, "may send only argv"),
+        ({"argv": ["cat", "/etc/passwd"]}, "commands: cat, printenv LANG"),
+        ({"argv": ["cat"], "env": {"BASH_ENV": "/x"}}, "BASH_ENV"),
+        ({"argv": ["cat"], "env": {"TZ": "UTC"}}, "env: LANG"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in stub.Stream(iter(start(**fields)), metadata=bearer(READER_TOKEN)):
+                pass
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED, fields
+        assert says in (info.value.details() or ""), info.value.details()
+    messages = [*start(argv=["cat"]), exec_pb2.StreamRequest(close_stdin=True)]
+    out = [m async for m in stub.Stream(iter(messages), metadata=bearer(READER_TOKEN))]
+    assert b"".join(m.stdout for m in out) == b"in\n" and out[-1].exit.exit_code == 0
+    messages = start(argv=["printenv", "LANG"], env={"LANG": "C.UTF-8"}, close_stdin=True)[:1]
+    out = [m async for m in stub.Stream(iter(messages), metadata=bearer(READER_TOKEN))]
+    assert b"".join(m.stdout for m in out) == b"C.UTF-8\n"
+
+
+async def test_execute_many_holds_a_restricted_caller_to_argv_and_its_env(
+    guarded: Served, tmp_path: Path
+) -> None:
+    marker = tmp_path / "MARKER"
+    async with guarded.channel() as channel:
+        stub = exec_pb2_grpc.ExecServiceStub(channel)
+
+        async def many(**fields: Any) -> list[exec_pb2.ExecuteManyResponse]:
+            request = exec_pb2.ExecuteManyRequest(
+                hosts=["web1"], request=exec_pb2.ExecuteRequest(**fields)
+            )
+            return [m async for m in stub.ExecuteMany(request, metadata=bearer(BOT_TOKEN))]
+
+        for fields, says in (
+            ({"command": f"echo x; touch {marker}"}, "may send only argv"),
+            ({"argv": ["sh", "-c", f"touch {marker}"]}, "commands:"),
+            ({"argv": ["echo", "x"], "env": {"BASH_ENV": str(marker)}}, "BASH_ENV"),
+            ({"argv": ["echo", "x"], "env": {"LANG": "C"}}, "env: SECRET, BASH_ENV"),
+            ({"argv": ["echo", "x"], "working_dir": "/"}, "working_dirs:"),
+        ):
+            (message,) = await many(**fields)
+            assert message.WhichOneof("event") == "error", fields
+            assert message.error.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+            assert says in message.error.message and not message.started
+        (message,) = await many(argv=["echo", f"x; touch {marker}"], env={"SECRET": "1"})
+        assert message.result.stdout == f"x; touch {marker}\n".encode()
+    assert not marker.exists()
+
+
 async def test_a_caller_beyond_its_max_in_flight_is_refused_at_once(guarded: Served) -> None:
     async with guarded.channel() as channel:
         calls = [
-            asyncio.ensure_future(execute(channel, BOT_TOKEN, host="web1", command="sleep 1"))
+            asyncio.ensure_future(execute(channel, BOT_TOKEN, host="web1", argv=["sleep", "1"]))
             for _ in range(3)
         ]
         results = await asyncio.gather(*calls, return_exceptions=True)
@@ -313,14 +416,14 @@ async def test_every_outcome_leaves_one_audit_line_and_no_token_anywhere(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     async with guarded.channel() as channel:
-        await execute(channel, BOT_TOKEN, host="web1", command="echo ok", env={"SECRET": "v4lue"})
-        await execute(channel, BOT_TOKEN, host="web1", command="exit 3", working_dir="/tmp")
+        await execute(channel, BOT_TOKEN, host="web1", argv=["echo", "ok"], env={"SECRET": "v4lue"})
+        await execute(channel, BOT_TOKEN, host="web1", argv=["exit", "3"], working_dir="/tmp")
         for token, fields in (
             ("wrong-" + BOT_TOKEN, {"host": "web1", "command": "true"}),
-            (BOT_TOKEN, {"host": "db1", "command": "true"}),
-            (BOT_TOKEN, {"host": "web1", "command": "sleep 5", "timeout": {"seconds": 1}}),
+            (BOT_TOKEN, {"host": "db1", "argv": ["true"]}),
+            (BOT_TOKEN, {"host": "web1", "argv": ["sleep", "5"], "timeout": {"seconds": 1}}),
             (None, {"host": "web1", "command": "true"}),
-            (BOT_TOKEN, {"host": "web1", "command": "rm -rf /"}),
+            (BOT_TOKEN, {"host": "web1", "argv": ["rm", "-rf", "/"]}),
             (OPS_TOKEN, {"host": "nowhere", "command": "true"}),
         ):
             with pytest.raises(grpc.aio.AioRpcError):
@@ -355,10 +458,11 @@ async def test_every_outcome_leaves_one_audit_line_and_no_token_anywhere(
     ]
     ok, nonzero, unauth, denied, timeout, anonymous, command, missing, stream, cancel = lines
     assert set(ok) == {
-        "time", "request_id", "caller", "method", "host", "command", "working_dir",
+        "time", "request_id", "caller", "method", "host", "command", "argv", "working_dir",
         "env_names", "exit_code", "signal", "bytes_out", "duration", "code", "peer",
     }  # fmt: skip
-    assert (ok["method"], ok["host"], ok["command"]) == ("Execute", "web1", "echo ok")
+    assert (ok["method"], ok["host"], ok["command"]) == ("Execute", "web1", "")
+    assert ok["argv"] == ["echo", "ok"]
     assert ok["env_names"] == ["SECRET"] and ok["exit_code"] == 0 and ok["bytes_out"] == 3
     assert ok["peer"].startswith("ipv4:127.0.0.1:")
     assert (nonzero["exit_code"], nonzero["working_dir"]) == (3, "/tmp")
@@ -366,7 +470,8 @@ async def test_every_outcome_leaves_one_audit_line_and_no_token_anywhere(
     assert denied["host"] == "db1" and denied["exit_code"] is None
     assert timeout["signal"] in ("TERM", "") and 0.9 < timeout["duration"] < 4
     assert (anonymous["host"], anonymous["command"]) == ("web1", "true")
-    assert (command["command"], command["exit_code"]) == ("rm -rf /", None)
+    assert (command["argv"], command["exit_code"]) == (["rm", "-rf", "/"], None)
+    assert (anonymous["argv"], unauth["argv"]) == ([], [])  # a shell command: no argv
     assert (missing["host"], missing["exit_code"]) == ("nowhere", None)
     assert (stream["method"], stream["host"], stream["command"]) == ("Stream", "web1", "echo s")
     assert cancel["command"] == "sleep 5"
@@ -383,11 +488,14 @@ async def test_log_commands_false_keeps_only_the_commands_hash(
     try:
         async with served.channel() as channel:
             await execute(channel, None, host="web1", command="echo private")
+            await execute(channel, None, host="web1", argv=["echo", "private"])
     finally:
         await served.app.stop(grace=0.5)
-    (line,) = audit_lines(served)
-    assert "command" not in line and "private" not in json.dumps(line)
+    line, by_argv = audit_lines(served)
+    for each in (line, by_argv):
+        assert "command" not in each and "argv" not in each and "private" not in json.dumps(each)
     assert line["command_sha256"] == hash_token("echo private")
+    assert by_argv["command_sha256"] == hash_token("'echo' 'private'")  # the line sent
 
 
 async def test_an_unwritable_audit_log_fails_closed(

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ExecuteRequest(_message.Message):
-    __slots__ = ("host", "command", "stdin", "env", "timeout", "max_output_bytes", "text", "working_dir", "pty", "terminal_size", "close_stdin")
+    __slots__ = ("host", "command", "stdin", "env", "timeout", "max_output_bytes", "text", "working_dir", "pty", "terminal_size", "close_stdin", "argv")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,7 @@ class ExecuteRequest(_message.Message):
     PTY_FIELD_NUMBER: _ClassVar[int]
     TERMINAL_SIZE_FIELD_NUMBER: _ClassVar[int]
     CLOSE_STDIN_FIELD_NUMBER: _ClassVar[int]
+    ARGV_FIELD_NUMBER: _ClassVar[int]
     host: str
     command: str
     stdin: bytes
@@ -41,7 +42,8 @@ class ExecuteRequest(_message.Message):
     pty: bool
     terminal_size: TerminalSize
     close_stdin: bool
-    def __init__(self, host: _Optional[str] = ..., command: _Optional[str] = ..., stdin: _Optional[bytes] = ..., env: _Optional[_Mapping[str, str]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_output_bytes: _Optional[int] = ..., text: _Optional[bool] = ..., working_dir: _Optional[str] = ..., pty: _Optional[bool] = ..., terminal_size: _Optional[_Union[TerminalSize, _Mapping]] = ..., close_stdin: _Optional[bool] = ...) -> None: ...
+    argv: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, host: _Optional[str] = ..., command: _Optional[str] = ..., stdin: _Optional[bytes] = ..., env: _Optional[_Mapping[str, str]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_output_bytes: _Optional[int] = ..., text: _Optional[bool] = ..., working_dir: _Optional[str] = ..., pty: _Optional[bool] = ..., terminal_size: _Optional[_Union[TerminalSize, _Mapping]] = ..., close_stdin: _Optional[bool] = ..., argv: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ExecuteResponse(_message.Message):
     __slots__ = ("stdout", "stderr", "exit_code", "signal", "core_dumped", "stdout_truncated", "stderr_truncated", "stdout_bytes", "stderr_bytes", "stdout_text", "stderr_text", "duration")
