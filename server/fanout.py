@@ -26,14 +26,13 @@ from google.rpc import status_pb2
 
 from scout.v1 import exec_pb2
 
-from . import inventory
-from . import selector as selectors
+from . import targets as targets_
 from .audit import CallRecord
 from .command import RunningCommand
 from .errors import HostNotFound, InvalidRequest, ScoutError
 from .launch import bounds_for
 from .output import STDOUT, OutputQueue, chunks
-from .requests import timeout_of
+from .requests import command_spec, timeout_of
 from .responses import execute_response
 from .rpc import Context, status_of
 
@@ -62,30 +61,45 @@ class FanOut:
         self.out: asyncio.Queue[exec_pb2.ExecuteManyResponse] = asyncio.Queue(QUEUED_MESSAGES)
 
     def targets(self) -> list[str]:
-        """The hosts to run on, checked as a whole (the RPC fails only here)."""
-        request, settings = self.request, self.service.config.fanout
+        """The hosts to run on, checked as a whole (the RPC fails only here): a malformed
+        request is INVALID_ARGUMENT before any host is tried, and globs and the selector
+        pick only among the hosts the caller may use (`server.targets`)."""
+        request, service = self.request, self.service
+        settings = service.config.fanout
         if request.request.host:
             raise InvalidRequest(
                 "request.host: must be empty for ExecuteMany (targets are hosts and selector)"
             )
         if not request.hosts and not request.selector:
             raise InvalidRequest("hosts or selector: at least one target is required")
-        if len(request.hosts) > settings.max_targets:
-            raise InvalidRequest(f"hosts: at most {settings.max_targets} names or patterns")
-        selector = selectors.parse(request.selector) if request.selector else None
-        found, missing = inventory.pick(self.service.config.hosts, request.hosts, selector)
-        targets = found + missing
-        if not found and not missing:
-            raise HostNotFound("no host in the inventory matches the hosts and selector")
+        targets_.check_patterns(request.hosts, settings.max_targets)
+        selector = targets_.parse_selector(request.selector)
+        try:
+            command_spec(service.config, request.request, "", extra_env=service.exported(self.call))
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"request.{exc.message}") from None
+        who = self.call.who
+        assert who is not None
+        found, named = targets_.pick(
+            service.config.hosts,
+            lambda name: service.gate.may_use(who, name),
+            request.hosts,
+            selector,
+        )
+        targets = found + named
+        if not targets:
+            raise HostNotFound(
+                "no host in the inventory matches the hosts and selector (among the hosts "
+                "this caller may use)"
+            )
         if len(targets) > settings.max_targets:
             raise InvalidRequest(
                 f"{len(targets)} targets: at most {settings.max_targets} in one ExecuteMany"
             )
         return targets
 
-    async def run(self) -> None:
+    async def run(self, targets: list[str]) -> None:
         """Run every target, max_parallel at once; write each outcome as it comes."""
-        targets = self.targets()
         settings = self.service.config.fanout
         asked = self.request.max_parallel or settings.default_parallel
         parallel = min(asked, settings.max_parallel)

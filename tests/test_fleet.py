@@ -33,7 +33,7 @@ from testkit.processes import eventually, gone, marker, running
 from testkit.scripted import ScriptedServer, close_all, start_fleet
 from testkit.sshd import OpenSSHServer, start_openssh
 
-from .scoutd import Scout, config, running_scout
+from .scoutd import Scout, config, running_scout, started
 
 # ---- inventory from ssh_config ---------------------------------------------------------
 
@@ -355,10 +355,39 @@ async def test_a_fan_out_as_a_whole_fails_only_when_malformed_or_empty(
                 {"selector": "role=db", "request": exec_pb2.ExecuteRequest(command="true")},
                 "NOT_FOUND",
             ),
+            # A malformed command fails the call, not each host (the proto says so).
+            ({"hosts": ["web0*"], "request": exec_pb2.ExecuteRequest()}, "INVALID_ARGUMENT"),
+            (
+                {
+                    "hosts": ["web00", "ghost"],
+                    "request": exec_pb2.ExecuteRequest(command="true", env={"BAD-NAME": "1"}),
+                },
+                "INVALID_ARGUMENT",
+            ),
+            (
+                {
+                    "selector": "role=web",
+                    "request": exec_pb2.ExecuteRequest(command="true", timeout={"seconds": -1}),
+                },
+                "INVALID_ARGUMENT",
+            ),
+            (
+                {
+                    "hosts": ["web00"],
+                    "request": exec_pb2.ExecuteRequest(command="true", working_dir="/\0"),
+                },
+                "INVALID_ARGUMENT",
+            ),
+            (
+                {"selector": "  ", "request": exec_pb2.ExecuteRequest(command="true")},
+                "INVALID_ARGUMENT",
+            ),
         ):
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await many(s, **fields)
             assert info.value.code().name == code, fields
+            assert started(info.value) == "false"
+        assert sum(server.stats.sessions_opened for server in fleet) == 0  # nothing ran
 
 
 async def test_a_fan_out_does_not_starve_a_single_execute(fleet: list[ScriptedServer]) -> None:
