@@ -133,7 +133,10 @@ class FanOut:
                 message.result.CopyFrom(await self._execute(command, record))
                 record.code = "OK"
             except ScoutError as exc:
-                code, text, started = status_of(exc)
+                code, _, started = status_of(exc)
+                text = self.service.gate.shown(record.who, exc)
+                if text != exc.message:
+                    log.info("ExecuteMany on %s: %s", name, exc.message)
                 record.code = code.name
                 message.error.CopyFrom(status_pb2.Status(code=code.value[0], message=text))
                 message.started = started

@@ -196,6 +196,7 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Wrapped[S, R]]:
             fields = {"request_id": call.request_id, "method": method}
             token = logs.current.set(fields)
             code, message = grpc.StatusCode.OK, ""
+            told = ""
             try:
                 _identify(self.gate, call, metadata, context)
                 fields["caller"] = call.caller
@@ -212,6 +213,8 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Wrapped[S, R]]:
                 raise
             except Exception as exc:
                 code, message, started = status_of(exc)
+                if isinstance(exc, ScoutError):
+                    told = self.gate.shown(call.who, exc)  # the log keeps the whole message
                 if isinstance(exc, Unauthenticated):
                     call.authorized = True  # a refusal at the door is audited too
                     describe(call, request)
@@ -228,7 +231,7 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Wrapped[S, R]]:
                 stats.command_done(call)
                 _access_log(call, message)
                 logs.current.reset(token)
-            await _abort(context, code, message, call, started=started)
+            await _abort(context, code, told or message, call, started=started)
 
         return loop
 

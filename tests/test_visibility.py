@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -34,13 +35,21 @@ CALLERS = (
 HIDDEN = ("db1", "db-primary", "webdb", "bastion")
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port  # closed again: connections to it are refused
+
+
 def inventory(server: ScriptedServer) -> dict[str, HostConfig]:
     def host(name: str, role: str) -> HostConfig:
         return dataclasses.replace(server.host_config(name), labels={"role": role})
 
     hosts = {name: host(name, "web") for name in ("web1", "web2", "webdb")}
     hosts |= {name: host(name, "db") for name in ("db1", "db-primary")}
-    hosts["bastion"] = host("bastion", "jump")
+    bastion = host("bastion", "jump")
+    hosts["bastion"] = dataclasses.replace(bastion, port=free_port())  # down: app1 fails
     hosts["app1"] = dataclasses.replace(host("app1", "app"), jump=hosts["bastion"])
     return hosts
 
@@ -118,6 +127,9 @@ async def test_a_fan_out_never_names_a_host_its_caller_may_not_use(guarded: Scou
     messages = await many(guarded, seen, hosts=["web*", "*1"])
     assert sorted(m.host for m in messages) == ["app1", "web1", "web2"]
     assert all(m.result.stdout == b"hi\n" for m in messages if m.host != "app1")
+    app1 = next(m for m in messages if m.host == "app1")  # its jump host is down
+    assert app1.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert "through a jump host this caller may not use" in app1.error.message
     messages = await many(guarded, seen, selector="role in (web,db)")
     assert sorted(m.host for m in messages) == ["web1", "web2"]
     # A typo close to a hidden host: its hint names only hosts the caller may use.
@@ -187,3 +199,23 @@ async def test_blank_selectors_and_unbounded_patterns_are_invalid(guarded: Scout
         assert started(err) == "false"
     listed = await list_hosts(guarded, seen, hosts=[f"web{i}*" for i in range(MAX_GLOBS)])
     assert [h.name for h in listed.hosts] == ["web1", "web2"]
+
+
+async def test_a_jump_hosts_failure_is_named_only_to_a_caller_who_may_use_it(
+    guarded: Scout,
+) -> None:
+    seen = Seen()
+    answers = {}
+    for token in (WEB_TOKEN, OPS_TOKEN):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await guarded.stub.Execute(
+                exec_pb2.ExecuteRequest(host="app1", command="true"), metadata=bearer(token)
+            )
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        answers[token] = info.value.details() or ""
+    seen.error(info.value)  # ops: may use bastion
+    assert "through jump host bastion" in answers[OPS_TOKEN]
+    web = Seen()
+    web.text.append(answers[WEB_TOKEN])
+    web.check()
+    assert answers[WEB_TOKEN].startswith("app1: through a jump host this caller may not use")
