@@ -34,7 +34,7 @@ from .launch import bounds_for
 from .output import STDOUT, OutputQueue, chunks
 from .requests import command_spec, timeout_of
 from .responses import execute_response
-from .rpc import Context, status_of
+from .rpc import Context, cancel_code, status_of
 
 if TYPE_CHECKING:
     from .service import ExecService
@@ -132,8 +132,12 @@ class FanOut:
             try:
                 message.result.CopyFrom(await self._execute(command, record))
                 record.code = "OK"
+            except asyncio.CancelledError:  # the caller left, or the server is stopping
+                record.code = cancel_code(self.context, stopping=self.service.stopping).name
+                raise
             except ScoutError as exc:
                 code, _, started = status_of(exc)
+                record.started = started
                 text = self.service.gate.shown(record.who, exc)
                 if text != exc.message:
                     log.info("ExecuteMany on %s: %s", name, exc.message)
@@ -146,7 +150,7 @@ class FanOut:
                 message.error.CopyFrom(
                     status_pb2.Status(code=13, message="internal error (logged on the server)")
                 )
-                message.started = True
+                message.started = record.started = True
             finally:
                 record.duration = time.monotonic() - began
                 self.service.audit.write(record)

@@ -145,7 +145,7 @@ class RpcStats:
 
 
 def outcome_of(call: CallRecord) -> str:
-    """exit_zero, exit_nonzero, signal, timeout or aborted."""
+    """exit_zero, exit_nonzero, signal, timeout or aborted (cancelled, shut down, lost)."""
     if call.code == "OK":
         if call.signal:
             return "signal"
@@ -153,12 +153,24 @@ def outcome_of(call: CallRecord) -> str:
     return "timeout" if call.code == "DEADLINE_EXCEEDED" else "aborted"
 
 
+def cancel_code(context: Context, *, stopping: bool) -> grpc.StatusCode:
+    """Why a handler was cancelled: the server shutting down (ABORTED), the caller's
+    deadline (DEADLINE_EXCEEDED) or the caller's cancel (CANCELLED)."""
+    if stopping:
+        return grpc.StatusCode.ABORTED
+    remaining = context.time_remaining()
+    passed = remaining is not None and remaining <= 0
+    return grpc.StatusCode.DEADLINE_EXCEEDED if passed else grpc.StatusCode.CANCELLED
+
+
 class Servicer(Protocol):
-    """A servicer whose methods `@rpc` wraps: its counts, its gate and its audit log."""
+    """A servicer whose methods `@rpc` wraps: its counts, its gate, its audit log, and
+    whether the server is shutting down."""
 
     rpcs: RpcStats
     gate: Gate
     audit: AuditLog
+    stopping: bool
 
 
 S = TypeVar("S", bound=Servicer)
@@ -207,12 +219,11 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Wrapped[S, R]]:
                 context.set_trailing_metadata(((logs.REQUEST_ID_KEY, call.request_id),))
                 return result
             except asyncio.CancelledError:
-                remaining = context.time_remaining()
-                passed = remaining is not None and remaining <= 0
-                code = grpc.StatusCode.DEADLINE_EXCEEDED if passed else grpc.StatusCode.CANCELLED
+                code = cancel_code(context, stopping=self.stopping)
                 raise
             except Exception as exc:
                 code, message, started = status_of(exc)
+                call.started = started
                 if isinstance(exc, ScoutError):
                     told = self.gate.shown(call.who, exc)  # the log keeps the whole message
                 if isinstance(exc, Unauthenticated):

@@ -51,6 +51,7 @@ class ExecService:
         self.rpcs = RpcStats(max_in_flight=config.max_concurrent_rpcs)
         self.gate = gate or Gate(config.callers)
         self.audit = audit or AuditLog(config.audit)
+        self.stopping = False  # the server is shutting down: cancelled commands are ABORTED
 
     def admit(
         self, call: CallRecord, request: exec_pb2.ExecuteRequest, *, stream: bool
