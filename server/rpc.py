@@ -51,7 +51,7 @@ from .errors import (
     Unauthenticated,
 )
 from .logs import request_id
-from .requests import HOST_MAX, MAX_ENV
+from .requests import HOST_MAX, MAX_ENV, is_host_name
 from .stream import MALFORMED
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Wrapped[S, R]]:
                 fields["caller"] = call.caller
                 _well_formed(method, request)
                 if isinstance(request, exec_pb2.ExecuteRequest):
-                    fields["host"] = capped(request.host, HOST_MAX)
+                    fields["host"] = logged_host(request.host)
                 result = await handler(self, request, context, call)
                 context.set_trailing_metadata(((logs.REQUEST_ID_KEY, call.request_id),))
                 return result
@@ -257,8 +257,22 @@ def _access_log(call: CallRecord, message: str) -> None:
         call.code,
         call.duration,
         f": {message}" if message else "",
-        extra={"status": call.code, "duration": round(call.duration, 6), "host": call.host},
+        extra={
+            "status": call.code,
+            "duration": round(call.duration, 6),
+            "host": logged_host(call.host),
+        },
     )
+
+
+INVALID_HOST = "(invalid)"  # in a log line, for a host that is not a valid host name
+
+
+def logged_host(host: str) -> str:
+    """A request's host for a log line: the name when it can be one, else INVALID_HOST."""
+    if not host:
+        return ""
+    return host if is_host_name(host) else INVALID_HOST
 
 
 def _identify(gate: Gate, call: CallRecord, metadata: Any, context: Context) -> None:
