@@ -8,7 +8,8 @@ outside the policy, whether the inventory has it or not; NOT_FOUND inside it), s
 caller learns nothing it did not already say.
 
 Every part of the picking is bounded before any matching: the number of names and
-patterns, each one's bytes, and the globs (each glob is matched against every host).
+patterns, each one's bytes, the globs and their wildcards (each glob is matched against
+every host), and the selector's requirements (`server.selector`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ from .config import HostConfig
 from .errors import InvalidRequest, brief
 from .requests import HOST_MAX, is_host_name
 
-MAX_GLOBS = 64  # glob patterns in one request: each is matched against every host
+# The matching work: each glob is matched against every host, at a cost that grows with
+# its wildcards (measured over 10,000 hosts: 16 globs of 8 wildcards take ~70 ms; 64 of
+# 120 took 2.3 s, all on the event loop).
+MAX_GLOBS = 16  # glob patterns in one request
+MAX_WILDCARDS = 8  # `*`, `?` and `[` in one glob
 HIDDEN = "(hidden)"  # a jump host the caller may not use, in ListHosts' `via`
 
 
@@ -39,6 +44,12 @@ def check_patterns(patterns: Sequence[str], max_count: int) -> None:
             raise InvalidRequest(
                 f"hosts: {brief(pattern)} is not a name or pattern (empty, blank or with "
                 "control characters)"
+            )
+        wildcards = sum(pattern.count(c) for c in "*?[")
+        if wildcards > MAX_WILDCARDS:
+            raise InvalidRequest(
+                f"hosts: at most {MAX_WILDCARDS} wildcards (*, ?, [) in a pattern, got "
+                f"{wildcards} in {brief(pattern)}"
             )
         globs += inventory.is_pattern(pattern)
     if globs > MAX_GLOBS:

@@ -21,7 +21,8 @@ import pytest
 from scout.v1 import exec_pb2
 from server.callers import hash_token
 from server.config import AuditSettings, CallerConfig, HostConfig
-from server.targets import MAX_GLOBS
+from server.selector import MAX_REQUIREMENTS
+from server.targets import MAX_GLOBS, MAX_WILDCARDS
 from testkit.scripted import ScriptedServer
 
 from .scoutd import Scout, config, running_scout, started
@@ -186,6 +187,8 @@ async def test_blank_selectors_and_unbounded_patterns_are_invalid(guarded: Scout
         ({"hosts": [long_name]}, "hosts: each name or pattern at most 255 bytes"),
         ({"hosts": ["é" * 128]}, "hosts: each name or pattern at most 255 bytes"),
         ({"hosts": [f"w{i}*" for i in range(MAX_GLOBS + 1)]}, f"at most {MAX_GLOBS} glob"),
+        ({"hosts": ["*" * (MAX_WILDCARDS + 1)]}, f"at most {MAX_WILDCARDS} wildcards"),
+        ({"selector": ",".join(["role"] * (MAX_REQUIREMENTS + 1))}, "at most 32 requirements"),
         ({"hosts": ["web1\nx"]}, "control characters"),
         ({"hosts": ["  "]}, "blank"),
     ):
