@@ -138,6 +138,12 @@ async def test_a_fan_out_never_names_a_host_its_caller_may_not_use(guarded: Scou
     assert typo.error.code == grpc.StatusCode.NOT_FOUND.value[0]
     assert "closest: web" in typo.error.message
     seen.check()
+    audit = Path(guarded.app.config.audit.file)
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]  # noqa: ASYNC240
+    refused = [x for x in lines if x["code"] == "NOT_FOUND" and x["host"] == ""]
+    assert [(x["method"], x["caller"], x["started"]) for x in refused] == [
+        ("ExecuteMany", "web-bot", False)
+    ] * 3  # each fan-out refused as a whole has its line
 
 
 async def test_a_hidden_name_and_an_unknown_one_get_the_same_answer(guarded: Scout) -> None:
