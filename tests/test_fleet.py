@@ -481,6 +481,23 @@ async def test_a_fan_out_stopped_by_shutdown_audits_each_stopped_host_as_aborted
     assert counted == {"aborted": 4}
 
 
+async def test_an_execute_stopped_by_shutdown_is_audited_and_counted_as_aborted(
+    shell_server: ScriptedServer, tmp_path: Path
+) -> None:
+    audit = tmp_path / "audit.jsonl"
+    cfg = config({"h": shell_server.host_config("h")}, audit={"file": str(audit)})
+    async with running_scout(cfg) as s:
+        call = asyncio.ensure_future(s.execute(host="h", command="sleep 30"))
+        assert await eventually(lambda: shell_server.open_sessions() == 1)
+        await s.app.stop(grace=0.2)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await call
+        assert s.app.service.rpcs.finished == {("Execute", "ABORTED"): 1}
+        assert dict(s.app.service.rpcs.commands) == {"aborted": 1}
+    (line,) = [json.loads(x) for x in audit.read_text().splitlines()]
+    assert (line["method"], line["code"], line["started"]) == ("Execute", "ABORTED", True)
+
+
 # ---- ListHosts and reloading -----------------------------------------------------------
 
 
