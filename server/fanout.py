@@ -1,14 +1,17 @@
 """ExecuteMany: one command on many hosts, bounded, with results as they come.
 
-The targets are the union of the request's names and globs and its selector's matches;
-a plain name the inventory lacks is a target too, answered NOT_FOUND. At most
+The targets are the union of the request's names and globs and its selector's matches,
+among the hosts the caller may use (`server.targets`, as ListHosts); a plain name the
+inventory lacks is a target too, answered NOT_FOUND (PERMISSION_DENIED outside the
+caller's hosts). A malformed request fails the whole call before any host. At most
 `max_parallel` hosts run at once (a semaphore in front of the pool, so one fan-out
 never holds more channels than that, and other callers' commands are not starved: the
 pool's budget still serves them in order). Each host's outcome is one message, in
 completion order; a host that cannot run the command carries its own status (and
 whether the command may have started there) and the stream goes on. One task writes
 to the caller; cancelling the RPC, or its deadline, cancels every host task, which
-stops its command (server.launch) and starts no new one.
+stops its command (server.launch) and starts no new one; each stopped host's audit line
+says so (CANCELLED, DEADLINE_EXCEEDED, or ABORTED when scout shuts down).
 
 With `stream_output`, each running host has an OutputQueue (at most ~1 MiB before it
 pauses its channel) and the chunks go through one bounded queue to the writer: a slow
