@@ -13,7 +13,8 @@ In the style of grpclib's server loop, each ExecService method is wrapped by `@r
   when nothing reached the host (retrying is safe), `true` when the command may have
   started. A status without it was not scout's decision (a proxy, a reset connection,
   grpc's own limits): the caller must assume the command may have run;
-- a cancellation is told apart from a passed deadline, for the counts and the log.
+- a cancellation is told apart from a passed deadline and from a shutdown (ABORTED), for
+  the counts, the audit and the log.
 """
 
 from __future__ import annotations
