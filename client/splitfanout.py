@@ -23,9 +23,9 @@ What differs from one ExecuteMany (README, "Replicas behind a proxy"): N calls, 
 (a fraction of a millisecond of gRPC each, against an SSH handshake saved per host that
 lives elsewhere); the server's fan-out bounds (`[fanout] max_parallel`, `max_targets`)
 are replaced by this client's; a caller's policy is checked per call, so stream_output
-needs `stream = true`, and a glob or selector leaves out the hosts the caller may not
-use (ListHosts does not list them) instead of reporting each as PERMISSION_DENIED; a
-Stream without `timeout` gets the server's `stream_default_timeout`.
+needs `stream = true`; a Stream without `timeout` gets the server's
+`stream_default_timeout`. (Globs and selectors pick among the hosts the caller may use
+either way: ExecuteMany expands them as ListHosts does.)
 """
 
 from __future__ import annotations

@@ -72,6 +72,7 @@ class App:
         if self._watcher is not None:
             self._watcher.cancel()
         await self.health.enter_graceful_shutdown()
+        self.service.stopping = True
         await self.server.stop(grace)
         budget = self.stop_budget()
         await self.service.launcher.wait_stopped(budget)

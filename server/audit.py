@@ -51,6 +51,7 @@ class CallRecord:
     caller: str = "-"
     who: CallerConfig | None = None  # the authenticated caller, once known
     ran: bool = False  # the command started (for the metrics of commands)
+    started: bool = False  # the command may have started (the status's x-scout-started)
     authorized: bool = False  # reached the authorization step: audit it
     host: str = ""
     command: str = ""
@@ -87,6 +88,7 @@ class CallRecord:
             bytes_out=self.stdout_bytes + self.stderr_bytes,
             duration=round(self.duration, 6),
             code=self.code,
+            started=self.ran or self.started,
             peer=self.peer,
         )
         return record

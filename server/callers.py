@@ -36,7 +36,7 @@ from scout.v1 import exec_pb2
 
 from .argvpolicy import argv_matches, startup_reason
 from .config import CallerConfig
-from .errors import PermissionDenied, PoolExhausted, Unauthenticated, brief
+from .errors import PermissionDenied, PoolExhausted, ScoutError, Unauthenticated, brief
 
 ANONYMOUS = CallerConfig(name="-", hosts=("*",), stream=True, max_in_flight=1 << 30)
 
@@ -132,6 +132,16 @@ class Gate:
     def may_use(self, caller: CallerConfig, host: str) -> bool:
         """Whether caller's policy allows host (ListHosts shows only those)."""
         return caller is ANONYMOUS or any(fnmatch.fnmatchcase(host, p) for p in caller.hosts)
+
+    def shown(self, caller: CallerConfig | None, exc: ScoutError) -> str:
+        """exc's message for caller: without the names of hosts it may not use (a jump
+        host's failure is told without naming the jump host; the server log has it)."""
+        if caller is None or all(self.may_use(caller, name) for name in exc.mentions):
+            return exc.message
+        return (
+            f"{exc.host}: through a jump host this caller may not use: it could not be "
+            "reached (the server's log says more)"
+        )
 
     def authorize(
         self, caller: CallerConfig, method: str, request: exec_pb2.ExecuteRequest

@@ -130,7 +130,9 @@ class Connector:
             return await self.pool.reserve(host.jump, time.monotonic() + self._pool.connect_timeout)
         except ScoutError as exc:
             raise HostUnavailable(
-                f"{host.name}: through jump host {host.jump.name}: {exc.message}", host.name
+                f"{host.name}: through jump host {host.jump.name}: {exc.message}",
+                host.name,
+                mentions=host.via,
             ) from None
 
     async def _connect(

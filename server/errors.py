@@ -33,10 +33,19 @@ class ScoutError(Exception):
 
     started = False  # the default of the class: whether the command may have started
 
-    def __init__(self, message: str, host: str = "", *, started: bool | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        host: str = "",
+        *,
+        started: bool | None = None,
+        mentions: tuple[str, ...] = (),
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.host = host
+        self.mentions = mentions  # other hosts the message names (jump hosts): a caller
+        #                           who may not use one of them gets a message without it
         if started is not None:
             self.started = started
 

@@ -1,14 +1,17 @@
 """ExecuteMany: one command on many hosts, bounded, with results as they come.
 
-The targets are the union of the request's names and globs and its selector's matches;
-a plain name the inventory lacks is a target too, answered NOT_FOUND. At most
+The targets are the union of the request's names and globs and its selector's matches,
+among the hosts the caller may use (`server.targets`, as ListHosts); a plain name the
+inventory lacks is a target too, answered NOT_FOUND (PERMISSION_DENIED outside the
+caller's hosts). A malformed request fails the whole call before any host. At most
 `max_parallel` hosts run at once (a semaphore in front of the pool, so one fan-out
 never holds more channels than that, and other callers' commands are not starved: the
 pool's budget still serves them in order). Each host's outcome is one message, in
 completion order; a host that cannot run the command carries its own status (and
 whether the command may have started there) and the stream goes on. One task writes
 to the caller; cancelling the RPC, or its deadline, cancels every host task, which
-stops its command (server.launch) and starts no new one.
+stops its command (server.launch) and starts no new one; each stopped host's audit line
+says so (CANCELLED, DEADLINE_EXCEEDED, or ABORTED when scout shuts down).
 
 With `stream_output`, each running host has an OutputQueue (at most ~1 MiB before it
 pauses its channel) and the chunks go through one bounded queue to the writer: a slow
@@ -26,16 +29,15 @@ from google.rpc import status_pb2
 
 from scout.v1 import exec_pb2
 
-from . import inventory
-from . import selector as selectors
+from . import targets as targets_
 from .audit import CallRecord
 from .command import RunningCommand
 from .errors import HostNotFound, InvalidRequest, ScoutError
 from .launch import bounds_for
 from .output import STDOUT, OutputQueue, chunks
-from .requests import timeout_of
+from .requests import command_spec, timeout_of
 from .responses import execute_response
-from .rpc import Context, status_of
+from .rpc import Context, cancel_code, status_of
 
 if TYPE_CHECKING:
     from .service import ExecService
@@ -62,30 +64,45 @@ class FanOut:
         self.out: asyncio.Queue[exec_pb2.ExecuteManyResponse] = asyncio.Queue(QUEUED_MESSAGES)
 
     def targets(self) -> list[str]:
-        """The hosts to run on, checked as a whole (the RPC fails only here)."""
-        request, settings = self.request, self.service.config.fanout
+        """The hosts to run on, checked as a whole (the RPC fails only here): a malformed
+        request is INVALID_ARGUMENT before any host is tried, and globs and the selector
+        pick only among the hosts the caller may use (`server.targets`)."""
+        request, service = self.request, self.service
+        settings = service.config.fanout
         if request.request.host:
             raise InvalidRequest(
                 "request.host: must be empty for ExecuteMany (targets are hosts and selector)"
             )
         if not request.hosts and not request.selector:
             raise InvalidRequest("hosts or selector: at least one target is required")
-        if len(request.hosts) > settings.max_targets:
-            raise InvalidRequest(f"hosts: at most {settings.max_targets} names or patterns")
-        selector = selectors.parse(request.selector) if request.selector else None
-        found, missing = inventory.pick(self.service.config.hosts, request.hosts, selector)
-        targets = found + missing
-        if not found and not missing:
-            raise HostNotFound("no host in the inventory matches the hosts and selector")
+        targets_.check_patterns(request.hosts, settings.max_targets)
+        selector = targets_.parse_selector(request.selector)
+        try:
+            command_spec(service.config, request.request, "", extra_env=service.exported(self.call))
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"request.{exc.message}") from None
+        who = self.call.who
+        assert who is not None
+        found, named = targets_.pick(
+            service.config.hosts,
+            lambda name: service.gate.may_use(who, name),
+            request.hosts,
+            selector,
+        )
+        targets = found + named
+        if not targets:
+            raise HostNotFound(
+                "no host in the inventory matches the hosts and selector (among the hosts "
+                "this caller may use)"
+            )
         if len(targets) > settings.max_targets:
             raise InvalidRequest(
                 f"{len(targets)} targets: at most {settings.max_targets} in one ExecuteMany"
             )
         return targets
 
-    async def run(self) -> None:
+    async def run(self, targets: list[str]) -> None:
         """Run every target, max_parallel at once; write each outcome as it comes."""
-        targets = self.targets()
         settings = self.service.config.fanout
         asked = self.request.max_parallel or settings.default_parallel
         parallel = min(asked, settings.max_parallel)
@@ -118,8 +135,15 @@ class FanOut:
             try:
                 message.result.CopyFrom(await self._execute(command, record))
                 record.code = "OK"
+            except asyncio.CancelledError:  # the caller left, or the server is stopping
+                record.code = cancel_code(self.context, stopping=self.service.stopping).name
+                raise
             except ScoutError as exc:
-                code, text, started = status_of(exc)
+                code, _, started = status_of(exc)
+                record.started = started
+                text = self.service.gate.shown(record.who, exc)
+                if text != exc.message:
+                    log.info("ExecuteMany on %s: %s", name, exc.message)
                 record.code = code.name
                 message.error.CopyFrom(status_pb2.Status(code=code.value[0], message=text))
                 message.started = started
@@ -129,7 +153,7 @@ class FanOut:
                 message.error.CopyFrom(
                     status_pb2.Status(code=13, message="internal error (logged on the server)")
                 )
-                message.started = True
+                message.started = record.started = True
             finally:
                 record.duration = time.monotonic() - began
                 self.service.audit.write(record)

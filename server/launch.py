@@ -180,17 +180,28 @@ class Launcher:
     async def _stop_then_release(
         self, res: Reservation[SSHConn], command: RunningCommand, within: float | None
     ) -> None:
-        await command.stop(within)
-        if not command.ended:
-            log.warning(
-                "%s: the command did not stop after TERM, KILL and a channel close (a root "
-                "login ignores signals; see the README); retiring its connection",
-                command.spec.host,
-            )
+        """Stop the command, then free its place, whatever the stop raised: a place
+        never freed would shrink the pool for good. A stop that failed retires the
+        connection, since the command may still run on it."""
+        try:
+            await command.stop(within)
+            if not command.ended:
+                log.warning(
+                    "%s: the command did not stop after TERM, KILL and a channel close (a "
+                    "root login ignores signals; see the README); retiring its connection",
+                    command.spec.host,
+                )
+                res.retire()
+                with _quiet():
+                    await asyncio.wait_for(asyncio.shield(command.session.closed), STUCK_LIMIT)
+        except asyncio.CancelledError:  # shutting down: the connection goes too
             res.retire()
-            with _quiet():
-                await asyncio.wait_for(asyncio.shield(command.session.closed), STUCK_LIMIT)
-        res.release()
+            raise
+        except Exception:
+            log.exception("%s: stopping a command failed; retiring its connection", res.pc)
+            res.retire()
+        finally:
+            res.release()
 
     def _adopt(
         self, task: asyncio.Task[RunningCommand], res: Reservation[SSHConn], opening: Opening
@@ -202,6 +213,7 @@ class Launcher:
     async def _settle_adopted(
         self, task: asyncio.Task[RunningCommand], res: Reservation[SSHConn], opening: Opening
     ) -> None:
+        """Wait for an abandoned open; stop what it started; free its place on every path."""
         try:
             async with asyncio.timeout(STUCK_LIMIT):
                 command = await asyncio.shield(task)
@@ -210,9 +222,17 @@ class Launcher:
             res.retire()
             task.cancel()
         except Exception:  # nothing started, or the server refused: wait for the close
-            if opening.session is not None:
-                with _quiet():
-                    await asyncio.wait_for(asyncio.shield(opening.session.closed), STUCK_LIMIT)
+            try:
+                if opening.session is not None:
+                    with _quiet():
+                        await asyncio.wait_for(asyncio.shield(opening.session.closed), STUCK_LIMIT)
+            finally:
+                res.release()
+            return
+        except BaseException:  # cancelled (shutting down): the connection goes too
+            res.retire()
+            res.release()
+            raise
         else:
             await self._stop_then_release(res, command, None)
             return

@@ -83,16 +83,46 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
+# Characters a terminal or a log reader may take as a line break or a control sequence.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_PLAIN = re.compile(r"[A-Za-z0-9._:@/+-]+")
+
+
+def escaped(text: str) -> str:
+    """text on one line: each control character as \\xNN or \\uNNNN."""
+    return _CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
+
+
+def field_value(value: object) -> str:
+    """A field of the text format: plain as is, anything else quoted and escaped, so a
+    caller's value cannot end the line nor pass for another field."""
+    text = str(value)
+    return text if _PLAIN.fullmatch(text) else json.dumps(text)
+
+
 class TextFormatter(logging.Formatter):
-    """The classic line, with the request's id and fields after the message."""
+    """The classic line, with the request's id and fields after the message.
+
+    Messages and fields can carry callers' values (a host name, a command), so the
+    message is escaped to one line and each field is quoted unless plain: no caller can
+    forge a log line. A traceback, scout's own, keeps its lines.
+    """
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        raw = record.message
+        record.message = escaped(raw)
+        try:
+            return super().formatMessage(record)
+        finally:
+            record.message = raw
+
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         extra = [
-            f"{k}={value}"
+            f"{k}={field_value(value)}"
             for k in FIELDS
             if (value := getattr(record, k, None)) is not None and value != ""
         ]

@@ -249,6 +249,7 @@ class Pool(Generic[C]):
                 f"{state.backoff.error.message} (the last connect attempt; the next is in "
                 f"{retry_in:.1f}s{held})",
                 name,
+                mentions=state.backoff.error.mentions,
             )
         connecting = [pc for pc in state.conns if pc.state is ConnState.CONNECTING]
         if connecting:

@@ -275,7 +275,7 @@ def refused(pc: PooledConnection[C], now: float) -> None:
 
 def _again(error: ScoutError) -> ScoutError:
     """A fresh copy of an error for one waiter: one exception object is never shared."""
-    copy = type(error)(error.message, error.host, started=error.started)
+    copy = type(error)(error.message, error.host, started=error.started, mentions=error.mentions)
     copy.__cause__ = error.__cause__
     return copy
 

@@ -42,11 +42,17 @@ SIGNALS = frozenset(
 )
 
 
+def is_host_name(name: str) -> bool:
+    """Whether name can be a host name: at most HOST_MAX characters, no control characters
+    (what a log line may show as is)."""
+    return 0 < len(name) <= HOST_MAX and not _CONTROL.search(name)
+
+
 def lookup_host(config: Config, name: str) -> HostConfig:
     """The inventory entry for name."""
     if not name:
         raise InvalidRequest("host: required, the name of a host in the inventory")
-    if len(name) > HOST_MAX or _CONTROL.search(name):
+    if not is_host_name(name):
         raise InvalidRequest(
             f"host: {brief(name)} is not a host name (at most {HOST_MAX} characters, "
             "no control characters)"
@@ -145,7 +151,20 @@ def check_execute(
     extra_env is scout's own (SCOUT_REQUEST_ID), exported after the caller's env.
     """
     host = lookup_host(config, request.host)
-    name, limits = host.name, config.exec
+    return host, command_spec(config, request, host.name, stream=stream, extra_env=extra_env)
+
+
+def command_spec(
+    config: Config,
+    request: exec_pb2.ExecuteRequest,
+    name: str,
+    *,
+    stream: bool = False,
+    extra_env: Mapping[str, str] = {},
+) -> CommandSpec:
+    """Everything of an ExecuteRequest but its host, checked: the CommandSpec to run on
+    `name`. ExecuteMany checks its one request with this before any host is tried."""
+    limits = config.exec
     _check_sizes(limits, request, name)
     if request.argv and request.command:
         raise InvalidRequest(
@@ -190,7 +209,7 @@ def check_execute(
     cap = request.max_output_bytes
     if not stream:
         cap = min(cap or limits.max_output_bytes, limits.max_output_bytes)
-    return host, CommandSpec(
+    return CommandSpec(
         host=name,
         command=line,
         stdin=request.stdin,

@@ -13,7 +13,8 @@ In the style of grpclib's server loop, each ExecService method is wrapped by `@r
   when nothing reached the host (retrying is safe), `true` when the command may have
   started. A status without it was not scout's decision (a proxy, a reset connection,
   grpc's own limits): the caller must assume the command may have run;
-- a cancellation is told apart from a passed deadline, for the counts and the log.
+- a cancellation is told apart from a passed deadline and from a shutdown (ABORTED), for
+  the counts, the audit and the log.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from .errors import (
     Unauthenticated,
 )
 from .logs import request_id
-from .requests import HOST_MAX, MAX_ARGV, MAX_ENV
+from .requests import HOST_MAX, MAX_ARGV, MAX_ENV, is_host_name
 from .stream import MALFORMED
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ class RpcStats:
 
 
 def outcome_of(call: CallRecord) -> str:
-    """exit_zero, exit_nonzero, signal, timeout or aborted."""
+    """exit_zero, exit_nonzero, signal, timeout or aborted (cancelled, shut down, lost)."""
     if call.code == "OK":
         if call.signal:
             return "signal"
@@ -153,12 +154,24 @@ def outcome_of(call: CallRecord) -> str:
     return "timeout" if call.code == "DEADLINE_EXCEEDED" else "aborted"
 
 
+def cancel_code(context: Context, *, stopping: bool) -> grpc.StatusCode:
+    """Why a handler was cancelled: the server shutting down (ABORTED), the caller's
+    deadline (DEADLINE_EXCEEDED) or the caller's cancel (CANCELLED)."""
+    if stopping:
+        return grpc.StatusCode.ABORTED
+    remaining = context.time_remaining()
+    passed = remaining is not None and remaining <= 0
+    return grpc.StatusCode.DEADLINE_EXCEEDED if passed else grpc.StatusCode.CANCELLED
+
+
 class Servicer(Protocol):
-    """A servicer whose methods `@rpc` wraps: its counts, its gate and its audit log."""
+    """A servicer whose methods `@rpc` wraps: its counts, its gate, its audit log, and
+    whether the server is shutting down."""
 
     rpcs: RpcStats
     gate: Gate
     audit: AuditLog
+    stopping: bool
 
 
 S = TypeVar("S", bound=Servicer)
@@ -196,22 +209,24 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Wrapped[S, R]]:
             fields = {"request_id": call.request_id, "method": method}
             token = logs.current.set(fields)
             code, message = grpc.StatusCode.OK, ""
+            told = ""
             try:
                 _identify(self.gate, call, metadata, context)
                 fields["caller"] = call.caller
                 _well_formed(method, request)
                 if isinstance(request, exec_pb2.ExecuteRequest):
-                    fields["host"] = capped(request.host, HOST_MAX)
+                    fields["host"] = logged_host(request.host)
                 result = await handler(self, request, context, call)
                 context.set_trailing_metadata(((logs.REQUEST_ID_KEY, call.request_id),))
                 return result
             except asyncio.CancelledError:
-                remaining = context.time_remaining()
-                passed = remaining is not None and remaining <= 0
-                code = grpc.StatusCode.DEADLINE_EXCEEDED if passed else grpc.StatusCode.CANCELLED
+                code = cancel_code(context, stopping=self.stopping)
                 raise
             except Exception as exc:
                 code, message, started = status_of(exc)
+                call.started = started
+                if isinstance(exc, ScoutError):
+                    told = self.gate.shown(call.who, exc)  # the log keeps the whole message
                 if isinstance(exc, Unauthenticated):
                     call.authorized = True  # a refusal at the door is audited too
                     describe(call, request)
@@ -228,7 +243,7 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Wrapped[S, R]]:
                 stats.command_done(call)
                 _access_log(call, message)
                 logs.current.reset(token)
-            await _abort(context, code, message, call, started=started)
+            await _abort(context, code, told or message, call, started=started)
 
         return loop
 
@@ -243,8 +258,22 @@ def _access_log(call: CallRecord, message: str) -> None:
         call.code,
         call.duration,
         f": {message}" if message else "",
-        extra={"status": call.code, "duration": round(call.duration, 6), "host": call.host},
+        extra={
+            "status": call.code,
+            "duration": round(call.duration, 6),
+            "host": logged_host(call.host),
+        },
     )
+
+
+INVALID_HOST = "(invalid)"  # in a log line, for a host that is not a valid host name
+
+
+def logged_host(host: str) -> str:
+    """A request's host for a log line: the name when it can be one, else INVALID_HOST."""
+    if not host:
+        return ""
+    return host if is_host_name(host) else INVALID_HOST
 
 
 def _identify(gate: Gate, call: CallRecord, metadata: Any, context: Context) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from .errors import InvalidRequest, brief
 
 MAX_SELECTOR = 4096
+MAX_REQUIREMENTS = 32  # each is checked against every host's labels
 _NAME = r"[A-Za-z0-9]([A-Za-z0-9._/-]{0,251}[A-Za-z0-9])?"
 _VALUE = r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?"
 _REQUIREMENT = re.compile(
@@ -54,7 +55,13 @@ def parse(text: str) -> Selector:
     if len(text) > MAX_SELECTOR:
         raise InvalidRequest(f"selector: at most {MAX_SELECTOR} characters")
     requirements: list[Callable[[Labels], bool]] = []
-    for part in _split(text):
+    parts = _split(text)
+    if len(parts) > MAX_REQUIREMENTS:
+        raise InvalidRequest(
+            f"selector: at most {MAX_REQUIREMENTS} requirements (each is checked against "
+            f"every host), got {len(parts)}"
+        )
+    for part in parts:
         m = _REQUIREMENT.fullmatch(part)
         if m is None:
             raise InvalidRequest(

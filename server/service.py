@@ -15,13 +15,12 @@ import asyncssh
 
 from scout.v1 import exec_pb2
 
-from . import inventory
-from . import selector as selectors
+from . import targets
 from .audit import AuditLog, CallRecord
 from .callers import Gate
 from .command import CommandSpec, RunningCommand
 from .config import CallerConfig, Config, HostConfig
-from .errors import HostNotFound
+from .errors import HostNotFound, ScoutError
 from .fanout import FanOut
 from .launch import Bounds, Launcher, bounds_for
 from .output import ExecuteOutput, OutputBudget
@@ -52,6 +51,7 @@ class ExecService:
         self.rpcs = RpcStats(max_in_flight=config.max_concurrent_rpcs)
         self.gate = gate or Gate(config.callers)
         self.audit = audit or AuditLog(config.audit)
+        self.stopping = False  # the server is shutting down: cancelled commands are ABORTED
 
     def admit(
         self, call: CallRecord, request: exec_pb2.ExecuteRequest, *, stream: bool
@@ -62,16 +62,19 @@ class ExecService:
         assert call.who is not None
         self.gate.authorize(call.who, call.method, request)
         try:
-            extra = (
-                {"SCOUT_REQUEST_ID": call.request_id} if self.config.exec.export_request_id else {}
+            host, spec = check_execute(
+                self.config, request, stream=stream, extra_env=self.exported(call)
             )
-            host, spec = check_execute(self.config, request, stream=stream, extra_env=extra)
         except HostNotFound as exc:
             raise HostNotFound(
                 exc.message + self._closest(call.who, request.host), exc.host
             ) from None
         self.audit.ready()
         return host, spec
+
+    def exported(self, call: CallRecord) -> dict[str, str]:
+        """scout's own variables for the command: SCOUT_REQUEST_ID when configured."""
+        return {"SCOUT_REQUEST_ID": call.request_id} if self.config.exec.export_request_id else {}
 
     def _closest(self, who: CallerConfig, name: str) -> str:
         """ "; closest: a, b" among the hosts the caller may use, or nothing."""
@@ -116,28 +119,34 @@ class ExecService:
         self, request: exec_pb2.ListHostsRequest, context: Context, call: CallRecord
     ) -> exec_pb2.ListHostsResponse:
         """The hosts picked (all by default) that the caller may use, with the pool's view."""
-        hosts = self.config.hosts
-        if request.hosts or request.selector:
-            selector = selectors.parse(request.selector) if request.selector else None
-            names, _ = inventory.pick(hosts, request.hosts, selector)
-        else:
-            names = sorted(hosts)
+        call.authorized = True  # a listing is audited like any call
         assert call.who is not None
+        who = call.who
+
+        def may_use(name: str) -> bool:
+            return self.gate.may_use(who, name)
+
+        hosts = self.config.hosts
+        targets.check_patterns(request.hosts, self.config.fanout.max_targets)
+        selector = targets.parse_selector(request.selector)
+        if request.hosts or selector is not None:
+            names, _ = targets.pick(hosts, may_use, request.hosts, selector)
+        else:
+            names = sorted(name for name in hosts if may_use(name))
         response = exec_pb2.ListHostsResponse()
         for name in names:
-            if self.gate.may_use(call.who, name):
-                host = hosts[name]
-                open_, in_use = self.pool.host_view(name)
-                response.hosts.add(
-                    name=name,
-                    address=host.address,
-                    port=host.port,
-                    user=host.user,
-                    labels=host.labels,
-                    via=host.via,
-                    connections_open=open_,
-                    channels_in_use=in_use,
-                )
+            host = hosts[name]
+            open_, in_use = self.pool.host_view(name)
+            response.hosts.add(
+                name=name,
+                address=host.address,
+                port=host.port,
+                user=host.user,
+                labels=host.labels,
+                via=targets.via(host, may_use),
+                connections_open=open_,
+                channels_in_use=in_use,
+            )
         return response
 
     @rpc("ExecuteMany")
@@ -145,7 +154,14 @@ class ExecService:
         self, request: exec_pb2.ExecuteManyRequest, context: Context, call: CallRecord
     ) -> None:
         """Run one command on many hosts; one message per host as each finishes."""
-        await FanOut(self, request, context, call).run()
+        fan = FanOut(self, request, context, call)
+        try:
+            hosts = fan.targets()
+        except ScoutError:
+            call.authorized = True  # a refused fan-out has its line; each host run has its own
+            describe(call, request.request)
+            raise
+        await fan.run(hosts)
 
     @rpc("Stream")
     async def Stream(

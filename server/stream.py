@@ -105,6 +105,14 @@ class StdinPump:
             self._close_stdin()
         except asyncio.CancelledError:
             raise
+        except InvalidRequest as exc:  # the command had started: it is being stopped
+            self._queue.fail(
+                InvalidRequest(
+                    f"{exc.message}; the command had started and has been stopped",
+                    exc.host,
+                    started=True,
+                )
+            )
         except BaseException as exc:  # handed to the handler, which maps it
             self._queue.fail(exc)
 
@@ -211,6 +219,7 @@ async def run_stream(
 ) -> None:
     """Start the command; pass messages in and output out; end with `exit`."""
     queue = OutputQueue(spec.max_output_bytes)
+    stdin: StdinPump | None = None
     try:
         async with launcher.run(host, spec, queue.feed, bounds) as run:
             call.ran = True
@@ -229,14 +238,18 @@ async def run_stream(
             try:
                 await run.bounded(pump_output(queue, context, text))
             except BaseException:
-                await stdin.stop()
+                await stdin.stop()  # before the command is stopped
                 raise
+        info = command.outcome()  # ABORTED here when the channel closed with no status
+        call.exit_code, call.signal = info.exit_code, info.signal
+        await context.write(exit_status(info, queue.stdout, queue.stderr))
+        await stdin.finish()
+    except BaseException:
+        if stdin is not None:  # every way out stops reading the caller's messages
+            await stdin.stop()
+        raise
     finally:
         call.stdout_bytes, call.stderr_bytes = queue.stdout.total, queue.stderr.total
-    info = command.outcome()
-    call.exit_code, call.signal = info.exit_code, info.signal
-    await context.write(exit_status(info, queue.stdout, queue.stderr))
-    await stdin.finish()
 
 
 async def pump_output(queue: OutputQueue, context: Any, text: bool) -> None:

@@ -20,6 +20,7 @@ import grpc
 import pytest
 
 from scout.v1 import exec_pb2
+from server.command import RunningCommand
 from server.config import HostConfig
 from server.keyfiles import ShellKeys
 from testkit.processes import eventually, gone, marker, running
@@ -113,6 +114,8 @@ async def test_a_bad_message_mid_stream_stops_the_command(shell_server: Scripted
                 pass
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "must carry an event" in (info.value.details() or "")
+        assert "the command had started and has been stopped" in (info.value.details() or "")
+        assert started(info.value) == "true"  # it had started: not "nothing ran"
         await far_side_clean(shell_server, f"sleep {m}", s)
 
 
@@ -192,6 +195,51 @@ async def test_a_channel_closed_without_exit_status_is_aborted_not_killed(
         assert "without an exit status" in (info.value.details() or "")
         assert started(info.value) == "true"
         await far_side_clean(shell_server, "echo hi", s)
+
+
+async def test_a_stream_that_ends_aborted_stops_reading_its_callers_messages(
+    shell_server: ScriptedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_scout(config({"h": shell_server.host_config("h")})) as s:
+        stop = asyncio.Event()
+
+        async def requests() -> AsyncIterator[exec_pb2.StreamRequest]:
+            start = exec_pb2.ExecuteRequest(host="h", command="@no-exit-status echo hi")
+            yield exec_pb2.StreamRequest(start=start)
+            await stop.wait()  # the caller stays, sending nothing (it may still write)
+
+        call = s.stub.Stream(requests(), timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in call:
+                pass
+        assert info.value.code() == grpc.StatusCode.ABORTED
+        assert started(info.value) == "true"
+
+        def pumps() -> list[asyncio.Task[object]]:
+            return [t for t in asyncio.all_tasks() if "StdinPump" in repr(t.get_coro())]
+
+        assert await eventually(lambda: not pumps()), pumps()
+        stop.set()
+        await far_side_clean(shell_server, "echo hi", s)
+    assert "Task was destroyed" not in caplog.text
+
+
+async def test_a_stop_that_raises_still_frees_the_channels_place(
+    shell_server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(self: RunningCommand, within: float | None = None) -> None:
+        self.chan.close()  # the far side is told, but the stop itself fails
+        raise RuntimeError("the stop broke")
+
+    monkeypatch.setattr(RunningCommand, "stop", broken)
+    host = shell_server.host_config("h")
+    one_place = {"max_sessions_per_connection": 1, "max_connections_per_host": 1}
+    async with running_scout(config({"h": host}, pool=one_place)) as s:
+        for _ in range(3):  # one place: each call needs the one before to have freed it
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await s.execute(host="h", command="sleep 5", timeout=secs(0.3), rpc_timeout=5)
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert await eventually(lambda: s.app.pool.reserved == 0)
 
 
 async def test_a_retired_connection_under_a_long_stream_does_not_block_its_replacement(

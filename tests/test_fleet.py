@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from subprocess import DEVNULL
 from typing import Any
@@ -33,7 +34,7 @@ from testkit.processes import eventually, gone, marker, running
 from testkit.scripted import ScriptedServer, close_all, start_fleet
 from testkit.sshd import OpenSSHServer, start_openssh
 
-from .scoutd import Scout, config, running_scout
+from .scoutd import Scout, config, running_scout, started
 
 # ---- inventory from ssh_config ---------------------------------------------------------
 
@@ -355,10 +356,39 @@ async def test_a_fan_out_as_a_whole_fails_only_when_malformed_or_empty(
                 {"selector": "role=db", "request": exec_pb2.ExecuteRequest(command="true")},
                 "NOT_FOUND",
             ),
+            # A malformed command fails the call, not each host (the proto says so).
+            ({"hosts": ["web0*"], "request": exec_pb2.ExecuteRequest()}, "INVALID_ARGUMENT"),
+            (
+                {
+                    "hosts": ["web00", "ghost"],
+                    "request": exec_pb2.ExecuteRequest(command="true", env={"BAD-NAME": "1"}),
+                },
+                "INVALID_ARGUMENT",
+            ),
+            (
+                {
+                    "selector": "role=web",
+                    "request": exec_pb2.ExecuteRequest(command="true", timeout={"seconds": -1}),
+                },
+                "INVALID_ARGUMENT",
+            ),
+            (
+                {
+                    "hosts": ["web00"],
+                    "request": exec_pb2.ExecuteRequest(command="true", working_dir="/\0"),
+                },
+                "INVALID_ARGUMENT",
+            ),
+            (
+                {"selector": "  ", "request": exec_pb2.ExecuteRequest(command="true")},
+                "INVALID_ARGUMENT",
+            ),
         ):
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await many(s, **fields)
             assert info.value.code().name == code, fields
+            assert started(info.value) == "false"
+        assert sum(server.stats.sessions_opened for server in fleet) == 0  # nothing ran
 
 
 async def test_a_fan_out_does_not_starve_a_single_execute(fleet: list[ScriptedServer]) -> None:
@@ -398,6 +428,74 @@ async def test_cancelling_a_fan_out_stops_every_remote_command(openssh: OpenSSHS
         await asyncio.sleep(1.0)  # no new command starts after the cancel
         assert await gone(f"sleep {m}", within=0.1)
         assert await eventually(lambda: not openssh.commands())
+
+
+async def fan_out_then(
+    server: ScriptedServer, tmp_path: Path, end: Callable[[Scout, Any], Awaitable[None]]
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Start a fan-out of sleeps on 6 hosts (4 at once), end it with `end` once they run;
+    return its audit lines and the commands counted by outcome."""
+    hosts = {f"h{i}": server.host_config(f"h{i}") for i in range(6)}
+    audit = tmp_path / "audit.jsonl"
+    async with running_scout(config(hosts, audit={"file": str(audit)})) as s:
+        call = s.stub.ExecuteMany(
+            exec_pb2.ExecuteManyRequest(
+                hosts=["h*"], request=exec_pb2.ExecuteRequest(command="sleep 30"), max_parallel=4
+            ),
+            timeout=60,
+        )
+        assert await eventually(lambda: server.open_sessions() == 4)
+        await end(s, call)
+        assert await eventually(lambda: server.open_sessions() == 0)
+        counted = dict(s.app.service.rpcs.commands)
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    return lines, counted
+
+
+async def test_a_cancelled_fan_out_audits_and_counts_each_stopped_host_as_cancelled(
+    shell_server: ScriptedServer, tmp_path: Path
+) -> None:
+    async def cancel(s: Scout, call: Any) -> None:
+        call.cancel()
+
+    lines, counted = await fan_out_then(shell_server, tmp_path, cancel)
+    assert sorted(x["host"] for x in lines) == ["h0", "h1", "h2", "h3"]  # h4, h5 never ran
+    assert {(x["method"], x["code"], x["started"]) for x in lines} == {
+        ("ExecuteMany", "CANCELLED", True)
+    }
+    assert counted == {"aborted": 4}
+
+
+async def test_a_fan_out_stopped_by_shutdown_audits_each_stopped_host_as_aborted(
+    shell_server: ScriptedServer, tmp_path: Path
+) -> None:
+    async def shut_down(s: Scout, call: Any) -> None:
+        await s.app.stop(grace=0.2)
+        with pytest.raises(grpc.aio.AioRpcError):
+            async for _ in call:
+                pass
+
+    lines, counted = await fan_out_then(shell_server, tmp_path, shut_down)
+    assert len(lines) == 4
+    assert {(x["code"], x["started"]) for x in lines} == {("ABORTED", True)}
+    assert counted == {"aborted": 4}
+
+
+async def test_an_execute_stopped_by_shutdown_is_audited_and_counted_as_aborted(
+    shell_server: ScriptedServer, tmp_path: Path
+) -> None:
+    audit = tmp_path / "audit.jsonl"
+    cfg = config({"h": shell_server.host_config("h")}, audit={"file": str(audit)})
+    async with running_scout(cfg) as s:
+        call = asyncio.ensure_future(s.execute(host="h", command="sleep 30"))
+        assert await eventually(lambda: shell_server.open_sessions() == 1)
+        await s.app.stop(grace=0.2)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await call
+        assert s.app.service.rpcs.finished == {("Execute", "ABORTED"): 1}
+        assert dict(s.app.service.rpcs.commands) == {"aborted": 1}
+    (line,) = [json.loads(x) for x in audit.read_text().splitlines()]
+    assert (line["method"], line["code"], line["started"]) == ("Execute", "ABORTED", True)
 
 
 # ---- ListHosts and reloading -----------------------------------------------------------

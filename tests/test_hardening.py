@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
+import re
 import signal
 import socket
 import sys
@@ -253,6 +255,48 @@ async def test_huge_values_are_refused_with_a_short_message_and_a_short_log_line
     # the whole line as an operator's pipeline gets it, fields too (the host among them)
     for formatter in (JsonFormatter(), TextFormatter()):
         assert max(len(formatter.format(r)) for r in caplog.records) < 1000
+
+
+FORGED = "\n2026-01-01 00:00:00,000 INFO server.rpc: Execute OK 0.001s [caller=admin]"
+FIELD = r'(\w+)=("(?:[^"\\]|\\.)*"|[^\s\]"]+)'
+FIELDS = re.compile(rf"(?P<head>.*) \[(?P<fields>{FIELD}(?: {FIELD})*)\]")
+
+
+def fields_of(line: str) -> dict[str, str]:
+    """The [k=v ...] fields at the end of a text log line, values unquoted: after the last
+    ` [` where the rest reads as fields (a quoted value cannot end them early)."""
+    match = FIELDS.fullmatch(line)
+    assert match is not None, line
+    return {
+        k: json.loads(v) if v.startswith('"') else v for k, v in re.findall(FIELD, match["fields"])
+    }
+
+
+async def test_no_caller_can_forge_a_text_log_line(
+    shell_server: ScriptedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    sneaky = "h] status=OK caller=admin [x"  # a valid host name: no control characters
+    async with running_scout(config({"h": shell_server.host_config("h")})) as s:
+        for host in ("h" + FORGED, "h\r\x1b[2K", sneaky):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await s.stub.Execute(
+                    exec_pb2.ExecuteRequest(host=host, command="true" + FORGED),
+                    metadata=(("x-request-id", "r] caller=admin"),),
+                )
+    formatter = TextFormatter()
+    access = [r for r in caplog.records if r.name == "server.rpc"]
+    assert len(access) == 3
+    for record in access:
+        line = formatter.format(record)
+        assert "\n" not in line and "\r" not in line and "\x1b" not in line, line
+        assert set(fields_of(line)) == {"status", "duration", "host"}, line
+    hosts = [fields_of(formatter.format(r))["host"] for r in access]
+    assert hosts == ["(invalid)", "(invalid)", sneaky]
+    # a message that carries a caller's value stays on its line
+    record = logging.makeLogRecord({"msg": "ExecuteMany on %s failed", "args": (FORGED,)})
+    assert "\n" not in formatter.format(record)
+    assert "\\n2026-01-01" in formatter.format(record)
 
 
 # ---- 6. the output budget --------------------------------------------------------------

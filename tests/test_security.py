@@ -459,7 +459,7 @@ async def test_every_outcome_leaves_one_audit_line_and_no_token_anywhere(
     ok, nonzero, unauth, denied, timeout, anonymous, command, missing, stream, cancel = lines
     assert set(ok) == {
         "time", "request_id", "caller", "method", "host", "command", "argv", "working_dir",
-        "env_names", "exit_code", "signal", "bytes_out", "duration", "code", "peer",
+        "env_names", "exit_code", "signal", "bytes_out", "duration", "code", "started", "peer",
     }  # fmt: skip
     assert (ok["method"], ok["host"], ok["command"]) == ("Execute", "web1", "")
     assert ok["argv"] == ["echo", "ok"]
@@ -475,6 +475,9 @@ async def test_every_outcome_leaves_one_audit_line_and_no_token_anywhere(
     assert (missing["host"], missing["exit_code"]) == ("nowhere", None)
     assert (stream["method"], stream["host"], stream["command"]) == ("Stream", "web1", "echo s")
     assert cancel["command"] == "sleep 5"
+    assert [x["started"] for x in lines] == [
+        True, True, False, False, True, False, False, False, False, True,
+    ]  # fmt: skip
     everything = text + caplog.text
     for secret in (BOT_TOKEN, OPS_TOKEN, "v4lue"):
         assert secret not in everything
