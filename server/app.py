@@ -26,6 +26,7 @@ from .command import CLOSE_WAIT, KILL_WAIT
 from .config import Config, ConfigError, check_exposure
 from .connector import Connector
 from .introspection import HEALTH_SERVICE, Health, enable_reflection
+from .keepalive import ping_options
 from .metrics import MetricsServer, exposition, served
 from .pool import Pool
 from .rpc import safe_parser
@@ -214,6 +215,7 @@ async def start(
             ("grpc.server.max_pending_requests", PENDING_CALLS),
             ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS),
             ("grpc.so_reuseport", int(shared_port)),
+            *ping_options(config.server),
         ],
     )
     server.add_generic_rpc_handlers((_handlers(service),))

@@ -194,6 +194,17 @@ class AuditSettings:
     log_commands: bool = True  # False: only each command's SHA-256
 
 
+@dataclass(frozen=True)
+class ServerSettings:
+    """HTTP/2 pings on the gRPC port: the ones scout sends to find callers that are gone,
+    and how often callers and proxies may ping it while a call is quiet."""
+
+    keepalive_interval: float = 30.0  # seconds between scout's pings on a connection; 0: none
+    keepalive_timeout: float = 10.0  # no answer by then: the caller is gone, its calls cancelled
+    min_ping_interval: float = 0.5  # a caller's pings closer than this are strikes...
+    max_ping_strikes: int = 2  # ...and one more than this many: GOAWAY "too many pings"; 0: any
+
+
 WORKERS_AUTO = 0  # `workers = "auto"`: one per core, as many as the shared limits allow
 
 
@@ -207,6 +218,7 @@ class Config:
     max_concurrent_rpcs: int = 4096
     allow_plaintext: bool = False  # plaintext off loopback (behind a TLS proxy only)
     allow_anonymous: bool = False  # off loopback with no [[callers]] and no mTLS
+    server: ServerSettings = field(default_factory=ServerSettings)
     ssh: SSHSettings = field(default_factory=SSHSettings)
     pool: PoolSettings = field(default_factory=PoolSettings)
     exec: ExecSettings = field(default_factory=ExecSettings)
