@@ -247,7 +247,7 @@ def check_exposure(config: Config, listen: str) -> list[str]:
     Plaintext would carry tokens and commands in the clear; no callers and no mTLS would
     let anyone who reaches the port run anything. Each has an explicit, loud way out.
     """
-    warnings: list[str] = []
+    warnings = metrics_warnings(config)
     if is_loopback(listen):
         return warnings
     if not config.tls.enabled:
@@ -267,3 +267,16 @@ def check_exposure(config: Config, listen: str) -> list[str]:
             )
         warnings.append(f"allow_anonymous = true: ANYONE who reaches {listen} can run commands")
     return warnings
+
+
+def metrics_warnings(config: Config) -> list[str]:
+    """/metrics off loopback: allowed (Prometheus may scrape from another machine), but said
+    loudly, since it has no authentication and names every host and caller."""
+    listen = config.metrics.listen
+    if not listen or is_loopback(listen):
+        return []
+    return [
+        f"[metrics] listen = {listen}: /metrics is served off loopback WITHOUT authentication "
+        "or TLS; anyone who reaches it reads every host's and caller's name and call counts. "
+        "Keep it on a network only Prometheus reaches"
+    ]

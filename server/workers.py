@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .app import describe
-from .config import WORKERS_AUTO, Config, ConfigError, check_exposure
+from .config import WORKERS_AUTO, Config, ConfigError, check_exposure, metrics_warnings
 from .configfile import available_cores, load
 from .metrics import MetricsServer
 from .workermetrics import Aggregate
@@ -352,6 +352,8 @@ class Supervisor:
         self.reloads = 0
         self._restarts: collections.deque[float] = collections.deque()
         check_exposure(config, config.listen)  # as a worker would, but once, before any
+        for warning in metrics_warnings(config):  # /metrics is the supervisor's alone
+            log.warning("%s", warning)
         self._worker_config = share(config, count)  # checked before anything starts
 
     async def run(self) -> int:
