@@ -25,7 +25,7 @@ from .callers import IdentityInterceptor
 from .command import CLOSE_WAIT, KILL_WAIT
 from .config import Config, ConfigError, check_exposure
 from .connector import Connector
-from .introspection import HEALTH_SERVICE, Health, enable_reflection
+from .introspection import HEALTH_SERVICE, Health, StreamSlots, enable_reflection
 from .keepalive import ping_options
 from .metrics import MetricsServer, exposition, served
 from .pool import Pool
@@ -219,9 +219,10 @@ async def start(
         ],
     )
     server.add_generic_rpc_handlers((_handlers(service),))
-    health = Health()
+    streams = StreamSlots(config.server.max_introspection_streams)
+    health = Health(streams)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    enable_reflection((SERVICE_NAME, HEALTH_SERVICE), server)
+    enable_reflection((SERVICE_NAME, HEALTH_SERVICE), server, streams)
     try:
         if tls is None:
             port = server.add_insecure_port(address)

@@ -196,13 +196,15 @@ class AuditSettings:
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """HTTP/2 pings on the gRPC port: the ones scout sends to find callers that are gone,
-    and how often callers and proxies may ping it while a call is quiet."""
+    """The gRPC port: HTTP/2 pings (scout's, to find callers that are gone; and how often
+    callers and proxies may ping while a call is quiet), and the health Watch and
+    reflection streams, which are outside max_concurrent_rpcs, bounded on their own."""
 
     keepalive_interval: float = 30.0  # seconds between scout's pings on a connection; 0: none
     keepalive_timeout: float = 10.0  # no answer by then: the caller is gone, its calls cancelled
     min_ping_interval: float = 0.5  # a caller's pings closer than this are strikes...
     max_ping_strikes: int = 2  # ...and one more than this many: GOAWAY "too many pings"; 0: any
+    max_introspection_streams: int = 1024  # health Watch and reflection streams at once
 
 
 WORKERS_AUTO = 0  # `workers = "auto"`: one per core, as many as the shared limits allow

@@ -76,6 +76,7 @@ _SERVER: _Bounds = {
     "keepalive_timeout": (float, 0.1, 3600),
     "min_ping_interval": (float, 0, 3600),
     "max_ping_strikes": (int, 0, 1000),
+    "max_introspection_streams": (int, 1, 1_000_000),
 }
 _TOP: _Bounds = {
     "shutdown_grace": (float, 0, 3600),

@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 REQUEST_LIMIT = 8192  # bytes of an HTTP request head we read
 REQUEST_TIMEOUT = 5.0  # seconds a scraper has to send it
+MAX_CONNECTIONS = 16  # served at once (Prometheus uses one per scrape); more get a 503 at
+#                      once, so idle connections cannot pile up to scout's open-file limit
+BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
 def _histogram(
@@ -194,6 +197,7 @@ class MetricsServer:
         self.render = render
         self._server: asyncio.Server | None = None
         self.port = 0
+        self.connections = 0  # being served now
 
     async def start(self, listen: str) -> None:
         """Listen on HOST:PORT (port 0: the kernel picks)."""
@@ -205,6 +209,11 @@ class MetricsServer:
         log.info("metrics on http://%s:%d/metrics", host, self.port)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.connections >= MAX_CONNECTIONS:
+            writer.write(BUSY)
+            writer.close()
+            return
+        self.connections += 1
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT):
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -228,6 +237,7 @@ class MetricsServer:
         ):
             pass  # a scraper that went away or spoke nonsense: nothing to answer
         finally:
+            self.connections -= 1
             writer.close()
 
     async def stop(self) -> None:

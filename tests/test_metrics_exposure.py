@@ -1,15 +1,22 @@
 """/metrics off loopback is said loudly at start, as plaintext gRPC off loopback is: it
 has no authentication and names every host and caller. It is a warning, not a refusal:
-Prometheus scraping from another machine is a normal setup."""
+Prometheus scraping from another machine is a normal setup. Whoever reaches it cannot
+hold more than a few of scout's connections (its files) at once."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
 
 from server.config import Config, MetricsSettings, check_exposure
+from server.metrics import MAX_CONNECTIONS
+from testkit.processes import eventually
+from testkit.scripted import ScriptedServer
 
+from .scoutd import config, running_scout
 from .serverproc import server_exits
 
 UNREACHABLE = "192.0.2.1:9464"  # TEST-NET-1: no machine's address, so binding it fails
@@ -42,3 +49,31 @@ def test_the_server_says_it_before_it_binds(tmp_path: Path, workers: str) -> Non
     err = done.stderr.decode()
     assert done.returncode != 0, err
     assert f"[metrics] listen = {UNREACHABLE}" in err and "WITHOUT authentication" in err, err
+
+
+async def test_idle_connections_cannot_pile_up_and_a_scrape_works_once_they_go(
+    shell_server: ScriptedServer,
+) -> None:
+    """Connections that send nothing held one socket each for 5 s, with no bound on how
+    many: a loop of them took scout's open files (which SSH connections need too)."""
+    cfg = config({"h": shell_server.host_config("h")}, metrics={"listen": "127.0.0.1:0"})
+    async with running_scout(cfg) as s:
+        metrics = s.app.metrics
+        assert metrics is not None
+        port = metrics.port
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(MAX_CONNECTIONS)]
+        assert await eventually(lambda: metrics.connections == MAX_CONNECTIONS)
+        reader, writer = await asyncio.open_connection("127.0.0.1", metrics.port)
+        busy = await asyncio.wait_for(reader.read(), 3.0)  # at once, not after 5 s
+        writer.close()
+        assert busy.startswith(b"HTTP/1.1 503"), busy
+        for _, idle_writer in idle:
+            idle_writer.close()
+            with contextlib.suppress(ConnectionError):
+                await idle_writer.wait_closed()
+        assert await eventually(lambda: metrics.connections == 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", metrics.port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        scraped = await asyncio.wait_for(reader.read(), 10.0)
+        writer.close()
+        assert scraped.startswith(b"HTTP/1.1 200") and b"scout_rpcs_total" in scraped

@@ -487,6 +487,11 @@ def _sleeps(proc: psutil.Process, m: str) -> bool:
             "exec.max_buffered_output_bytes = 8000000 cannot be shared by 3 workers: each worker "
             "needs at least 4000000",
         ),
+        (
+            ["--workers", "2"],
+            "[server]\nmax_introspection_streams = 1\n",
+            "server.max_introspection_streams = 1 cannot be shared by 2 workers",
+        ),
         ([], "workers = 'many'\n", 'workers: expected a whole number from 1 to 1024 or "auto"'),
         (["--workers", "0"], "", "argument --workers: expected a whole number from 1 to 1024"),
         (["--demo", "--workers", "2"], "", "--demo serves its shell from one process"),
