@@ -75,9 +75,10 @@ class Served:
         return {int(p) for _, p in WORKER_UP.findall(self.text())}
 
     def worker_of(self, request_id: str) -> int | None:
-        """The worker whose access line has this request id."""
+        """The worker whose access line has this request id (`NAME:ID` with callers)."""
         for line in self.lines():
-            if line.get("request_id") == request_id and "status" in line:
+            logged = str(line.get("request_id", ""))
+            if request_id in (logged, logged.partition(":")[2]) and "status" in line:
                 return int(line["worker"])
         return None
 
