@@ -8,7 +8,10 @@ keeping the service name it watches: 2,000 Watches past `max_concurrent_rpcs = 1
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,11 +19,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
+from server.config import ServerSettings
 from server.introspection import REFLECTION_V1, SERVICE_NAME_MAX
 from testkit.processes import eventually
 from testkit.scripted import ScriptedServer
 
 from .scoutd import Scout, config, running_scout
+from .serverproc import start_server
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 LIMIT = 4
@@ -95,3 +100,41 @@ async def test_a_watch_names_a_service_of_a_sane_length(scout: Scout) -> None:
     assert f"at most {SERVICE_NAME_MAX} bytes" in (error.details() or "")
     (await watching(scout, "scout.v1.ExecService")).cancel()
     assert await eventually(lambda: scout.app.health.streams.open == 0)
+
+
+@pytest.mark.slow
+async def test_ten_thousand_watches_get_the_default_bound_and_probes_still_answer(
+    tmp_path: Path,
+) -> None:
+    """A real scout process, its defaults, one caller opening 10,000 Watch streams."""
+    cfg = tmp_path / "scout.toml"
+    cfg.write_text("max_concurrent_rpcs = 1\n")
+    proc, target = start_server(["--config", str(cfg)], tmp_path / "scout.log")
+    channels = [grpc.aio.insecure_channel(target) for _ in range(4)]
+    try:
+        stubs = [health_pb2_grpc.HealthStub(c) for c in channels]
+        calls = [
+            stubs[i % 4].Watch(health_pb2.HealthCheckRequest(service=f"s{i}"))
+            for i in range(10_000)
+        ]
+
+        async def first(call: Any) -> str:
+            try:
+                answer: health_pb2.HealthCheckResponse = await call.read()
+                return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
+            except grpc.aio.AioRpcError as error:
+                return str(error.code().name)
+
+        outcomes = await asyncio.gather(*(first(c) for c in calls))
+        limit = ServerSettings().max_introspection_streams
+        assert outcomes.count("SERVICE_UNKNOWN") == limit
+        assert outcomes.count("RESOURCE_EXHAUSTED") == 10_000 - limit
+        check = await stubs[0].Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert check.status == SERVING
+        for call in calls:
+            call.cancel()
+    finally:
+        for channel in channels:
+            await channel.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
