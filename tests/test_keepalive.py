@@ -77,3 +77,16 @@ async def test_a_caller_that_vanishes_mid_call_is_found_and_its_command_stopped(
                 call.cancel()
         finally:
             await relay.close()
+
+
+async def test_a_stricter_ping_policy_from_the_config_is_the_one_applied(
+    shell_server: ScriptedServer,
+) -> None:
+    """[server] min_ping_interval = 5: the same every-second pinger now gets "too many
+    pings" (GOAWAY after max_ping_strikes + 1 early pings), as with grpc's defaults."""
+    strict = {"min_ping_interval": 5.0, "max_ping_strikes": 1}
+    async with running_scout(config({"h": shell_server.host_config("h")}, server=strict)) as s:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await quiet_call(s.target, PINGING)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
+    assert "ping" in (info.value.details() or "").lower(), info.value.details()
