@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from pathlib import Path
 
 import pytest
 
 from server.config import Config, MetricsSettings, check_exposure
-from server.metrics import MAX_CONNECTIONS
+from server.metrics import MAX_CONNECTIONS, MetricsServer
 from testkit.processes import eventually
 from testkit.scripted import ScriptedServer
 
@@ -77,3 +78,25 @@ async def test_idle_connections_cannot_pile_up_and_a_scrape_works_once_they_go(
         scraped = await asyncio.wait_for(reader.read(), 10.0)
         writer.close()
         assert scraped.startswith(b"HTTP/1.1 200") and b"scout_rpcs_total" in scraped
+
+
+async def test_a_scraper_that_never_reads_its_answer_gives_its_place_back() -> None:
+    """The answer's write had no time bound: a scraper that asked and then read nothing
+    held its connection (and, with the bound above, one of 16 places) for good."""
+
+    async def large() -> bytes:
+        return b"# " + b"x" * (32 * 1024 * 1024) + b"\n"  # more than any socket buffers
+
+    server = MetricsServer(large, write_timeout=0.5)
+    await server.start("127.0.0.1:0")
+    stuck = socket.socket()
+    try:
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(stuck, ("127.0.0.1", server.port))
+        await asyncio.get_running_loop().sock_sendall(stuck, b"GET /metrics HTTP/1.1\r\n\r\n")
+        assert await eventually(lambda: server.connections == 1)
+        assert await eventually(lambda: server.connections == 0, within=10.0)
+    finally:
+        stuck.close()
+        await server.stop()
