@@ -26,7 +26,8 @@ from .callers import IdentityInterceptor
 from .command import CLOSE_WAIT, KILL_WAIT
 from .config import Config, ConfigError, check_exposure
 from .connector import Connector
-from .introspection import HEALTH_SERVICE, Health, enable_reflection
+from .introspection import HEALTH_SERVICE, Health, StreamSlots, enable_reflection
+from .keepalive import ping_options
 from .metrics import MetricsServer, exposition, served
 from .pool import Pool
 from .rpc import safe_parser
@@ -216,12 +217,14 @@ async def start(
             ("grpc.server.max_pending_requests", PENDING_CALLS),
             ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS),
             ("grpc.so_reuseport", int(shared_port)),
+            *ping_options(config.server),
         ],
     )
     server.add_generic_rpc_handlers((_handlers(service),))
-    health = Health()
+    streams = StreamSlots(config.server.max_introspection_streams)
+    health = Health(streams)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    enable_reflection((SERVICE_NAME, HEALTH_SERVICE), server)
+    enable_reflection((SERVICE_NAME, HEALTH_SERVICE), server, streams)
     try:
         if tls is None:
             port = server.add_insecure_port(address)

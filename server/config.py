@@ -204,6 +204,19 @@ class AuditSettings:
     log_commands: bool = True  # False: only each command's SHA-256
 
 
+@dataclass(frozen=True)
+class ServerSettings:
+    """The gRPC port: HTTP/2 pings (scout's, to find callers that are gone; and how often
+    callers and proxies may ping while a call is quiet), and the health Watch and
+    reflection streams, which are outside max_concurrent_rpcs, bounded on their own."""
+
+    keepalive_interval: float = 30.0  # seconds between scout's pings on a connection; 0: none
+    keepalive_timeout: float = 10.0  # no answer by then: the caller is gone, its calls cancelled
+    min_ping_interval: float = 0.5  # a caller's pings closer than this are strikes...
+    max_ping_strikes: int = 2  # ...and one more than this many: GOAWAY "too many pings"; 0: any
+    max_introspection_streams: int = 1024  # health Watch and reflection streams at once
+
+
 WORKERS_AUTO = 0  # `workers = "auto"`: one per core, as many as the shared limits allow
 
 
@@ -217,6 +230,7 @@ class Config:
     max_concurrent_rpcs: int = 4096
     allow_plaintext: bool = False  # plaintext off loopback (behind a TLS proxy only)
     allow_anonymous: bool = False  # off loopback with no [[callers]] and no mTLS
+    server: ServerSettings = field(default_factory=ServerSettings)
     ssh: SSHSettings = field(default_factory=SSHSettings)
     pool: PoolSettings = field(default_factory=PoolSettings)
     exec: ExecSettings = field(default_factory=ExecSettings)
@@ -245,7 +259,7 @@ def check_exposure(config: Config, listen: str) -> list[str]:
     Plaintext would carry tokens and commands in the clear; no callers and no mTLS would
     let anyone who reaches the port run anything. Each has an explicit, loud way out.
     """
-    warnings: list[str] = []
+    warnings = metrics_warnings(config)
     if is_loopback(listen):
         return warnings
     if not config.tls.enabled:
@@ -265,3 +279,16 @@ def check_exposure(config: Config, listen: str) -> list[str]:
             )
         warnings.append(f"allow_anonymous = true: ANYONE who reaches {listen} can run commands")
     return warnings
+
+
+def metrics_warnings(config: Config) -> list[str]:
+    """/metrics off loopback: allowed (Prometheus may scrape from another machine), but said
+    loudly, since it has no authentication and names every host and caller."""
+    listen = config.metrics.listen
+    if not listen or is_loopback(listen):
+        return []
+    return [
+        f"[metrics] listen = {listen}: /metrics is served off loopback WITHOUT authentication "
+        "or TLS; anyone who reaches it reads every host's and caller's name and call counts. "
+        "Keep it on a network only Prometheus reaches"
+    ]

@@ -31,6 +31,7 @@ from .config import (
     HostConfig,
     MetricsSettings,
     PoolSettings,
+    ServerSettings,
     SSHSettings,
     TLSSettings,
 )
@@ -74,6 +75,13 @@ _FANOUT: _Bounds = {
     "default_parallel": (int, 1, 100_000),
     "max_parallel": (int, 1, 100_000),
     "max_targets": (int, 1, 1_000_000),
+}
+_SERVER: _Bounds = {
+    "keepalive_interval": (float, 0, 86_400),
+    "keepalive_timeout": (float, 0.1, 3600),
+    "min_ping_interval": (float, 0, 3600),
+    "max_ping_strikes": (int, 0, 1000),
+    "max_introspection_streams": (int, 1, 1_000_000),
 }
 _TOP: _Bounds = {
     "shutdown_grace": (float, 0, 3600),
@@ -360,7 +368,7 @@ def _metrics(raw: Any, base: Path) -> MetricsSettings:
 def parse(raw: dict[str, Any], base: Path) -> Config:
     """Build a Config from parsed TOML; relative paths are taken from base."""
     sections = {"ssh", "pool", "exec", "tls", "callers", "audit", "fanout", "labels", "hosts"}
-    sections |= {"metrics"}
+    sections |= {"metrics", "server"}
     flags = {"allow_plaintext", "allow_anonymous"}
     top = _Table("", raw, {"listen", "workers"} | set(_TOP) | sections | flags, base)
     listen = top.string("listen", DEFAULT_LISTEN)
@@ -403,6 +411,9 @@ def parse(raw: dict[str, Any], base: Path) -> Config:
         workers=workers_value("workers", raw.get("workers", 1)),
         allow_plaintext=top.flag("allow_plaintext"),
         allow_anonymous=top.flag("allow_anonymous"),
+        server=ServerSettings(
+            **_Table("server", top.table("server"), set(_SERVER), base).numbers(_SERVER)
+        ),
         ssh=ssh,
         pool=pool,
         exec=exec_,

@@ -7,7 +7,9 @@ The way in: reserve a channel's place from the pool, open the channel within
 `channel_open_timeout`, and retry what is safe to retry (docs/architecture.md, pool
 rule 7): a refused channel (that connection is full), a connection that died before the
 channel opened, a channel open that hangs (the connection is retired and keepalive
-decides its fate). Nothing is retried once the exec request may have reached the host.
+decides its fate). Nothing is retried once the exec request may have reached the host,
+and no exec request goes out once the command's time is up (a warm connection answers at
+once, however late).
 
 The way out, on every path: a command that has not ended by itself is stopped (TERM,
 KILL, close) in a task of its own, shielded from the caller's cancellation, and its
@@ -101,12 +103,18 @@ class Launcher:
         pause = REFUSAL_BACKOFF[0]
         loop = asyncio.get_running_loop()
         while True:
+            if until <= time.monotonic():
+                raise _no_time_left(host)
             res = await self.pool.reserve(host, until)
+            now = time.monotonic()
+            if until <= now:  # a place came at the very end of the wait
+                res.release()
+                raise _no_time_left(host)
             opening = Opening(spec, out)
             task = loop.create_task(opening.run(res.conn))
             try:
-                now = time.monotonic()
-                limit = min(self.open_timeout, max((until - now) * OPEN_SHARE, 0.1))
+                hang_limit = min(self.open_timeout, max((until - now) * OPEN_SHARE, 0.1))
+                limit = min(hang_limit, until - now)  # no exec may go out past `until`
                 opened = await _settled(task, now + limit)
                 if not opened and opening.session is not None:
                     opened = await _settled(task, until)  # the exec is out: wait for its reply
@@ -121,6 +129,8 @@ class Launcher:
                         "deadline; it may have started, and has been stopped",
                         host.name,
                     )
+                if limit < hang_limit:  # the time ran out, not the connection's patience
+                    raise _no_time_left(host)
                 res.retire()  # the open hangs there: nothing reached the host yet
                 if retried or until - time.monotonic() < 0.05:
                     raise HostUnavailable(
@@ -296,6 +306,16 @@ class Run:
                 f"{self.spec.host}: the command ran past {self.bounds.cause} and was stopped",
                 self.spec.host,
             ) from None
+
+
+def _no_time_left(host: HostConfig) -> CommandTimeout:
+    """The command's time ran out before it could start: nothing reached the host."""
+    return CommandTimeout(
+        f"{host.name}: the command's time ran out before a channel was ready to start it; "
+        "nothing was started",
+        host.name,
+        started=False,
+    )
 
 
 async def _settled(task: asyncio.Task[RunningCommand], until: float) -> bool:

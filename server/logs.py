@@ -35,12 +35,23 @@ _PROCESS = secrets.token_hex(8)  # ids unique across processes and restarts...
 _SERIAL = itertools.count()  # ...and within this one: no system call per request
 
 
-def request_id(metadata: Sequence[Any] | None) -> str:
-    """The caller's x-request-id if it is sane (bounded, plain), else a new one."""
+def supplied_request_id(metadata: Sequence[Any] | None) -> str | None:
+    """The caller's x-request-id if it is sane (bounded, plain)."""
     for key, value in metadata or ():
         if key == REQUEST_ID_KEY and isinstance(value, str) and REQUEST_ID.fullmatch(value):
             return value
+    return None
+
+
+def new_request_id() -> str:
+    """A fresh id, unique across processes and restarts: hex digits only (never a `:`)."""
     return f"{_PROCESS}{next(_SERIAL):016x}"
+
+
+def owned_request_id(caller: str, supplied: str) -> str:
+    """A caller's own id as scout records it when callers are configured: `NAME:ID`, so no
+    caller can take an id another caller (or scout) used; caller names have no `:`."""
+    return f"{caller}:{supplied}"
 
 
 class RequestFields(logging.Filter):

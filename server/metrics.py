@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 
 REQUEST_LIMIT = 8192  # bytes of an HTTP request head we read
 REQUEST_TIMEOUT = 5.0  # seconds a scraper has to send it
+WRITE_TIMEOUT = 10.0  # seconds it has to take the answer (Prometheus' default scrape_timeout)
+MAX_CONNECTIONS = 16  # served at once (Prometheus uses one per scrape); more get a 503 at
+#                      once, so idle connections cannot pile up to scout's open-file limit
+BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
 def _histogram(
@@ -190,10 +194,14 @@ def served(text: Callable[[], bytes]) -> Callable[[], Awaitable[bytes]]:
 class MetricsServer:
     """`GET /metrics` on scout's event loop; `render` gives the body of each answer."""
 
-    def __init__(self, render: Callable[[], Awaitable[bytes]]) -> None:
+    def __init__(
+        self, render: Callable[[], Awaitable[bytes]], *, write_timeout: float = WRITE_TIMEOUT
+    ) -> None:
         self.render = render
+        self.write_timeout = write_timeout
         self._server: asyncio.Server | None = None
         self.port = 0
+        self.connections = 0  # being served now
 
     async def start(self, listen: str) -> None:
         """Listen on HOST:PORT (port 0: the kernel picks)."""
@@ -205,6 +213,11 @@ class MetricsServer:
         log.info("metrics on http://%s:%d/metrics", host, self.port)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.connections >= MAX_CONNECTIONS:
+            writer.write(BUSY)
+            writer.close()
+            return
+        self.connections += 1
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT):
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -218,9 +231,11 @@ class MetricsServer:
                 f"Connection: close\r\n\r\n".encode()
                 + body
             )
-            await writer.drain()
+            async with asyncio.timeout(self.write_timeout):
+                await writer.drain()
+        except TimeoutError:
+            writer.transport.abort()  # what it did not take is dropped, the socket with it
         except (
-            TimeoutError,
             ValueError,
             asyncio.IncompleteReadError,
             asyncio.LimitOverrunError,
@@ -228,6 +243,7 @@ class MetricsServer:
         ):
             pass  # a scraper that went away or spoke nonsense: nothing to answer
         finally:
+            self.connections -= 1
             writer.close()
 
     async def stop(self) -> None:

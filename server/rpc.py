@@ -51,7 +51,7 @@ from .errors import (
     ScoutError,
     Unauthenticated,
 )
-from .logs import request_id
+from .logs import new_request_id, owned_request_id, supplied_request_id
 from .requests import HOST_MAX, MAX_ARGV, MAX_ENV, is_host_name
 from .stream import MALFORMED
 
@@ -192,7 +192,11 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Wrapped[S, R]]:
         async def loop(self: S, request: Any, context: Context) -> R:
             stats = self.rpcs
             metadata = context.invocation_metadata()
-            call = CallRecord(method, context.peer(), request_id(metadata))
+            supplied = supplied_request_id(metadata)
+            call = CallRecord(method, context.peer(), supplied or new_request_id())
+            owned = None if self.gate.open else supplied  # with callers: `NAME:ID`
+            if owned is not None:  # until the caller is known, NAME is "-" (as in the audit)
+                call.request_id = owned_request_id(call.caller, owned)
             if stats.in_flight >= stats.max_in_flight:
                 stats.done(method, grpc.StatusCode.RESOURCE_EXHAUSTED, 0.0)
                 await _abort(
@@ -213,6 +217,9 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Wrapped[S, R]]:
             try:
                 _identify(self.gate, call, metadata, context)
                 fields["caller"] = call.caller
+                if owned is not None:
+                    call.request_id = owned_request_id(call.caller, owned)
+                    fields["request_id"] = call.request_id
                 _well_formed(method, request)
                 if isinstance(request, exec_pb2.ExecuteRequest):
                     fields["host"] = logged_host(request.host)

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .app import describe
-from .config import WORKERS_AUTO, Config, ConfigError, check_exposure
+from .config import WORKERS_AUTO, Config, ConfigError, check_exposure, metrics_warnings
 from .configfile import available_cores, load
 from .metrics import MetricsServer
 from .workermetrics import Aggregate
@@ -98,8 +98,9 @@ def share(config: Config, workers: int) -> Config:
 
     What is shared: `max_concurrent_rpcs`, each caller's `max_in_flight`, `[pool]
     max_connections`, `max_connections_per_host` and `max_concurrent_handshakes` (a host
-    sees every worker's connections), `[exec] max_buffered_output_bytes`. A limit too small
-    to give every worker a usable share is refused (ConfigError: exit 2), naming it.
+    sees every worker's connections), `[exec] max_buffered_output_bytes`, `[server]
+    max_introspection_streams`. A limit too small to give every worker a usable share is
+    refused (ConfigError: exit 2), naming it.
     """
 
     def part(name: str, value: int, least: int = 1) -> int:
@@ -137,6 +138,12 @@ def share(config: Config, workers: int) -> Config:
                 "exec.max_buffered_output_bytes",
                 exec_.max_buffered_output_bytes,
                 least=4 * exec_.max_output_bytes,  # one full Execute response, as one process
+            ),
+        ),
+        server=dataclasses.replace(
+            config.server,
+            max_introspection_streams=part(
+                "server.max_introspection_streams", config.server.max_introspection_streams
             ),
         ),
     )
@@ -352,6 +359,8 @@ class Supervisor:
         self.reloads = 0
         self._restarts: collections.deque[float] = collections.deque()
         check_exposure(config, config.listen)  # as a worker would, but once, before any
+        for warning in metrics_warnings(config):  # /metrics is the supervisor's alone
+            log.warning("%s", warning)
         self._worker_config = share(config, count)  # checked before anything starts
 
     async def run(self) -> int:

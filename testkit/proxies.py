@@ -129,10 +129,19 @@ def nginx_files(workdir: Path, listen: int, replicas: Sequence[int]) -> Path:
     return main
 
 
-def envoy_file(workdir: Path, listen: int, replicas: Sequence[int]) -> Path:
-    """Write the shipped Envoy config with the test's ports; return it."""
+def envoy_file(
+    workdir: Path, listen: int, replicas: Sequence[int], ping_interval: str | None = None
+) -> Path:
+    """Write the shipped Envoy config with the test's ports (and, if given, the interval of
+    its pings to the replicas, e.g. "1s"); return it."""
     ports = {EXAMPLE_LISTEN: listen, **dict(zip(EXAMPLE_REPLICAS, replicas, strict=True))}
     text = rewrite_ports(ENVOY_YAML.read_text(), r"port_value: (\d+)\b", ports)
+    if ping_interval is not None:
+        text, count = re.subn(
+            r"(connection_keepalive: \{interval: )\w+", rf"\g<1>{ping_interval}", text
+        )
+        if count != 1:
+            raise AssertionError(f"connection_keepalive: once in the shipped config, not {count}")
     path = workdir / "envoy.yaml"
     path.write_text(text)
     return path
@@ -198,11 +207,11 @@ async def drain_nginx_server(proxy: Proxy, port: int) -> None:
     raise AssertionError(f"nginx did not reload:\n{proxy.log.read_text()}")
 
 
-def start_envoy(workdir: Path, replicas: Sequence[int]) -> Proxy:
-    """Serve deploy/envoy/scout.yaml in front of these replica ports."""
+def start_envoy(workdir: Path, replicas: Sequence[int], ping_interval: str | None = None) -> Proxy:
+    """Serve deploy/envoy/scout.yaml in front of these replica ports (envoy_file)."""
 
     def command(port: int) -> list[str]:
-        conf = envoy_file(workdir, port, replicas)
+        conf = envoy_file(workdir, port, replicas, ping_interval)
         args = ("-c", conf, "--concurrency", 1, "--disable-hot-restart", "--log-level", "warning")
         return [envoy_binary(), *map(str, args)]
 

@@ -11,6 +11,9 @@ from server.configfile import load
 
 GOOD = """
 listen = "127.0.0.1:6000"
+[server]
+keepalive_interval = 20.0
+min_ping_interval = 0.25
 [ssh]
 known_hosts = "known_hosts"
 client_keys = ["id_ed25519"]
@@ -40,6 +43,8 @@ def test_a_full_config_loads(tmp_path: Path) -> None:
     assert config.ssh.client_keys == (tmp_path / "id_ed25519",)
     assert config.pool.shards == 4 and config.pool.max_connections == 20
     assert config.pool.max_sessions_per_connection == 8  # default kept
+    assert (config.server.keepalive_interval, config.server.min_ping_interval) == (20.0, 0.25)
+    assert (config.server.keepalive_timeout, config.server.max_ping_strikes) == (10.0, 2)
     web1 = config.hosts["web1"]
     assert (web1.address, web1.port, web1.user) == ("127.0.0.2", 2222, "deploy")
     assert web1.identity_file == Path("~/keys/web1").expanduser()
@@ -62,6 +67,10 @@ def test_a_full_config_loads(tmp_path: Path) -> None:
         ("[hosts.a]\naddress = 'h'\nidentity = 'k'", "hosts.a.identity: unknown key"),
         ("[hosts.'a b']\naddress = 'h'", "hosts.a b: a host name is"),
         ("listen = 'nocolon'", "listen: expected HOST:PORT"),
+        ("[server]\nkeepalive = 5", "server.keepalive: unknown key"),
+        ("[server]\nkeepalive_timeout = 0", "server.keepalive_timeout: must be at least 0.1"),
+        ("[server]\nmax_ping_strikes = 1.5", "server.max_ping_strikes: expected a whole number"),
+        ("[server]\nmin_ping_interval = -1", "server.min_ping_interval: must be at least 0"),
         ("listen = ", "not valid TOML"),
     ],
 )

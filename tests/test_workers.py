@@ -75,9 +75,10 @@ class Served:
         return {int(p) for _, p in WORKER_UP.findall(self.text())}
 
     def worker_of(self, request_id: str) -> int | None:
-        """The worker whose access line has this request id."""
+        """The worker whose access line has this request id (`NAME:ID` with callers)."""
         for line in self.lines():
-            if line.get("request_id") == request_id and "status" in line:
+            logged = str(line.get("request_id", ""))
+            if request_id in (logged, logged.partition(":")[2]) and "status" in line:
                 return int(line["worker"])
         return None
 
@@ -486,6 +487,11 @@ def _sleeps(proc: psutil.Process, m: str) -> bool:
             "[exec]\nmax_output_bytes = 1000000\nmax_buffered_output_bytes = 8000000\n",
             "exec.max_buffered_output_bytes = 8000000 cannot be shared by 3 workers: each worker "
             "needs at least 4000000",
+        ),
+        (
+            ["--workers", "2"],
+            "[server]\nmax_introspection_streams = 1\n",
+            "server.max_introspection_streams = 1 cannot be shared by 2 workers",
         ),
         ([], "workers = 'many'\n", 'workers: expected a whole number from 1 to 1024 or "auto"'),
         (["--workers", "0"], "", "argument --workers: expected a whole number from 1 to 1024"),
