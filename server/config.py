@@ -34,6 +34,7 @@ class SSHSettings:
     client_keys: tuple[Path, ...] = ()  # empty: asyncssh's defaults (~/.ssh/id_*)
     config_files: tuple[Path, ...] = ()  # OpenSSH client config files: every concrete Host
     agent: str | None = None  # ssh-agent socket; None: $SSH_AUTH_SOCK when set
+    allow_match_exec: bool = False  # `Match exec` in config_files runs commands here: loud
 
 
 @dataclass(frozen=True)
