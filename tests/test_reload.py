@@ -110,6 +110,22 @@ async def test_a_host_whose_address_changed_connects_to_the_new_one_from_the_nex
         assert s.app.config.hosts["h"].port == new.port == s.app.service.config.hosts["h"].port
 
 
+async def test_a_connect_in_flight_when_the_host_moves_is_not_used(
+    trio: list[ScriptedServer], tmp_path: Path
+) -> None:
+    old, new = trio[0], trio[1]
+    old.handshake_delay = 1.0
+    path = tmp_path / "scout.toml"
+    path.write_text(table("h", old))
+    async with from_file(path) as s:
+        call = asyncio.ensure_future(s.execute(host="h", command="echo here"))
+        assert await eventually(lambda: old.stats.accepted == 1)  # connecting to the old one
+        path.write_text(table("h", new))
+        await s.app.reload()
+        assert (await call).stdout == b"here\n"
+        assert (new.stats.exec_requests, old.stats.exec_requests) == (1, 0)
+
+
 # ---- file changes reach every host that uses the file --------------------------------
 
 
