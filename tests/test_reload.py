@@ -8,6 +8,8 @@ audit file and the event loop during a reload of thousands of aliases.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import signal
 import subprocess
@@ -183,7 +185,8 @@ async def test_limits_reload_and_what_takes_a_restart_is_kept_with_a_warning(
         assert (await s.execute(host="h", command="echo 12345")).stdout == b"12345\n"
         path.write_text(
             "max_concurrent_rpcs = 77\n[pool]\nmax_connections = 60\n"
-            "[exec]\nmax_command_bytes = 8\n[fanout]\nmax_targets = 3\n" + table("h", trio[0])
+            "[exec]\nmax_command_bytes = 8\nmax_output_bytes = 2000000\n"
+            "[fanout]\nmax_targets = 3\n" + table("h", trio[0])
         )
         with caplog.at_level(logging.WARNING, logger="server.reload"):
             await s.app.reload()
@@ -196,8 +199,28 @@ async def test_limits_reload_and_what_takes_a_restart_is_kept_with_a_warning(
         assert (config.fanout.max_targets, config.max_concurrent_rpcs) == (3, 77)
         assert s.app.service.rpcs.max_in_flight == 77
         assert config.pool.max_connections == 50 == s.app.pool.budget.limit
+        # more output per call than the gRPC send limit the server started with allows
+        assert config.exec.max_output_bytes == 1_000_000
         warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-        assert any("pool.max_connections" in m and "restart" in m for m in warned), warned
+        for key in ("pool.max_connections", "exec.max_output_bytes"):
+            assert any(key in m and "restart" in m for m in warned), (key, warned)
+
+
+async def test_audit_settings_reload_to_another_file_and_another_form(
+    trio: list[ScriptedServer], tmp_path: Path
+) -> None:
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    path = tmp_path / "scout.toml"
+    path.write_text(f"[audit]\nfile = '{first}'\n" + table("h", trio[0]))
+    async with from_file(path) as s:
+        await s.execute(host="h", command="echo one")
+        path.write_text(f"[audit]\nfile = '{second}'\nlog_commands = false\n" + table("h", trio[0]))
+        await s.app.reload()
+        await s.execute(host="h", command="echo two")
+    assert '"command": "echo one"' in first.read_text() and "two" not in first.read_text()
+    line = json.loads(second.read_text().splitlines()[-1])
+    assert "command" not in line
+    assert line["command_sha256"] == hashlib.sha256(b"echo two").hexdigest()
 
 
 # ---- ssh_config: nothing runs on the gateway, and thousands of aliases are fast --------
@@ -396,3 +419,28 @@ async def test_health_answers_during_a_sighup_reload_of_two_thousand_aliases(
         listed = await stub.ListHosts(exec_pb2.ListHostsRequest(), timeout=10)
     assert len(listed.hosts) == 2000
     assert slowest < 0.5, f"slowest health check during the reload: {slowest:.3f}s ({checks})"
+
+
+async def test_sighup_keeps_the_demo_host_and_the_command_lines_overrides(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "scout.toml").write_text("shutdown_grace = 5.0\n")
+    proc, target = start_server(
+        ["--demo", "--config", str(tmp_path / "scout.toml")], tmp_path / "demo.log"
+    )
+    try:
+        (tmp_path / "scout.toml").write_text("shutdown_grace = 6.0\n")
+        proc.send_signal(signal.SIGHUP)
+        assert await eventually(lambda: "config reloaded" in log_text(tmp_path), within=10)
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = exec_pb2_grpc.ExecServiceStub(channel)
+            request = exec_pb2.ExecuteRequest(host="local", command="echo still")
+            assert (await stub.Execute(request, timeout=30)).stdout == b"still\n"
+        assert "takes a restart" not in log_text(tmp_path)  # --listen is not a change
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+
+
+def log_text(folder: Path) -> str:
+    return (folder / "demo.log").read_text()
