@@ -1,5 +1,7 @@
 """Assembling the gRPC server: ExecService, health, reflection, reloads, and the shutdown.
 
+A reload (SIGHUP) is server.reload's: App only wires it to the parts it updates.
+
 Shutdown has two steps (DESIGN.md): health goes NOT_SERVING and in-flight RPCs get the
 grace period; then grpc cancels what is left, each cancelled handler stops its command
 (TERM, KILL, close) within a short stop budget, and the pool closes its connections only

@@ -26,7 +26,7 @@ import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
@@ -98,7 +98,7 @@ class Reloader:
     address: str  # where the server listens, for the exposure rule
     tls: ServerTLS | None = None
     loader: Callable[[], Config] | None = None  # reads the config file again
-    _lock: asyncio.Lock | None = None
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     @property
     def audit(self) -> AuditLog:
@@ -108,8 +108,6 @@ class Reloader:
     async def reload(self) -> None:
         """SIGHUP: the config file (if there is one), the audit file, then the SSH files.
         Reloads run one at a time, each to its end."""
-        if self._lock is None:
-            self._lock = asyncio.Lock()
         async with self._lock:
             fresh = None
             if self.loader is not None:
