@@ -21,9 +21,10 @@
   seconds; one more and the supervisor stops every worker and exits 1.
 - SIGTERM and SIGINT are passed on to every worker as SIGTERM, and mean what they mean to
   one process: the first drains, the second skips the grace, the third exits at once.
-  SIGHUP is passed on (each worker reloads), and the supervisor re-reads the inventory for
-  the workers it starts later. Workers run in sessions of their own, so a Ctrl-C on a
-  terminal reaches them once, through the supervisor.
+  SIGHUP is passed on (each worker reloads its share of the file, `worker_config`), and
+  the supervisor reads the file again, off its loop, for the workers it starts later.
+  Workers run in sessions of their own, so a Ctrl-C on a terminal reaches them once,
+  through the supervisor.
 
 The limits a config promises for the whole server are shared out by `share`.
 """
