@@ -223,6 +223,29 @@ async def test_audit_settings_reload_to_another_file_and_another_form(
     assert line["command_sha256"] == hashlib.sha256(b"echo two").hexdigest()
 
 
+async def test_a_reload_that_cannot_be_used_changes_nothing(
+    trio: list[ScriptedServer], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "scout.toml"
+    path.write_text("max_concurrent_rpcs = 10\n" + table("h", trio[0]))
+    async with from_file(path) as s:
+        before = s.app.config
+        missing = table("new", trio[1]).replace(
+            str(trio[1].identity_file), str(tmp_path / "no-such-key")
+        )
+        path.write_text("max_concurrent_rpcs = 20\n" + table("h", trio[1]) + missing)
+        with caplog.at_level(logging.ERROR, logger="server.reload"):
+            await s.app.reload()
+        path.write_text("max_concurrent_rpcs = [\n")  # not TOML
+        with caplog.at_level(logging.ERROR, logger="server.reload"):
+            await s.app.reload()
+        assert s.app.config is before  # neither reload changed anything
+        assert (await s.execute(host="h", command="echo same")).stdout == b"same\n"
+        assert trio[0].stats.exec_requests == 1 and trio[1].stats.exec_requests == 0
+        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert any("no-such-key" in m for m in errors) and any("TOML" in m for m in errors)
+
+
 # ---- ssh_config: nothing runs on the gateway, and thousands of aliases are fast --------
 
 
