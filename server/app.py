@@ -1,5 +1,7 @@
 """Assembling the gRPC server: ExecService, health, reflection, reloads, and the shutdown.
 
+A reload (SIGHUP) is server.reload's: App only wires it to the parts it updates.
+
 Shutdown has two steps (docs/architecture.md, "Stopping"): health goes NOT_SERVING and
 in-flight RPCs get the grace period; then grpc cancels what is left, each cancelled
 handler stops its command (TERM, KILL, close) within a short stop budget, and the pool
@@ -10,7 +12,6 @@ outlives scout's interest.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,8 +29,10 @@ from .config import Config, ConfigError, check_exposure
 from .connector import Connector
 from .introspection import HEALTH_SERVICE, Health, StreamSlots, enable_reflection
 from .keepalive import ping_options
+from .live import LiveConfig
 from .metrics import MetricsServer, exposition, served
 from .pool import Pool
+from .reload import INSECURE_WARNING, MATCH_EXEC_WARNING, Reloader
 from .rpc import safe_parser
 from .service import ExecService
 from .sshfiles import FileError
@@ -51,17 +54,22 @@ PENDING_CALLS = 1_000_000
 class App:
     """A running scout server."""
 
-    config: Config
+    live: LiveConfig
     server: grpc.aio.Server
     pool: Pool[asyncssh.SSHClientConnection]
     service: ExecService
     health: Health
     connector: Connector
     port: int
+    reloader: Reloader
     tls: ServerTLS | None = None
-    loader: Callable[[], Config] | None = None  # reads the config file again (SIGHUP)
     metrics: MetricsServer | None = None
     _watcher: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def config(self) -> Config:
+        """The config in force (a reload swaps it)."""
+        return self.live.current
 
     def stop_budget(self) -> float:
         """How long stopping the commands still running may take after the grace."""
@@ -83,48 +91,14 @@ class App:
             await self.metrics.stop()
         log.info("stopped; pool closed")
 
-    def reload(self) -> None:
-        """SIGHUP: re-read the inventory (when the config came from a file), then the files."""
-        if self.loader is not None:
-            try:
-                self._reload_inventory(self.loader())
-            except ConfigError as exc:
-                log.error("config not reloaded, serving the previous inventory: %s", exc)  # noqa: TRY400
-        self.reload_files()
+    async def reload(self) -> None:
+        """SIGHUP: the config file, the audit file, the TLS and SSH files (server.reload)."""
+        await self.reloader.reload()
 
     def reload_files(self) -> None:
-        """Re-read TLS files, known_hosts and keys that changed (cheap: by mtime); retire
-        connections that relied on what changed. The inventory waits for a SIGHUP."""
-        if self.tls is not None:
-            self.tls.reload()
-        changed = set(self.connector.reload())
-        if changed:
-            hosts = {
-                h.name
-                for h in self.config.hosts.values()
-                if self.connector.known_hosts_path(h) in changed
-                or changed.intersection(self.connector.key_paths(h))
-            }
-            self.pool.retire_hosts(hosts, "files_changed")
-
-    def _reload_inventory(self, fresh: Config) -> None:
-        """Swap in the new hosts; connections of removed or changed hosts close once idle."""
-        old = self.service.config.hosts
-        try:
-            self.connector.preload(h for h in fresh.hosts.values() if old.get(h.name) != h)
-        except FileError as exc:
-            log.error("inventory not reloaded: %s", exc)  # noqa: TRY400 - no traceback
-            return
-        gone = {name for name, host in old.items() if fresh.hosts.get(name) != host}
-        self.service.config = dataclasses.replace(self.service.config, hosts=fresh.hosts)
-        self.pool.retire_hosts(gone, "inventory")
-        added = len(set(fresh.hosts) - set(old))
-        log.info(
-            "inventory: %d hosts (%d added, %d removed or changed)",
-            len(fresh.hosts),
-            added,
-            len(gone),
-        )
+        """Re-read TLS files, known_hosts and keys that changed; retire what relied on them.
+        The config file waits for a SIGHUP."""
+        self.reloader.reload_files()
 
     async def _watch_files(self) -> None:
         """Notice edits of known_hosts and keys without a SIGHUP (bounded by shutdown)."""
@@ -159,19 +133,18 @@ def _handlers(service: ExecService) -> grpc.GenericRpcHandler:
 
 
 def _prepare(
-    config: Config, address: str, *, shared: bool
+    live: LiveConfig, address: str, *, shared: bool
 ) -> tuple[Connector, ServerTLS | None, AuditLog]:
     """Check everything that can be wrong before serving: exposure, files, audit log."""
+    config = live.current
     for warning in check_exposure(config, address):
         log.warning("%s", warning)
+    if config.ssh.allow_match_exec:
+        log.warning(MATCH_EXEC_WARNING)
     for host in config.hosts.values():
         if host.insecure_accept_any_host_key:
-            log.warning(
-                "hosts.%s: insecure_accept_any_host_key = true: ANY host key is accepted, so "
-                "anyone who can intercept its traffic can impersonate it",
-                host.name,
-            )
-    connector = Connector(config.ssh, config.pool)
+            log.warning(INSECURE_WARNING, host.name)
+    connector = Connector(live)
     try:
         connector.preload(config.hosts.values())
         tls = ServerTLS(config.tls) if config.tls.enabled else None
@@ -203,10 +176,11 @@ async def start(
     silently sharing it. The supervisor, not a worker, writes the listening line.
     """
     address = listen or config.listen
-    connector, tls, audit = _prepare(config, address, shared=shared_port)
+    live = LiveConfig(config)
+    connector, tls, audit = _prepare(live, address, shared=shared_port)
     pool: Pool[asyncssh.SSHClientConnection] = Pool(config.pool, connector)
     connector.pool = pool
-    service = ExecService(config, pool, audit=audit)
+    service = ExecService(live, pool, audit=audit)
     server = grpc.aio.server(
         interceptors=[
             IdentityInterceptor(service.gate, mutual_tls=config.tls.client_ca_file is not None)
@@ -238,7 +212,8 @@ async def start(
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("%s %s", "serving" if shared_port else "listening on", describe(config, address, port))
-    app = App(config, server, pool, service, health, connector, port, tls, loader)
+    reloader = Reloader(live, service, pool, connector, address, tls, loader)
+    app = App(live, server, pool, service, health, connector, port, reloader, tls)
     if config.metrics.listen:
         app.metrics = MetricsServer(served(exposition(app)))
         await app.metrics.start(config.metrics.listen)

@@ -101,18 +101,23 @@ class AuditLog:
         self.settings = settings
         self.shared = shared  # other worker processes write to the same destination
         self._backlog: deque[bytes] = deque(maxlen=BACKLOG)
-        self._fd: int | None = None
-        if settings.file == "-":
-            self._fd = sys.stdout.fileno()
-        elif settings.file:
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-            try:
-                self._fd = os.open(settings.file, flags, 0o640)
-            except OSError as exc:
-                raise FileError(
-                    f"cannot open the audit log {settings.file}: {exc.strerror}"
-                ) from None
+        self._fd = _open(settings.file)
         self.lines = 0
+
+    def reopen(self, settings: AuditSettings) -> None:
+        """SIGHUP: open the destination again, by name, and switch to it.
+
+        logrotate's `create` mode renames the file and makes a new one: without this
+        scout would go on appending to the renamed file. The settings may have changed
+        too (another file, log_commands). A destination that cannot be opened keeps the
+        old one, with an error in the log (FileError to the caller).
+        """
+        fd = _open(settings.file)
+        old, self._fd, self.settings = self._fd, fd, settings
+        if old is not None and old != sys.stdout.fileno():
+            os.close(old)
+        if self._fd is not None and self._backlog:
+            self._flush()
 
     @property
     def enabled(self) -> bool:
@@ -179,3 +184,16 @@ class AuditLog:
         if self._fd is not None and self.settings.file != "-":
             os.close(self._fd)
             self._fd = None
+
+
+def _open(file: str) -> int | None:
+    """The destination's descriptor: none for "", stdout for "-", else the file appended to."""
+    if file == "-":
+        return sys.stdout.fileno()
+    if not file:
+        return None
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+    try:
+        return os.open(file, flags, 0o640)
+    except OSError as exc:
+        raise FileError(f"cannot open the audit log {file}: {exc.strerror}") from None

@@ -37,6 +37,7 @@ from scout.v1 import exec_pb2
 from .argvpolicy import argv_matches, startup_reason
 from .config import CallerConfig
 from .errors import PermissionDenied, PoolExhausted, ScoutError, Unauthenticated, brief
+from .live import LiveConfig
 
 ANONYMOUS = CallerConfig(name="-", hosts=("*",), stream=True, max_in_flight=1 << 30)
 
@@ -64,10 +65,20 @@ def _common_name(auth_context: dict[str, list[bytes]] | None) -> str | None:
 
 @dataclass
 class Gate:
-    """Authentication, policy and each caller's calls in flight."""
+    """Authentication, policy and each caller's calls in flight.
 
-    callers: tuple[CallerConfig, ...]
+    The callers are read from the config in force at each call: a reload that removes a
+    caller refuses its next call, one that changes a policy applies it from the next
+    call; calls in flight keep the CallerConfig they were admitted with.
+    """
+
+    live: LiveConfig
     in_flight: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def callers(self) -> tuple[CallerConfig, ...]:
+        """The callers of the config in force."""
+        return self.live.current.callers
 
     @property
     def open(self) -> bool:

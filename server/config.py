@@ -35,6 +35,7 @@ class SSHSettings:
     client_keys: tuple[Path, ...] = ()  # empty: asyncssh's defaults (~/.ssh/id_*)
     config_files: tuple[Path, ...] = ()  # OpenSSH client config files: every concrete Host
     agent: str | None = None  # ssh-agent socket; None: $SSH_AUTH_SOCK when set
+    allow_match_exec: bool = False  # `Match exec` in config_files runs commands here: loud
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,9 @@ class HostConfig:
     known_hosts: Path | None = None  # overrides [ssh] known_hosts for this host
     insecure_accept_any_host_key: bool = False  # no host key check: loud at start
     identity_files: tuple[Path, ...] = ()  # from ssh_config IdentityFile, after identity_file
-    labels: dict[str, str] = field(default_factory=dict, hash=False)
+    # not compared: two configs that differ only in labels connect the same way (a reload
+    # that relabels a host keeps its connections)
+    labels: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
     jump: HostConfig | None = None  # the last ProxyJump hop (its own jump is the one before)
     keepalive_interval: float | None = None  # ssh_config ServerAliveInterval
     keepalive_count_max: int | None = None  # ssh_config ServerAliveCountMax

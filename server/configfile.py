@@ -197,13 +197,15 @@ def _paths(t: _Table, key: str) -> tuple[Path, ...]:
 
 
 def _ssh(raw: Any, base: Path) -> SSHSettings:
-    t = _Table("ssh", raw, {"known_hosts", "client_keys", "config_files", "agent"}, base)
+    known = {"known_hosts", "client_keys", "config_files", "agent", "allow_match_exec"}
+    t = _Table("ssh", raw, known, base)
     agent = t.path("agent")
     return SSHSettings(
         known_hosts=t.path("known_hosts"),
         client_keys=_paths(t, "client_keys"),
         config_files=_paths(t, "config_files"),
         agent=str(agent) if agent else None,
+        allow_match_exec=t.flag("allow_match_exec"),
     )
 
 
@@ -400,6 +402,7 @@ def parse(raw: dict[str, Any], base: Path) -> Config:
         {name: _host_table(name, value, base) for name, value in hosts_raw.items()},
         {pattern: _labels(labels_raw, pattern) for pattern in labels_raw.raw},
         _table_host,
+        allow_match_exec=ssh.allow_match_exec,
     )
     fanout = FanoutSettings(
         **_Table("fanout", top.table("fanout"), set(_FANOUT), base).numbers(_FANOUT)

@@ -20,6 +20,7 @@ import asyncssh
 
 from .config import HostConfig, PoolSettings, SSHSettings
 from .errors import HostRejected, HostUnavailable, ScoutError
+from .live import LiveConfig
 from .pool import Pool, Reservation
 from .sshfiles import FileError, KeyFiles, KnownHostsFiles, fingerprint
 
@@ -58,25 +59,39 @@ class _Client(asyncssh.SSHClient):
 
 
 class Connector:
-    """Connects to hosts with options built from the current known_hosts and keys."""
+    """Connects to hosts with options built from the current known_hosts and keys, and
+    the `[ssh]` and `[pool]` settings of the config in force."""
 
-    def __init__(self, ssh: SSHSettings, pool: PoolSettings) -> None:
-        self._ssh = ssh
-        self._pool = pool
+    def __init__(self, live: LiveConfig) -> None:
+        self._live = live
         self.pool: Pool[asyncssh.SSHClientConnection] | None = None  # for jump hosts
         self.known_hosts = KnownHostsFiles()
         self.keys = KeyFiles()
 
-    def known_hosts_path(self, host: HostConfig) -> Path:
-        """The known_hosts file that vouches for host."""
-        path = host.known_hosts or self._ssh.known_hosts or DEFAULT_KNOWN_HOSTS
-        return path.expanduser()
+    @property
+    def _ssh(self) -> SSHSettings:
+        return self._live.current.ssh
 
-    def key_paths(self, host: HostConfig) -> list[Path]:
+    @property
+    def _pool(self) -> PoolSettings:
+        return self._live.current.pool
+
+    def known_hosts_path(self, host: HostConfig, ssh: SSHSettings | None = None) -> Path:
+        """The known_hosts file that vouches for host (under ssh, default: in force)."""
+        default = (ssh or self._ssh).known_hosts
+        return (host.known_hosts or default or DEFAULT_KNOWN_HOSTS).expanduser()
+
+    def key_paths(self, host: HostConfig, ssh: SSHSettings | None = None) -> list[Path]:
         """The client keys scout offers host (empty: asyncssh's default ~/.ssh/id_*)."""
         if host.identity_file:
             return [host.identity_file]
-        return list(host.identity_files or self._ssh.client_keys)
+        return list(host.identity_files or (ssh or self._ssh).client_keys)
+
+    def uses(self, host: HostConfig, paths: set[Path]) -> bool:
+        """Whether host relies on one of these known_hosts or key files."""
+        if not host.insecure_accept_any_host_key and self.known_hosts_path(host) in paths:
+            return True
+        return not paths.isdisjoint(self.key_paths(host))
 
     def hosts_with_jumps(self, hosts: Iterable[HostConfig]) -> list[HostConfig]:
         """The hosts and every jump host they go through."""
@@ -88,13 +103,19 @@ class Connector:
                 hop = hop.jump
         return list(seen.values())
 
-    def preload(self, hosts: Iterable[HostConfig]) -> None:
-        """Read the hosts' known_hosts files and keys now; FileError names a bad one."""
+    def preload(self, hosts: Iterable[HostConfig], ssh: SSHSettings | None = None) -> None:
+        """Read the hosts' known_hosts files and keys now, each file once; FileError names
+        a bad one. ssh: the `[ssh]` settings they will be used under (default: in force)."""
+        known: dict[Path, None] = {}
+        keys: dict[Path, None] = {}
         for host in self.hosts_with_jumps(hosts):
             if not host.insecure_accept_any_host_key:
-                self.known_hosts.load(self.known_hosts_path(host))
-            for path in self.key_paths(host):
-                self.keys.load(path)
+                known[self.known_hosts_path(host, ssh)] = None
+            keys.update(dict.fromkeys(self.key_paths(host, ssh)))
+        for path in known:
+            self.known_hosts.load(path)
+        for path in keys:
+            self.keys.load(path)
 
     def reload(self) -> list[Path]:
         """Re-read the files that changed (SIGHUP, or the periodic check); return them."""

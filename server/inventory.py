@@ -21,53 +21,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from asyncssh.config import ConfigParseError, SSHClientConfig
-
 from .config import ConfigError, HostConfig
 from .selector import Selector
+from .sshconfig import SSHConfigFiles
 
 WILDCARDS = frozenset("*?![")
-
-
-class _Recorder(SSHClientConfig):
-    """asyncssh's own ssh_config parser, noting every `Host` pattern it reads."""
-
-    def __init__(self) -> None:
-        super().__init__(None, False, False, False, getpass.getuser(), (), "", ())  # type: ignore[arg-type]
-        self.patterns: list[str] = []
-
-    def _record_host(self, option: str, args: list[str]) -> None:
-        self.patterns.extend(args)
-        SSHClientConfig._match_host(self, option, args)
-
-    _handlers = {  # noqa: RUF012 - the parser's own table, with Host noted on the way
-        **SSHClientConfig._handlers,
-        "host": ("Host", _record_host),
-    }
-
-
-def aliases(files: Sequence[Path]) -> list[str]:
-    """Every concrete Host alias in the files (Include followed), in order, once each."""
-    recorder = _Recorder()
-    for path in files:
-        _parse(recorder, path)
-    return [a for a in dict.fromkeys(recorder.patterns) if not WILDCARDS & set(a)]
-
-
-def _parse(config: SSHClientConfig, path: Path) -> None:
-    try:
-        config.parse(path)
-    except (OSError, ConfigParseError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise ConfigError(f"ssh.config_files: {path}: {reason}") from None
-
-
-def _options(alias: str, files: Sequence[Path]) -> SSHClientConfig:
-    """What the files say for one host name, resolved as OpenSSH would."""
-    config = SSHClientConfig(None, False, False, False, getpass.getuser(), (), alias, ())  # type: ignore[arg-type]
-    for path in files:
-        _parse(config, path)
-    return config
 
 
 def _jump_spec(spec: str) -> tuple[str | None, str, int | None]:
@@ -82,7 +40,7 @@ def _jump_spec(spec: str) -> tuple[str | None, str, int | None]:
 class _Resolver:
     """Builds HostConfigs from ssh_config, one per alias or hop, each resolved once."""
 
-    def __init__(self, files: Sequence[Path]) -> None:
+    def __init__(self, files: SSHConfigFiles) -> None:
         self.files = files
         self._done: dict[tuple[str, str | None, int | None], HostConfig] = {}
 
@@ -98,7 +56,7 @@ class _Resolver:
             return self._done[key]
         if alias in resolving:
             raise ConfigError(f"ssh.config_files: ProxyJump loops through {alias}")
-        opts = _options(alias, self.files)
+        opts = self.files.options(alias)
         get: Callable[[str], Any] = opts.get
         jump = None
         proxy = get("ProxyJump")
@@ -131,14 +89,21 @@ def build(
     tables: Mapping[str, dict[str, Any]],
     labels: Mapping[str, Mapping[str, str]],
     table_host: Callable[[str, dict[str, Any]], HostConfig],
+    *,
+    allow_match_exec: bool = False,
 ) -> dict[str, HostConfig]:
     """The whole inventory: ssh_config hosts, then tables over them, then labels.
 
     tables: each `[hosts.NAME]` table's checked values; a name the files do not know
-    becomes a host by `table_host` (which needs its address).
+    becomes a host by `table_host` (which needs its address). Each ssh_config file is
+    read once (server.sshconfig), however many aliases it has.
     """
-    resolver = _Resolver(files)
-    hosts = {alias: resolver.host(alias) for alias in aliases(files)} if files else {}
+    hosts: dict[str, HostConfig] = {}
+    if files:
+        parsed = SSHConfigFiles(files, allow_match_exec=allow_match_exec)
+        resolver = _Resolver(parsed)
+        names = [a for a in parsed.aliases() if not WILDCARDS & set(a)]
+        hosts = {alias: resolver.host(alias) for alias in names}
     for name, values in tables.items():
         if name in hosts:
             hosts[name] = dataclasses.replace(hosts[name], **values)

@@ -19,10 +19,17 @@ from pathlib import Path
 from . import fdlimit, logs
 from .app import App, start
 from .callers import hash_token
-from .config import Config, ConfigError, is_loopback
+from .config import Config, ConfigError, HostConfig, is_loopback
 from .configfile import load, workers_value
 from .metrics import exposition
-from .workers import Supervisor, WorkerStart, answer_supervisor, count, receive_start
+from .workers import (
+    Supervisor,
+    WorkerStart,
+    answer_supervisor,
+    count,
+    receive_start,
+    worker_config,
+)
 
 log = logging.getLogger("scout")
 
@@ -83,7 +90,7 @@ async def serve(args: argparse.Namespace, config: Config) -> None:
     """One process: start; SIGHUP reloads; SIGTERM or Ctrl-C stops gracefully."""
     listen = config.listen
     async with contextlib.AsyncExitStack() as stack:
-        demo = None
+        demo = demo_host = None
         if args.demo:
             from .demo import DEMO_HOST, demo_host_config, help_text, start_demo
 
@@ -99,9 +106,16 @@ async def serve(args: argparse.Namespace, config: Config) -> None:
             state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="scout-demo-")))
             demo = await start_demo(state)
             stack.push_async_callback(demo.close)
-            host = demo_host_config(demo)
-            config = dataclasses.replace(config, hosts={**config.hosts, host.name: host})
-        loader = (lambda: load(args.config)) if args.config else None
+            demo_host = demo_host_config(demo)
+            config = _with_host(config, demo_host)
+        loader = None
+        if args.config:
+
+            def loader() -> Config:
+                """The file again, with the command line's overrides and the demo host."""
+                fresh = configured(args)
+                return _with_host(fresh, demo_host) if demo_host else fresh
+
         app = await start(config, listen, loader)
         stops = _stops()
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload, app)
@@ -111,13 +125,19 @@ async def serve(args: argparse.Namespace, config: Config) -> None:
         await _until_stopped(app, stops)
 
 
+def _with_host(config: Config, host: HostConfig) -> Config:
+    """config with one more host (the demo's)."""
+    return dataclasses.replace(config, hosts={**config.hosts, host.name: host})
+
+
 async def serve_worker(start_: WorkerStart, link: socket.socket) -> None:
     """One worker of a supervisor (server.workers): serve the shared port as one process
     would, and stop also when the supervisor is gone."""
     config = start_.config
     path = start_.config_file
     stops = _stops()  # before the start: a stop while starting still drains, after it
-    app = await start(config, None, (lambda: load(path)) if path else None, shared_port=True)
+    loader = (lambda: worker_config(load(path), start_)) if path else None
+    app = await start(config, None, loader, shared_port=True)
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload, app)
 
     def orphaned() -> None:
@@ -157,11 +177,21 @@ async def _until_stopped(app: App, stops: asyncio.Queue[int]) -> None:
     await stopping
 
 
+_reloads: set[asyncio.Task[None]] = set()
+
+
 def _reload(app: App) -> None:
-    """SIGHUP: re-read what can change without a restart; never stop the server."""
+    """SIGHUP: re-read what can change without a restart (in a task: the file is read off
+    the loop, which goes on serving meanwhile); never stop the server."""
     log.info("SIGHUP: reloading")
+    task = asyncio.get_running_loop().create_task(_reload_logged(app))
+    _reloads.add(task)
+    task.add_done_callback(_reloads.discard)
+
+
+async def _reload_logged(app: App) -> None:
     try:
-        app.reload()
+        await app.reload()
     except Exception:
         log.exception("reload failed; serving with what was loaded before")
 

@@ -28,7 +28,7 @@ import asyncio
 import logging
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Generic
@@ -335,9 +335,10 @@ class Pool(Generic[C]):
     async def _connect_one(self, pc: PooledConnection[C]) -> None:
         """Open one connection and publish it, or record the failure."""
         state = pc.host
+        config = state.config  # a reload may give the host new settings meanwhile
         started = self._clock()
         try:
-            conn = await self._connect(state.config, lambda: self._lost(pc))
+            conn = await self._connect(config, lambda: self._lost(pc))
         except BaseException as exc:
             self.stats.connects.add("error")
             error = connect_error(state, exc)
@@ -355,6 +356,9 @@ class Pool(Generic[C]):
             if self._closed or pc.state is ConnState.CLOSED or conn.is_closed():
                 pc.conn = conn
                 remove(pc, self.budget, plan, "closed_at_once")
+            elif state.config != config:  # made with settings a reload replaced
+                pc.conn = conn
+                remove(pc, self.budget, plan, "config_changed")
             else:
                 connected(pc, conn, self.budget, now)
 
@@ -373,16 +377,35 @@ class Pool(Generic[C]):
 
     def retire_hosts(self, names: set[str], reason: str) -> None:
         """Stop choosing the hosts' connections, and forget their connect failures: what
-        they relied on changed (known_hosts, keys), so the next caller connects afresh."""
+        they relied on changed (known_hosts, keys), so the next caller connects afresh.
+        Idle connections close now, busy ones when their last channel ends."""
         for state in self.hosts():
             if state.name in names:
+                self._retire(state, reason)
 
-                def drain_all(now: float, plan: Plan[C], state: HostState[C] = state) -> None:
-                    state.backoff = None
-                    for pc in list(state.conns):
-                        drain(pc, self.budget, plan, reason)
+    def update_hosts(self, configs: Mapping[str, HostConfig], reason: str) -> set[str]:
+        """A reload: each host the pool knows takes its new settings (configs: every host
+        and jump host in force), and its old connections retire; a host no longer in
+        configs retires its connections. Returns the names retired."""
+        retired: set[str] = set()
+        for state in self.hosts():
+            fresh = configs.get(state.name)
+            if fresh is not None:
+                same = fresh == state.config  # labels aside: connects the same way
+                state.config = fresh  # every connect from now on uses it
+                if same:
+                    continue
+            self._retire(state, reason)
+            retired.add(state.name)
+        return retired
 
-                self._event(state, drain_all)
+    def _retire(self, state: HostState[C], reason: str) -> None:
+        def drain_all(now: float, plan: Plan[C]) -> None:
+            state.backoff = None
+            for pc in list(state.conns):
+                drain(pc, self.budget, plan, reason)
+
+        self._event(state, drain_all)
 
     # ---- health: idle timeout, maximum age -----------------------------------------
 

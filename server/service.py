@@ -23,6 +23,7 @@ from .config import CallerConfig, Config, HostConfig
 from .errors import HostNotFound, ScoutError
 from .fanout import FanOut
 from .launch import Bounds, Launcher, bounds_for
+from .live import LiveConfig
 from .output import ExecuteOutput, OutputBudget
 from .pool import Pool
 from .requests import check_execute, timeout_of
@@ -36,7 +37,7 @@ class ExecService:
 
     def __init__(
         self,
-        config: Config,
+        live: LiveConfig,
         pool: Pool[asyncssh.SSHClientConnection],
         *,
         launcher: Launcher | None = None,
@@ -44,14 +45,20 @@ class ExecService:
         gate: Gate | None = None,
         audit: AuditLog | None = None,
     ) -> None:
-        self.config = config
+        self.live = live
+        config = live.current
         self.pool = pool
         self.launcher = launcher or Launcher(pool, config.pool)
         self.output_budget = output_budget or OutputBudget(config.exec.max_buffered_output_bytes)
         self.rpcs = RpcStats(max_in_flight=config.max_concurrent_rpcs)
-        self.gate = gate or Gate(config.callers)
+        self.gate = gate or Gate(live)
         self.audit = audit or AuditLog(config.audit)
         self.stopping = False  # the server is shutting down: cancelled commands are ABORTED
+
+    @property
+    def config(self) -> Config:
+        """The config in force (a reload swaps it; a call reads it once per use)."""
+        return self.live.current
 
     def admit(
         self, call: CallRecord, request: exec_pb2.ExecuteRequest, *, stream: bool

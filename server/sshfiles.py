@@ -56,6 +56,9 @@ class _Files(ABC, Generic[T]):
 
     def __init__(self) -> None:
         self._files: dict[Path, _Watched[T]] = {}
+        # re-read by a connect (get) or a load, not yet reported by changed(): whoever
+        # reads a changed file first must not keep the news from the other users of it
+        self._unreported: set[Path] = set()
 
     @abstractmethod
     def _parse(self, path: Path) -> T:
@@ -70,8 +73,11 @@ class _Files(ABC, Generic[T]):
             raise FileError(f"cannot read the {self.kind} {path}: {reason}") from None
 
     def load(self, path: Path) -> T:
-        """Read path now (at start): raise FileError if it cannot be used."""
+        """Read path now (at start, or for hosts a reload adds): FileError if unusable."""
+        before = self._files.get(path)
         watched = self._files[path] = self._read(path)
+        if before is not None and before.stamp != watched.stamp:
+            self._unreported.add(path)
         return watched.value
 
     def get(self, path: Path) -> T:
@@ -83,8 +89,8 @@ class _Files(ABC, Generic[T]):
             changed = _Stamp.of(path) != watched.stamp
         except OSError:
             changed = True
-        if changed:
-            self._refresh(watched)
+        if changed and self._refresh(watched):
+            self._unreported.add(path)
         return watched.value
 
     def _refresh(self, watched: _Watched[T]) -> bool:
@@ -100,21 +106,19 @@ class _Files(ABC, Generic[T]):
             log.info("re-read the %s %s", self.kind, watched.path)
         return changed
 
-    def reload(self) -> list[Path]:
-        """Re-read every file that changed; return those."""
-        return [w.path for w in self._files.values() if self._refresh(w)]
-
     def changed(self) -> list[Path]:
-        """Re-read the files whose stamp changed on disk; return those."""
-        out = []
+        """Re-read the files whose stamp changed on disk; return those, and those re-read
+        since the last call by a connect or a load."""
+        out = set(self._unreported)
+        self._unreported.clear()
         for watched in self._files.values():
             try:
                 same = _Stamp.of(watched.path) == watched.stamp
             except OSError:
                 same = False
             if not same and self._refresh(watched):
-                out.append(watched.path)
-        return out
+                out.add(watched.path)
+        return sorted(out)
 
 
 class KnownHostsFiles(_Files[asyncssh.SSHKnownHosts]):

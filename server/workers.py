@@ -21,9 +21,10 @@
   seconds; one more and the supervisor stops every worker and exits 1.
 - SIGTERM and SIGINT are passed on to every worker as SIGTERM, and mean what they mean to
   one process: the first drains, the second skips the grace, the third exits at once.
-  SIGHUP is passed on (each worker reloads), and the supervisor re-reads the inventory for
-  the workers it starts later. Workers run in sessions of their own, so a Ctrl-C on a
-  terminal reaches them once, through the supervisor.
+  SIGHUP is passed on (each worker reloads its share of the file, `worker_config`), and
+  the supervisor reads the file again, off its loop, for the workers it starts later.
+  Workers run in sessions of their own, so a Ctrl-C on a terminal reaches them once,
+  through the supervisor.
 
 The limits a config promises for the whole server are shared out by `share`.
 """
@@ -90,6 +91,17 @@ def count(config: Config) -> int:
     if fits < cores:
         log.warning("workers = auto: %d for %d cores, because %s", fits, cores, why)
     return fits
+
+
+def worker_config(fresh: Config, start: WorkerStart) -> Config:
+    """A reloaded config file as one worker serves it: its share of the limits, on the
+    port and with the settings the supervisor started it with (those take a restart)."""
+    return dataclasses.replace(
+        share(fresh, start.count),
+        listen=start.config.listen,
+        workers=start.config.workers,
+        metrics=dataclasses.replace(fresh.metrics, listen=start.config.metrics.listen),
+    )
 
 
 def share(config: Config, workers: int) -> Config:
@@ -358,6 +370,7 @@ class Supervisor:
         self.status = 0
         self.reloads = 0
         self._restarts: collections.deque[float] = collections.deque()
+        self._tasks: set[asyncio.Task[None]] = set()
         check_exposure(config, config.listen)  # as a worker would, but once, before any
         for warning in metrics_warnings(config):  # /metrics is the supervisor's alone
             log.warning("%s", warning)
@@ -502,19 +515,35 @@ class Supervisor:
             worker.signal(signal.SIGTERM)
 
     def _reload(self) -> None:
-        """SIGHUP: every worker reloads; the inventory is kept for the workers started later."""
+        """SIGHUP: every worker reloads; the new config is kept for workers started later."""
         log.info("SIGHUP: passing it to every worker")
         self.reloads += 1
-        if self.config_file is not None:
-            try:
-                hosts = load(self.config_file).hosts
-            except ConfigError as exc:
-                log.error("config not reloaded for workers started later: %s", exc)  # noqa: TRY400
-            else:
-                self._worker_config = dataclasses.replace(self._worker_config, hosts=hosts)
         for worker in self.workers.values():
             if worker.ready:
                 worker.signal(signal.SIGHUP)
+        if self.config_file is not None:
+            task = asyncio.get_running_loop().create_task(self._reload_later(self.config_file))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _reload_later(self, path: Path) -> None:
+        """Read the file off the loop; what a worker started later serves (each running
+        worker reads it itself, and keeps what takes a restart)."""
+        try:
+            fresh = await asyncio.to_thread(load, path)
+            later = share(fresh, self.count)
+        except ConfigError as exc:
+            log.error("config not reloaded for workers started later: %s", exc)  # noqa: TRY400
+            return
+        current = self._worker_config
+        self._worker_config = dataclasses.replace(
+            later,
+            listen=current.listen,
+            workers=current.workers,
+            pool=current.pool,
+            tls=current.tls,
+            metrics=dataclasses.replace(later.metrics, listen=current.metrics.listen),
+        )
 
     async def exposition(self) -> bytes:
         """The whole server's metrics: every live worker's, summed, and the supervisor's."""

@@ -543,7 +543,7 @@ async def test_sighup_reloads_the_inventory_and_retires_removed_hosts(
         write(["b", "c"])
         await asyncio.sleep(FILE_CHECK_PERIOD + 0.5)  # the periodic check leaves it be
         assert sorted(app.service.config.hosts) == ["a", "b"]
-        app.reload()  # what SIGHUP does
+        await app.reload()  # what SIGHUP does
         assert (await in_flight).stdout == b"finished\n"  # a call in flight finishes
         assert await eventually(lambda: fleet[0].stats.open == 0)  # a's connection closes
         r = await s.execute(host="c", command="echo new")

@@ -467,12 +467,12 @@ async def test_a_host_key_added_and_revoked_while_scout_runs(
         details = info.value.details() or ""
         assert "host key unknown" in details and "SHA256:" in details and str(known) in details
         known.write_text(line + "\n")  # an operator adds the key; no restart
-        s.app.reload()  # what SIGHUP (or the file check every 2 s) does
+        await s.app.reload()  # what SIGHUP (or the file check every 2 s) does
         assert (await s.execute(host="h", command="echo in")).stdout == b"in\n"
         other = asyncssh.generate_private_key("ssh-ed25519").export_public_key("openssh")
         impostor = line.split(" ", 1)[0] + " " + other.decode().strip() + "\n"
         known.write_text(impostor)  # ... and later replaces it: the old key is revoked
-        s.app.reload()  # what SIGHUP (or the file check every 2 s) does
+        await s.app.reload()  # what SIGHUP (or the file check every 2 s) does
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await s.execute(host="h", command="true")
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION

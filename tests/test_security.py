@@ -212,7 +212,7 @@ async def test_sighup_reloads_the_certificate_for_new_connections_and_keeps_call
             rotated = pki.other_ca.issue("scout-server-2", server=True)
             shutil.copy(rotated.cert, cert)
             shutil.copy(rotated.key, key)
-            served.app.reload()  # what SIGHUP does
+            await served.app.reload()  # what SIGHUP does
             async with served.channel(new_ca) as fresh:  # a new connection: the new certificate
                 r = await execute(fresh, None, host="web1", command="echo rotated")
                 assert r.stdout == b"rotated\n"

@@ -401,6 +401,37 @@ async def test_sighup_reaches_every_worker_and_never_stops_one(
     await closing(on)
 
 
+async def test_sighup_revokes_a_removed_caller_in_every_worker_and_keeps_each_ones_port(
+    shell_server: ScriptedServer, started: Start, tmp_path: Path
+) -> None:
+    def callers(*names: str) -> str:
+        return "".join(
+            f'[[callers]]\nname = "{n}"\ntoken_sha256 = "{hash_token(TOKEN + n)}"\nhosts = ["*"]\n'
+            for n in names
+        )
+
+    hosts = host_toml("h", shell_server.host_config("h"))
+    served = await started(callers("ci", "ops") + hosts, "--workers", "2")
+    ci, ops = ((("authorization", f"Bearer {TOKEN}{n}"),) for n in ("ci", "ops"))
+    served.metadata = ci
+    on = await channels(served, {0, 1})
+    (tmp_path / "scout.toml").write_text(callers("ci") + hosts)
+    served.proc.send_signal(signal.SIGHUP)
+
+    def reloaded() -> set[int]:
+        return {x["worker"] for x in served.lines() if x["message"].startswith("config reloaded")}
+
+    assert await eventually(lambda: reloaded() == {0, 1}, within=20)
+    for channel in on.values():
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await execute(channel, "true", metadata=ops)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert (await execute(channel, "echo ok", metadata=ci)).stdout == b"ok\n"
+    # a worker's own port and share of the limits are not mistaken for changes
+    assert not [x for x in served.lines() if "takes a restart" in x["message"]]
+    await closing(on)
+
+
 async def test_workers_stop_when_the_supervisor_is_killed(
     shell_server: ScriptedServer, tmp_path: Path, started: Start
 ) -> None:
