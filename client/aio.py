@@ -7,7 +7,9 @@ machine"), and `authorization: Bearer <token>` when the client has a token.
 Calls for many hosts carry the header only when their first `hosts` entry is a
 name (see `_fan_out_metadata`); `split_fan_out=True` makes a fan-out one call per
 host instead (client/splitfanout.py). Every gRPC error leaves this module as a
-`ScoutError` made by `from_rpc_error`.
+`ScoutError` made by `from_rpc_error`. No request is sent before the channel has a
+connection (client/reach.py): one that cannot be sent raises `Unreachable`, and
+nothing ran.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from client.credentials import TLS, bearer_metadata
 from client.errors import InvalidRequest, ScoutError, from_rpc_error
 from client.fleet import Host, HostEvent, host_event_from_response, host_from_message, is_pattern
 from client.options import ExecOptions, exec_options
+from client.reach import ensure_ready
 from client.results import (
     Event,
     Exit,
@@ -42,6 +45,9 @@ HOST_HEADER = "x-scout-host"
 # Time past the command's timeout for the server to stop the command and say
 # DEADLINE_EXCEEDED itself, instead of the client's deadline cutting it short.
 DEFAULT_DEADLINE_MARGIN = 5.0
+# How long a call waits for a connection in progress before Unreachable (grpc's own
+# connect attempt gives up after 20 s); a shorter call deadline bounds it too.
+DEFAULT_CONNECT_TIMEOUT = 20.0
 # The server caps output; gRPC's default 4 MiB receive limit would fail a
 # legitimate Execute response with both streams near the server's cap.
 _DEFAULT_CHANNEL_OPTIONS: dict[str, Any] = {"grpc.max_receive_message_length": -1}
@@ -71,6 +77,7 @@ class Client:
         channel_options: Sequence[tuple[str, Any]] = (),
         deadline_margin: float = DEFAULT_DEADLINE_MARGIN,
         split_fan_out: bool = False,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         """Check the token and read the TLS files now; the channel opens on first use.
 
@@ -79,6 +86,8 @@ class Client:
         so a missing one raises OSError at once.
         split_fan_out: run execute_many as one call per host, for a target that is a
         proxy routing by host in front of several replicas (client/splitfanout.py).
+        connect_timeout: seconds a call waits for a connection in progress; then it
+        raises Unreachable without having sent anything.
         """
         self.target = target
         self._auth = bearer_metadata(token)
@@ -86,6 +95,7 @@ class Client:
         self._channel_options = list({**_DEFAULT_CHANNEL_OPTIONS, **dict(channel_options)}.items())
         self._margin = deadline_margin
         self._split_fan_out = split_fan_out
+        self._connect_timeout = connect_timeout
         self._channel: grpc.aio.Channel | None = None
         self._closed = False
 
@@ -148,6 +158,15 @@ class Client:
                 )
         return self._channel
 
+    async def _connected(self, deadline: float | None = None, host: str = "") -> grpc.aio.Channel:
+        """The channel once it has a connection, so that a request that cannot be sent is
+        not, and fails as Unreachable (client/reach.py); deadline also bounds the wait."""
+        channel = self._open()
+        within = self._connect_timeout if deadline is None else min(deadline, self._connect_timeout)
+        tls = self._credentials is not None
+        await ensure_ready(channel, self.target, within, tls=tls, host=host)
+        return channel
+
     async def execute(
         self, host: str, command: str, options: ExecOptions | None = None, **fields: Any
     ) -> Result:
@@ -157,10 +176,11 @@ class Client:
         """
         metadata = self._metadata(host)
         opts = exec_options(options, fields)
-        stub = _exec_stub(self._open())
+        deadline = opts.deadline(self._margin)
+        stub = _exec_stub(await self._connected(deadline, host))
         try:
             response = await stub.Execute(
-                opts.request(host, command), timeout=opts.deadline(self._margin), metadata=metadata
+                opts.request(host, command), timeout=deadline, metadata=metadata
             )
         except grpc.RpcError as err:
             raise from_rpc_error(err, host) from err
@@ -191,7 +211,7 @@ class Client:
         """
         names = _host_list(hosts)
         metadata = self._fan_out_metadata(names)
-        stub = _exec_stub(self._open())
+        stub = _exec_stub(await self._connected(rpc_timeout))
         request = exec_pb2.ListHostsRequest(selector=selector, hosts=names)
         try:
             response = await stub.ListHosts(request, timeout=rpc_timeout, metadata=metadata)
@@ -245,7 +265,7 @@ class Client:
         Returns the status name, e.g. "SERVING"; a service the server does not know
         is "SERVICE_UNKNOWN" (the health protocol's name for it) rather than an error.
         """
-        stub = health_pb2_grpc.HealthStub(self._open())
+        stub = health_pb2_grpc.HealthStub(await self._connected(rpc_timeout))
         request = health_pb2.HealthCheckRequest(service=service)
         try:
             response = await stub.Check(request, timeout=rpc_timeout, metadata=self._auth)
@@ -342,7 +362,7 @@ class StreamCall(_OwnedCall[exec_pb2.ExecuteRequest]):
         """Start the RPC and send the start message."""
         if self._call is not None:
             raise RuntimeError("a stream runs once; call client.stream(...) again")
-        stub = _exec_stub(self._client._open())
+        stub = _exec_stub(await self._client._connected(self._deadline, self.host))
         self._call = stub.Stream(timeout=self._deadline, metadata=self._metadata)
         try:
             await self._send(exec_pb2.StreamRequest(start=self._request))
@@ -529,7 +549,7 @@ class ExecuteManyCall(_OwnedCall[exec_pb2.ExecuteManyRequest], AsyncIterator[Hos
     async def __anext__(self) -> HostEvent:
         """Read the next Result, host ScoutError or HostOutput; the RPC's failure raises."""
         if self._call is None:
-            stub = _exec_stub(self._client._open())
+            stub = _exec_stub(await self._client._connected(self._deadline))
             self._call = stub.ExecuteMany(
                 self._request, timeout=self._deadline, metadata=self._metadata
             )

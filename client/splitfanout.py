@@ -176,9 +176,13 @@ class SplitExecuteManyCall(ExecuteManyCall):
             deadline = request.timeout.ToNanoseconds() / 1e9 + self._client._margin
         if not self._request.stream_output:
             try:
-                response = await _exec_stub(self._client._open()).Execute(
+                channel = await self._client._connected(deadline, host)
+                response = await _exec_stub(channel).Execute(
                     request, timeout=deadline, metadata=metadata
                 )
+            except ScoutError as err:  # Unreachable: nothing was sent
+                await self._events.put(err)
+                return
             except grpc.RpcError as err:
                 await self._events.put(from_rpc_error(err, host))
                 return

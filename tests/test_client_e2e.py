@@ -138,6 +138,7 @@ async def test_unreachable_server_is_unavailable() -> None:
         with pytest.raises(Unavailable) as info:
             await c.execute("web1", "true")
     assert info.value.host == "web1"
+    assert not info.value.may_have_run  # the request was never sent
 
 
 async def test_unroutable_host_name_is_refused_before_sending(client: Client) -> None:
