@@ -107,6 +107,11 @@ class Client:
         split = " split-fan-out" if self._split_fan_out else ""
         return f"<Client target={self.target!r} {transport}{auth}{split} {state}>"
 
+    @property
+    def has_token(self) -> bool:
+        """Whether calls carry a bearer token (never the token itself)."""
+        return bool(self._auth)
+
     def _metadata(self, host: str) -> tuple[tuple[str, str], ...]:
         """Build one call's metadata: the routing header, then the credentials."""
         if not all(" " <= ch <= "~" for ch in host):
@@ -332,6 +337,7 @@ class StreamCall(_OwnedCall[exec_pb2.ExecuteRequest]):
         self._write_lock = asyncio.Lock()
         self._stdin_closed = request.close_stdin  # EOF already in the start message
         self._write_failed = False  # a write found the call ended (see _send)
+        self._start_lost = False  # ...and it was the start message: nothing ran
         # A response message arrived, so the response headers did: the command started.
         # (Empty headers cannot be told from a trailers-only failure; the server's
         # x-scout-started mark covers the time before the first message.)
@@ -369,7 +375,39 @@ class StreamCall(_OwnedCall[exec_pb2.ExecuteRequest]):
         except BaseException:
             self._call.cancel()
             raise
+        if self._start_lost:
+            raise await self._lost_start_reason()
         return self
+
+    async def _lost_start_reason(self) -> ScoutError:
+        """Why the server ended the call before it read the start message, which grpc then
+        could not send (and reports INTERNAL in place of the server's answer). Nothing ran.
+
+        Such an answer comes from scout's door (identity, max_in_flight, load), decided
+        on the headers alone; ListHosts passes the same door with its request in the same
+        message as its headers, so it cannot lose the answer the same way.
+        """
+        try:
+            await self._client.list_hosts(hosts=[self.host], rpc_timeout=self._deadline or 10.0)
+        except ScoutError as err:
+            err.host = self.host
+            return err
+        lost = grpc.aio.AioRpcError(
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(),
+            "the server ended the call before it read the request, and grpc lost its "
+            "reason; nothing ran, so retrying is safe",
+        )
+        return from_rpc_error(lost, self.host, started=False)
+
+    async def started(self) -> None:
+        """Wait until the server has started the command (its response headers came), or
+        raise its refusal: a caller can then decide what to send before any stdin is read."""
+        call = self._running()
+        await call.initial_metadata()
+        if call.done():
+            await self._raise_final_status(call)
 
     async def write(self, data: bytes) -> None:
         """Send bytes to the command's stdin, waiting while gRPC flow control says so."""
@@ -480,6 +518,7 @@ class StreamCall(_OwnedCall[exec_pb2.ExecuteRequest]):
                 # gets the outcome (Exit, or the error), which comes before the status
                 # that grpc's failed write leaves behind (INTERNAL).
                 self._write_failed = True
+                self._start_lost = message.HasField("start")
                 return
             except asyncio.CancelledError:
                 self._raise_if_we_cancelled()
