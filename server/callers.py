@@ -13,7 +13,8 @@ caller is configured, every call must carry an identity, deny by default:
 Then the caller's policy: `hosts` and `commands` are glob patterns (fnmatch, case
 sensitive) over the inventory name and the command as sent; `stream` allows Stream. The
 host is checked before the inventory is looked at, so a caller cannot probe for names
-it may not use. A refusal names the rule that refused it.
+it may not use. A refusal names the rule that refused it: host, then command, then the
+method, so that "may not use Stream" is the real and only reason.
 """
 
 from __future__ import annotations
@@ -130,8 +131,6 @@ class Gate:
         if caller is ANONYMOUS:
             return
         who = f"caller {caller.name}"
-        if method == "Stream" and not caller.stream:
-            raise PermissionDenied(f"{who} may not use Stream (its policy has stream = false)")
         if not self.may_use(caller, host):
             rule = ", ".join(caller.hosts) if caller.hosts else "none"
             raise PermissionDenied(f"{who} may not run commands on {brief(host)} (hosts: {rule})")
@@ -140,6 +139,10 @@ class Gate:
         ):
             rule = ", ".join(caller.commands)
             raise PermissionDenied(f"{who} may not run {brief(command)} (commands: {rule})")
+        # Last, so that a refusal names a forbidden host or command first, and "may not
+        # use Stream" means that Execute would be allowed (the CLI then falls back to it).
+        if method == "Stream" and not caller.stream:
+            raise PermissionDenied(f"{who} may not use Stream (its policy has stream = false)")
 
 
 class IdentityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
