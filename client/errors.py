@@ -140,8 +140,8 @@ class Unreachable(Unavailable):
     """No connection to the scout server: the request was never sent, so nothing ran.
 
     target is the address tried; cause is one of client.reach's causes ("refused",
-    "dns", "plaintext-to-tls", "tls-to-plaintext", "untrusted", "tls", "timeout",
-    "other"), for a caller (the CLI) that words the fix.
+    "dns", "plaintext-to-tls", "tls-to-plaintext", "untrusted", "client-cert", "tls",
+    "timeout", "other"), for a caller (the CLI) that words the fix.
     """
 
     def __init__(self, message: str, *, target: str, cause: str, host: str = "") -> None:

@@ -41,6 +41,7 @@ CAUSES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("dns", ("DNS resolution failed", "errors resolving", "lookup error", "Domain name not")),
     ("tls-to-plaintext", ("WRONG_VERSION_NUMBER",)),
     ("untrusted", ("CERTIFICATE_VERIFY_FAILED",)),
+    ("client-cert", ("CERTIFICATE_REQUIRED", "PEER_DID_NOT_RETURN_A_CERTIFICATE")),
     ("tls", ("Tls handshake failed", "Handshake failed", "SSL_ERROR")),
     ("plaintext-to-tls", ("Socket closed", "Connection reset")),
 )
