@@ -124,6 +124,7 @@ class SplitExecuteManyCall(ExecuteManyCall):
         ends_at = None if self._deadline is None else loop.time() + self._deadline
         try:
             async with asyncio.timeout_at(ends_at):
+                await self._client._connected()  # no server: Unreachable for the whole call
                 targets = iter(await self._targets())
                 parallel = self._request.max_parallel or DEFAULT_PARALLEL
                 workers = [asyncio.ensure_future(self._work(targets)) for _ in range(parallel)]

@@ -103,7 +103,15 @@ async def open_scout(shell_server: ScriptedServer) -> AsyncIterator[Scout]:
 # ---- nothing could have run --------------------------------------------------------
 
 
-@pytest.mark.parametrize("argv", [["exec", "local", "--", "uptime"], ["exec", "a", "b", "--", "x"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["exec", "local", "--", "uptime"],
+        ["exec", "a", "b", "--", "x"],
+        ["exec", "--split-fan-out", "a", "b", "--", "x"],
+        ["hosts"],
+    ],
+)
 async def test_nothing_listening_is_cannot_reach_and_nothing_ran(
     argv: list[str], tmp_path: Path
 ) -> None:

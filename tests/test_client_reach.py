@@ -117,13 +117,13 @@ async def test_a_wrong_ca_ran_nothing(
     assert tls_server[0].seen.requests == []
 
 
-async def test_split_fan_out_reports_each_unreachable_host_as_not_run() -> None:
+async def test_split_fan_out_to_no_server_is_unreachable_as_a_whole() -> None:
     target = f"127.0.0.1:{free_port()}"
     client = Client(target, split_fan_out=True)
     async with client, client.execute_many(["web1", "web2"], "exit-now 0") as events:
-        outcomes = [event async for event in events]
-    assert sorted(type(o).__name__ for o in outcomes) == ["Unreachable", "Unreachable"]
-    assert not any(getattr(o, "may_have_run", True) for o in outcomes)
+        with pytest.raises(Unreachable) as info:
+            [event async for event in events]
+    assert (info.value.cause, info.value.may_have_run) == ("refused", False)
 
 
 async def test_no_connection_in_time_ran_nothing() -> None:
