@@ -150,7 +150,8 @@ def _connection_options() -> tuple[argparse.ArgumentParser, list[argparse.Action
     actions = [
         group.add_argument(
             "--target",
-            help=f"scout server address (default ${TARGET_ENV}, else {DEFAULT_TARGET})",
+            help=f"scout server address (default: a profile's or ${TARGET_ENV}, else "
+            f"{DEFAULT_TARGET})",
         ),
         group.add_argument(
             "--token-file",
@@ -663,7 +664,6 @@ def _context(args: argparse.Namespace, client: Client) -> Context:
         target=args.target,
         action=args.action,
         fan_out=bool(getattr(args, "fan_out", False)),
-        tls=bool(args.tls or args.ca is not None or args.cert is not None),
         ca=args.ca,
         token_sent=client.has_token,
         origin=getattr(args, "origin", {}),

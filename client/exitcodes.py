@@ -11,6 +11,7 @@ says on stderr whenever the code is its own.
 from __future__ import annotations
 
 import signal
+import textwrap
 
 __all__ = [
     "BROKEN_PIPE",
@@ -47,6 +48,8 @@ TABLE: tuple[tuple[str, str], ...] = (
     (str(MAY_HAVE_RUN), "scout lost track of the call: the command may have run"),
 )
 
+HELP_WIDTH = 88  # columns of `scout exec --help`'s table
+
 # Many hosts: the worst outcome wins, in this order.
 FAN_OUT_ORDER = "255, 125, 3, 124, 2, 1, 0"
 
@@ -54,11 +57,15 @@ FAN_OUT_ORDER = "255, 125, 3, 124, 2, 1, 0"
 def help_table() -> str:
     """The table as `scout exec --help` prints it (a raw-text epilog)."""
     width = max(len(code) for code, _ in TABLE)
-    rows = [f"  {code.ljust(width)}  {when}" for code, when in TABLE]
+    indent = " " * (width + 4)
+    rows = [
+        textwrap.fill(f"  {code.ljust(width)}  {when}", HELP_WIDTH, subsequent_indent=indent)
+        for code, when in TABLE
+    ]
     return "\n".join(
         [
             "exit codes:",
             *rows,
-            f"  many hosts exit with the worst reached, in this order: {FAN_OUT_ORDER}",
+            f"many hosts exit with the worst reached, in this order: {FAN_OUT_ORDER}",
         ]
     )

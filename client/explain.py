@@ -44,7 +44,6 @@ class Context:
     target: str
     action: str = "exec"
     fan_out: bool = False
-    tls: bool = False
     ca: Path | None = None
     token_sent: bool = False
     origin: Mapping[str, str] = field(default_factory=dict)
