@@ -20,8 +20,13 @@ __all__ = ["hide_native_logs"]
 
 def hide_native_logs() -> BinaryIO:
     """Silence descriptor 2 for native code; return Python's new stderr (binary)."""
+    if sys.stderr is None:  # started with descriptor 2 closed: nowhere to write
+        return open(os.devnull, "wb")  # lives as long as the process
     sys.stderr.flush()
-    ours = os.dup(2)
+    try:
+        ours = os.dup(2)
+    except OSError:  # no stderr at all: nothing to keep grpc's lines off
+        return sys.stderr.buffer
     os.set_inheritable(ours, False)
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
