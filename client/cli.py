@@ -445,8 +445,8 @@ def client_for(args: argparse.Namespace, environ: Mapping[str, str] | None = Non
     try:
         return Client(args.target, token=token, tls=tls, split_fan_out=split)
     except OSError as err:  # a TLS file: name it by its flag
-        key = next(k for k in ("ca", "cert", "key") if str(getattr(args, k)) == err.filename)
-        raise unreadable(key, Path(err.filename), err, origin) from None
+        named = [k for k in ("ca", "cert", "key") if str(getattr(args, k)) == err.filename]
+        raise unreadable(named[0] if named else "ca", Path(err.filename), err, origin) from None
     except ValueError as err:  # the token's characters; the message never quotes it
         raise SettingError(str(err)) from None
 

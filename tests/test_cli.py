@@ -225,3 +225,6 @@ def test_tls_is_chosen_by_flags(tmp_path: Path) -> None:
     assert " tls " in repr(client_for(parse_args(["health", "--tls"]), {}))
     with pytest.raises(SettingError, match=r"CA file .*nope\.pem: .*\(--ca FILE / \$SCOUT_CA\)"):
         client_for(parse_args(["health", "--ca", str(tmp_path / "nope.pem")]), {})
+    cert = ["--cert", str(tmp_path / "c.pem"), "--key", str(tmp_path / "k.pem")]
+    with pytest.raises(SettingError, match=r"client certificate .*c\.pem: .*\(--cert FILE\)"):
+        client_for(parse_args(["health", *cert]), {})
