@@ -20,6 +20,7 @@ from scout.v1 import exec_pb2
 from server.config import Config, HostConfig
 from server.keyfiles import load_or_create_keys, write_key
 from server.localshell import ShellHost
+from testkit.processes import marker, sleeping
 
 from .scoutd import Scout, running_scout, secs
 
@@ -214,8 +215,9 @@ async def test_connection_closed_mid_command_is_aborted_then_recovers(
     scout: Scout, shell: ShellHost, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR, logger="asyncio")
-    call = asyncio.create_task(scout.execute(host="local", command="sleep 5; echo late"))
-    await asyncio.sleep(0.5)
+    m = marker()
+    call = asyncio.create_task(scout.execute(host="local", command=f"sleep {m}; echo late"))
+    assert await sleeping(m, within=10)  # it runs: a fixed 0.5 s was too short on busy cores
     for server in list(shell.connections.values()):
         assert server.conn is not None
         server.conn.abort()
