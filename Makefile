@@ -11,8 +11,10 @@ DEV     := $(VENV)/.dev
 BENCH   := $(VENV)/.bench
 PROTOS  := $(wildcard protos/scout/v1/*.proto)
 STUBS   := $(patsubst protos/%.proto,%_pb2.py,$(PROTOS))
-# xdist workers: 2 on CI's and our 2 cores (4 was no faster there; see README).
+# pytest-xdist: 2 workers for CI's 2 cores (4 was no faster there, and flakier); each
+# file's tests on one worker, so that a module's servers start once.
 JOBS   ?= 2
+XDIST  := -n $(JOBS) --dist loadfile
 
 .PHONY: all venv protos run test test-fast lint bench bench-full constraints clean
 
@@ -49,12 +51,12 @@ run: $(RUNTIME)
 	$(BIN)/scout-server --demo --metrics 127.0.0.1:9464
 
 test: $(STUBS) lint
-	$(BIN)/pytest -n $(JOBS)
+	$(BIN)/pytest $(XDIST)
 
 # Without the real sshd, nginx, Envoy, Go and Node tests and the `slow` ones
 # (tests/conftest.py marks them `external`).
 test-fast: $(STUBS) $(DEV)
-	$(BIN)/pytest -n $(JOBS) -m 'not external and not slow'
+	$(BIN)/pytest $(XDIST) -m 'not external and not slow'
 
 # buf breaking: protos/ must stay wire- and source-compatible with the last released
 # contract, a committed buf image in protos-released/ (its README says why not git history).
