@@ -8,6 +8,7 @@
         -l/--selector SELECTOR  --max-parallel N  --json  --split-fan-out
     scout hosts [OPTIONS] [SELECTOR] [--json]
     scout health [OPTIONS] [--service NAME]
+    scout mcp [OPTIONS] [--http HOST:PORT] [--max-output BYTES]
     scout --version
 
     connection OPTIONS (every command): --target ADDR (env SCOUT_TARGET),
@@ -58,6 +59,10 @@ any host reached (client/fleetcli.py, FailureClass):
     130  interrupted (Ctrl-C)
 
 Usage mistakes exit 2 before anything runs, as everywhere in argparse.
+
+`scout mcp` serves the Model Context Protocol (stdio, or streamable HTTP on loopback)
+for AI assistants, as this caller: client/mcpserver.py. It needs the optional `mcp`
+extra (pip install 'scout[mcp]').
 
 The token is read from --token-file when given (the flag wins over the
 environment, as --target does), else from $SCOUT_TOKEN; it is never printed.
@@ -202,7 +207,9 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, _ExecOp
         prog="scout", description="Run shell commands on SSH hosts through a scout server."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    commands = parser.add_subparsers(dest="action", required=True, metavar="{exec,hosts,health}")
+    commands = parser.add_subparsers(
+        dest="action", required=True, metavar="{exec,hosts,health,mcp}"
+    )
 
     run = commands.add_parser(
         "exec",
@@ -291,6 +298,26 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, _ExecOp
         "health", parents=[connection], help="print the server's health status"
     )
     health.add_argument("--service", default="", help="service name (default: the server)")
+
+    mcp = commands.add_parser(
+        "mcp",
+        parents=[connection],
+        help="serve scout's tools to AI assistants (Model Context Protocol)",
+        description="An MCP server in front of the scout server, acting as this caller: "
+        "stdio by default (for Claude Desktop, Claude Code, ...).",
+    )
+    mcp.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="serve streamable HTTP at http://HOST:PORT/mcp instead of stdio (loopback only)",
+    )
+    mcp.add_argument(
+        "--max-output",
+        type=_positive_count,
+        default=64 * 1024,
+        metavar="BYTES",
+        help="cut each command's stdout and stderr at BYTES for the assistant (default 65536)",
+    )
     return parser, run, _ExecOptionNames([*connection_actions, *run_actions])
 
 
@@ -632,6 +659,8 @@ async def amain(
 ) -> int:
     """Run the CLI on given streams (tests pass their own) and return the exit status."""
     args = parse_args(argv)
+    if args.action == "mcp":
+        return await _mcp(args, stderr)
     try:
         client = client_for(args)
     except (OSError, ValueError) as err:  # names the file, never the token
@@ -655,6 +684,34 @@ async def amain(
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_BROKEN_PIPE
+
+
+async def _mcp(args: argparse.Namespace, stderr: BinaryIO) -> int:
+    """Serve MCP until the assistant goes away; usage mistakes exit 2, as argparse's do."""
+
+    def say(text: str, code: int) -> int:
+        stderr.write(f"scout mcp: {text}\n".encode(errors="replace"))
+        stderr.flush()
+        return code
+
+    try:
+        from client import mcpserver, mcptools
+    except ModuleNotFoundError as err:
+        if err.name is None or err.name.split(".")[0] not in ("mcp", "mcp_types", "pydantic"):
+            raise
+        return say(
+            "needs the MCP SDK, an optional extra: pip install 'scout[mcp]' "
+            "(or pip install 'mcp>=2.3,<3')",
+            2,
+        )
+    try:
+        http = mcpserver.check_http_listen(args.http) if args.http else None
+        client = client_for(args)
+    except (OSError, ValueError) as err:  # names the file, never the token
+        return say(str(err), 2)
+    async with client:
+        await mcpserver.serve(client, mcptools.Settings(max_output=args.max_output), http)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
