@@ -17,7 +17,11 @@ drains. The session then pauses/resumes reading the child's pipes, so a slow cli
 the command down and memory stays bounded. The other way, the stdin pipe's own
 pause/resume pauses the channel (asyncssh then stops adjusting the client's window).
 
-Limits (a demo, not sshd): no env/agent/forwarding/subsystems/breaks; pty modes are
+Files: the `sftp` subsystem runs OpenSSH's own sftp-server program (Debian's
+openssh-sftp-server) as the session's command, so the demo host and the tests' servers
+serve SFTP exactly as an OpenSSH host does (and count its sessions in ServerStats).
+
+Limits (a demo, not sshd): no env/agent/forwarding/breaks, no subsystem but sftp; pty modes are
 ignored (kernel defaults); channel EOF on a pty is ignored (as sshd); the pty becomes the
 controlling terminal through util-linux `setsid --ctty` (without it, typed ^C does nothing).
 """
@@ -51,6 +55,13 @@ from .keyfiles import ShellKeys
 log = logging.getLogger(__name__)
 
 KILL_GRACE = 1.0  # seconds between TERM and KILL when a session ends under a running command
+SFTP_SERVERS = (
+    "/usr/lib/openssh/sftp-server",  # Debian, Ubuntu
+    "/usr/libexec/openssh/sftp-server",  # Fedora, RHEL
+    "/usr/libexec/sftp-server",  # macOS, BSDs
+    "/usr/lib/ssh/sftp-server",  # Arch
+)
+SFTP_SERVER = next((p for p in SFTP_SERVERS if os.access(p, os.X_OK)), None)
 _SETSID = shutil.which("setsid")  # util-linux; `setsid --ctty` makes the pty the ctty
 _ExitStatus = tuple[int | None, str | None, bool]  # exit code, or signal name and core dumped
 _Pipes = tuple[subprocess.Popen[bytes], list[tuple[IO[bytes], int | None]], IO[bytes]]
@@ -66,6 +77,9 @@ class ServerStats:
     sessions_opened: int = 0  # channels accepted, in total
     sessions_refused: int = 0  # channel opens refused (session cap)
     exec_requests: int = 0  # commands asked to run, in total
+    sftp_sessions: int = 0  # sftp subsystems started, in total
+    sftp_open: int = 0  # sftp sessions open now
+    peak_sftp_open: int = 0
 
 
 def _set_winsize(fd: int, size: tuple[int, int, int, int]) -> None:
@@ -213,6 +227,7 @@ class LocalShellSession(asyncssh.SSHServerSession[bytes]):
         self._paused = False
         self._closed = False
         self._task: asyncio.Task[None] | None = None
+        self._sftp = False
 
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         """Keep the channel: the child's output goes there."""
@@ -237,6 +252,18 @@ class LocalShellSession(asyncssh.SSHServerSession[bytes]):
         """Accept any command; it runs under /bin/sh -c once the session starts."""
         self._server.host.stats.exec_requests += 1
         self._command = command
+        return True
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        """sftp, served by OpenSSH's sftp-server as the session's command; nothing else."""
+        if subsystem != "sftp" or SFTP_SERVER is None or self._term is not None:
+            return False
+        stats = self._server.host.stats
+        stats.sftp_sessions += 1
+        stats.sftp_open += 1
+        stats.peak_sftp_open = max(stats.peak_sftp_open, stats.sftp_open)
+        self._sftp = True
+        self._command = f"exec {SFTP_SERVER}"
         return True
 
     def shell_requested(self) -> bool:
@@ -404,6 +431,9 @@ class LocalShellSession(asyncssh.SSHServerSession[bytes]):
     def connection_lost(self, exc: Exception | None) -> None:
         """Channel closed or connection dropped: stop the command and forget the session."""
         self._closed = True
+        if self._sftp:
+            self._sftp = False
+            self._server.host.stats.sftp_open -= 1
         self._close_pipes()
         if self.child is not None:
             self._server.host.track(self.child.stop(self._server.host.kill_grace))

@@ -1,0 +1,326 @@
+"""Files: Upload, Download and UploadMany over SFTP on the pool, against the real sshd.
+
+Remote files live in a directory owned by the login user (testkit/sshd.py's
+`login_user`: scout-test when the tests run as root), so what the remote user may or
+may not do is what sshd's sftp lets it do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import os
+import pwd
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from scout.v1 import exec_pb2
+from server.callers import hash_token
+from server.config import CallerConfig
+from testkit.sshd import OpenSSHServer, login_user
+
+from .scoutd import Scout, config, running_scout
+
+TOKEN = "files-caller-5e4d3c2b1a09"
+
+
+@pytest.fixture
+def remote_dir() -> Iterator[Path]:
+    """A directory the SSH login user owns, that every user may traverse."""
+    path = Path(tempfile.mkdtemp(prefix="scout-files-"))
+    path.chmod(0o755)
+    user = pwd.getpwnam(login_user())
+    os.chown(path, user.pw_uid, user.pw_gid)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def owned(path: Path, data: bytes = b"", mode: int = 0o644) -> Path:
+    """A file with data, owned by the login user."""
+    path.write_bytes(data)
+    user = pwd.getpwnam(login_user())
+    os.chown(path, user.pw_uid, user.pw_gid)
+    path.chmod(mode)
+    return path
+
+
+async def requests(
+    start: exec_pb2.UploadStart, data: bytes, chunk: int = 256 * 1024
+) -> AsyncIterator[exec_pb2.UploadRequest]:
+    """An Upload's messages: start, then the chunks."""
+    yield exec_pb2.UploadRequest(start=start)
+    for i in range(0, len(data), chunk):
+        yield exec_pb2.UploadRequest(chunk=data[i : i + chunk])
+
+
+async def upload(scout: Scout, data: bytes, **start: Any) -> exec_pb2.UploadResponse:
+    """Call Upload with these UploadStart fields and data."""
+    start.setdefault("host", "o")
+    response: exec_pb2.UploadResponse = await scout.stub.Upload(
+        requests(exec_pb2.UploadStart(**start), data), timeout=30
+    )
+    return response
+
+
+async def download(scout: Scout, **fields: Any) -> tuple[bytes, exec_pb2.DownloadEnd]:
+    """Call Download; the bytes and the end message."""
+    fields.setdefault("host", "o")
+    data = bytearray()
+    end = None
+    async for message in scout.stub.Download(exec_pb2.DownloadRequest(**fields), timeout=30):
+        if message.WhichOneof("event") == "chunk":
+            assert end is None
+            data += message.chunk
+        else:
+            end = message.end
+    assert end is not None
+    return bytes(data), end
+
+
+async def fails(call: Any, code: grpc.StatusCode, says: str = "") -> str:
+    """Await call; it must fail with code (and says in its details)."""
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    assert info.value.code() == code, info.value.details()
+    details = info.value.details() or ""
+    assert says in details, details
+    return details
+
+
+def leftovers(directory: Path) -> list[str]:
+    """Temporary files an upload left behind."""
+    return sorted(p.name for p in directory.iterdir() if ".scout-" in p.name)
+
+
+def caller(files: str, paths: tuple[str, ...]) -> CallerConfig:
+    """A caller with the files policy, on every host."""
+    return CallerConfig(
+        name="filer", token_sha256=hash_token(TOKEN), hosts=("*",), files=files, paths=paths
+    )
+
+
+META = (("authorization", f"Bearer {TOKEN}"),)
+
+
+async def test_round_trip_keeps_bytes_mode_and_replaces_atomically(
+    openssh_scout: Scout, remote_dir: Path
+) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    target = remote_dir / "blob.bin"
+    owned(target, b"old content", 0o640)
+    answer = await upload(openssh_scout, data, path=str(target))
+    assert answer.bytes_written == len(data)
+    assert answer.sha256 == hashlib.sha256(data).hexdigest()
+    assert target.read_bytes() == data
+    assert target.stat().st_mode & 0o777 == 0o640  # mode 0 keeps the replaced file's
+    assert leftovers(remote_dir) == []
+    got, end = await download(openssh_scout, path=str(target))
+    assert got == data
+    assert (end.size, end.sha256, end.mode) == (len(data), answer.sha256, 0o640)
+    assert end.mtime.seconds == int(target.stat().st_mtime)
+    await upload(openssh_scout, b"x", path=str(remote_dir / "new"), mode=0o600)
+    assert (remote_dir / "new").stat().st_mode & 0o777 == 0o600
+
+
+async def test_download_range_resumes_a_cut_download(
+    openssh_scout: Scout, remote_dir: Path
+) -> None:
+    data = os.urandom(2 * 1024 * 1024 + 5)
+    target = owned(remote_dir / "resume.bin", data)
+    first = bytearray()
+    call = openssh_scout.stub.Download(exec_pb2.DownloadRequest(host="o", path=str(target)))
+    async for message in call:
+        first += message.chunk
+        if len(first) >= 700_000:
+            call.cancel()  # the caller gives up in the middle
+            break
+    rest, end = await download(openssh_scout, path=str(target), offset=len(first))
+    assert bytes(first) + rest == data
+    assert end.sha256 == hashlib.sha256(rest).hexdigest()
+    middle, _ = await download(openssh_scout, path=str(target), offset=10, length=100)
+    assert middle == data[10:110]
+
+
+async def test_statuses_and_nothing_written(openssh_scout: Scout, remote_dir: Path) -> None:
+    stub = openssh_scout.stub
+    existing = owned(remote_dir / "exists.txt", b"keep me")
+    await fails(
+        upload(openssh_scout, b"new", path=str(existing), create_only=True),
+        grpc.StatusCode.ALREADY_EXISTS,
+        "create_only",
+    )
+    assert existing.read_bytes() == b"keep me"
+    await upload(openssh_scout, b"fresh", path=str(remote_dir / "fresh.txt"), create_only=True)
+    assert (remote_dir / "fresh.txt").read_bytes() == b"fresh"
+    await fails(
+        upload(openssh_scout, b"x", path=str(remote_dir / "no" / "such" / "dir.txt")),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "does not exist",
+    )
+    await fails(
+        download(openssh_scout, path=str(remote_dir / "absent")), grpc.StatusCode.NOT_FOUND
+    )
+    if os.geteuid() == 0:  # as root, the login user is another user than the file's owner
+        secret = remote_dir / "secret"
+        secret.write_bytes(b"s")
+        secret.chmod(0o600)
+        os.chown(secret, 0, 0)
+        await fails(download(openssh_scout, path=str(secret)), grpc.StatusCode.FAILED_PRECONDITION)
+        locked = remote_dir / "locked"
+        locked.mkdir(mode=0o755)
+        await fails(
+            upload(openssh_scout, b"x", path=str(locked / "f")),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "refused",
+        )
+        assert list(locked.iterdir()) == []
+    data = b"0123456789"
+    await fails(
+        upload(openssh_scout, data, path=str(existing), sha256="0" * 64),
+        grpc.StatusCode.DATA_LOSS,
+    )
+    await fails(
+        upload(openssh_scout, data, path=str(existing), size=11), grpc.StatusCode.DATA_LOSS
+    )
+    assert existing.read_bytes() == b"keep me"
+    assert leftovers(remote_dir) == []
+    for bad in ("relative/path", "/tmp/a\x00b", "/tmp/a\nb", ""):
+        await fails(upload(openssh_scout, b"x", path=bad), grpc.StatusCode.INVALID_ARGUMENT)
+    del stub
+
+
+async def test_max_file_bytes_is_refused_before_anything_is_written(
+    openssh: OpenSSHServer, remote_dir: Path
+) -> None:
+    cfg = config({"o": openssh.host_config("o")}, files={"max_file_bytes": 1000})
+    async with running_scout(cfg) as scout:
+        target = remote_dir / "big"
+        await fails(
+            upload(scout, b"x", path=str(target), size=1001),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "max_file_bytes",
+        )
+        await fails(
+            upload(scout, b"x" * 1001, path=str(target)), grpc.StatusCode.INVALID_ARGUMENT
+        )
+        assert not target.exists()
+        assert leftovers(remote_dir) == []
+
+
+async def test_policy_paths_hold_against_dotdot_and_symlinks(
+    openssh: OpenSSHServer, remote_dir: Path
+) -> None:
+    app = remote_dir / "srv" / "app"
+    app.mkdir(parents=True)
+    outside = remote_dir / "outside"
+    outside.mkdir()
+    user = pwd.getpwnam(login_user())
+    for d in (remote_dir / "srv", app, outside):
+        os.chown(d, user.pw_uid, user.pw_gid)
+    owned(outside / "passwd", b"root:x:0:0")
+    (app / "link").symlink_to(outside / "passwd")
+    (app / "dirlink").symlink_to(outside)
+    owned(app / "ok.txt", b"fine")
+    cfg = config({"o": openssh.host_config("o")})
+    cfg = dataclasses.replace(cfg, callers=(caller("read-write", (f"{app}/**",)),))
+    async with running_scout(cfg) as scout:
+        stub = scout.stub
+
+        def up(path: str) -> Any:
+            start = exec_pb2.UploadStart(host="o", path=path)
+            return stub.Upload(requests(start, b"evil"), metadata=META, timeout=30)
+
+        def down(path: str) -> Any:
+            async def run() -> None:
+                request = exec_pb2.DownloadRequest(host="o", path=path)
+                async for _ in stub.Download(request, metadata=META, timeout=30):
+                    pass
+
+            return run()
+
+        denied = grpc.StatusCode.PERMISSION_DENIED
+        escape = f"{app}/../../outside/passwd"
+        for path in (escape, str(outside / "passwd"), f"{app}/link", f"{app}/dirlink/passwd"):
+            details = await fails(down(path), denied)
+            assert str(outside) not in details.replace(path, "")  # never where it leads
+        for path in (escape, f"{app}/dirlink/new"):
+            await fails(up(path), denied)
+        assert (outside / "passwd").read_bytes() == b"root:x:0:0"
+        assert sorted(p.name for p in outside.iterdir()) == ["passwd"]
+        # through the symlink itself: the rename replaces the link, not what it points to
+        await stub.Upload(requests(exec_pb2.UploadStart(host="o", path=f"{app}/link"), b"new"),
+                          metadata=META, timeout=30)  # fmt: skip
+        assert (outside / "passwd").read_bytes() == b"root:x:0:0"
+        assert (app / "link").read_bytes() == b"new" and not (app / "link").is_symlink()
+        await down(f"{app}/ok.txt")
+        # a caller that may only read, and one with no files at all
+        read_only = dataclasses.replace(cfg, callers=(caller("read", (f"{app}/**",)),))
+        async with running_scout(read_only) as ro:
+            start = exec_pb2.UploadStart(host="o", path=f"{app}/ok.txt")
+            await fails(
+                ro.stub.Upload(requests(start, b"x"), metadata=META, timeout=30),
+                denied,
+                "may not write files",
+            )
+        assert (app / "ok.txt").read_bytes() == b"fine"
+
+
+async def test_audit_and_metrics_count_each_transfer(
+    openssh: OpenSSHServer, remote_dir: Path, tmp_path: Path
+) -> None:
+    audit = tmp_path / "audit.log"
+    cfg = config({"o": openssh.host_config("o")}, audit={"file": str(audit)})
+    async with running_scout(cfg) as scout:
+        answer = await upload(scout, b"hello", path=str(remote_dir / "a.txt"))
+        await download(scout, path=str(remote_dir / "a.txt"))
+        await fails(download(scout, path=str(remote_dir / "nope")), grpc.StatusCode.NOT_FOUND)
+        rpcs = scout.app.service.rpcs
+        assert rpcs.file_bytes == {"upload": 5, "download": 5}
+        assert rpcs.file_transfers == {
+            ("upload", "OK"): 1,
+            ("download", "OK"): 1,
+            ("download", "NOT_FOUND"): 1,
+        }
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [(x["method"], x["direction"], x["bytes"], x["code"]) for x in lines] == [
+        ("Upload", "upload", 5, "OK"),
+        ("Download", "download", 5, "OK"),
+        ("Download", "download", 0, "NOT_FOUND"),
+    ]
+    assert lines[0]["sha256"] == answer.sha256 and lines[0]["host"] == "o"
+    assert lines[0]["path"] == str(remote_dir / "a.txt")
+
+
+async def test_uploads_and_commands_share_the_session_budget(
+    openssh_scout: Scout, remote_dir: Path
+) -> None:
+    """MaxSessions 10 on one connection, pool sessions per connection 8: a mix of
+    uploads, downloads and commands, all at once, and not one channel error."""
+    data = os.urandom(512 * 1024)
+    owned(remote_dir / "src", data)
+
+    async def one(i: int) -> None:
+        if i % 3 == 0:
+            await upload(openssh_scout, data, path=str(remote_dir / f"u{i}"))
+        elif i % 3 == 1:
+            got, _ = await download(openssh_scout, path=str(remote_dir / "src"))
+            assert got == data
+        else:
+            response = await openssh_scout.execute(host="o", command="sleep 0.05; echo ok")
+            assert response.stdout == b"ok\n"
+
+    cfg_pool = openssh_scout.app.config.pool
+    assert cfg_pool.max_sessions_per_connection <= 10
+    await asyncio.gather(*(one(i) for i in range(36)))
+    assert openssh_scout.app.pool.stats.refusals == 0
+    assert leftovers(remote_dir) == []
