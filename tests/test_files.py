@@ -167,9 +167,7 @@ async def test_statuses_and_nothing_written(openssh_scout: Scout, remote_dir: Pa
         grpc.StatusCode.FAILED_PRECONDITION,
         "does not exist",
     )
-    await fails(
-        download(openssh_scout, path=str(remote_dir / "absent")), grpc.StatusCode.NOT_FOUND
-    )
+    await fails(download(openssh_scout, path=str(remote_dir / "absent")), grpc.StatusCode.NOT_FOUND)
     if os.geteuid() == 0:  # as root, the login user is another user than the file's owner
         secret = remote_dir / "secret"
         secret.write_bytes(b"s")
@@ -189,9 +187,7 @@ async def test_statuses_and_nothing_written(openssh_scout: Scout, remote_dir: Pa
         upload(openssh_scout, data, path=str(existing), sha256="0" * 64),
         grpc.StatusCode.DATA_LOSS,
     )
-    await fails(
-        upload(openssh_scout, data, path=str(existing), size=11), grpc.StatusCode.DATA_LOSS
-    )
+    await fails(upload(openssh_scout, data, path=str(existing), size=11), grpc.StatusCode.DATA_LOSS)
     assert existing.read_bytes() == b"keep me"
     assert leftovers(remote_dir) == []
     for bad in ("relative/path", "/tmp/a\x00b", "/tmp/a\nb", ""):
@@ -210,9 +206,7 @@ async def test_max_file_bytes_is_refused_before_anything_is_written(
             grpc.StatusCode.INVALID_ARGUMENT,
             "max_file_bytes",
         )
-        await fails(
-            upload(scout, b"x" * 1001, path=str(target)), grpc.StatusCode.INVALID_ARGUMENT
-        )
+        await fails(upload(scout, b"x" * 1001, path=str(target)), grpc.StatusCode.INVALID_ARGUMENT)
         assert not target.exists()
         assert leftovers(remote_dir) == []
 
