@@ -292,7 +292,8 @@ class Files:
                 end = size if not request.length else min(size, request.offset + request.length)
                 digest = hashlib.sha256()
                 sent = 0
-                async for data in _read_ahead(file, request.offset, end, settings):
+                piece = min(settings.chunk_bytes, sftp.limits.max_read_len or 32768)
+                async for data in _read_ahead(file, request.offset, end, piece, settings.window):
                     digest.update(data)
                     sent += len(data)
                     call.file_bytes = sent
@@ -340,16 +341,17 @@ async def chunks(requests: AsyncIterator[Any]) -> Chunks:
 
 
 async def _read_ahead(
-    file: SFTPClientFile, offset: int, end: int, settings: Any
+    file: SFTPClientFile, offset: int, end: int, piece: int, window: int
 ) -> AsyncIterator[bytes]:
-    """The bytes from offset to end in order, `window` reads of `chunk_bytes` in flight."""
+    """The bytes from offset to end in order, `window` reads of `piece` bytes in flight
+    (a piece is one SFTP request: at most the server's read limit)."""
     loop = asyncio.get_running_loop()
     pending: list[asyncio.Future[bytes]] = []
     position = offset
     try:
         while True:
-            while position < end and len(pending) < settings.window:
-                n = min(settings.chunk_bytes, end - position)
+            while position < end and len(pending) < window:
+                n = min(piece, end - position)
                 pending.append(loop.create_task(file.read(n, position)))
                 position += n
             if not pending:
@@ -437,6 +439,8 @@ class _Upload:
         """Write every chunk, `window` writes in flight; over max_file_bytes: InvalidRequest."""
         assert self.file is not None
         limit = self.settings.max_file_bytes
+        piece = min(self.settings.chunk_bytes, self.channel.client.limits.max_write_len or 32768)
+        window = self.settings.window * max(self.settings.chunk_bytes // piece, 1)
         loop = asyncio.get_running_loop()
         pending: set[asyncio.Future[int]] = set()
         try:
@@ -448,12 +452,14 @@ class _Upload:
                         f"the file is over [files] max_file_bytes ({limit}); nothing written"
                     )
                 self.digest.update(chunk)
-                pending.add(loop.create_task(self.file.write(chunk, self.size)))
-                self.size += len(chunk)
+                for at in range(0, len(chunk), piece):  # one SFTP request each
+                    part = chunk[at : at + piece]
+                    pending.add(loop.create_task(self.file.write(part, self.size)))
+                    self.size += len(part)
+                    if len(pending) >= window:
+                        done, pending = await asyncio.wait(pending, return_when="FIRST_COMPLETED")
+                        _results(done)
                 self.call.file_bytes = self.size
-                if len(pending) >= self.settings.window:
-                    done, pending = await asyncio.wait(pending, return_when="FIRST_COMPLETED")
-                    _results(done)
             if pending:
                 done, pending = await asyncio.wait(pending)
                 _results(done)

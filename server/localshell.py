@@ -36,6 +36,7 @@ import functools
 import getpass
 import logging
 import os
+import shlex
 import shutil
 import signal
 import struct
@@ -256,14 +257,15 @@ class LocalShellSession(asyncssh.SSHServerSession[bytes]):
 
     def subsystem_requested(self, subsystem: str) -> bool:
         """sftp, served by OpenSSH's sftp-server as the session's command; nothing else."""
-        if subsystem != "sftp" or SFTP_SERVER is None or self._term is not None:
+        command = self._server.host.sftp_command()
+        if subsystem != "sftp" or command is None or self._term is not None:
             return False
         stats = self._server.host.stats
         stats.sftp_sessions += 1
         stats.sftp_open += 1
         stats.peak_sftp_open = max(stats.peak_sftp_open, stats.sftp_open)
         self._sftp = True
-        self._command = f"exec {SFTP_SERVER}"
+        self._command = command
         return True
 
     def shell_requested(self) -> bool:
@@ -492,6 +494,11 @@ class ShellHost:
     kill_grace: float = KILL_GRACE
     server_class: type[LocalShellServer] = LocalShellServer
     session_class: type[LocalShellSession] = LocalShellSession
+    sftp: bool = True  # serve the sftp subsystem
+    # (directory, path): the sftp-server sees directory at path, in a mount namespace of
+    # its own (needs root and util-linux unshare): tests give each in-process host its
+    # own files under one path, as separate machines would have
+    sftp_view: tuple[Path, Path] | None = None
     address: str = field(init=False, default="")
     port: int = field(init=False, default=0)
     stats: ServerStats = field(init=False, default_factory=ServerStats)
@@ -546,6 +553,16 @@ class ShellHost:
     def open_sessions(self) -> int:
         """Sessions open now, over every connection."""
         return sum(s.open_sessions for s in self.connections.values())
+
+    def sftp_command(self) -> str | None:
+        """The shell line that serves an sftp session, or None when there is none."""
+        if not self.sftp or SFTP_SERVER is None:
+            return None
+        if self.sftp_view is None:
+            return f"exec {SFTP_SERVER}"
+        source, target = (shlex.quote(str(p)) for p in self.sftp_view)
+        inner = shlex.quote(f"mount --bind {source} {target} && exec {SFTP_SERVER}")
+        return f"exec unshare --mount --propagation private sh -c {inner}"
 
     def track(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a cleanup in the background; close() waits for it."""

@@ -22,12 +22,17 @@ from typing import Any
 import grpc
 import pytest
 
-from scout.v1 import exec_pb2
+from scout.v1 import exec_pb2, exec_pb2_grpc
 from server.callers import hash_token
 from server.config import CallerConfig
+from server.keyfiles import ShellKeys
+from server.localshell import ServerStats
+from testkit.cutproxy import CutProxy
+from testkit.scripted import close_all, inventory, start_fleet
 from testkit.sshd import OpenSSHServer, login_user
 
 from .scoutd import Scout, config, running_scout
+from .serverproc import host_toml, start_server
 
 TOKEN = "files-caller-5e4d3c2b1a09"
 
@@ -102,6 +107,11 @@ def leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if ".scout-" in p.name)
 
 
+def growing(directory: Path) -> bool:
+    """A temporary file of an upload is there and has bytes."""
+    return any(p.stat().st_size for p in directory.glob("*.scout-*"))
+
+
 def caller(files: str, paths: tuple[str, ...]) -> CallerConfig:
     """A caller with the files policy, on every host."""
     return CallerConfig(
@@ -110,6 +120,7 @@ def caller(files: str, paths: tuple[str, ...]) -> CallerConfig:
 
 
 META = (("authorization", f"Bearer {TOKEN}"),)
+CODES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
 async def test_round_trip_keeps_bytes_mode_and_replaces_atomically(
@@ -318,3 +329,224 @@ async def test_uploads_and_commands_share_the_session_budget(
     await asyncio.gather(*(one(i) for i in range(36)))
     assert openssh_scout.app.pool.stats.refusals == 0
     assert leftovers(remote_dir) == []
+
+
+async def test_caller_cut_mid_upload_leaves_target_and_no_temporary_file(
+    openssh_scout: Scout, remote_dir: Path
+) -> None:
+    """A real TCP cut between the caller and scout once half the bytes are sent and the
+    temporary file is being written: the target keeps its old content, and the
+    temporary file is gone once scout has noticed."""
+    target = owned(remote_dir / "config.txt", b"old and whole")
+    await openssh_scout.execute(host="o", command="true")  # a warm connection
+    size, chunk = 16 * 1024 * 1024, 64 * 1024
+    port = int(openssh_scout.target.rsplit(":", 1)[1])
+    proxy = await CutProxy(("127.0.0.1", port), cut_after=1 << 40).start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{proxy.port}")
+
+    async def messages() -> AsyncIterator[exec_pb2.UploadRequest]:
+        yield exec_pb2.UploadRequest(start=exec_pb2.UploadStart(host="o", path=str(target)))
+        for i in range(size // chunk):
+            if i == size // chunk // 2:
+                for _ in range(1000):  # the temporary file is there and growing: cut now
+                    if growing(remote_dir):
+                        break
+                    await asyncio.sleep(0.01)
+                assert leftovers(remote_dir), "the upload never reached the host"
+                proxy.abort()
+            yield exec_pb2.UploadRequest(chunk=os.urandom(chunk))
+
+    try:
+        stub = exec_pb2_grpc.ExecServiceStub(channel)
+        await fails(stub.Upload(messages(), timeout=30), grpc.StatusCode.UNAVAILABLE)
+        assert proxy.cut.is_set()
+    finally:
+        await channel.close()
+        await proxy.close()
+    for _ in range(200):
+        if not leftovers(remote_dir) and not openssh_scout.app.pool.reserved:
+            break
+        await asyncio.sleep(0.05)
+    assert target.read_bytes() == b"old and whole"
+    assert leftovers(remote_dir) == []
+    assert openssh_scout.app.pool.reserved == 0  # the SFTP channel's place is back
+    transfers = openssh_scout.app.service.rpcs.file_transfers
+    assert list(transfers) in ([("upload", "CANCELLED")], [("upload", "UNAVAILABLE")]), transfers
+
+
+async def test_upload_many_to_twenty_hosts_five_at_a_time(
+    openssh: OpenSSHServer, ssh_keys: ShellKeys, remote_dir: Path, tmp_path: Path
+) -> None:
+    """19 in-process hosts (each with its own files, seen under one path) and the real
+    sshd; max_parallel 5; one host without SFTP gets its own status."""
+    shared = tmp_path / "shared"  # the path every host is written at
+    shared.mkdir()
+    servers = await start_fleet(ssh_keys, 19)
+    counted = ServerStats()
+    try:
+        for i, server in enumerate(servers):
+            own = tmp_path / f"host{i}"
+            own.mkdir()
+            server.sftp_view = (own, shared)
+            server.stats = counted  # one count over every in-process host
+        servers[7].sftp = False
+        cfg = inventory(servers)
+        hosts = dict(cfg.hosts)
+        hosts["sshd"] = openssh.host_config("sshd")
+        cfg = dataclasses.replace(cfg, hosts=hosts)
+        data = os.urandom(600 * 1024)
+        async with running_scout(cfg) as scout:
+            start = exec_pb2.UploadManyStart(
+                hosts=["host*"],
+                upload=exec_pb2.UploadStart(path=str(shared / "app.conf")),
+                max_parallel=5,
+            )
+            # the real sshd writes where its own login user may
+            sshd_start = exec_pb2.UploadManyStart(
+                hosts=["sshd"], upload=exec_pb2.UploadStart(path=str(remote_dir / "app.conf"))
+            )
+            results = {}
+            for first in (start, sshd_start):
+                call = scout.stub.UploadMany(many(first, data), timeout=60)
+                async for message in call:
+                    results[message.host] = message
+        assert len(results) == 20
+        failed = {h for h, m in results.items() if m.WhichOneof("event") == "error"}
+        assert failed == {"host7"}
+        error = results["host7"].error
+        assert error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+        assert "sftp" in error.message
+        digest = hashlib.sha256(data).hexdigest()
+        for i in range(19):
+            written = tmp_path / f"host{i}" / "app.conf"
+            if i == 7:
+                assert not written.exists()
+            else:
+                assert written.read_bytes() == data
+                assert results[f"host{i}"].result.sha256 == digest
+        assert (remote_dir / "app.conf").read_bytes() == data
+        assert not (shared / "app.conf").exists()  # each host wrote its own
+        assert 1 <= counted.peak_sftp_open <= 5
+        assert counted.sftp_sessions == 18
+    finally:
+        await close_all(servers)
+
+
+async def many(
+    start: exec_pb2.UploadManyStart, data: bytes, chunk: int = 128 * 1024
+) -> AsyncIterator[exec_pb2.UploadManyRequest]:
+    """An UploadMany's messages."""
+    yield exec_pb2.UploadManyRequest(start=start)
+    for i in range(0, len(data), chunk):
+        yield exec_pb2.UploadManyRequest(chunk=data[i : i + chunk])
+
+
+async def test_upload_many_never_names_hidden_hosts(
+    openssh: OpenSSHServer, remote_dir: Path
+) -> None:
+    """A glob or selector picks only hosts the caller may use; a hidden host named plainly
+    is PERMISSION_DENIED, exactly as a name that does not exist would be."""
+    hosts = {name: openssh.host_config(name) for name in ("web1", "web2", "secret-db")}
+    cfg = config(hosts)
+    filer = dataclasses.replace(caller("write", (f"{remote_dir}/**",)), hosts=("web*",))
+    cfg = dataclasses.replace(cfg, callers=(filer,))
+    async with running_scout(cfg) as scout:
+        upload_to = exec_pb2.UploadStart(path=str(remote_dir / "f"))
+
+        async def outcome(*patterns: str) -> dict[str, str]:
+            start = exec_pb2.UploadManyStart(hosts=list(patterns), upload=upload_to)
+            call = scout.stub.UploadMany(many(start, b"data"), metadata=META, timeout=30)
+            found = {}
+            async for message in call:
+                kind = message.WhichOneof("event")
+                found[message.host] = "OK" if kind == "result" else CODES[message.error.code]
+            return found
+
+        assert await outcome("*") == {"web1": "OK", "web2": "OK"}
+        named = await outcome("secret-db", "no-such-host", "web1")
+        assert named == {
+            "secret-db": "PERMISSION_DENIED",
+            "no-such-host": "PERMISSION_DENIED",
+            "web1": "OK",
+        }
+        start = exec_pb2.UploadManyStart(hosts=["secret*"], upload=upload_to)
+        details = await fails(
+            scout.stub.UploadMany(many(start, b"x"), metadata=META, timeout=30).read(),
+            grpc.StatusCode.NOT_FOUND,
+        )
+        assert "secret-db" not in details
+
+
+@pytest.mark.slow
+async def test_hundred_mib_round_trip_in_bounded_server_memory(
+    openssh: OpenSSHServer, remote_dir: Path, tmp_path: Path
+) -> None:
+    """100 MiB up and down through a scout-server process: the digests agree, and the
+    server's resident memory grows by less than 32 MiB meanwhile (read from /proc)."""
+    config_file = tmp_path / "scout.toml"
+    config_file.write_text(host_toml("o", openssh.host_config("o")))
+    proc, target = start_server(["--config", str(config_file)], tmp_path / "server.log")
+    channel = grpc.aio.insecure_channel(target)
+    try:
+        stub = exec_pb2_grpc.ExecServiceStub(channel)
+        path = str(remote_dir / "big.bin")
+
+        async def up(size: int) -> str:
+            sent = hashlib.sha256()
+
+            async def messages() -> AsyncIterator[exec_pb2.UploadRequest]:
+                yield exec_pb2.UploadRequest(start=exec_pb2.UploadStart(host="o", path=path))
+                for _ in range(size // (1 << 20)):
+                    chunk = os.urandom(1 << 20)
+                    sent.update(chunk)
+                    yield exec_pb2.UploadRequest(chunk=chunk)
+
+            answer = await stub.Upload(messages(), timeout=120)
+            assert answer.sha256 == sent.hexdigest()
+            return sent.hexdigest()
+
+        async def down() -> str:
+            got = hashlib.sha256()
+            end = None
+            request = exec_pb2.DownloadRequest(host="o", path=path)
+            async for message in stub.Download(request, timeout=120):
+                if message.WhichOneof("event") == "chunk":
+                    got.update(message.chunk)
+                else:
+                    end = message.end
+            assert end is not None and end.sha256 == got.hexdigest()
+            return got.hexdigest()
+
+        await up(4 << 20)  # warm: every code path loaded, the connection open
+        await down()
+        baseline = rss(proc.pid)
+        peak = baseline
+        done = asyncio.Event()
+
+        async def watch() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, rss(proc.pid))
+                await asyncio.sleep(0.02)
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            sent = await up(100 << 20)
+            received = await down()
+        finally:
+            done.set()
+            await watcher
+        assert sent == received == hashlib.sha256((remote_dir / "big.bin").read_bytes()).hexdigest()
+        assert peak - baseline < 32 << 20, f"RSS grew {(peak - baseline) >> 20} MiB"
+    finally:
+        await channel.close()
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def rss(pid: int) -> int:
+    """A process's resident set size in bytes, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
