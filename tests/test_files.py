@@ -13,9 +13,7 @@ import hashlib
 import json
 import os
 import pwd
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -31,32 +29,11 @@ from testkit.cutproxy import CutProxy
 from testkit.scripted import close_all, inventory, start_fleet
 from testkit.sshd import OpenSSHServer, login_user
 
+from .filerig import leftovers, owned
 from .scoutd import Scout, config, running_scout
 from .serverproc import host_toml, start_server
 
 TOKEN = "files-caller-5e4d3c2b1a09"
-
-
-@pytest.fixture
-def remote_dir() -> Iterator[Path]:
-    """A directory the SSH login user owns, that every user may traverse."""
-    path = Path(tempfile.mkdtemp(prefix="scout-files-"))
-    path.chmod(0o755)
-    user = pwd.getpwnam(login_user())
-    os.chown(path, user.pw_uid, user.pw_gid)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def owned(path: Path, data: bytes = b"", mode: int = 0o644) -> Path:
-    """A file with data, owned by the login user."""
-    path.write_bytes(data)
-    user = pwd.getpwnam(login_user())
-    os.chown(path, user.pw_uid, user.pw_gid)
-    path.chmod(mode)
-    return path
 
 
 async def requests(
@@ -100,11 +77,6 @@ async def fails(call: Any, code: grpc.StatusCode, says: str = "") -> str:
     details = info.value.details() or ""
     assert says in details, details
     return details
-
-
-def leftovers(directory: Path) -> list[str]:
-    """Temporary files an upload left behind."""
-    return sorted(p.name for p in directory.iterdir() if ".scout-" in p.name)
 
 
 def growing(directory: Path) -> bool:
