@@ -13,6 +13,8 @@ import hashlib
 import json
 import os
 import pwd
+import re
+import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,11 +24,14 @@ import pytest
 
 from scout.v1 import exec_pb2, exec_pb2_grpc
 from server.callers import hash_token
-from server.config import CallerConfig
+from server.config import CallerConfig, ConfigError
+from server.configfile import parse
 from server.keyfiles import ShellKeys
 from server.localshell import ServerStats
+from server.metrics import exposition
+from server.pathpolicy import PathError, allowed, normalise
 from testkit.cutproxy import CutProxy
-from testkit.scripted import close_all, inventory, start_fleet
+from testkit.scripted import ScriptedServer, close_all, inventory, start_fleet
 from testkit.sshd import OpenSSHServer, login_user
 
 from .filerig import leftovers, owned
@@ -330,7 +335,8 @@ async def test_caller_cut_mid_upload_leaves_target_and_no_temporary_file(
 
     try:
         stub = exec_pb2_grpc.ExecServiceStub(channel)
-        await fails(stub.Upload(messages(), timeout=30), grpc.StatusCode.UNAVAILABLE)
+        with pytest.raises(grpc.aio.AioRpcError):  # UNAVAILABLE, or INTERNAL from grpc core
+            await stub.Upload(messages(), timeout=30)
         assert proxy.cut.is_set()
     finally:
         await channel.close()
@@ -522,3 +528,112 @@ def rss(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS")
+
+
+async def test_download_of_a_file_that_changes_is_aborted(
+    openssh_scout: Scout, remote_dir: Path
+) -> None:
+    target = owned(remote_dir / "growing.log", os.urandom(8 * 1024 * 1024))
+    call = openssh_scout.stub.Download(exec_pb2.DownloadRequest(host="o", path=str(target)))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for message in call:
+            assert message.WhichOneof("event") == "chunk", "the end came: nothing noticed"
+            if target.stat().st_size == 8 * 1024 * 1024:
+                with target.open("ab") as log:  # a writer appends while scout reads
+                    log.write(b"one more line\n")
+    assert info.value.code() == grpc.StatusCode.ABORTED
+    assert "changed while it was read" in (info.value.details() or "")
+
+
+async def test_idempotency_key_answers_a_retry_without_writing_again(
+    openssh_scout: Scout, remote_dir: Path
+) -> None:
+    path = str(remote_dir / "once.txt")
+    first = await upload(openssh_scout, b"v1", path=path, idempotency_key="deploy-42")
+    owned(Path(path), b"changed by someone else")
+    again = await upload(openssh_scout, b"v1", path=path, idempotency_key="deploy-42")
+    assert again == first
+    assert Path(path).read_bytes() == b"changed by someone else"  # noqa: ASYNC240 - not again
+    await upload(openssh_scout, b"v2", path=path, idempotency_key="deploy-43")
+    assert Path(path).read_bytes() == b"v2"  # noqa: ASYNC240
+
+
+async def test_in_process_host_serves_sftp_and_counts_its_sessions(
+    shell_server: ScriptedServer, tmp_path: Path
+) -> None:
+    """The demo's host (server.localshell) serves files too, through OpenSSH's sftp-server."""
+    async with running_scout(config({"local": shell_server.host_config("local")})) as scout:
+        target = tmp_path / "demo.txt"
+        await upload(scout, b"from the demo", host="local", path=str(target))
+        got, end = await download(scout, host="local", path=str(target))
+    assert got == target.read_bytes() == b"from the demo"
+    assert end.size == 13
+    assert shell_server.stats.sftp_sessions == 2
+    assert shell_server.stats.sftp_open == 0
+
+
+async def test_metrics_name_file_bytes_and_transfers(
+    openssh_scout: Scout, remote_dir: Path
+) -> None:
+    await upload(openssh_scout, b"12345", path=str(remote_dir / "m.txt"))
+    text = exposition(openssh_scout.app)().decode()
+    assert 'scout_file_bytes_total{direction="upload"} 5.0' in text
+    assert 'scout_file_transfers_total{code="OK",direction="upload"} 1.0' in text
+
+
+FILES_CONFIG = """
+[files]
+max_file_bytes = 1048576
+spool_dir = "spool"
+
+[[callers]]
+name = "deployer"
+token_sha256 = "{token}"
+hosts = ["web*"]
+files = "write"
+paths = ["/srv/app/**"]
+
+[[callers]]
+name = "runner"
+token_sha256 = "{other}"
+hosts = ["*"]
+"""
+
+
+def test_files_config_and_its_mistakes(tmp_path: Path) -> None:
+    text = FILES_CONFIG.replace("{token}", "a" * 64).replace("{other}", "b" * 64)
+    cfg = parse(tomllib.loads(text), tmp_path)
+    assert cfg.files.max_file_bytes == 1048576
+    assert cfg.files.spool_dir == tmp_path / "spool"
+    deployer, runner = cfg.callers
+    assert (deployer.files, deployer.paths) == ("write", ("/srv/app/**",))
+    assert (runner.files, runner.paths) == ("none", ())  # files default to none
+    assert deployer.may_files("write") and not deployer.may_files("read")
+    assert not runner.may_files("read")
+    for wrong, says in (
+        ('files = "all"', "callers[deployer].files"),
+        ('paths = ["srv/*"]', "must be absolute"),
+        ('paths = ["/srv/../etc/**"]', "must not contain"),
+    ):
+        bad = (
+            text.replace('files = "write"', wrong)
+            if "files" in wrong
+            else text.replace('paths = ["/srv/app/**"]', wrong)
+        )
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            parse(tomllib.loads(bad), tmp_path)
+    with pytest.raises(ConfigError, match="paths: required"):
+        parse(tomllib.loads(text.replace('paths = ["/srv/app/**"]', "")), tmp_path)
+
+
+def test_path_normalising_and_globs() -> None:
+    assert normalise("/srv/app/../../etc/passwd") == "/etc/passwd"
+    assert normalise("//srv//app/./x/") == "/srv/app/x"
+    for bad in ("srv/app", "/srv/\x00", "/srv/\x1b[31m", "/srv/\x7f", "", "/" + "a" * 5000):
+        with pytest.raises(PathError):
+            normalise(bad)
+    patterns = ("/srv/app/**", "/etc/app/*.conf")
+    assert allowed("/srv/app", patterns) and allowed("/srv/app/a/b/c", patterns)
+    assert allowed("/etc/app/x.conf", patterns)
+    for outside in ("/srv/apple", "/srv", "/etc/app/sub/x.conf", "/etc/app/x.confx", "/"):
+        assert not allowed(outside, patterns), outside
