@@ -18,6 +18,7 @@ from server.config import Config
 from server.keyfiles import ShellKeys
 from testkit.scripted import ScriptedServer, close_all, start_fleet
 
+from .readmescripts import run_python_block
 from .scoutd import Scout, running_scout
 
 pytestmark = pytest.mark.timeout(60)
@@ -120,3 +121,9 @@ def test_progress_bar_shows_bytes_rate_and_eta_on_a_terminal() -> None:
     assert "ETA" in shown and "/s" in shown
     silent = ProgressBar(None, 10, "x")
     silent(5, final=True)  # no terminal: nothing to draw, nothing raised
+
+
+async def test_readme_files_python_example_runs_as_a_script(scout: Scout, tmp_path: Path) -> None:
+    out = await run_python_block("## Files", scout.target, tmp_path, 30)
+    assert out == "12 True\nlocal ok\n", out
+    assert (tmp_path / "copy.conf").read_bytes() == b"port = 8080\n"
