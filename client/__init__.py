@@ -7,8 +7,10 @@ from client.aio import DEFAULT_TARGET, Client, ExecuteManyCall, StreamCall
 from client.credentials import TLS
 from client.errors import (
     Aborted,
+    AlreadyExists,
     Cancelled,
     CommandFailed,
+    DataLoss,
     HostNotFound,
     HostRejected,
     InvalidRequest,
@@ -21,6 +23,7 @@ from client.errors import (
     from_host_status,
     from_rpc_error,
 )
+from client.files import DownloadCall, FileInfo, HostUpload, Uploaded
 from client.fleet import Host, HostEvent, HostOutcome, HostOutput
 from client.options import ExecOptions
 from client.results import Event, Exit, ExitStatus, Result, Stderr, Stdout
@@ -30,20 +33,25 @@ __all__ = [
     "DEFAULT_TARGET",
     "TLS",
     "Aborted",
+    "AlreadyExists",
     "Cancelled",
     "Client",
     "CommandFailed",
+    "DataLoss",
+    "DownloadCall",
     "Event",
     "ExecOptions",
     "ExecuteManyCall",
     "Exit",
     "ExitStatus",
+    "FileInfo",
     "Host",
     "HostEvent",
     "HostNotFound",
     "HostOutcome",
     "HostOutput",
     "HostRejected",
+    "HostUpload",
     "InvalidRequest",
     "NotAllowed",
     "Overloaded",
@@ -56,6 +64,7 @@ __all__ = [
     "SyncClient",
     "Timeout",
     "Unavailable",
+    "Uploaded",
     "from_host_status",
     "from_rpc_error",
 ]

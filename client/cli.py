@@ -6,6 +6,9 @@
     scout exec [OPTIONS] HOST... --argv -- PROGRAM [ARG...]  argv: each word as it is
         --timeout SECS  --env K=V (repeatable)  --cwd DIR  --tty  --argv
         -l/--selector SELECTOR  --max-parallel N  --json  --split-fan-out
+    scout cp [OPTIONS] LOCAL HOST:PATH | LOCAL GLOB:PATH | LOCAL -l SELECTOR:PATH
+    scout cp [OPTIONS] HOST:PATH LOCAL                       files (client/cpcli.py)
+        --mode OCTAL  --create-only  --max-parallel N
     scout hosts [OPTIONS] [SELECTOR] [--json]
     scout health [OPTIONS] [--service NAME]
     scout mcp [OPTIONS] [--http HOST:PORT] [--max-output BYTES]
@@ -84,6 +87,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from client import cpcli
 from client.aio import DEFAULT_TARGET, Client, StreamCall
 from client.credentials import TLS
 from client.errors import ScoutError
@@ -208,7 +212,7 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, _ExecOp
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(
-        dest="action", required=True, metavar="{exec,hosts,health,mcp}"
+        dest="action", required=True, metavar="{exec,cp,hosts,health,mcp}"
     )
 
     run = commands.add_parser(
@@ -286,6 +290,7 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, _ExecOp
         ),
     ]
 
+    cpcli.add_parser(commands, connection)
     hosts = commands.add_parser(
         "hosts", parents=[connection], help="list the server's inventory hosts"
     )
@@ -673,6 +678,8 @@ async def amain(
                 return await run_health(client, args, stdout)
             if args.action == "hosts":
                 return await run_hosts(client, args.selector, args.json, stdout)
+            if args.action == "cp":
+                return await cpcli.run_cp(client, args, stdout, stderr)
             if args.fan_out:
                 return await run_fanout(client, _fan_out_options(args), stdout, stderr)
             return await run_exec(client, args, stdin, stdout, stderr)
