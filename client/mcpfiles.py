@@ -11,28 +11,33 @@ assistants"):
 Paths must be absolute: a path starting with `-` would be an option of `find`, and
 `find -delete ...` deletes, so the policy patterns can pin the first character (`/*`).
 
-Reading and writing go through `FileAccess`, the seam between these tools and how bytes
-move. `CommandFiles` reads with `head -c` / `tail -c` (bounded by the output cap) and
-cannot write; the Files RPCs (Download/Upload, issue 22) replace it behind the same seam.
+Reading, writing and copying go through `FileAccess`, the seam between these tools and
+how bytes move: `ScoutFiles`, on scout's Files RPCs (Download, Upload), so the caller's
+`files` and `paths` policy decides them. scout has no directory listing RPC, so
+list_directory (and a directory's `scout://` resource) stays the `ls` command above.
 """
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path as PathLib
 from typing import Any, Protocol
 
 from client.aio import Client
 from client.errors import ScoutError
+from client.files import DownloadCall, Uploaded
 from client.mcptools import ToolFailure, cut, failure_from, invalid, run_with_progress
 from client.results import Result
 
 __all__ = [
-    "CommandFiles",
     "FileAccess",
     "FileRead",
+    "ScoutFiles",
     "diff_files",
     "find_files",
     "list_directory",
@@ -261,44 +266,118 @@ async def tree(
 # ---- reading and diffing ---------------------------------------------------------------
 
 
-class CommandFiles:
-    """File access over commands until the Files RPCs are in: reads only.
+class ScoutFiles:
+    """File access over scout's Files RPCs: Download to read, Upload to write, both to copy.
 
-    read: `head -c N+1 -- PATH`, or from an offset `tail -c +OFFSET+1 -- PATH` cut here
-    (the server's output cap bounds what comes back). The extra byte says whether the
-    file goes on.
+    The server's `files` and `paths` policy (README, "Files") applies to every one of
+    them. A copy streams: each chunk Download gives goes on to Upload as it comes, so
+    memory holds a few chunks whatever the file's size, and nothing is written to disk
+    here unless one side is a local path.
     """
 
     def __init__(self, client: Client) -> None:
-        """Read through this client."""
+        """Move bytes through this client."""
         self._client = client
 
     async def read(self, host: str, path: str, offset: int, max_bytes: int) -> FileRead:
-        """Up to max_bytes from offset, and whether the file is longer."""
-        if offset:
-            argv = ["tail", "-c", f"+{offset + 1}", "--", path]
-        else:
-            argv = ["head", "-c", str(max_bytes + 1), "--", path]
-        result = await _run(self._client, host, argv, max_bytes + 1)
-        if not result.ok:
-            raise _command_failed(result, argv)
-        data = result.stdout
-        return FileRead(data[:max_bytes], len(data) > max_bytes or result.stdout_truncated)
+        """Up to max_bytes from offset (Download's range), and whether the file is longer."""
+        parts: list[bytes] = []
+        try:
+            async with self._client.download(host, path, offset=offset, length=max_bytes) as call:
+                async for chunk in call:
+                    parts.append(chunk)
+                info = call.info
+        except ScoutError as err:
+            raise failure_from(err) from None
+        data = b"".join(parts)
+        size = info.size if info is not None else offset + len(data)
+        return FileRead(data, offset + len(data) < size)
 
     async def write(
         self, host: str, path: str, data: bytes, mode: int | None, create_only: bool
     ) -> dict[str, Any]:
-        """Not over commands: writing needs the Upload RPC (issue 22)."""
-        raise ToolFailure(
-            "UNIMPLEMENTED", "write_file needs scout's Upload RPC (issue 22), not yet in this build"
-        )
+        """Put data in place (a temporary file renamed over the target by the server)."""
+        try:
+            done = await self._client.upload(
+                host, path, data, mode=mode or 0, create_only=create_only
+            )
+        except ScoutError as err:
+            raise failure_from(err) from None
+        return {
+            "host": host,
+            "path": path,
+            "bytes_written": done.bytes_written,
+            "sha256": done.sha256,
+            "duration": round(done.duration, 3),
+        }
 
     async def copy(self, source: tuple[str, str], target: tuple[str, str]) -> dict[str, Any]:
-        """Not over commands: copying needs the Download and Upload RPCs (issue 22)."""
-        raise ToolFailure(
-            "UNIMPLEMENTED",
-            "copy_file needs scout's Download and Upload RPCs (issue 22), not yet in this build",
-        )
+        """Stream a file host to host (Download -> Upload), or between a host and here."""
+        (src_host, src_path), (dst_host, dst_path) = source, target
+        began = time.monotonic()
+        try:
+            if src_host and dst_host:
+                async with self._client.download(src_host, src_path) as call:
+                    done = await self._relay(call, dst_host, dst_path)
+                info = call.info
+                if info is None or info.sha256 != done.sha256:
+                    raise ToolFailure(
+                        "DATA_LOSS",
+                        f"the copy of {src_host}:{src_path} arrived with another digest "
+                        "than the one read; the target may hold a bad copy",
+                        may_have_run=True,
+                        host=dst_host,
+                    )
+                size, digest = done.bytes_written, done.sha256
+            elif src_host:
+                got = await self._client.download(src_host, src_path).to_file(dst_path)
+                size, digest = got.size, got.sha256
+            elif dst_host:
+                done = await self._client.upload(dst_host, dst_path, PathLib(src_path))
+                size, digest = done.bytes_written, done.sha256
+            else:
+                raise invalid("copy_file copies to or from a host: give HOST:/path on one side")
+        except ScoutError as err:
+            raise failure_from(err) from None
+        except OSError as err:  # the local side
+            raise ToolFailure("LOCAL_FILE", f"{err.strerror}: {err.filename}") from None
+        return {
+            "source": _side(source),
+            "target": _side(target),
+            "bytes": size,
+            "sha256": digest,
+            "duration": round(time.monotonic() - began, 3),
+        }
+
+    async def _relay(self, call: DownloadCall, host: str, path: str) -> Uploaded:
+        """Upload what the download gives, as it comes; the download's failure is raised.
+
+        grpc answers a request iterator that raises by cancelling the Upload, which would
+        surface as CancelledError: the download's own error is kept and raised instead.
+        """
+        failed: list[ScoutError] = []
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in call:
+                    yield chunk
+            except ScoutError as err:
+                failed.append(err)
+                raise
+
+        try:
+            return await self._client.upload(host, path, chunks())
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if failed and task is not None and task.cancelling() == 0:
+                raise failed[0] from None
+            raise
+
+
+def _side(side: tuple[str, str]) -> str:
+    """A copy's side as the assistant wrote it."""
+    host, path = side
+    return f"{host}:{path}" if host else path
 
 
 def decode_content(content: str, encoding: str) -> bytes:
@@ -326,16 +405,25 @@ def endpoint(text: str) -> tuple[str, str]:
 async def path_resource(
     client: Client, files: FileAccess, host: str, path: str, max_output: int
 ) -> str | bytes:
-    """scout://HOST/PATH: a directory's `ls -la` listing, or the file's first bytes."""
-    listing = await list_directory(client, host, path, max_output)
-    if listing["is_directory"]:
+    """scout://HOST/PATH: the file's first bytes, or a directory's `ls -la` listing.
+
+    The file is tried first (Download); a path that is no regular file (FAILED_PRECONDITION)
+    is listed, and if it is no directory either, the read's own error stands.
+    """
+    try:
+        got = await files.read(host, path, 0, max_output)
+    except ToolFailure as failure:
+        if failure.code != "FAILED_PRECONDITION":
+            raise
+        listing = await list_directory(client, host, path, max_output)
+        if not listing["is_directory"]:
+            raise failure from None
         lines = [
             f"{e['mode']} {e['owner']} {e['group']} {e['size']:>10} {e['modified']} {e['name']}"
             + (f" -> {e['target']}" if "target" in e else "")
             for e in listing["entries"]
         ]
         return "\n".join(lines) + "\n"
-    got = await files.read(host, path, 0, max_output)
     try:
         return got.data.decode()
     except UnicodeDecodeError:

@@ -13,6 +13,7 @@ on loopback only, since the endpoint has no authentication of its own and acts w
 our caller's token.
 """
 
+import asyncio
 import ipaddress
 import json
 from collections.abc import Awaitable
@@ -82,11 +83,20 @@ def _failure(failure: ToolFailure) -> CallToolResult:
 
 
 async def _answer(work: Awaitable[dict[str, Any]]) -> CallToolResult:
-    """Run a tool's work; a ToolFailure becomes an error result, anything else a crash."""
+    """Run a tool's work; a ToolFailure becomes an error result, anything else a crash.
+
+    A CancelledError while nobody cancelled this request (grpc cancels a call itself in
+    some failures) is a failed call, not the end of the session.
+    """
     try:
         return _result(await work)
     except ToolFailure as failure:
         return _failure(failure)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is None or task.cancelling() > 0:
+            raise
+        return _failure(ToolFailure("CANCELLED", "the call was cancelled", may_have_run=True))
 
 
 def _progress(ctx: Context) -> Progress:
@@ -113,7 +123,7 @@ def _mode(text: str | None) -> int | None:
 
 def build_server(client: Client, settings: Settings, files: FileAccess | None = None) -> MCPServer:
     """The MCP server: scout's tools and resources on this client."""
-    fs: FileAccess = files if files is not None else mcpfiles.CommandFiles(client)
+    fs: FileAccess = files if files is not None else mcpfiles.ScoutFiles(client)
     server: MCPServer = MCPServer("scout", instructions=INSTRUCTIONS, log_level="WARNING")
     limit = settings.max_output
 
