@@ -4,7 +4,8 @@ The hosts (local, web1, web2, db1) are one local shell SSH server (server/locals
 the demo's) serving in a thread of the test process, so their commands are processes of
 this machine (testkit/processes.py looks at them). The scout server runs as a child with
 a config file naming two callers: "ops" (any host, any command) and "assistant" (the
-README's read-only example, with hosts web*), and an audit file. Each MCP session spawns
+README's read-only example, with hosts web* and files it may read under `data`), and an
+audit file. Each MCP session spawns
 `scout mcp` over stdio with the SDK's own client, as an assistant would.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -37,11 +39,12 @@ ASSISTANT_TOKEN = "assistant-token-for-mcp-tests"
 HOSTS = {"local": "ops", "web1": "web", "web2": "web", "db1": "db"}  # name: role label
 
 
-def readme_assistant() -> str:
-    """The README's read-only assistant caller, as TOML, with our token."""
+def readme_assistant(data: Path) -> str:
+    """The README's read-only assistant caller, as TOML, with our token, reading under data."""
     text = (ROOT / "README.md").read_text()
     block = text.split("An assistant's caller, read-only:", 1)[1]
     block = block.split("```toml\n", 1)[1].split("```", 1)[0]
+    block = re.sub(r"(?m)^paths = .*$", f'paths = ["{data}/**"]', block)
     return block.replace('"9f86d0..."', f'"{hash_token(ASSISTANT_TOKEN)}"')
 
 
@@ -52,6 +55,7 @@ class Rig:
     target: str
     audit: Path
     log: Path
+    data: Path  # where the assistant may read files
 
     def audit_lines(self) -> list[dict[str, Any]]:
         """Every audit line written so far."""
@@ -83,11 +87,14 @@ def running_rig(tmp: Path, *flags: str) -> Iterator[Rig]:
     """scout-server with the hosts and callers above, until the block ends."""
     with shell_host(tmp / "keys") as shell:
         audit = tmp / "audit.jsonl"
+        data = tmp / "data"
+        data.mkdir()
         parts = [f'[audit]\nfile = "{audit}"\n']
         parts.append(
-            f'[[callers]]\nname = "ops"\ntoken_sha256 = "{hash_token(OPS_TOKEN)}"\nhosts = ["*"]\n'
+            f'[[callers]]\nname = "ops"\ntoken_sha256 = "{hash_token(OPS_TOKEN)}"\n'
+            'hosts = ["*"]\nfiles = "read-write"\npaths = ["/**"]\n'
         )
-        parts.append(readme_assistant())
+        parts.append(readme_assistant(data))
         for name, role in HOSTS.items():
             parts.append(host_toml(name, shell.host_config(name)))
             parts.append(f'labels = {{ role = "{role}" }}\n')
@@ -96,7 +103,7 @@ def running_rig(tmp: Path, *flags: str) -> Iterator[Rig]:
         log = tmp / "scout.log"
         proc, target = start_server(["--config", str(config), *flags], log)
         try:
-            yield Rig(target, audit, log)
+            yield Rig(target, audit, log, data)
         finally:
             stop(proc, 10)
 

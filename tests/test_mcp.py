@@ -7,10 +7,14 @@ streamable HTTP), as an assistant's client would.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,14 +63,17 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
 
 
 @pytest.fixture
-def files(tmp_path: Path) -> Path:
-    """A small tree: a/one.txt, a/b/two.py, a/b/c/three.py, and a binary file."""
-    (tmp_path / "a" / "b" / "c").mkdir(parents=True)
-    (tmp_path / "a" / "one.txt").write_text("alpha\nbeta\ngamma\n")
-    (tmp_path / "a" / "b" / "two.py").write_text("print(2)\n")
-    (tmp_path / "a" / "b" / "c" / "three.py").write_text("print(3)\n")
-    (tmp_path / "a" / "blob.bin").write_bytes(bytes(range(256)))
-    return tmp_path
+def files(rig: Rig) -> Iterator[Path]:
+    """A small tree where the assistant may read: a/one.txt, a/b/two.py, a/b/c/three.py,
+    and a binary file."""
+    top = rig.data / uuid.uuid4().hex
+    (top / "a" / "b" / "c").mkdir(parents=True)
+    (top / "a" / "one.txt").write_text("alpha\nbeta\ngamma\n")
+    (top / "a" / "b" / "two.py").write_text("print(2)\n")
+    (top / "a" / "b" / "c" / "three.py").write_text("print(3)\n")
+    (top / "a" / "blob.bin").write_bytes(bytes(range(256)))
+    yield top
+    shutil.rmtree(top)
 
 
 # ---- without a server ------------------------------------------------------------------
@@ -215,7 +222,7 @@ async def test_file_tools_and_resources(rig: Rig, files: Path) -> None:
         r = await mcp.call_tool("read_file", {"host": "local", "path": str(root / "blob.bin")})
         assert fields(r)["encoding"] == "base64"
         r = await mcp.call_tool("read_file", {"host": "local", "path": str(root / "none")})
-        assert "No such file" in error_text(r)
+        assert error_text(r).startswith("NOT_FOUND: ")
 
         r = await mcp.call_tool("read_files", {"targets": [f"web1:{path}", f"web2:{path}x"]})
         assert (fields(r)["targets"], fields(r)["succeeded"]) == (2, 1)
@@ -236,6 +243,49 @@ async def test_file_tools_and_resources(rig: Rig, files: Path) -> None:
 
         r = await mcp.call_tool("find_files", {"host": "local", "path": "-delete", "pattern": "x"})
         assert "absolute path" in error_text(r)
+
+
+@pytest.mark.slow
+async def test_write_file_and_copy_file(rig: Rig, files: Path) -> None:
+    here = files / "w"
+    here.mkdir()
+    async with session(rig) as mcp:
+        written = here / "new.conf"
+        target = str(written)
+        r = await mcp.call_tool(
+            "write_file", {"host": "web1", "path": target, "content": "x = 1\n", "mode": "0600"}
+        )
+        assert fields(r)["bytes_written"] == 6
+        assert (written.read_text(), written.stat().st_mode & 0o777) == ("x = 1\n", 0o600)
+        again = {"host": "web1", "path": target, "content": "y", "create_only": True}
+        r = await mcp.call_tool("write_file", again)
+        assert error_text(r).startswith("ALREADY_EXISTS: ")
+        blob = {"host": "web1", "path": target, "content": "AAEC/w==", "encoding": "base64"}
+        r = await mcp.call_tool("write_file", blob)
+        assert written.read_bytes() == b"\x00\x01\x02\xff"
+
+        big = here / "big.bin"
+        big.write_bytes(os.urandom(20 * 1024 * 1024))
+        r = await mcp.call_tool(
+            "copy_file", {"source": f"web1:{big}", "target": f"web2:{here}/copy.bin"}
+        )
+        out = fields(r)
+        assert out["bytes"] == 20 * 1024 * 1024, r
+        assert out["sha256"] == hashlib.sha256(big.read_bytes()).hexdigest()
+        assert (here / "copy.bin").read_bytes() == big.read_bytes()  # byte-exact
+
+        r = await mcp.call_tool("copy_file", {"source": f"web1:{target}", "target": f"{here}/down"})
+        assert (here / "down").read_bytes() == b"\x00\x01\x02\xff"
+        r = await mcp.call_tool(
+            "copy_file", {"source": f"{here}/down", "target": f"web2:{here}/up"}
+        )
+        assert (here / "up").read_bytes() == b"\x00\x01\x02\xff"
+        r = await mcp.call_tool(
+            "copy_file", {"source": f"web1:{here}/none", "target": f"web2:{here}/x"}
+        )
+        assert error_text(r).startswith("NOT_FOUND: ") and not (here / "x").exists()
+        r = await mcp.call_tool("copy_file", {"source": "/a", "target": "/b"})
+        assert "give HOST:/path on one side" in error_text(r)
 
 
 # ---- a restricted caller: the README's read-only assistant -----------------------------
@@ -262,6 +312,8 @@ async def test_the_readme_assistant_gets_its_tools_and_nothing_else(rig: Rig, fi
         assert fields(r)["succeeded"] == 2
         text = await mcp.read_resource(f"scout://web1{root}/one.txt")
         assert getattr(text.contents[0], "text", None) == "alpha\nbeta\ngamma\n"
+        listing = await mcp.read_resource(f"scout://web1{root}")
+        assert "one.txt" in getattr(listing.contents[0], "text", "")
 
         r = await mcp.call_tool("run_command", {"host": "db1", "command": "uptime"})
         assert error_text(r).startswith("PERMISSION_DENIED: ")
@@ -277,18 +329,27 @@ async def test_the_readme_assistant_gets_its_tools_and_nothing_else(rig: Rig, fi
         assert "may send only argv" in error_text(r)
         r = await mcp.call_tool("list_directory", {"host": "local", "path": "/"})
         assert error_text(r).startswith("PERMISSION_DENIED: ")
+        write = {"host": "web1", "path": f"{root}/new", "content": "x"}
+        r = await mcp.call_tool("write_file", write)
+        assert error_text(r).startswith("PERMISSION_DENIED: ") and not (root / "new").exists()
+        r = await mcp.call_tool("read_file", {"host": "web1", "path": "/etc/hostname"})
+        assert error_text(r).startswith("PERMISSION_DENIED: ")
     lines = rig.audit_lines()[before:]
     assert {line["caller"] for line in lines} == {"assistant"}
-    refused = [(x["host"], x["code"]) for x in lines if x["code"] != "OK"]
+    refused = [(x["method"], x["host"]) for x in lines if x["code"] == "PERMISSION_DENIED"]
     assert refused == [
-        ("db1", "PERMISSION_DENIED"),
-        ("web1", "PERMISSION_DENIED"),
-        ("web1", "PERMISSION_DENIED"),
-        ("local", "PERMISSION_DENIED"),
+        ("Execute", "db1"),
+        ("Execute", "web1"),
+        ("Execute", "web1"),
+        ("Execute", "local"),
+        ("Upload", "web1"),
+        ("Download", "web1"),
     ]
-    ran = [x["argv"] for x in lines if x["code"] == "OK"]
+    ran = [x.get("argv") for x in lines if x["code"] == "OK"]
     assert ["uptime"] in ran and ["find", str(root), "-maxdepth", "5", "-name", "*.py"] in ran
-    assert len(lines) == len(allowed) + 1 + 2 + 2 + 4  # diff: 2 reads; resource: ls + head
+    # one line per call: diff_files reads twice, the fan-out runs twice, the directory
+    # resource tries a read (FAILED_PRECONDITION) and then lists
+    assert len(lines) == len(allowed) + 1 + 2 + 1 + 2 + len(refused), lines
 
 
 # ---- limits, progress, cancellation ----------------------------------------------------
