@@ -49,6 +49,9 @@ DEFAULT_MAX_OUTPUT = 64 * 1024  # per stream: an assistant's context is not a lo
 # Refused here before anything is sent: the server's own limit (max_command_bytes, 64 KiB
 # by default) says INVALID_ARGUMENT below it, gRPC's message limit something obscure above.
 MAX_COMMAND_BYTES = 1024 * 1024
+# A fan-out keeps at most this many hosts' worth of output (--max-output each) in all;
+# hosts past it keep their exit status and sizes, their output cut to nothing (flagged).
+FAN_OUT_SHARES = 16
 PROGRESS_EVERY = 1.0  # seconds: a command running longer than this reports progress
 
 # Progress(elapsed_or_count, message): how a tool reports a long call (MCP progress).
@@ -69,6 +72,14 @@ class Settings:
     """What `scout mcp` was started with, beyond the connection."""
 
     max_output: int = DEFAULT_MAX_OUTPUT
+    fan_out_output: int | None = None  # run_on_hosts' output over all hosts (None: 16 x)
+
+    @property
+    def fan_out_budget(self) -> int:
+        """Output kept over all of a fan-out's hosts."""
+        if self.fan_out_output is not None:
+            return self.fan_out_output
+        return FAN_OUT_SHARES * self.max_output
 
 
 class ToolFailure(Exception):
@@ -271,6 +282,8 @@ async def run_on_hosts(
 
     A host that could not run the command is an entry with its error, not a tool
     error; only a call refused as a whole (no target, bad selector) fails the tool.
+    Output is cut at max_output per host and at settings.fan_out_budget in all, so
+    ten thousand hosts cannot flood the assistant (or our memory) with output.
     """
     if not hosts and not selector:
         raise invalid("give `hosts` (names or globs) or a `selector`, or both")
@@ -279,6 +292,7 @@ async def run_on_hosts(
     words = command_fields(command, argv)
     fields = _exec_fields(settings.max_output, timeout_s, working_dir, None)
     results: list[dict[str, Any]] = []
+    budget = settings.fan_out_budget
     try:
         async with client.execute_many(
             list(hosts), **words, selector=selector, max_parallel=max_parallel, **fields
@@ -287,7 +301,10 @@ async def run_on_hosts(
                 if isinstance(event, HostOutput):
                     continue
                 if isinstance(event, Result):
-                    results.append(result_fields(event, settings.max_output))
+                    entry = result_fields(event, min(settings.max_output, budget))
+                    budget -= len(event.stdout[:budget]) + len(event.stderr[:budget])
+                    budget = max(budget, 0)
+                    results.append(entry)
                 else:
                     results.append({"host": event.host, **failure_from(event).fields()})
                 if progress is not None:

@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 from mcp import Client as MCPClient
 
+from client import Client
 from client.mcpfiles import draw_tree, parse_ls
-from client.mcptools import plain_argv
+from client.mcptools import Settings, plain_argv, run_on_hosts
 from testkit.processes import gone, marker, sleeping, stop
 
 from .mcprig import (
@@ -353,6 +354,16 @@ async def test_the_readme_assistant_gets_its_tools_and_nothing_else(rig: Rig, fi
 
 
 # ---- limits, progress, cancellation ----------------------------------------------------
+
+
+async def test_a_fan_out_keeps_a_bounded_share_of_output_in_all(rig: Rig) -> None:
+    settings = Settings(max_output=8, fan_out_output=12)
+    async with Client(rig.target, token=OPS_TOKEN) as client:
+        out = await run_on_hosts(client, settings, "echo 0123456789", hosts=["*"])
+    assert (out["hosts"], out["succeeded"]) == (4, 4)
+    kept = [len(r["stdout"]) for r in out["results"]]
+    assert sum(kept) == 12 and max(kept) == 8, kept
+    assert all(r["stdout_truncated"] and r["stdout_bytes"] == 11 for r in out["results"])
 
 
 async def test_50_mib_of_output_is_cut_at_max_output(rig: Rig) -> None:
