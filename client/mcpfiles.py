@@ -23,7 +23,7 @@ import asyncio
 import difflib
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path as PathLib
 from typing import Any, Protocol
@@ -54,6 +54,9 @@ MAX_DEPTH = 64
 MAX_DIFF_BYTES = 1024 * 1024  # each side of a diff_files
 
 
+Moved = Callable[[int], None]  # told the bytes a copy has moved so far
+
+
 @dataclass(frozen=True)
 class FileRead:
     """What a read returned: the bytes, and whether the file goes on past them."""
@@ -75,8 +78,11 @@ class FileAccess(Protocol):
         """Put data in the file; what was written (path, size)."""
         ...
 
-    async def copy(self, source: tuple[str, str], target: tuple[str, str]) -> dict[str, Any]:
-        """Stream one file from (host, path) to (host, path); what arrived."""
+    async def copy(
+        self, source: tuple[str, str], target: tuple[str, str], moved: Moved | None = None
+    ) -> dict[str, Any]:
+        """Stream one file from (host, path) to (host, path) ("" host: here); what arrived.
+        `moved` is told the bytes moved so far."""
         ...
 
 
@@ -311,14 +317,16 @@ class ScoutFiles:
             "duration": round(done.duration, 3),
         }
 
-    async def copy(self, source: tuple[str, str], target: tuple[str, str]) -> dict[str, Any]:
+    async def copy(
+        self, source: tuple[str, str], target: tuple[str, str], moved: Moved | None = None
+    ) -> dict[str, Any]:
         """Stream a file host to host (Download -> Upload), or between a host and here."""
         (src_host, src_path), (dst_host, dst_path) = source, target
         began = time.monotonic()
         try:
             if src_host and dst_host:
                 async with self._client.download(src_host, src_path) as call:
-                    done = await self._relay(call, dst_host, dst_path)
+                    done = await self._relay(call, dst_host, dst_path, moved)
                 info = call.info
                 if info is None or info.sha256 != done.sha256:
                     raise ToolFailure(
@@ -330,10 +338,12 @@ class ScoutFiles:
                     )
                 size, digest = done.bytes_written, done.sha256
             elif src_host:
-                got = await self._client.download(src_host, src_path).to_file(dst_path)
+                download = self._client.download(src_host, src_path, progress=moved)
+                got = await download.to_file(dst_path)
                 size, digest = got.size, got.sha256
             elif dst_host:
-                done = await self._client.upload(dst_host, dst_path, PathLib(src_path))
+                local = PathLib(src_path)
+                done = await self._client.upload(dst_host, dst_path, local, progress=moved)
                 size, digest = done.bytes_written, done.sha256
             else:
                 raise invalid("copy_file copies to or from a host: give HOST:/path on one side")
@@ -349,7 +359,9 @@ class ScoutFiles:
             "duration": round(time.monotonic() - began, 3),
         }
 
-    async def _relay(self, call: DownloadCall, host: str, path: str) -> Uploaded:
+    async def _relay(
+        self, call: DownloadCall, host: str, path: str, moved: Moved | None
+    ) -> Uploaded:
         """Upload what the download gives, as it comes; the download's failure is raised.
 
         grpc answers a request iterator that raises by cancelling the Upload, which would
@@ -366,7 +378,7 @@ class ScoutFiles:
                 raise
 
         try:
-            return await self._client.upload(host, path, chunks())
+            return await self._client.upload(host, path, chunks(), progress=moved)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if failed and task is not None and task.cancelling() == 0:

@@ -290,14 +290,26 @@ def build_server(client: Client, settings: Settings, files: FileAccess | None = 
     @server.tool(annotations=WRITES)
     async def copy_file(
         *,
+        ctx: Context,
         source: Annotated[str, Field(description="HOST:/path, or a local absolute path")],
         target: Annotated[str, Field(description="HOST:/path, or a local absolute path")],
     ) -> CallToolResult:
         """Copy a file host to host (or between a host and this machine), streamed
         through scout without holding it whole."""
 
+        moved = [0]
+
+        def count(sent: int) -> None:
+            moved[0] = sent
+
+        def what() -> str:
+            return f"{moved[0]} bytes copied"
+
         async def work() -> dict[str, Any]:
-            return await fs.copy(mcpfiles.endpoint(source), mcpfiles.endpoint(target))
+            ends = mcpfiles.endpoint(source), mcpfiles.endpoint(target)
+            copy = fs.copy(*ends, count)
+            result: dict[str, Any] = await mcptools.run_with_progress(copy, _progress(ctx), what)
+            return result
 
         return await _answer(work())
 

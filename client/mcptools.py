@@ -198,8 +198,12 @@ def host_fields(host: Host) -> dict[str, Any]:
     }
 
 
-async def run_with_progress(call: Awaitable[Any], progress: Progress | None, what: str) -> Any:
+async def run_with_progress(
+    call: Awaitable[Any], progress: Progress | None, what: str | Callable[[], str]
+) -> Any:
     """Await a call, reporting progress each second it runs; cancelling us cancels it.
+
+    `what` names the work in the progress message (a callable: asked anew each time).
 
     Cancelling the gRPC call makes the scout server stop the remote command (signal,
     then channel close), which is what an MCP client's cancellation should do.
@@ -213,7 +217,8 @@ async def run_with_progress(call: Awaitable[Any], progress: Progress | None, wha
                 return task.result()
             if progress is not None:
                 elapsed = time.monotonic() - began
-                await progress(round(elapsed, 1), f"{what}: running for {elapsed:.0f} s")
+                name = what() if callable(what) else what
+                await progress(round(elapsed, 1), f"{name}: running for {elapsed:.0f} s")
     finally:
         if not task.done():
             task.cancel()

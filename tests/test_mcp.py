@@ -442,7 +442,8 @@ def free_port() -> int:
 
 @pytest.fixture
 def http_mcp(rig: Rig, tmp_path: Path) -> Iterator[str]:
-    """`scout mcp --http` on a free loopback port, serving; its URL."""
+    """`scout mcp --http` on a free loopback port, serving; its URL. Its log never shows
+    the token."""
     port = free_port()
     with (tmp_path / "mcp.log").open("wb") as log:
         proc = subprocess.Popen(
@@ -463,6 +464,7 @@ def http_mcp(rig: Rig, tmp_path: Path) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}/mcp"
     finally:
         stop(proc, 5)
+    assert OPS_TOKEN not in (tmp_path / "mcp.log").read_text(errors="replace")
 
 
 async def test_streamable_http_answers_tools_list_and_call(http_mcp: str) -> None:
