@@ -11,7 +11,7 @@
         --mode OCTAL  --create-only  --max-parallel N
     scout hosts [OPTIONS] [SELECTOR] [--json]
     scout health [OPTIONS] [--service NAME]
-    scout mcp [OPTIONS] [--http HOST:PORT] [--max-output BYTES]
+    scout mcp [OPTIONS] [--http HOST:PORT] [--max-output BYTES] [--local-files DIR]
     scout --version
 
     connection OPTIONS (every command): --target ADDR (env SCOUT_TARGET),
@@ -322,6 +322,12 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, _ExecOp
         default=64 * 1024,
         metavar="BYTES",
         help="cut each command's stdout and stderr at BYTES for the assistant (default 65536)",
+    )
+    mcp.add_argument(
+        "--local-files",
+        type=Path,
+        metavar="DIR",
+        help="let copy_file read and write this machine's files under DIR (default: none)",
     )
     return parser, run, _ExecOptionNames([*connection_actions, *run_actions])
 
@@ -717,7 +723,8 @@ async def _mcp(args: argparse.Namespace, stderr: BinaryIO) -> int:
     except (OSError, ValueError) as err:  # names the file, never the token
         return say(str(err), 2)
     async with client:
-        await mcpserver.serve(client, mcptools.Settings(max_output=args.max_output), http)
+        settings = mcptools.Settings(max_output=args.max_output, local_root=args.local_files)
+        await mcpserver.serve(client, settings, http)
     return 0
 
 

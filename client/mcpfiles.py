@@ -407,11 +407,28 @@ def decode_content(content: str, encoding: str) -> bytes:
     raise invalid(f"encoding must be utf-8 or base64, got {encoding!r}")
 
 
-def endpoint(text: str) -> tuple[str, str]:
-    """copy_file's side: `HOST:/path` as (host, path), or a local absolute path as ("", path)."""
-    if text.startswith("/"):
-        return "", absolute(text)
-    return parse_target(text)
+def endpoint(text: str, local_root: PathLib | None) -> tuple[str, str]:
+    """copy_file's side: `HOST:/path` as (host, path), or a local absolute path as ("", path).
+
+    A local path is this machine's, outside scout's policy and audit: it is allowed only
+    under `scout mcp --local-files DIR`, judged after symlinks and `..` are resolved.
+    """
+    if not text.startswith("/"):
+        return parse_target(text)
+    path = absolute(text)
+    if local_root is None:
+        raise ToolFailure(
+            "PERMISSION_DENIED",
+            f"{text}: copy_file reaches local paths only when scout mcp is started with "
+            "--local-files DIR (this machine's files are outside scout's policy and audit)",
+        )
+    root = local_root.resolve()
+    resolved = PathLib(path).resolve()
+    if resolved != root and root not in resolved.parents:
+        raise ToolFailure(
+            "PERMISSION_DENIED", f"{text}: local paths must be under --local-files {root}"
+        )
+    return "", str(resolved)
 
 
 async def path_resource(

@@ -291,11 +291,15 @@ def build_server(client: Client, settings: Settings, files: FileAccess | None = 
     async def copy_file(
         *,
         ctx: Context,
-        source: Annotated[str, Field(description="HOST:/path, or a local absolute path")],
-        target: Annotated[str, Field(description="HOST:/path, or a local absolute path")],
+        source: Annotated[
+            str, Field(description="HOST:/path, or a local absolute path (if allowed)")
+        ],
+        target: Annotated[
+            str, Field(description="HOST:/path, or a local absolute path (if allowed)")
+        ],
     ) -> CallToolResult:
-        """Copy a file host to host (or between a host and this machine), streamed
-        through scout without holding it whole."""
+        """Copy a file host to host, streamed through scout without holding it whole; or
+        between a host and this machine, under the directory scout mcp allows (if any)."""
 
         moved = [0]
 
@@ -306,7 +310,8 @@ def build_server(client: Client, settings: Settings, files: FileAccess | None = 
             return f"{moved[0]} bytes copied"
 
         async def work() -> dict[str, Any]:
-            ends = mcpfiles.endpoint(source), mcpfiles.endpoint(target)
+            root = settings.local_root
+            ends = mcpfiles.endpoint(source, root), mcpfiles.endpoint(target, root)
             copy = fs.copy(*ends, count)
             result: dict[str, Any] = await mcptools.run_with_progress(copy, _progress(ctx), what)
             return result

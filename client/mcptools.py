@@ -21,6 +21,7 @@ import shlex
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from client.aio import Client
@@ -73,6 +74,9 @@ class Settings:
 
     max_output: int = DEFAULT_MAX_OUTPUT
     fan_out_output: int | None = None  # run_on_hosts' output over all hosts (None: 16 x)
+    # copy_file's local side: only under this directory (None: no local paths at all,
+    # since this machine's files are outside scout's policy and audit)
+    local_root: Path | None = None
 
     @property
     def fan_out_budget(self) -> int:

@@ -250,7 +250,7 @@ async def test_file_tools_and_resources(rig: Rig, files: Path) -> None:
 async def test_write_file_and_copy_file(rig: Rig, files: Path) -> None:
     here = files / "w"
     here.mkdir()
-    async with session(rig) as mcp:
+    async with session(rig, OPS_TOKEN, "--local-files", str(here)) as mcp:
         written = here / "new.conf"
         target = str(written)
         r = await mcp.call_tool(
@@ -285,8 +285,15 @@ async def test_write_file_and_copy_file(rig: Rig, files: Path) -> None:
             "copy_file", {"source": f"web1:{here}/none", "target": f"web2:{here}/x"}
         )
         assert error_text(r).startswith("NOT_FOUND: ") and not (here / "x").exists()
-        r = await mcp.call_tool("copy_file", {"source": "/a", "target": "/b"})
+        r = await mcp.call_tool("copy_file", {"source": f"{here}/a", "target": f"{here}/b"})
         assert "give HOST:/path on one side" in error_text(r)
+        for outside in ("/etc/passwd", f"{here}/../escape", f"{files}"):
+            r = await mcp.call_tool("copy_file", {"source": f"web1:{target}", "target": outside})
+            assert "must be under --local-files" in error_text(r), outside
+    assert not (files / "escape").exists()
+    async with session(rig) as mcp:  # no --local-files: no local path
+        r = await mcp.call_tool("copy_file", {"source": f"web1:{target}", "target": f"{here}/z"})
+        assert error_text(r).startswith("PERMISSION_DENIED: ") and "--local-files" in error_text(r)
 
 
 # ---- a restricted caller: the README's read-only assistant -----------------------------
