@@ -11,8 +11,10 @@ import pytest
 
 from client import (
     Aborted,
+    AlreadyExists,
     Cancelled,
     CommandFailed,
+    DataLoss,
     ExecOptions,
     HostNotFound,
     HostRejected,
@@ -46,9 +48,9 @@ MAPPING = [
     (S.INTERNAL, ServerError),
     (S.UNKNOWN, ServerError),
     (S.UNIMPLEMENTED, ServerError),
-    (S.DATA_LOSS, ServerError),
+    (S.DATA_LOSS, DataLoss),
     (S.OUT_OF_RANGE, ServerError),
-    (S.ALREADY_EXISTS, ServerError),
+    (S.ALREADY_EXISTS, AlreadyExists),
 ]
 
 

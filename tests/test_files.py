@@ -637,3 +637,61 @@ def test_path_normalising_and_globs() -> None:
     assert allowed("/etc/app/x.conf", patterns)
     for outside in ("/srv/apple", "/srv", "/etc/app/sub/x.conf", "/etc/app/x.confx", "/"):
         assert not allowed(outside, patterns), outside
+
+
+async def test_upload_many_spools_within_bounds_and_leaves_nothing(
+    openssh: OpenSSHServer, remote_dir: Path, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    cfg = config(
+        {"a": openssh.host_config("a"), "b": openssh.host_config("b")},
+        files={"max_file_bytes": 100_000, "spool_dir": spool},
+    )
+    async with running_scout(cfg) as scout:
+        path = str(remote_dir / "spooled")
+
+        async def call(data: bytes, **upload: Any) -> list[exec_pb2.UploadManyResponse]:
+            start = exec_pb2.UploadManyStart(
+                hosts=["a", "b"], upload=exec_pb2.UploadStart(path=path, **upload)
+            )
+            return [m async for m in scout.stub.UploadMany(many(start, data), timeout=30)]
+
+        await fails(call(b"x" * 100_001), grpc.StatusCode.INVALID_ARGUMENT, "max_file_bytes")
+        await fails(call(b"x", sha256="0" * 64), grpc.StatusCode.DATA_LOSS, "no host")
+        await fails(call(b"xy", size=3), grpc.StatusCode.DATA_LOSS)
+        assert not Path(path).exists()  # noqa: ASYNC240
+        done = await call(b"z" * 100_000)
+        assert sorted(m.host for m in done if m.WhichOneof("event") == "result") == ["a", "b"]
+    assert Path(path).read_bytes() == b"z" * 100_000  # noqa: ASYNC240
+    assert list(spool.iterdir()) == []  # anonymous files: nothing ever named on disk
+    assert leftovers(remote_dir) == []
+
+
+async def test_shutdown_stops_an_upload_and_removes_its_temporary_file(
+    openssh: OpenSSHServer, remote_dir: Path
+) -> None:
+    target = owned(remote_dir / "kept.txt", b"before")
+    async with running_scout(config({"o": openssh.host_config("o")})) as scout:
+        half = asyncio.Event()
+
+        async def messages() -> AsyncIterator[exec_pb2.UploadRequest]:
+            yield exec_pb2.UploadRequest(start=exec_pb2.UploadStart(host="o", path=str(target)))
+            for i in range(64):
+                yield exec_pb2.UploadRequest(chunk=os.urandom(64 * 1024))
+                if i == 8:
+                    half.set()
+                    await asyncio.sleep(30)  # the caller stalls; the server shuts down
+
+        call = scout.stub.Upload(messages(), timeout=60)
+        await half.wait()
+        for _ in range(200):
+            if growing(remote_dir):
+                break
+            await asyncio.sleep(0.01)
+        assert leftovers(remote_dir)
+        await scout.app.stop(grace=0.2)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await call
+        assert scout.app.pool.reserved == 0
+    assert target.read_bytes() == b"before"
+    assert leftovers(remote_dir) == []
