@@ -38,15 +38,15 @@ log. Start with list_hosts. A command's exit code is part of its result, not an 
 Output is cut at a limit (the result says so in stdout_truncated / stderr_truncated).
 Paths are absolute. If a call comes back PERMISSION_DENIED, the message names the rule:
 do not retry it in another form. A restricted caller may send only argv: plain command
-lines (words without quotes, $, pipes or globs) are sent as argv automatically; pass
-`argv` for anything else.
+lines (words of letters, digits and -_./,:=+@%, quoted or not; no $, pipes, redirections
+or globs) are sent as argv automatically; pass `argv` for anything else.
 """
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=True)
 WRITES = ToolAnnotations(read_only_hint=False, destructive_hint=True, open_world_hint=True)
 
 Host = Annotated[str, Field(description="inventory host name (see list_hosts)")]
-Path = Annotated[str, Field(description="absolute path on the host")]
+RemotePath = Annotated[str, Field(description="absolute path on the host")]
 Target = Annotated[str, Field(description="HOST:/absolute/path")]
 Command = Annotated[
     str | None,
@@ -208,7 +208,7 @@ def build_server(client: Client, settings: Settings, files: FileAccess | None = 
     async def read_file(
         *,
         host: Host,
-        path: Path,
+        path: RemotePath,
         offset: Annotated[int, Field(description="byte to start at", ge=0)] = 0,
         max_bytes: Annotated[
             int | None,
@@ -236,7 +236,7 @@ def build_server(client: Client, settings: Settings, files: FileAccess | None = 
     async def write_file(
         *,
         host: Host,
-        path: Path,
+        path: RemotePath,
         content: Annotated[str, Field(description="the file's content (see encoding)")],
         mode: Annotated[str | None, Field(description="octal mode, e.g. 0644")] = None,
         create_only: Annotated[
@@ -255,7 +255,7 @@ def build_server(client: Client, settings: Settings, files: FileAccess | None = 
         return await _answer(work())
 
     @server.tool(annotations=READ_ONLY)
-    async def list_directory(*, host: Host, path: Path) -> CallToolResult:
+    async def list_directory(*, host: Host, path: RemotePath) -> CallToolResult:
         """List a directory: entries with name, type, mode, size, owner, group, modified."""
         return await _answer(mcpfiles.list_directory(client, host, path, limit))
 
@@ -263,7 +263,7 @@ def build_server(client: Client, settings: Settings, files: FileAccess | None = 
     async def find_files(
         *,
         host: Host,
-        path: Path,
+        path: RemotePath,
         pattern: Annotated[str, Field(description="file name glob, e.g. *.py")],
         max_depth: MaxDepth = None,
     ) -> CallToolResult:
@@ -273,7 +273,7 @@ def build_server(client: Client, settings: Settings, files: FileAccess | None = 
         )
 
     @server.tool(annotations=READ_ONLY)
-    async def tree(*, host: Host, path: Path, max_depth: MaxDepth = None) -> CallToolResult:
+    async def tree(*, host: Host, path: RemotePath, max_depth: MaxDepth = None) -> CallToolResult:
         """Show a directory tree (default depth 3); directories end in /."""
         return await _answer(mcpfiles.tree(client, host, path, max_depth, limit))
 
