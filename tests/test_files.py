@@ -138,6 +138,11 @@ async def test_download_range_resumes_a_cut_download(
         if len(first) >= 700_000:
             call.cancel()  # the caller gives up in the middle
             break
+    for _ in range(100):  # the cancelled call's SFTP channel is closed, its place back
+        if not openssh_scout.app.pool.reserved:
+            break
+        await asyncio.sleep(0.02)
+    assert openssh_scout.app.pool.reserved == 0
     rest, end = await download(openssh_scout, path=str(target), offset=len(first))
     assert bytes(first) + rest == data
     assert end.sha256 == hashlib.sha256(rest).hexdigest()
