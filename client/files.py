@@ -32,7 +32,7 @@ from scout.v1 import exec_pb2
 if TYPE_CHECKING:
     from client.aio import Client
 
-CHUNK = 256 * 1024  # bytes per message sent
+CHUNK = 1024 * 1024  # bytes per message sent (fewer, larger messages cost less per byte)
 Source = bytes | str | os.PathLike[str] | IO[bytes] | AsyncIterable[bytes] | Iterable[bytes]
 Progress = Callable[[int], None]  # called with the bytes moved so far
 

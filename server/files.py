@@ -10,8 +10,10 @@ and commands share a host's MaxSessions budget. docs/architecture.md, "Files" sa
   where the server offers one); on every other way out, the caller's connection cut
   included, the temporary file is removed, in a task the caller's cancellation cannot
   stop;
-- bytes stream with at most `[files] window` SFTP reads or writes of `chunk_bytes` in
-  flight per transfer: a slow disk slows the caller, a slow caller slows the reads;
+- bytes stream with at most `[files] window` SFTP reads or writes in flight per transfer
+  (each at most the SFTP server's request limit, 255 KiB for OpenSSH), and Download
+  messages of about `chunk_bytes`: a slow disk slows the caller, a slow caller slows
+  the reads;
 - a download compares the file's size and mtime before and after, and says ABORTED
   when they moved (what was sent may mix two versions).
 """
@@ -353,7 +355,8 @@ class Files:
                 digest = hashlib.sha256()
                 sent = 0
                 piece = min(settings.chunk_bytes, sftp.limits.max_read_len or 32768)
-                async for data in _read_ahead(file, request.offset, end, piece, settings.window):
+                pieces = _read_ahead(file, request.offset, end, piece, settings.window)
+                async for data in _messages(pieces, settings.chunk_bytes):
                     digest.update(data)
                     sent += len(data)
                     call.file_bytes = sent
@@ -412,6 +415,21 @@ async def chunks(requests: AsyncIterator[Any]) -> Chunks:
         if message is MALFORMED or message.WhichOneof("event") != "chunk":
             raise InvalidRequest("after `start`, only `chunk` messages")
         yield message.chunk
+
+
+async def _messages(pieces: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
+    """SFTP reads joined into messages of about `size` bytes: fewer, larger gRPC messages
+    cost both ends less per byte than one message per SFTP request."""
+    held: list[bytes] = []
+    count = 0
+    async for piece in pieces:
+        held.append(piece)
+        count += len(piece)
+        if count >= size:
+            yield b"".join(held)
+            held, count = [], 0
+    if held:
+        yield b"".join(held)
 
 
 async def _read_ahead(
@@ -524,7 +542,7 @@ class _Upload:
         assert self.file is not None
         limit = self.settings.max_file_bytes
         piece = min(self.settings.chunk_bytes, self.channel.client.limits.max_write_len or 32768)
-        window = self.settings.window * max(self.settings.chunk_bytes // piece, 1)
+        window = self.settings.window
         loop = asyncio.get_running_loop()
         pending: set[asyncio.Future[int]] = set()
         try:
