@@ -32,7 +32,7 @@ from scout.v1 import exec_pb2
 if TYPE_CHECKING:
     from client.aio import Client
 
-CHUNK = 256 * 1024  # bytes per message sent
+CHUNK = 1024 * 1024  # bytes per message sent (fewer, larger messages cost less per byte)
 Source = bytes | str | os.PathLike[str] | IO[bytes] | AsyncIterable[bytes] | Iterable[bytes]
 Progress = Callable[[int], None]  # called with the bytes moved so far
 
@@ -147,13 +147,35 @@ async def upload(
                 progress(sent)
 
     stub = client._stub()
+    call = stub.Upload(timeout=rpc_timeout, metadata=client._metadata(start.host))
     try:
-        answer = await stub.Upload(
-            messages(), timeout=rpc_timeout, metadata=client._metadata(start.host)
-        )
+        await send_all(call, messages())
+        answer = await call
     except grpc.RpcError as err:
         raise from_rpc_error(err, start.host) from err
+    finally:
+        if not call.done():
+            call.cancel()
     return _uploaded(start.host, start.path, answer)
+
+
+async def send_all(call: Any, messages: AsyncIterator[Any]) -> None:
+    """Write messages on a client-streaming call, then half-close; stop at once when the
+    server has answered (an early status: awaiting the call then gives it). grpc's own
+    request-iterator mode may report such a write as INTERNAL instead, losing the
+    server's status (ALREADY_EXISTS, PERMISSION_DENIED, ...). An error of the source
+    itself (a local file that cannot be read) cancels the call and is raised."""
+    try:
+        async for message in messages:
+            if call.done():
+                return
+            await call.write(message)
+        await call.done_writing()
+    except (grpc.RpcError, asyncio.InvalidStateError):
+        return  # the call has ended: its status says why
+    except BaseException:
+        call.cancel()
+        raise
 
 
 def _uploaded(host: str, path: str, answer: exec_pb2.UploadResponse) -> Uploaded:
@@ -281,11 +303,8 @@ async def upload_many(
                 progress(sent)
 
     stub = client._stub()
-    call = stub.UploadMany(
-        messages(),
-        timeout=rpc_timeout,
-        metadata=client._fan_out_metadata(list(hosts)),
-    )
+    call = stub.UploadMany(timeout=rpc_timeout, metadata=client._fan_out_metadata(list(hosts)))
+    writer = asyncio.ensure_future(send_all(call, messages()))
     try:
         async for message in call:
             if message.WhichOneof("event") == "result":
@@ -295,8 +314,14 @@ async def upload_many(
                     message.error.code, message.error.message, message.host, started=False
                 )
                 yield HostUpload(message.host, error=error)
+        await writer
     except grpc.RpcError as err:
+        local = writer.exception() if writer.done() and not writer.cancelled() else None
+        if local is not None:
+            raise local from err  # the source failed (a local read error)
         raise from_rpc_error(err, "", started=False) from err
     finally:
         if not call.done():
             call.cancel()
+        if not writer.done():
+            writer.cancel()

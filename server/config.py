@@ -231,8 +231,8 @@ class FilesSettings:
     # None: $STATE_DIRECTORY/spool under systemd's StateDirectory=, else the system's
     # temporary directory (server.spool). Spool files are unlinked as soon as they open.
     spool_dir: Path | None = None
-    chunk_bytes: int = 256 * 1024  # bytes per Download message, and per SFTP read
-    window: int = 4  # SFTP reads or writes in flight per transfer (memory: window x chunk)
+    chunk_bytes: int = 1024 * 1024  # bytes per Download message (SFTP requests: <= this)
+    window: int = 16  # SFTP requests in flight per transfer (OpenSSH's: 255 KiB each)
 
 
 WORKERS_AUTO = 0  # `workers = "auto"`: one per core, as many as the shared limits allow

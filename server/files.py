@@ -10,8 +10,10 @@ and commands share a host's MaxSessions budget. docs/architecture.md, "Files" sa
   where the server offers one); on every other way out, the caller's connection cut
   included, the temporary file is removed, in a task the caller's cancellation cannot
   stop;
-- bytes stream with at most `[files] window` SFTP reads or writes of `chunk_bytes` in
-  flight per transfer: a slow disk slows the caller, a slow caller slows the reads;
+- bytes stream with at most `[files] window` SFTP reads or writes in flight per transfer
+  (each at most the SFTP server's request limit, 255 KiB for OpenSSH), and Download
+  messages of about `chunk_bytes`: a slow disk slows the caller, a slow caller slows
+  the reads;
 - a download compares the file's size and mtime before and after, and says ABORTED
   when they moved (what was sent may mix two versions).
 """
@@ -25,7 +27,7 @@ import logging
 import posixpath
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,11 +41,13 @@ from scout.v1 import exec_pb2
 from .audit import CallRecord
 from .config import CallerConfig, HostConfig
 from .errors import (
+    CommandAborted,
     FileChanged,
     FileExists,
     FileMissing,
     FileRefused,
     HostNotFound,
+    HostUnavailable,
     InvalidRequest,
     ScoutError,
     TransferMismatch,
@@ -60,6 +64,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CLEANUP_WITHIN = 5.0  # removing a temporary file after a failure: at most this long
+DRAIN_WITHIN = 10.0  # reading what a caller still sends after an upload failed (drain())
 IDEMPOTENCY_TTL = 600.0  # seconds an idempotency_key's answer is kept
 IDEMPOTENCY_KEYS = 10_000  # answers kept at most (the oldest go first)
 SHA256_HEX = frozenset("0123456789abcdef")
@@ -103,8 +108,23 @@ def check_start(start: exec_pb2.UploadStart, max_bytes: int) -> None:
         raise InvalidRequest("idempotency_key: at most 128 characters")
 
 
+_LOST = (asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection)
+
+
+def _lost(host: str, exc: BaseException) -> ScoutError:
+    """The SSH connection (or the SFTP channel) went away mid-transfer: nothing was put in
+    place, so a retry (or a resumed download) is safe."""
+    return HostUnavailable(
+        f"{host}: SSH connection lost during the transfer ({type(exc).__name__}); nothing "
+        "was put in place",
+        host,
+    )
+
+
 def _refused(host: str, what: str, exc: asyncssh.SFTPError) -> ScoutError:
     """A remote SFTP error as the status the README's table gives it."""
+    if isinstance(exc, _LOST):
+        return _lost(host, exc)
     if isinstance(exc, asyncssh.SFTPNoSuchFile | asyncssh.SFTPNoSuchPath):
         return FileMissing(f"{host}: {what}: no such file or directory", host)
     return FileRefused(
@@ -187,16 +207,21 @@ class Files:
         """Write the file through a temporary name; rename it over the target at the end."""
         began = time.monotonic()
         async with sftp_session(self.service.launcher, host, until) as channel:
-            target = await self._write_target(channel, clean, start, who)
-            writer = _Upload(channel, target, start, self.service.config.files, call)
-            await writer.open()
+            try:
+                target = await self._write_target(channel, clean, start, who)
+                writer = _Upload(channel, target, start, self.service.config.files, call)
+                await writer.open()
+            except (asyncssh.Error, OSError) as exc:
+                raise _lost(host.name, exc) from None
             try:
                 await writer.copy(chunks)
                 await writer.commit()
-            except BaseException:
-                cleanup = asyncio.ensure_future(writer.discard())
+            except BaseException as exc:
+                cleanup = asyncio.ensure_future(self._discard(writer, host))
                 self.service.launcher.track(cleanup)  # shutdown waits for it
                 await asyncio.shield(cleanup)
+                if isinstance(exc, asyncssh.Error | OSError):
+                    raise _lost(host.name, exc) from None
                 raise
         return Written(writer.size, writer.digest.hexdigest(), time.monotonic() - began)
 
@@ -215,9 +240,13 @@ class Files:
             call.file_bytes, call.sha256 = earlier.bytes_written, earlier.sha256
             return earlier
         until = self.until(context.time_remaining())
-        written = await self.upload(
-            host, clean, start, chunks(requests), who=call.who, call=call, until=until
-        )
+        try:
+            written = await self.upload(
+                host, clean, start, chunks(requests), who=call.who, call=call, until=until
+            )
+        except ScoutError:
+            await drain(requests)
+            raise
         self.remember(call.who, start, host.name, written)
         return written.response()
 
@@ -232,6 +261,23 @@ class Files:
         await self.download(
             host, clean, request, send=context.write, who=call.who, call=call, until=until
         )
+
+    async def _discard(self, writer: _Upload, host: HostConfig) -> None:
+        """Remove a failed upload's temporary file; when its channel is gone (the SSH
+        connection was lost), on a fresh SFTP channel from the pool, within a bound."""
+        if await writer.discard():
+            return
+        try:
+            until = time.monotonic() + CLEANUP_WITHIN
+            async with sftp_session(self.service.launcher, host, until) as channel:
+                await _Upload.remove(channel, writer.temp)
+        except (ScoutError, asyncssh.Error, OSError, TimeoutError) as exc:
+            log.warning(
+                "%s: could not remove the temporary file of a failed upload (%s): %s",
+                host.name,
+                type(exc).__name__,
+                writer.temp,
+            )
 
     async def _write_target(
         self, channel: SFTPChannel, clean: str, start: exec_pb2.UploadStart, who: CallerConfig
@@ -270,6 +316,22 @@ class Files:
         until: float,
     ) -> None:
         """Send the file's range in order, then its end; ABORTED if it moved meanwhile."""
+        try:
+            await self._download(host, clean, request, send=send, who=who, call=call, until=until)
+        except (asyncssh.Error, OSError) as exc:
+            raise _lost(host.name, exc) from None
+
+    async def _download(
+        self,
+        host: HostConfig,
+        clean: str,
+        request: exec_pb2.DownloadRequest,
+        *,
+        send: Callable[[exec_pb2.DownloadResponse], Awaitable[None]],
+        who: CallerConfig,
+        call: CallRecord,
+        until: float,
+    ) -> None:
         settings = self.service.config.files
         async with sftp_session(self.service.launcher, host, until) as channel:
             name, sftp = host.name, channel.client
@@ -293,7 +355,8 @@ class Files:
                 digest = hashlib.sha256()
                 sent = 0
                 piece = min(settings.chunk_bytes, sftp.limits.max_read_len or 32768)
-                async for data in _read_ahead(file, request.offset, end, piece, settings.window):
+                pieces = _read_ahead(file, request.offset, end, piece, settings.window)
+                async for data in _messages(pieces, settings.chunk_bytes):
                     digest.update(data)
                     sent += len(data)
                     call.file_bytes = sent
@@ -320,6 +383,20 @@ class Files:
         await send(exec_pb2.DownloadResponse(end=end_message))
 
 
+async def drain(requests: AsyncIterator[Any], within: float = DRAIN_WITHIN) -> None:
+    """Read (and drop) what the caller still sends before answering with an error.
+
+    A status sent while the caller is still writing reaches a grpc-python client as
+    INTERNAL ("Failed execute_batch") instead of the status itself; once its writes
+    are done it gets the real one. So an Upload that fails early reads the rest of the
+    request stream, for at most `within` seconds, before it answers.
+    """
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(within):
+            async for _ in requests:
+                pass
+
+
 async def first_start(requests: AsyncIterator[Any], within: float, method: str) -> Any:
     """The `start` message of an Upload or UploadMany, which must come first and soon."""
     try:
@@ -338,6 +415,21 @@ async def chunks(requests: AsyncIterator[Any]) -> Chunks:
         if message is MALFORMED or message.WhichOneof("event") != "chunk":
             raise InvalidRequest("after `start`, only `chunk` messages")
         yield message.chunk
+
+
+async def _messages(pieces: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
+    """SFTP reads joined into messages of about `size` bytes: fewer, larger gRPC messages
+    cost both ends less per byte than one message per SFTP request."""
+    held: list[bytes] = []
+    count = 0
+    async for piece in pieces:
+        held.append(piece)
+        count += len(piece)
+        if count >= size:
+            yield b"".join(held)
+            held, count = [], 0
+    if held:
+        yield b"".join(held)
 
 
 async def _read_ahead(
@@ -361,10 +453,20 @@ async def _read_ahead(
                 return
             yield data
     finally:
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        await _settle(pending)
+
+
+async def _settle(pending: Iterable[asyncio.Future[Any]]) -> None:
+    """Let SFTP requests already sent finish (each ends at once when its channel is gone)
+    rather than cancel them, which would leave asyncssh's own sub-requests unawaited;
+    cancel what is still running after CLEANUP_WITHIN."""
+    waiting = list(pending)
+    if not waiting:
+        return
+    _, late = await asyncio.wait(waiting, timeout=CLEANUP_WITHIN)
+    for task in late:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
 
 
 def _results(done: set[asyncio.Future[int]]) -> None:
@@ -440,7 +542,7 @@ class _Upload:
         assert self.file is not None
         limit = self.settings.max_file_bytes
         piece = min(self.settings.chunk_bytes, self.channel.client.limits.max_write_len or 32768)
-        window = self.settings.window * max(self.settings.chunk_bytes // piece, 1)
+        window = self.settings.window
         loop = asyncio.get_running_loop()
         pending: set[asyncio.Future[int]] = set()
         try:
@@ -466,10 +568,7 @@ class _Upload:
         except asyncssh.SFTPError as exc:
             raise _refused(self.host, f"writing {self._what()}", exc) from None
         finally:
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+            await _settle(pending)
 
     async def commit(self) -> None:
         """Check size and digest, fsync, set the mode, and rename over the target."""
@@ -495,6 +594,9 @@ class _Upload:
             await self.file.close()
             self.file = None
             await sftp.chmod(self.temp, self.mode)
+        except asyncssh.SFTPError as exc:
+            raise _refused(host, f"putting {self._what()} in place", exc) from None
+        try:
             if start.create_only:
                 await self._link()
             else:
@@ -502,6 +604,12 @@ class _Upload:
                     await sftp.posix_rename(self.temp, self.target)
                 except asyncssh.SFTPOpUnsupported:
                     await sftp.rename(self.temp, self.target)
+        except (*_LOST, OSError) as exc:
+            raise CommandAborted(
+                f"{host}: SSH connection lost while {self._what()} was put in place; it may "
+                f"be in place, or not ({type(exc).__name__})",
+                host,
+            ) from None
         except asyncssh.SFTPError as exc:
             raise _refused(host, f"putting {self._what()} in place", exc) from None
 
@@ -524,19 +632,21 @@ class _Upload:
             raise
         await sftp.remove(self.temp)
 
-    async def discard(self) -> None:
-        """Close and remove the temporary file (bounded; logged, never raised)."""
+    async def discard(self) -> bool:
+        """Close and remove the temporary file on this channel (bounded); whether done."""
         try:
             async with asyncio.timeout(CLEANUP_WITHIN):
                 if self.file is not None:
                     with contextlib.suppress(asyncssh.Error, OSError):
                         await self.file.close()
-                with contextlib.suppress(asyncssh.SFTPNoSuchFile, asyncssh.SFTPNoSuchPath):
-                    await self.channel.client.remove(self.temp)
-        except (TimeoutError, asyncssh.Error, OSError) as exc:
-            log.warning(
-                "%s: could not remove the temporary file of a failed upload (%s): %s",
-                self.host,
-                type(exc).__name__,
-                self.temp,
-            )
+                await self.remove(self.channel, self.temp)
+        except (TimeoutError, asyncssh.Error, OSError):
+            return False
+        return True
+
+    @staticmethod
+    async def remove(channel: SFTPChannel, temp: str) -> None:
+        """Remove a temporary file; one already gone (renamed, or never made) is fine."""
+        with contextlib.suppress(asyncssh.SFTPNoSuchFile, asyncssh.SFTPNoSuchPath):
+            async with asyncio.timeout(CLEANUP_WITHIN):
+                await channel.client.remove(temp)

@@ -26,7 +26,7 @@ from . import inventory
 from . import selector as selectors
 from .audit import CallRecord
 from .errors import HostNotFound, InvalidRequest, ScoutError, TransferMismatch
-from .files import check_start, chunks, describe_file, first_start
+from .files import check_start, chunks, describe_file, drain, first_start
 from .rpc import Context, capped, status_of
 from .spool import Spool, spool_dir
 
@@ -88,8 +88,12 @@ class UploadFanOut:
         check_start(upload, config.files.max_file_bytes)
         service.audit.ready()
         with Spool(spool_dir(config.files.spool_dir), config.files.max_file_bytes) as spool:
-            async for chunk in chunks(self.requests):
-                spool.write(chunk)
+            try:
+                async for chunk in chunks(self.requests):
+                    spool.write(chunk)
+            except ScoutError:
+                await drain(self.requests)  # so the caller hears this status (files.drain)
+                raise
             sha = spool.digest.hexdigest()
             if (upload.size and upload.size != spool.size) or (
                 upload.sha256 and upload.sha256 != sha

@@ -1,8 +1,9 @@
-"""A TCP proxy on loopback that cuts the connection after so many bytes upstream.
+"""A TCP proxy on loopback that cuts a connection after so many bytes upstream.
 
-For "the caller's connection is cut in the middle": both sockets are aborted (no
-orderly close), as when a client machine dies or a network path drops, and the server
-learns of it only from its own socket.
+For "the connection is cut in the middle": both sockets of the connection that carried
+the `cut_after`-th byte are aborted (no orderly close), as when a machine dies or a
+network path drops; each side learns of it only from its own socket. Connections made
+after the cut pass through (a reconnect works), unless `abort()` is called again.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from dataclasses import dataclass, field
 
 @dataclass
 class CutProxy:
-    """Forwards 127.0.0.1:port to target; aborts both sides once `cut_after` bytes went up."""
+    """Forwards 127.0.0.1:port to target; cuts the connection that sends the
+    `cut_after`-th byte upstream (counted over all connections), once."""
 
     target: tuple[str, int]
     cut_after: int
@@ -22,7 +24,7 @@ class CutProxy:
     upstream_bytes: int = 0
     cut: asyncio.Event = field(default_factory=asyncio.Event)
     _server: asyncio.Server | None = None
-    _writers: list[asyncio.StreamWriter] = field(default_factory=list)
+    _connections: list[list[asyncio.StreamWriter]] = field(default_factory=list)
 
     async def start(self) -> CutProxy:
         """Listen on a free port."""
@@ -32,24 +34,31 @@ class CutProxy:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection(*self.target)
-        self._writers += [writer, up_writer]
+        pair = [writer, up_writer]
+        self._connections.append(pair)
         await asyncio.gather(
-            self._pump(reader, up_writer, count=True),
-            self._pump(up_reader, writer, count=False),
+            self._pump(reader, up_writer, pair, count=True),
+            self._pump(up_reader, writer, pair, count=False),
             return_exceptions=True,
         )
 
     async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, count: bool
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        pair: list[asyncio.StreamWriter],
+        *,
+        count: bool,
     ) -> None:
-        while not self.cut.is_set():
+        while True:
             data = await reader.read(65536)
             if not data:
                 break
-            if count:
+            if count and not self.cut.is_set():
                 self.upstream_bytes += len(data)
                 if self.upstream_bytes >= self.cut_after:
-                    self.abort()
+                    self.cut.set()
+                    _abort(pair)
                     return
             writer.write(data)
             await writer.drain()
@@ -57,10 +66,10 @@ class CutProxy:
             writer.close()
 
     def abort(self) -> None:
-        """Cut every connection now."""
+        """Cut every connection open now."""
         self.cut.set()
-        for writer in self._writers:
-            writer.transport.abort()
+        for pair in self._connections:
+            _abort(pair)
 
     async def close(self) -> None:
         """Stop listening and cut what is left."""
@@ -68,3 +77,8 @@ class CutProxy:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+
+def _abort(pair: list[asyncio.StreamWriter]) -> None:
+    for writer in pair:
+        writer.transport.abort()

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pwd
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+from client.files import send_all
 from testkit.sshd import login_user
 
 
@@ -38,3 +41,21 @@ def owned(path: Path, data: bytes = b"", mode: int = 0o644) -> Path:
 def leftovers(directory: Path) -> list[str]:
     """Temporary files an upload left behind."""
     return sorted(p.name for p in directory.iterdir() if ".scout-" in p.name)
+
+
+async def client_stream(method: Any, messages: AsyncIterator[Any], **options: Any) -> Any:
+    """Call a client-streaming method (Upload) writing messages, as the client library
+    does (client.files.send_all): the server's early status survives; its answer."""
+    call = method(**options)
+    await send_all(call, messages)
+    return await call
+
+
+async def bidi_stream(method: Any, messages: AsyncIterator[Any], **options: Any) -> list[Any]:
+    """Call UploadMany writing messages as the client library does; every response."""
+    call = method(**options)
+    writer = asyncio.ensure_future(send_all(call, messages))
+    try:
+        return [message async for message in call]
+    finally:
+        writer.cancel()

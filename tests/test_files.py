@@ -34,7 +34,7 @@ from testkit.cutproxy import CutProxy
 from testkit.scripted import ScriptedServer, close_all, inventory, start_fleet
 from testkit.sshd import OpenSSHServer, login_user
 
-from .filerig import leftovers, owned
+from .filerig import bidi_stream, client_stream, leftovers, owned
 from .scoutd import Scout, config, running_scout
 from .serverproc import host_toml, start_server
 
@@ -53,8 +53,8 @@ async def requests(
 async def upload(scout: Scout, data: bytes, **start: Any) -> exec_pb2.UploadResponse:
     """Call Upload with these UploadStart fields and data."""
     start.setdefault("host", "o")
-    response: exec_pb2.UploadResponse = await scout.stub.Upload(
-        requests(exec_pb2.UploadStart(**start), data), timeout=30
+    response: exec_pb2.UploadResponse = await client_stream(
+        scout.stub.Upload, requests(exec_pb2.UploadStart(**start), data), timeout=30
     )
     return response
 
@@ -82,6 +82,12 @@ async def fails(call: Any, code: grpc.StatusCode, says: str = "") -> str:
     details = info.value.details() or ""
     assert says in details, details
     return details
+
+
+def trust_at(known_hosts: Path, port: int, out: Path) -> None:
+    """A known_hosts file with the same host key for 127.0.0.1:port (a proxy's address)."""
+    key = known_hosts.read_text().split(" ", 1)[1]
+    out.write_text(f"[127.0.0.1]:{port} {key}")
 
 
 def growing(directory: Path) -> bool:
@@ -132,6 +138,11 @@ async def test_download_range_resumes_a_cut_download(
         if len(first) >= 700_000:
             call.cancel()  # the caller gives up in the middle
             break
+    for _ in range(100):  # the cancelled call's SFTP channel is closed, its place back
+        if not openssh_scout.app.pool.reserved:
+            break
+        await asyncio.sleep(0.02)
+    assert openssh_scout.app.pool.reserved == 0
     rest, end = await download(openssh_scout, path=str(target), offset=len(first))
     assert bytes(first) + rest == data
     assert end.sha256 == hashlib.sha256(rest).hexdigest()
@@ -220,7 +231,7 @@ async def test_policy_paths_hold_against_dotdot_and_symlinks(
 
         def up(path: str) -> Any:
             start = exec_pb2.UploadStart(host="o", path=path)
-            return stub.Upload(requests(start, b"evil"), metadata=META, timeout=30)
+            return client_stream(stub.Upload, requests(start, b"evil"), metadata=META, timeout=30)
 
         def down(path: str) -> Any:
             async def run() -> None:
@@ -250,7 +261,7 @@ async def test_policy_paths_hold_against_dotdot_and_symlinks(
         async with running_scout(read_only) as ro:
             start = exec_pb2.UploadStart(host="o", path=f"{app}/ok.txt")
             await fails(
-                ro.stub.Upload(requests(start, b"x"), metadata=META, timeout=30),
+                client_stream(ro.stub.Upload, requests(start, b"x"), metadata=META, timeout=30),
                 denied,
                 "may not write files",
             )
@@ -433,9 +444,11 @@ async def test_upload_many_never_names_hidden_hosts(
 
         async def outcome(*patterns: str) -> dict[str, str]:
             start = exec_pb2.UploadManyStart(hosts=list(patterns), upload=upload_to)
-            call = scout.stub.UploadMany(many(start, b"data"), metadata=META, timeout=30)
             found = {}
-            async for message in call:
+            replies = await bidi_stream(
+                scout.stub.UploadMany, many(start, b"data"), metadata=META, timeout=30
+            )
+            for message in replies:
                 kind = message.WhichOneof("event")
                 found[message.host] = "OK" if kind == "result" else CODES[message.error.code]
             return found
@@ -449,7 +462,7 @@ async def test_upload_many_never_names_hidden_hosts(
         }
         start = exec_pb2.UploadManyStart(hosts=["secret*"], upload=upload_to)
         details = await fails(
-            scout.stub.UploadMany(many(start, b"x"), metadata=META, timeout=30).read(),
+            bidi_stream(scout.stub.UploadMany, many(start, b"x"), metadata=META, timeout=30),
             grpc.StatusCode.NOT_FOUND,
         )
         assert "secret-db" not in details
@@ -654,7 +667,10 @@ async def test_upload_many_spools_within_bounds_and_leaves_nothing(
             start = exec_pb2.UploadManyStart(
                 hosts=["a", "b"], upload=exec_pb2.UploadStart(path=path, **upload)
             )
-            return [m async for m in scout.stub.UploadMany(many(start, data), timeout=30)]
+            replies: list[exec_pb2.UploadManyResponse] = await bidi_stream(
+                scout.stub.UploadMany, many(start, data), timeout=30
+            )
+            return replies
 
         await fails(call(b"x" * 100_001), grpc.StatusCode.INVALID_ARGUMENT, "max_file_bytes")
         await fails(call(b"x", sha256="0" * 64), grpc.StatusCode.DATA_LOSS, "no host")
@@ -695,3 +711,38 @@ async def test_shutdown_stops_an_upload_and_removes_its_temporary_file(
         assert scout.app.pool.reserved == 0
     assert target.read_bytes() == b"before"
     assert leftovers(remote_dir) == []
+
+
+async def test_host_connection_cut_mid_upload_is_unavailable_and_cleaned_up(
+    openssh: OpenSSHServer, remote_dir: Path
+) -> None:
+    """The SSH connection to the host dies at a real TCP cut in the middle of an upload:
+    UNAVAILABLE (nothing was put in place, a retry is safe), the target unchanged, and
+    the temporary file removed over a fresh connection."""
+    target = owned(remote_dir / "app.conf", b"old")
+    proxy = await CutProxy(("127.0.0.1", openssh.port), cut_after=1 << 40).start()
+    host = dataclasses.replace(openssh.host_config("o"), address="127.0.0.1", port=proxy.port)
+    cut_known = remote_dir.parent / f"{remote_dir.name}.known_hosts"
+    assert host.known_hosts is not None
+    trust_at(host.known_hosts, proxy.port, cut_known)
+    host = dataclasses.replace(host, known_hosts=cut_known)
+    try:
+        async with running_scout(config({"o": host})) as scout:
+            await scout.execute(host="o", command="true")  # the connection is open
+            proxy.cut_after = proxy.upstream_bytes + 4 * 1024 * 1024
+            data = os.urandom(16 * 1024 * 1024)
+            await fails(
+                upload(scout, data, path=str(target)), grpc.StatusCode.UNAVAILABLE, "nothing"
+            )
+            assert proxy.cut.is_set()
+            for _ in range(200):
+                if not leftovers(remote_dir):
+                    break
+                await asyncio.sleep(0.05)
+            assert target.read_bytes() == b"old"
+            assert leftovers(remote_dir) == []
+            await upload(scout, b"retried", path=str(target))  # a fresh connection works
+            assert target.read_bytes() == b"retried"
+    finally:
+        await proxy.close()
+        cut_known.unlink(missing_ok=True)
