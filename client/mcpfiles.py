@@ -19,18 +19,16 @@ list_directory (and a directory's `scout://` resource) stays the `ls` command ab
 
 from __future__ import annotations
 
-import asyncio
 import difflib
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path as PathLib
 from typing import Any, Protocol
 
 from client.aio import Client
 from client.errors import ScoutError
-from client.files import DownloadCall, Uploaded
 from client.mcptools import ToolFailure, cut, failure_from, invalid, run_with_progress
 from client.results import Result
 
@@ -326,7 +324,7 @@ class ScoutFiles:
         try:
             if src_host and dst_host:
                 async with self._client.download(src_host, src_path) as call:
-                    done = await self._relay(call, dst_host, dst_path, moved)
+                    done = await self._client.upload(dst_host, dst_path, call, progress=moved)
                 info = call.info
                 if info is None or info.sha256 != done.sha256:
                     raise ToolFailure(
@@ -358,32 +356,6 @@ class ScoutFiles:
             "sha256": digest,
             "duration": round(time.monotonic() - began, 3),
         }
-
-    async def _relay(
-        self, call: DownloadCall, host: str, path: str, moved: Moved | None
-    ) -> Uploaded:
-        """Upload what the download gives, as it comes; the download's failure is raised.
-
-        grpc answers a request iterator that raises by cancelling the Upload, which would
-        surface as CancelledError: the download's own error is kept and raised instead.
-        """
-        failed: list[ScoutError] = []
-
-        async def chunks() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in call:
-                    yield chunk
-            except ScoutError as err:
-                failed.append(err)
-                raise
-
-        try:
-            return await self._client.upload(host, path, chunks(), progress=moved)
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if failed and task is not None and task.cancelling() == 0:
-                raise failed[0] from None
-            raise
 
 
 def _side(side: tuple[str, str]) -> str:
