@@ -139,6 +139,29 @@ def test_without_the_sdk_scout_mcp_says_how_to_install_it() -> None:
     assert b"pip install 'scout[mcp]'" in done.stderr, done.stderr
 
 
+def test_a_token_file_that_cannot_be_read_is_named_and_nothing_serves(tmp_path: Path) -> None:
+    missing = tmp_path / "no.token"
+    done = subprocess.run(
+        mcp_command("127.0.0.1:1", "--token-file", str(missing)),
+        env=child_env(OPS_TOKEN),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=30,
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.returncode == 2 and str(missing).encode() in done.stderr, done.stderr
+    assert OPS_TOKEN.encode() not in done.stderr + done.stdout
+
+
+async def test_a_token_file_is_read_like_the_cli_does(rig: Rig, tmp_path: Path) -> None:
+    token = tmp_path / "assistant.token"
+    token.write_text(ASSISTANT_TOKEN + "\n")
+    async with session(rig, "wrong-token", "--token-file", str(token)) as mcp:  # the file wins
+        r = await mcp.call_tool("run_command", {"host": "db1", "command": "uptime"})
+        assert "caller assistant may not run commands on 'db1'" in error_text(r)
+
+
 # ---- an unrestricted caller ------------------------------------------------------------
 
 
