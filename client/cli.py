@@ -6,8 +6,12 @@
     scout exec [OPTIONS] HOST... --argv -- PROGRAM [ARG...]  argv: each word as it is
         --timeout SECS  --env K=V (repeatable)  --cwd DIR  --tty  --argv
         -l/--selector SELECTOR  --max-parallel N  --json  --split-fan-out
+    scout cp [OPTIONS] LOCAL HOST:PATH | LOCAL GLOB:PATH | LOCAL -l SELECTOR:PATH
+    scout cp [OPTIONS] HOST:PATH LOCAL                       files (client/cpcli.py)
+        --mode OCTAL  --create-only  --max-parallel N
     scout hosts [OPTIONS] [SELECTOR] [--json]
     scout health [OPTIONS] [--service NAME]
+    scout mcp [OPTIONS] [--http HOST:PORT] [--max-output BYTES] [--local-files DIR]
     scout --version
 
     connection OPTIONS (every command): --target ADDR ($SCOUT_TARGET),
@@ -59,6 +63,10 @@ Connection settings come from flags, then --profile NAME, then $SCOUT_* variable
 then the [default] profile of ~/.config/scout/client.toml (client/profiles.py). The
 token is never printed. grpc's own log lines stay off the terminal unless --verbose
 (client/grpclogs.py).
+
+`scout mcp` serves the Model Context Protocol (stdio, or streamable HTTP on loopback)
+for AI assistants, as this caller: client/mcpserver.py. It needs the optional `mcp`
+extra (pip install 'scout[mcp]').
 """
 
 from __future__ import annotations
@@ -77,7 +85,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from client import exitcodes
+from client import cpcli, exitcodes
 from client.aio import DEFAULT_TARGET, Client, StreamCall
 from client.credentials import TLS
 from client.errors import NotAllowed, ScoutError
@@ -219,7 +227,9 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, _ExecOp
         prog="scout", description="Run shell commands on SSH hosts through a scout server."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    commands = parser.add_subparsers(dest="action", required=True, metavar="{exec,hosts,health}")
+    commands = parser.add_subparsers(
+        dest="action", required=True, metavar="{exec,cp,hosts,health,mcp}"
+    )
 
     run = commands.add_parser(
         "exec",
@@ -291,6 +301,7 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, _ExecOp
         ),
     ]
 
+    cpcli.add_parser(commands, connection)
     hosts = commands.add_parser(
         "hosts", parents=[connection], help="list the server's inventory hosts"
     )
@@ -303,6 +314,32 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, _ExecOp
         "health", parents=[connection], help="print the server's health status"
     )
     health.add_argument("--service", default="", help="service name (default: the server)")
+
+    mcp = commands.add_parser(
+        "mcp",
+        parents=[connection],
+        help="serve scout's tools to AI assistants (Model Context Protocol)",
+        description="An MCP server in front of the scout server, acting as this caller: "
+        "stdio by default (for Claude Desktop, Claude Code, ...).",
+    )
+    mcp.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="serve streamable HTTP at http://HOST:PORT/mcp instead of stdio (loopback only)",
+    )
+    mcp.add_argument(
+        "--max-output",
+        type=_positive_count,
+        default=64 * 1024,
+        metavar="BYTES",
+        help="cut each command's stdout and stderr at BYTES for the assistant (default 65536)",
+    )
+    mcp.add_argument(
+        "--local-files",
+        type=Path,
+        metavar="DIR",
+        help="let copy_file read and write this machine's files under DIR (default: none)",
+    )
     return parser, run, _ExecOptionNames([*connection_actions, *run_actions])
 
 
@@ -708,6 +745,8 @@ async def amain(
 ) -> int:
     """Run the CLI on given streams (tests pass their own) and return the exit status."""
     args = parse_args(argv)
+    if args.action == "mcp":
+        return await _mcp(args, stderr)
     try:
         client = client_for(args)
     except SettingError as err:  # names the file and its flag, never the token
@@ -720,6 +759,8 @@ async def amain(
                 return await run_health(client, args, stdout)
             if args.action == "hosts":
                 return await run_hosts(client, args.selector, args.json, stdout)
+            if args.action == "cp":
+                return await cpcli.run_cp(client, args, stdout, stderr)
             if args.fan_out:
                 return await run_fanout(client, _fan_out_options(args), stdout, stderr)
             return await run_exec(client, args, stdin, stdout, stderr)
@@ -732,6 +773,35 @@ async def amain(
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_BROKEN_PIPE
+
+
+async def _mcp(args: argparse.Namespace, stderr: BinaryIO) -> int:
+    """Serve MCP until the assistant goes away; usage mistakes exit 2, as argparse's do."""
+
+    def say(text: str, code: int) -> int:
+        stderr.write(f"scout mcp: {text}\n".encode(errors="replace"))
+        stderr.flush()
+        return code
+
+    try:
+        from client import mcpserver, mcptools
+    except ModuleNotFoundError as err:
+        if err.name is None or err.name.split(".")[0] not in ("mcp", "mcp_types", "pydantic"):
+            raise
+        return say(
+            "needs the MCP SDK, an optional extra: pip install 'scout[mcp]' "
+            "(or pip install 'mcp>=2.3,<3')",
+            2,
+        )
+    try:
+        http = mcpserver.check_http_listen(args.http) if args.http else None
+        client = client_for(args)
+    except (OSError, ValueError) as err:  # names the file, never the token
+        return say(str(err), 2)
+    async with client:
+        settings = mcptools.Settings(max_output=args.max_output, local_root=args.local_files)
+        await mcpserver.serve(client, settings, http)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
