@@ -266,6 +266,14 @@ async def test_policy_paths_hold_against_dotdot_and_symlinks(
                 "may not write files",
             )
         assert (app / "ok.txt").read_bytes() == b"fine"
+        no_files = dataclasses.replace(caller("read", (f"{app}/**",)), files="none")
+        async with running_scout(dataclasses.replace(cfg, callers=(no_files,))) as none:
+            request = exec_pb2.DownloadRequest(host="o", path=f"{app}/ok.txt")
+            await fails(
+                none.stub.Download(request, metadata=META, timeout=30).read(),
+                denied,
+                "files = 'none'",
+            )
 
 
 async def test_audit_and_metrics_count_each_transfer(
