@@ -84,9 +84,13 @@ class UploadFanOut:
         upload = start.upload
         self.call.path = capped(upload.path, 4096)
         self.call.authorized = True
-        targets = self.targets(start)
-        check_start(upload, config.files.max_file_bytes)
-        service.audit.ready()
+        try:
+            targets = self.targets(start)
+            check_start(upload, config.files.max_file_bytes)
+            service.audit.ready()
+        except ScoutError:
+            await drain(self.requests)  # so that the caller hears this status (files.drain)
+            raise
         with Spool(spool_dir(config.files.spool_dir), config.files.max_file_bytes) as spool:
             try:
                 async for chunk in chunks(self.requests):

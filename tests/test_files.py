@@ -248,6 +248,10 @@ async def test_policy_paths_hold_against_dotdot_and_symlinks(
             assert str(outside) not in details.replace(path, "")  # never where it leads
         for path in (escape, f"{app}/dirlink/new"):
             await fails(up(path), denied)
+        # a big refused upload: the caller still hears PERMISSION_DENIED, not a write error
+        start = exec_pb2.UploadStart(host="o", path=escape)
+        big = requests(start, os.urandom(16 * 1024 * 1024))
+        await fails(client_stream(stub.Upload, big, metadata=META, timeout=30), denied)
         assert (outside / "passwd").read_bytes() == b"root:x:0:0"
         assert sorted(p.name for p in outside.iterdir()) == ["passwd"]
         # through the symlink itself: the rename replaces the link, not what it points to
