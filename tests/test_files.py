@@ -695,6 +695,25 @@ async def test_upload_many_spools_within_bounds_and_leaves_nothing(
     assert leftovers(remote_dir) == []
 
 
+async def test_an_unwritable_spool_is_unavailable_and_writes_no_host(
+    openssh: OpenSSHServer, remote_dir: Path, tmp_path: Path
+) -> None:
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the spool directory should be")
+    cfg = config({"a": openssh.host_config("a")}, files={"spool_dir": blocked / "spool"})
+    async with running_scout(cfg) as scout:
+        start = exec_pb2.UploadManyStart(
+            hosts=["a"], upload=exec_pb2.UploadStart(path=str(remote_dir / "f"))
+        )
+        details = await fails(
+            bidi_stream(scout.stub.UploadMany, many(start, b"x"), timeout=30),
+            grpc.StatusCode.UNAVAILABLE,
+            "spool_dir",
+        )
+    assert str(blocked) not in details  # where scout keeps its files is not the caller's
+    assert not (remote_dir / "f").exists()
+
+
 async def test_shutdown_stops_an_upload_and_removes_its_temporary_file(
     openssh: OpenSSHServer, remote_dir: Path
 ) -> None:
