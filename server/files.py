@@ -106,6 +106,8 @@ def check_start(start: exec_pb2.UploadStart, max_bytes: int) -> None:
         raise InvalidRequest("mode: permission bits only (at most 0o7777)")
     if len(start.idempotency_key) > 128:
         raise InvalidRequest("idempotency_key: at most 128 characters")
+    if start.path.endswith("/"):
+        raise InvalidRequest("path: names a directory (ends with /); name the file")
 
 
 _LOST = (asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection)

@@ -27,6 +27,7 @@ from . import selector as selectors
 from .audit import CallRecord
 from .errors import HostNotFound, InvalidRequest, ScoutError, TransferMismatch
 from .files import check_start, chunks, describe_file, drain, first_start
+from .pathpolicy import PathError, normalise
 from .rpc import Context, capped, status_of
 from .spool import Spool, spool_dir
 
@@ -87,7 +88,11 @@ class UploadFanOut:
         try:
             targets = self.targets(start)
             check_start(upload, config.files.max_file_bytes)
+            normalise(upload.path)  # a bad path fails the call, not each host
             service.audit.ready()
+        except PathError as exc:
+            await drain(self.requests)
+            raise InvalidRequest(str(exc)) from None
         except ScoutError:
             await drain(self.requests)  # so that the caller hears this status (files.drain)
             raise

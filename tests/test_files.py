@@ -189,7 +189,7 @@ async def test_statuses_and_nothing_written(openssh_scout: Scout, remote_dir: Pa
     await fails(upload(openssh_scout, data, path=str(existing), size=11), grpc.StatusCode.DATA_LOSS)
     assert existing.read_bytes() == b"keep me"
     assert leftovers(remote_dir) == []
-    for bad in ("relative/path", "/tmp/a\x00b", "/tmp/a\nb", ""):
+    for bad in ("relative/path", "/tmp/a\x00b", "/tmp/a\nb", "", f"{remote_dir}/"):
         await fails(upload(openssh_scout, b"x", path=bad), grpc.StatusCode.INVALID_ARGUMENT)
     del stub
 
@@ -687,6 +687,12 @@ async def test_upload_many_spools_within_bounds_and_leaves_nothing(
         await fails(call(b"x" * 100_001), grpc.StatusCode.INVALID_ARGUMENT, "max_file_bytes")
         await fails(call(b"x", sha256="0" * 64), grpc.StatusCode.DATA_LOSS, "no host")
         await fails(call(b"xy", size=3), grpc.StatusCode.DATA_LOSS)
+        start = exec_pb2.UploadManyStart(hosts=["a"], upload=exec_pb2.UploadStart(path="rel"))
+        await fails(
+            bidi_stream(scout.stub.UploadMany, many(start, b"x"), timeout=30),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "absolute",
+        )
         assert not Path(path).exists()  # noqa: ASYNC240
         done = await call(b"z" * 100_000)
         assert sorted(m.host for m in done if m.WhichOneof("event") == "result") == ["a", "b"]
