@@ -84,6 +84,7 @@ class UploadFanOut:
         start = await first_start(self.requests, config.exec.stream_start_timeout, "UploadMany")
         upload = start.upload
         self.call.path = capped(upload.path, 4096)
+        self.call.direction = "upload"  # the call's own audit line: what was spooled
         self.call.authorized = True
         try:
             targets = self.targets(start)
@@ -104,6 +105,7 @@ class UploadFanOut:
                 await drain(self.requests)  # so the caller hears this status (files.drain)
                 raise
             sha = spool.digest.hexdigest()
+            self.call.file_bytes, self.call.sha256 = spool.size, sha
             if (upload.size and upload.size != spool.size) or (
                 upload.sha256 and upload.sha256 != sha
             ):

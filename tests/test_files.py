@@ -296,12 +296,20 @@ async def test_audit_and_metrics_count_each_transfer(
             ("download", "OK"): 1,
             ("download", "NOT_FOUND"): 1,
         }
+        start = exec_pb2.UploadManyStart(
+            hosts=["o"], upload=exec_pb2.UploadStart(path=str(remote_dir / "b.txt"))
+        )
+        await bidi_stream(scout.stub.UploadMany, many(start, b"hi"), timeout=30)
+        assert rpcs.file_transfers[("upload", "OK")] == 2  # the host's, not the call's
     lines = [json.loads(line) for line in audit.read_text().splitlines()]
-    assert [(x["method"], x["direction"], x["bytes"], x["code"]) for x in lines] == [
-        ("Upload", "upload", 5, "OK"),
-        ("Download", "download", 5, "OK"),
-        ("Download", "download", 0, "NOT_FOUND"),
+    assert [(x["method"], x["host"], x["direction"], x["bytes"], x["code"]) for x in lines] == [
+        ("Upload", "o", "upload", 5, "OK"),
+        ("Download", "o", "download", 5, "OK"),
+        ("Download", "o", "download", 0, "NOT_FOUND"),
+        ("UploadMany", "o", "upload", 2, "OK"),
+        ("UploadMany", "", "upload", 2, "OK"),
     ]
+    assert lines[3]["sha256"] == lines[4]["sha256"] == hashlib.sha256(b"hi").hexdigest()
     assert lines[0]["sha256"] == answer.sha256 and lines[0]["host"] == "o"
     assert lines[0]["path"] == str(remote_dir / "a.txt")
 
