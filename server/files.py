@@ -106,6 +106,8 @@ def check_start(start: exec_pb2.UploadStart, max_bytes: int) -> None:
         raise InvalidRequest("mode: permission bits only (at most 0o7777)")
     if len(start.idempotency_key) > 128:
         raise InvalidRequest("idempotency_key: at most 128 characters")
+    if start.path.endswith("/"):
+        raise InvalidRequest("path: names a directory (ends with /); name the file")
 
 
 _LOST = (asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection)
@@ -232,20 +234,21 @@ class Files:
         config = self.service.config
         start = await first_start(requests, config.exec.stream_start_timeout, "Upload")
         describe_file(call, start.host, start.path, "upload")
-        host, clean = self.admit(call, start.host, start.path, "upload")
-        check_start(start, config.files.max_file_bytes)
         assert call.who is not None
-        earlier = self.remembered(call.who, start, host.name)
-        if earlier is not None:
-            call.file_bytes, call.sha256 = earlier.bytes_written, earlier.sha256
-            return earlier
-        until = self.until(context.time_remaining())
         try:
+            host, clean = self.admit(call, start.host, start.path, "upload")
+            check_start(start, config.files.max_file_bytes)
+            earlier = self.remembered(call.who, start, host.name)
+            if earlier is not None:
+                call.file_bytes, call.sha256 = earlier.bytes_written, earlier.sha256
+                await drain(requests)
+                return earlier
+            until = self.until(context.time_remaining())
             written = await self.upload(
                 host, clean, start, chunks(requests), who=call.who, call=call, until=until
             )
         except ScoutError:
-            await drain(requests)
+            await drain(requests)  # so that the caller hears this status (drain())
             raise
         self.remember(call.who, start, host.name, written)
         return written.response()

@@ -157,7 +157,8 @@ class RpcStats:
         self.output_bytes.add("stderr", call.stderr_bytes)
 
     def file_done(self, call: CallRecord) -> None:
-        """Count a file transfer to one host (Upload, Download, each host of UploadMany)."""
+        """Count a file transfer to one host (Upload, Download, each host of UploadMany;
+        not UploadMany's own call, which names no host)."""
         if not call.direction or not call.host:
             return
         key = (call.direction, call.code)

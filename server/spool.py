@@ -14,13 +14,16 @@ directory. It is created 0700.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Self
 
-from .errors import InvalidRequest
+from .errors import HostUnavailable, InvalidRequest, ScoutError
+
+log = logging.getLogger(__name__)
 
 
 def spool_dir(configured: Path | None) -> Path:
@@ -37,12 +40,16 @@ class Spool:
     """One anonymous spool file: written once in order, then read by every host."""
 
     def __init__(self, directory: Path, limit: int) -> None:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.directory = directory
         try:
-            self.fd = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
-        except (OSError, AttributeError):  # a file system without O_TMPFILE
-            self.fd, name = tempfile.mkstemp(dir=directory, prefix=".spool-")
-            os.unlink(name)
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            try:
+                self.fd = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            except (OSError, AttributeError):  # a file system without O_TMPFILE
+                self.fd, name = tempfile.mkstemp(dir=directory, prefix=".spool-")
+                os.unlink(name)
+        except OSError as exc:
+            raise self._unusable(exc) from None
         self.limit = limit
         self.size = 0
         self.digest = hashlib.sha256()
@@ -60,11 +67,23 @@ class Spool:
                 f"the file is over [files] max_file_bytes ({self.limit}); nothing written"
             )
         view = memoryview(chunk)
-        while view:
-            written = os.pwrite(self.fd, view, self.size)
-            self.size += written
-            view = view[written:]
+        try:
+            while view:
+                written = os.pwrite(self.fd, view, self.size)
+                self.size += written
+                view = view[written:]
+        except OSError as exc:  # a full disk
+            raise self._unusable(exc) from None
         self.digest.update(chunk)
+
+    def _unusable(self, exc: OSError) -> ScoutError:
+        """The spool cannot be written: scout's own trouble, said as UNAVAILABLE (no host
+        was written), naming the setting to fix."""
+        log.error("UploadMany cannot spool in %s: %s", self.directory, exc.strerror or exc)
+        return HostUnavailable(
+            f"scout cannot spool the file ({exc.strerror or type(exc).__name__}); no host was "
+            "written. [files] spool_dir must be a writable directory with room for the file"
+        )
 
     async def chunks(self, chunk_bytes: int) -> AsyncIterator[bytes]:
         """The content from the start, in chunks (each reader has its own position)."""

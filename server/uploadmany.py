@@ -27,6 +27,7 @@ from . import selector as selectors
 from .audit import CallRecord
 from .errors import HostNotFound, InvalidRequest, ScoutError, TransferMismatch
 from .files import check_start, chunks, describe_file, drain, first_start
+from .pathpolicy import PathError, normalise
 from .rpc import Context, capped, status_of
 from .spool import Spool, spool_dir
 
@@ -83,10 +84,19 @@ class UploadFanOut:
         start = await first_start(self.requests, config.exec.stream_start_timeout, "UploadMany")
         upload = start.upload
         self.call.path = capped(upload.path, 4096)
+        self.call.direction = "upload"  # the call's own audit line: what was spooled
         self.call.authorized = True
-        targets = self.targets(start)
-        check_start(upload, config.files.max_file_bytes)
-        service.audit.ready()
+        try:
+            targets = self.targets(start)
+            check_start(upload, config.files.max_file_bytes)
+            normalise(upload.path)  # a bad path fails the call, not each host
+            service.audit.ready()
+        except PathError as exc:
+            await drain(self.requests)
+            raise InvalidRequest(str(exc)) from None
+        except ScoutError:
+            await drain(self.requests)  # so that the caller hears this status (files.drain)
+            raise
         with Spool(spool_dir(config.files.spool_dir), config.files.max_file_bytes) as spool:
             try:
                 async for chunk in chunks(self.requests):
@@ -95,6 +105,7 @@ class UploadFanOut:
                 await drain(self.requests)  # so the caller hears this status (files.drain)
                 raise
             sha = spool.digest.hexdigest()
+            self.call.file_bytes, self.call.sha256 = spool.size, sha
             if (upload.size and upload.size != spool.size) or (
                 upload.sha256 and upload.sha256 != sha
             ):
