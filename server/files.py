@@ -54,7 +54,7 @@ from .errors import (
     brief,
 )
 from .requests import HOST_MAX
-from .rpc import Context, capped
+from .rpc import Context, capped, drain
 from .sftpchannel import SFTPChannel, sftp_session
 from .stream import MALFORMED
 
@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CLEANUP_WITHIN = 5.0  # removing a temporary file after a failure: at most this long
-DRAIN_WITHIN = 10.0  # reading what a caller still sends after an upload failed (drain())
+DRAIN_WITHIN = 10.0  # reading what a caller still sends after an upload failed (rpc.drain)
 IDEMPOTENCY_TTL = 600.0  # seconds an idempotency_key's answer is kept
 IDEMPOTENCY_KEYS = 10_000  # answers kept at most (the oldest go first)
 SHA256_HEX = frozenset("0123456789abcdef")
@@ -241,14 +241,14 @@ class Files:
             earlier = self.remembered(call.who, start, host.name)
             if earlier is not None:
                 call.file_bytes, call.sha256 = earlier.bytes_written, earlier.sha256
-                await drain(requests)
+                await drain(requests, DRAIN_WITHIN)
                 return earlier
             until = self.until(context.time_remaining())
             written = await self.upload(
                 host, clean, start, chunks(requests), who=call.who, call=call, until=until
             )
         except ScoutError:
-            await drain(requests)  # so that the caller hears this status (drain())
+            await drain(requests, DRAIN_WITHIN)  # so that the caller hears this status (drain())
             raise
         self.remember(call.who, start, host.name, written)
         return written.response()
@@ -384,20 +384,6 @@ class Files:
             mtime=mtime,
         )
         await send(exec_pb2.DownloadResponse(end=end_message))
-
-
-async def drain(requests: AsyncIterator[Any], within: float = DRAIN_WITHIN) -> None:
-    """Read (and drop) what the caller still sends before answering with an error.
-
-    A status sent while the caller is still writing reaches a grpc-python client as
-    INTERNAL ("Failed execute_batch") instead of the status itself; once its writes
-    are done it gets the real one. So an Upload that fails early reads the rest of the
-    request stream, for at most `within` seconds, before it answers.
-    """
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(within):
-            async for _ in requests:
-                pass
 
 
 async def first_start(requests: AsyncIterator[Any], within: float, method: str) -> Any:

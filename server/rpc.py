@@ -20,6 +20,7 @@ In the style of grpclib's server loop, each ExecService method is wrapped by `@r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -195,6 +196,11 @@ class Servicer(Protocol):
     stopping: bool
 
 
+# A refused streaming call reads what its caller still sends (drain()) for this long at
+# most, and this long after the last message: a Stream's refusal must still come soon.
+REFUSAL_DRAIN = 2.0
+REFUSAL_DRAIN_IDLE = 0.25
+
 S = TypeVar("S", bound=Servicer)
 R = TypeVar("R")
 Handler = Callable[[S, Any, Context, CallRecord], Awaitable[R]]
@@ -272,6 +278,8 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Wrapped[S, R]]:
                 stats.file_done(call)
                 _access_log(call, message)
                 logs.current.reset(token)
+            if not started and hasattr(request, "__anext__"):  # a refused streaming call
+                await drain(request, REFUSAL_DRAIN, REFUSAL_DRAIN_IDLE)
             await _abort(context, code, told or message, call, started=started)
 
         return loop
@@ -293,6 +301,25 @@ def _access_log(call: CallRecord, message: str) -> None:
             "host": logged_host(call.host),
         },
     )
+
+
+async def drain(requests: Any, within: float, idle: float | None = None) -> None:
+    """Read (and drop) what the caller still sends before answering with an error.
+
+    A status sent while a grpc-python caller is still writing reaches it as INTERNAL
+    ("Failed execute_batch") instead of the status itself; once its writes are done it
+    gets the real one. So a streaming call refused before anything ran reads the rest of
+    the request stream first: until the caller half-closes, for at most `within` seconds,
+    and (with `idle`) no longer than `idle` seconds after the last message, so that a
+    caller who keeps its stream open hears the refusal soon.
+    """
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(within):
+            while True:
+                wait = anext(requests, None)
+                message = await (wait if idle is None else asyncio.wait_for(wait, idle))
+                if message is None:
+                    return
 
 
 INVALID_HOST = "(invalid)"  # in a log line, for a host that is not a valid host name

@@ -26,9 +26,9 @@ from . import inventory
 from . import selector as selectors
 from .audit import CallRecord
 from .errors import HostNotFound, InvalidRequest, ScoutError, TransferMismatch
-from .files import check_start, chunks, describe_file, drain, first_start
+from .files import DRAIN_WITHIN, check_start, chunks, describe_file, first_start
 from .pathpolicy import PathError, normalise
-from .rpc import Context, capped, status_of
+from .rpc import Context, capped, drain, status_of
 from .spool import Spool, spool_dir
 
 if TYPE_CHECKING:
@@ -92,17 +92,17 @@ class UploadFanOut:
             normalise(upload.path)  # a bad path fails the call, not each host
             service.audit.ready()
         except PathError as exc:
-            await drain(self.requests)
+            await drain(self.requests, DRAIN_WITHIN)
             raise InvalidRequest(str(exc)) from None
         except ScoutError:
-            await drain(self.requests)  # so that the caller hears this status (files.drain)
+            await drain(self.requests, DRAIN_WITHIN)  # the caller then hears this status
             raise
         with Spool(spool_dir(config.files.spool_dir), config.files.max_file_bytes) as spool:
             try:
                 async for chunk in chunks(self.requests):
                     spool.write(chunk)
             except ScoutError:
-                await drain(self.requests)  # so the caller hears this status (files.drain)
+                await drain(self.requests, DRAIN_WITHIN)  # the caller then hears this status
                 raise
             sha = spool.digest.hexdigest()
             self.call.file_bytes, self.call.sha256 = spool.size, sha
