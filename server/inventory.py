@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import getpass
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,20 @@ WILDCARDS = frozenset("*?![")
 
 
 def _jump_spec(spec: str) -> tuple[str | None, str, int | None]:
-    """`[user@]host[:port]` of one ProxyJump hop."""
-    user, _, rest = spec.rpartition("@")
-    host, sep, port = rest.rpartition(":") if rest.count(":") == 1 else ("", "", "")
-    if not sep:
-        host = rest
-    return user or None, host, int(port) if port else None
+    """`[ssh://][user@]host[:port]` of one ProxyJump hop, as OpenSSH reads it: a bracketed
+    IPv6 address (`[::1]:2222`) keeps its colons, and the URL form drops its scheme."""
+    text = spec if spec.startswith("ssh://") else f"ssh://{spec}"
+    try:
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port
+    except ValueError as err:
+        raise ConfigError(f"ssh.config_files: ProxyJump hop {spec!r}: {err}") from None
+    if parts.scheme != "ssh" or not parts.hostname or parts.path or parts.query:
+        raise ConfigError(f"ssh.config_files: ProxyJump hop {spec!r} is not [user@]host[:port]")
+    host = parts.netloc.rpartition("@")[2]  # urlsplit's hostname is lowered: keep the case
+    host = (parts.hostname or "") if host.startswith("[") else host.partition(":")[0]
+    user = urllib.parse.unquote(parts.username) if parts.username else None
+    return user, host, port
 
 
 class _Resolver:
@@ -65,7 +74,8 @@ class _Resolver:
                 hop_user, hop_host, hop_port = _jump_spec(spec.strip())
                 hop = self.host(hop_host, hop_user, hop_port, (*resolving, alias))
                 jump = dataclasses.replace(hop, jump=jump) if jump is not None else hop
-        name = f"{user}@{alias}" if user else alias
+        host = f"[{alias}]" if ":" in alias else alias  # an IPv6 address, as written
+        name = f"{user}@{host}" if user else host
         name = f"{name}:{port}" if port else name
         interval = get("ServerAliveInterval")
         known = get("UserKnownHostsFile")
