@@ -11,7 +11,9 @@ completion order; a host that cannot run the command carries its own status (and
 whether the command may have started there) and the stream goes on. One task writes
 to the caller; cancelling the RPC, or its deadline, cancels every host task, which
 stops its command (server.launch) and starts no new one; each stopped host's audit line
-says so (CANCELLED, DEADLINE_EXCEEDED, or ABORTED when scout shuts down).
+says so (CANCELLED, DEADLINE_EXCEEDED, or ABORTED when scout shuts down). With
+`max_failures`, a host whose turn comes after that many hosts failed (`failed`) is not
+started: it gets ABORTED with `started` false, and no audit line (nothing was tried).
 
 With `stream_output`, each running host has an OutputQueue (at most ~1 MiB before it
 pauses its channel) and the chunks go through one bounded queue to the writer: a slow
@@ -25,6 +27,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+import grpc
 from google.rpc import status_pb2
 
 from scout.v1 import exec_pb2
@@ -62,6 +65,7 @@ class FanOut:
         self.context = context
         self.call = call
         self.out: asyncio.Queue[exec_pb2.ExecuteManyResponse] = asyncio.Queue(QUEUED_MESSAGES)
+        self.failures = 0  # hosts failed so far (failed()), against request.max_failures
 
     def targets(self) -> list[str]:
         """The hosts to run on, checked as a whole (the RPC fails only here): a malformed
@@ -123,6 +127,14 @@ class FanOut:
     async def _host(self, name: str, slots: asyncio.Semaphore) -> None:
         """One target: run the command (when a slot frees) and queue its outcome."""
         async with slots:
+            limit = self.request.max_failures
+            if limit and self.failures >= limit:  # start no new host
+                message = exec_pb2.ExecuteManyResponse(host=name, started=False)
+                text = f"not started: {self.failures} failures (max_failures {limit})"
+                code = grpc.StatusCode.ABORTED.value[0]
+                message.error.CopyFrom(status_pb2.Status(code=code, message=text))
+                await self.out.put(message)
+                return
             call = self.call
             record = CallRecord(
                 call.method, call.peer, call.request_id, caller=call.caller, who=call.who
@@ -158,6 +170,7 @@ class FanOut:
                 record.duration = time.monotonic() - began
                 self.service.audit.write(record)
                 self.service.rpcs.command_done(record)
+            self.failures += failed(message)  # before the slot frees for the next host
             await self.out.put(message)
 
     async def _execute(
@@ -198,3 +211,11 @@ class FanOut:
             if decoded is not None:
                 chunk.text = decoded
             await self.out.put(exec_pb2.ExecuteManyResponse(host=name, output=chunk))
+
+
+def failed(message: exec_pb2.ExecuteManyResponse) -> bool:
+    """Whether a host's outcome counts against max_failures: an `error` (it could not run,
+    was lost, or ran past its timeout), or a command that exited non-zero or by a signal."""
+    if message.WhichOneof("event") == "error":
+        return True
+    return message.result.exit_code != 0 or bool(message.result.signal)

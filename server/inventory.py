@@ -27,6 +27,7 @@ from .selector import Selector
 from .sshconfig import SSHConfigFiles
 
 WILDCARDS = frozenset("*?![")
+EXCLUDE = "!"  # a target that removes hosts: `!web3`, `!web-eu-*`
 
 
 def _jump_spec(spec: str) -> tuple[str | None, str, int | None]:
@@ -131,18 +132,33 @@ def build(
 
 
 def is_pattern(text: str) -> bool:
-    """Whether a target is a glob over names rather than one name."""
+    """Whether a target is a glob over names (or an exclusion) rather than one name."""
     return bool(WILDCARDS & set(text))
+
+
+def is_exclusion(text: str) -> bool:
+    """Whether a target is an exclusion, `!NAME` or `!GLOB` (Ansible's pattern syntax)."""
+    return text.startswith(EXCLUDE)
+
+
+def excluded(name: str, patterns: Iterable[str]) -> bool:
+    """Whether an exclusion among the patterns removes this name."""
+    return any(fnmatch.fnmatchcase(name, p[1:]) for p in patterns if is_exclusion(p))
 
 
 def pick(
     hosts: Mapping[str, HostConfig], patterns: Iterable[str], selector: Selector | None
 ) -> tuple[list[str], list[str]]:
-    """The targets: names and globs matched, plus selector matches (sorted), and the plain
-    names that are not in the inventory (each is a target that will answer NOT_FOUND)."""
+    """The targets: names and globs matched, plus selector matches, less the exclusions'
+    hosts (sorted), and the plain names that are not in the inventory (each is a target
+    that will answer NOT_FOUND). Exclusions alone start from every host, as in Ansible."""
+    patterns = list(patterns)
     found: set[str] = set()
     missing: list[str] = []
-    for pattern in patterns:
+    including = [p for p in patterns if not is_exclusion(p)]
+    if not including and selector is None:
+        found.update(hosts)
+    for pattern in including:
         if is_pattern(pattern):
             found.update(fnmatch.filter(hosts, pattern))
         elif pattern in hosts:
@@ -151,4 +167,5 @@ def pick(
             missing.append(pattern)
     if selector is not None:
         found.update(name for name, host in hosts.items() if selector.matches(host.labels))
-    return sorted(found), missing
+    found = {name for name in found if not excluded(name, patterns)}
+    return sorted(found), [name for name in missing if not excluded(name, patterns)]
