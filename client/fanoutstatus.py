@@ -35,6 +35,12 @@ GROUPS = (
 )
 
 
+def _detail(group: str) -> str:
+    """A group's words on its detail line: Ctrl-C stops running hosts and queued ones
+    alike, and the server does not say which were which."""
+    return f"{group} (running, or not yet started)" if group == STOPPED else group
+
+
 def _names(names: list[str]) -> str:
     """Some names, then "and N more"."""
     shown = ", ".join(names[:SUMMARY_NAMES])
@@ -95,7 +101,7 @@ class Tally:
         if self.cut:
             head += f"; output cut on {len(self.cut)}"
         lines = [head]
-        lines += [f"scout: {group}: {_names(names)}" for group, names in failed.items()]
+        lines += [f"scout: {_detail(group)}: {_names(names)}" for group, names in failed.items()]
         if interrupted and not complete:
             lines.append("scout: hosts not heard from are not counted (ListHosts did not answer)")
         if self.cut:

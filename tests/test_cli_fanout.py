@@ -260,6 +260,6 @@ async def test_ctrl_c_counts_the_hosts_it_stopped(scout: Scout, tmp_path: Path) 
     assert proc.returncode == 130
     assert err.decode().splitlines() == [
         "scout: 4 hosts: 0 ok, 4 stopped by Ctrl-C",
-        "scout: stopped by Ctrl-C: web1, web2, web3, web4",
+        "scout: stopped by Ctrl-C (running, or not yet started): web1, web2, web3, web4",
         "scout: interrupted; the server stops the commands still running",
     ]

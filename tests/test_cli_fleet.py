@@ -426,7 +426,7 @@ async def test_ctrl_c_cancels_the_fan_out(fake: tuple[FakeExec, str]) -> None:
     assert err.decode().splitlines() == [
         "scout: 3 hosts: 0 ok, 1 exited non-zero, 2 stopped by Ctrl-C",
         "scout: exited non-zero: web1",
-        "scout: stopped by Ctrl-C: web2, web3",
+        "scout: stopped by Ctrl-C (running, or not yet started): web2, web3",
         "scout: interrupted; the server stops the commands still running",
     ]
 
