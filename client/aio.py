@@ -228,7 +228,8 @@ class Client:
     ) -> list[Host]:
         """List the inventory hosts the selector and host names or globs pick, sorted by name.
 
-        Both empty: every host. Each Host carries the pool's view of it now
+        Both empty: every host. A leading `!` excludes (`!web3`, `!web-eu-*`; alone,
+        from every host). Each Host carries the pool's view of it now
         (connections open, channels in use). Nothing runs, so errors never may_have_run.
         """
         names = _host_list(hosts)
