@@ -50,6 +50,14 @@ log = logging.getLogger(__name__)
 QUEUED_MESSAGES = 64  # messages waiting for the writer, across all hosts
 
 
+def failed(message: exec_pb2.ExecuteManyResponse) -> bool:
+    """Whether a host's outcome counts against max_failures: an `error` (it could not run,
+    was lost, or ran past its timeout), or a command that exited non-zero or by a signal."""
+    if message.WhichOneof("event") == "error":
+        return True
+    return message.result.exit_code != 0 or bool(message.result.signal)
+
+
 class FanOut:
     """One ExecuteMany call."""
 
@@ -170,8 +178,8 @@ class FanOut:
                 record.duration = time.monotonic() - began
                 self.service.audit.write(record)
                 self.service.rpcs.command_done(record)
-            self.failures += failed(message)  # before the slot frees for the next host
             await self.out.put(message)
+            self.failures += failed(message)  # before the slot frees for the next host
 
     async def _execute(
         self, command: exec_pb2.ExecuteRequest, record: CallRecord
@@ -211,11 +219,3 @@ class FanOut:
             if decoded is not None:
                 chunk.text = decoded
             await self.out.put(exec_pb2.ExecuteManyResponse(host=name, output=chunk))
-
-
-def failed(message: exec_pb2.ExecuteManyResponse) -> bool:
-    """Whether a host's outcome counts against max_failures: an `error` (it could not run,
-    was lost, or ran past its timeout), or a command that exited non-zero or by a signal."""
-    if message.WhichOneof("event") == "error":
-        return True
-    return message.result.exit_code != 0 or bool(message.result.signal)
