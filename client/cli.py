@@ -7,8 +7,12 @@
         --timeout SECS  --env K=V (repeatable)  --cwd DIR  --tty  --argv  -n/--no-stdin
         --max-output BYTES  -l/--selector SELECTOR  --max-parallel N  --max-failures N
         --json  --split-fan-out
+    scout cp [OPTIONS] LOCAL HOST:PATH | LOCAL GLOB:PATH | LOCAL -l SELECTOR:PATH
+    scout cp [OPTIONS] HOST:PATH LOCAL                       files (client/cpcli.py)
+        --mode OCTAL  --create-only  --max-parallel N
     scout hosts [OPTIONS] [HOST|GLOB|!EXCLUDED...] [SELECTOR | -l SELECTOR] [--json]
     scout health [OPTIONS] [--service NAME]
+    scout mcp [OPTIONS] [--http HOST:PORT] [--max-output BYTES] [--local-files DIR]
     scout completion bash|zsh|fish                           (client/completion.py)
     scout --version
 
@@ -65,6 +69,10 @@ Connection settings come from flags, then --profile NAME, then $SCOUT_* variable
 then the [default] profile of ~/.config/scout/client.toml (client/profiles.py). The
 token is never printed. grpc's own log lines stay off the terminal unless --verbose
 (client/grpclogs.py).
+
+`scout mcp` serves the Model Context Protocol (stdio, or streamable HTTP on loopback)
+for AI assistants, as this caller: client/mcpserver.py. It needs the optional `mcp`
+extra (pip install 'scout[mcp]').
 """
 
 from __future__ import annotations
@@ -83,7 +91,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from client import completion, examples, exitcodes
+from client import completion, cpcli, examples, exitcodes
 from client.aio import DEFAULT_TARGET, Client, StreamCall
 from client.credentials import TLS
 from client.errors import NotAllowed, ScoutError
@@ -230,7 +238,7 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, _ExecOp
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(
-        dest="action", required=True, metavar="{exec,hosts,health,completion}"
+        dest="action", required=True, metavar="{exec,cp,hosts,health,mcp,completion}"
     )
 
     run = commands.add_parser(
@@ -326,6 +334,7 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, _ExecOp
         ),
     ]
 
+    cpcli.add_parser(commands, connection)
     hosts = commands.add_parser(
         "hosts",
         parents=[connection],
@@ -362,6 +371,34 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, _ExecOp
         epilog=examples.HEALTH,
     )
     health.add_argument("--service", default="", help="service name (default: the server)")
+
+    mcp = commands.add_parser(
+        "mcp",
+        parents=[connection],
+        help="serve scout's tools to AI assistants (Model Context Protocol)",
+        description="An MCP server in front of the scout server, acting as this caller: "
+        "stdio by default (for Claude Desktop, Claude Code, ...).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=examples.MCP,
+    )
+    mcp.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="serve streamable HTTP at http://HOST:PORT/mcp instead of stdio (loopback only)",
+    )
+    mcp.add_argument(
+        "--max-output",
+        type=_positive_count,
+        default=64 * 1024,
+        metavar="BYTES",
+        help="cut each command's stdout and stderr at BYTES for the assistant (default 65536)",
+    )
+    mcp.add_argument(
+        "--local-files",
+        type=Path,
+        metavar="DIR",
+        help="let copy_file read and write this machine's files under DIR (default: none)",
+    )
 
     shells = commands.add_parser(
         "completion",
@@ -856,6 +893,8 @@ async def amain(
         stdout.write(completion.script(args.shell, _completion_options()).encode())
         stdout.flush()
         return 0
+    if args.action == "mcp":
+        return await _mcp(args, stderr)
     try:
         client = client_for(args)
     except SettingError as err:  # names the file and its flag, never the token
@@ -868,6 +907,8 @@ async def amain(
                 return await run_health(client, args, stdout)
             if args.action == "hosts":
                 return await run_hosts(client, _host_listing(args), stdout, stderr)
+            if args.action == "cp":
+                return await cpcli.run_cp(client, args, stdout, stderr)
             if args.fan_out:
                 try:
                     data = await _fan_out_stdin(args, stdin)
@@ -887,6 +928,35 @@ async def amain(
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_BROKEN_PIPE
+
+
+async def _mcp(args: argparse.Namespace, stderr: BinaryIO) -> int:
+    """Serve MCP until the assistant goes away; usage mistakes exit 2, as argparse's do."""
+
+    def say(text: str, code: int) -> int:
+        stderr.write(f"scout mcp: {text}\n".encode(errors="replace"))
+        stderr.flush()
+        return code
+
+    try:
+        from client import mcpserver, mcptools
+    except ModuleNotFoundError as err:
+        if err.name is None or err.name.split(".")[0] not in ("mcp", "mcp_types", "pydantic"):
+            raise
+        return say(
+            "needs the MCP SDK, an optional extra: pip install 'scout[mcp]' "
+            "(or pip install 'mcp>=2.3,<3')",
+            2,
+        )
+    try:
+        http = mcpserver.check_http_listen(args.http) if args.http else None
+        client = client_for(args)
+    except (OSError, ValueError) as err:  # names the file, never the token
+        return say(str(err), 2)
+    async with client:
+        settings = mcptools.Settings(max_output=args.max_output, local_root=args.local_files)
+        await mcpserver.serve(client, settings, http)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,7 +3,7 @@ can copy, kept here so that the help and the README's CLI section say the same."
 
 from __future__ import annotations
 
-__all__ = ["COMPLETION", "EXEC", "HEALTH", "HOSTS", "SCOUT"]
+__all__ = ["COMPLETION", "CP", "EXEC", "HEALTH", "HOSTS", "MCP", "SCOUT"]
 
 
 def _block(*lines: str) -> str:
@@ -25,6 +25,16 @@ HOSTS = _block(
     "scout hosts                      # the inventory, as a table",
     "scout hosts 'web*' '!web3'       # names and globs; ! excludes",
     "scout hosts 'role=web,region in (eu,us)' --json",
+)
+CP = _block(
+    "scout cp ./app.conf 'web*:/etc/app.conf' --mode 0644   # to every web host",
+    "scout cp ./motd -l role=web:/etc/motd",
+    "scout cp web1:/var/log/app.log ./app.log             # from one host",
+)
+MCP = _block(
+    "scout mcp                                     # stdio, for Claude Desktop or Code",
+    "scout mcp --http 127.0.0.1:8765               # streamable HTTP on loopback",
+    "scout mcp --local-files ~/scout-files --max-output 16384",
 )
 HEALTH = _block(
     "scout health                                  # SERVING, exit 0",

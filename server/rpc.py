@@ -42,6 +42,10 @@ from .errors import (
     AuditUnavailable,
     CommandAborted,
     CommandTimeout,
+    FileChanged,
+    FileExists,
+    FileMissing,
+    FileRefused,
     HostNotFound,
     HostRejected,
     HostUnavailable,
@@ -49,6 +53,7 @@ from .errors import (
     PermissionDenied,
     PoolExhausted,
     ScoutError,
+    TransferMismatch,
     Unauthenticated,
 )
 from .logs import new_request_id, owned_request_id, supplied_request_id
@@ -69,6 +74,11 @@ _STATUS: dict[type[ScoutError], grpc.StatusCode] = {
     CommandAborted: grpc.StatusCode.ABORTED,
     PoolExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     CommandTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
+    FileMissing: grpc.StatusCode.NOT_FOUND,
+    FileRefused: grpc.StatusCode.FAILED_PRECONDITION,
+    FileExists: grpc.StatusCode.ALREADY_EXISTS,
+    TransferMismatch: grpc.StatusCode.DATA_LOSS,
+    FileChanged: grpc.StatusCode.ABORTED,
 }
 
 
@@ -123,6 +133,8 @@ class RpcStats:
     commands: Tally = field(default_factory=Tally)  # by outcome
     output_bytes: Tally = field(default_factory=Tally)  # by stream
     host_commands: dict[tuple[str, str], int] = field(default_factory=dict)  # (host, outcome)
+    file_bytes: Tally = field(default_factory=Tally)  # by direction
+    file_transfers: dict[tuple[str, str], int] = field(default_factory=dict)  # (direction, code)
 
     def done(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
         """Count one finished RPC."""
@@ -143,6 +155,15 @@ class RpcStats:
         self.host_commands[key] = self.host_commands.get(key, 0) + 1
         self.output_bytes.add("stdout", call.stdout_bytes)
         self.output_bytes.add("stderr", call.stderr_bytes)
+
+    def file_done(self, call: CallRecord) -> None:
+        """Count a file transfer to one host (Upload, Download, each host of UploadMany;
+        not UploadMany's own call, which names no host)."""
+        if not call.direction or not call.host:
+            return
+        key = (call.direction, call.code)
+        self.file_transfers[key] = self.file_transfers.get(key, 0) + 1
+        self.file_bytes.add(call.direction, call.file_bytes)
 
 
 def outcome_of(call: CallRecord) -> str:
@@ -248,6 +269,7 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Wrapped[S, R]]:
                 self.audit.write(call)
                 stats.done(method, code, call.duration)
                 stats.command_done(call)
+                stats.file_done(call)
                 _access_log(call, message)
                 logs.current.reset(token)
             await _abort(context, code, told or message, call, started=started)

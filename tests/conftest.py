@@ -8,11 +8,13 @@ openssh_host  session: scout's HostConfig for openssh, named "openssh"
 fake          function: the scripted fake ExecService (tests/fakeexec.py) and its target
 client        function: a scout Client connected to fake
 openssh_scout function: scout (in this process) whose one host, "o", is the openssh rig
+remote_dir    function: a directory openssh's login user owns (tests/filerig.py)
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +25,7 @@ from testkit.scripted import ScriptedServer, start_scripted
 from testkit.sshd import OpenSSHServer, start_openssh
 
 from .fakeexec import FakeExec, serving
+from .filerig import login_user_dir
 from .scoutd import Scout, config, running_scout
 
 
@@ -84,3 +87,10 @@ async def openssh_scout(openssh: OpenSSHServer) -> AsyncIterator[Scout]:
     """scout serving one host, "o": the real sshd."""
     async with running_scout(config({"o": openssh.host_config("o")})) as s:
         yield s
+
+
+@pytest.fixture
+def remote_dir() -> Iterator[Path]:
+    """A directory the SSH login user owns (files tests write there through scout)."""
+    with login_user_dir() as path:
+        yield path

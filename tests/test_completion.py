@@ -65,7 +65,7 @@ def bash_complete(line: str, env: dict[str, str] | None = None) -> list[str]:
 
 
 def test_bash_completes_commands_options_and_shells() -> None:
-    assert bash_complete("scout ") == ["exec", "hosts", "health", "completion"]
+    assert bash_complete("scout ") == ["exec", "cp", "hosts", "health", "mcp", "completion"]
     assert bash_complete("scout ex") == ["exec"]
     assert "--max-failures" in bash_complete("scout exec --max-")
     assert bash_complete("scout exec --max-f") == ["--max-failures"]
@@ -112,7 +112,9 @@ def test_fish_script_has_hosts_and_options() -> None:
         subprocess.run(["fish", "--no-execute"], input=script.encode(), check=True, timeout=30)
 
 
-@pytest.mark.parametrize("command", [[], ["exec"], ["hosts"], ["health"], ["completion"]])
+@pytest.mark.parametrize(
+    "command", [[], ["exec"], ["cp"], ["hosts"], ["health"], ["mcp"], ["completion"]]
+)
 def test_every_help_ends_with_examples(command: list[str]) -> None:
     done = subprocess.run([SCOUT, *command, "--help"], capture_output=True, timeout=30, check=True)
     text = done.stdout.decode().rstrip("\n")
