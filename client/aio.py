@@ -229,7 +229,8 @@ class Client:
     ) -> list[Host]:
         """List the inventory hosts the selector and host names or globs pick, sorted by name.
 
-        Both empty: every host. Each Host carries the pool's view of it now
+        Both empty: every host. A leading `!` excludes (`!web3`, `!web-eu-*`; alone,
+        from every host). Each Host carries the pool's view of it now
         (connections open, channels in use). Nothing runs, so errors never may_have_run.
         """
         names = _host_list(hosts)
@@ -251,13 +252,17 @@ class Client:
         argv: Sequence[str] | None = None,
         selector: str = "",
         max_parallel: int = 0,
+        max_failures: int = 0,
         stream_output: bool = False,
         **fields: Any,
     ) -> ExecuteManyCall:
         """Run one command on many hosts; iterate the call for each host's events as they come.
 
         Targets are the union of `hosts` (names or globs) and the label `selector`.
-        `max_parallel` bounds the hosts running at once (0: the server's default).
+        A leading `!` excludes (`!web3`, `!web-eu-*`; alone, from every host).
+        `max_parallel` bounds the hosts running at once (0: the server's default);
+        after `max_failures` hosts failed (non-zero exit, signal, or an error), no new
+        host starts and the rest end with ABORTED, nothing run (0: no limit).
         `fields` are ExecOptions fields by name, over `options` if given; `timeout`
         bounds each host's command, and only `rpc_timeout` bounds the whole call
         (no deadline by default, since hosts may wait their turn). Events: see
@@ -269,6 +274,8 @@ class Client:
         names = _host_list(hosts)
         if max_parallel < 0:
             raise ValueError(f"max_parallel must be >= 0, got {max_parallel!r}")
+        if max_failures < 0:
+            raise ValueError(f"max_failures must be >= 0, got {max_failures!r}")
         metadata = self._fan_out_metadata(names)
         opts = exec_options(options, fields)
         request = exec_pb2.ExecuteManyRequest(
@@ -276,6 +283,7 @@ class Client:
             selector=selector,
             request=opts.request("", command, words),
             max_parallel=max_parallel,
+            max_failures=max_failures,
             stream_output=stream_output,
         )
         if self._split_fan_out:

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from client import examples
 from client.aio import Client
 from client.errors import ScoutError
 from client.fleet import is_pattern
@@ -68,7 +69,9 @@ def add_parser(commands: Any, connection: argparse.ArgumentParser) -> argparse.A
             "scout cp [OPTIONS] LOCAL HOST:PATH | LOCAL GLOB:PATH | LOCAL -l SELECTOR:PATH\n"
             "       scout cp [OPTIONS] HOST:PATH LOCAL"
         ),
-        epilog="exit: 0 done, 3 some host's transfer failed, 255 the call itself failed",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit: 0 done, 3 some host's transfer failed, 255 the call itself failed\n\n"
+        + examples.CP,
     )
     cp.add_argument("source", metavar="SOURCE")
     cp.add_argument("dest", nargs="?", default=None, metavar="DEST")

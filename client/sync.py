@@ -149,6 +149,7 @@ class SyncClient:
         argv: Sequence[str] | None = None,
         selector: str = "",
         max_parallel: int = 0,
+        max_failures: int = 0,
         **fields: Any,
     ) -> list[HostOutcome]:
         """Run one command on many hosts; every host's Result or ScoutError, in completion order.
@@ -163,6 +164,7 @@ class SyncClient:
             argv=argv,
             selector=selector,
             max_parallel=max_parallel,
+            max_failures=max_failures,
             **fields,
         )
         return self._run(_outcomes(call))

@@ -170,18 +170,20 @@ class Host(_message.Message):
     def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., port: _Optional[int] = ..., user: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., via: _Optional[_Iterable[str]] = ..., connections_open: _Optional[int] = ..., channels_in_use: _Optional[int] = ...) -> None: ...
 
 class ExecuteManyRequest(_message.Message):
-    __slots__ = ("hosts", "selector", "request", "max_parallel", "stream_output")
+    __slots__ = ("hosts", "selector", "request", "max_parallel", "stream_output", "max_failures")
     HOSTS_FIELD_NUMBER: _ClassVar[int]
     SELECTOR_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     MAX_PARALLEL_FIELD_NUMBER: _ClassVar[int]
     STREAM_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    MAX_FAILURES_FIELD_NUMBER: _ClassVar[int]
     hosts: _containers.RepeatedScalarFieldContainer[str]
     selector: str
     request: ExecuteRequest
     max_parallel: int
     stream_output: bool
-    def __init__(self, hosts: _Optional[_Iterable[str]] = ..., selector: _Optional[str] = ..., request: _Optional[_Union[ExecuteRequest, _Mapping]] = ..., max_parallel: _Optional[int] = ..., stream_output: _Optional[bool] = ...) -> None: ...
+    max_failures: int
+    def __init__(self, hosts: _Optional[_Iterable[str]] = ..., selector: _Optional[str] = ..., request: _Optional[_Union[ExecuteRequest, _Mapping]] = ..., max_parallel: _Optional[int] = ..., stream_output: _Optional[bool] = ..., max_failures: _Optional[int] = ...) -> None: ...
 
 class ExecuteManyResponse(_message.Message):
     __slots__ = ("host", "result", "error", "output", "started")
