@@ -12,7 +12,8 @@ caller is configured, every call must carry an identity, deny by default:
 
 Then the caller's policy: `hosts` are glob patterns (fnmatch, case sensitive) over the
 inventory name; `stream` allows Stream. A caller with `commands` is restricted: it may
-send only argv, and only argv its patterns allow (server.argvpolicy), only the `env`
+send only argv, and only argv its patterns allow (server.argvpolicy), never with a pty
+(a pager on a terminal runs a shell on `!`), only the `env`
 names it lists (never one that changes how a shell or the loader starts) and only a
 `working_dir` its `working_dirs` globs allow. On a caller without `commands`, `env` and
 `working_dirs` hold when set. The host is checked before the inventory is looked at, so
@@ -188,6 +189,12 @@ def _check_argv(who: str, caller: CallerConfig, request: exec_pb2.ExecuteRequest
     if not any(argv_matches(pattern, request.argv) for pattern in caller.commands):
         shown = brief(shlex.join(request.argv[:32]))
         raise PermissionDenied(f"{who} may not run argv {shown} (commands: {rule})")
+    if request.pty:
+        raise PermissionDenied(
+            f"{who} may not ask for a pty: on a terminal an allowed program turns "
+            "interactive (a pager or an editor runs a shell on `!`), so no caller with "
+            "commands gets one"
+        )
 
 
 def _check_env(who: str, caller: CallerConfig, request: exec_pb2.ExecuteRequest) -> None:

@@ -284,6 +284,24 @@ async def test_bash_env_past_an_exact_rule_is_refused(
     assert not marker.exists()
 
 
+async def test_a_pty_that_would_make_an_allowed_pager_run_a_shell_is_refused(
+    shell_server: ScriptedServer, tmp_path: Path
+) -> None:
+    # With a terminal, `less` (systemctl's and journalctl's pager too) reads commands
+    # from it, and `!cmd` runs a shell: stdin alone, through Execute, was enough.
+    marker = tmp_path / "MARKER"
+    page = tmp_path / "app.log"
+    page.write_text("line\n")
+    assert shutil.which("less"), "the pager is /usr/bin/less (Debian package less)"
+    policy = caller(commands=(f"less {tmp_path}/*",), stream=True)
+    async with running_scout(guarded(shell_server, policy)) as s:
+        escape = f"!touch {marker}\nq".encode()
+        await refused(s, "pty", argv=["less", str(page)], pty=True, stdin=escape)
+        r = await call(s, argv=["less", str(page)], stdin=escape)  # no terminal: a cat
+        assert (r.exit_code, r.stdout) == (0, b"line\n")
+    assert not marker.exists()
+
+
 async def test_an_unrestricted_caller_with_env_and_working_dirs_is_held_to_them(
     shell_server: ScriptedServer, tmp_path: Path
 ) -> None:
