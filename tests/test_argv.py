@@ -114,6 +114,13 @@ HARD = [
         ("'my prog' 'a b'", ["my prog", "a b"], True),
         ("echo *", ["echo", "x; touch M"], True),  # harmless: one argument to echo
         ("echo *", ["echo", "x", ";", "touch", "M"], False),
+        # a wildcard never matches a `..` path component: it would lead out of the pattern
+        ("cat /var/log/*", ["cat", "/var/log/../../etc/shadow"], False),
+        ("cat /var/log/*", ["cat", "/var/log/a/.."], False),
+        ("cat /var/log/*", ["cat", "/var/log/a..b"], True),  # not a component
+        ("echo *", ["echo", ".."], False),
+        ("cat ../*", ["cat", "../x"], True),  # the pattern's own `..`
+        ("cat ../*", ["cat", "../../x"], False),
     ],
 )
 def test_argv_patterns(pattern: str, argv: list[str], allowed: bool) -> None:
@@ -299,6 +306,20 @@ async def test_a_pty_that_would_make_an_allowed_pager_run_a_shell_is_refused(
         await refused(s, "pty", argv=["less", str(page)], pty=True, stdin=escape)
         r = await call(s, argv=["less", str(page)], stdin=escape)  # no terminal: a cat
         assert (r.exit_code, r.stdout) == (0, b"line\n")
+    assert not marker.exists()
+
+
+async def test_a_wildcard_does_not_lead_out_of_its_directory_through_dot_dot(
+    shell_server: ScriptedServer, tmp_path: Path
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    marker = tmp_path / "MARKER"
+    async with running_scout(guarded(shell_server, caller(commands=(f"touch {inbox}/*",)))) as s:
+        await refused(s, "commands: touch", argv=["touch", f"{inbox}/../MARKER"])
+        await refused(s, "commands: touch", argv=["touch", f"{inbox}/x/../../MARKER"])
+        r = await call(s, argv=["touch", f"{inbox}/ok"])  # what the rule allows
+        assert r.exit_code == 0 and (inbox / "ok").exists()
     assert not marker.exists()
 
 
