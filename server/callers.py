@@ -71,7 +71,8 @@ class Gate:
 
     The callers are read from the config in force at each call: a reload that removes a
     caller refuses its next call, one that changes a policy applies it from the next
-    call; calls in flight keep the CallerConfig they were admitted with.
+    call; calls in flight keep the CallerConfig they were admitted with, except that an
+    ExecuteMany asks `current()` before each host it starts.
     """
 
     live: LiveConfig
@@ -127,6 +128,30 @@ class Gate:
         if found.cert_common_name and by_cert is None:
             raise Unauthenticated(f"caller {found.name} must also show its client certificate")
         return found
+
+    def current(self, caller: CallerConfig) -> CallerConfig:
+        """caller as the config in force now has it (a reload may have narrowed it), for a
+        command a call in flight is about to start; Unauthenticated when a reload removed
+        it or changed its credentials. A fan-out asks before each host: its hosts not yet
+        started are new commands, and a revoked caller starts none."""
+        if self.open:
+            return ANONYMOUS
+        for found in self.callers:
+            if (found.name, found.token_sha256, found.cert_common_name) == (
+                caller.name,
+                caller.token_sha256,
+                caller.cert_common_name,
+            ):
+                return found
+        if caller is ANONYMOUS:
+            raise Unauthenticated(
+                "a reload of the config added callers: this server now needs an identity, "
+                "and no new command of this call starts"
+            )
+        raise Unauthenticated(
+            f"caller {caller.name} was removed, or its credentials changed, by a reload of "
+            "the config: no new command of this call starts"
+        )
 
     def admit(self, caller: CallerConfig) -> None:
         """Count one more call of caller, or refuse it at once past its max_in_flight."""
