@@ -205,13 +205,13 @@ class Gate:
 
 def _check_argv(who: str, caller: CallerConfig, request: exec_pb2.ExecuteRequest) -> None:
     """A restricted caller sends argv, and argv its `commands` patterns allow."""
-    rule = ", ".join(caller.commands)
+    rule = ", ".join(caller.commands or ()) or "none"
     if request.command or not request.argv:
         raise PermissionDenied(
             f"{who} may send only argv, not a shell command (commands: {rule}); send the "
             "program and its arguments as argv, one element each"
         )
-    if not any(argv_matches(pattern, request.argv) for pattern in caller.commands):
+    if not any(argv_matches(pattern, request.argv) for pattern in caller.commands or ()):
         shown = brief(shlex.join(request.argv[:32]))
         raise PermissionDenied(f"{who} may not run argv {shown} (commands: {rule})")
     if request.pty:

@@ -323,6 +323,29 @@ async def test_a_wildcard_does_not_lead_out_of_its_directory_through_dot_dot(
     assert not marker.exists()
 
 
+async def test_an_empty_commands_list_allows_no_command(
+    shell_server: ScriptedServer, tmp_path: Path
+) -> None:
+    # `commands = []`, like `hosts = []`, `env = []` and `working_dirs = []`, is an empty
+    # allow-list; it made the caller unrestricted: any shell line.
+    marker = tmp_path / "MARKER"
+    path = tmp_path / "scout.toml"
+    path.write_text(
+        f'[[callers]]\nname = "bot"\ntoken_sha256 = "{hash_token(TOKEN)}"\n'
+        'hosts = ["h"]\ncommands = []\n'
+    )
+    (policy,) = load(path).callers
+    assert policy.restricted
+    async with running_scout(guarded(shell_server, policy)) as s:
+        await refused(s, "may send only argv", command=f"touch {marker}")
+        await refused(s, "commands: none", argv=["touch", str(marker)])
+        listed = await s.stub.ListHosts(
+            exec_pb2.ListHostsRequest(), metadata=(("authorization", f"Bearer {TOKEN}"),)
+        )
+        assert [h.name for h in listed.hosts] == ["h"]  # a caller that only lists hosts
+    assert not marker.exists()
+
+
 async def test_an_unrestricted_caller_with_env_and_working_dirs_is_held_to_them(
     shell_server: ScriptedServer, tmp_path: Path
 ) -> None:
