@@ -46,6 +46,10 @@ BEARER = (("authorization", f"Bearer {TOKEN}"),)
         ("uptime", ["uptime", ""], False),  # an empty element is still one more
         ("journalctl ...", ["journalctl"], True),  # `...`: zero further elements too
         ("journalctl -u *", ["journalctl", "-u", "x\nrm -rf /"], True),  # one argument
+        # a wildcard matches an option too (the README says so, and how to avoid it)
+        ("systemctl status *", ["systemctl", "status", "--host=admin@elsewhere"], True),
+        ("systemctl status [a-z]*", ["systemctl", "status", "--host=admin@elsewhere"], False),
+        ("systemctl status [a-z]*", ["systemctl", "status", "nginx.service"], True),
     ],
 )
 def test_look_alike_argv(pattern: str, argv: list[str], allowed: bool) -> None:
