@@ -6,7 +6,8 @@ working_dirs, a crafted request id that scout exports itself, a second `start` i
 Stream, and a Stream kept open across the SIGHUP that removes it. Commands run on the
 in-process SSH server (real /bin/sh on this machine); a marker file that any injected
 command would have made proves that none ran. (The bypasses that did not hold have their
-tests beside their fixes: test_argv.py, test_reload.py.)
+tests beside their fixes: test_argv.py, test_reload.py; here only the pty refusal's
+other two ways in, Stream and ExecuteMany.)
 """
 
 from __future__ import annotations
