@@ -18,8 +18,9 @@ as it comes, iterates the asyncio `Client.execute_many`.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any, Self, TypeVar
 
 from client.aio import (
@@ -30,6 +31,7 @@ from client.aio import (
     ExecuteManyCall,
 )
 from client.credentials import TLS
+from client.files import DownloadCall, FileInfo, HostUpload, Source, Uploaded
 from client.fleet import Host, HostOutcome, HostOutput
 from client.options import ExecOptions
 from client.results import Result
@@ -43,6 +45,18 @@ async def _outcomes(call: ExecuteManyCall) -> list[HostOutcome]:
     """Run a fan-out to its end and keep each host's outcome (output chunks are not asked for)."""
     async with call:
         return [event async for event in call if not isinstance(event, HostOutput)]
+
+
+async def _whole(call: DownloadCall) -> tuple[bytes, FileInfo]:
+    """A download's bytes and its end."""
+    async with call:
+        data = b"".join([chunk async for chunk in call])
+    assert call.info is not None
+    return data, call.info
+
+
+async def _collect(events: AsyncIterator[HostUpload]) -> list[HostUpload]:
+    return [event async for event in events]
 
 
 class SyncClient:
@@ -135,6 +149,7 @@ class SyncClient:
         argv: Sequence[str] | None = None,
         selector: str = "",
         max_parallel: int = 0,
+        max_failures: int = 0,
         **fields: Any,
     ) -> list[HostOutcome]:
         """Run one command on many hosts; every host's Result or ScoutError, in completion order.
@@ -149,9 +164,31 @@ class SyncClient:
             argv=argv,
             selector=selector,
             max_parallel=max_parallel,
+            max_failures=max_failures,
             **fields,
         )
         return self._run(_outcomes(call))
+
+    def upload(self, host: str, path: str, source: Source, **options: Any) -> Uploaded:
+        """Write a file on host; the options are Client.upload's."""
+        return self._run(self._client.upload(host, path, source, **options))
+
+    def download(self, host: str, path: str, **options: Any) -> tuple[bytes, FileInfo]:
+        """Read a file (or a range of it) whole into memory, with its end's info; for big
+        files use download_to_file. The options are Client.download's."""
+        return self._run(_whole(self._client.download(host, path, **options)))
+
+    def download_to_file(
+        self, host: str, path: str, local: str | os.PathLike[str], **options: Any
+    ) -> FileInfo:
+        """Read a file into local (renamed into place once its digest matched)."""
+        return self._run(self._client.download(host, path, **options).to_file(local))
+
+    def upload_many(
+        self, hosts: Sequence[str], path: str, source: Source, **options: Any
+    ) -> list[HostUpload]:
+        """Write one file to many hosts; every host's outcome once all are done."""
+        return self._run(_collect(self._client.upload_many(hosts, path, source, **options)))
 
     def health(self, service: str = "", *, rpc_timeout: float | None = 10.0) -> str:
         """Ask the server's health service; returns e.g. "SERVING"."""

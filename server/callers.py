@@ -12,13 +12,19 @@ caller is configured, every call must carry an identity, deny by default:
 
 Then the caller's policy: `hosts` are glob patterns (fnmatch, case sensitive) over the
 inventory name; `stream` allows Stream. A caller with `commands` is restricted: it may
-send only argv, and only argv its patterns allow (server.argvpolicy), only the `env`
+send only argv, and only argv its patterns allow (server.argvpolicy), never with a pty
+(a pager on a terminal runs a shell on `!`), only the `env`
 names it lists (never one that changes how a shell or the loader starts) and only a
 `working_dir` its `working_dirs` globs allow. On a caller without `commands`, `env` and
 `working_dirs` hold when set. The host is checked before the inventory is looked at, so
 a caller cannot probe for names it may not use. A refusal names the rule that refused
 it, and quotes what the caller sent only briefly. The order is host, then what runs,
 then the method, so that "may not use Stream" is the real and only reason.
+
+Files (Upload, Download, UploadMany): `files` says whether the caller may read, write or
+both ("none" by default), `paths` which files (server.pathpolicy: globs over the
+normalised path, checked again on the host's real path by server.files). The anonymous
+caller of an open server may read and write everything, as it may run anything.
 """
 
 from __future__ import annotations
@@ -37,10 +43,27 @@ from scout.v1 import exec_pb2
 
 from .argvpolicy import argv_matches, startup_reason
 from .config import CallerConfig
-from .errors import PermissionDenied, PoolExhausted, ScoutError, Unauthenticated, brief
+from .errors import (
+    InvalidRequest,
+    PermissionDenied,
+    PoolExhausted,
+    ScoutError,
+    Unauthenticated,
+    brief,
+)
 from .live import LiveConfig
+from .pathpolicy import PathError, allowed, normalise
 
-ANONYMOUS = CallerConfig(name="-", hosts=("*",), stream=True, max_in_flight=1 << 30)
+# An open server (no [[callers]]) lets anyone who reaches it run any command, so it lets
+# them read and write any file too: a file policy narrower than that would guard nothing.
+ANONYMOUS = CallerConfig(
+    name="-",
+    hosts=("*",),
+    stream=True,
+    max_in_flight=1 << 30,
+    files="read-write",
+    paths=("/**",),
+)
 
 
 def hash_token(token: str) -> str:
@@ -70,7 +93,8 @@ class Gate:
 
     The callers are read from the config in force at each call: a reload that removes a
     caller refuses its next call, one that changes a policy applies it from the next
-    call; calls in flight keep the CallerConfig they were admitted with.
+    call; calls in flight keep the CallerConfig they were admitted with, except that an
+    ExecuteMany asks `current()` before each host it starts.
     """
 
     live: LiveConfig
@@ -127,6 +151,30 @@ class Gate:
             raise Unauthenticated(f"caller {found.name} must also show its client certificate")
         return found
 
+    def current(self, caller: CallerConfig) -> CallerConfig:
+        """caller as the config in force now has it (a reload may have narrowed it), for a
+        command a call in flight is about to start; Unauthenticated when a reload removed
+        it or changed its credentials. A fan-out asks before each host: its hosts not yet
+        started are new commands, and a revoked caller starts none."""
+        if self.open:
+            return ANONYMOUS
+        for found in self.callers:
+            if (found.name, found.token_sha256, found.cert_common_name) == (
+                caller.name,
+                caller.token_sha256,
+                caller.cert_common_name,
+            ):
+                return found
+        if caller is ANONYMOUS:
+            raise Unauthenticated(
+                "a reload of the config added callers: this server now needs an identity, "
+                "and no new command of this call starts"
+            )
+        raise Unauthenticated(
+            f"caller {caller.name} was removed, or its credentials changed, by a reload of "
+            "the config: no new command of this call starts"
+        )
+
     def admit(self, caller: CallerConfig) -> None:
         """Count one more call of caller, or refuse it at once past its max_in_flight."""
         count = self.in_flight.get(caller.name, 0)
@@ -176,18 +224,56 @@ class Gate:
         if method == "Stream" and not caller.stream:
             raise PermissionDenied(f"{who} may not use Stream (its policy has stream = false)")
 
+    def authorize_file(self, caller: CallerConfig, host: str, path: str, direction: str) -> str:
+        """The normalised path, or PermissionDenied unless caller may `direction` ("read"
+        or "write") files on host at that path. InvalidRequest for a path no policy can
+        judge (relative, NUL or control characters)."""
+        try:
+            clean = normalise(path)
+        except PathError as exc:
+            raise InvalidRequest(str(exc)) from None
+        if caller is ANONYMOUS:
+            return clean
+        who = f"caller {caller.name}"
+        if not caller.may_files(direction):
+            raise PermissionDenied(
+                f"{who} may not {direction} files (its policy has files = {caller.files!r})"
+            )
+        if not self.may_use(caller, host):
+            rule = ", ".join(caller.hosts) if caller.hosts else "none"
+            raise PermissionDenied(f"{who} may not use host {brief(host)} (hosts: {rule})")
+        self.check_path(caller, clean, direction, path)
+        return clean
+
+    def check_path(self, caller: CallerConfig, clean: str, direction: str, asked: str) -> None:
+        """PermissionDenied unless `paths` allow clean; the message quotes only what the
+        caller asked for (`asked`), never where the host resolved it."""
+        if caller is ANONYMOUS or allowed(clean, caller.paths):
+            return
+        rule = ", ".join(caller.paths) if caller.paths else "none"
+        how = "" if clean == asked else " (resolved, it is outside them)"
+        raise PermissionDenied(
+            f"caller {caller.name} may not {direction} {brief(asked)}{how} (paths: {rule})"
+        )
+
 
 def _check_argv(who: str, caller: CallerConfig, request: exec_pb2.ExecuteRequest) -> None:
     """A restricted caller sends argv, and argv its `commands` patterns allow."""
-    rule = ", ".join(caller.commands)
+    rule = ", ".join(caller.commands or ()) or "none"
     if request.command or not request.argv:
         raise PermissionDenied(
             f"{who} may send only argv, not a shell command (commands: {rule}); send the "
             "program and its arguments as argv, one element each"
         )
-    if not any(argv_matches(pattern, request.argv) for pattern in caller.commands):
+    if not any(argv_matches(pattern, request.argv) for pattern in caller.commands or ()):
         shown = brief(shlex.join(request.argv[:32]))
         raise PermissionDenied(f"{who} may not run argv {shown} (commands: {rule})")
+    if request.pty:
+        raise PermissionDenied(
+            f"{who} may not ask for a pty: on a terminal an allowed program turns "
+            "interactive (a pager or an editor runs a shell on `!`), so no caller with "
+            "commands gets one"
+        )
 
 
 def _check_env(who: str, caller: CallerConfig, request: exec_pb2.ExecuteRequest) -> None:

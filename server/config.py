@@ -168,18 +168,25 @@ class CallerConfig:
     token_sha256: str | None = None  # hex SHA-256 of its bearer token
     cert_common_name: str | None = None  # or its mTLS client certificate's CN
     hosts: tuple[str, ...] = ()  # glob patterns over inventory names; empty: none
-    # argv patterns (server.argvpolicy); set: the caller is restricted, argv only
-    commands: tuple[str, ...] = ()  # empty: any command, as a shell line or argv
+    # argv patterns (server.argvpolicy); set, even empty: the caller is restricted, argv
+    # only (an empty list: no command at all)
+    commands: tuple[str, ...] | None = None  # None (unset): any command, shell line or argv
     # None (unset): none for a restricted caller, any for another; set: only these
     env: tuple[str, ...] | None = None  # variable names it may set
     working_dirs: tuple[str, ...] | None = None  # glob patterns over working_dir
     stream: bool = False  # may use Stream (stdin, signals, pty)
     max_in_flight: int = 64
+    files: str = "none"  # Upload/Download: "none", "read", "write" or "read-write"
+    paths: tuple[str, ...] = ()  # globs over normalised absolute paths (server.pathpolicy)
+
+    def may_files(self, direction: str) -> bool:
+        """Whether the policy allows reading ("read") or writing ("write") files at all."""
+        return self.files in ("read-write", direction)
 
     @property
     def restricted(self) -> bool:
         """Its policy lists commands: it may send only argv, within them."""
-        return bool(self.commands)
+        return self.commands is not None
 
 
 @dataclass(frozen=True)
@@ -220,6 +227,18 @@ class ServerSettings:
     max_introspection_streams: int = 1024  # health Watch and reflection streams at once
 
 
+@dataclass(frozen=True)
+class FilesSettings:
+    """Upload, Download and UploadMany: the largest file, and where UploadMany spools."""
+
+    max_file_bytes: int = 1 << 30
+    # None: $STATE_DIRECTORY/spool under systemd's StateDirectory=, else the system's
+    # temporary directory (server.spool). Spool files are unlinked as soon as they open.
+    spool_dir: Path | None = None
+    chunk_bytes: int = 1024 * 1024  # bytes per Download message (SFTP requests: <= this)
+    window: int = 16  # SFTP requests in flight per transfer (OpenSSH's: 255 KiB each)
+
+
 WORKERS_AUTO = 0  # `workers = "auto"`: one per core, as many as the shared limits allow
 
 
@@ -242,6 +261,7 @@ class Config:
     audit: AuditSettings = field(default_factory=AuditSettings)
     fanout: FanoutSettings = field(default_factory=FanoutSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    files: FilesSettings = field(default_factory=FilesSettings)
     hosts: dict[str, HostConfig] = field(default_factory=dict)
 
 

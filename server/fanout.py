@@ -6,12 +6,16 @@ inventory lacks is a target too, answered NOT_FOUND (PERMISSION_DENIED outside t
 caller's hosts). A malformed request fails the whole call before any host. At most
 `max_parallel` hosts run at once (a semaphore in front of the pool, so one fan-out
 never holds more channels than that, and other callers' commands are not starved: the
-pool's budget still serves them in order). Each host's outcome is one message, in
+pool's budget still serves them in order). Each host is checked against the caller's
+policy as it is when that host starts: a reload that removed or narrowed the caller
+starts no new command the new policy would refuse. Each host's outcome is one message, in
 completion order; a host that cannot run the command carries its own status (and
 whether the command may have started there) and the stream goes on. One task writes
 to the caller; cancelling the RPC, or its deadline, cancels every host task, which
 stops its command (server.launch) and starts no new one; each stopped host's audit line
-says so (CANCELLED, DEADLINE_EXCEEDED, or ABORTED when scout shuts down).
+says so (CANCELLED, DEADLINE_EXCEEDED, or ABORTED when scout shuts down). With
+`max_failures`, a host whose turn comes after that many hosts failed (`failed`) is not
+started: it gets ABORTED with `started` false, and no audit line (nothing was tried).
 
 With `stream_output`, each running host has an OutputQueue (at most ~1 MiB before it
 pauses its channel) and the chunks go through one bounded queue to the writer: a slow
@@ -25,6 +29,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+import grpc
 from google.rpc import status_pb2
 
 from scout.v1 import exec_pb2
@@ -37,7 +42,7 @@ from .launch import bounds_for
 from .output import STDOUT, OutputQueue, chunks
 from .requests import command_spec, timeout_of
 from .responses import execute_response
-from .rpc import Context, cancel_code, status_of
+from .rpc import Context, cancel_code, describe, status_of
 
 if TYPE_CHECKING:
     from .service import ExecService
@@ -45,6 +50,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 QUEUED_MESSAGES = 64  # messages waiting for the writer, across all hosts
+
+
+def failed(message: exec_pb2.ExecuteManyResponse) -> bool:
+    """Whether a host's outcome counts against max_failures: an `error` (it could not run,
+    was lost, or ran past its timeout), or a command that exited non-zero or by a signal."""
+    if message.WhichOneof("event") == "error":
+        return True
+    return message.result.exit_code != 0 or bool(message.result.signal)
 
 
 class FanOut:
@@ -62,6 +75,7 @@ class FanOut:
         self.context = context
         self.call = call
         self.out: asyncio.Queue[exec_pb2.ExecuteManyResponse] = asyncio.Queue(QUEUED_MESSAGES)
+        self.failures = 0  # hosts failed so far (failed()), against request.max_failures
 
     def targets(self) -> list[str]:
         """The hosts to run on, checked as a whole (the RPC fails only here): a malformed
@@ -123,6 +137,14 @@ class FanOut:
     async def _host(self, name: str, slots: asyncio.Semaphore) -> None:
         """One target: run the command (when a slot frees) and queue its outcome."""
         async with slots:
+            limit = self.request.max_failures
+            if limit and self.failures >= limit:  # start no new host
+                message = exec_pb2.ExecuteManyResponse(host=name, started=False)
+                text = f"not started: {self.failures} failures (max_failures {limit})"
+                code = grpc.StatusCode.ABORTED.value[0]
+                message.error.CopyFrom(status_pb2.Status(code=code, message=text))
+                await self.out.put(message)
+                return
             call = self.call
             record = CallRecord(
                 call.method, call.peer, call.request_id, caller=call.caller, who=call.who
@@ -159,12 +181,17 @@ class FanOut:
                 self.service.audit.write(record)
                 self.service.rpcs.command_done(record)
             await self.out.put(message)
+            self.failures += failed(message)  # before the slot frees for the next host
 
     async def _execute(
         self, command: exec_pb2.ExecuteRequest, record: CallRecord
     ) -> exec_pb2.ExecuteResponse:
         """Admit and run one host's command: captured, or streamed in chunks."""
         service = self.service
+        assert record.who is not None
+        describe(record, command)  # a host the reload refuses has its audit line too
+        record.authorized = True
+        record.who = service.gate.current(record.who)  # a reload since the call began
         host, spec = service.admit(record, command, stream=False)
         remaining = self.context.time_remaining()
         if not self.request.stream_output:

@@ -11,6 +11,10 @@ decides its fate). Nothing is retried once the exec request may have reached the
 and no exec request goes out once the command's time is up (a warm connection answers at
 once, however late).
 
+The same way in opens an SFTP channel (server.sftpchannel) for files: `open()` takes
+any `ChannelOpening`, so an SFTP session takes its place in the channel budget, with the
+same bounded waits and retries, exactly as a command does.
+
 The way out, on every path: a command that has not ended by itself is stopped (TERM,
 KILL, close) in a task of its own, shielded from the caller's cancellation, and its
 place is released only when the channel is closed. An open that finishes after its
@@ -25,9 +29,9 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import asyncssh
 
@@ -51,6 +55,8 @@ OPEN_SHARE = 1 / 3  # at most this share of the time left goes to one channel op
 STUCK_LIMIT = 30.0  # a channel that will not close after a stop: how long to keep its place
 SSHConn = asyncssh.SSHClientConnection
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+OpenedT = TypeVar("OpenedT", bound="Opened")
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,38 @@ def bounds_for(spec: CommandSpec, timeout: float, rpc_remaining: float | None) -
     return Bounds(run_until, within, cause)
 
 
+class ChannelOpening(Protocol[T_co]):
+    """Opening one channel on a reserved place, as a task that may outlive its caller."""
+
+    @property
+    def committed(self) -> bool:
+        """A request that acts may have reached the host: a hang now is not retried."""
+
+    @property
+    def closed(self) -> asyncio.Future[None] | None:
+        """The channel's close, once the channel is open."""
+
+    def abandon(self) -> None:
+        """The caller no longer waits: a channel that opens from now on does nothing."""
+
+    async def run(self, conn: SSHConn) -> T_co:
+        """Open the channel (and start what it is for); name what failed."""
+
+
+class Opened(Protocol):
+    """What an opening gives: something that can be stopped and waited closed."""
+
+    @property
+    def ended(self) -> bool:
+        """The channel is closed."""
+
+    async def stop(self, within: float | None = None) -> None:
+        """End it and close the channel, within the bound."""
+
+    async def wait_closed(self) -> None:
+        """Until the channel is closed."""
+
+
 class Launcher:
     """Runs commands on pooled connections; tracks the stops and adoptions in flight."""
 
@@ -99,6 +137,13 @@ class Launcher:
         self, host: HostConfig, spec: CommandSpec, out: Sink, until: float
     ) -> tuple[Reservation[SSHConn], RunningCommand]:
         """Reserve, open and start, with the safe retries; the caller must finish() it."""
+        return await self.open(host, lambda: Opening(spec, out), until)
+
+    async def open(
+        self, host: HostConfig, make: Callable[[], ChannelOpening[OpenedT]], until: float
+    ) -> tuple[Reservation[SSHConn], OpenedT]:
+        """Reserve a place and open a channel in it (a new opening per attempt), with the
+        safe retries; the caller must finish() what it gives."""
         retried = False
         pause = REFUSAL_BACKOFF[0]
         loop = asyncio.get_running_loop()
@@ -110,20 +155,20 @@ class Launcher:
             if until <= now:  # a place came at the very end of the wait
                 res.release()
                 raise _no_time_left(host)
-            opening = Opening(spec, out)
+            opening = make()
             task = loop.create_task(opening.run(res.conn))
             try:
                 hang_limit = min(self.open_timeout, max((until - now) * OPEN_SHARE, 0.1))
                 limit = min(hang_limit, until - now)  # no exec may go out past `until`
                 opened = await _settled(task, now + limit)
-                if not opened and opening.session is not None:
+                if not opened and opening.committed:
                     opened = await _settled(task, until)  # the exec is out: wait for its reply
             except BaseException:
                 self._adopt(task, res, opening)  # the caller was cancelled meanwhile
                 raise
             if not opened:
                 self._adopt(task, res, opening)
-                if opening.session is not None:
+                if opening.committed:
                     raise CommandTimeout(
                         f"{host.name}: the SSH server did not confirm the command before the "
                         "deadline; it may have started, and has been stopped",
@@ -176,7 +221,7 @@ class Launcher:
             raise error
 
     def finish(
-        self, res: Reservation[SSHConn], command: RunningCommand, within: float | None
+        self, res: Reservation[SSHConn], command: Opened, within: float | None
     ) -> asyncio.Future[None] | None:
         """Release at once if the command ended; else stop it in a task and release after.
 
@@ -188,7 +233,7 @@ class Launcher:
         return self._track(self._stop_then_release(res, command, within))
 
     async def _stop_then_release(
-        self, res: Reservation[SSHConn], command: RunningCommand, within: float | None
+        self, res: Reservation[SSHConn], command: Opened, within: float | None
     ) -> None:
         """Stop the command, then free its place, whatever the stop raised: a place
         never freed would shrink the pool for good. A stop that failed retires the
@@ -197,13 +242,14 @@ class Launcher:
             await command.stop(within)
             if not command.ended:
                 log.warning(
-                    "%s: the command did not stop after TERM, KILL and a channel close (a "
-                    "root login ignores signals; see the README); retiring its connection",
-                    command.spec.host,
+                    "%s: a channel did not close after its stop (a command: TERM, KILL and a "
+                    "close; a root login ignores signals, see the README); retiring its "
+                    "connection",
+                    res.pc,
                 )
                 res.retire()
                 with _quiet():
-                    await asyncio.wait_for(asyncio.shield(command.session.closed), STUCK_LIMIT)
+                    await asyncio.wait_for(command.wait_closed(), STUCK_LIMIT)
         except asyncio.CancelledError:  # shutting down: the connection goes too
             res.retire()
             raise
@@ -214,14 +260,20 @@ class Launcher:
             res.release()
 
     def _adopt(
-        self, task: asyncio.Task[RunningCommand], res: Reservation[SSHConn], opening: Opening
+        self,
+        task: asyncio.Task[OpenedT],
+        res: Reservation[SSHConn],
+        opening: ChannelOpening[OpenedT],
     ) -> None:
         """An open its caller gave up on: stop whatever it started, then release."""
         opening.abandon()
         self._track(self._settle_adopted(task, res, opening))
 
     async def _settle_adopted(
-        self, task: asyncio.Task[RunningCommand], res: Reservation[SSHConn], opening: Opening
+        self,
+        task: asyncio.Task[OpenedT],
+        res: Reservation[SSHConn],
+        opening: ChannelOpening[OpenedT],
     ) -> None:
         """Wait for an abandoned open; stop what it started; free its place on every path."""
         try:
@@ -233,9 +285,9 @@ class Launcher:
             task.cancel()
         except Exception:  # nothing started, or the server refused: wait for the close
             try:
-                if opening.session is not None:
+                if opening.closed is not None:
                     with _quiet():
-                        await asyncio.wait_for(asyncio.shield(opening.session.closed), STUCK_LIMIT)
+                        await asyncio.wait_for(asyncio.shield(opening.closed), STUCK_LIMIT)
             finally:
                 res.release()
             return
@@ -247,6 +299,13 @@ class Launcher:
             await self._stop_then_release(res, command, None)
             return
         res.release()
+
+    def track(self, work: Awaitable[None]) -> asyncio.Future[None]:
+        """Keep a cleanup running until it ends; wait_stopped() waits for it at shutdown."""
+        future = asyncio.ensure_future(work)
+        self._tasks.add(future)
+        future.add_done_callback(self._tasks.discard)
+        return future
 
     def _track(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
@@ -318,7 +377,7 @@ def _no_time_left(host: HostConfig) -> CommandTimeout:
     )
 
 
-async def _settled(task: asyncio.Task[RunningCommand], until: float) -> bool:
+async def _settled(task: asyncio.Task[Any], until: float) -> bool:
     """Wait for task to finish, at most until `until`; never cancel it. Whether it did."""
     if task.done():
         return True

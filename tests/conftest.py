@@ -8,6 +8,7 @@ openssh_host  session: scout's HostConfig for openssh, named "openssh"
 fake          function: the scripted fake ExecService (tests/fakeexec.py) and its target
 client        function: a scout Client connected to fake
 openssh_scout function: scout (in this process) whose one host, "o", is the openssh rig
+remote_dir    function: a directory openssh's login user owns (tests/filerig.py)
 
 Tests that start another program (a real sshd, nginx, Envoy, a scout-server process) or
 build the Go and Node examples are marked `external` here, and those in SLOW `slow`:
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from types import CodeType, FunctionType, ModuleType
 from typing import Any
 
@@ -32,6 +34,7 @@ from testkit.sshd import OpenSSHServer, start_openssh
 
 from . import exampleclients, serverproc
 from .fakeexec import FakeExec, serving
+from .filerig import login_user_dir
 from .scoutd import Scout, config, running_scout
 
 
@@ -93,6 +96,13 @@ async def openssh_scout(openssh: OpenSSHServer) -> AsyncIterator[Scout]:
     """scout serving one host, "o": the real sshd."""
     async with running_scout(config({"o": openssh.host_config("o")})) as s:
         yield s
+
+
+@pytest.fixture
+def remote_dir() -> Iterator[Path]:
+    """A directory the SSH login user owns (files tests write there through scout)."""
+    with login_user_dir() as path:
+        yield path
 
 
 # What makes a test `external`: calling one of these from its body, one of its fixtures, or

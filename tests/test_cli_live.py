@@ -126,5 +126,5 @@ async def test_a_restricted_caller_runs_argv_from_the_cli(
         code, out, err = await cli("exec", "loc*", *options, "--argv", "--", *ARGV)  # fan-out
         assert (code, out) == (0, b"local | " + PRINTED + b"\n"), err
         code, out, err = await cli("exec", "local", *options, "--", *ARGV)  # a shell line
-        assert (code, out) == (255, b"")
+        assert (code, out) == (125, b"")
         assert b"may send only argv" in err and b"(the command did not run)" in err

@@ -79,8 +79,8 @@ async def plain_fake() -> AsyncIterator[str]:
 
 @pytest.fixture
 async def guarded(shell_server: ScriptedServer) -> AsyncIterator[Scout]:
-    """scout with two names for the SSH host and one caller, batch: no Stream, two
-    commands."""
+    """scout with two names for the SSH host and one caller, batch: no Stream, three
+    argv patterns."""
     batch = CallerConfig(
         name="batch",
         token_sha256=hash_token(TOKEN),
@@ -197,9 +197,9 @@ async def test_a_missing_token_file_names_it_and_its_flag(tmp_path: Path) -> Non
 
 async def test_a_caller_without_stream_gets_execute(guarded: Scout, tmp_path: Path) -> None:
     env = {"SCOUT_TOKEN": TOKEN}
-    argv = ["exec", "--target", guarded.target, "local", "--"]
-    code, out, err = await scout(*argv, "echo hi; echo oops >&2", env=env, home=tmp_path)
-    assert (code, out, err) == (0, b"hi\n", b"oops\n")
+    argv = ["exec", "--target", guarded.target, "--argv", "local", "--"]
+    code, out, err = await scout(*argv, "echo", "hi; id", env=env, home=tmp_path)
+    assert (code, out, err) == (0, b"hi; id\n", b"")
     code, out, _ = await scout(*argv, "cat", stdin=b"piped in\n", env=env, home=tmp_path)
     assert (code, out) == (0, b"piped in\n")
 
@@ -207,13 +207,15 @@ async def test_a_caller_without_stream_gets_execute(guarded: Scout, tmp_path: Pa
 async def test_a_refusal_names_the_host_or_the_command(guarded: Scout, tmp_path: Path) -> None:
     env = {"SCOUT_TOKEN": TOKEN}
     target = ["--target", guarded.target]
-    code, _, err = await scout("exec", *target, "local", "--", "rm -rf /", env=env, home=tmp_path)
+    rm = ["exec", *target, "--argv", "local", "--", "rm", "-rf", "/"]
+    code, _, err = await scout(*rm, env=env, home=tmp_path)
     assert code == 125, err
     assert err.decode() == (
-        "scout: caller batch may not run 'rm -rf /' (commands: echo *, cat, sleep *) "
+        "scout: caller batch may not run argv 'rm -rf /' (commands: echo *, cat, sleep *) "
         "(the command did not run)\n"
     )
-    code, _, err = await scout("exec", *target, "db1", "--", "echo x", env=env, home=tmp_path)
+    echo = ["exec", *target, "--argv", "db1", "--", "echo", "x"]
+    code, _, err = await scout(*echo, env=env, home=tmp_path)
     assert code == 125, err
     assert err.decode() == (
         "scout: caller batch may not run commands on 'db1' (hosts: local*) "
@@ -268,7 +270,9 @@ async def test_a_profile_file_holds_target_ca_and_token_file(
         f'[default]\ntarget = "{guarded.target}"\ntoken_file = "batch.token"\n\n'
         f'[fake]\ntarget = "{tls_fake}"\nca = "{pki.ca.bundle}"\n'
     )
-    code, out, _ = await scout("exec", "local", "--", "echo from the profile", home=tmp_path)
+    code, out, _ = await scout(
+        "exec", "--argv", "local", "--", "echo", "from the profile", home=tmp_path
+    )
     assert (code, out) == (0, b"from the profile\n")
     assert await scout("health", "--profile", "fake", home=tmp_path) == (0, b"SERVING\n", b"")
     flag_wins = ["health", "--profile", "fake", "--target", guarded.target]
@@ -290,5 +294,6 @@ def test_the_exit_code_table_is_in_exec_help_and_the_readme() -> None:
     for exit_code, when in TABLE:
         assert f"| {exit_code} | {when} |" in readme, exit_code
         assert f"{exit_code} {' '.join(when.split())}" in shown, exit_code
-    assert "worst reached, in this order: 255, 125, 3, 124, 2, 1, 0" in shown
-    assert "worst reached, in this order: 255, 125, 3, 124, 2, 1, 0" in readme
+    assert "worst reached, in this order: 255, 125, 3, 124, 2, 1, 4, 0" in shown
+    assert "worst reached, in this order: 255, 125, 3, 124, 2, 1, 4, 0" in readme
+    assert "| 4 | many hosts: every command exited 0, but some host's output" in readme
