@@ -16,6 +16,7 @@ from scout.v1 import exec_pb2
 from server.config import Config, PoolSettings
 from server.keyfiles import load_or_create_keys
 from server.localshell import LocalShellServer
+from testkit.processes import marker, sleeping
 from testkit.scripted import ScriptedServer, close_all, inventory, start_fleet, start_scripted
 from testkit.sshd import OpenSSHServer
 
@@ -173,8 +174,9 @@ async def test_keepalive_aborts_a_command_on_a_stopped_sshd(openssh: OpenSSHServ
         Config(hosts={"o": openssh.host_config("o")}), keepalive_interval=0.3, keepalive_count_max=2
     )
     async with running_scout(config) as s:
-        call = asyncio.create_task(s.execute(host="o", command="sleep 5"))
-        await asyncio.sleep(0.5)
+        m = marker()
+        call = asyncio.create_task(s.execute(host="o", command=f"sleep {m}"))
+        assert await sleeping(m, within=10)  # the command runs (a busy machine connects late)
         openssh.pause()
         try:
             started = time.monotonic()
