@@ -27,6 +27,7 @@ from .callers import IdentityInterceptor
 from .command import CLOSE_WAIT, KILL_WAIT
 from .config import Config, ConfigError, check_exposure
 from .connector import Connector
+from .errors import FileError
 from .introspection import HEALTH_SERVICE, Health, StreamSlots, enable_reflection
 from .keepalive import ping_options
 from .live import LiveConfig
@@ -35,7 +36,6 @@ from .pool import Pool
 from .reload import INSECURE_WARNING, MATCH_EXEC_WARNING, Reloader
 from .rpc import safe_parser
 from .service import ExecService
-from .sshfiles import FileError
 from .tls import ServerTLS
 
 log = logging.getLogger(__name__)

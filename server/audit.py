@@ -33,8 +33,7 @@ from typing import Any
 
 from .argvpolicy import argv_line
 from .config import AuditSettings, CallerConfig
-from .errors import AuditUnavailable
-from .sshfiles import FileError
+from .errors import AuditUnavailable, FileError
 
 log = logging.getLogger(__name__)
 

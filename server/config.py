@@ -16,7 +16,7 @@ from typing import Protocol
 DEFAULT_LISTEN = "127.0.0.1:50051"
 HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,253}")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-EXEC_LINE_MAX = 100 * 1024  # the final command line: well under sshd's 256 KiB packet and
+MAX_EXEC_LINE = 100 * 1024  # the final command line: well under sshd's 256 KiB packet and
 #                            Linux's 128 KiB limit on one argument (the login shell's -c)
 MAX_ENV_BYTES = 64 * 1024  # names and values of one request's environment, before quoting
 MAX_WORKING_DIR_BYTES = 4096  # PATH_MAX

@@ -16,6 +16,9 @@
     ├── ChannelRefused              the server refused a channel on a live connection: full
     └── ConnectionDead              the connection died before the channel opened
 
+    FileError                       a file of the server's own (config, key, audit log)
+                                    cannot be read or opened: the operator's business
+
 Every ScoutError says whether the command may have started (`started`): the server tells
 callers in the trailing metadata (`x-scout-started`), so "nothing ran, retry" is never
 said of a command that may have run. The server maps these to gRPC status codes in
@@ -111,3 +114,7 @@ def brief(value: str | bytes, limit: int = 48) -> str:
     if len(value) <= limit:
         return repr(value)
     return f"{value[:limit]!r}... ({len(value)} {'bytes' if isinstance(value, bytes) else 'chars'})"
+
+
+class FileError(Exception):
+    """A file could not be read or parsed; the message names it, never its contents."""

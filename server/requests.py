@@ -2,7 +2,7 @@
 
 Sizes are checked before names and contents, so an oversize value is never scanned,
 matched or echoed whole: messages quote at most a short prefix (`errors.brief`). The
-final command line, after quoting, is bounded too (`EXEC_LINE_MAX`): a line sshd cannot
+final command line, after quoting, is bounded too (`MAX_EXEC_LINE`): a line sshd cannot
 take in one packet makes it drop the whole connection, and every other command on it.
 """
 
@@ -18,7 +18,7 @@ from .argvpolicy import argv_line
 from .command import CommandSpec
 from .config import (
     ENV_NAME,
-    EXEC_LINE_MAX,
+    MAX_EXEC_LINE,
     MAX_ENV_BYTES,
     MAX_WORKING_DIR_BYTES,
     Config,
@@ -27,7 +27,7 @@ from .config import (
 )
 from .errors import HostNotFound, InvalidRequest, brief
 
-HOST_MAX = 255
+MAX_HOST = 255
 MAX_ENV = 256
 MAX_ARGV = 4096  # elements; their bytes together are bounded like a command's
 MAX_TERM = 10_000
@@ -43,9 +43,9 @@ SIGNALS = frozenset(
 
 
 def is_host_name(name: str) -> bool:
-    """Whether name can be a host name: at most HOST_MAX characters, no control characters
+    """Whether name can be a host name: at most MAX_HOST characters, no control characters
     (what a log line may show as is)."""
-    return 0 < len(name) <= HOST_MAX and not _CONTROL.search(name)
+    return 0 < len(name) <= MAX_HOST and not _CONTROL.search(name)
 
 
 def lookup_host(config: Config, name: str) -> HostConfig:
@@ -54,7 +54,7 @@ def lookup_host(config: Config, name: str) -> HostConfig:
         raise InvalidRequest("host: required, the name of a host in the inventory")
     if not is_host_name(name):
         raise InvalidRequest(
-            f"host: {brief(name)} is not a host name (at most {HOST_MAX} characters, "
+            f"host: {brief(name)} is not a host name (at most {MAX_HOST} characters, "
             "no control characters)"
         )
     host = config.hosts.get(name)
@@ -198,10 +198,10 @@ def command_spec(
         term = check_terminal_size(request.terminal_size, "terminal_size")
     timeout_of(limits, request, stream=stream)  # validated here, used by the caller
     line = command_line(request, extra_env)
-    if len(line.encode()) > EXEC_LINE_MAX:
+    if len(line.encode()) > MAX_EXEC_LINE:
         raise InvalidRequest(
             f"command, env and working_dir: {len(line.encode())} bytes once quoted, more than "
-            f"the {EXEC_LINE_MAX} bytes one SSH exec request may carry safely",
+            f"the {MAX_EXEC_LINE} bytes one SSH exec request may carry safely",
             name,
         )
     # Execute holds output in memory: the server's maximum bounds it. Stream holds little

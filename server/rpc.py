@@ -35,7 +35,7 @@ from scout.v1 import exec_pb2
 from . import logs
 from .audit import AuditLog, CallRecord
 from .callers import Gate
-from .config import EXEC_LINE_MAX, MAX_WORKING_DIR_BYTES
+from .config import MAX_EXEC_LINE, MAX_WORKING_DIR_BYTES
 from .counters import Histogram, Tally
 from .errors import (
     STARTED_KEY,
@@ -52,7 +52,7 @@ from .errors import (
     Unauthenticated,
 )
 from .logs import new_request_id, owned_request_id, supplied_request_id
-from .requests import HOST_MAX, MAX_ARGV, MAX_ENV, is_host_name
+from .requests import MAX_HOST, MAX_ARGV, MAX_ENV, is_host_name
 from .stream import MALFORMED
 
 log = logging.getLogger(__name__)
@@ -297,11 +297,11 @@ def describe(call: CallRecord, request: Any) -> None:
     field is cut to validation's own limits: a valid request is recorded whole.
     """
     if isinstance(request, exec_pb2.ExecuteRequest):
-        call.host = capped(request.host, HOST_MAX)
-        call.command = capped(request.command, EXEC_LINE_MAX)
+        call.host = capped(request.host, MAX_HOST)
+        call.command = capped(request.command, MAX_EXEC_LINE)
         call.argv = capped_argv(request.argv)
         call.working_dir = capped(request.working_dir, MAX_WORKING_DIR_BYTES)
-        call.env_names = [capped(name, HOST_MAX) for name in list(request.env)[:MAX_ENV]]
+        call.env_names = [capped(name, MAX_HOST) for name in list(request.env)[:MAX_ENV]]
 
 
 def capped(text: str, limit: int) -> str:
@@ -310,10 +310,10 @@ def capped(text: str, limit: int) -> str:
 
 
 def capped_argv(argv: Sequence[str]) -> list[str]:
-    """argv, or as much of it as fits EXEC_LINE_MAX characters and MAX_ARGV elements, then
+    """argv, or as much of it as fits MAX_EXEC_LINE characters and MAX_ARGV elements, then
     an element saying how many were left out."""
     kept: list[str] = []
-    room = EXEC_LINE_MAX
+    room = MAX_EXEC_LINE
     for arg in argv[:MAX_ARGV]:
         if room <= 0:
             break
