@@ -18,8 +18,8 @@ from .argvpolicy import argv_line
 from .command import CommandSpec
 from .config import (
     ENV_NAME,
-    MAX_EXEC_LINE,
     MAX_ENV_BYTES,
+    MAX_EXEC_LINE,
     MAX_WORKING_DIR_BYTES,
     Config,
     ExecSettings,
@@ -72,18 +72,25 @@ def _seconds(field: str, value: exec_pb2.ExecuteRequest) -> float:
     return secs + nanos / 1e9
 
 
-def timeout_of(limits: ExecSettings, request: exec_pb2.ExecuteRequest, *, stream: bool) -> float:
-    """The request's own time bound in seconds (the RPC deadline may be shorter)."""
+def timeout_of(
+    limits: ExecSettings, request: exec_pb2.ExecuteRequest, *, stream: bool
+) -> tuple[float, str]:
+    """The request's own time bound in seconds (the RPC deadline may be shorter), and how
+    a message names it: "its timeout (10s)"."""
     if not request.HasField("timeout"):
-        return limits.stream_default_timeout if stream else limits.default_timeout
-    seconds = _seconds("timeout", request)
-    if seconds <= 0:
-        raise InvalidRequest(f"timeout: must be positive, got {seconds:g}s")
-    if seconds > limits.max_timeout:
-        raise InvalidRequest(
-            f"timeout: at most {limits.max_timeout:g}s on this server, got {seconds:g}s"
-        )
-    return seconds
+        if stream:
+            seconds = limits.stream_default_timeout
+            return seconds, f"its timeout, the server's default for Stream ({seconds:g}s)"
+        seconds = limits.default_timeout
+    else:
+        seconds = _seconds("timeout", request)
+        if seconds <= 0:
+            raise InvalidRequest(f"timeout: must be positive, got {seconds:g}s")
+        if seconds > limits.max_timeout:
+            raise InvalidRequest(
+                f"timeout: at most {limits.max_timeout:g}s on this server, got {seconds:g}s"
+            )
+    return seconds, f"its timeout ({seconds:g}s)"
 
 
 def command_line(request: exec_pb2.ExecuteRequest, extra_env: Mapping[str, str] = {}) -> str:

@@ -35,7 +35,6 @@ from scout.v1 import exec_pb2
 from . import logs
 from .audit import AuditLog, CallRecord
 from .callers import Gate
-from .config import MAX_EXEC_LINE, MAX_WORKING_DIR_BYTES
 from .counters import Histogram, Tally
 from .errors import (
     STARTED_KEY,
@@ -52,11 +51,11 @@ from .errors import (
     Unauthenticated,
 )
 from .logs import new_request_id, owned_request_id, supplied_request_id
-from .requests import MAX_HOST, MAX_ARGV, MAX_ENV, is_host_name
-from .stream import MALFORMED
+from .requests import is_host_name
 
 log = logging.getLogger(__name__)
 
+MALFORMED = object()  # what `safe_parser` yields for bytes that are not a valid message
 
 _STATUS: dict[type[ScoutError], grpc.StatusCode] = {
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
@@ -109,6 +108,23 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str, bool]:
             if cls in _STATUS:
                 return _STATUS[cls], exc.message, exc.started
     return grpc.StatusCode.INTERNAL, "internal error (logged on the server)", True
+
+
+def failure(gate: Gate, call: CallRecord, exc: Exception) -> tuple[grpc.StatusCode, str, str]:
+    """How a call (or one host of a fan-out) that raised ends: its status code, the whole
+    message (for the server's log) and the part the caller may see; records in the call
+    whether the command may have started."""
+    code, message, call.started = status_of(exc)
+    shown = gate.shown(call.who, exc) if isinstance(exc, ScoutError) else message
+    return code, message, shown
+
+
+def record_end(servicer: Servicer, call: CallRecord, code: grpc.StatusCode, began: float) -> None:
+    """A call's end (or one host's, in a fan-out): its code and duration, its audit line,
+    and its command's counts."""
+    call.code, call.duration = code.name, time.monotonic() - began
+    servicer.audit.write(call)
+    servicer.rpcs.command_done(call)
 
 
 @dataclass
@@ -212,8 +228,7 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Wrapped[S, R]]:
             began = time.monotonic()
             fields = {"request_id": call.request_id, "method": method}
             token = logs.current.set(fields)
-            code, message = grpc.StatusCode.OK, ""
-            told = ""
+            code, message, told = grpc.StatusCode.OK, "", ""
             try:
                 _identify(self.gate, call, metadata, context)
                 fields["caller"] = call.caller
@@ -230,13 +245,10 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Wrapped[S, R]]:
                 code = cancel_code(context, stopping=self.stopping)
                 raise
             except Exception as exc:
-                code, message, started = status_of(exc)
-                call.started = started
-                if isinstance(exc, ScoutError):
-                    told = self.gate.shown(call.who, exc)  # the log keeps the whole message
+                code, message, told = failure(self.gate, call, exc)  # the log keeps `message`
                 if isinstance(exc, Unauthenticated):
                     call.authorized = True  # a refusal at the door is audited too
-                    describe(call, request)
+                    call.describe(request)
                 if code is grpc.StatusCode.INTERNAL:
                     log.exception("%s failed", method)
             finally:
@@ -244,13 +256,11 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Wrapped[S, R]]:
                 stats.in_flight_by_method.add(method, -1)
                 if call.who is not None:
                     self.gate.release(call.who)
-                call.code, call.duration = code.name, time.monotonic() - began
-                self.audit.write(call)
+                record_end(self, call, code, began)
                 stats.done(method, code, call.duration)
-                stats.command_done(call)
                 _access_log(call, message)
                 logs.current.reset(token)
-            await _abort(context, code, told or message, call, started=started)
+            await _abort(context, code, told, call, started=call.started)
 
         return loop
 
@@ -289,39 +299,6 @@ def _identify(gate: Gate, call: CallRecord, metadata: Any, context: Context) -> 
     call.caller = who.name
     gate.admit(who)
     call.who = who
-
-
-def describe(call: CallRecord, request: Any) -> None:
-    """Copy what an ExecuteRequest asks for into the call's record, for the audit and
-    access lines. This runs before validation (refused calls are recorded too), so every
-    field is cut to validation's own limits: a valid request is recorded whole.
-    """
-    if isinstance(request, exec_pb2.ExecuteRequest):
-        call.host = capped(request.host, MAX_HOST)
-        call.command = capped(request.command, MAX_EXEC_LINE)
-        call.argv = capped_argv(request.argv)
-        call.working_dir = capped(request.working_dir, MAX_WORKING_DIR_BYTES)
-        call.env_names = [capped(name, MAX_HOST) for name in list(request.env)[:MAX_ENV]]
-
-
-def capped(text: str, limit: int) -> str:
-    """text, or its first limit characters and how long it was."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
-
-
-def capped_argv(argv: Sequence[str]) -> list[str]:
-    """argv, or as much of it as fits MAX_EXEC_LINE characters and MAX_ARGV elements, then
-    an element saying how many were left out."""
-    kept: list[str] = []
-    room = MAX_EXEC_LINE
-    for arg in argv[:MAX_ARGV]:
-        if room <= 0:
-            break
-        kept.append(capped(arg, room))
-        room -= len(arg)
-    if len(kept) < len(argv):
-        kept.append(f"... ({len(argv) - len(kept)} more elements)")
-    return kept
 
 
 def _well_formed(method: str, request: Any) -> None:

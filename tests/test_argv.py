@@ -25,10 +25,10 @@ from hypothesis import strategies as st
 
 from scout.v1 import exec_pb2
 from server.argvpolicy import argv_matches, split_pattern
+from server.audit import capped_argv
 from server.callers import hash_token
 from server.config import CallerConfig, Config, ConfigError, HostConfig
 from server.configfile import load, parse
-from server.rpc import capped_argv
 from testkit.scripted import ScriptedServer
 from testkit.sshd import OpenSSHServer, login_user
 
