@@ -295,3 +295,11 @@ def metrics_warnings(config: Config) -> list[str]:
         "or TLS; anyone who reaches it reads every host's and caller's name and call counts. "
         "Keep it on a network only Prometheus reaches"
     ]
+
+
+def listening_line(config: Config, address: str, port: int) -> str:
+    """What the server's "listening on" line says: where, over what, how many hosts and callers."""
+    tls = config.tls
+    over = "plaintext" if not tls.enabled else "mutual TLS" if tls.client_ca_file else "TLS"
+    callers = f"{len(config.callers)} callers" if config.callers else "no callers (open)"
+    return f"{address} (port {port}) over {over}, {len(config.hosts)} hosts, {callers}"

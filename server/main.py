@@ -144,7 +144,7 @@ async def serve_worker(start_: WorkerStart, link: socket.socket) -> None:
         log.warning("the supervisor is gone: shutting down")
         stops.put_nowait(signal.SIGTERM)
 
-    answering = asyncio.ensure_future(answer_supervisor(link, exposition(app), orphaned))
+    answering = asyncio.ensure_future(answer_supervisor(link, exposition(app.counted()), orphaned))
     await _until_stopped(app, stops)
     answering.cancel()
 
