@@ -19,7 +19,8 @@ import pytest
 from client import Client
 from server.config import HostConfig
 from server.keyfiles import ShellKeys, load_or_create_keys
-from testkit.scripted import ScriptedServer, start_scripted
+from testkit.certs import PKI, make_pki
+from testkit.scripted import ScriptedServer, scripted_fleet, scripted_server
 from testkit.sshd import OpenSSHServer, start_openssh
 
 from .fakeexec import FakeExec, serving
@@ -35,17 +36,36 @@ def ssh_keys(tmp_path_factory: pytest.TempPathFactory) -> ShellKeys:
 @pytest.fixture
 async def shell_server(ssh_keys: ShellKeys) -> AsyncIterator[ScriptedServer]:
     """A scripted in-process SSH server; tests steer its knobs while it runs."""
-    server = await start_scripted(ssh_keys)
-    try:
+    async with scripted_server(ssh_keys) as server:
         yield server
-    finally:
-        await server.close()
 
 
 @pytest.fixture
 def shell_host(shell_server: ScriptedServer) -> HostConfig:
     """The inventory entry for shell_server."""
     return shell_server.host_config("shell")
+
+
+@pytest.fixture
+async def local_scout(shell_server: ScriptedServer) -> AsyncIterator[Scout]:
+    """scout (in this process) whose one host, "local", is shell_server."""
+    async with running_scout(config({"local": shell_server.host_config("local")})) as s:
+        yield s
+
+
+@pytest.fixture
+async def fleet(
+    ssh_keys: ShellKeys, request: pytest.FixtureRequest
+) -> AsyncIterator[list[ScriptedServer]]:
+    """In-process SSH servers on loopback ports: the test module's FLEET_SIZE of them."""
+    async with scripted_fleet(ssh_keys, getattr(request.module, "FLEET_SIZE", 4)) as servers:
+        yield servers
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    """A CA, a server certificate and client certificates (testkit/certs.py)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="session")

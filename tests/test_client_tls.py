@@ -18,17 +18,12 @@ import pytest
 
 from client import TLS, Client, NotAllowed, ScoutError, Stdout, SyncClient, Unavailable
 from client.cli import amain
-from testkit.certs import PKI, make_pki
+from testkit.certs import PKI
 
 from .fakeexec import FakeExec, serving
 
 pytestmark = pytest.mark.timeout(20)
 TOKEN = "s3cr3t-T0ken-9f86d081884c7d659a2feaa0c55ad015"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def server_credentials(pki: PKI, *, mutual: bool) -> grpc.ServerCredentials:

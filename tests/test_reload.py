@@ -32,7 +32,7 @@ from server.config import ConfigError
 from server.configfile import load, parse
 from server.keyfiles import ShellKeys
 from testkit.processes import eventually
-from testkit.scripted import ScriptedServer, close_all, start_fleet
+from testkit.scripted import ScriptedServer, scripted_fleet
 
 from .scoutd import Scout
 from .serverproc import ROOT, host_toml, start_server
@@ -53,11 +53,8 @@ async def from_file(path: Path) -> AsyncIterator[Scout]:
 @pytest.fixture
 async def trio(ssh_keys: ShellKeys) -> AsyncIterator[list[ScriptedServer]]:
     """Three scripted SSH servers (one known_hosts file lists them all)."""
-    servers = await start_fleet(ssh_keys, 3)
-    try:
+    async with scripted_fleet(ssh_keys, 3) as servers:
         yield servers
-    finally:
-        await close_all(servers)
 
 
 def known_line(server: ScriptedServer) -> str:

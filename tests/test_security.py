@@ -33,7 +33,7 @@ from server.config import (
     TLSSettings,
     check_exposure,
 )
-from testkit.certs import PKI, make_pki
+from testkit.certs import PKI
 from testkit.scripted import ScriptedServer
 
 from .scoutd import config, started
@@ -62,11 +62,6 @@ CALLERS = (
         stream=True,
     ),
 )
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def inventory(server: ScriptedServer) -> dict[str, HostConfig]:
