@@ -3,11 +3,44 @@
 ssh_keys      session: one ShellKeys shared by every in-process server (cheap starts)
 shell_server  function: a ScriptedServer on 127.0.0.1, port 0 (testkit/scripted.py)
 shell_host    function: scout's HostConfig for shell_server, named "shell"
+local_scout   function: scout (in this process) whose one host, "local", is shell_server
+fleet         function: the test module's FLEET_SIZE (default 4) scripted servers
+pki           module: a CA, a server certificate, client certificates (testkit/certs.py)
 openssh       session: a real OpenSSH sshd on loopback (testkit/sshd.py)
 openssh_host  session: scout's HostConfig for openssh, named "openssh"
 fake          function: the scripted fake ExecService (tests/fakeexec.py) and its target
 client        function: a scout Client connected to fake
 openssh_scout function: scout (in this process) whose one host, "o", is the openssh rig
+
+Where each part of the code is tested (module -> test files):
+
+server.service, .rpc          test_service, test_hardening_requests, test_fuzz, test_request_ids
+server.launch, .command       test_exit_paths, test_lifecycle, test_budget, test_run_record
+server.stream, .output        test_service, test_stream_backpressure, test_hardening_load
+server.fanout, .targets       test_fleet, test_visibility, test_split_fanout
+server.pool, .poolstate       test_pool, test_poolstate, test_pool_ssh, test_hardening_hosts
+server.audit, .callers, .tls  test_security, test_visibility, test_request_ids, test_argv
+server.argvpolicy, .requests  test_argv, test_hardening_requests, test_fuzz
+server.config, .configfile    test_config, test_reload, test_metrics_exposure
+server.reload, .live          test_reload
+server.connector, .sshfiles   test_service, test_fleet, test_reload, test_hardening_hosts
+server.inventory, .sshconfig  test_fleet, test_sshconfig
+server.metrics, .logs         test_ops, test_metrics_exposure, test_hardening_requests
+server.keepalive              test_keepalive, test_config
+server.introspection          test_introspection, test_introspection_bounds, test_polyglot
+server.app, .main             test_server_process, test_hardening_process, test_deploy
+server.workers, .workermetrics  test_workers
+server.errors, docs/          test_docs
+scout/v1 (the contract)       test_contract, test_breaking, test_polyglot, test_readme,
+                              test_go_example, test_node_example
+client.aio, .sync, .results   test_client_e2e, test_client_errors, test_client_started,
+                              test_cli_live
+client.fleet, .splitfanout    test_client_fleet, test_split_fanout
+client.cli, .fleetcli         test_cli, test_cli_fleet, test_cli_live
+client.credentials            test_client_tls
+testkit/                      test_sshservers
+deploy/                       test_deploy, test_replicas
+imports of server/, client/   test_imports
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from testkit.proxies import (
 from testkit.scripted import ScriptedServer
 
 from .serverproc import ROOT, host_toml
-from .test_process import SCOUT
+from .test_server_process import SCOUT
 
 HOSTS = FLEET_SIZE = 60  # `fleet` (conftest): named host0 ... in the replicas' inventory
 REPLICAS = 3
