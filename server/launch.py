@@ -27,7 +27,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import asyncssh
@@ -103,7 +103,7 @@ class Launcher:
     ) -> Run:
         """An async context: the running command in, a stopped-and-released one out; what
         it did goes into `call` (for the audit line and the metrics)."""
-        return Run(self, host, spec, output, bounds=bounds, call=call)
+        return Run(self, host, spec, output, bounds, call)
 
     async def start(
         self, host: HostConfig, spec: CommandSpec, out: Sink, until: float
@@ -292,6 +292,7 @@ class Launcher:
             await asyncio.wait(list(self._tasks), timeout=within)
 
 
+@dataclass(eq=False, slots=True)
 class Run:
     """`async with launcher.run(...)`: a started command, stopped and released on exit.
 
@@ -301,31 +302,19 @@ class Run:
     and metrics are filled in alike.
     """
 
-    __slots__ = ("_command", "_launcher", "_res", "bounds", "call", "host", "output", "spec")
-
-    def __init__(
-        self,
-        launcher: Launcher,
-        host: HostConfig,
-        spec: CommandSpec,
-        output: Output,
-        *,
-        bounds: Bounds,
-        call: CallRecord,
-    ) -> None:
-        self._launcher = launcher
-        self.host = host
-        self.spec = spec
-        self.output = output
-        self.bounds = bounds
-        self.call = call
-        self._res: Reservation[SSHConn] | None = None
-        self._command: RunningCommand | None = None
+    launcher: Launcher
+    host: HostConfig
+    spec: CommandSpec
+    output: Output
+    bounds: Bounds
+    call: CallRecord
+    _res: Reservation[SSHConn] | None = field(default=None, init=False)
+    _command: RunningCommand | None = field(default=None, init=False)
 
     async def __aenter__(self) -> Run:
         output = self.output
         try:
-            self._res, command = await self._launcher.start(
+            self._res, command = await self.launcher.start(
                 self.host, self.spec, output.feed, self.bounds.run_until
             )
         except BaseException:
@@ -342,7 +331,7 @@ class Run:
         timed_out = isinstance(exc_info[1], CommandTimeout)
         within = self.bounds.stop_within if timed_out else None
         try:
-            stop = self._launcher.finish(self._res, self._command, within)
+            stop = self.launcher.finish(self._res, self._command, within)
             if stop is not None:
                 await asyncio.shield(stop)
         finally:

@@ -241,7 +241,7 @@ def test_malformed_selectors_say_what_is_wrong(bad: str) -> None:
 # ---- ExecuteMany -----------------------------------------------------------------------
 
 
-def fleet_config(servers: list[ScriptedServer], **sections: dict[str, Any]) -> Config:
+def fleet_config(servers: list[ScriptedServer], **sections: Any) -> Config:
     hosts = {
         f"web{i:02d}": dataclasses.replace(
             s.host_config(f"web{i:02d}"), labels={"role": "web", "shard": str(i % 2)}

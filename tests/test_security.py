@@ -91,11 +91,8 @@ async def serving(cfg: Config) -> Served:
 @pytest.fixture
 async def guarded(shell_server: ScriptedServer, tmp_path: Path) -> AsyncIterator[Served]:
     """scout with callers and an audit log, plaintext on loopback."""
-    cfg = dataclasses.replace(
-        config(inventory(shell_server)),
-        callers=CALLERS,
-        audit=AuditSettings(file=str(tmp_path / "audit.jsonl")),
-    )
+    audit = {"file": str(tmp_path / "audit.jsonl")}
+    cfg = config(inventory(shell_server), callers=CALLERS, audit=audit)
     served = await serving(cfg)
     yield served
     await served.app.stop(grace=1.0)

@@ -19,7 +19,7 @@ import pytest
 
 from scout.v1 import exec_pb2
 from server.callers import hash_token
-from server.config import AuditSettings, CallerConfig, HostConfig
+from server.config import CallerConfig, HostConfig
 from server.selector import MAX_REQUIREMENTS
 from server.targets import MAX_GLOBS, MAX_WILDCARDS
 from testkit.ports import free_port
@@ -50,11 +50,8 @@ def inventory(server: ScriptedServer) -> dict[str, HostConfig]:
 
 @pytest.fixture
 async def guarded(shell_server: ScriptedServer, tmp_path: Path) -> AsyncIterator[Scout]:
-    cfg = dataclasses.replace(
-        config(inventory(shell_server)),
-        callers=CALLERS,
-        audit=AuditSettings(file=str(tmp_path / "audit.jsonl")),
-    )
+    audit = {"file": str(tmp_path / "audit.jsonl")}
+    cfg = config(inventory(shell_server), callers=CALLERS, audit=audit)
     async with running_scout(cfg) as s:
         yield s
 
