@@ -9,6 +9,7 @@ from client.errors import (
     Aborted,
     Cancelled,
     CommandFailed,
+    CommandTimeout,
     HostNotFound,
     HostRejected,
     InvalidRequest,
@@ -18,6 +19,7 @@ from client.errors import (
     ServerError,
     Timeout,
     Unavailable,
+    Unreachable,
     from_host_status,
     from_rpc_error,
 )
@@ -33,6 +35,7 @@ __all__ = [
     "Cancelled",
     "Client",
     "CommandFailed",
+    "CommandTimeout",
     "Event",
     "ExecOptions",
     "ExecuteManyCall",
@@ -56,6 +59,7 @@ __all__ = [
     "SyncClient",
     "Timeout",
     "Unavailable",
+    "Unreachable",
     "from_host_status",
     "from_rpc_error",
 ]

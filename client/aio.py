@@ -7,7 +7,9 @@ proxies in front of several scout replicas route by it (docs/architecture.md,
 Calls for many hosts carry the header only when their first `hosts` entry is a
 name (see `_fan_out_metadata`); `split_fan_out=True` makes a fan-out one call per
 host instead (client/splitfanout.py). Every gRPC error leaves this module as a
-`ScoutError` made by `from_rpc_error`.
+`ScoutError` made by `from_rpc_error`. No request is sent before the channel has a
+connection (client/reach.py): one that cannot be sent raises `Unreachable`, and
+nothing ran.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from client.credentials import TLS, bearer_metadata
 from client.errors import InvalidRequest, ScoutError, from_rpc_error
 from client.fleet import Host, HostEvent, host_event_from_response, host_from_message, is_pattern
 from client.options import ExecOptions, command_or_argv, exec_options
+from client.reach import ensure_ready
 from client.results import (
     Event,
     Exit,
@@ -42,6 +45,9 @@ HOST_HEADER = "x-scout-host"
 # Time past the command's timeout for the server to stop the command and say
 # DEADLINE_EXCEEDED itself, instead of the client's deadline cutting it short.
 DEFAULT_DEADLINE_MARGIN = 5.0
+# How long a call waits for a connection in progress before Unreachable (grpc's own
+# connect attempt gives up after 20 s); a shorter call deadline bounds it too.
+DEFAULT_CONNECT_TIMEOUT = 20.0
 # The server caps output; gRPC's default 4 MiB receive limit would fail a
 # legitimate Execute response with both streams near the server's cap.
 _DEFAULT_CHANNEL_OPTIONS: dict[str, Any] = {"grpc.max_receive_message_length": -1}
@@ -71,6 +77,7 @@ class Client:
         channel_options: Sequence[tuple[str, Any]] = (),
         deadline_margin: float = DEFAULT_DEADLINE_MARGIN,
         split_fan_out: bool = False,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         """Check the token and read the TLS files now; the channel opens on first use.
 
@@ -79,6 +86,8 @@ class Client:
         so a missing one raises OSError at once.
         split_fan_out: run execute_many as one call per host, for a target that is a
         proxy routing by host in front of several replicas (client/splitfanout.py).
+        connect_timeout: seconds a call waits for a connection in progress; then it
+        raises Unreachable without having sent anything.
         """
         self.target = target
         self._auth = bearer_metadata(token)
@@ -86,6 +95,7 @@ class Client:
         self._channel_options = list({**_DEFAULT_CHANNEL_OPTIONS, **dict(channel_options)}.items())
         self._margin = deadline_margin
         self._split_fan_out = split_fan_out
+        self._connect_timeout = connect_timeout
         self._channel: grpc.aio.Channel | None = None
         self._closed = False
 
@@ -96,6 +106,11 @@ class Client:
         auth = " token" if self._auth else ""
         split = " split-fan-out" if self._split_fan_out else ""
         return f"<Client target={self.target!r} {transport}{auth}{split} {state}>"
+
+    @property
+    def has_token(self) -> bool:
+        """Whether calls carry a bearer token (never the token itself)."""
+        return bool(self._auth)
 
     def _metadata(self, host: str) -> tuple[tuple[str, str], ...]:
         """Build one call's metadata: the routing header, then the credentials."""
@@ -148,6 +163,15 @@ class Client:
                 )
         return self._channel
 
+    async def _connected(self, deadline: float | None = None, host: str = "") -> grpc.aio.Channel:
+        """The channel once it has a connection, so that a request that cannot be sent is
+        not, and fails as Unreachable (client/reach.py); deadline also bounds the wait."""
+        channel = self._open()
+        within = self._connect_timeout if deadline is None else min(deadline, self._connect_timeout)
+        tls = self._credentials is not None
+        await ensure_ready(channel, self.target, within, tls=tls, host=host)
+        return channel
+
     async def execute(
         self,
         host: str,
@@ -166,12 +190,11 @@ class Client:
         words = command_or_argv(command, argv)
         metadata = self._metadata(host)
         opts = exec_options(options, fields)
-        stub = _exec_stub(self._open())
+        deadline = opts.deadline(self._margin)
+        stub = _exec_stub(await self._connected(deadline, host))
         try:
             response = await stub.Execute(
-                opts.request(host, command, words),
-                timeout=opts.deadline(self._margin),
-                metadata=metadata,
+                opts.request(host, command, words), timeout=deadline, metadata=metadata
             )
         except grpc.RpcError as err:
             raise from_rpc_error(err, host) from err
@@ -210,7 +233,7 @@ class Client:
         """
         names = _host_list(hosts)
         metadata = self._fan_out_metadata(names)
-        stub = _exec_stub(self._open())
+        stub = _exec_stub(await self._connected(rpc_timeout))
         request = exec_pb2.ListHostsRequest(selector=selector, hosts=names)
         try:
             response = await stub.ListHosts(request, timeout=rpc_timeout, metadata=metadata)
@@ -267,7 +290,7 @@ class Client:
         Returns the status name, e.g. "SERVING"; a service the server does not know
         is "SERVICE_UNKNOWN" (the health protocol's name for it) rather than an error.
         """
-        stub = health_pb2_grpc.HealthStub(self._open())
+        stub = health_pb2_grpc.HealthStub(await self._connected(rpc_timeout))
         request = health_pb2.HealthCheckRequest(service=service)
         try:
             response = await stub.Check(request, timeout=rpc_timeout, metadata=self._auth)
@@ -334,6 +357,7 @@ class StreamCall(_OwnedCall[exec_pb2.ExecuteRequest]):
         self._write_lock = asyncio.Lock()
         self._stdin_closed = request.close_stdin  # EOF already in the start message
         self._write_failed = False  # a write found the call ended (see _send)
+        self._start_lost = False  # ...and it was the start message: nothing ran
         # A response message arrived, so the response headers did: the command started.
         # (Empty headers cannot be told from a trailers-only failure; the server's
         # x-scout-started mark covers the time before the first message.)
@@ -364,14 +388,46 @@ class StreamCall(_OwnedCall[exec_pb2.ExecuteRequest]):
         """Start the RPC and send the start message."""
         if self._call is not None:
             raise RuntimeError("a stream runs once; call client.stream(...) again")
-        stub = _exec_stub(self._client._open())
+        stub = _exec_stub(await self._client._connected(self._deadline, self.host))
         self._call = stub.Stream(timeout=self._deadline, metadata=self._metadata)
         try:
             await self._send(exec_pb2.StreamRequest(start=self._request))
         except BaseException:
             self._call.cancel()
             raise
+        if self._start_lost:
+            raise await self._lost_start_reason()
         return self
+
+    async def _lost_start_reason(self) -> ScoutError:
+        """Why the server ended the call before it read the start message, which grpc then
+        could not send (and reports INTERNAL in place of the server's answer). Nothing ran.
+
+        Such an answer comes from scout's door (identity, max_in_flight, load), decided
+        on the headers alone; ListHosts passes the same door with its request in the same
+        message as its headers, so it cannot lose the answer the same way.
+        """
+        try:
+            await self._client.list_hosts(hosts=[self.host], rpc_timeout=self._deadline or 10.0)
+        except ScoutError as err:
+            err.host = self.host
+            return err
+        lost = grpc.aio.AioRpcError(
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(),
+            "the server ended the call before it read the request, and grpc lost its "
+            "reason; nothing ran, so retrying is safe",
+        )
+        return from_rpc_error(lost, self.host, started=False)
+
+    async def started(self) -> None:
+        """Wait until the server has started the command (its response headers came), or
+        raise its refusal: a caller can then decide what to send before any stdin is read."""
+        call = self._running()
+        await call.initial_metadata()
+        if call.done():
+            await self._raise_final_status(call)
 
     async def write(self, data: bytes) -> None:
         """Send bytes to the command's stdin, waiting while gRPC flow control says so."""
@@ -482,6 +538,7 @@ class StreamCall(_OwnedCall[exec_pb2.ExecuteRequest]):
                 # gets the outcome (Exit, or the error), which comes before the status
                 # that grpc's failed write leaves behind (INTERNAL).
                 self._write_failed = True
+                self._start_lost = message.HasField("start")
                 return
             except asyncio.CancelledError:
                 self._raise_if_we_cancelled()
@@ -551,7 +608,7 @@ class ExecuteManyCall(_OwnedCall[exec_pb2.ExecuteManyRequest], AsyncIterator[Hos
     async def __anext__(self) -> HostEvent:
         """Read the next Result, host ScoutError or HostOutput; the RPC's failure raises."""
         if self._call is None:
-            stub = _exec_stub(self._client._open())
+            stub = _exec_stub(await self._client._connected(self._deadline))
             self._call = stub.ExecuteMany(
                 self._request, timeout=self._deadline, metadata=self._metadata
             )

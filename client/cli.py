@@ -10,8 +10,9 @@
     scout health [OPTIONS] [--service NAME]
     scout --version
 
-    connection OPTIONS (every command): --target ADDR (env SCOUT_TARGET),
-        --token-file PATH (else env SCOUT_TOKEN), --tls, --ca FILE, --cert FILE --key FILE
+    connection OPTIONS (every command): --target ADDR ($SCOUT_TARGET),
+        --token-file PATH (else $SCOUT_TOKEN), --tls ($SCOUT_TLS=1), --ca FILE ($SCOUT_CA),
+        --cert FILE --key FILE, --profile NAME (client/profiles.py), --verbose
 
 Telling hosts from the command: options may come anywhere before the command.
 When `--` is there (and only our own options come before it, written as
@@ -31,10 +32,12 @@ those arguments (a caller whose policy lists commands may send only argv).
 One literal host (and no -l or --json) streams the remote stdout and stderr to
 ours as they arrive, forwards our stdin when it is not a terminal (a terminal
 gets EOF at once), and exits with the remote exit code, 128+N when a signal N
-killed the command, and 255 when scout itself failed (as ssh does), saying
-whether the command did not run or may have run. The first Ctrl-C sends INT to
-the remote command; a second one cancels the call, and the server stops the
-command.
+killed the command, 124 when it ran past --timeout and was stopped, 125 when
+nothing ran and 255 when scout lost track of a command that may have run
+(client/exitcodes.py has the table; client/explain.py words each failure). A
+caller whose policy forbids Stream gets Execute instead: the same command, its
+output at the end. The first Ctrl-C sends INT to the remote command; a second one
+cancels the call, and the server stops the command.
 
 Several hosts, a glob, -l or --json run the command everywhere at once through
 ExecuteMany (at most --max-parallel hosts at a time; the server's default
@@ -45,22 +48,17 @@ Output lines come prefixed with their host (`web1 | ...`), stdout to stdout and
 stderr to stderr; --json prints one JSON object per host instead. A progress
 line on stderr (only when it is a terminal) and a summary at the end (on
 stderr) count the hosts. Ctrl-C cancels the call: the server stops every
-running command and starts no new one. The exit status is the highest class
-any host reached (client/fleetcli.py, FailureClass):
-
-    0    every host exited 0
-    1    some host's command exited non-zero
-    2    some host's command was killed by a signal, or timed out (--timeout)
-    3    some host could not run the command, or scout lost track of it
-         (not in the inventory, unreachable, refused, connection lost, ...)
-    255  the call itself failed (a malformed request, targets matching nothing,
-         the server unreachable or gone mid-way); what was heard is summed up first
-    130  interrupted (Ctrl-C)
+running command and starts no new one. The exit status is the worst class
+any host reached (client/fleetcli.py, FailureClass; client/exitcodes.py), or
+125 or 255 when the call itself failed (nothing ran, or commands may have run;
+what was heard is summed up first).
 
 Usage mistakes exit 2 before anything runs, as everywhere in argparse.
 
-The token is read from --token-file when given (the flag wins over the
-environment, as --target does), else from $SCOUT_TOKEN; it is never printed.
+Connection settings come from flags, then --profile NAME, then $SCOUT_* variables,
+then the [default] profile of ~/.config/scout/client.toml (client/profiles.py). The
+token is never printed. grpc's own log lines stay off the terminal unless --verbose
+(client/grpclogs.py).
 """
 
 from __future__ import annotations
@@ -77,14 +75,18 @@ import sys
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
+from client import exitcodes
 from client.aio import DEFAULT_TARGET, Client, StreamCall
 from client.credentials import TLS
-from client.errors import ScoutError
+from client.errors import NotAllowed, ScoutError
+from client.explain import Context, SettingError, explain, unreadable
 from client.fleet import is_pattern
 from client.fleetcli import FanOutOptions, run_fanout, run_hosts
-from client.results import Exit, ExitStatus, Stderr, Stdout
+from client.grpclogs import hide_native_logs
+from client.profiles import ProfileError, resolve
+from client.results import Exit, ExitStatus, Result, Stderr, Stdout
 
 __all__ = [
     "amain",
@@ -99,9 +101,11 @@ __all__ = [
 TARGET_ENV = "SCOUT_TARGET"
 TOKEN_ENV = "SCOUT_TOKEN"
 PACKAGE = "scout"
-EXIT_SCOUT_FAILED = 255  # like ssh: the command's own codes stay distinguishable
-EXIT_INTERRUPTED = 128 + signal.SIGINT
-EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+EXIT_SCOUT_FAILED = exitcodes.MAY_HAVE_RUN  # like ssh: a signal scout cannot number
+EXIT_INTERRUPTED = exitcodes.INTERRUPTED
+EXIT_BROKEN_PIPE = exitcodes.BROKEN_PIPE
+# The server's words when only the method is refused (server/callers.py checks it last).
+STREAM_REFUSED = "may not use Stream"
 STDIN_CHUNK = 64 * 1024
 STDIN_QUEUE_CHUNKS = 4  # bounds memory when the remote reads slower than we do
 STDIN_HANDOFF_POLL = 0.5  # how often a waiting stdin thread checks that the loop lives
@@ -147,14 +151,13 @@ def _version() -> str:
 
 def _connection_options() -> tuple[argparse.ArgumentParser, list[argparse.Action]]:
     """Where the server is and how to reach it: shared by every subcommand."""
-    default_target = os.environ.get(TARGET_ENV) or DEFAULT_TARGET
     options = argparse.ArgumentParser(add_help=False)
     group = options.add_argument_group("connection")
     actions = [
         group.add_argument(
             "--target",
-            default=default_target,
-            help=f"scout server address (default ${TARGET_ENV}, else {DEFAULT_TARGET})",
+            help=f"scout server address (default: a profile's or ${TARGET_ENV}, else "
+            f"{DEFAULT_TARGET})",
         ),
         group.add_argument(
             "--token-file",
@@ -163,15 +166,29 @@ def _connection_options() -> tuple[argparse.ArgumentParser, list[argparse.Action
             help=f"file holding the bearer token (default: ${TOKEN_ENV}, if set)",
         ),
         group.add_argument(
-            "--tls", action="store_true", help="use TLS, trusting the default root CAs"
+            "--tls",
+            action="store_true",
+            help="use TLS, trusting the default root CAs (or $SCOUT_TLS=1)",
         ),
         group.add_argument(
-            "--ca", type=Path, metavar="FILE", help="use TLS, trusting this CA bundle (PEM)"
+            "--ca",
+            type=Path,
+            metavar="FILE",
+            help="use TLS, trusting this CA bundle (PEM; or $SCOUT_CA)",
         ),
         group.add_argument(
             "--cert", type=Path, metavar="FILE", help="client certificate for mutual TLS (PEM)"
         ),
         group.add_argument("--key", type=Path, metavar="FILE", help="its private key (PEM)"),
+        group.add_argument(
+            "--profile",
+            metavar="NAME",
+            help="take the settings not given here from this profile of "
+            "~/.config/scout/client.toml (or $SCOUT_PROFILE; default: [default])",
+        ),
+        group.add_argument(
+            "--verbose", action="store_true", help="let grpc's own log lines through"
+        ),
     ]
     return options, actions
 
@@ -219,12 +236,7 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, _ExecOp
             "With --, every word before it that is not an option is a host or a glob;\n"
             "without it, the first word is the one host and the command starts after it."
         ),
-        epilog=(
-            "one host: the remote exit code, 128+N for signal N, 255 when scout failed.\n"
-            "many hosts (several, a glob, -l or --json): the highest class reached:\n"
-            "  0 all exited 0, 1 some exited non-zero, 2 some killed by a signal or\n"
-            "  timed out, 3 some could not run the command, 255 the call itself failed."
-        ),
+        epilog=exitcodes.help_table(),
     )
     run_actions = [
         run.add_argument(
@@ -374,11 +386,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"unexpected arguments after --: {shlex.join(words[cut + 1 :])}")
         words = words[:cut]
     args = parser.parse_args(words)
+    try:
+        _resolve_settings(args, os.environ)
+    except ProfileError as err:
+        parser.error(str(err))
     if (args.cert is None) != (args.key is None):
         parser.error("--cert and --key go together (mutual TLS needs both)")
     if args.action == "exec":
         _check_exec(run, args, hosts, tail, dashes)
     return args
+
+
+def _resolve_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
+    """Fill the connection settings not given as flags (client/profiles.py)."""
+    flags = {name: getattr(args, name) for name in ("target", "tls", "ca", "cert", "key")}
+    settings = resolve({**flags, "token_file": args.token_file}, args.profile, environ)
+    args.target = settings.target or DEFAULT_TARGET
+    args.tls = settings.tls
+    args.ca, args.cert, args.key = settings.ca, settings.cert, settings.key
+    args.token_file = settings.token_file
+    args.origin = settings.origin
 
 
 def _check_exec(
@@ -410,23 +437,33 @@ def _check_exec(
 
 
 def client_for(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Client:
-    """Make the Client the options describe; OSError when a file cannot be read.
+    """Make the Client the settings describe; SettingError names a file that cannot be read.
 
-    The token comes from --token-file if given, else from $SCOUT_TOKEN; surrounding
-    whitespace (a file's final newline) is not part of it.
+    The token comes from the token file if one was given, else from $SCOUT_TOKEN;
+    surrounding whitespace (a file's final newline) is not part of it.
     """
     env = os.environ if environ is None else environ
+    origin = getattr(args, "origin", {})
     if args.token_file is not None:
-        token: str | None = args.token_file.read_text(encoding="utf-8").strip()
+        try:
+            token: str | None = args.token_file.read_text(encoding="utf-8").strip()
+        except OSError as err:
+            raise unreadable("token_file", args.token_file, err, origin) from None
         if not token:
-            raise ValueError(f"the token file {args.token_file} is empty")
+            raise SettingError(f"the token file {args.token_file} is empty")
     else:
         token = env.get(TOKEN_ENV, "").strip() or None
     tls = None
     if args.tls or args.ca is not None or args.cert is not None:
         tls = TLS(ca_file=args.ca, cert_file=args.cert, key_file=args.key)
     split = bool(getattr(args, "split_fan_out", False))  # exec's option only
-    return Client(args.target, token=token, tls=tls, split_fan_out=split)
+    try:
+        return Client(args.target, token=token, tls=tls, split_fan_out=split)
+    except OSError as err:  # a TLS file: name it by its flag
+        named = [k for k in ("ca", "cert", "key") if str(getattr(args, k)) == err.filename]
+        raise unreadable(named[0] if named else "ca", Path(err.filename), err, origin) from None
+    except ValueError as err:  # the token's characters; the message never quotes it
+        raise SettingError(str(err)) from None
 
 
 def exit_code_for(status: ExitStatus) -> int:
@@ -548,20 +585,31 @@ async def run_exec(
     stdout: BinaryIO,
     stderr: BinaryIO,
 ) -> int:
-    """Stream one command and return our exit status."""
+    """Stream one command and return our exit status; Execute when Stream is not allowed."""
     status: ExitStatus | None = None
     fd = _stdin_fd(stdin)
+    fields: dict[str, Any] = {
+        "argv": args.argv,
+        "env": args.env,
+        "timeout": args.timeout,
+        "working_dir": args.cwd,
+        "pty": args.tty,
+        "terminal_size": _terminal_size(stdout) if args.tty else None,
+    }
     async with client.stream(
         args.hosts[0],
         args.command,
-        argv=args.argv,
-        env=args.env,
-        timeout=args.timeout,
-        working_dir=args.cwd,
-        pty=args.tty,
-        terminal_size=_terminal_size(stdout) if args.tty else None,
         close_stdin=fd is None,  # no input to forward: EOF travels with the start
+        **fields,
     ) as call:
+        try:
+            await call.started()  # a refusal comes before any stdin is read
+        except NotAllowed as err:
+            if STREAM_REFUSED not in err.message:
+                raise
+            if args.verbose:
+                stderr.write(b"scout: Stream is not allowed; using Execute (output at the end)\n")
+            return await _run_execute(client, args, fd, fields, stdout=stdout, stderr=stderr)
         task = asyncio.current_task()
         assert task is not None  # we run inside asyncio.run
         interrupts = _Interrupts(call, task)
@@ -590,6 +638,33 @@ async def run_exec(
     return exit_code_for(status)
 
 
+def _read_all(fd: int) -> bytes:
+    """All of stdin, for Execute's request (the server bounds its size)."""
+    chunks = []
+    while data := os.read(fd, STDIN_CHUNK):
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+async def _run_execute(
+    client: Client,
+    args: argparse.Namespace,
+    fd: int | None,
+    fields: Mapping[str, Any],
+    *,
+    stdout: BinaryIO,
+    stderr: BinaryIO,
+) -> int:
+    """Run the command through Execute: stdin sent whole, output written at the end."""
+    data = b"" if fd is None else await asyncio.to_thread(_read_all, fd)
+    result: Result = await client.execute(args.hosts[0], args.command, stdin=data, **fields)
+    stdout.write(result.stdout)
+    stdout.flush()
+    stderr.write(result.stderr)
+    stderr.flush()
+    return exit_code_for(result)
+
+
 async def run_health(client: Client, args: argparse.Namespace, stdout: BinaryIO) -> int:
     """Print the health status (of --service NAME, by name); exit 0 only when SERVING."""
     status = await client.health(args.service)
@@ -599,15 +674,16 @@ async def run_health(client: Client, args: argparse.Namespace, stdout: BinaryIO)
     return 0 if status == "SERVING" else 1
 
 
-def _failure(err: ScoutError, args: argparse.Namespace) -> str:
-    """Say what went wrong and, for exec, whether the command may have run."""
-    if args.action != "exec":
-        return f"scout: {err}"
-    if args.fan_out:
-        ran = "commands may have run" if err.may_have_run else "no command ran"
-        return f"scout: {err} ({ran})"
-    ran = "may have run" if err.may_have_run else "did not run"
-    return f"scout: {err} (the command {ran})"
+def _context(args: argparse.Namespace, client: Client) -> Context:
+    """What explain() needs to word a failure of this command line."""
+    return Context(
+        target=args.target,
+        action=args.action,
+        fan_out=bool(getattr(args, "fan_out", False)),
+        ca=args.ca,
+        token_sent=client.has_token,
+        origin=getattr(args, "origin", {}),
+    )
 
 
 def _fan_out_options(args: argparse.Namespace) -> FanOutOptions:
@@ -634,10 +710,10 @@ async def amain(
     args = parse_args(argv)
     try:
         client = client_for(args)
-    except (OSError, ValueError) as err:  # names the file, never the token
+    except SettingError as err:  # names the file and its flag, never the token
         stderr.write(f"scout: {err}\n".encode(errors="replace"))
         stderr.flush()
-        return EXIT_SCOUT_FAILED
+        return exitcodes.NOTHING_RAN
     try:
         async with client:
             if args.action == "health":
@@ -648,9 +724,10 @@ async def amain(
                 return await run_fanout(client, _fan_out_options(args), stdout, stderr)
             return await run_exec(client, args, stdin, stdout, stderr)
     except ScoutError as err:
-        stderr.write(f"{_failure(err, args)}\n".encode(errors="replace"))
+        line, code = explain(err, _context(args, client))
+        stderr.write(f"scout: {line}\n".encode(errors="replace"))
         stderr.flush()
-        return EXIT_SCOUT_FAILED
+        return code
     except asyncio.CancelledError:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
@@ -660,7 +737,9 @@ async def amain(
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `scout` console script."""
     stdin = sys.stdin.buffer if sys.stdin is not None else None
-    code = asyncio.run(amain(argv, stdin=stdin, stdout=sys.stdout.buffer, stderr=sys.stderr.buffer))
+    verbose = parse_args(argv).verbose  # usage mistakes exit here, on the real stderr
+    stderr = sys.stderr.buffer if verbose else hide_native_logs()
+    code = asyncio.run(amain(argv, stdin=stdin, stdout=sys.stdout.buffer, stderr=stderr))
     if code == EXIT_BROKEN_PIPE:
         # Python flushes stdout again at exit; point it at /dev/null so that
         # flush cannot fail loudly on the pipe that is already gone.

@@ -11,8 +11,9 @@ ran, retrying is safe; "true": the command may have started). A status without
 that mark came from something else (a proxy reset, a GOAWAY, a server killed
 mid-command, grpc's own size limits, our own deadline or cancel) and so may
 have run. A Stream whose response headers arrived had started its command.
-Errors raised here before anything was sent (a host name gRPC cannot carry)
-have may_have_run False.
+Errors raised before anything was sent (a host name gRPC cannot carry, a server
+the client could not connect to: `Unreachable`, see client/reach.py) have
+may_have_run False.
 
 ExecuteMany reports a host that could not run the command as a
 `google.rpc.Status` inside the stream, with a `started` flag in place of the
@@ -26,15 +27,21 @@ is the same class as the one Execute would have raised for it.
     ├── HostRejected          FAILED_PRECONDITION: host key unknown or changed,
     │                         SSH authentication refused; an operator must act
     ├── Unavailable           UNAVAILABLE: host or scout server unreachable, or the
-    │                         connection was lost; nothing ran only when the server
-    │                         said so (may_have_run False)
+    │   │                     connection was lost; nothing ran only when the server
+    │   │                     said so (may_have_run False)
+    │   └── Unreachable       no connection to the scout server (refused, DNS, TLS
+    │                         handshake, none ready in time): the request was never
+    │                         sent, so nothing ran (may_have_run False)
     ├── Aborted               ABORTED: connection lost after the command started;
     │                         it may have had effects, so do not retry blindly
     ├── Overloaded            RESOURCE_EXHAUSTED: no slot in time, rate limited, or
     │                         a message over a size limit; nothing ran only when the
     │                         server said so (may_have_run False)
     ├── Timeout               DEADLINE_EXCEEDED: the command outlived its timeout
-    │                         (the server stopped it) or the RPC deadline passed
+    │   │                     (the server stopped it) or the RPC deadline passed
+    │   └── CommandTimeout    the server's own DEADLINE_EXCEEDED (it carries scout's
+    │                         mark): the command ran past its timeout and the server
+    │                         stopped it; it certainly ran
     ├── Cancelled             CANCELLED: the call was cancelled
     ├── ServerError           INTERNAL, UNKNOWN and any other code: a scout bug
     └── CommandFailed         not an RPC error (code "OK"): raised only by
@@ -56,6 +63,7 @@ __all__ = [
     "Aborted",
     "Cancelled",
     "CommandFailed",
+    "CommandTimeout",
     "HostNotFound",
     "HostRejected",
     "InvalidRequest",
@@ -65,6 +73,7 @@ __all__ = [
     "ServerError",
     "Timeout",
     "Unavailable",
+    "Unreachable",
     "from_host_status",
     "from_rpc_error",
 ]
@@ -127,6 +136,21 @@ class Unavailable(ScoutError):
     """The host or the scout server could not be reached; safe to retry unless may_have_run."""
 
 
+class Unreachable(Unavailable):
+    """No connection to the scout server: the request was never sent, so nothing ran.
+
+    target is the address tried; cause is one of client.reach's causes ("refused",
+    "dns", "plaintext-to-tls", "tls-to-plaintext", "untrusted", "client-cert", "tls",
+    "timeout", "other"), for a caller (the CLI) that words the fix.
+    """
+
+    def __init__(self, message: str, *, target: str, cause: str, host: str = "") -> None:
+        """Keep the address and the cause; the code is UNAVAILABLE, nothing ran."""
+        super().__init__(message, code="UNAVAILABLE", host=host, may_have_run=False)
+        self.target = target
+        self.cause = cause
+
+
 class Aborted(ScoutError):
     """The connection was lost after the command started; it may have had effects."""
 
@@ -137,6 +161,10 @@ class Overloaded(ScoutError):
 
 class Timeout(ScoutError):
     """The command outlived its timeout (and was stopped) or the RPC deadline passed."""
+
+
+class CommandTimeout(Timeout):
+    """The server stopped the command at its timeout (or the RPC deadline): it ran."""
 
 
 class Cancelled(ScoutError):
@@ -228,7 +256,11 @@ def from_rpc_error(
     server's x-scout-started mark: absent means the command may have run.
     """
     may_have_run = started if started is not None else not _server_said_nothing_ran(err)
-    return _error(_status_name(err), _details(err), host, may_have_run)
+    name = _status_name(err)
+    if name == "DEADLINE_EXCEEDED" and may_have_run and _marks(err, "trailing_metadata"):
+        # scout's own answer that it stopped the command (our own deadline has no mark)
+        return _error(name, _details(err), host, True, CommandTimeout)
+    return _error(name, _details(err), host, may_have_run)
 
 
 def from_host_status(code: int, message: str, host: str, *, started: bool) -> ScoutError:
@@ -241,12 +273,17 @@ def from_host_status(code: int, message: str, host: str, *, started: bool) -> Sc
     name = _NAME_BY_NUMBER.get(code, "UNKNOWN")
     if name == "OK":
         name = "UNKNOWN"
+    if name == "DEADLINE_EXCEEDED" and started:  # a host's status is the server's own
+        return _error(name, message, host, True, CommandTimeout)
     return _error(name, message, host, started)
 
 
-def _error(name: str, message: str, host: str, may_have_run: bool) -> ScoutError:
-    """Build the class the status name maps to, with a message a person can act on."""
+def _error(
+    name: str, message: str, host: str, may_have_run: bool, cls: type[ScoutError] | None = None
+) -> ScoutError:
+    """Build cls, else the class the status name maps to, with a message a person can act on."""
     if not message:
         where = f" for host {host!r}" if host else ""
         message = f"scout call{where} failed with {name}"
-    return _BY_CODE.get(name, ServerError)(message, code=name, host=host, may_have_run=may_have_run)
+    cls = cls or _BY_CODE.get(name, ServerError)
+    return cls(message, code=name, host=host, may_have_run=may_have_run)

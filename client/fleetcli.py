@@ -10,8 +10,9 @@ stdout instead (OUTCOME_KEYS). When stderr is a terminal, a progress line
 there shows hosts done (exited 0), failed and still running; the total comes
 from ListHosts, asked alongside, and without it "running" is left out.
 
-The exit status is the highest failure class among the hosts (FailureClass),
-or 255 when the call itself failed (cli.py says so and exits).
+The exit status is the worst failure class among the hosts (FailureClass, in the
+order of SEVERITY), or 125 or 255 when the call itself failed (cli.py says so and
+exits; client/exitcodes.py has the table).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from client.aio import Client
-from client.errors import ScoutError
+from client.errors import CommandTimeout, ScoutError
+from client.exitcodes import MAY_HAVE_RUN, TIMED_OUT
 from client.fleet import Host, HostOutcome, HostOutput, is_pattern
 from client.results import Result
 
@@ -62,29 +64,40 @@ HOST_COLUMNS = ("NAME", "ADDRESS", "PORT", "USER", "LABELS", "VIA", "CONNECTIONS
 
 
 class FailureClass(enum.IntEnum):
-    """How badly a host's run went; the fan-out exits with the highest one seen."""
+    """How a host's run went; its value is the exit code. The fan-out exits with the
+    worst one seen, in the order of SEVERITY (not of the values)."""
 
     OK = 0  # exited 0
     EXITED_NON_ZERO = 1  # the command exited with a non-zero status
-    KILLED_OR_TIMED_OUT = 2  # a signal ended it, or it outlived --timeout (DEADLINE_EXCEEDED)
+    KILLED = 2  # a signal ended it
     NOT_RUN = 3  # scout could not run it there, or lost track of it (any other status)
+    TIMED_OUT = TIMED_OUT  # it ran past --timeout and the server stopped it (124)
 
+
+SEVERITY = (
+    FailureClass.OK,
+    FailureClass.EXITED_NON_ZERO,
+    FailureClass.KILLED,
+    FailureClass.TIMED_OUT,
+    FailureClass.NOT_RUN,
+)
 
 _CLASS_WORDS = {
     FailureClass.EXITED_NON_ZERO: "exited non-zero",
-    FailureClass.KILLED_OR_TIMED_OUT: "killed or timed out",
+    FailureClass.KILLED: "killed by a signal",
+    FailureClass.TIMED_OUT: "timed out",
     FailureClass.NOT_RUN: "could not run",
 }
 
 
 def failure_class(outcome: HostOutcome) -> FailureClass:
     """Classify one host's outcome for the exit status and the summary."""
+    if isinstance(outcome, CommandTimeout):
+        return FailureClass.TIMED_OUT
     if isinstance(outcome, ScoutError):
-        if outcome.code == "DEADLINE_EXCEEDED":
-            return FailureClass.KILLED_OR_TIMED_OUT
         return FailureClass.NOT_RUN
     if outcome.signal:
-        return FailureClass.KILLED_OR_TIMED_OUT
+        return FailureClass.KILLED
     if outcome.exit_code != 0:
         return FailureClass.EXITED_NON_ZERO
     return FailureClass.OK
@@ -119,6 +132,8 @@ def outcome_record(outcome: HostOutcome) -> dict[str, Any]:
 
 def _what_happened(outcome: HostOutcome) -> str:
     """A host's failure in words, for its stderr line."""
+    if isinstance(outcome, CommandTimeout):
+        return str(outcome)  # "...ran past its timeout (2s) and was stopped": it ran
     if isinstance(outcome, ScoutError):
         ran = "may have run" if outcome.may_have_run else "did not run"
         return f"{outcome} (the command {ran})"
@@ -268,8 +283,8 @@ class _Printer:
         return "\n".join([head, *details, ""]).encode(errors="replace")
 
     def exit_status(self) -> int:
-        """The highest failure class seen."""
-        return max((kind for _, kind in self.outcomes), default=FailureClass.OK)
+        """The worst failure class seen (SEVERITY), as its exit code."""
+        return max((kind for _, kind in self.outcomes), default=FailureClass.OK, key=SEVERITY.index)
 
 
 async def _count_targets(client: Client, options: FanOutOptions, progress: _Progress) -> None:
@@ -335,7 +350,7 @@ async def run_fanout(
     if not printer.outcomes:
         stderr.write(b"scout: the server reported no host\n")
         stderr.flush()
-        return 255
+        return MAY_HAVE_RUN
     return printer.exit_status()
 
 

@@ -124,6 +124,7 @@ class SplitExecuteManyCall(ExecuteManyCall):
         ends_at = None if self._deadline is None else loop.time() + self._deadline
         try:
             async with asyncio.timeout_at(ends_at):
+                await self._client._connected()  # no server: Unreachable for the whole call
                 targets = iter(await self._targets())
                 parallel = self._request.max_parallel or DEFAULT_PARALLEL
                 workers = [asyncio.ensure_future(self._work(targets)) for _ in range(parallel)]
@@ -176,9 +177,13 @@ class SplitExecuteManyCall(ExecuteManyCall):
             deadline = request.timeout.ToNanoseconds() / 1e9 + self._client._margin
         if not self._request.stream_output:
             try:
-                response = await _exec_stub(self._client._open()).Execute(
+                channel = await self._client._connected(deadline, host)
+                response = await _exec_stub(channel).Execute(
                     request, timeout=deadline, metadata=metadata
                 )
+            except ScoutError as err:  # Unreachable: nothing was sent
+                await self._events.put(err)
+                return
             except grpc.RpcError as err:
                 await self._events.put(from_rpc_error(err, host))
                 return

@@ -22,7 +22,13 @@ import threading
 from collections.abc import Coroutine, Sequence
 from typing import Any, Self, TypeVar
 
-from client.aio import DEFAULT_DEADLINE_MARGIN, DEFAULT_TARGET, Client, ExecuteManyCall
+from client.aio import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DEADLINE_MARGIN,
+    DEFAULT_TARGET,
+    Client,
+    ExecuteManyCall,
+)
 from client.credentials import TLS
 from client.fleet import Host, HostOutcome, HostOutput
 from client.options import ExecOptions
@@ -51,6 +57,7 @@ class SyncClient:
         channel_options: Sequence[tuple[str, Any]] = (),
         deadline_margin: float = DEFAULT_DEADLINE_MARGIN,
         split_fan_out: bool = False,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         """Create the private loop's runner; the channel opens on the first call.
 
@@ -63,6 +70,7 @@ class SyncClient:
             channel_options=channel_options,
             deadline_margin=deadline_margin,
             split_fan_out=split_fan_out,
+            connect_timeout=connect_timeout,
         )
         self._runner = asyncio.Runner()
         self._lock = threading.Lock()

@@ -17,7 +17,8 @@ names it lists (never one that changes how a shell or the loader starts) and onl
 `working_dir` its `working_dirs` globs allow. On a caller without `commands`, `env` and
 `working_dirs` hold when set. The host is checked before the inventory is looked at, so
 a caller cannot probe for names it may not use. A refusal names the rule that refused
-it, and quotes what the caller sent only briefly.
+it, and quotes what the caller sent only briefly. The order is host, then what runs,
+then the method, so that "may not use Stream" is the real and only reason.
 """
 
 from __future__ import annotations
@@ -162,8 +163,6 @@ class Gate:
         if caller is ANONYMOUS:
             return
         who = f"caller {caller.name}"
-        if method == "Stream" and not caller.stream:
-            raise PermissionDenied(f"{who} may not use Stream (its policy has stream = false)")
         host = request.host
         if not self.may_use(caller, host):
             rule = ", ".join(caller.hosts) if caller.hosts else "none"
@@ -172,6 +171,10 @@ class Gate:
             _check_argv(who, caller, request)
         _check_env(who, caller, request)
         _check_working_dir(who, caller, request.working_dir)
+        # Last, so that a refusal names a forbidden host or command first, and "may not
+        # use Stream" means that Execute would be allowed (the CLI then falls back to it).
+        if method == "Stream" and not caller.stream:
+            raise PermissionDenied(f"{who} may not use Stream (its policy has stream = false)")
 
 
 def _check_argv(who: str, caller: CallerConfig, request: exec_pb2.ExecuteRequest) -> None:

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import getpass
 import logging
 import os
 import signal
@@ -16,13 +15,17 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import fdlimit, logs
-from .app import App, start
-from .callers import hash_token
-from .config import Config, ConfigError, HostConfig, is_loopback
-from .configfile import load, workers_value
-from .metrics import exposition
-from .workers import (
+from . import quiet
+
+quiet.silence_known_warnings()  # before .app imports asyncssh, which would warn
+
+from . import fdlimit, logs  # noqa: E402
+from .app import App, start  # noqa: E402
+from .config import Config, ConfigError, HostConfig, is_loopback  # noqa: E402
+from .configfile import load, workers_value  # noqa: E402
+from .metrics import exposition  # noqa: E402
+from .tokens import add_token_commands, hash_token_command, new_token_command  # noqa: E402
+from .workers import (  # noqa: E402
     Supervisor,
     WorkerStart,
     answer_supervisor,
@@ -37,7 +40,9 @@ log = logging.getLogger("scout")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(
-        prog="scout-server", description="Run shell commands on SSH hosts over gRPC."
+        prog="scout-server",
+        description="Run shell commands on SSH hosts over gRPC: serve from --config FILE "
+        "(or --demo), or run one of the subcommands.",
     )
     parser.add_argument("--config", type=Path, help="TOML config file")
     parser.add_argument("--listen", help="HOST:PORT to serve on (overrides the config)")
@@ -60,8 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("text", "json"),
         help="text or json lines (default: text on a terminal, json otherwise)",
     )
+    commands = parser.add_subparsers(dest="command", metavar="{hash-token,new-token}")
+    add_token_commands(commands)
     args = parser.parse_args(argv)
-    if args.config is None and not args.demo and args.worker_fd is None:
+    if args.command is None and args.config is None and not args.demo and args.worker_fd is None:
         parser.error("--config FILE is required (or --demo for the embedded demo)")
     return args
 
@@ -196,28 +203,18 @@ async def _reload_logged(app: App) -> None:
         log.exception("reload failed; serving with what was loaded before")
 
 
-def hash_token_command() -> None:
-    """`scout-server hash-token`: a token from stdin (never argv, which `ps` shows) to the
-    SHA-256 hex that `[[callers]] token_sha256` holds."""
-    token = getpass.getpass("token: ") if sys.stdin.isatty() else sys.stdin.readline()
-    token = token.strip()
-    if not token:
-        sys.stderr.write("scout-server hash-token: no token on stdin\n")
-        sys.exit(2)
-    sys.stdout.write(hash_token(token) + "\n")
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the scout-server console script and `python -m server`."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["hash-token"]:
-        hash_token_command()
-        return
-    args = parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "hash-token":
+        sys.exit(hash_token_command())
+    if args.command == "new-token":
+        sys.exit(new_token_command())
     if args.worker_fd is not None:
         _worker_main(args)
         return
     logs.setup(args.log_level, args.log_format)
+    quiet.route_warnings_to_logging()
     with _errors_exit():
         config = configured(args)
         fdlimit.check(fdlimit.raise_soft_limit(), config.pool.max_connections)
@@ -245,6 +242,7 @@ def _worker_main(args: argparse.Namespace) -> None:
     link = socket.socket(fileno=args.worker_fd)
     start_ = receive_start(link)
     logs.setup(args.log_level, args.log_format, worker=start_.index)
+    quiet.route_warnings_to_logging()
     with _errors_exit():
         asyncio.run(serve_worker(start_, link))
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from client.cli import amain, client_for, exit_code_for, join_command, parse_args
+from client.explain import SettingError
 from client.results import ExitStatus
 
 from .fakeexec import FakeExec, serving
@@ -220,15 +221,20 @@ async def test_token_file_wins_over_the_environment(
 
 
 def test_unreadable_or_empty_token_file_names_the_file_not_a_token(tmp_path: Path) -> None:
-    with pytest.raises(OSError, match="missing"):
-        client_for(parse_args(["health", "--token-file", str(tmp_path / "missing")]), {})
+    missing = tmp_path / "missing"
+    with pytest.raises(SettingError) as info:
+        client_for(parse_args(["health", "--token-file", str(missing)]), {})
+    assert str(info.value) == (
+        f"cannot read the token file {missing}: No such file or directory "
+        "(--token-file PATH / $SCOUT_TOKEN)"
+    )
     empty = tmp_path / "empty"
     empty.write_text("\n")
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(SettingError, match="empty"):
         client_for(parse_args(["health", "--token-file", str(empty)]), {})
     spaced = tmp_path / "spaced"
     spaced.write_text("se cret")
-    with pytest.raises(ValueError, match="printable ASCII") as info:
+    with pytest.raises(SettingError, match="printable ASCII") as info:
         client_for(parse_args(["health", "--token-file", str(spaced)]), {})
     assert "se cret" not in str(info.value)
 
@@ -236,5 +242,8 @@ def test_unreadable_or_empty_token_file_names_the_file_not_a_token(tmp_path: Pat
 def test_tls_is_chosen_by_flags(tmp_path: Path) -> None:
     assert "plaintext" in repr(client_for(parse_args(["health"]), {}))
     assert " tls " in repr(client_for(parse_args(["health", "--tls"]), {}))
-    with pytest.raises(OSError, match=r"nope\.pem"):
+    with pytest.raises(SettingError, match=r"CA file .*nope\.pem: .*\(--ca FILE / \$SCOUT_CA\)"):
         client_for(parse_args(["health", "--ca", str(tmp_path / "nope.pem")]), {})
+    cert = ["--cert", str(tmp_path / "c.pem"), "--key", str(tmp_path / "k.pem")]
+    with pytest.raises(SettingError, match=r"client certificate .*c\.pem: .*\(--cert FILE\)"):
+        client_for(parse_args(["health", *cert]), {})

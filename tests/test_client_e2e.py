@@ -138,6 +138,7 @@ async def test_unreachable_server_is_unavailable() -> None:
         with pytest.raises(Unavailable) as info:
             await c.execute("web1", "true")
     assert info.value.host == "web1"
+    assert not info.value.may_have_run  # the request was never sent
 
 
 async def test_unroutable_host_name_is_refused_before_sending(client: Client) -> None:
@@ -342,7 +343,7 @@ async def test_cli_exit_codes(fake: tuple[FakeExec, str]) -> None:
     code, _, err = await run_cli(
         ["exec", *target, "web1", "--", "refuse NOT_FOUND no host web1"], b""
     )
-    assert (code, err) == (255, b"scout: no host web1 (the command did not run)\n")
+    assert (code, err) == (125, b"scout: no host web1 (the command did not run)\n")
 
 
 async def test_cli_health(fake: tuple[FakeExec, str]) -> None:
@@ -374,7 +375,7 @@ async def test_cli_health_failure_says_what_failed() -> None:
     await server.start()
     await server.stop(None)  # nothing listens there any more
     code, out, err = await run_cli(["health", "--target", f"127.0.0.1:{port}"], None)
-    assert (code, out) == (255, b"")
+    assert (code, out) == (125, b"")  # nothing ran
     assert err.startswith(b"scout: ")
     assert b"host ''" not in err
     assert b"command" not in err  # health runs no command: no "did not run" note

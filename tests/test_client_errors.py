@@ -13,6 +13,7 @@ from client import (
     Aborted,
     Cancelled,
     CommandFailed,
+    CommandTimeout,
     ExecOptions,
     HostNotFound,
     HostRejected,
@@ -24,6 +25,8 @@ from client import (
     ServerError,
     Timeout,
     Unavailable,
+    Unreachable,
+    from_host_status,
     from_rpc_error,
 )
 from client import errors as errors_module
@@ -111,7 +114,7 @@ def test_rpc_error_without_a_code_is_a_server_error() -> None:
 def test_tree_is_written_out_in_the_module_docstring() -> None:
     doc = errors_module.__doc__ or ""
     classes = [n for n in errors_module.__all__ if isinstance(getattr(errors_module, n), type)]
-    assert len(classes) == 12
+    assert len(classes) == 14
     for name in classes:
         assert name in doc, name
         assert issubclass(getattr(errors_module, name), ScoutError)
@@ -145,6 +148,36 @@ def test_what_the_caller_knows_overrides_the_mark() -> None:
     refused = aio_error(S.UNAVAILABLE, trailing=NOTHING_RAN)
     assert from_rpc_error(refused, "h", started=True).may_have_run  # output had arrived
     assert not from_rpc_error(aio_error(S.UNAVAILABLE), "", started=False).may_have_run
+
+
+def test_a_timeout_the_server_decided_is_a_command_timeout_that_ran() -> None:
+    stopped = aio_error(
+        S.DEADLINE_EXCEEDED,
+        "web1: the command ran past its timeout (2s) and was stopped",
+        trailing=(("x-scout-started", "true"),),
+    )
+    err = from_rpc_error(stopped, "web1")
+    assert (type(err), err.may_have_run) == (CommandTimeout, True)
+    assert str(err) == "web1: the command ran past its timeout (2s) and was stopped"
+    # our own deadline carries no mark: the server may still be running it
+    assert type(from_rpc_error(aio_error(S.DEADLINE_EXCEEDED), "web1")) is Timeout
+    host_status = from_host_status(
+        S.DEADLINE_EXCEEDED.value[0], "web2: ran past", "web2", started=True
+    )
+    assert (type(host_status), host_status.may_have_run) == (CommandTimeout, True)
+
+
+def test_unreachable_is_unavailable_where_nothing_ran_and_survives_pickling() -> None:
+    err = Unreachable("cannot reach scout at h:1: refused", target="h:1", cause="refused")
+    assert isinstance(err, Unavailable)
+    assert (err.code, err.may_have_run) == ("UNAVAILABLE", False)
+    copy = pickle.loads(pickle.dumps(err))
+    assert (type(copy), copy.target, copy.cause, copy.may_have_run) == (
+        Unreachable,
+        "h:1",
+        "refused",
+        False,
+    )
 
 
 class MarkedSyncError(grpc.RpcError):  # type: ignore[misc]  # grpcio has no type hints

@@ -19,6 +19,7 @@ from client import (
     Aborted,
     Cancelled,
     Client,
+    CommandTimeout,
     ExecOptions,
     Host,
     HostEvent,
@@ -29,7 +30,6 @@ from client import (
     ScoutError,
     ServerError,
     SyncClient,
-    Timeout,
     Unavailable,
     from_host_status,
     from_rpc_error,
@@ -144,7 +144,7 @@ async def test_host_errors_are_events_with_their_class_and_may_have_run(client: 
     by_host = {e.host: e for e in errors}
     assert [type(by_host[h]) for h in ("web1", "web2", "web3", "db1", "db2")] == [
         Unavailable,
-        Timeout,
+        CommandTimeout,  # the server stopped it: a Timeout that certainly ran
         Aborted,
         ServerError,
         HostNotFound,

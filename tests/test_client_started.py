@@ -154,4 +154,4 @@ async def test_cli_says_did_not_run_when_scout_says_so() -> None:
     async with serving(FakeExec()) as target:
         argv = ["exec", "--target", target, "web1", "--", "refuse UNAVAILABLE web1 unreachable"]
         code = await amain(argv, stdin=None, stdout=out, stderr=err)
-    assert (code, err.getvalue()) == (255, b"scout: web1 unreachable (the command did not run)\n")
+    assert (code, err.getvalue()) == (125, b"scout: web1 unreachable (the command did not run)\n")
