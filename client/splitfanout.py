@@ -37,7 +37,7 @@ from collections.abc import Iterator
 
 import grpc
 
-from client.aio import ExecuteManyCall, StreamCall, _exec_stub
+from client.calls import ExecuteManyCall, StreamCall, _exec_stub
 from client.errors import HostNotFound, InvalidRequest, ScoutError, from_rpc_error
 from client.fleet import HostEvent, HostOutput, is_pattern
 from client.results import Event, Exit, Result, Stdout, result_from_response

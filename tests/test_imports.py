@@ -20,8 +20,6 @@ PACKAGES = ("server", "client", "testkit")
 LAZY = {
     # the demo starts a local SSH server: loaded only with --demo
     ("server.main", "server.demo"),
-    # DODGE, to go with client/calls.py: ExecuteManyCall is defined below Client
-    ("client.aio", "client.splitfanout"),
 }
 
 
