@@ -9,6 +9,7 @@ pki           module: a CA, a server certificate, client certificates (testkit/c
 openssh       session: a real OpenSSH sshd on loopback (testkit/sshd.py)
 openssh_host  session: scout's HostConfig for openssh, named "openssh"
 fake          function: the scripted fake ExecService (tests/fakeexec.py) and its target
+tls_fake      function: the same behind TLS, pki's server certificate
 client        function: a scout Client connected to fake
 openssh_scout function: scout (in this process) whose one host, "o", is the openssh rig
 
@@ -36,8 +37,9 @@ scout/v1 (the contract)       test_contract, test_breaking, test_polyglot, test_
 client.aio, .sync, .results   test_client_e2e, test_client_errors, test_client_started,
                               test_cli_live
 client.fleet, .splitfanout    test_client_fleet, test_split_fanout
-client.cli, .fleetcli         test_cli, test_cli_fleet, test_cli_live
-client.credentials            test_client_tls
+client.cli, .fleetcli         test_cli, test_cli_fleet, test_cli_live, test_cli_words
+client.profiles, .explain     test_profiles, test_cli_words
+client.credentials, .reach   test_client_tls, test_client_reach, test_cli_words
 testkit/                      test_sshservers
 deploy/                       test_deploy, test_replicas
 imports of server/, client/   test_imports
@@ -56,7 +58,7 @@ from testkit.certs import PKI, make_pki
 from testkit.scripted import ScriptedServer, scripted_fleet, scripted_server
 from testkit.sshd import OpenSSHServer, start_openssh
 
-from .fakeexec import FakeExec, serving
+from .fakeexec import FakeExec, serving, tls_credentials
 from .scoutd import Scout, config, running_scout
 
 
@@ -122,6 +124,14 @@ async def fake() -> AsyncIterator[tuple[FakeExec, str]]:
     """The fake ExecService on loopback: for client tests that script the server's answers."""
     servicer = FakeExec()
     async with serving(servicer) as target:
+        yield servicer, target
+
+
+@pytest.fixture
+async def tls_fake(pki: PKI) -> AsyncIterator[tuple[FakeExec, str]]:
+    """The fake ExecService on loopback behind TLS (pki's server certificate)."""
+    servicer = FakeExec()
+    async with serving(servicer, tls_credentials(pki)) as target:
         yield servicer, target
 
 
