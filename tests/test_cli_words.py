@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -24,6 +23,7 @@ from client.exitcodes import TABLE
 from server.callers import hash_token
 from server.config import CallerConfig, Config
 from testkit.certs import PKI
+from testkit.ports import free_port
 from testkit.scripted import ScriptedServer
 
 from .fakeexec import FakeExec
@@ -52,10 +52,11 @@ async def scout(
     return proc.returncode, out, err
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+async def nothing_ran(*argv: str, home: Path) -> str:
+    """scout's message for argv, which must exit 125 (nothing ran) and print nothing."""
+    code, out, err = await scout(*argv, home=home)
+    assert (code, out) == (125, b""), err
+    return err.decode()
 
 
 @pytest.fixture
@@ -97,9 +98,7 @@ async def test_nothing_listening_is_cannot_reach_and_nothing_ran(
     argv: list[str], tmp_path: Path
 ) -> None:
     target = f"127.0.0.1:{free_port()}"
-    code, out, err = await scout(argv[0], "--target", target, *argv[1:], home=tmp_path)
-    assert (code, out) == (125, b"")
-    assert err.decode() == (
+    assert await nothing_ran(argv[0], "--target", target, *argv[1:], home=tmp_path) == (
         f"scout: cannot reach scout at {target} "
         "(is scout-server running? --target / $SCOUT_TARGET)\n"
     )
@@ -108,9 +107,7 @@ async def test_nothing_listening_is_cannot_reach_and_nothing_ran(
 async def test_plaintext_to_a_tls_port_says_add_tls(
     tls_fake: tuple[FakeExec, str], tmp_path: Path
 ) -> None:
-    code, _, err = await scout("health", "--target", tls_fake[1], home=tmp_path)
-    assert code == 125, err
-    assert err.decode() == (
+    assert await nothing_ran("health", "--target", tls_fake[1], home=tmp_path) == (
         f"scout: scout at {tls_fake[1]} closed the connection: it expects TLS "
         "(add --tls, or --ca FILE for a private CA; $SCOUT_TLS, $SCOUT_CA)\n"
     )
@@ -120,9 +117,7 @@ async def test_tls_to_a_plaintext_port_says_drop_tls(
     fake: tuple[FakeExec, str], pki: PKI, tmp_path: Path
 ) -> None:
     argv = ["exec", "--target", fake[1], "--ca", str(pki.ca.bundle), "web1", "--", "x"]
-    code, _, err = await scout(*argv, home=tmp_path)
-    assert code == 125, err
-    assert err.decode() == (
+    assert await nothing_ran(*argv, home=tmp_path) == (
         f"scout: scout at {fake[1]} does not speak TLS: "
         "drop --tls and --ca (and $SCOUT_TLS, $SCOUT_CA)\n"
     )
@@ -131,17 +126,16 @@ async def test_tls_to_a_plaintext_port_says_drop_tls(
 async def test_a_private_ca_with_tls_names_ca_and_no_grpc_line_leaks(
     tls_fake: tuple[FakeExec, str], pki: PKI, tmp_path: Path
 ) -> None:
-    code, _, err = await scout("exec", "--target", tls_fake[1], "--tls", "web1", "x", home=tmp_path)
-    assert code == 125, err
-    assert err.decode() == (  # one line: no "Handshake failed" from grpc's C core, no ": OK"
+    argv = ["exec", "--target", tls_fake[1], "--tls", "web1", "x"]
+    # one line: no "Handshake failed" from grpc's C core, no ": OK"
+    assert await nothing_ran(*argv, home=tmp_path) == (
         f"scout: scout at {tls_fake[1]} has a certificate not signed by a CA this machine trusts "
         "(--ca FILE / $SCOUT_CA names the CA that signed it)\n"
     )
     other = str(pki.other_ca.bundle)
-    code, _, err = await scout("health", "--target", tls_fake[1], "--ca", other, home=tmp_path)
-    assert code == 125, err
-    assert err.decode().startswith(f"scout: scout at {tls_fake[1]} has a certificate not signed ")
-    assert f"by the CA in {other} " in err.decode()
+    err = await nothing_ran("health", "--target", tls_fake[1], "--ca", other, home=tmp_path)
+    assert err.startswith(f"scout: scout at {tls_fake[1]} has a certificate not signed ")
+    assert f"by the CA in {other} " in err
     _, _, verbose = await scout(
         "health", "--target", tls_fake[1], "--tls", "--verbose", home=tmp_path
     )

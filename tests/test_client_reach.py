@@ -63,31 +63,29 @@ async def test_a_name_that_does_not_resolve_ran_nothing() -> None:
     assert err.cause == "dns"
 
 
-@pytest.mark.parametrize("method", METHODS)
-async def test_plaintext_to_a_tls_port_ran_nothing(
-    tls_fake: tuple[FakeExec, str], method: str
-) -> None:
-    err = await unreachable(Client(tls_fake[1]), method)
-    assert err.cause == "plaintext-to-tls"
-    assert tls_fake[0].seen.requests == []
+# (the server speaks TLS, the CA the client trusts: None for plaintext) -> the cause
+TLS_MISMATCHES = {
+    (True, None): "plaintext-to-tls",
+    (False, "ca"): "tls-to-plaintext",
+    (True, "other_ca"): "untrusted",
+}
 
 
 @pytest.mark.parametrize("method", METHODS)
-async def test_tls_to_a_plaintext_port_ran_nothing(
-    fake: tuple[FakeExec, str], pki: PKI, method: str
+@pytest.mark.parametrize("case", TLS_MISMATCHES, ids=TLS_MISMATCHES.values())
+async def test_a_tls_mismatch_ran_nothing(
+    fake: tuple[FakeExec, str],
+    tls_fake: tuple[FakeExec, str],
+    pki: PKI,
+    case: tuple[bool, str | None],
+    method: str,
 ) -> None:
-    err = await unreachable(Client(fake[1], tls=TLS(ca_file=pki.ca.bundle)), method)
-    assert err.cause == "tls-to-plaintext"
-    assert fake[0].seen.requests == []
-
-
-@pytest.mark.parametrize("method", METHODS)
-async def test_a_wrong_ca_ran_nothing(
-    tls_fake: tuple[FakeExec, str], pki: PKI, method: str
-) -> None:
-    err = await unreachable(Client(tls_fake[1], tls=TLS(ca_file=pki.other_ca.bundle)), method)
-    assert err.cause == "untrusted"
-    assert tls_fake[0].seen.requests == []
+    server_tls, ca = case
+    servicer, target = tls_fake if server_tls else fake
+    tls = None if ca is None else TLS(ca_file=getattr(pki, ca).bundle)
+    err = await unreachable(Client(target, tls=tls), method)
+    assert err.cause == TLS_MISMATCHES[case]
+    assert servicer.seen.requests == []
 
 
 async def test_split_fan_out_to_no_server_is_unreachable_as_a_whole() -> None:
