@@ -165,6 +165,7 @@ class Client:
 
     async def execute(
         self,
+        /,
         host: str,
         command: str = "",
         options: ExecOptions | None = None,
@@ -234,6 +235,7 @@ class Client:
 
     def execute_many(
         self,
+        /,
         hosts: Sequence[str],
         command: str = "",
         options: ExecOptions | None = None,
