@@ -304,16 +304,6 @@ class ExecuteManyCall(_OwnedCall[exec_pb2.ExecuteManyRequest], AsyncIterator[Hos
     early leaves that to the call's garbage collection.
     """
 
-    def __init__(
-        self,
-        client: Client,
-        request: exec_pb2.ExecuteManyRequest,
-        deadline: float | None,
-        metadata: tuple[tuple[str, str], ...],
-    ) -> None:
-        """Hold the request; nothing is sent until the first iteration."""
-        super().__init__(client, request, deadline, metadata)
-
     def __repr__(self) -> str:
         """Show the targets and how far the call got, for logs."""
         state = "not started"
