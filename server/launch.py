@@ -26,7 +26,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -108,15 +108,22 @@ class Launcher:
     async def start(
         self, host: HostConfig, spec: CommandSpec, out: Sink, until: float
     ) -> tuple[Reservation[SSHConn], RunningCommand]:
-        """Reserve and open, with the safe retries (docs/architecture.md, pool rule 7): a
-        refused channel backs off and tries again; a connection that hung or died is tried
-        once more, on another. The caller must finish() what this returns."""
+        """Reserve, open and start a command; the caller must finish() what this returns."""
+        return await self.open(host, lambda: Opening(spec, out), until)
+
+    async def open(
+        self, host: HostConfig, make: Callable[[], Opening], until: float
+    ) -> tuple[Reservation[SSHConn], RunningCommand]:
+        """Reserve a place and open a channel in it (`make` gives a new opening per try),
+        with the safe retries (docs/architecture.md, pool rule 7): a refused channel backs
+        off and tries again; a connection that hung or died is tried once more, on another.
+        The caller must finish() what this returns."""
         retried = False
         pause = REFUSAL_BACKOFF[0]
         while True:
             res = await self._reserve(host, until)
             try:
-                return res, await self.open_once(host, res, Opening(spec, out), until)
+                return res, await self.open_once(host, res, make(), until)
             except ChannelRefused:  # that connection is full: back off
                 wait = min(pause * random.uniform(0.5, 1.0), until - time.monotonic())
                 if wait <= 0:
