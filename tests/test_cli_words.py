@@ -61,8 +61,8 @@ async def nothing_ran(*argv: str, home: Path) -> str:
 
 @pytest.fixture
 async def guarded(shell_server: ScriptedServer) -> AsyncIterator[Scout]:
-    """scout with two names for the SSH host and one caller, batch: no Stream, two
-    commands."""
+    """scout with two names for the SSH host and one caller, batch: no Stream, three
+    argv patterns."""
     batch = CallerConfig(
         name="batch",
         token_sha256=hash_token(TOKEN),
@@ -176,9 +176,9 @@ async def test_a_missing_token_file_names_it_and_its_flag(tmp_path: Path) -> Non
 
 async def test_a_caller_without_stream_gets_execute(guarded: Scout, tmp_path: Path) -> None:
     env = {"SCOUT_TOKEN": TOKEN}
-    argv = ["exec", "--target", guarded.target, "local", "--"]
-    code, out, err = await scout(*argv, "echo hi; echo oops >&2", env=env, home=tmp_path)
-    assert (code, out, err) == (0, b"hi\n", b"oops\n")
+    argv = ["exec", "--target", guarded.target, "--argv", "local", "--"]
+    code, out, err = await scout(*argv, "echo", "hi; id", env=env, home=tmp_path)
+    assert (code, out, err) == (0, b"hi; id\n", b"")
     code, out, _ = await scout(*argv, "cat", stdin=b"piped in\n", env=env, home=tmp_path)
     assert (code, out) == (0, b"piped in\n")
 
@@ -186,13 +186,15 @@ async def test_a_caller_without_stream_gets_execute(guarded: Scout, tmp_path: Pa
 async def test_a_refusal_names_the_host_or_the_command(guarded: Scout, tmp_path: Path) -> None:
     env = {"SCOUT_TOKEN": TOKEN}
     target = ["--target", guarded.target]
-    code, _, err = await scout("exec", *target, "local", "--", "rm -rf /", env=env, home=tmp_path)
+    rm = ["exec", *target, "--argv", "local", "--", "rm", "-rf", "/"]
+    code, _, err = await scout(*rm, env=env, home=tmp_path)
     assert code == 125, err
     assert err.decode() == (
-        "scout: caller batch may not run 'rm -rf /' (commands: echo *, cat, sleep *) "
+        "scout: caller batch may not run argv 'rm -rf /' (commands: echo *, cat, sleep *) "
         "(the command did not run)\n"
     )
-    code, _, err = await scout("exec", *target, "db1", "--", "echo x", env=env, home=tmp_path)
+    echo = ["exec", *target, "--argv", "db1", "--", "echo", "x"]
+    code, _, err = await scout(*echo, env=env, home=tmp_path)
     assert code == 125, err
     assert err.decode() == (
         "scout: caller batch may not run commands on 'db1' (hosts: local*) "
@@ -247,7 +249,9 @@ async def test_a_profile_file_holds_target_ca_and_token_file(
         f'[default]\ntarget = "{guarded.target}"\ntoken_file = "batch.token"\n\n'
         f'[fake]\ntarget = "{tls_fake[1]}"\nca = "{pki.ca.bundle}"\n'
     )
-    code, out, _ = await scout("exec", "local", "--", "echo from the profile", home=tmp_path)
+    code, out, _ = await scout(
+        "exec", "--argv", "local", "--", "echo", "from the profile", home=tmp_path
+    )
     assert (code, out) == (0, b"from the profile\n")
     assert await scout("health", "--profile", "fake", home=tmp_path) == (0, b"SERVING\n", b"")
     flag_wins = ["health", "--profile", "fake", "--target", guarded.target]
