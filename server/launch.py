@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import asyncssh
 
 from .audit import CallRecord
-from .command import CommandSpec, ExitInfo, Opening, RunningCommand, Sink
+from .command import CommandSpec, ExitInfo, Opening, RunningCommand
 from .config import HostConfig, PoolSettings
 from .errors import (
     ChannelRefused,
@@ -104,12 +104,6 @@ class Launcher:
         """An async context: the running command in, a stopped-and-released one out; what
         it did goes into `call` (for the audit line and the metrics)."""
         return Run(self, host, spec, output, bounds, call)
-
-    async def start(
-        self, host: HostConfig, spec: CommandSpec, out: Sink, until: float
-    ) -> tuple[Reservation[SSHConn], RunningCommand]:
-        """Reserve, open and start a command; the caller must finish() what this returns."""
-        return await self.open(host, lambda: Opening(spec, out), until)
 
     async def open(
         self, host: HostConfig, make: Callable[[], Opening], until: float
@@ -321,8 +315,8 @@ class Run:
     async def __aenter__(self) -> Run:
         output = self.output
         try:
-            self._res, command = await self.launcher.start(
-                self.host, self.spec, output.feed, self.bounds.run_until
+            self._res, command = await self.launcher.open(
+                self.host, lambda: Opening(self.spec, output.feed), self.bounds.run_until
             )
         except BaseException:
             self._count_output()

@@ -435,6 +435,7 @@ async def fan_out_then(
         assert await eventually(lambda: server.open_sessions() == 4)
         await end(s, call)
         assert await eventually(lambda: server.open_sessions() == 0)
+        assert await eventually(lambda: s.app.service.rpcs.in_flight == 0)  # lines written
         counted = dict(s.app.service.rpcs.commands)
     lines = [json.loads(line) for line in audit.read_text().splitlines()]
     return lines, counted
