@@ -35,6 +35,7 @@ from server.connector import CIPHERS
 
 from .connects import bounded, cold_hosts, fan_out
 from .cost import anatomy, cost, overhead
+from .files import files
 from .ladder import ladder
 from .results import Section
 from .rig import FULL, QUICK, SMOKE, Rig, say, start_rig
@@ -55,6 +56,7 @@ SCENARIOS: dict[int, Callable[[Rig], Awaitable[Section]]] = {
     10: functools.partial(single_host, pinned=True),
     11: functools.partial(ladder, pinned=True),
     12: anatomy,  # an investigation, not in the default set: needs perf, counts the loop
+    13: files,  # run alone with --only 13 until BENCHMARKS.md is regenerated with it
 }
 DEFAULT = range(1, 12)
 

@@ -7,9 +7,11 @@ from client.aio import DEFAULT_TARGET, Client, ExecuteManyCall, StreamCall
 from client.credentials import TLS
 from client.errors import (
     Aborted,
+    AlreadyExists,
     Cancelled,
     CommandFailed,
     CommandTimeout,
+    DataLoss,
     HostNotFound,
     HostRejected,
     InvalidRequest,
@@ -23,6 +25,7 @@ from client.errors import (
     from_host_status,
     from_rpc_error,
 )
+from client.files import DownloadCall, FileInfo, HostUpload, Uploaded
 from client.fleet import Host, HostEvent, HostOutcome, HostOutput
 from client.options import ExecOptions
 from client.results import Event, Exit, ExitStatus, Result, Stderr, Stdout
@@ -32,21 +35,26 @@ __all__ = [
     "DEFAULT_TARGET",
     "TLS",
     "Aborted",
+    "AlreadyExists",
     "Cancelled",
     "Client",
     "CommandFailed",
     "CommandTimeout",
+    "DataLoss",
+    "DownloadCall",
     "Event",
     "ExecOptions",
     "ExecuteManyCall",
     "Exit",
     "ExitStatus",
+    "FileInfo",
     "Host",
     "HostEvent",
     "HostNotFound",
     "HostOutcome",
     "HostOutput",
     "HostRejected",
+    "HostUpload",
     "InvalidRequest",
     "NotAllowed",
     "Overloaded",
@@ -60,6 +68,7 @@ __all__ = [
     "Timeout",
     "Unavailable",
     "Unreachable",
+    "Uploaded",
     "from_host_status",
     "from_rpc_error",
 ]

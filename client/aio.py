@@ -15,12 +15,13 @@ nothing ran.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Self
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from client import files
 from client.calls import ExecuteManyCall, StreamCall, _exec_stub
 from client.credentials import TLS, bearer_metadata
 from client.errors import InvalidRequest, from_rpc_error
@@ -220,7 +221,8 @@ class Client:
     ) -> list[Host]:
         """List the inventory hosts the selector and host names or globs pick, sorted by name.
 
-        Both empty: every host. Each Host carries the pool's view of it now
+        Both empty: every host. A leading `!` excludes (`!web3`, `!web-eu-*`; alone,
+        from every host). Each Host carries the pool's view of it now
         (connections open, channels in use). Nothing runs, so errors never may_have_run.
         """
         names = _host_list(hosts)
@@ -243,13 +245,17 @@ class Client:
         argv: Sequence[str] | None = None,
         selector: str = "",
         max_parallel: int = 0,
+        max_failures: int = 0,
         stream_output: bool = False,
         **fields: Any,
     ) -> ExecuteManyCall:
         """Run one command on many hosts; iterate the call for each host's events as they come.
 
         Targets are the union of `hosts` (names or globs) and the label `selector`.
-        `max_parallel` bounds the hosts running at once (0: the server's default).
+        A leading `!` excludes (`!web3`, `!web-eu-*`; alone, from every host).
+        `max_parallel` bounds the hosts running at once (0: the server's default);
+        after `max_failures` hosts failed (non-zero exit, signal, or an error), no new
+        host starts and the rest end with ABORTED, nothing run (0: no limit).
         `fields` are ExecOptions fields by name, over `options` if given; `timeout`
         bounds each host's command, and only `rpc_timeout` bounds the whole call
         (no deadline by default, since hosts may wait their turn). Events: see
@@ -261,6 +267,8 @@ class Client:
         names = _host_list(hosts)
         if max_parallel < 0:
             raise ValueError(f"max_parallel must be >= 0, got {max_parallel!r}")
+        if max_failures < 0:
+            raise ValueError(f"max_failures must be >= 0, got {max_failures!r}")
         metadata = self._fan_out_metadata(names)
         opts = exec_options(options, fields)
         request = exec_pb2.ExecuteManyRequest(
@@ -268,11 +276,90 @@ class Client:
             selector=selector,
             request=opts.request("", command, words),
             max_parallel=max_parallel,
+            max_failures=max_failures,
             stream_output=stream_output,
         )
         if self._split_fan_out:
             return SplitExecuteManyCall(self, request, opts.rpc_timeout, self._auth)
         return ExecuteManyCall(self, request, opts.rpc_timeout, metadata)
+
+    def _stub(self) -> Any:
+        """The ExecService stub on this client's channel."""
+        return _exec_stub(self._open())
+
+    async def upload(
+        self,
+        host: str,
+        path: str,
+        source: files.Source,
+        *,
+        mode: int = 0,
+        create_only: bool = False,
+        size: int | None = None,
+        sha256: str | None = None,
+        idempotency_key: str = "",
+        rpc_timeout: float | None = None,
+        progress: files.Progress | None = None,
+    ) -> files.Uploaded:
+        """Write a file on host: bytes, a local path, a binary file or (async) iterable of
+        bytes, sent a chunk at a time. The server writes a temporary file and renames it
+        over `path` only when every byte arrived (and matched `size` and `sha256`, which
+        bytes sources fill in). `mode` 0 keeps the replaced file's mode (new: 0644);
+        `create_only` refuses to replace (AlreadyExists). See client/files.py."""
+        start = files.start_message(
+            host,
+            path,
+            source,
+            mode=mode,
+            create_only=create_only,
+            size=size,
+            sha256=sha256,
+            idempotency_key=idempotency_key,
+        )
+        return await files.upload(self, start, source, rpc_timeout=rpc_timeout, progress=progress)
+
+    def download(
+        self,
+        host: str,
+        path: str,
+        *,
+        offset: int = 0,
+        length: int = 0,
+        rpc_timeout: float | None = None,
+        progress: files.Progress | None = None,
+    ) -> files.DownloadCall:
+        """Read a file (or `length` bytes from `offset`: a resume) from host; iterate the
+        call for the chunks, or `await call.to_file(local)`. See client/files.py."""
+        self._metadata(host)
+        request = exec_pb2.DownloadRequest(host=host, path=path, offset=offset, length=length)
+        return files.DownloadCall(self, request, rpc_timeout, progress)
+
+    def upload_many(
+        self,
+        hosts: Sequence[str],
+        path: str,
+        source: files.Source,
+        *,
+        selector: str = "",
+        max_parallel: int = 0,
+        mode: int = 0,
+        create_only: bool = False,
+        rpc_timeout: float | None = None,
+        progress: files.Progress | None = None,
+    ) -> AsyncIterator[files.HostUpload]:
+        """Write one file to many hosts (`hosts` names or globs, and `selector`), sent
+        once; iterate for each host's outcome as it finishes."""
+        start = files.start_message("", path, source, mode=mode, create_only=create_only)
+        return files.upload_many(
+            self,
+            _host_list(hosts),
+            start,
+            source,
+            selector=selector,
+            max_parallel=max_parallel,
+            rpc_timeout=rpc_timeout,
+            progress=progress,
+        )
 
     async def health(self, service: str = "", *, rpc_timeout: float | None = 10.0) -> str:
         """Ask the server's standard health service for a service ("": the server itself).

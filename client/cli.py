@@ -4,10 +4,16 @@
     scout exec [OPTIONS] HOST|GLOB... [-l SELECTOR] -- COMMAND...
     scout exec [OPTIONS] -l SELECTOR -- COMMAND...           many hosts (a fan-out)
     scout exec [OPTIONS] HOST... --argv -- PROGRAM [ARG...]  argv: each word as it is
-        --timeout SECS  --env K=V (repeatable)  --cwd DIR  --tty  --argv
-        -l/--selector SELECTOR  --max-parallel N  --json  --split-fan-out
-    scout hosts [OPTIONS] [SELECTOR] [--json]
+        --timeout SECS  --env K=V (repeatable)  --cwd DIR  --tty  --argv  -n/--no-stdin
+        --max-output BYTES  -l/--selector SELECTOR  --max-parallel N  --max-failures N
+        --json  --split-fan-out
+    scout cp [OPTIONS] LOCAL HOST:PATH | LOCAL GLOB:PATH | LOCAL -l SELECTOR:PATH
+    scout cp [OPTIONS] HOST:PATH LOCAL                       files (client/cpcli.py)
+        --mode OCTAL  --create-only  --max-parallel N
+    scout hosts [OPTIONS] [HOST|GLOB|!EXCLUDED...] [SELECTOR | -l SELECTOR] [--json]
     scout health [OPTIONS] [--service NAME]
+    scout mcp [OPTIONS] [--http HOST:PORT] [--max-output BYTES] [--local-files DIR]
+    scout completion bash|zsh|fish                           (client/completion.py)
     scout --version
 
     connection OPTIONS (every command): --target ADDR ($SCOUT_TARGET),
@@ -39,17 +45,21 @@ caller whose policy forbids Stream gets Execute instead: the same command, its
 output at the end. The first Ctrl-C sends INT to the remote command; a second one
 cancels the call, and the server stops the command.
 
-Several hosts, a glob, -l or --json run the command everywhere at once through
-ExecuteMany (at most --max-parallel hosts at a time; the server's default
-otherwise), with no stdin and no --tty; --timeout bounds each host's command.
+Several hosts, a glob, an exclusion (!web3), -l or --json run the command
+everywhere at once through ExecuteMany (at most --max-parallel hosts at a time;
+the server's default otherwise; after --max-failures failed hosts no new one
+starts), with our piped stdin read whole and sent to each (client/fanoutinput.py)
+and no --tty; --timeout bounds each host's command.
 --split-fan-out makes it one call per host instead, for a --target that is a
 proxy routing by host (client/splitfanout.py).
 Output lines come prefixed with their host (`web1 | ...`), stdout to stdout and
 stderr to stderr; --json prints one JSON object per host instead. A progress
 line on stderr (only when it is a terminal) and a summary at the end (on
-stderr) count the hosts. Ctrl-C cancels the call: the server stops every
-running command and starts no new one. The exit status is the worst class
-any host reached (client/fleetcli.py, FailureClass; client/exitcodes.py), or
+stderr) count the hosts (client/fanoutstatus.py), and name those whose output
+was cut at the cap. Ctrl-C cancels the call: the server stops every running
+command and starts no new one, and the summary counts those stopped. The exit
+status is the worst class any host reached (client/fleetcli.py, FailureClass;
+client/exitcodes.py; 4 when all exited 0 but some output was cut), or
 125 or 255 when the call itself failed (nothing ran, or commands may have run;
 what was heard is summed up first).
 
@@ -59,6 +69,10 @@ Connection settings come from flags, then --profile NAME, then $SCOUT_* variable
 then the [default] profile of ~/.config/scout/client.toml (client/profiles.py). The
 token is never printed. grpc's own log lines stay off the terminal unless --verbose
 (client/grpclogs.py).
+
+`scout mcp` serves the Model Context Protocol (stdio, or streamable HTTP on loopback)
+for AI assistants, as this caller: client/mcpserver.py. It needs the optional `mcp`
+extra (pip install 'scout[mcp]').
 """
 
 from __future__ import annotations
@@ -77,13 +91,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from client import exitcodes
+from client import completion, cpcli, examples, exitcodes
 from client.aio import DEFAULT_TARGET, Client, StreamCall
 from client.credentials import TLS
 from client.errors import NotAllowed, ScoutError
 from client.explain import Context, SettingError, explain, unreadable
+from client.fanoutinput import StdinTooLarge, read_bounded
 from client.fleet import is_pattern
-from client.fleetcli import FanOutOptions, run_fanout, run_hosts
+from client.fleetcli import FanOutOptions, HostListing, run_fanout, run_hosts
 from client.grpclogs import hide_native_logs
 from client.profiles import ProfileError, resolve
 from client.results import Exit, ExitStatus, Result, Stderr, Stdout
@@ -216,10 +231,15 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, _ExecOp
     """Describe the command line in one place, so help and parsing agree."""
     connection, connection_actions = _connection_options()
     parser = argparse.ArgumentParser(
-        prog="scout", description="Run shell commands on SSH hosts through a scout server."
+        prog="scout",
+        description="Run shell commands on SSH hosts through a scout server.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=examples.SCOUT,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    commands = parser.add_subparsers(dest="action", required=True, metavar="{exec,hosts,health}")
+    commands = parser.add_subparsers(
+        dest="action", required=True, metavar="{exec,cp,hosts,health,mcp,completion}"
+    )
 
     run = commands.add_parser(
         "exec",
@@ -236,7 +256,7 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, _ExecOp
             "With --, every word before it that is not an option is a host or a glob;\n"
             "without it, the first word is the one host and the command starts after it."
         ),
-        epilog=exitcodes.help_table(),
+        epilog=f"{exitcodes.help_table()}\n\n{examples.EXEC}",
     )
     run_actions = [
         run.add_argument(
@@ -280,6 +300,29 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, _ExecOp
             help="run on at most N hosts at once (default: the server's)",
         ),
         run.add_argument(
+            "--max-failures",
+            type=_positive_count,
+            default=0,
+            metavar="N",
+            help="many hosts: once N hosts failed (exited non-zero, killed by a signal, or "
+            "could not run), start no new host (default: no limit)",
+        ),
+        run.add_argument(
+            "--max-output",
+            type=_positive_count,
+            default=0,
+            metavar="BYTES",
+            help="keep at most BYTES of each output stream per host; the rest is cut and "
+            "reported (default: the server's cap for many hosts, none for one; values "
+            "above the server's maximum are lowered to it)",
+        ),
+        run.add_argument(
+            "-n",
+            "--no-stdin",
+            action="store_true",
+            help="send no stdin, as ssh -n (for a stdin that never ends, such as a loop's)",
+        ),
+        run.add_argument(
             "--json",
             action="store_true",
             help="print one JSON object per host when it ends, instead of its output lines",
@@ -291,18 +334,79 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, _ExecOp
         ),
     ]
 
+    cpcli.add_parser(commands, connection)
     hosts = commands.add_parser(
-        "hosts", parents=[connection], help="list the server's inventory hosts"
+        "hosts",
+        parents=[connection],
+        usage="scout hosts [OPTIONS] [HOST|GLOB|!EXCLUDED...] [SELECTOR | -l SELECTOR] [--json]",
+        help="list the server's inventory hosts",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Names and globs pick hosts as for scout exec (!NAME or !GLOB excludes); a word\n"
+            "with =, a comma, a parenthesis or a space is the label selector."
+        ),
+        epilog=examples.HOSTS,
     )
     hosts.add_argument(
-        "selector", nargs="?", default="", metavar="SELECTOR", help="only hosts it picks"
+        "words",
+        nargs="*",
+        metavar="HOST|GLOB|SELECTOR",
+        help="only the hosts these names, globs and selector pick (all without any)",
+    )
+    hosts.add_argument(
+        "-l",
+        "--selector",
+        default="",
+        metavar="SELECTOR",
+        help="also the hosts this label selector picks",
     )
     hosts.add_argument("--json", action="store_true", help="print one JSON object per host")
+    hosts.add_argument("--names", action="store_true", help=argparse.SUPPRESS)  # completion
 
     health = commands.add_parser(
-        "health", parents=[connection], help="print the server's health status"
+        "health",
+        parents=[connection],
+        help="print the server's health status",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=examples.HEALTH,
     )
     health.add_argument("--service", default="", help="service name (default: the server)")
+
+    mcp = commands.add_parser(
+        "mcp",
+        parents=[connection],
+        help="serve scout's tools to AI assistants (Model Context Protocol)",
+        description="An MCP server in front of the scout server, acting as this caller: "
+        "stdio by default (for Claude Desktop, Claude Code, ...).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=examples.MCP,
+    )
+    mcp.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="serve streamable HTTP at http://HOST:PORT/mcp instead of stdio (loopback only)",
+    )
+    mcp.add_argument(
+        "--max-output",
+        type=_positive_count,
+        default=64 * 1024,
+        metavar="BYTES",
+        help="cut each command's stdout and stderr at BYTES for the assistant (default 65536)",
+    )
+    mcp.add_argument(
+        "--local-files",
+        type=Path,
+        metavar="DIR",
+        help="let copy_file read and write this machine's files under DIR (default: none)",
+    )
+
+    shells = commands.add_parser(
+        "completion",
+        help="print a shell completion script (bash, zsh or fish)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=examples.COMPLETION,
+    )
+    shells.add_argument("shell", choices=completion.SHELLS, help="the shell to complete in")
     return parser, run, _ExecOptionNames([*connection_actions, *run_actions])
 
 
@@ -386,6 +490,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"unexpected arguments after --: {shlex.join(words[cut + 1 :])}")
         words = words[:cut]
     args = parser.parse_args(words)
+    if args.action == "completion":
+        return args  # no server to reach
     try:
         _resolve_settings(args, os.environ)
     except ProfileError as err:
@@ -394,7 +500,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--cert and --key go together (mutual TLS needs both)")
     if args.action == "exec":
         _check_exec(run, args, hosts, tail, dashes)
+    if args.action == "hosts":
+        _check_hosts(parser, args)
     return args
+
+
+def _is_selector(word: str) -> bool:
+    """Say whether a `scout hosts` word is a label selector rather than a host or glob:
+    host names have no `=`, comma, parenthesis or space, and selectors need one of them
+    (`role=web`, `a,b`, `region in (eu)`) but for a bare `KEY` or `!KEY` (use -l)."""
+    return any(c in word for c in "=,() \t")
+
+
+def _check_hosts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Split `scout hosts` words into names and globs, and at most one selector."""
+    selectors = [word for word in args.words if _is_selector(word)]
+    if args.selector:
+        selectors.insert(0, args.selector)
+    if len(selectors) > 1:
+        parser.error(
+            f"one label selector at most, got {len(selectors)}: join them with a comma "
+            "(role=web,region=eu)"
+        )
+    args.selector = selectors[0] if selectors else ""
+    args.hosts = [word for word in args.words if not _is_selector(word)]
 
 
 def _resolve_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
@@ -587,8 +716,9 @@ async def run_exec(
 ) -> int:
     """Stream one command and return our exit status; Execute when Stream is not allowed."""
     status: ExitStatus | None = None
-    fd = _stdin_fd(stdin)
+    fd = None if args.no_stdin else _stdin_fd(stdin)
     fields: dict[str, Any] = {
+        "max_output_bytes": args.max_output,
         "argv": args.argv,
         "env": args.env,
         "timeout": args.timeout,
@@ -635,7 +765,19 @@ async def run_exec(
     if status is None:
         stderr.write(b"scout: the server ended the stream without an exit status\n")
         return EXIT_SCOUT_FAILED
+    _say_cut(status, stderr)
     return exit_code_for(status)
+
+
+def _say_cut(status: ExitStatus, stderr: BinaryIO) -> None:
+    """One host: say on stderr which output was cut at the cap, never silently (the exit
+    code stays the command's own)."""
+    for name in ("stdout", "stderr"):
+        if getattr(status, f"{name}_truncated"):
+            total = getattr(status, f"{name}_bytes")
+            line = f"scout: {name} cut at the output cap ({total} bytes written in all)\n"
+            stderr.write(line.encode())
+    stderr.flush()
 
 
 def _read_all(fd: int) -> bytes:
@@ -662,6 +804,7 @@ async def _run_execute(
     stdout.flush()
     stderr.write(result.stderr)
     stderr.flush()
+    _say_cut(result, stderr)
     return exit_code_for(result)
 
 
@@ -672,6 +815,30 @@ async def run_health(client: Client, args: argparse.Namespace, stdout: BinaryIO)
     stdout.write(f"{line}\n".encode(errors="replace"))
     stdout.flush()
     return 0 if status == "SERVING" else 1
+
+
+def _completion_options() -> dict[str, list[completion.Option]]:
+    """Each subcommand's options as the completion scripts offer them (hidden ones not)."""
+    parser, _, _ = _parser()
+    commands: dict[str, list[completion.Option]] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                commands[name] = [
+                    completion.Option(tuple(a.option_strings), a.nargs != 0)
+                    for a in sub._actions
+                    if a.option_strings and a.help != argparse.SUPPRESS
+                ]
+    return commands
+
+
+def _host_listing(args: argparse.Namespace) -> HostListing:
+    """What `scout hosts` asks for and how it prints it."""
+    if args.names:
+        return HostListing(hosts=args.hosts, selector=args.selector, output="names")
+    return HostListing(
+        hosts=args.hosts, selector=args.selector, output="json" if args.json else "table"
+    )
 
 
 def _context(args: argparse.Namespace, client: Client) -> Context:
@@ -686,17 +853,31 @@ def _context(args: argparse.Namespace, client: Client) -> Context:
     )
 
 
-def _fan_out_options(args: argparse.Namespace) -> FanOutOptions:
-    """What a fan-out needs from exec's arguments (no stdin, no pty: see the docstring)."""
+def _fan_out_options(args: argparse.Namespace, stdin: bytes) -> FanOutOptions:
+    """What a fan-out needs from exec's arguments (stdin read whole; no pty)."""
     return FanOutOptions(
         hosts=args.hosts,
         selector=args.selector,
         command=args.command,
         argv=args.argv,
         max_parallel=args.max_parallel,
+        max_failures=args.max_failures,
         json_lines=args.json,
-        exec_fields={"env": args.env, "timeout": args.timeout, "working_dir": args.cwd},
+        exec_fields={
+            "env": args.env,
+            "timeout": args.timeout,
+            "working_dir": args.cwd,
+            "stdin": stdin,
+            "max_output_bytes": args.max_output,
+        },
     )
+
+
+async def _fan_out_stdin(args: argparse.Namespace, stdin: BinaryIO | None) -> bytes:
+    """Our stdin for every host of a fan-out (client/fanoutinput.py): none for a
+    terminal or -n; StdinTooLarge beyond the bound."""
+    fd = None if args.no_stdin else _stdin_fd(stdin)
+    return b"" if fd is None else await asyncio.to_thread(read_bounded, fd)
 
 
 async def amain(
@@ -708,6 +889,12 @@ async def amain(
 ) -> int:
     """Run the CLI on given streams (tests pass their own) and return the exit status."""
     args = parse_args(argv)
+    if args.action == "completion":
+        stdout.write(completion.script(args.shell, _completion_options()).encode())
+        stdout.flush()
+        return 0
+    if args.action == "mcp":
+        return await _mcp(args, stderr)
     try:
         client = client_for(args)
     except SettingError as err:  # names the file and its flag, never the token
@@ -719,9 +906,18 @@ async def amain(
             if args.action == "health":
                 return await run_health(client, args, stdout)
             if args.action == "hosts":
-                return await run_hosts(client, args.selector, args.json, stdout)
+                return await run_hosts(client, _host_listing(args), stdout, stderr)
+            if args.action == "cp":
+                return await cpcli.run_cp(client, args, stdout, stderr)
             if args.fan_out:
-                return await run_fanout(client, _fan_out_options(args), stdout, stderr)
+                try:
+                    data = await _fan_out_stdin(args, stdin)
+                except StdinTooLarge as err:
+                    stderr.write(f"scout: {err} (nothing ran)\n".encode())
+                    stderr.flush()
+                    return exitcodes.NOTHING_RAN
+                options = _fan_out_options(args, data)
+                return await run_fanout(client, options, stdout, stderr)
             return await run_exec(client, args, stdin, stdout, stderr)
     except ScoutError as err:
         line, code = explain(err, _context(args, client))
@@ -734,10 +930,39 @@ async def amain(
         return EXIT_BROKEN_PIPE
 
 
+async def _mcp(args: argparse.Namespace, stderr: BinaryIO) -> int:
+    """Serve MCP until the assistant goes away; usage mistakes exit 2, as argparse's do."""
+
+    def say(text: str, code: int) -> int:
+        stderr.write(f"scout mcp: {text}\n".encode(errors="replace"))
+        stderr.flush()
+        return code
+
+    try:  # lazy on purpose: the optional mcp extra, needed by this command only
+        from client import mcpserver, mcptools
+    except ModuleNotFoundError as err:
+        if err.name is None or err.name.split(".")[0] not in ("mcp", "mcp_types", "pydantic"):
+            raise
+        return say(
+            "needs the MCP SDK, an optional extra: pip install 'scout[mcp]' "
+            "(or pip install 'mcp>=2.3,<3')",
+            2,
+        )
+    try:
+        http = mcpserver.check_http_listen(args.http) if args.http else None
+        client = client_for(args)
+    except (OSError, ValueError) as err:  # names the file, never the token
+        return say(str(err), 2)
+    async with client:
+        settings = mcptools.Settings(max_output=args.max_output, local_root=args.local_files)
+        await mcpserver.serve(client, settings, http)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `scout` console script."""
     stdin = sys.stdin.buffer if sys.stdin is not None else None
-    verbose = parse_args(argv).verbose  # usage mistakes exit here, on the real stderr
+    verbose = getattr(parse_args(argv), "verbose", False)  # usage mistakes exit here
     stderr = sys.stderr.buffer if verbose else hide_native_logs()
     code = asyncio.run(amain(argv, stdin=stdin, stdout=sys.stdout.buffer, stderr=stderr))
     if code == EXIT_BROKEN_PIPE:

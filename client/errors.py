@@ -175,6 +175,14 @@ class ServerError(ScoutError):
     """The server failed in a way the caller cannot fix (INTERNAL, UNKNOWN, other codes)."""
 
 
+class AlreadyExists(ScoutError):
+    """Files: create_only, and the file is already there; nothing was written."""
+
+
+class DataLoss(ScoutError):
+    """Files: the bytes did not match the size or SHA-256 announced; nothing was put in place."""
+
+
 class CommandFailed(ScoutError):
     """The RPC succeeded but the command failed; raised only on request by Result.check()."""
 
@@ -203,6 +211,8 @@ _BY_CODE: dict[str, type[ScoutError]] = {
     "RESOURCE_EXHAUSTED": Overloaded,
     "DEADLINE_EXCEEDED": Timeout,
     "CANCELLED": Cancelled,
+    "ALREADY_EXISTS": AlreadyExists,
+    "DATA_LOSS": DataLoss,
 }
 
 

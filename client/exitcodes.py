@@ -5,7 +5,10 @@ are few and chosen where coreutils put them: 124 for a command stopped by its ti
 (timeout(1)), 125 when nothing ran because scout itself could not run it (timeout(1),
 env(1), docker run), 255 when scout lost track of a command that may have run (ssh). A
 remote command that exits 124, 125 or 255 itself looks the same, which is why scout
-says on stderr whenever the code is its own.
+says on stderr whenever the code is its own. Many hosts exit with the worst class any
+host reached (1, 2, 3 sit below 124 and 125 as classes, not as numbers), and 4 when
+every command exited 0 but some output was cut at the cap: output is never cut in
+silence, and a failed command says more than a cut one, so 4 ranks just above 0.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ __all__ = [
     "INTERRUPTED",
     "MAY_HAVE_RUN",
     "NOTHING_RAN",
+    "OUTPUT_CUT",
     "TABLE",
     "TIMED_OUT",
     "help_table",
 ]
 
+OUTPUT_CUT = 4
 TIMED_OUT = 124
 NOTHING_RAN = 125
 MAY_HAVE_RUN = 255
@@ -34,10 +39,15 @@ BROKEN_PIPE = 128 + signal.SIGPIPE
 TABLE: tuple[tuple[str, str], ...] = (
     ("N", "one host: the command's own exit code (0 to 255)"),
     ("128+N", "one host: signal N ended the command"),
-    ("0", "many hosts: every host's command exited 0"),
+    ("0", "many hosts: every host's command exited 0, and no output was cut"),
     ("1", "many hosts: some host's command exited non-zero"),
     ("2", "many hosts: some host's command was killed by a signal; any command: a usage mistake"),
     ("3", "many hosts: some host could not run the command, or scout lost track of it there"),
+    (
+        str(OUTPUT_CUT),
+        "many hosts: every command exited 0, but some host's output reached the output cap "
+        "and was cut (the summary names it)",
+    ),
     (str(TIMED_OUT), "the command ran past --timeout and was stopped (one host, or some of many)"),
     (
         str(NOTHING_RAN),
@@ -51,7 +61,7 @@ TABLE: tuple[tuple[str, str], ...] = (
 HELP_WIDTH = 88  # columns of `scout exec --help`'s table
 
 # Many hosts: the worst outcome wins, in this order.
-FAN_OUT_ORDER = "255, 125, 3, 124, 2, 1, 0"
+FAN_OUT_ORDER = "255, 125, 3, 124, 2, 1, 4, 0"
 
 
 def help_table() -> str:

@@ -18,7 +18,8 @@ Like results.py, this keeps the wire layout inside the client.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import fnmatch
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, TypeAlias
@@ -33,18 +34,31 @@ __all__ = [
     "HostEvent",
     "HostOutcome",
     "HostOutput",
+    "excluded",
     "host_event_from_response",
     "host_from_message",
+    "is_exclusion",
     "is_pattern",
 ]
 
 # What makes a `hosts` entry a glob pattern rather than a host name (fnmatch's syntax).
 GLOB_CHARACTERS = frozenset("*?[")
+EXCLUDE = "!"  # a leading `!` makes an entry an exclusion: `!web3`, `!web-eu-*`
 
 
 def is_pattern(name: str) -> bool:
-    """Say whether a `hosts` entry is a glob pattern over names, not one name."""
-    return not GLOB_CHARACTERS.isdisjoint(name)
+    """Say whether a `hosts` entry is a glob pattern or an exclusion, not one name."""
+    return is_exclusion(name) or not GLOB_CHARACTERS.isdisjoint(name)
+
+
+def is_exclusion(name: str) -> bool:
+    """Say whether a `hosts` entry removes hosts (`!NAME`, `!GLOB`), as Ansible's do."""
+    return name.startswith(EXCLUDE)
+
+
+def excluded(name: str, entries: Iterable[str]) -> bool:
+    """Say whether an exclusion among the entries removes this host name."""
+    return any(fnmatch.fnmatchcase(name, e[1:]) for e in entries if is_exclusion(e))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -4,15 +4,18 @@ A fan-out prints each host's output as it comes, every line whole and
 prefixed with its host (`web1 | ...`), stdout to stdout and stderr to stderr;
 a host's unfinished last line is completed when that host ends, and a line
 longer than MAX_LINE is cut into prefixed pieces so that memory stays bounded.
-A host that did not exit 0 gets a line on stderr when it ends; a summary on
-stderr ends the run. With --json, each host's outcome is one JSON object on
-stdout instead (OUTCOME_KEYS). When stderr is a terminal, a progress line
-there shows hosts done (exited 0), failed and still running; the total comes
-from ListHosts, asked alongside, and without it "running" is left out.
+A host whose output reached the server's cap gets a note on stderr saying so
+(its last line may be cut mid-way). A host that did not exit 0 gets a line on
+stderr when it ends; a summary on stderr ends the run. With --json, each host's
+outcome is one JSON object on stdout instead (OUTCOME_KEYS). When stderr is a
+terminal, a progress line there counts the hosts (client/fanoutstatus.py); the
+total comes from ListHosts, asked alongside, which also names the hosts that
+Ctrl-C stopped.
 
 The exit status is the worst failure class among the hosts (FailureClass, in the
-order of SEVERITY), or 125 or 255 when the call itself failed (cli.py says so and
-exits; client/exitcodes.py has the table).
+order of SEVERITY; OUTPUT_CUT when every command exited 0 but some output was
+cut), or 125 or 255 when the call itself failed (cli.py says so and exits;
+client/exitcodes.py has the table).
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 from client.aio import Client
 from client.errors import CommandTimeout, ScoutError
-from client.exitcodes import MAY_HAVE_RUN, TIMED_OUT
-from client.fleet import Host, HostOutcome, HostOutput, is_pattern
+from client.exitcodes import MAY_HAVE_RUN, OUTPUT_CUT, TIMED_OUT
+from client.fanoutstatus import NOT_STARTED, OK, Tally
+from client.fleet import Host, HostOutcome, HostOutput, excluded, is_pattern
 from client.results import Result
 
 __all__ = [
@@ -38,6 +42,7 @@ __all__ = [
     "OUTCOME_KEYS",
     "FailureClass",
     "FanOutOptions",
+    "HostListing",
     "failure_class",
     "host_record",
     "hosts_table",
@@ -47,7 +52,6 @@ __all__ = [
 ]
 
 MAX_LINE = 64 * 1024  # a longer line is printed in pieces, each with the host prefix
-SUMMARY_NAMES = 20  # hosts named per summary line before "and N more"
 CLEAR_LINE = b"\r\x1b[K"
 OUTCOME_KEYS = (
     "host",
@@ -68,6 +72,7 @@ class FailureClass(enum.IntEnum):
     worst one seen, in the order of SEVERITY (not of the values)."""
 
     OK = 0  # exited 0
+    OUTPUT_CUT = OUTPUT_CUT  # exited 0, but its output reached the output cap (4)
     EXITED_NON_ZERO = 1  # the command exited with a non-zero status
     KILLED = 2  # a signal ended it
     NOT_RUN = 3  # scout could not run it there, or lost track of it (any other status)
@@ -76,18 +81,28 @@ class FailureClass(enum.IntEnum):
 
 SEVERITY = (
     FailureClass.OK,
+    FailureClass.OUTPUT_CUT,
     FailureClass.EXITED_NON_ZERO,
     FailureClass.KILLED,
     FailureClass.TIMED_OUT,
     FailureClass.NOT_RUN,
 )
 
-_CLASS_WORDS = {
+_GROUPS = {  # the summary's word for each class (fanoutstatus.GROUPS)
+    FailureClass.OK: OK,
+    FailureClass.OUTPUT_CUT: OK,  # it exited 0; the cut is counted on its own
     FailureClass.EXITED_NON_ZERO: "exited non-zero",
     FailureClass.KILLED: "killed by a signal",
     FailureClass.TIMED_OUT: "timed out",
     FailureClass.NOT_RUN: "could not run",
 }
+
+
+def _cut_streams(outcome: HostOutcome) -> list[str]:
+    """The streams of a host's output that reached the output cap."""
+    if isinstance(outcome, ScoutError):
+        return []
+    return [name for name in ("stdout", "stderr") if getattr(outcome, f"{name}_truncated")]
 
 
 def failure_class(outcome: HostOutcome) -> FailureClass:
@@ -100,7 +115,17 @@ def failure_class(outcome: HostOutcome) -> FailureClass:
         return FailureClass.KILLED
     if outcome.exit_code != 0:
         return FailureClass.EXITED_NON_ZERO
+    if _cut_streams(outcome):
+        return FailureClass.OUTPUT_CUT
     return FailureClass.OK
+
+
+def _not_started(outcome: HostOutcome) -> bool:
+    """Whether a host was never started because max_failures was reached (ABORTED,
+    nothing ran: the server's, and the split fan-out's, answer for it)."""
+    return (
+        isinstance(outcome, ScoutError) and outcome.code == "ABORTED" and not outcome.may_have_run
+    )
 
 
 def outcome_record(outcome: HostOutcome) -> dict[str, Any]:
@@ -120,7 +145,7 @@ def outcome_record(outcome: HostOutcome) -> dict[str, Any]:
     return {
         "host": outcome.host,
         "exit_code": outcome.exit_code,
-        "signal": outcome.signal,
+        "signal": outcome.signal or None,  # null for a normal exit, as for an error
         "stdout": outcome.stdout.decode(errors="replace"),
         "stderr": outcome.stderr.decode(errors="replace"),
         "stdout_truncated": outcome.stdout_truncated,
@@ -161,6 +186,7 @@ class FanOutOptions:
     json_lines: bool
     exec_fields: Mapping[str, Any]  # Client.execute_many's ExecOptions fields
     argv: Sequence[str] | None = None  # instead of command (scout exec --argv)
+    max_failures: int = 0  # start no new host after this many failed (0: no limit)
 
 
 class _Progress:
@@ -170,7 +196,6 @@ class _Progress:
         """Draw on stream (our stderr, a terminal)."""
         self._stream = stream
         self._shown = False
-        self.total: int | None = None
 
     def hide(self) -> None:
         """Clear the line, so output does not land in the middle of it."""
@@ -179,11 +204,8 @@ class _Progress:
             self._stream.flush()
             self._shown = False
 
-    def show(self, done: int, failed: int) -> None:
+    def show(self, text: str) -> None:
         """Draw the counts in place (no newline)."""
-        text = f"scout: {done} done, {failed} failed"
-        if self.total is not None:
-            text += f", {max(0, self.total - done - failed)} running"
         self._stream.write(CLEAR_LINE + text.encode())
         self._stream.flush()
         self._shown = True
@@ -193,7 +215,12 @@ class _Printer:
     """Everything a fan-out prints, host by host, and what it remembers for the summary."""
 
     def __init__(
-        self, stdout: BinaryIO, stderr: BinaryIO, json_lines: bool, progress: _Progress | None
+        self,
+        stdout: BinaryIO,
+        stderr: BinaryIO,
+        json_lines: bool,
+        progress: _Progress | None,
+        tally: Tally,
     ) -> None:
         """Print to stdout and stderr; a progress line only when given one."""
         self._out = stdout
@@ -202,6 +229,8 @@ class _Printer:
         self._progress = progress
         self._stdout_is_terminal = _is_terminal(stdout)
         self._partial: dict[tuple[str, str], bytes] = {}
+        self._shown: dict[tuple[str, str], int] = {}  # bytes of output printed, per stream
+        self.tally = tally
         self.outcomes: list[tuple[str, FailureClass]] = []
 
     def _write(self, stream: BinaryIO, data: bytes) -> None:
@@ -217,6 +246,8 @@ class _Printer:
 
     def output(self, host: str, name: str, data: bytes) -> None:
         """Print the complete lines of a chunk with the host prefix; keep the rest."""
+        self.tally.heard.add(host)
+        self._shown[host, name] = self._shown.get((host, name), 0) + len(data)
         buffered = self._partial.pop((host, name), b"") + data
         lines = buffered.split(b"\n")
         rest = lines.pop()
@@ -233,13 +264,28 @@ class _Printer:
         """End the host's unfinished lines: nothing more will come from it."""
         for name in ("stdout", "stderr"):
             if (host, name) in self._partial:
-                self.output(host, name, b"\n")
+                prefix = f"{host} | ".encode(errors="replace")
+                self._write(self._stream(name), prefix + self._partial.pop((host, name)) + b"\n")
+
+    def _cut_notes(self, outcome: Result) -> None:
+        """Say on stderr where a host's output was cut, and how much was not shown."""
+        for name in _cut_streams(outcome):
+            shown = self._shown.get((outcome.host, name), 0)
+            total = getattr(outcome, f"{name}_bytes")
+            line = (
+                f"{outcome.host} | scout: {name} cut at the output cap after {shown} of "
+                f"{total} bytes (its last line may be cut short; one host alone streams "
+                "all of it: scout exec HOST -- ...)\n"
+            )
+            self._write(self._err, line.encode(errors="replace"))
 
     def outcome(self, outcome: HostOutcome) -> None:
         """Print one host's end: its JSON object, or its last lines and a failure note."""
         host = outcome.host
         kind = failure_class(outcome)
         self.outcomes.append((host, kind))
+        group = NOT_STARTED if _not_started(outcome) else _GROUPS[kind]
+        self.tally.end(host, group, _cut_streams(outcome))
         if self._json:
             line = json.dumps(outcome_record(outcome), ensure_ascii=False) + "\n"
             self._write(self._out, line.encode(errors="replace"))
@@ -248,7 +294,9 @@ class _Printer:
             self.output(host, "stdout", outcome.stdout)
             self.output(host, "stderr", outcome.stderr)
         self._finish_lines(host)
-        if kind is not FailureClass.OK:
+        if isinstance(outcome, Result):
+            self._cut_notes(outcome)
+        if kind not in (FailureClass.OK, FailureClass.OUTPUT_CUT):
             line = f"{host} | scout: {_what_happened(outcome)}\n"
             self._write(self._err, line.encode(errors="replace"))
 
@@ -263,43 +311,31 @@ class _Printer:
     def show_progress(self) -> None:
         """Redraw the progress line with the counts so far."""
         if self._progress is not None:
-            done = sum(1 for _, kind in self.outcomes if kind is FailureClass.OK)
-            self._progress.show(done, len(self.outcomes) - done)
-
-    def summary(self) -> bytes:
-        """Count the hosts by class and name the ones that failed (on stderr at the end)."""
-        total = len(self.outcomes)
-        ok = sum(1 for _, kind in self.outcomes if kind is FailureClass.OK)
-        parts = [f"{ok} ok"]
-        details = []
-        for kind, words in _CLASS_WORDS.items():
-            names = sorted(host for host, k in self.outcomes if k is kind)
-            if names:
-                parts.append(f"{len(names)} {words}")
-                shown = ", ".join(names[:SUMMARY_NAMES])
-                more = len(names) - SUMMARY_NAMES
-                details.append(f"scout: {words}: {shown}{f' and {more} more' if more > 0 else ''}")
-        head = f"scout: {total} host{'' if total == 1 else 's'}: {', '.join(parts)}"
-        return "\n".join([head, *details, ""]).encode(errors="replace")
+            self._progress.show(self.tally.progress())
 
     def exit_status(self) -> int:
         """The worst failure class seen (SEVERITY), as its exit code."""
         return max((kind for _, kind in self.outcomes), default=FailureClass.OK, key=SEVERITY.index)
 
 
-async def _count_targets(client: Client, options: FanOutOptions, progress: _Progress) -> None:
-    """Learn how many hosts the fan-out has, for the progress line's "running" count.
+async def _count_targets(client: Client, options: FanOutOptions, tally: Tally) -> None:
+    """Learn the fan-out's targets, for the progress line's counts and, after Ctrl-C,
+    the hosts stopped.
 
     ListHosts gives the names the patterns and selector pick; literal names that
-    are not in the inventory are targets too (they end with NOT_FOUND). If the
-    call fails (a caller allowed to run commands but not to list hosts), the
-    progress line goes without a total.
+    are not in the inventory are targets too (they end with NOT_FOUND), unless an
+    exclusion removes them. If the call fails (a caller allowed to run commands but
+    not to list hosts), there is no total.
     """
     with contextlib.suppress(ScoutError):
         listed = await client.list_hosts(options.selector, options.hosts)
         names = {host.name for host in listed}
-        names.update(name for name in options.hosts if not is_pattern(name))
-        progress.total = len(names)
+        names.update(
+            name
+            for name in options.hosts
+            if not is_pattern(name) and not excluded(name, options.hosts)
+        )
+        tally.targets = names
 
 
 async def run_fanout(
@@ -310,17 +346,17 @@ async def run_fanout(
     The call's own failure raises ScoutError after the summary of what was heard.
     """
     progress = _Progress(stderr) if _is_terminal(stderr) else None
-    printer = _Printer(stdout, stderr, options.json_lines, progress)
-    counter = None
-    if progress is not None:
-        counter = asyncio.create_task(_count_targets(client, options, progress))
-        counter.add_done_callback(lambda _: printer.show_progress())
+    tally = Tally(parallel=options.max_parallel)
+    printer = _Printer(stdout, stderr, options.json_lines, progress, tally)
+    counter = asyncio.create_task(_count_targets(client, options, tally))
+    counter.add_done_callback(lambda _: printer.show_progress())
     call = client.execute_many(
         options.hosts,
         options.command,
         argv=options.argv,
         selector=options.selector,
         max_parallel=options.max_parallel,
+        max_failures=options.max_failures,
         stream_output=not options.json_lines,  # JSON wants each host's output whole
         **options.exec_fields,
     )
@@ -339,11 +375,10 @@ async def run_fanout(
         ended = "interrupted"
         raise
     finally:
-        if counter is not None:
-            counter.cancel()
+        counter.cancel()
         printer.finish()
         if ended or printer.outcomes:
-            stderr.write(printer.summary())
+            stderr.write(tally.summary(interrupted=ended == "interrupted"))
         if ended == "interrupted":
             stderr.write(b"scout: interrupted; the server stops the commands still running\n")
         stderr.flush()
@@ -397,13 +432,38 @@ def hosts_table(hosts: Sequence[Host]) -> str:
     )
 
 
-async def run_hosts(client: Client, selector: str, json_lines: bool, stdout: BinaryIO) -> int:
-    """Print the hosts the selector picks (all without one) as a table or JSON lines."""
-    hosts = await client.list_hosts(selector)
-    if json_lines:
+@dataclass(frozen=True, kw_only=True)
+class HostListing:
+    """What `scout hosts` asks for (parsed by cli.py), and how it prints the answer."""
+
+    hosts: Sequence[str] = ()  # names, globs, exclusions
+    selector: str = ""
+    output: Literal["table", "json", "names"] = "table"  # names: one a line (completion)
+
+
+async def run_hosts(
+    client: Client, listing: HostListing, stdout: BinaryIO, stderr: BinaryIO
+) -> int:
+    """Print the hosts the names, globs and selector pick (all without any) as a table,
+    JSON lines or bare names. A name given that is not listed is said on stderr, and
+    the exit status is then 1 (as grep's when something was not found)."""
+    hosts = await client.list_hosts(listing.selector, listing.hosts)
+    if listing.output == "json":
         text = "".join(json.dumps(host_record(h), ensure_ascii=False) + "\n" for h in hosts)
+    elif listing.output == "names":
+        text = "".join(f"{h.name}\n" for h in hosts)
     else:
         text = hosts_table(hosts)
     stdout.write(text.encode(errors="replace"))
     stdout.flush()
-    return 0
+    listed = {h.name for h in hosts}
+    missing = [
+        name
+        for name in dict.fromkeys(listing.hosts)
+        if not is_pattern(name) and name not in listed and not excluded(name, listing.hosts)
+    ]
+    for name in missing:
+        line = f"scout: {name}: no such host (or not one this caller may use)\n"
+        stderr.write(line.encode(errors="replace"))
+    stderr.flush()
+    return 1 if missing else 0

@@ -10,10 +10,11 @@ host's connection already is:
 
     targets     the literal names as given, then the names ListHosts gives for the
                 globs and the selector (one call to any replica: they share one
-                inventory), each once
+                inventory), each once, less the exclusions' hosts (`!web3`)
     each host   Execute; with stream_output, Stream with EOF in its start message;
                 at most max_parallel at once (0: DEFAULT_PARALLEL, the server's
-                default), started in target order
+                default), started in target order; after max_failures failed hosts,
+                the rest end ABORTED, not started (the server's words)
     events      those of ExecuteManyCall: a Result, a ScoutError value (the class
                 Execute raised for that host), HostOutput chunks before a Result
     the call    raises only as a whole: no target asked for, targets matching
@@ -38,8 +39,14 @@ from collections.abc import Iterator
 import grpc
 
 from client.calls import ExecuteManyCall, StreamCall, _exec_stub
-from client.errors import HostNotFound, InvalidRequest, ScoutError, from_rpc_error
-from client.fleet import HostEvent, HostOutput, is_pattern
+from client.errors import (
+    HostNotFound,
+    InvalidRequest,
+    ScoutError,
+    from_host_status,
+    from_rpc_error,
+)
+from client.fleet import HostEvent, HostOutput, excluded, is_exclusion, is_pattern
 from client.results import Event, Exit, Result, Stdout, result_from_response
 from scout.v1 import exec_pb2
 
@@ -66,6 +73,7 @@ class SplitExecuteManyCall(ExecuteManyCall):
     _events: asyncio.Queue[HostEvent | _End]
     _runner: asyncio.Task[None] | None = None
     _ended = False
+    _failures = 0  # hosts failed so far, against the request's max_failures
 
     def __repr__(self) -> str:
         """Show the targets and how far the call got, for logs."""
@@ -139,15 +147,19 @@ class SplitExecuteManyCall(ExecuteManyCall):
         await self._events.put(_End())
 
     async def _targets(self) -> list[str]:
-        """The literal names, then what the globs and the selector pick; each once."""
+        """The literal names, then what the globs and the selector pick; each once, less
+        the exclusions' hosts (ListHosts applies them to what it picks, as ExecuteMany
+        does; here to the literal names). Exclusions alone start from every host."""
         hosts, selector = list(self._request.hosts), self._request.selector
         if not hosts and not selector:
             raise InvalidRequest(
                 "hosts or selector: at least one target is required", code="INVALID_ARGUMENT"
             )
-        names = [name for name in hosts if not is_pattern(name)]
+        names = [name for name in hosts if not is_pattern(name) and not excluded(name, hosts)]
         patterns = [name for name in hosts if is_pattern(name)]
-        if patterns or selector:
+        including = [name for name in hosts if not is_exclusion(name)]
+        globs = [name for name in including if is_pattern(name)]
+        if selector or globs or not including:
             listed = await self._client.list_hosts(selector, patterns)
             names += [host.name for host in listed]
         targets = list(dict.fromkeys(names))
@@ -158,9 +170,23 @@ class SplitExecuteManyCall(ExecuteManyCall):
         return targets
 
     async def _work(self, targets: Iterator[str]) -> None:
-        """Take the next target (workers share the iterator) until none is left."""
+        """Take the next target (workers share the iterator) until none is left; after
+        max_failures failed hosts, each one left ends not started, as ExecuteMany's do."""
+        limit = self._request.max_failures
         for host in targets:
+            if limit and self._failures >= limit:
+                text = f"not started: {self._failures} failures (max_failures {limit})"
+                code = grpc.StatusCode.ABORTED.value[0]
+                await self._events.put(from_host_status(code, text, host, started=False))
+                continue
             await self._host(host)
+
+    async def _put(self, event: HostEvent) -> None:
+        """Queue a host's event, counting the failed outcomes (ScoutError, or a Result
+        that is not ok) against max_failures."""
+        if isinstance(event, ScoutError) or (isinstance(event, Result) and not event.ok):
+            self._failures += 1
+        await self._events.put(event)
 
     async def _host(self, host: str) -> None:
         """Run the command on one host through the proxy; queue its events."""
@@ -170,7 +196,7 @@ class SplitExecuteManyCall(ExecuteManyCall):
         try:
             metadata = self._client._metadata(host)
         except ScoutError as err:  # a name gRPC cannot carry: that host's error
-            await self._events.put(err)
+            await self._put(err)
             return
         deadline = None  # as Execute's: the command's timeout plus the client's margin
         if request.HasField("timeout"):
@@ -182,20 +208,20 @@ class SplitExecuteManyCall(ExecuteManyCall):
                     request, timeout=deadline, metadata=metadata
                 )
             except ScoutError as err:  # Unreachable: nothing was sent
-                await self._events.put(err)
+                await self._put(err)
                 return
             except grpc.RpcError as err:
-                await self._events.put(from_rpc_error(err, host))
+                await self._put(from_rpc_error(err, host))
                 return
-            await self._events.put(result_from_response(response, host))
+            await self._put(result_from_response(response, host))
             return
         request.close_stdin = True  # no stdin: EOF in the start message
         try:
             async with StreamCall(self._client, host, request, deadline, metadata) as call:
                 async for event in call:
-                    await self._events.put(_host_event(host, event))
+                    await self._put(_host_event(host, event))
         except ScoutError as err:
-            await self._events.put(err)
+            await self._put(err)
 
 
 def _failure(code: grpc.StatusCode, details: str) -> ScoutError:

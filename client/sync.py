@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, Concatenate, ParamSpec, Self, TypedDict, TypeVar, Unpack
 
 from client.aio import DEFAULT_TARGET, Client, ExecuteManyCall
 from client.credentials import TLS
+from client.files import DownloadCall, FileInfo, HostUpload, Source
 from client.fleet import HostOutcome, HostOutput
 
 __all__ = ["SyncClient"]
@@ -77,6 +79,18 @@ async def _outcomes(call: ExecuteManyCall) -> list[HostOutcome]:
         return [event async for event in call if not isinstance(event, HostOutput)]
 
 
+async def _whole(call: DownloadCall) -> tuple[bytes, FileInfo]:
+    """A download's bytes and its end."""
+    async with call:
+        data = b"".join([chunk async for chunk in call])
+    assert call.info is not None
+    return data, call.info
+
+
+async def _collect(events: AsyncIterator[HostUpload]) -> list[HostUpload]:
+    return [event async for event in events]
+
+
 class SyncClient:
     """A blocking scout client; see the module docstring for how it runs."""
 
@@ -126,3 +140,21 @@ class SyncClient:
     list_hosts = _blocking(Client.list_hosts)
     health = _blocking(Client.health)
     execute_many = _gathered(Client.execute_many)
+    upload = _blocking(Client.upload)
+
+    def download(self, host: str, path: str, **options: Any) -> tuple[bytes, FileInfo]:
+        """Read a file (or a range of it) whole into memory, with its end's info; for big
+        files use download_to_file. The options are Client.download's."""
+        return self._run(_whole(self._client.download(host, path, **options)))
+
+    def download_to_file(
+        self, host: str, path: str, local: str | os.PathLike[str], **options: Any
+    ) -> FileInfo:
+        """Read a file into local (renamed into place once its digest matched)."""
+        return self._run(self._client.download(host, path, **options).to_file(local))
+
+    def upload_many(
+        self, hosts: Sequence[str], path: str, source: Source, **options: Any
+    ) -> list[HostUpload]:
+        """Write one file to many hosts; every host's outcome once all are done."""
+        return self._run(_collect(self._client.upload_many(hosts, path, source, **options)))

@@ -9,6 +9,8 @@ docs/architecture.md draws the request path and says who owns what. The modules,
     decide                callers (identity, policy), requests (checks, the command line),
                           errors (what can go wrong), responses (the answers)
     run a command         launch (the way in and out), command (one channel), output
+    move files            files (Upload, Download), uploadmany, sftpchannel (an SFTP
+                          channel in a pool place), pathpolicy (paths globs), spool
     hold connections      pool, poolstate (the one assignment step), connector, sshfiles
     record                audit, logs, counters, metrics
     scale out             workers, workermetrics, fdlimit

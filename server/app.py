@@ -125,6 +125,9 @@ def _handlers(service: ExecService) -> grpc.GenericRpcHandler:
         "Stream": grpc.stream_stream_rpc_method_handler,
         "ListHosts": grpc.unary_unary_rpc_method_handler,
         "ExecuteMany": grpc.unary_stream_rpc_method_handler,
+        "Upload": grpc.stream_unary_rpc_method_handler,
+        "Download": grpc.unary_stream_rpc_method_handler,
+        "UploadMany": grpc.stream_stream_rpc_method_handler,
     }
     return grpc.method_handlers_generic_handler(
         SERVICE_NAME,

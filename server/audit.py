@@ -3,7 +3,8 @@
 A line says who (caller, peer), what (method, host, the command or the argv list, or only
 the SHA-256 of the line the host's shell got when `log_commands = false`, working_dir, the
 *names* of env variables, never their values),
-and how it ended (exit code or signal, bytes out, duration, the status code). Success,
+and how it ended (exit code or signal, bytes out, duration, the status code); a file
+transfer's line has the path, direction, bytes and SHA-256 instead of the command. Success,
 non-zero exit, refusal, failure, timeout and cancellation each get theirs.
 
 Each line is one write(2). With worker processes all appending to one destination, a
@@ -66,6 +67,10 @@ class CallRecord:
     stderr_bytes: int = 0
     code: str = "OK"
     duration: float = 0.0
+    path: str = ""  # files: the path asked for
+    direction: str = ""  # files: "upload" or "download"; empty for commands
+    file_bytes: int = 0  # files: bytes moved
+    sha256: str = ""  # files: SHA-256 of the bytes moved
 
     def describe(self, request: Any) -> None:
         """Copy what an ExecuteRequest asks for, for the audit and access lines. This runs
@@ -88,6 +93,17 @@ class CallRecord:
             "method": self.method,
             "host": self.host,
         }
+        if self.direction:
+            record.update(
+                path=self.path,
+                direction=self.direction,
+                bytes=self.file_bytes,
+                sha256=self.sha256,
+                duration=round(self.duration, 6),
+                code=self.code,
+                peer=self.peer,
+            )
+            return record
         if log_commands:
             record["command"] = self.command
             record["argv"] = self.argv

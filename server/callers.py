@@ -19,6 +19,11 @@ names it lists (never one that changes how a shell or the loader starts) and onl
 a caller cannot probe for names it may not use. A refusal names the rule that refused
 it, and quotes what the caller sent only briefly. The order is host, then what runs,
 then the method, so that "may not use Stream" is the real and only reason.
+
+Files (Upload, Download, UploadMany): `files` says whether the caller may read, write or
+both ("none" by default), `paths` which files (server.pathpolicy: globs over the
+normalised path, checked again on the host's real path by server.files). The anonymous
+caller of an open server may read and write everything, as it may run anything.
 """
 
 from __future__ import annotations
@@ -37,10 +42,27 @@ from scout.v1 import exec_pb2
 
 from .argvpolicy import argv_matches, startup_reason
 from .config import CallerConfig
-from .errors import PermissionDenied, PoolExhausted, ScoutError, Unauthenticated, brief
+from .errors import (
+    InvalidRequest,
+    PermissionDenied,
+    PoolExhausted,
+    ScoutError,
+    Unauthenticated,
+    brief,
+)
 from .live import LiveConfig
+from .pathpolicy import PathError, allowed, normalise
 
-ANONYMOUS = CallerConfig(name="-", hosts=("*",), stream=True, max_in_flight=1 << 30)
+# An open server (no [[callers]]) lets anyone who reaches it run any command, so it lets
+# them read and write any file too: a file policy narrower than that would guard nothing.
+ANONYMOUS = CallerConfig(
+    name="-",
+    hosts=("*",),
+    stream=True,
+    max_in_flight=1 << 30,
+    files="read-write",
+    paths=("/**",),
+)
 
 
 def hash_token(token: str) -> str:
@@ -175,6 +197,38 @@ class Gate:
         # use Stream" means that Execute would be allowed (the CLI then falls back to it).
         if method == "Stream" and not caller.stream:
             raise PermissionDenied(f"{who} may not use Stream (its policy has stream = false)")
+
+    def authorize_file(self, caller: CallerConfig, host: str, path: str, direction: str) -> str:
+        """The normalised path, or PermissionDenied unless caller may `direction` ("read"
+        or "write") files on host at that path. InvalidRequest for a path no policy can
+        judge (relative, NUL or control characters)."""
+        try:
+            clean = normalise(path)
+        except PathError as exc:
+            raise InvalidRequest(str(exc)) from None
+        if caller is ANONYMOUS:
+            return clean
+        who = f"caller {caller.name}"
+        if not caller.may_files(direction):
+            raise PermissionDenied(
+                f"{who} may not {direction} files (its policy has files = {caller.files!r})"
+            )
+        if not self.may_use(caller, host):
+            rule = ", ".join(caller.hosts) if caller.hosts else "none"
+            raise PermissionDenied(f"{who} may not use host {brief(host)} (hosts: {rule})")
+        self.check_path(caller, clean, direction, path)
+        return clean
+
+    def check_path(self, caller: CallerConfig, clean: str, direction: str, asked: str) -> None:
+        """PermissionDenied unless `paths` allow clean; the message quotes only what the
+        caller asked for (`asked`), never where the host resolved it."""
+        if caller is ANONYMOUS or allowed(clean, caller.paths):
+            return
+        rule = ", ".join(caller.paths) if caller.paths else "none"
+        how = "" if clean == asked else " (resolved, it is outside them)"
+        raise PermissionDenied(
+            f"caller {caller.name} may not {direction} {brief(asked)}{how} (paths: {rule})"
+        )
 
 
 def _check_argv(who: str, caller: CallerConfig, request: exec_pb2.ExecuteRequest) -> None:

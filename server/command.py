@@ -220,6 +220,16 @@ class Opening:
         """The caller no longer waits: a channel that opens from now on runs nothing."""
         self._abandoned = True
 
+    @property
+    def committed(self) -> bool:
+        """The exec request may have reached the host (the channel is open)."""
+        return self.session is not None
+
+    @property
+    def closed(self) -> asyncio.Future[None] | None:
+        """The channel's close, once it is open."""
+        return None if self.session is None else self.session.closed
+
     def _factory(self) -> CommandSession:
         # asyncssh calls this when the open is confirmed, before it sends any request
         self.session = CommandSession(self.out)

@@ -175,6 +175,12 @@ class CallerConfig:
     working_dirs: tuple[str, ...] | None = None  # glob patterns over working_dir
     stream: bool = False  # may use Stream (stdin, signals, pty)
     max_in_flight: int = 64
+    files: str = "none"  # Upload/Download: "none", "read", "write" or "read-write"
+    paths: tuple[str, ...] = ()  # globs over normalised absolute paths (server.pathpolicy)
+
+    def may_files(self, direction: str) -> bool:
+        """Whether the policy allows reading ("read") or writing ("write") files at all."""
+        return self.files in ("read-write", direction)
 
     @property
     def restricted(self) -> bool:
@@ -220,6 +226,18 @@ class ServerSettings:
     max_introspection_streams: int = 1024  # health Watch and reflection streams at once
 
 
+@dataclass(frozen=True)
+class FilesSettings:
+    """Upload, Download and UploadMany: the largest file, and where UploadMany spools."""
+
+    max_file_bytes: int = 1 << 30
+    # None: $STATE_DIRECTORY/spool under systemd's StateDirectory=, else the system's
+    # temporary directory (server.spool). Spool files are unlinked as soon as they open.
+    spool_dir: Path | None = None
+    chunk_bytes: int = 1024 * 1024  # bytes per Download message (SFTP requests: <= this)
+    window: int = 16  # SFTP requests in flight per transfer (OpenSSH's: 255 KiB each)
+
+
 WORKERS_AUTO = 0  # `workers = "auto"`: one per core, as many as the shared limits allow
 
 
@@ -242,6 +260,7 @@ class Config:
     audit: AuditSettings = field(default_factory=AuditSettings)
     fanout: FanoutSettings = field(default_factory=FanoutSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    files: FilesSettings = field(default_factory=FilesSettings)
     hosts: dict[str, HostConfig] = field(default_factory=dict)
 
 

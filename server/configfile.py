@@ -28,6 +28,7 @@ from .config import (
     ConfigError,
     ExecSettings,
     FanoutSettings,
+    FilesSettings,
     HostConfig,
     MetricsSettings,
     PoolSettings,
@@ -35,6 +36,7 @@ from .config import (
     SSHSettings,
     TLSSettings,
 )
+from .pathpolicy import check_pattern
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,12 @@ _SERVER: _Bounds = {
     "max_ping_strikes": (int, 0, 1000),
     "max_introspection_streams": (int, 1, 1_000_000),
 }
+_FILES: _Bounds = {
+    "max_file_bytes": (int, 1, 2**44),
+    "chunk_bytes": (int, 4096, 4 * 1024 * 1024),
+    "window": (int, 1, 64),
+}
+FILES_MODES = ("none", "read", "write", "read-write")
 _TOP: _Bounds = {
     "shutdown_grace": (float, 0, 3600),
     "max_concurrent_rpcs": (int, 1, 1_000_000),
@@ -305,7 +313,7 @@ def _env_names(t: _Table, restricted: bool) -> tuple[str, ...] | None:
 
 def _caller(index: int, raw: Any, base: Path, tls: TLSSettings) -> CallerConfig:
     known = {"name", "token_sha256", "cert_common_name", "hosts", "commands", "stream"}
-    known |= {"env", "working_dirs"}
+    known |= {"env", "working_dirs", "files", "paths"}
     t = _Table(f"callers[{index}]", raw, known | {"max_in_flight"}, base)
     name = t.string("name", pattern=CALLER_NAME)
     if name is None:
@@ -325,6 +333,18 @@ def _caller(index: int, raw: Any, base: Path, tls: TLSSettings) -> CallerConfig:
             f"callers[{name}].cert_common_name: needs [tls] client_ca_file (mutual TLS)"
         )
     commands = _commands(t)
+    files = t.string("files", "none")
+    if files not in FILES_MODES:
+        raise ConfigError(f"callers[{name}].files: one of {', '.join(FILES_MODES)}, got {files!r}")
+    paths = t.strings("paths")
+    for pattern in paths:
+        problem = check_pattern(pattern)
+        if problem is not None:
+            raise ConfigError(f"callers[{name}].paths: {problem}")
+    if files != "none" and not paths:
+        raise ConfigError(
+            f'callers[{name}].paths: required with files = "{files}" (["/**"] for every path)'
+        )
     return CallerConfig(
         name=name,
         token_sha256=token.lower() if token else None,
@@ -334,6 +354,8 @@ def _caller(index: int, raw: Any, base: Path, tls: TLSSettings) -> CallerConfig:
         env=_env_names(t, restricted=bool(commands)),
         working_dirs=_optional_strings(t, "working_dirs"),
         stream=t.flag("stream"),
+        files=files,
+        paths=paths,
         max_in_flight=t.number("max_in_flight", int, 1, 1_000_000)
         if "max_in_flight" in t.raw
         else 64,
@@ -367,10 +389,15 @@ def _metrics(raw: Any, base: Path) -> MetricsSettings:
     return MetricsSettings(listen=listen, per_host=t.flag("per_host", True))
 
 
+def _files(raw: Any, base: Path) -> FilesSettings:
+    t = _Table("files", raw, set(_FILES) | {"spool_dir"}, base)
+    return FilesSettings(**t.numbers(_FILES), spool_dir=t.path("spool_dir"))
+
+
 def parse(raw: dict[str, Any], base: Path) -> Config:
     """Build a Config from parsed TOML; relative paths are taken from base."""
     sections = {"ssh", "pool", "exec", "tls", "callers", "audit", "fanout", "labels", "hosts"}
-    sections |= {"metrics", "server"}
+    sections |= {"metrics", "server", "files"}
     flags = {"allow_plaintext", "allow_anonymous"}
     top = _Table("", raw, {"listen", "workers"} | set(_TOP) | sections | flags, base)
     listen = top.string("listen", DEFAULT_LISTEN)
@@ -425,6 +452,7 @@ def parse(raw: dict[str, Any], base: Path) -> Config:
         audit=_audit(top.table("audit"), base),
         fanout=fanout,
         metrics=_metrics(top.table("metrics"), base),
+        files=_files(top.table("files"), base),
         hosts=hosts,
         **top.numbers(_TOP),
     )

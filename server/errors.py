@@ -10,7 +10,12 @@
     ├── CommandAborted              lost after the command started (it may have run)
     ├── PoolExhausted               no connection or channel before the deadline; overloaded
     ├── AuditUnavailable            the audit log cannot be written: no command runs
-    └── CommandTimeout              the command outlived its timeout (it has been stopped)
+    ├── CommandTimeout              the command outlived its timeout (it has been stopped)
+    ├── FileMissing                 files: no such file on the host
+    ├── FileRefused                 files: the remote user may not, or the directory is missing
+    ├── FileExists                  files: create_only, and the file is there
+    ├── TransferMismatch            files: the bytes differ from the size or digest announced
+    └── FileChanged                 files: the file moved while it was read
 
     ChannelTrouble                  the pool's business, never shown to a caller as such
     ├── ChannelRefused              the server refused a channel on a live connection: full
@@ -95,6 +100,28 @@ class CommandTimeout(ScoutError):
     """The command ran past its timeout and was stopped."""
 
     started = True
+
+
+class FileMissing(ScoutError):
+    """The file to read is not on the host."""
+
+
+class FileRefused(ScoutError):
+    """The host's SFTP server refused the operation (the remote user's permissions, a
+    directory that does not exist, not a regular file); the message has its text."""
+
+
+class FileExists(ScoutError):
+    """`create_only` and the target is already there; nothing was written."""
+
+
+class TransferMismatch(ScoutError):
+    """The bytes received are not the size or digest the caller announced: nothing was
+    put in place."""
+
+
+class FileChanged(ScoutError):
+    """The file's size or mtime moved while it was read: what was sent may be mixed."""
 
 
 class ChannelTrouble(Exception):

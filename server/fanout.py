@@ -11,7 +11,9 @@ completion order; a host that cannot run the command carries its own status (and
 whether the command may have started there) and the stream goes on. One task writes
 to the caller; cancelling the RPC, or its deadline, cancels every host task, which
 stops its command (server.launch) and starts no new one; each stopped host's audit line
-says so (CANCELLED, DEADLINE_EXCEEDED, or ABORTED when scout shuts down).
+says so (CANCELLED, DEADLINE_EXCEEDED, or ABORTED when scout shuts down). With
+`max_failures`, a host whose turn comes after that many hosts failed (`failed`) is not
+started: it gets ABORTED with `started` false, and no audit line (nothing was tried).
 
 With `stream_output`, each running host has an OutputQueue (at most ~1 MiB before it
 pauses its channel) and the chunks go through one bounded queue to the writer: a slow
@@ -47,6 +49,14 @@ log = logging.getLogger(__name__)
 QUEUED_MESSAGES = 64  # messages waiting for the writer, across all hosts
 
 
+def failed(message: exec_pb2.ExecuteManyResponse) -> bool:
+    """Whether a host's outcome counts against max_failures: an `error` (it could not run,
+    was lost, or ran past its timeout), or a command that exited non-zero or by a signal."""
+    if message.WhichOneof("event") == "error":
+        return True
+    return message.result.exit_code != 0 or bool(message.result.signal)
+
+
 class FanOut:
     """One ExecuteMany call."""
 
@@ -62,6 +72,7 @@ class FanOut:
         self.context = context
         self.call = call
         self.out: asyncio.Queue[exec_pb2.ExecuteManyResponse] = asyncio.Queue(QUEUED_MESSAGES)
+        self.failures = 0  # hosts failed so far (failed()), against request.max_failures
 
     def targets(self) -> list[str]:
         """The hosts to run on, checked as a whole (the RPC fails only here): a malformed
@@ -123,6 +134,14 @@ class FanOut:
     async def _host(self, name: str, slots: asyncio.Semaphore) -> None:
         """One target: run the command (when a slot frees) and queue its outcome."""
         async with slots:
+            limit = self.request.max_failures
+            if limit and self.failures >= limit:  # start no new host
+                message = exec_pb2.ExecuteManyResponse(host=name, started=False)
+                text = f"not started: {self.failures} failures (max_failures {limit})"
+                code = grpc.StatusCode.ABORTED.value[0]
+                message.error.CopyFrom(status_pb2.Status(code=code, message=text))
+                await self.out.put(message)
+                return
             call = self.call
             record = CallRecord(
                 call.method, call.peer, call.request_id, caller=call.caller, who=call.who
@@ -149,6 +168,7 @@ class FanOut:
             finally:
                 record_end(self.service, record, code, began)
             await self.out.put(message)
+            self.failures += failed(message)  # before the slot frees for the next host
 
     async def _execute(
         self, command: exec_pb2.ExecuteRequest, record: CallRecord

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import getpass
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,15 +27,24 @@ from .selector import Selector
 from .sshconfig import SSHConfigFiles
 
 WILDCARDS = frozenset("*?![")
+EXCLUDE = "!"  # a target that removes hosts: `!web3`, `!web-eu-*`
 
 
 def _jump_spec(spec: str) -> tuple[str | None, str, int | None]:
-    """`[user@]host[:port]` of one ProxyJump hop."""
-    user, _, rest = spec.rpartition("@")
-    host, sep, port = rest.rpartition(":") if rest.count(":") == 1 else ("", "", "")
-    if not sep:
-        host = rest
-    return user or None, host, int(port) if port else None
+    """`[ssh://][user@]host[:port]` of one ProxyJump hop, as OpenSSH reads it: a bracketed
+    IPv6 address (`[::1]:2222`) keeps its colons, and the URL form drops its scheme."""
+    text = spec if spec.startswith("ssh://") else f"ssh://{spec}"
+    try:
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port
+    except ValueError as err:
+        raise ConfigError(f"ssh.config_files: ProxyJump hop {spec!r}: {err}") from None
+    if parts.scheme != "ssh" or not parts.hostname or parts.path or parts.query:
+        raise ConfigError(f"ssh.config_files: ProxyJump hop {spec!r} is not [user@]host[:port]")
+    host = parts.netloc.rpartition("@")[2]  # urlsplit's hostname is lowered: keep the case
+    host = (parts.hostname or "") if host.startswith("[") else host.partition(":")[0]
+    user = urllib.parse.unquote(parts.username) if parts.username else None
+    return user, host, port
 
 
 class _Resolver:
@@ -65,7 +75,8 @@ class _Resolver:
                 hop_user, hop_host, hop_port = _jump_spec(spec.strip())
                 hop = self.host(hop_host, hop_user, hop_port, (*resolving, alias))
                 jump = dataclasses.replace(hop, jump=jump) if jump is not None else hop
-        name = f"{user}@{alias}" if user else alias
+        host = f"[{alias}]" if ":" in alias else alias  # an IPv6 address, as written
+        name = f"{user}@{host}" if user else host
         name = f"{name}:{port}" if port else name
         interval = get("ServerAliveInterval")
         known = get("UserKnownHostsFile")
@@ -121,18 +132,33 @@ def build(
 
 
 def is_pattern(text: str) -> bool:
-    """Whether a target is a glob over names rather than one name."""
+    """Whether a target is a glob over names (or an exclusion) rather than one name."""
     return bool(WILDCARDS & set(text))
+
+
+def is_exclusion(text: str) -> bool:
+    """Whether a target is an exclusion, `!NAME` or `!GLOB` (Ansible's pattern syntax)."""
+    return text.startswith(EXCLUDE)
+
+
+def excluded(name: str, patterns: Iterable[str]) -> bool:
+    """Whether an exclusion among the patterns removes this name."""
+    return any(fnmatch.fnmatchcase(name, p[1:]) for p in patterns if is_exclusion(p))
 
 
 def pick(
     hosts: Mapping[str, HostConfig], patterns: Iterable[str], selector: Selector | None
 ) -> tuple[list[str], list[str]]:
-    """The targets: names and globs matched, plus selector matches (sorted), and the plain
-    names that are not in the inventory (each is a target that will answer NOT_FOUND)."""
+    """The targets: names and globs matched, plus selector matches, less the exclusions'
+    hosts (sorted), and the plain names that are not in the inventory (each is a target
+    that will answer NOT_FOUND). Exclusions alone start from every host, as in Ansible."""
+    patterns = list(patterns)
     found: set[str] = set()
     missing: list[str] = []
-    for pattern in patterns:
+    including = [p for p in patterns if not is_exclusion(p)]
+    if not including and selector is None:
+        found.update(hosts)
+    for pattern in including:
         if is_pattern(pattern):
             found.update(fnmatch.filter(hosts, pattern))
         elif pattern in hosts:
@@ -141,4 +167,5 @@ def pick(
             missing.append(pattern)
     if selector is not None:
         found.update(name for name, host in hosts.items() if selector.matches(host.labels))
-    return sorted(found), missing
+    found = {name for name in found if not excluded(name, patterns)}
+    return sorted(found), [name for name in missing if not excluded(name, patterns)]

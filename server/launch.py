@@ -12,6 +12,10 @@ decides its fate). Nothing is retried once the exec request may have reached the
 and no exec request goes out once the command's time is up (a warm connection answers at
 once, however late).
 
+The same way in opens an SFTP channel (server.sftpchannel) for files: `open()` takes
+any `ChannelOpening`, so an SFTP session takes its place in the channel budget, with the
+same bounded waits and retries, exactly as a command does.
+
 The way out, on every path: a command that has not ended by itself is stopped (TERM,
 KILL, close) in a task of its own, shielded from the caller's cancellation, and its
 place is released only when the channel is closed. An open that finishes after its
@@ -28,7 +32,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import asyncssh
 
@@ -55,6 +59,8 @@ OPEN_SHARE = 1 / 3  # at most this share of the time left goes to one channel op
 STUCK_LIMIT = 30.0  # a channel that will not close after a stop: how long to keep its place
 SSHConn = asyncssh.SSHClientConnection
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+OpenedT = TypeVar("OpenedT", bound="Opened")
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,38 @@ def bounds_for(
     return Bounds(run_until, within, cause)
 
 
+class ChannelOpening(Protocol[T_co]):
+    """Opening one channel on a reserved place, as a task that may outlive its caller."""
+
+    @property
+    def committed(self) -> bool:
+        """A request that acts may have reached the host: a hang now is not retried."""
+
+    @property
+    def closed(self) -> asyncio.Future[None] | None:
+        """The channel's close, once the channel is open."""
+
+    def abandon(self) -> None:
+        """The caller no longer waits: a channel that opens from now on does nothing."""
+
+    async def run(self, conn: SSHConn) -> T_co:
+        """Open the channel (and start what it is for); name what failed."""
+
+
+class Opened(Protocol):
+    """What an opening gives: something that can be stopped and waited closed."""
+
+    @property
+    def ended(self) -> bool:
+        """The channel is closed."""
+
+    async def stop(self, within: float | None = None) -> None:
+        """End it and close the channel, within the bound."""
+
+    async def wait_closed(self) -> None:
+        """Until the channel is closed."""
+
+
 class Launcher:
     """Runs commands on pooled connections; tracks the stops and adoptions in flight."""
 
@@ -106,8 +144,8 @@ class Launcher:
         return Run(self, host, spec, output, bounds, call)
 
     async def open(
-        self, host: HostConfig, make: Callable[[], Opening], until: float
-    ) -> tuple[Reservation[SSHConn], RunningCommand]:
+        self, host: HostConfig, make: Callable[[], ChannelOpening[OpenedT]], until: float
+    ) -> tuple[Reservation[SSHConn], OpenedT]:
         """Reserve a place and open a channel in it (`make` gives a new opening per try),
         with the safe retries (docs/architecture.md, pool rule 7): a refused channel backs
         off and tries again; a connection that hung or died is tried once more, on another.
@@ -145,8 +183,12 @@ class Launcher:
         return res
 
     async def open_once(
-        self, host: HostConfig, res: Reservation[SSHConn], opening: Opening, until: float
-    ) -> RunningCommand:
+        self,
+        host: HostConfig,
+        res: Reservation[SSHConn],
+        opening: ChannelOpening[OpenedT],
+        until: float,
+    ) -> OpenedT:
         """Open what `opening` opens in the reserved place, within the time left.
 
         Raises ChannelRefused (the connection is full; try again later), _Unopened (the
@@ -160,14 +202,14 @@ class Launcher:
             hang_limit = min(self.open_timeout, max((until - now) * OPEN_SHARE, 0.1))
             limit = min(hang_limit, until - now)  # no exec may go out past `until`
             opened = await _settled(task, now + limit)
-            if not opened and opening.session is not None:
+            if not opened and opening.committed:
                 opened = await _settled(task, until)  # the exec is out: wait for its reply
         except BaseException:
             self._adopt(task, res, opening)  # the caller was cancelled meanwhile
             raise
         if not opened:
             self._adopt(task, res, opening)
-            if opening.session is not None:
+            if opening.committed:
                 raise CommandTimeout(
                     f"{host.name}: the SSH server did not confirm the command before the "
                     "deadline; it may have started, and has been stopped",
@@ -209,7 +251,7 @@ class Launcher:
         raise error
 
     def finish(
-        self, res: Reservation[SSHConn], command: RunningCommand, within: float | None
+        self, res: Reservation[SSHConn], command: Opened, within: float | None
     ) -> asyncio.Future[None] | None:
         """Release at once if the command ended; else stop it in a task and release after.
 
@@ -221,7 +263,7 @@ class Launcher:
         return self._track(self._stop_then_release(res, command, within))
 
     async def _stop_then_release(
-        self, res: Reservation[SSHConn], command: RunningCommand, within: float | None
+        self, res: Reservation[SSHConn], command: Opened, within: float | None
     ) -> None:
         """Stop the command, then free its place, whatever the stop raised: a place
         never freed would shrink the pool for good. A stop that failed retires the
@@ -230,13 +272,14 @@ class Launcher:
             await command.stop(within)
             if not command.ended:
                 log.warning(
-                    "%s: the command did not stop after TERM, KILL and a channel close (a "
-                    "root login ignores signals; see the README); retiring its connection",
-                    command.spec.host,
+                    "%s: a channel did not close after its stop (a command: TERM, KILL and a "
+                    "close; a root login ignores signals, see the README); retiring its "
+                    "connection",
+                    res.pc,
                 )
                 res.retire()
                 with _quiet():
-                    await asyncio.wait_for(asyncio.shield(command.session.closed), STUCK_LIMIT)
+                    await asyncio.wait_for(command.wait_closed(), STUCK_LIMIT)
         except asyncio.CancelledError:  # shutting down: the connection goes too
             res.retire()
             raise
@@ -247,14 +290,20 @@ class Launcher:
             res.release()
 
     def _adopt(
-        self, task: asyncio.Task[RunningCommand], res: Reservation[SSHConn], opening: Opening
+        self,
+        task: asyncio.Task[OpenedT],
+        res: Reservation[SSHConn],
+        opening: ChannelOpening[OpenedT],
     ) -> None:
         """An open its caller gave up on: stop whatever it started, then release."""
         opening.abandon()
         self._track(self._settle_adopted(task, res, opening))
 
     async def _settle_adopted(
-        self, task: asyncio.Task[RunningCommand], res: Reservation[SSHConn], opening: Opening
+        self,
+        task: asyncio.Task[OpenedT],
+        res: Reservation[SSHConn],
+        opening: ChannelOpening[OpenedT],
     ) -> None:
         """Wait for an abandoned open; stop what it started; free its place on every path."""
         try:
@@ -266,9 +315,9 @@ class Launcher:
             task.cancel()
         except Exception:  # nothing started, or the server refused: wait for the close
             try:
-                if opening.session is not None:
+                if opening.closed is not None:
                     with _quiet():
-                        await asyncio.wait_for(asyncio.shield(opening.session.closed), STUCK_LIMIT)
+                        await asyncio.wait_for(asyncio.shield(opening.closed), STUCK_LIMIT)
             finally:
                 res.release()
             return
@@ -280,6 +329,13 @@ class Launcher:
             await self._stop_then_release(res, command, None)
             return
         res.release()
+
+    def track(self, work: Awaitable[None]) -> asyncio.Future[None]:
+        """Keep a cleanup running until it ends; wait_stopped() waits for it at shutdown."""
+        future = asyncio.ensure_future(work)
+        self._tasks.add(future)
+        future.add_done_callback(self._tasks.discard)
+        return future
 
     def _track(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
@@ -387,7 +443,7 @@ def _no_time_left(host: HostConfig) -> CommandTimeout:
     )
 
 
-async def _settled(task: asyncio.Task[RunningCommand], until: float) -> bool:
+async def _settled(task: asyncio.Task[Any], until: float) -> bool:
     """Wait for task to finish, at most until `until`; never cancel it. Whether it did."""
     if task.done():
         return True

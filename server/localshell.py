@@ -17,7 +17,11 @@ drains. The session then pauses/resumes reading the child's pipes, so a slow cli
 the command down and memory stays bounded. The other way, the stdin pipe's own
 pause/resume pauses the channel (asyncssh then stops adjusting the client's window).
 
-Limits (a demo, not sshd): no env/agent/forwarding/subsystems/breaks; pty modes are
+Files: the `sftp` subsystem runs OpenSSH's own sftp-server program (Debian's
+openssh-sftp-server) as the session's command, so the demo host and the tests' servers
+serve SFTP exactly as an OpenSSH host does (and count its sessions in ServerStats).
+
+Limits (a demo, not sshd): no env/agent/forwarding/breaks, no subsystem but sftp; pty modes are
 ignored (kernel defaults); channel EOF on a pty is ignored (as sshd); the pty becomes the
 controlling terminal through util-linux `setsid --ctty` (without it, typed ^C does nothing).
 """
@@ -32,6 +36,7 @@ import functools
 import getpass
 import logging
 import os
+import shlex
 import shutil
 import signal
 import struct
@@ -51,6 +56,13 @@ from .keyfiles import ShellKeys
 log = logging.getLogger(__name__)
 
 KILL_GRACE = 1.0  # seconds between TERM and KILL when a session ends under a running command
+SFTP_SERVERS = (
+    "/usr/lib/openssh/sftp-server",  # Debian, Ubuntu
+    "/usr/libexec/openssh/sftp-server",  # Fedora, RHEL
+    "/usr/libexec/sftp-server",  # macOS, BSDs
+    "/usr/lib/ssh/sftp-server",  # Arch
+)
+SFTP_SERVER = next((p for p in SFTP_SERVERS if os.access(p, os.X_OK)), None)
 _SETSID = shutil.which("setsid")  # util-linux; `setsid --ctty` makes the pty the ctty
 _ExitStatus = tuple[int | None, str | None, bool]  # exit code, or signal name and core dumped
 _Pipes = tuple[subprocess.Popen[bytes], list[tuple[IO[bytes], int | None]], IO[bytes]]
@@ -66,6 +78,9 @@ class ServerStats:
     sessions_opened: int = 0  # channels accepted, in total
     sessions_refused: int = 0  # channel opens refused (session cap)
     exec_requests: int = 0  # commands asked to run, in total
+    sftp_sessions: int = 0  # sftp subsystems started, in total
+    sftp_open: int = 0  # sftp sessions open now
+    peak_sftp_open: int = 0
 
 
 def _set_winsize(fd: int, size: tuple[int, int, int, int]) -> None:
@@ -213,6 +228,7 @@ class LocalShellSession(asyncssh.SSHServerSession[bytes]):
         self._paused = False
         self._closed = False
         self._task: asyncio.Task[None] | None = None
+        self._sftp = False
 
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         """Keep the channel: the child's output goes there."""
@@ -236,6 +252,19 @@ class LocalShellSession(asyncssh.SSHServerSession[bytes]):
     def exec_requested(self, command: str) -> bool:
         """Accept any command; it runs under /bin/sh -c once the session starts."""
         self._server.host.stats.exec_requests += 1
+        self._command = command
+        return True
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        """sftp, served by OpenSSH's sftp-server as the session's command; nothing else."""
+        command = self._server.host.sftp_command()
+        if subsystem != "sftp" or command is None or self._term is not None:
+            return False
+        stats = self._server.host.stats
+        stats.sftp_sessions += 1
+        stats.sftp_open += 1
+        stats.peak_sftp_open = max(stats.peak_sftp_open, stats.sftp_open)
+        self._sftp = True
         self._command = command
         return True
 
@@ -404,6 +433,9 @@ class LocalShellSession(asyncssh.SSHServerSession[bytes]):
     def connection_lost(self, exc: Exception | None) -> None:
         """Channel closed or connection dropped: stop the command and forget the session."""
         self._closed = True
+        if self._sftp:
+            self._sftp = False
+            self._server.host.stats.sftp_open -= 1
         self._close_pipes()
         if self.child is not None:
             self._server.host.track(self.child.stop(self._server.host.kill_grace))
@@ -462,6 +494,11 @@ class ShellHost:
     kill_grace: float = KILL_GRACE
     server_class: type[LocalShellServer] = LocalShellServer
     session_class: type[LocalShellSession] = LocalShellSession
+    sftp: bool = True  # serve the sftp subsystem
+    # (directory, path): the sftp-server sees directory at path, in a mount namespace of
+    # its own (needs root and util-linux unshare): tests give each in-process host its
+    # own files under one path, as separate machines would have
+    sftp_view: tuple[Path, Path] | None = None
     address: str = field(init=False, default="")
     port: int = field(init=False, default=0)
     stats: ServerStats = field(init=False, default_factory=ServerStats)
@@ -516,6 +553,16 @@ class ShellHost:
     def open_sessions(self) -> int:
         """Sessions open now, over every connection."""
         return sum(s.open_sessions for s in self.connections.values())
+
+    def sftp_command(self) -> str | None:
+        """The shell line that serves an sftp session, or None when there is none."""
+        if not self.sftp or SFTP_SERVER is None:
+            return None
+        if self.sftp_view is None:
+            return f"exec {SFTP_SERVER}"
+        source, target = (shlex.quote(str(p)) for p in self.sftp_view)
+        inner = shlex.quote(f"mount --bind {source} {target} && exec {SFTP_SERVER}")
+        return f"exec unshare --mount --propagation private sh -c {inner}"
 
     def track(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a cleanup in the background; close() waits for it."""

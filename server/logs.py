@@ -23,6 +23,8 @@ from typing import Any
 
 REQUEST_ID_KEY = "x-request-id"
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+TRACEPARENT_KEY = "traceparent"
+TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 FIELDS = ("worker", "request_id", "caller", "method", "host", "status", "duration")
 
 # The fields of the request being served in this task (and the tasks it starts).
@@ -36,11 +38,30 @@ _SERIAL = itertools.count()  # ...and within this one: no system call per reques
 
 
 def supplied_request_id(metadata: Sequence[Any] | None) -> str | None:
-    """The caller's x-request-id if it is sane (bounded, plain)."""
+    """The caller's x-request-id if it is sane (bounded, plain); without one, the trace id
+    of a valid W3C `traceparent`, so scout's lines join the caller's trace."""
+    traced = None
     for key, value in metadata or ():
-        if key == REQUEST_ID_KEY and isinstance(value, str) and REQUEST_ID.fullmatch(value):
+        if not isinstance(value, str):
+            continue
+        if key == REQUEST_ID_KEY and REQUEST_ID.fullmatch(value):
             return value
-    return None
+        if key == TRACEPARENT_KEY and traced is None:
+            traced = trace_id(value)
+    return traced
+
+
+def trace_id(traceparent: str) -> str | None:
+    """The trace id of a W3C Trace Context `traceparent` (version-traceid-parentid-flags),
+    or None when it is not one: the spec's invalid values (version ff, an all-zero id,
+    more fields after version 00) are refused, as a tracer would refuse them."""
+    match = TRACEPARENT.fullmatch(traceparent.strip())
+    if match is None:
+        return None
+    version, trace, parent, _, rest = match.groups()
+    if version == "ff" or (version == "00" and rest) or not int(trace, 16) or not int(parent, 16):
+        return None
+    return trace
 
 
 def new_request_id() -> str:

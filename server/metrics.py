@@ -160,6 +160,15 @@ class ScoutCollector(Collector):
             "scout_output_buffer_limit_bytes", "max_buffered_output_bytes", value=budget.limit
         )
         yield _counter("scout_audit_lines_total", "audit lines written", self.sources.audit.lines)
+        yield _counter(
+            "scout_file_bytes_total", "bytes of files moved", rpcs.file_bytes, "direction"
+        )
+        transfers = CounterMetricFamily(
+            "scout_file_transfers_total", "file transfers", labels=["direction", "code"]
+        )
+        for (direction, code), count in sorted(rpcs.file_transfers.items()):
+            transfers.add_metric([direction, code], count)
+        yield transfers
 
     def _hosts(self) -> Iterator[Metric]:
         pool, rpcs = self.sources.pool, self.sources.rpcs

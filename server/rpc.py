@@ -20,6 +20,7 @@ In the style of grpclib's server loop, each ExecService method is wrapped by `@r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -41,6 +42,10 @@ from .errors import (
     AuditUnavailable,
     CommandAborted,
     CommandTimeout,
+    FileChanged,
+    FileExists,
+    FileMissing,
+    FileRefused,
     HostNotFound,
     HostRejected,
     HostUnavailable,
@@ -48,6 +53,7 @@ from .errors import (
     PermissionDenied,
     PoolExhausted,
     ScoutError,
+    TransferMismatch,
     Unauthenticated,
 )
 from .logs import new_request_id, owned_request_id, supplied_request_id
@@ -68,6 +74,11 @@ _STATUS: dict[type[ScoutError], grpc.StatusCode] = {
     CommandAborted: grpc.StatusCode.ABORTED,
     PoolExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     CommandTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
+    FileMissing: grpc.StatusCode.NOT_FOUND,
+    FileRefused: grpc.StatusCode.FAILED_PRECONDITION,
+    FileExists: grpc.StatusCode.ALREADY_EXISTS,
+    TransferMismatch: grpc.StatusCode.DATA_LOSS,
+    FileChanged: grpc.StatusCode.ABORTED,
 }
 
 
@@ -121,10 +132,11 @@ def failure(gate: Gate, call: CallRecord, exc: Exception) -> tuple[grpc.StatusCo
 
 def record_end(servicer: Servicer, call: CallRecord, code: grpc.StatusCode, began: float) -> None:
     """A call's end (or one host's, in a fan-out): its code and duration, its audit line,
-    and its command's counts."""
+    and the counts of the command it ran or the file it moved."""
     call.code, call.duration = code.name, time.monotonic() - began
     servicer.audit.write(call)
     servicer.rpcs.command_done(call)
+    servicer.rpcs.file_done(call)
 
 
 @dataclass
@@ -139,6 +151,8 @@ class RpcStats:
     commands: Tally = field(default_factory=Tally)  # by outcome
     output_bytes: Tally = field(default_factory=Tally)  # by stream
     host_commands: dict[tuple[str, str], int] = field(default_factory=dict)  # (host, outcome)
+    file_bytes: Tally = field(default_factory=Tally)  # by direction
+    file_transfers: dict[tuple[str, str], int] = field(default_factory=dict)  # (direction, code)
 
     def done(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
         """Count one finished RPC."""
@@ -159,6 +173,15 @@ class RpcStats:
         self.host_commands[key] = self.host_commands.get(key, 0) + 1
         self.output_bytes.add("stdout", call.stdout_bytes)
         self.output_bytes.add("stderr", call.stderr_bytes)
+
+    def file_done(self, call: CallRecord) -> None:
+        """Count a file transfer to one host (Upload, Download, each host of UploadMany;
+        not UploadMany's own call, which names no host)."""
+        if not call.direction or not call.host:
+            return
+        key = (call.direction, call.code)
+        self.file_transfers[key] = self.file_transfers.get(key, 0) + 1
+        self.file_bytes.add(call.direction, call.file_bytes)
 
 
 def outcome_of(call: CallRecord) -> str:
@@ -189,6 +212,11 @@ class Servicer(Protocol):
     audit: AuditLog
     stopping: bool
 
+
+# A refused streaming call reads what its caller still sends (drain()) for this long at
+# most, and this long after the last message: a Stream's refusal must still come soon.
+REFUSAL_DRAIN = 2.0
+REFUSAL_DRAIN_IDLE = 0.25
 
 S = TypeVar("S", bound=Servicer)
 R = TypeVar("R")
@@ -260,6 +288,8 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Wrapped[S, R]]:
                 stats.done(method, code, call.duration)
                 _access_log(call, message)
                 logs.current.reset(token)
+            if not call.started and hasattr(request, "__anext__"):  # a refused streaming call
+                await drain(request, REFUSAL_DRAIN, REFUSAL_DRAIN_IDLE)
             await _abort(context, code, told, call, started=call.started)
 
         return loop
@@ -281,6 +311,25 @@ def _access_log(call: CallRecord, message: str) -> None:
             "host": logged_host(call.host),
         },
     )
+
+
+async def drain(requests: Any, within: float, idle: float | None = None) -> None:
+    """Read (and drop) what the caller still sends before answering with an error.
+
+    A status sent while a grpc-python caller is still writing reaches it as INTERNAL
+    ("Failed execute_batch") instead of the status itself; once its writes are done it
+    gets the real one. So a streaming call refused before anything ran reads the rest of
+    the request stream first: until the caller half-closes, for at most `within` seconds,
+    and (with `idle`) no longer than `idle` seconds after the last message, so that a
+    caller who keeps its stream open hears the refusal soon.
+    """
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(within):
+            while True:
+                wait = anext(requests, None)
+                message = await (wait if idle is None else asyncio.wait_for(wait, idle))
+                if message is None:
+                    return
 
 
 INVALID_HOST = "(invalid)"  # in a log line, for a host that is not a valid host name

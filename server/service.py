@@ -2,7 +2,8 @@
 
 The RPC loop (`server.rpc`) wraps each method: limits, identity, error mapping, trailers.
 A command's way in and out (pool, channel, stop, release) is `server.launch`; Stream's
-machinery is `server.stream`, ExecuteMany's `server.fanout`; output buffering is
+machinery is `server.stream`, ExecuteMany's `server.fanout`; files are `server.files`
+(Upload, Download) and `server.uploadmany`; output buffering is
 `server.output`; the answers are built in `server.responses`.
 """
 
@@ -22,6 +23,7 @@ from .command import CommandSpec, RunningCommand
 from .config import CallerConfig, Config, HostConfig
 from .errors import HostNotFound, ScoutError
 from .fanout import FanOut
+from .files import Files
 from .launch import Bounds, Launcher, bounds_for
 from .live import LiveConfig
 from .output import ExecuteOutput, OutputBudget
@@ -30,10 +32,11 @@ from .requests import check_execute, timeout_of
 from .responses import execute_response
 from .rpc import Context, RpcStats, rpc
 from .stream import first_message, run_stream
+from .uploadmany import UploadFanOut
 
 
 class ExecService:
-    """Execute, Stream, ListHosts and ExecuteMany over the shared pool."""
+    """Execute, Stream, ListHosts, ExecuteMany and the file RPCs over the shared pool."""
 
     def __init__(
         self,
@@ -54,6 +57,7 @@ class ExecService:
         self.gate = gate or Gate(live)
         self.audit = audit or AuditLog(config.audit)
         self.stopping = False  # the server is shutting down: cancelled commands are ABORTED
+        self.files = Files(self)
 
     @property
     def config(self) -> Config:
@@ -175,6 +179,30 @@ class ExecService:
             call.describe(request.request)
             raise
         await fan.run(hosts)
+
+    @rpc("Upload")
+    async def Upload(
+        self, requests: AsyncIterator[exec_pb2.UploadRequest], context: Context, call: CallRecord
+    ) -> exec_pb2.UploadResponse:
+        """Write a file through a temporary name, renamed over the target at the end."""
+        return await self.files.upload_call(requests, context, call)
+
+    @rpc("Download")
+    async def Download(
+        self, request: exec_pb2.DownloadRequest, context: Context, call: CallRecord
+    ) -> None:
+        """Send a file (or a range of it), then its size, digest, mode and mtime."""
+        await self.files.download_call(request, context, call)
+
+    @rpc("UploadMany")
+    async def UploadMany(
+        self,
+        requests: AsyncIterator[exec_pb2.UploadManyRequest],
+        context: Context,
+        call: CallRecord,
+    ) -> None:
+        """Spool one file, write it to many hosts; one message per host as each finishes."""
+        await UploadFanOut(self, requests, context, call).run()
 
     @rpc("Stream")
     async def Stream(

@@ -1,8 +1,10 @@
 """The hosts a request picks, as its caller may see them: ListHosts and ExecuteMany share it.
 
-Globs and the selector expand only over the hosts the caller's policy allows, so a host
-outside it is never named by scout: not in a listing, not in a fan-out's results, not in
-a NOT_FOUND, not in a "closest" hint. A plain name is the caller's own word: ExecuteMany
+Globs, the selector and exclusions (`!web3`, `!web-eu-*`, which remove hosts from the
+union; alone, from every host, as in Ansible) expand only over the hosts the caller's
+policy allows, so a host outside it is never named by scout: not in a listing, not in a
+fan-out's results, not in a NOT_FOUND, not in a "closest" hint, and excluding it changes
+nothing the caller sees. A plain name is the caller's own word: ExecuteMany
 keeps it as a target, answered per host as Execute would answer it (PERMISSION_DENIED
 outside the policy, whether the inventory has it or not; NOT_FOUND inside it), so a
 caller learns nothing it did not already say.
@@ -45,6 +47,12 @@ def check_patterns(patterns: Sequence[str], max_count: int) -> None:
                 f"hosts: {brief(pattern)} is not a name or pattern (empty, blank or with "
                 "control characters)"
             )
+        if inventory.is_exclusion(pattern) and (
+            not pattern[1:].strip() or inventory.is_exclusion(pattern[1:])
+        ):
+            raise InvalidRequest(
+                f"hosts: {brief(pattern)} excludes nothing: write `!NAME` or `!GLOB`"
+            )
         wildcards = sum(pattern.count(c) for c in "*?[")
         if wildcards > MAX_WILDCARDS:
             raise InvalidRequest(
@@ -74,12 +82,20 @@ def pick(
     patterns: Sequence[str],
     selector: selectors.Selector | None,
 ) -> tuple[list[str], list[str]]:
-    """The hosts the caller may use that the patterns and the selector pick (sorted), and
-    the plain names given that are not among them (in the order given, once each)."""
+    """The hosts the caller may use that the patterns and the selector pick, less the
+    exclusions' (sorted), and the plain names given that are not among them and not
+    excluded (in the order given, once each).
+
+    Exclusions (`!NAME`, `!GLOB`) only ever remove from what the caller may see, so an
+    exclusion of a hidden host changes nothing a caller can observe."""
     found, _ = inventory.pick(hosts, patterns, selector)
     visible = [name for name in found if may_use(name)]
     shown = set(visible)
-    named = [p for p in dict.fromkeys(patterns) if not inventory.is_pattern(p) and p not in shown]
+    named = [
+        p
+        for p in dict.fromkeys(patterns)
+        if not inventory.is_pattern(p) and p not in shown and not inventory.excluded(p, patterns)
+    ]
     return visible, named
 
 

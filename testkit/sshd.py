@@ -3,7 +3,8 @@
 Its own temp dir holds an ed25519 host key, a client key, authorized_keys, known_hosts,
 sshd_config, the pid file and the log. The config is sshd's defaults plus what a test
 server needs (public keys only, no PAM, paths in the temp dir); in particular it keeps
-the default MaxSessions (10 sessions per connection) and MaxStartups (10:30:100).
+the default MaxSessions (10 sessions per connection) and MaxStartups (10:30:100), and
+serves SFTP (internal-sftp: an SFTP session is one of those sessions).
 
 sshd cannot report a port-0 bind, so start_openssh() picks a free port, and picks again
 when sshd says the port was taken meanwhile; it returns once sshd answers with its banner.
@@ -150,6 +151,7 @@ class OpenSSHServer:
             "StrictModes no\n"
             "PermitRootLogin prohibit-password\n"
             "LogLevel INFO\n"
+            "Subsystem sftp internal-sftp\n"
         )
         self.known_hosts.write_text(f"[{self.address}]:{self.port} {self._host_public}\n")
 

@@ -12,6 +12,7 @@ fake          function: the scripted fake ExecService (tests/fakeexec.py) and it
 tls_fake      function: the same behind TLS, pki's server certificate
 client        function: a scout Client connected to fake
 openssh_scout function: scout (in this process) whose one host, "o", is the openssh rig
+remote_dir    function: a directory openssh's login user owns (tests/filerig.py)
 
 Where each part of the code is tested (module -> test files):
 
@@ -48,6 +49,7 @@ imports of server/, client/   test_imports
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -59,6 +61,7 @@ from testkit.scripted import ScriptedServer, scripted_fleet, scripted_server
 from testkit.sshd import OpenSSHServer, start_openssh
 
 from .fakeexec import FakeExec, serving, tls_credentials
+from .filerig import login_user_dir
 from .scoutd import Scout, config, running_scout
 
 
@@ -147,3 +150,10 @@ async def openssh_scout(openssh: OpenSSHServer) -> AsyncIterator[Scout]:
     """scout serving one host, "o": the real sshd."""
     async with running_scout(config({"o": openssh.host_config("o")})) as s:
         yield s
+
+
+@pytest.fixture
+def remote_dir() -> Iterator[Path]:
+    """A directory the SSH login user owns (files tests write there through scout)."""
+    with login_user_dir() as path:
+        yield path

@@ -95,7 +95,10 @@ def test_fan_out_options() -> None:
         (["exec", "--max-parallel", "many", "web*", "x"], "whole number"),
         (["exec", "--", "uptime"], "missing HOST"),
         (["exec", "web1", "web2", "--"], "missing COMMAND"),
-        (["hosts", "role=web", "extra"], "unrecognized"),
+        (["hosts", "role=web", "region=eu"], "one label selector at most"),
+        (["hosts", "-l", "role=web", "region=eu"], "one label selector at most"),
+        (["exec", "--max-failures", "0", "web*", "x"], "at least 1"),
+        (["exec", "--max-output", "-5", "web*", "x"], "at least 1"),
     ],
 )
 def test_fan_out_usage_mistakes_exit_2(
@@ -166,7 +169,8 @@ async def test_options_reach_the_request(fake: tuple[FakeExec, str]) -> None:
     assert (inner.command, dict(inner.env), inner.working_dir) == ("x", {"A": "1"}, "/srv")
     assert inner.timeout.ToNanoseconds() == 7_000_000_000
     assert (inner.pty, inner.stdin) == (False, b"")
-    assert fake[0].seen.time_remaining == [None]  # --timeout is per host, not for the call
+    # --timeout is per host, not for the call (the other one is ListHosts', for the counts)
+    assert sorted(fake[0].seen.time_remaining, key=str)[1:] == [None]
 
 
 async def test_failures_get_a_line_and_the_summary_names_them(fake: tuple[FakeExec, str]) -> None:
@@ -275,7 +279,7 @@ async def test_json_prints_one_object_per_host(fake: tuple[FakeExec, str]) -> No
     timed_out = {"code": "DEADLINE_EXCEEDED", "message": "web2 timed out"}
     expected = [  # in OUTCOME_KEYS order
         ("gone", None, None, "", "", False, False, gone_error, False),
-        ("web1", 2, "", "caf\u00e9\n", "w\n", False, False, None, True),
+        ("web1", 2, None, "caf\u00e9\n", "w\n", False, False, None, True),  # null, not ""
         ("web2", None, None, "", "", False, False, timed_out, True),
     ]
     assert records == [dict(zip(OUTCOME_KEYS, row, strict=True)) for row in expected]
@@ -340,7 +344,7 @@ async def test_hosts_selector_and_json(fake: tuple[FakeExec, str]) -> None:
         },
     ]
     assert fake[0].seen.listings[0].selector == "role=web,region=eu"
-    code, out, err = await cli(fake[1], "hosts", "role")
+    code, out, err = await cli(fake[1], "hosts", "-l", "role")
     assert (code, out) == (125, b"")
     assert err.startswith(b"scout: malformed selector")
 
@@ -400,7 +404,8 @@ async def test_progress_line_only_when_stderr_is_a_terminal(fake: tuple[FakeExec
     assert proc.returncode == 1
     assert out == b"web1 | a\nweb3 | c\n"
     terminal = seen.decode()
-    assert re.search(r"\r\x1b\[Kscout: 1 done, 1 failed, 1 running", terminal), terminal
+    progress = r"\r\x1b\[Kscout: 2/3 done, 1 failed, 1 running or queued"  # no --max-parallel
+    assert re.search(progress, terminal), terminal
     # Cleared before each line written to it, and for good before the summary.
     assert "\r\x1b[Kweb2 | scout: exited with status 1\r\n" in terminal
     summary = "scout: 3 hosts: 2 ok, 1 exited non-zero\r\nscout: exited non-zero: web2\r\n"
@@ -419,8 +424,9 @@ async def test_ctrl_c_cancels_the_fan_out(fake: tuple[FakeExec, str]) -> None:
     assert (proc.returncode, out) == (130, b"")
     await asyncio.wait_for(fake[0].seen.cancelled.wait(), 5)  # the server heard the cancel
     assert err.decode().splitlines() == [
-        "scout: 1 host: 0 ok, 1 exited non-zero",
+        "scout: 3 hosts: 0 ok, 1 exited non-zero, 2 stopped by Ctrl-C",
         "scout: exited non-zero: web1",
+        "scout: stopped by Ctrl-C (running, or not yet started): web2, web3",
         "scout: interrupted; the server stops the commands still running",
     ]
 

@@ -273,5 +273,6 @@ def test_the_exit_code_table_is_in_exec_help_and_the_readme() -> None:
     for exit_code, when in TABLE:
         assert f"| {exit_code} | {when} |" in readme, exit_code
         assert f"{exit_code} {' '.join(when.split())}" in shown, exit_code
-    assert "worst reached, in this order: 255, 125, 3, 124, 2, 1, 0" in shown
-    assert "worst reached, in this order: 255, 125, 3, 124, 2, 1, 0" in readme
+    assert "worst reached, in this order: 255, 125, 3, 124, 2, 1, 4, 0" in shown
+    assert "worst reached, in this order: 255, 125, 3, 124, 2, 1, 4, 0" in readme
+    assert "| 4 | many hosts: every command exited 0, but some host's output" in readme

@@ -11,9 +11,11 @@ import pytest
 
 from client import (
     Aborted,
+    AlreadyExists,
     Cancelled,
     CommandFailed,
     CommandTimeout,
+    DataLoss,
     ExecOptions,
     HostNotFound,
     HostRejected,
@@ -49,9 +51,9 @@ MAPPING = [
     (S.INTERNAL, ServerError),
     (S.UNKNOWN, ServerError),
     (S.UNIMPLEMENTED, ServerError),
-    (S.DATA_LOSS, ServerError),
+    (S.DATA_LOSS, DataLoss),
     (S.OUT_OF_RANGE, ServerError),
-    (S.ALREADY_EXISTS, ServerError),
+    (S.ALREADY_EXISTS, AlreadyExists),
 ]
 
 

@@ -197,6 +197,8 @@ async def test_the_rpc_itself_fails_as_execute_does(client: Client) -> None:
     assert not bad.value.may_have_run
     with pytest.raises(ValueError, match="max_parallel"):
         client.execute_many(["web1"], "true", max_parallel=-1)
+    with pytest.raises(ValueError, match="max_failures"):
+        client.execute_many(["web1"], "true", max_failures=-1)
 
 
 async def test_an_rpc_cut_mid_fan_out_may_have_run(client: Client) -> None:
@@ -227,9 +229,11 @@ async def test_options_value_and_keywords_and_max_parallel_reach_the_request(
     fake: tuple[FakeExec, str], client: Client
 ) -> None:
     options = ExecOptions(working_dir="/srv", stdin=b"in", rpc_timeout=8.0)
-    await collect(client.execute_many(["web1"], "true", options, max_parallel=3, text=True))
+    await collect(
+        client.execute_many(["web1"], "true", options, max_parallel=3, max_failures=2, text=True)
+    )
     request = fake[0].seen.many[0]
-    assert request.max_parallel == 3
+    assert (request.max_parallel, request.max_failures) == (3, 2)
     assert (request.request.working_dir, request.request.stdin, request.request.text) == (
         "/srv",
         b"in",
@@ -302,7 +306,9 @@ async def test_sync_client_lists_hosts_and_collects_outcomes(fake: tuple[FakeExe
     def blocking() -> tuple[list[Host], list[Result | ScoutError]]:
         with SyncClient(fake[1]) as client:
             names = client.list_hosts(hosts=["web*"])
-            outcomes = client.execute_many(["web1", "web2", "gone"], command, max_parallel=2)
+            outcomes = client.execute_many(
+                ["web1", "web2", "gone"], command, max_parallel=2, max_failures=9
+            )
             return names, outcomes
 
     hosts, outcomes = await asyncio.to_thread(blocking)
@@ -314,7 +320,7 @@ async def test_sync_client_lists_hosts_and_collects_outcomes(fake: tuple[FakeExe
     assert (web2.exit_code, web2.stdout) == (2, b"x")
     assert isinstance(web1, Result)
     assert web1.ok
-    assert fake[0].seen.many[0].max_parallel == 2
+    assert (fake[0].seen.many[0].max_parallel, fake[0].seen.many[0].max_failures) == (2, 9)
 
 
 # ---- the README's example -------------------------------------------------------

@@ -305,8 +305,10 @@ def test_every_file_scout_reads_comes_from_the_configmap_or_a_secret() -> None:
             else ("ConfigMap", source["configMap"]["name"])
         )
         assert name in resource_keys(docs[(kind, resource)]), f"{what}: {path}"
-    for mount in container["volumeMounts"]:
-        assert mount["readOnly"] is True, mount["name"]
+    # Every mount is read-only but UploadMany's spool: a bounded emptyDir at spool_dir.
+    writable = [m for m in container["volumeMounts"] if not m.get("readOnly")]
+    assert [m["mountPath"] for m in writable] == [str(config.files.spool_dir)]
+    assert volumes[writable[0]["name"]]["emptyDir"]["sizeLimit"]
 
 
 # ---- the example configs, served --------------------------------------------------

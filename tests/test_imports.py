@@ -20,6 +20,9 @@ PACKAGES = ("server", "client", "testkit")
 LAZY = {
     # the demo starts a local SSH server: loaded only with --demo
     ("server.main", "server.demo"),
+    # `scout mcp` needs the optional mcp extra (the SDK): loaded only by that command
+    ("client.cli", "client.mcpserver"),
+    ("client.cli", "client.mcptools"),
 }
 
 

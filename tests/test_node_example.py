@@ -16,6 +16,8 @@ from .exampleclients import ROOT, ROUTED, build, readme_output, run_example, sco
 from .scoutd import Scout
 
 EXAMPLE = ROOT / "examples" / "node"
+# the Go example's calls, and a Download before ListHosts
+NODE_ROUTED = [*ROUTED[:2], ("/scout.v1.ExecService/Download", "local"), *ROUTED[2:]]
 __all__ = ["scout"]  # the fixture
 
 
@@ -42,7 +44,9 @@ async def node(node_modules: Path, *args: str) -> tuple[int, str, str]:
     return await run_example([tool("node"), str(EXAMPLE / "client.js"), *args], env)
 
 
-async def test_node_example_runs_execute_and_stream(scout: Scout, node_modules: Path) -> None:
+async def test_node_example_runs_execute_stream_and_download(
+    scout: Scout, node_modules: Path
+) -> None:
     code, out, err = await node(node_modules, scout.target, "local")
     assert (code, out) == (0, readme_output("node client.js")), err
 
@@ -61,4 +65,4 @@ async def test_node_example_names_the_host_on_every_call(scout: Scout, node_modu
         scout, lambda target: node(node_modules, target, "local")
     )
     assert (code, out) == (0, readme_output("node client.js")), err
-    assert routed == ROUTED
+    assert routed == NODE_ROUTED

@@ -21,6 +21,7 @@ import pytest
 from scout.v1 import exec_pb2, exec_pb2_grpc
 from server.callers import hash_token
 from server.config import CallerConfig
+from server.logs import RequestFields
 from testkit.scripted import ScriptedServer
 
 from .scoutd import Scout, config, running_scout
@@ -43,10 +44,14 @@ async def scout(shell_server: ScriptedServer, tmp_path: Path) -> AsyncIterator[S
         yield s
 
 
-async def call(scout: Scout, caller: str | None, request_id: str | None) -> tuple[str, str]:
+async def call(
+    scout: Scout, caller: str | None, request_id: str | None, traceparent: str | None = None
+) -> tuple[str, str]:
     """Execute `echo $SCOUT_REQUEST_ID` as caller (None: no token); the id the command saw
     (empty when refused) and the id of the trailer."""
     metadata: list[tuple[str, str]] = []
+    if traceparent is not None:
+        metadata.append(("traceparent", traceparent))
     if caller is not None:
         metadata.append(("authorization", f"Bearer {TOKENS[caller]}"))
     if request_id is not None:
@@ -91,3 +96,43 @@ async def test_the_command_and_the_trailer_see_the_same_id_as_the_audit(scout: S
     assert await call(scout, "ops", "deploy-7") == ("ops:deploy-7", "ops:deploy-7")
     assert await call(scout, "bot", "ops:deploy-7") == ("bot:ops:deploy-7", "bot:ops:deploy-7")
     assert await call(scout, None, "deploy-7") == ("", "-:deploy-7")  # refused, still named
+
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{TRACE}-00f067aa0ba902b7-01"
+
+
+async def test_a_traceparent_gives_its_trace_id_when_no_request_id_is_sent(
+    scout: Scout, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO")
+    caplog.handler.addFilter(RequestFields())  # the request's fields, as scout's handler adds
+    assert await call(scout, "ops", None, TRACEPARENT) == (f"ops:{TRACE}", f"ops:{TRACE}")
+    assert await call(scout, "bot", "deploy-7", TRACEPARENT) == ("bot:deploy-7", "bot:deploy-7")
+    assert [line["request_id"] for line in audit(scout)] == [f"ops:{TRACE}", "bot:deploy-7"]
+    access = [r for r in caplog.records if getattr(r, "status", None) is not None]
+    assert [getattr(r, "request_id", None) for r in access] == [f"ops:{TRACE}", "bot:deploy-7"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        f"ff-{TRACE}-00f067aa0ba902b7-01",  # version ff is invalid
+        f"00-{'0' * 32}-00f067aa0ba902b7-01",  # an all-zero trace id
+        f"00-{TRACE}-{'0' * 16}-01",  # an all-zero parent id
+        f"00-{TRACE.upper()}-00f067aa0ba902b7-01",  # upper-case hex
+        f"00-{TRACE}-00f067aa0ba902b7-01-extra",  # version 00 has four fields
+        "not-a-traceparent",
+    ],
+)
+async def test_an_invalid_traceparent_is_ignored(scout: Scout, bad: str) -> None:
+    seen, trailer = await call(scout, "ops", None, bad)
+    assert seen == trailer and TRACE not in trailer and TRACE.upper() not in trailer
+    assert not trailer.startswith("ops:")  # a scout-made id
+
+
+async def test_a_later_version_may_carry_more_fields(scout: Scout) -> None:
+    assert await call(scout, "ops", None, f"01-{TRACE}-00f067aa0ba902b7-01-more") == (
+        f"ops:{TRACE}",
+        f"ops:{TRACE}",
+    )

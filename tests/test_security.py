@@ -546,3 +546,22 @@ def test_hash_token_prints_the_hash_the_config_wants() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.decode().split() == [hash_token("s3cret")]
     assert b"s3cret" not in done.stdout + done.stderr
+
+
+async def test_a_refused_stream_is_heard_as_its_refusal_while_the_caller_still_writes(
+    guarded: Served,
+) -> None:
+    """A Stream refused before anything ran reads what its caller still sends first: a
+    grpc-python caller still writing when the status comes hears INTERNAL ("Failed
+    execute_batch") instead (about one call in eight before rpc.drain)."""
+    start = exec_pb2.ExecuteRequest(host="web1", argv=["cat"], env={"BASH_ENV": "/x"})
+    messages = [exec_pb2.StreamRequest(start=start)]
+    messages += [exec_pb2.StreamRequest(stdin=b"in\n")] * 3
+    async with guarded.channel() as channel:
+        stub = exec_pb2_grpc.ExecServiceStub(channel)
+        for token, code in [(READER_TOKEN, "PERMISSION_DENIED"), ("", "UNAUTHENTICATED")] * 20:
+            metadata = bearer(token) if token else ()
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                async for _ in stub.Stream(iter(messages), metadata=metadata):
+                    pass
+            assert info.value.code().name == code, info.value.details()

@@ -115,10 +115,29 @@ def _normal(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+# Modules that serve an optional extra: they may import its distributions (and what those
+# require), and only lazily, from inside the command that needs them.
+OPTIONAL = {"client/mcpserver.py": "mcp"}
+
+
+def _names(specs: list[str]) -> set[str]:
+    return {_normal(re.split(r"[<>=!~\[; ]", spec, maxsplit=1)[0]) for spec in specs}
+
+
+def _with_requirements(names: set[str]) -> set[str]:
+    """names and the distributions they require (one level: enough for an extra's SDK)."""
+    found = set(names)
+    for name in names:
+        found |= _names(importlib.metadata.requires(name) or [])
+    return found
+
+
 def test_every_third_party_import_of_the_server_and_client_is_a_runtime_dependency() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = {
-        _normal(re.split(r"[<>=!~\[; ]", spec, maxsplit=1)[0]) for spec in project["dependencies"]
+    declared = _names(project["dependencies"])
+    extras = {
+        module: _with_requirements(_names(project["optional-dependencies"][extra]))
+        for module, extra in OPTIONAL.items()
     }
     distributions = importlib.metadata.packages_distributions()
     missing = set()
@@ -134,7 +153,20 @@ def test_every_third_party_import_of_the_server_and_client_is_a_runtime_dependen
                     names = [node.module]
                 for name in names:
                     top = name.partition(".")[0]
+                    allowed = {"scout", *declared, *extras.get(str(path.relative_to(ROOT)), ())}
                     for dist in distributions.get(top, []):
-                        if _normal(dist) not in {"scout", *declared}:
+                        if _normal(dist) not in allowed:
                             missing.add(f"{dist} ({path.relative_to(ROOT)})")
     assert not missing, sorted(missing)
+
+
+def test_an_optional_extra_is_imported_only_by_the_command_that_needs_it() -> None:
+    """`scout exec` must work without the mcp extra: nothing imports client.mcpserver at
+    module level (cli.py imports it inside `scout mcp`)."""
+    for path in [*(ROOT / "client").glob("*.py"), *(ROOT / "server").glob("*.py")]:
+        tree = ast.parse(path.read_text())
+        for node in tree.body:  # module level only
+            if not isinstance(node, ast.ImportFrom) or node.module is None:
+                continue
+            names = {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+            assert "client.mcpserver" not in names, f"{path.name} imports it at module level"

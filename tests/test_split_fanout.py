@@ -133,3 +133,41 @@ async def test_the_whole_calls_deadline_raises_timeout_and_stops_the_commands(
             async for _ in client.execute_many(["a*"], f"sleep {m}", rpc_timeout=1.0):
                 pass
     assert await gone(m)
+
+
+@pytest.mark.parametrize(
+    ("targets", "picked"),
+    [
+        (["a*", "!a1", "!a[23]"], {"a0"}),
+        (["!a0"], {"a1", "a2", "a3"}),  # exclusions alone: from every host
+        (["a0", "a1", "!a1", "nowhere", "!nowhere"], {"a0"}),
+        (["a0", "a2", "!a[12]"], {"a0"}),  # literal names, a glob exclusion, no ListHosts glob
+    ],
+)
+async def test_exclusions_pick_the_same_hosts_both_ways(
+    scout: Scout, targets: list[str], picked: set[str]
+) -> None:
+    seen = []
+    for split in (False, True):
+        async with (
+            Client(scout.target, split_fan_out=split) as client,
+            client.execute_many(targets, "echo hi", timeout=10) as call,
+        ):
+            seen.append(outcomes([event async for event in call]))
+    assert seen[0] == seen[1]
+    assert set(seen[0]) == picked
+
+
+async def test_max_failures_stops_starting_hosts_both_ways(scout: Scout) -> None:
+    seen = []
+    for split in (False, True):
+        async with Client(scout.target, split_fan_out=split) as client:
+            call = client.execute_many(["a*"], "exit 7", max_parallel=1, max_failures=2)
+            async with call:
+                events = [event async for event in call]
+        seen.append(outcomes(events))
+        stopped = [e for e in events if isinstance(e, ScoutError)]
+        assert [str(e.message) for e in stopped] == ["not started: 2 failures (max_failures 2)"] * 2
+    assert seen[0] == seen[1]
+    assert [seen[0][h][0] for h in ("a0", "a1")] == [7, 7]
+    assert {seen[0][h][1:] for h in ("a2", "a3")} == {("ABORTED", False)}  # nothing ran

@@ -218,3 +218,30 @@ async def test_a_jump_hosts_failure_is_named_only_to_a_caller_who_may_use_it(
     web.text.append(answers[WEB_TOKEN])
     web.check()
     assert answers[WEB_TOKEN].startswith("app1: through a jump host this caller may not use")
+
+
+async def test_exclusions_reveal_no_host_the_caller_may_not_use(guarded: Scout) -> None:
+    """An attacker excludes names and globs it guesses: if excluding a hidden host changed
+    anything (a listing, a fan-out's hosts, an error), the difference would reveal it."""
+    seen = Seen()
+    assert [h.name for h in (await list_hosts(guarded, seen, hosts=["!web1"])).hosts] == [
+        "app1",
+        "web2",
+    ]
+    for real, made_up in (("!db-primary", "!db-primarx"), ("!db*", "!zz*"), ("!*db*", "!*q*")):
+        answers = []
+        for exclusion in (real, made_up):
+            hosts = [h.name for h in (await list_hosts(guarded, seen, hosts=[exclusion])).hosts]
+            ran = await many(guarded, seen, hosts=[exclusion, "!app1"])
+            answers.append((hosts, sorted((m.host, m.result.stdout) for m in ran)))
+        assert answers[0] == answers[1], (real, made_up)
+        assert answers[0][0] == ["app1", "web1", "web2"]
+    # A hidden name and an unknown one, given and excluded: both vanish, nothing said.
+    for name in ("db-primary", "db-primarx"):
+        ran = await many(guarded, seen, hosts=[name, f"!{name}", "web1"])
+        assert [m.host for m in ran] == ["web1"]
+    # Excluding every host the caller may see leaves nothing: NOT_FOUND, as for db*.
+    err = await many_fails(guarded, seen, hosts=["!web*", "!app1"])
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    assert started(err) == "false"
+    seen.check()

@@ -1,10 +1,12 @@
-// A Node.js caller of scout: one Execute, one Stream, one ListHosts. The contract is loaded from
+// A Node.js caller of scout: one Execute, one Stream, one Download, one ListHosts. The contract
+// is loaded from
 // protos/ at run time, so there is no generated code to keep in step.
 //
 //   npm ci
 //   node client.js [ADDRESS [HOST]]     (defaults: 127.0.0.1:50051, the demo's host "local")
 'use strict';
 
+const crypto = require('node:crypto');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
@@ -61,6 +63,22 @@ function stream(command, input) {
   });
 }
 
+// Download: a file's bytes in order (here the first `length` of them), then an `end` message
+// with the file's size, mode, mtime and the SHA-256 of what was sent, to check against.
+function download(file, length) {
+  return new Promise((resolve, reject) => {
+    const call = client.Download({ host, path: file, length }, ...callOptions());
+    const chunks = [];
+    let end;
+    call.on('data', (message) => {
+      if (message.event === 'chunk') chunks.push(message.chunk);
+      if (message.event === 'end') end = message.end;
+    });
+    call.on('error', reject);
+    call.on('end', () => resolve({ data: Buffer.concat(chunks), end }));
+  });
+}
+
 // ListHosts: the inventory, with labels and the pool's view of each host.
 function listHosts(selector) {
   return new Promise((resolve, reject) => {
@@ -77,6 +95,11 @@ async function main() {
 
   const exit = await stream('tr a-z A-Z', 'hello from node\n');
   console.log(`Stream: exit code ${exit.exit_code}, ${exit.stdout_bytes} bytes of stdout`);
+
+  const { data, end } = await download('/etc/passwd', 5);
+  const digest = crypto.createHash('sha256').update(data).digest('hex');
+  const check = digest === end.sha256 ? 'sha256 matches' : 'sha256 DIFFERS';
+  console.log(`Download: ${JSON.stringify(data.toString())} of /etc/passwd, ${check}`);
 
   const hosts = await listHosts('');
   console.log(`ListHosts: ${hosts.map((h) => `${h.name} (${h.connections_open} open)`).join(', ')}`);

@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13scout/v1/exec.proto\x12\x08scout.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17google/rpc/status.proto\"\xe2\x02\n\x0e\x45xecuteRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\t\x12\r\n\x05stdin\x18\x03 \x01(\x0c\x12.\n\x03\x65nv\x18\x04 \x03(\x0b\x32!.scout.v1.ExecuteRequest.EnvEntry\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10max_output_bytes\x18\x06 \x01(\x04\x12\x0c\n\x04text\x18\x07 \x01(\x08\x12\x13\n\x0bworking_dir\x18\x08 \x01(\t\x12\x0b\n\x03pty\x18\t \x01(\x08\x12-\n\rterminal_size\x18\n \x01(\x0b\x32\x16.scout.v1.TerminalSize\x12\x13\n\x0b\x63lose_stdin\x18\x0b \x01(\x08\x12\x0c\n\x04\x61rgv\x18\x0c \x03(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa0\x02\n\x0f\x45xecuteResponse\x12\x0e\n\x06stdout\x18\x01 \x01(\x0c\x12\x0e\n\x06stderr\x18\x02 \x01(\x0c\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\x0e\n\x06signal\x18\x04 \x01(\t\x12\x13\n\x0b\x63ore_dumped\x18\x05 \x01(\x08\x12\x18\n\x10stdout_truncated\x18\x06 \x01(\x08\x12\x18\n\x10stderr_truncated\x18\x07 \x01(\x08\x12\x14\n\x0cstdout_bytes\x18\x08 \x01(\x04\x12\x14\n\x0cstderr_bytes\x18\t \x01(\x04\x12\x13\n\x0bstdout_text\x18\n \x01(\t\x12\x13\n\x0bstderr_text\x18\x0b \x01(\t\x12+\n\x08\x64uration\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\"\xa7\x01\n\rStreamRequest\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x18.scout.v1.ExecuteRequestH\x00\x12\x0f\n\x05stdin\x18\x02 \x01(\x0cH\x00\x12\x10\n\x06signal\x18\x03 \x01(\tH\x00\x12(\n\x06resize\x18\x04 \x01(\x0b\x32\x16.scout.v1.TerminalSizeH\x00\x12\x15\n\x0b\x63lose_stdin\x18\x05 \x01(\x08H\x00\x42\x07\n\x05\x65vent\"q\n\x0eStreamResponse\x12\x10\n\x06stdout\x18\x01 \x01(\x0cH\x00\x12\x10\n\x06stderr\x18\x02 \x01(\x0cH\x00\x12$\n\x04\x65xit\x18\x03 \x01(\x0b\x32\x14.scout.v1.ExitStatusH\x00\x12\x0c\n\x04text\x18\x04 \x01(\tB\x07\n\x05\x65vent\"\xd1\x01\n\nExitStatus\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06signal\x18\x02 \x01(\t\x12\x13\n\x0b\x63ore_dumped\x18\x03 \x01(\x08\x12\x14\n\x0cstdout_bytes\x18\x04 \x01(\x04\x12\x14\n\x0cstderr_bytes\x18\x05 \x01(\x04\x12\x18\n\x10stdout_truncated\x18\x06 \x01(\x08\x12\x18\n\x10stderr_truncated\x18\x07 \x01(\x08\x12+\n\x08\x64uration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\"-\n\x0cTerminalSize\x12\x0f\n\x07\x63olumns\x18\x01 \x01(\r\x12\x0c\n\x04rows\x18\x02 \x01(\r\"3\n\x10ListHostsRequest\x12\x10\n\x08selector\x18\x01 \x01(\t\x12\r\n\x05hosts\x18\x02 \x03(\t\"2\n\x11ListHostsResponse\x12\x1d\n\x05hosts\x18\x01 \x03(\x0b\x32\x0e.scout.v1.Host\"\xdc\x01\n\x04Host\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\x12\x0c\n\x04user\x18\x04 \x01(\t\x12*\n\x06labels\x18\x05 \x03(\x0b\x32\x1a.scout.v1.Host.LabelsEntry\x12\x0b\n\x03via\x18\x06 \x03(\t\x12\x18\n\x10\x63onnections_open\x18\x07 \x01(\r\x12\x17\n\x0f\x63hannels_in_use\x18\x08 \x01(\r\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8d\x01\n\x12\x45xecuteManyRequest\x12\r\n\x05hosts\x18\x01 \x03(\t\x12\x10\n\x08selector\x18\x02 \x01(\t\x12)\n\x07request\x18\x03 \x01(\x0b\x32\x18.scout.v1.ExecuteRequest\x12\x14\n\x0cmax_parallel\x18\x04 \x01(\r\x12\x15\n\rstream_output\x18\x05 \x01(\x08\"\xb8\x01\n\x13\x45xecuteManyResponse\x12\x0c\n\x04host\x18\x01 \x01(\t\x12+\n\x06result\x18\x02 \x01(\x0b\x32\x19.scout.v1.ExecuteResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x12\'\n\x06output\x18\x04 \x01(\x0b\x32\x15.scout.v1.OutputChunkH\x00\x12\x0f\n\x07started\x18\x05 \x01(\x08\x42\x07\n\x05\x65vent\"G\n\x0bOutputChunk\x12\x10\n\x06stdout\x18\x01 \x01(\x0cH\x00\x12\x10\n\x06stderr\x18\x02 \x01(\x0cH\x00\x12\x0c\n\x04text\x18\x03 \x01(\tB\x06\n\x04\x64\x61ta2\xa2\x02\n\x0b\x45xecService\x12>\n\x07\x45xecute\x12\x18.scout.v1.ExecuteRequest\x1a\x19.scout.v1.ExecuteResponse\x12?\n\x06Stream\x12\x17.scout.v1.StreamRequest\x1a\x18.scout.v1.StreamResponse(\x01\x30\x01\x12\x44\n\tListHosts\x12\x1a.scout.v1.ListHostsRequest\x1a\x1b.scout.v1.ListHostsResponse\x12L\n\x0b\x45xecuteMany\x12\x1c.scout.v1.ExecuteManyRequest\x1a\x1d.scout.v1.ExecuteManyResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13scout/v1/exec.proto\x12\x08scout.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xe2\x02\n\x0e\x45xecuteRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\t\x12\r\n\x05stdin\x18\x03 \x01(\x0c\x12.\n\x03\x65nv\x18\x04 \x03(\x0b\x32!.scout.v1.ExecuteRequest.EnvEntry\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10max_output_bytes\x18\x06 \x01(\x04\x12\x0c\n\x04text\x18\x07 \x01(\x08\x12\x13\n\x0bworking_dir\x18\x08 \x01(\t\x12\x0b\n\x03pty\x18\t \x01(\x08\x12-\n\rterminal_size\x18\n \x01(\x0b\x32\x16.scout.v1.TerminalSize\x12\x13\n\x0b\x63lose_stdin\x18\x0b \x01(\x08\x12\x0c\n\x04\x61rgv\x18\x0c \x03(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa0\x02\n\x0f\x45xecuteResponse\x12\x0e\n\x06stdout\x18\x01 \x01(\x0c\x12\x0e\n\x06stderr\x18\x02 \x01(\x0c\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\x0e\n\x06signal\x18\x04 \x01(\t\x12\x13\n\x0b\x63ore_dumped\x18\x05 \x01(\x08\x12\x18\n\x10stdout_truncated\x18\x06 \x01(\x08\x12\x18\n\x10stderr_truncated\x18\x07 \x01(\x08\x12\x14\n\x0cstdout_bytes\x18\x08 \x01(\x04\x12\x14\n\x0cstderr_bytes\x18\t \x01(\x04\x12\x13\n\x0bstdout_text\x18\n \x01(\t\x12\x13\n\x0bstderr_text\x18\x0b \x01(\t\x12+\n\x08\x64uration\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\"\xa7\x01\n\rStreamRequest\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x18.scout.v1.ExecuteRequestH\x00\x12\x0f\n\x05stdin\x18\x02 \x01(\x0cH\x00\x12\x10\n\x06signal\x18\x03 \x01(\tH\x00\x12(\n\x06resize\x18\x04 \x01(\x0b\x32\x16.scout.v1.TerminalSizeH\x00\x12\x15\n\x0b\x63lose_stdin\x18\x05 \x01(\x08H\x00\x42\x07\n\x05\x65vent\"q\n\x0eStreamResponse\x12\x10\n\x06stdout\x18\x01 \x01(\x0cH\x00\x12\x10\n\x06stderr\x18\x02 \x01(\x0cH\x00\x12$\n\x04\x65xit\x18\x03 \x01(\x0b\x32\x14.scout.v1.ExitStatusH\x00\x12\x0c\n\x04text\x18\x04 \x01(\tB\x07\n\x05\x65vent\"\xd1\x01\n\nExitStatus\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06signal\x18\x02 \x01(\t\x12\x13\n\x0b\x63ore_dumped\x18\x03 \x01(\x08\x12\x14\n\x0cstdout_bytes\x18\x04 \x01(\x04\x12\x14\n\x0cstderr_bytes\x18\x05 \x01(\x04\x12\x18\n\x10stdout_truncated\x18\x06 \x01(\x08\x12\x18\n\x10stderr_truncated\x18\x07 \x01(\x08\x12+\n\x08\x64uration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\"-\n\x0cTerminalSize\x12\x0f\n\x07\x63olumns\x18\x01 \x01(\r\x12\x0c\n\x04rows\x18\x02 \x01(\r\"3\n\x10ListHostsRequest\x12\x10\n\x08selector\x18\x01 \x01(\t\x12\r\n\x05hosts\x18\x02 \x03(\t\"2\n\x11ListHostsResponse\x12\x1d\n\x05hosts\x18\x01 \x03(\x0b\x32\x0e.scout.v1.Host\"\xdc\x01\n\x04Host\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\x12\x0c\n\x04user\x18\x04 \x01(\t\x12*\n\x06labels\x18\x05 \x03(\x0b\x32\x1a.scout.v1.Host.LabelsEntry\x12\x0b\n\x03via\x18\x06 \x03(\t\x12\x18\n\x10\x63onnections_open\x18\x07 \x01(\r\x12\x17\n\x0f\x63hannels_in_use\x18\x08 \x01(\r\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa3\x01\n\x12\x45xecuteManyRequest\x12\r\n\x05hosts\x18\x01 \x03(\t\x12\x10\n\x08selector\x18\x02 \x01(\t\x12)\n\x07request\x18\x03 \x01(\x0b\x32\x18.scout.v1.ExecuteRequest\x12\x14\n\x0cmax_parallel\x18\x04 \x01(\r\x12\x15\n\rstream_output\x18\x05 \x01(\x08\x12\x14\n\x0cmax_failures\x18\x06 \x01(\r\"\xb8\x01\n\x13\x45xecuteManyResponse\x12\x0c\n\x04host\x18\x01 \x01(\t\x12+\n\x06result\x18\x02 \x01(\x0b\x32\x19.scout.v1.ExecuteResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x12\'\n\x06output\x18\x04 \x01(\x0b\x32\x15.scout.v1.OutputChunkH\x00\x12\x0f\n\x07started\x18\x05 \x01(\x08\x42\x07\n\x05\x65vent\"G\n\x0bOutputChunk\x12\x10\n\x06stdout\x18\x01 \x01(\x0cH\x00\x12\x10\n\x06stderr\x18\x02 \x01(\x0cH\x00\x12\x0c\n\x04text\x18\x03 \x01(\tB\x06\n\x04\x64\x61ta\"Q\n\rUploadRequest\x12&\n\x05start\x18\x01 \x01(\x0b\x32\x15.scout.v1.UploadStartH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x07\n\x05\x65vent\"\x83\x01\n\x0bUploadStart\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04mode\x18\x03 \x01(\r\x12\x13\n\x0b\x63reate_only\x18\x04 \x01(\x08\x12\x0c\n\x04size\x18\x05 \x01(\x04\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\"d\n\x0eUploadResponse\x12\x15\n\rbytes_written\x18\x01 \x01(\x04\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12+\n\x08\x64uration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"M\n\x0f\x44ownloadRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0e\n\x06length\x18\x04 \x01(\x04\"R\n\x10\x44ownloadResponse\x12\x0f\n\x05\x63hunk\x18\x01 \x01(\x0cH\x00\x12$\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x15.scout.v1.DownloadEndH\x00\x42\x07\n\x05\x65vent\"d\n\x0b\x44ownloadEnd\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04mode\x18\x03 \x01(\r\x12)\n\x05mtime\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Y\n\x11UploadManyRequest\x12*\n\x05start\x18\x01 \x01(\x0b\x32\x19.scout.v1.UploadManyStartH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x07\n\x05\x65vent\"o\n\x0fUploadManyStart\x12\r\n\x05hosts\x18\x01 \x03(\t\x12\x10\n\x08selector\x18\x02 \x01(\t\x12%\n\x06upload\x18\x03 \x01(\x0b\x32\x15.scout.v1.UploadStart\x12\x14\n\x0cmax_parallel\x18\x04 \x01(\r\"|\n\x12UploadManyResponse\x12\x0c\n\x04host\x18\x01 \x01(\t\x12*\n\x06result\x18\x02 \x01(\x0b\x32\x18.scout.v1.UploadResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x07\n\x05\x65vent2\xf3\x03\n\x0b\x45xecService\x12>\n\x07\x45xecute\x12\x18.scout.v1.ExecuteRequest\x1a\x19.scout.v1.ExecuteResponse\x12?\n\x06Stream\x12\x17.scout.v1.StreamRequest\x1a\x18.scout.v1.StreamResponse(\x01\x30\x01\x12\x44\n\tListHosts\x12\x1a.scout.v1.ListHostsRequest\x1a\x1b.scout.v1.ListHostsResponse\x12L\n\x0b\x45xecuteMany\x12\x1c.scout.v1.ExecuteManyRequest\x1a\x1d.scout.v1.ExecuteManyResponse0\x01\x12=\n\x06Upload\x12\x17.scout.v1.UploadRequest\x1a\x18.scout.v1.UploadResponse(\x01\x12\x43\n\x08\x44ownload\x12\x19.scout.v1.DownloadRequest\x1a\x1a.scout.v1.DownloadResponse0\x01\x12K\n\nUploadMany\x12\x1b.scout.v1.UploadManyRequest\x1a\x1c.scout.v1.UploadManyResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,34 +38,52 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXECUTEREQUEST_ENVENTRY']._serialized_options = b'8\001'
   _globals['_HOST_LABELSENTRY']._loaded_options = None
   _globals['_HOST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_EXECUTEREQUEST']._serialized_start=91
-  _globals['_EXECUTEREQUEST']._serialized_end=445
-  _globals['_EXECUTEREQUEST_ENVENTRY']._serialized_start=403
-  _globals['_EXECUTEREQUEST_ENVENTRY']._serialized_end=445
-  _globals['_EXECUTERESPONSE']._serialized_start=448
-  _globals['_EXECUTERESPONSE']._serialized_end=736
-  _globals['_STREAMREQUEST']._serialized_start=739
-  _globals['_STREAMREQUEST']._serialized_end=906
-  _globals['_STREAMRESPONSE']._serialized_start=908
-  _globals['_STREAMRESPONSE']._serialized_end=1021
-  _globals['_EXITSTATUS']._serialized_start=1024
-  _globals['_EXITSTATUS']._serialized_end=1233
-  _globals['_TERMINALSIZE']._serialized_start=1235
-  _globals['_TERMINALSIZE']._serialized_end=1280
-  _globals['_LISTHOSTSREQUEST']._serialized_start=1282
-  _globals['_LISTHOSTSREQUEST']._serialized_end=1333
-  _globals['_LISTHOSTSRESPONSE']._serialized_start=1335
-  _globals['_LISTHOSTSRESPONSE']._serialized_end=1385
-  _globals['_HOST']._serialized_start=1388
-  _globals['_HOST']._serialized_end=1608
-  _globals['_HOST_LABELSENTRY']._serialized_start=1563
-  _globals['_HOST_LABELSENTRY']._serialized_end=1608
-  _globals['_EXECUTEMANYREQUEST']._serialized_start=1611
-  _globals['_EXECUTEMANYREQUEST']._serialized_end=1752
-  _globals['_EXECUTEMANYRESPONSE']._serialized_start=1755
-  _globals['_EXECUTEMANYRESPONSE']._serialized_end=1939
-  _globals['_OUTPUTCHUNK']._serialized_start=1941
-  _globals['_OUTPUTCHUNK']._serialized_end=2012
-  _globals['_EXECSERVICE']._serialized_start=2015
-  _globals['_EXECSERVICE']._serialized_end=2305
+  _globals['_EXECUTEREQUEST']._serialized_start=124
+  _globals['_EXECUTEREQUEST']._serialized_end=478
+  _globals['_EXECUTEREQUEST_ENVENTRY']._serialized_start=436
+  _globals['_EXECUTEREQUEST_ENVENTRY']._serialized_end=478
+  _globals['_EXECUTERESPONSE']._serialized_start=481
+  _globals['_EXECUTERESPONSE']._serialized_end=769
+  _globals['_STREAMREQUEST']._serialized_start=772
+  _globals['_STREAMREQUEST']._serialized_end=939
+  _globals['_STREAMRESPONSE']._serialized_start=941
+  _globals['_STREAMRESPONSE']._serialized_end=1054
+  _globals['_EXITSTATUS']._serialized_start=1057
+  _globals['_EXITSTATUS']._serialized_end=1266
+  _globals['_TERMINALSIZE']._serialized_start=1268
+  _globals['_TERMINALSIZE']._serialized_end=1313
+  _globals['_LISTHOSTSREQUEST']._serialized_start=1315
+  _globals['_LISTHOSTSREQUEST']._serialized_end=1366
+  _globals['_LISTHOSTSRESPONSE']._serialized_start=1368
+  _globals['_LISTHOSTSRESPONSE']._serialized_end=1418
+  _globals['_HOST']._serialized_start=1421
+  _globals['_HOST']._serialized_end=1641
+  _globals['_HOST_LABELSENTRY']._serialized_start=1596
+  _globals['_HOST_LABELSENTRY']._serialized_end=1641
+  _globals['_EXECUTEMANYREQUEST']._serialized_start=1644
+  _globals['_EXECUTEMANYREQUEST']._serialized_end=1807
+  _globals['_EXECUTEMANYRESPONSE']._serialized_start=1810
+  _globals['_EXECUTEMANYRESPONSE']._serialized_end=1994
+  _globals['_OUTPUTCHUNK']._serialized_start=1996
+  _globals['_OUTPUTCHUNK']._serialized_end=2067
+  _globals['_UPLOADREQUEST']._serialized_start=2069
+  _globals['_UPLOADREQUEST']._serialized_end=2150
+  _globals['_UPLOADSTART']._serialized_start=2153
+  _globals['_UPLOADSTART']._serialized_end=2284
+  _globals['_UPLOADRESPONSE']._serialized_start=2286
+  _globals['_UPLOADRESPONSE']._serialized_end=2386
+  _globals['_DOWNLOADREQUEST']._serialized_start=2388
+  _globals['_DOWNLOADREQUEST']._serialized_end=2465
+  _globals['_DOWNLOADRESPONSE']._serialized_start=2467
+  _globals['_DOWNLOADRESPONSE']._serialized_end=2549
+  _globals['_DOWNLOADEND']._serialized_start=2551
+  _globals['_DOWNLOADEND']._serialized_end=2651
+  _globals['_UPLOADMANYREQUEST']._serialized_start=2653
+  _globals['_UPLOADMANYREQUEST']._serialized_end=2742
+  _globals['_UPLOADMANYSTART']._serialized_start=2744
+  _globals['_UPLOADMANYSTART']._serialized_end=2855
+  _globals['_UPLOADMANYRESPONSE']._serialized_start=2857
+  _globals['_UPLOADMANYRESPONSE']._serialized_end=2981
+  _globals['_EXECSERVICE']._serialized_start=2984
+  _globals['_EXECSERVICE']._serialized_end=3483
 # @@protoc_insertion_point(module_scope)

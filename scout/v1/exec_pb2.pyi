@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -169,18 +170,20 @@ class Host(_message.Message):
     def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., port: _Optional[int] = ..., user: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., via: _Optional[_Iterable[str]] = ..., connections_open: _Optional[int] = ..., channels_in_use: _Optional[int] = ...) -> None: ...
 
 class ExecuteManyRequest(_message.Message):
-    __slots__ = ("hosts", "selector", "request", "max_parallel", "stream_output")
+    __slots__ = ("hosts", "selector", "request", "max_parallel", "stream_output", "max_failures")
     HOSTS_FIELD_NUMBER: _ClassVar[int]
     SELECTOR_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     MAX_PARALLEL_FIELD_NUMBER: _ClassVar[int]
     STREAM_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    MAX_FAILURES_FIELD_NUMBER: _ClassVar[int]
     hosts: _containers.RepeatedScalarFieldContainer[str]
     selector: str
     request: ExecuteRequest
     max_parallel: int
     stream_output: bool
-    def __init__(self, hosts: _Optional[_Iterable[str]] = ..., selector: _Optional[str] = ..., request: _Optional[_Union[ExecuteRequest, _Mapping]] = ..., max_parallel: _Optional[int] = ..., stream_output: _Optional[bool] = ...) -> None: ...
+    max_failures: int
+    def __init__(self, hosts: _Optional[_Iterable[str]] = ..., selector: _Optional[str] = ..., request: _Optional[_Union[ExecuteRequest, _Mapping]] = ..., max_parallel: _Optional[int] = ..., stream_output: _Optional[bool] = ..., max_failures: _Optional[int] = ...) -> None: ...
 
 class ExecuteManyResponse(_message.Message):
     __slots__ = ("host", "result", "error", "output", "started")
@@ -205,3 +208,101 @@ class OutputChunk(_message.Message):
     stderr: bytes
     text: str
     def __init__(self, stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ..., text: _Optional[str] = ...) -> None: ...
+
+class UploadRequest(_message.Message):
+    __slots__ = ("start", "chunk")
+    START_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    start: UploadStart
+    chunk: bytes
+    def __init__(self, start: _Optional[_Union[UploadStart, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class UploadStart(_message.Message):
+    __slots__ = ("host", "path", "mode", "create_only", "size", "sha256", "idempotency_key")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    CREATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    path: str
+    mode: int
+    create_only: bool
+    size: int
+    sha256: str
+    idempotency_key: str
+    def __init__(self, host: _Optional[str] = ..., path: _Optional[str] = ..., mode: _Optional[int] = ..., create_only: _Optional[bool] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+
+class UploadResponse(_message.Message):
+    __slots__ = ("bytes_written", "sha256", "duration")
+    BYTES_WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    DURATION_FIELD_NUMBER: _ClassVar[int]
+    bytes_written: int
+    sha256: str
+    duration: _duration_pb2.Duration
+    def __init__(self, bytes_written: _Optional[int] = ..., sha256: _Optional[str] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class DownloadRequest(_message.Message):
+    __slots__ = ("host", "path", "offset", "length")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    path: str
+    offset: int
+    length: int
+    def __init__(self, host: _Optional[str] = ..., path: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
+
+class DownloadResponse(_message.Message):
+    __slots__ = ("chunk", "end")
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    chunk: bytes
+    end: DownloadEnd
+    def __init__(self, chunk: _Optional[bytes] = ..., end: _Optional[_Union[DownloadEnd, _Mapping]] = ...) -> None: ...
+
+class DownloadEnd(_message.Message):
+    __slots__ = ("size", "sha256", "mode", "mtime")
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    MTIME_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    sha256: str
+    mode: int
+    mtime: _timestamp_pb2.Timestamp
+    def __init__(self, size: _Optional[int] = ..., sha256: _Optional[str] = ..., mode: _Optional[int] = ..., mtime: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class UploadManyRequest(_message.Message):
+    __slots__ = ("start", "chunk")
+    START_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    start: UploadManyStart
+    chunk: bytes
+    def __init__(self, start: _Optional[_Union[UploadManyStart, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class UploadManyStart(_message.Message):
+    __slots__ = ("hosts", "selector", "upload", "max_parallel")
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_FIELD_NUMBER: _ClassVar[int]
+    MAX_PARALLEL_FIELD_NUMBER: _ClassVar[int]
+    hosts: _containers.RepeatedScalarFieldContainer[str]
+    selector: str
+    upload: UploadStart
+    max_parallel: int
+    def __init__(self, hosts: _Optional[_Iterable[str]] = ..., selector: _Optional[str] = ..., upload: _Optional[_Union[UploadStart, _Mapping]] = ..., max_parallel: _Optional[int] = ...) -> None: ...
+
+class UploadManyResponse(_message.Message):
+    __slots__ = ("host", "result", "error")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    result: UploadResponse
+    error: _status_pb2.Status
+    def __init__(self, host: _Optional[str] = ..., result: _Optional[_Union[UploadResponse, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...

@@ -55,6 +55,21 @@ class ExecServiceStub:
                 request_serializer=scout_dot_v1_dot_exec__pb2.ExecuteManyRequest.SerializeToString,
                 response_deserializer=scout_dot_v1_dot_exec__pb2.ExecuteManyResponse.FromString,
                 _registered_method=True)
+        self.Upload = channel.stream_unary(
+                '/scout.v1.ExecService/Upload',
+                request_serializer=scout_dot_v1_dot_exec__pb2.UploadRequest.SerializeToString,
+                response_deserializer=scout_dot_v1_dot_exec__pb2.UploadResponse.FromString,
+                _registered_method=True)
+        self.Download = channel.unary_stream(
+                '/scout.v1.ExecService/Download',
+                request_serializer=scout_dot_v1_dot_exec__pb2.DownloadRequest.SerializeToString,
+                response_deserializer=scout_dot_v1_dot_exec__pb2.DownloadResponse.FromString,
+                _registered_method=True)
+        self.UploadMany = channel.stream_stream(
+                '/scout.v1.ExecService/UploadMany',
+                request_serializer=scout_dot_v1_dot_exec__pb2.UploadManyRequest.SerializeToString,
+                response_deserializer=scout_dot_v1_dot_exec__pb2.UploadManyResponse.FromString,
+                _registered_method=True)
 
 
 class ExecServiceServicer:
@@ -108,6 +123,39 @@ class ExecServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Upload(self, request_iterator, context):
+        """Upload writes one file on a host over SFTP, on a pooled connection. The first
+        message is `start`, then `chunk` messages carry the bytes in order; half-closing
+        the stream ends the file. The bytes go to a temporary name in the same directory,
+        renamed over `path` only when every byte arrived (and matched `size` and `sha256`
+        when given): a reader never sees half a file, and a failed or cut upload leaves
+        the target as it was and no temporary file behind.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Download(self, request, context):
+        """Download reads one file (or the range `offset`, `length` of it, so a cut
+        download can resume) and sends it in order, then one `end` message with the
+        file's size, mode and mtime and the SHA-256 of the bytes sent. A file that
+        changes while it is read (size or mtime moved) ends the call with ABORTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadMany(self, request_iterator, context):
+        """UploadMany writes one file to many hosts: the union of `hosts` patterns and
+        `selector` matches, as ExecuteMany. The caller sends the content once (`start`,
+        then `chunk` messages); scout spools it on its own disk (at most
+        `[files] max_file_bytes`, removed at the end), then uploads it to at most
+        `max_parallel` hosts at once and sends one message per host as each finishes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +178,21 @@ def add_ExecServiceServicer_to_server(servicer, server):
                     servicer.ExecuteMany,
                     request_deserializer=scout_dot_v1_dot_exec__pb2.ExecuteManyRequest.FromString,
                     response_serializer=scout_dot_v1_dot_exec__pb2.ExecuteManyResponse.SerializeToString,
+            ),
+            'Upload': grpc.stream_unary_rpc_method_handler(
+                    servicer.Upload,
+                    request_deserializer=scout_dot_v1_dot_exec__pb2.UploadRequest.FromString,
+                    response_serializer=scout_dot_v1_dot_exec__pb2.UploadResponse.SerializeToString,
+            ),
+            'Download': grpc.unary_stream_rpc_method_handler(
+                    servicer.Download,
+                    request_deserializer=scout_dot_v1_dot_exec__pb2.DownloadRequest.FromString,
+                    response_serializer=scout_dot_v1_dot_exec__pb2.DownloadResponse.SerializeToString,
+            ),
+            'UploadMany': grpc.stream_stream_rpc_method_handler(
+                    servicer.UploadMany,
+                    request_deserializer=scout_dot_v1_dot_exec__pb2.UploadManyRequest.FromString,
+                    response_serializer=scout_dot_v1_dot_exec__pb2.UploadManyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -241,6 +304,87 @@ class ExecService:
             '/scout.v1.ExecService/ExecuteMany',
             scout_dot_v1_dot_exec__pb2.ExecuteManyRequest.SerializeToString,
             scout_dot_v1_dot_exec__pb2.ExecuteManyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Upload(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/scout.v1.ExecService/Upload',
+            scout_dot_v1_dot_exec__pb2.UploadRequest.SerializeToString,
+            scout_dot_v1_dot_exec__pb2.UploadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Download(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/scout.v1.ExecService/Download',
+            scout_dot_v1_dot_exec__pb2.DownloadRequest.SerializeToString,
+            scout_dot_v1_dot_exec__pb2.DownloadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadMany(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/scout.v1.ExecService/UploadMany',
+            scout_dot_v1_dot_exec__pb2.UploadManyRequest.SerializeToString,
+            scout_dot_v1_dot_exec__pb2.UploadManyResponse.FromString,
             options,
             channel_credentials,
             insecure,
