@@ -28,7 +28,6 @@ import time
 from typing import TYPE_CHECKING
 
 import grpc
-from google.rpc import status_pb2
 
 from scout.v1 import exec_pb2
 
@@ -39,7 +38,7 @@ from .errors import HostNotFound, InvalidRequest
 from .output import OutputQueue
 from .requests import command_spec
 from .responses import execute_response, send_output
-from .rpc import Context, cancel_code, failure, record_end
+from .rpc import Context, cancel_code, failure, host_status, record_end
 
 if TYPE_CHECKING:
     from .service import ExecService
@@ -138,8 +137,7 @@ class FanOut:
             if limit and self.failures >= limit:  # start no new host
                 message = exec_pb2.ExecuteManyResponse(host=name, started=False)
                 text = f"not started: {self.failures} failures (max_failures {limit})"
-                code = grpc.StatusCode.ABORTED.value[0]
-                message.error.CopyFrom(status_pb2.Status(code=code, message=text))
+                message.error.CopyFrom(host_status(grpc.StatusCode.ABORTED, text))
                 await self.out.put(message)
                 return
             call = self.call
@@ -163,7 +161,7 @@ class FanOut:
                     log.exception("ExecuteMany on %s failed", name)
                 elif text != whole:
                     log.info("ExecuteMany on %s: %s", name, whole)
-                message.error.CopyFrom(status_pb2.Status(code=code.value[0], message=text))
+                message.error.CopyFrom(host_status(code, text))
                 message.started = record.started
             finally:
                 record_end(self.service, record, code, began)

@@ -30,6 +30,7 @@ from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
+from google.rpc import status_pb2
 
 from scout.v1 import exec_pb2
 
@@ -128,6 +129,11 @@ def failure(gate: Gate, call: CallRecord, exc: Exception) -> tuple[grpc.StatusCo
     code, message, call.started = status_of(exc)
     shown = gate.shown(call.who, exc) if isinstance(exc, ScoutError) else message
     return code, message, shown
+
+
+def host_status(code: grpc.StatusCode, message: str) -> status_pb2.Status:
+    """One host's status inside a streamed answer (ExecuteMany, UploadMany)."""
+    return status_pb2.Status(code=code.value[0], message=message)
 
 
 def record_end(servicer: Servicer, call: CallRecord, code: grpc.StatusCode, began: float) -> None:
