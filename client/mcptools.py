@@ -26,7 +26,7 @@ from typing import Any
 
 from client.aio import Client
 from client.errors import ScoutError
-from client.fleet import Host, HostOutput
+from client.fleet import HostOutput, host_fields
 from client.results import Result
 
 __all__ = [
@@ -187,18 +187,6 @@ def result_fields(result: Result, max_output: int) -> dict[str, Any]:
         "stdout_bytes": result.stdout_bytes,
         "stderr_bytes": result.stderr_bytes,
         "duration": round(result.duration, 3),
-    }
-
-
-def host_fields(host: Host) -> dict[str, Any]:
-    """One inventory host: where it is, its labels, and its jump hosts."""
-    return {
-        "name": host.name,
-        "address": host.address,
-        "port": host.port,
-        "user": host.user,
-        "labels": dict(host.labels),
-        "via": list(host.via),
     }
 
 

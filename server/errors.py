@@ -145,3 +145,9 @@ def brief(value: str | bytes, limit: int = 48) -> str:
 
 class FileError(Exception):
     """A file could not be read or parsed; the message names it, never its contents."""
+
+
+def not_opened(reason: str, *, connection_closed: bool) -> ChannelTrouble:
+    """A channel open the server refused: on a dead connection ConnectionDead, on a live
+    one ChannelRefused (it is full). Nothing reached the host either way."""
+    return ConnectionDead(reason) if connection_closed else ChannelRefused(reason)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import grpc
@@ -56,22 +57,18 @@ def failed(message: exec_pb2.ExecuteManyResponse) -> bool:
     return message.result.exit_code != 0 or bool(message.result.signal)
 
 
+@dataclass(eq=False)
 class FanOut:
     """One ExecuteMany call."""
 
-    def __init__(
-        self,
-        service: ExecService,
-        request: exec_pb2.ExecuteManyRequest,
-        context: Context,
-        call: CallRecord,
-    ) -> None:
-        self.service = service
-        self.request = request
-        self.context = context
-        self.call = call
-        self.out: asyncio.Queue[exec_pb2.ExecuteManyResponse] = asyncio.Queue(QUEUED_MESSAGES)
-        self.failures = 0  # hosts failed so far (failed()), against request.max_failures
+    service: ExecService
+    request: exec_pb2.ExecuteManyRequest
+    context: Context
+    call: CallRecord
+    out: asyncio.Queue[exec_pb2.ExecuteManyResponse] = field(
+        default_factory=lambda: asyncio.Queue(QUEUED_MESSAGES)
+    )
+    failures: int = 0  # hosts failed so far (failed()), against request.max_failures
 
     def targets(self) -> list[str]:
         """The hosts to run on, checked as a whole (the RPC fails only here): a malformed

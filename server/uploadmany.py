@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -37,21 +38,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+@dataclass(eq=False)
 class UploadFanOut:
     """One UploadMany call."""
 
-    def __init__(
-        self,
-        service: ExecService,
-        requests: AsyncIterator[Any],
-        context: Context,
-        call: CallRecord,
-    ) -> None:
-        self.service = service
-        self.requests = requests
-        self.context = context
-        self.call = call
-        self.out: asyncio.Queue[exec_pb2.UploadManyResponse] = asyncio.Queue()
+    service: ExecService
+    requests: AsyncIterator[Any]
+    context: Context
+    call: CallRecord
+    out: asyncio.Queue[exec_pb2.UploadManyResponse] = field(default_factory=asyncio.Queue)
 
     def targets(self, start: exec_pb2.UploadManyStart) -> list[str]:
         """The hosts to write, checked as a whole (the RPC fails only here)."""

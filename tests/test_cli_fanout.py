@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from client.fanoutinput import MAX_STDIN
+from testkit.processes import read_until_closed
 from testkit.scripted import ScriptedServer
 
 from .scoutd import Scout, config, running_scout
@@ -212,7 +213,7 @@ async def test_progress_counts_running_and_queued_hosts(scout: Scout, tmp_path: 
         os.close(slave)
     try:
         await asyncio.wait_for(proc.communicate(), 30)
-        seen = await asyncio.to_thread(_read_until_closed, master)
+        seen = await asyncio.to_thread(read_until_closed, master)
     finally:
         os.close(master)
     terminal = seen.decode()
@@ -223,19 +224,6 @@ async def test_progress_counts_running_and_queued_hosts(scout: Scout, tmp_path: 
         "3/4 done, 0 failed, 1 running, 0 queued",
     ):
         assert f"\r\x1b[Kscout: {counts}" in terminal, terminal
-
-
-def _read_until_closed(fd: int) -> bytes:
-    chunks = []
-    while True:
-        try:
-            data = os.read(fd, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    return b"".join(chunks)
 
 
 async def test_ctrl_c_counts_the_hosts_it_stopped(scout: Scout, tmp_path: Path) -> None:
