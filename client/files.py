@@ -26,6 +26,7 @@ from typing import IO, TYPE_CHECKING, Any, Self, TypeVar
 
 import grpc
 
+from client.calls import _OwnedCall
 from client.errors import DataLoss, ScoutError, from_host_status, from_rpc_error
 from scout.v1 import exec_pb2
 
@@ -194,7 +195,7 @@ def _uploaded(host: str, path: str, answer: exec_pb2.UploadResponse) -> Uploaded
     )
 
 
-class DownloadCall:
+class DownloadCall(_OwnedCall[exec_pb2.DownloadRequest]):
     """A Download: iterate it for the chunks, in order; `info` is set at the end.
 
     Leaving `async with` cancels the call if it still runs. `to_file()` runs the whole
@@ -208,29 +209,22 @@ class DownloadCall:
         rpc_timeout: float | None,
         progress: Progress | None = None,
     ) -> None:
-        self._client = client
-        self.request = request
-        self._timeout = rpc_timeout
+        super().__init__(client, request, rpc_timeout, client._metadata(request.host))
         self._progress = progress
-        self._call: Any = None
         self.info: FileInfo | None = None
+
+    @property
+    def request(self) -> exec_pb2.DownloadRequest:
+        """What is read: host, path, and the range."""
+        return self._request
 
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.cancel()
-
-    def cancel(self) -> None:
-        """Cancel the call if it still runs."""
-        if self._call is not None and not self._call.done():
-            self._call.cancel()
-
     async def __aiter__(self) -> AsyncIterator[bytes]:
         host = self.request.host
         stub = self._client._stub()
-        metadata = self._client._metadata(host)
-        self._call = stub.Download(self.request, timeout=self._timeout, metadata=metadata)
+        self._call = stub.Download(self.request, timeout=self._deadline, metadata=self._metadata)
         received = 0
         try:
             async for message in self._call:
