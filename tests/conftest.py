@@ -19,28 +19,40 @@ Where each part of the code is tested (module -> test files):
 server.service, .rpc          test_service, test_hardening_requests, test_fuzz, test_request_ids
 server.launch, .command       test_exit_paths, test_lifecycle, test_budget, test_run_record
 server.stream, .output        test_service, test_stream_backpressure, test_hardening_load
-server.fanout, .targets       test_fleet, test_visibility, test_split_fanout
+server.fanout, .targets       test_fleet, test_visibility, test_split_fanout, test_fanout_controls
+server.files, .sftpchannel,   test_files, test_client_files, test_cli_cp
+  .uploadmany, .spool,
+  .pathpolicy
 server.pool, .poolstate       test_pool, test_poolstate, test_pool_ssh, test_hardening_hosts
-server.audit, .callers, .tls  test_security, test_visibility, test_request_ids, test_argv
+server.audit, .callers, .tls  test_security, test_visibility, test_request_ids, test_argv,
+                              test_policy_order
 server.argvpolicy, .requests  test_argv, test_hardening_requests, test_fuzz
 server.config, .configfile    test_config, test_reload, test_metrics_exposure
 server.reload, .live          test_reload
-server.connector, .sshfiles   test_service, test_fleet, test_reload, test_hardening_hosts
-server.inventory, .sshconfig  test_fleet, test_sshconfig
+server.connector, .sshfiles   test_service, test_fleet, test_reload, test_hardening_hosts,
+                              test_jump_specs
+server.inventory, .sshconfig  test_fleet, test_sshconfig, test_jump_specs
 server.metrics, .logs         test_ops, test_metrics_exposure, test_hardening_requests
 server.keepalive              test_keepalive, test_config
 server.introspection          test_introspection, test_introspection_bounds, test_polyglot
-server.app, .main             test_server_process, test_hardening_process, test_deploy
+server.app, .main, .tokens,   test_server_process, test_server_commands, test_hardening_process,
+  .quiet                      test_deploy
 server.workers, .workermetrics  test_workers
 server.errors, docs/          test_docs
 scout/v1 (the contract)       test_contract, test_breaking, test_polyglot, test_readme,
                               test_go_example, test_node_example
-client.aio, .sync, .results   test_client_e2e, test_client_errors, test_client_started,
-                              test_cli_live
+client.aio, .calls, .sync,    test_client_e2e, test_client_errors, test_client_started,
+  .results                    test_cli_live
+client.files                  test_client_files, test_files
 client.fleet, .splitfanout    test_client_fleet, test_split_fanout
-client.cli, .fleetcli         test_cli, test_cli_fleet, test_cli_live, test_cli_words
+client.cli, .fleetcli,        test_cli, test_cli_fleet, test_cli_fanout, test_cli_live,
+  .argtypes, .fanoutinput,    test_cli_words, test_cli_cp, test_completion
+  .fanoutstatus, .cpcli,
+  .completion
 client.profiles, .explain     test_profiles, test_cli_words
-client.credentials, .reach   test_client_tls, test_client_reach, test_cli_words
+client.credentials, .reach    test_client_tls, test_client_reach, test_cli_words
+client.mcpserver, .mcptools,  test_mcp
+  .mcpfiles
 testkit/                      test_sshservers
 deploy/                       test_deploy, test_replicas
 imports of server/, client/   test_imports
