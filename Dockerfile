@@ -1,6 +1,7 @@
-# scout in a container. The build stage turns this project into a wheel and installs it
-# into a virtual environment without pip; the runtime stage copies only that environment
-# onto a slim Python of the same image, and runs it as an unprivileged user.
+# scout in a container. The build stage turns this project into a wheel and installs it,
+# with the versions pinned in constraints.txt, into a virtual environment without pip; the
+# runtime stage copies only that environment onto a slim Python of the same image, and
+# runs it as an unprivileged user.
 #
 #   docker build -t scout:0.1.0 .
 #   docker run -v /srv/scout:/etc/scout:ro -p 50051:50051 scout:0.1.0
@@ -16,13 +17,13 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
 # What the wheel is built from; .dockerignore keeps everything else out of the context.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY scout/ scout/
 COPY server/ server/
 COPY client/ client/
 RUN pip wheel --no-deps --wheel-dir /dist . \
     && python -m venv --without-pip /opt/scout \
-    && pip --python /opt/scout/bin/python install /dist/scout-*.whl
+    && pip --python /opt/scout/bin/python install --constraint constraints.txt /dist/scout-*.whl
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="scout" \

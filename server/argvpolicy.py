@@ -3,8 +3,8 @@
 A glob over a shell line is no boundary (`*` matches `;`, `$(...)` and newlines, and the
 shell runs them all), so a restricted caller sends argv, and its `commands` are argv
 patterns, as sudo's rules are: split like a shell word list, each pattern word matches
-exactly one argv element (fnmatch, case sensitive, `*` crosses `/`), and a final `...`
-matches any number of further elements.
+exactly one argv element (fnmatch, case sensitive, `*` crosses `/` but never matches a
+`..` path component), and a final `...` matches any number of further elements.
 
 scout sends argv as one simple command of single-quoted words. Every word is quoted,
 even a plain one, so that no element can become an assignment (`A=1 prog`), a reserved
@@ -81,7 +81,16 @@ def argv_matches(pattern: str, argv: Sequence[str]) -> bool:
         fixed = words
         if len(argv) != len(fixed):
             return False
-    return all(fnmatch.fnmatchcase(arg, word) for arg, word in zip(argv, fixed, strict=False))
+    return all(_word_matches(arg, word) for arg, word in zip(argv, fixed, strict=False))
+
+
+def _word_matches(arg: str, word: str) -> bool:
+    """fnmatch, except that a wildcard never matches a `..` path component: every `..`
+    in arg must be one the pattern word spells out (`"cat /var/log/*"` does not allow
+    `/var/log/../../etc/shadow`)."""
+    if not fnmatch.fnmatchcase(arg, word):
+        return False
+    return arg.split("/").count("..") <= word.split("/").count("..")
 
 
 def quote_word(word: str) -> str:

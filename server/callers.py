@@ -12,7 +12,8 @@ caller is configured, every call must carry an identity, deny by default:
 
 Then the caller's policy: `hosts` are glob patterns (fnmatch, case sensitive) over the
 inventory name; `stream` allows Stream. A caller with `commands` is restricted: it may
-send only argv, and only argv its patterns allow (server.argvpolicy), only the `env`
+send only argv, and only argv its patterns allow (server.argvpolicy), never with a pty
+(a pager on a terminal runs a shell on `!`), only the `env`
 names it lists (never one that changes how a shell or the loader starts) and only a
 `working_dir` its `working_dirs` globs allow. On a caller without `commands`, `env` and
 `working_dirs` hold when set. The host is checked before the inventory is looked at, so
@@ -92,7 +93,8 @@ class Gate:
 
     The callers are read from the config in force at each call: a reload that removes a
     caller refuses its next call, one that changes a policy applies it from the next
-    call; calls in flight keep the CallerConfig they were admitted with.
+    call; calls in flight keep the CallerConfig they were admitted with, except that an
+    ExecuteMany asks `current()` before each host it starts.
     """
 
     live: LiveConfig
@@ -148,6 +150,30 @@ class Gate:
         if found.cert_common_name and by_cert is None:
             raise Unauthenticated(f"caller {found.name} must also show its client certificate")
         return found
+
+    def current(self, caller: CallerConfig) -> CallerConfig:
+        """caller as the config in force now has it (a reload may have narrowed it), for a
+        command a call in flight is about to start; Unauthenticated when a reload removed
+        it or changed its credentials. A fan-out asks before each host: its hosts not yet
+        started are new commands, and a revoked caller starts none."""
+        if self.open:
+            return ANONYMOUS
+        for found in self.callers:
+            if (found.name, found.token_sha256, found.cert_common_name) == (
+                caller.name,
+                caller.token_sha256,
+                caller.cert_common_name,
+            ):
+                return found
+        if caller is ANONYMOUS:
+            raise Unauthenticated(
+                "a reload of the config added callers: this server now needs an identity, "
+                "and no new command of this call starts"
+            )
+        raise Unauthenticated(
+            f"caller {caller.name} was removed, or its credentials changed, by a reload of "
+            "the config: no new command of this call starts"
+        )
 
     def admit(self, caller: CallerConfig) -> None:
         """Count one more call of caller, or refuse it at once past its max_in_flight."""
@@ -233,15 +259,21 @@ class Gate:
 
 def _check_argv(who: str, caller: CallerConfig, request: exec_pb2.ExecuteRequest) -> None:
     """A restricted caller sends argv, and argv its `commands` patterns allow."""
-    rule = ", ".join(caller.commands)
+    rule = ", ".join(caller.commands or ()) or "none"
     if request.command or not request.argv:
         raise PermissionDenied(
             f"{who} may send only argv, not a shell command (commands: {rule}); send the "
             "program and its arguments as argv, one element each"
         )
-    if not any(argv_matches(pattern, request.argv) for pattern in caller.commands):
+    if not any(argv_matches(pattern, request.argv) for pattern in caller.commands or ()):
         shown = brief(shlex.join(request.argv[:32]))
         raise PermissionDenied(f"{who} may not run argv {shown} (commands: {rule})")
+    if request.pty:
+        raise PermissionDenied(
+            f"{who} may not ask for a pty: on a terminal an allowed program turns "
+            "interactive (a pager or an editor runs a shell on `!`), so no caller with "
+            "commands gets one"
+        )
 
 
 def _check_env(who: str, caller: CallerConfig, request: exec_pb2.ExecuteRequest) -> None:

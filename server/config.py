@@ -168,8 +168,9 @@ class CallerConfig:
     token_sha256: str | None = None  # hex SHA-256 of its bearer token
     cert_common_name: str | None = None  # or its mTLS client certificate's CN
     hosts: tuple[str, ...] = ()  # glob patterns over inventory names; empty: none
-    # argv patterns (server.argvpolicy); set: the caller is restricted, argv only
-    commands: tuple[str, ...] = ()  # empty: any command, as a shell line or argv
+    # argv patterns (server.argvpolicy); set, even empty: the caller is restricted, argv
+    # only (an empty list: no command at all)
+    commands: tuple[str, ...] | None = None  # None (unset): any command, shell line or argv
     # None (unset): none for a restricted caller, any for another; set: only these
     env: tuple[str, ...] | None = None  # variable names it may set
     working_dirs: tuple[str, ...] | None = None  # glob patterns over working_dir
@@ -185,7 +186,7 @@ class CallerConfig:
     @property
     def restricted(self) -> bool:
         """Its policy lists commands: it may send only argv, within them."""
-        return bool(self.commands)
+        return self.commands is not None
 
 
 @dataclass(frozen=True)

@@ -270,10 +270,11 @@ def _tls(raw: Any, base: Path) -> TLSSettings:
     return tls
 
 
-def _commands(t: _Table) -> tuple[str, ...]:
-    """`commands`: argv patterns, each split once here so a bad one stops the start."""
-    patterns = t.strings("commands")
-    for pattern in patterns:
+def _commands(t: _Table) -> tuple[str, ...] | None:
+    """`commands`: argv patterns, each split once here so a bad one stops the start; None
+    when absent (an empty list is kept: it allows no command)."""
+    patterns = _optional_strings(t, "commands")
+    for pattern in patterns or ():
         try:
             split_pattern(pattern)
         except PatternError as exc:
@@ -351,7 +352,7 @@ def _caller(index: int, raw: Any, base: Path, tls: TLSSettings) -> CallerConfig:
         cert_common_name=common_name,
         hosts=t.strings("hosts"),
         commands=commands,
-        env=_env_names(t, restricted=bool(commands)),
+        env=_env_names(t, restricted=commands is not None),
         working_dirs=_optional_strings(t, "working_dirs"),
         stream=t.flag("stream"),
         files=files,

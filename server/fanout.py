@@ -6,7 +6,9 @@ inventory lacks is a target too, answered NOT_FOUND (PERMISSION_DENIED outside t
 caller's hosts). A malformed request fails the whole call before any host. At most
 `max_parallel` hosts run at once (a semaphore in front of the pool, so one fan-out
 never holds more channels than that, and other callers' commands are not starved: the
-pool's budget still serves them in order). Each host's outcome is one message, in
+pool's budget still serves them in order). Each host is checked against the caller's
+policy as it is when that host starts: a reload that removed or narrowed the caller
+starts no new command the new policy would refuse. Each host's outcome is one message, in
 completion order; a host that cannot run the command carries its own status (and
 whether the command may have started there) and the stream goes on. One task writes
 to the caller; cancelling the RPC, or its deadline, cancels every host task, which
@@ -170,6 +172,10 @@ class FanOut:
     ) -> exec_pb2.ExecuteResponse:
         """Admit and run one host's command: captured, or streamed in chunks."""
         service = self.service
+        assert record.who is not None
+        record.describe(command)  # a host the reload refuses has its audit line too
+        record.authorized = True
+        record.who = service.gate.current(record.who)  # a reload since the call began
         host, spec = service.admit(record, command, stream=False)
         remaining = self.context.time_remaining()
         if not self.request.stream_output:

@@ -27,6 +27,7 @@ Facts worth knowing (OpenSSH 9.2, measured with these tests):
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import getpass
 import os
 import pwd
@@ -52,6 +53,7 @@ PRIVSEP_DIR = Path("/run/sshd")  # sshd running as root refuses to start without
 START_TIMEOUT = 10.0
 BIND_ATTEMPTS = 5
 TEST_USER = "scout-test"  # the login user when the tests run as root
+USERADD_LOCK = Path("/run/lock/scout-test-useradd.lock")  # taken by every test process
 
 
 class OpenSSHError(RuntimeError):
@@ -67,16 +69,40 @@ def login_user(shell: str = "/bin/sh") -> str:
     if os.geteuid() != 0:
         return getpass.getuser()
     name = TEST_USER if shell == "/bin/sh" else f"{TEST_USER}-{Path(shell).name}"
+    if not _user_exists(name):
+        # Test processes (pytest-xdist workers, other runs) may all find the user missing
+        # at once: the first to take the lock creates it, the others then find it.
+        USERADD_LOCK.parent.mkdir(parents=True, exist_ok=True)
+        with USERADD_LOCK.open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not _user_exists(name):
+                _useradd(name, shell)
+    return name
+
+
+def _user_exists(name: str) -> bool:
     try:
         pwd.getpwnam(name)
     except KeyError:
-        subprocess.run(
+        return False
+    return True
+
+
+def _useradd(name: str, shell: str) -> None:
+    """useradd, retried while another program holds /etc/passwd's lock (exit 10)."""
+    for _ in range(50):
+        done = subprocess.run(
             # password "*": no password login, but not "locked" (sshd refuses locked users)
             ["useradd", "--create-home", "--shell", shell, "--password", "*", name],
-            check=True,
+            check=False,
             capture_output=True,
         )
-    return name
+        if done.returncode == 0 or (done.returncode == 9 and _user_exists(name)):
+            return  # 9: made meanwhile by a run that does not take our lock
+        if done.returncode != 10:
+            break
+        time.sleep(0.1)
+    raise OpenSSHError(f"useradd {name} failed ({done.returncode}): {done.stderr.decode()}")
 
 
 @dataclass

@@ -14,6 +14,10 @@ client        function: a scout Client connected to fake
 openssh_scout function: scout (in this process) whose one host, "o", is the openssh rig
 remote_dir    function: a directory openssh's login user owns (tests/filerig.py)
 
+Tests that start another program (a real sshd, nginx, Envoy, a scout-server process) or
+build the Go and Node examples are marked `external` here, and those in SLOW `slow`:
+`make test-fast` leaves both out.
+
 Where each part of the code is tested (module -> test files):
 
 server.service, .rpc          test_service, test_hardening_requests, test_fuzz, test_request_ids
@@ -60,18 +64,23 @@ imports of server/, client/   test_imports
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import inspect
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from types import CodeType, FunctionType, ModuleType
+from typing import Any
 
 import pytest
 
 from client import Client
 from server.config import HostConfig
 from server.keyfiles import ShellKeys, load_or_create_keys
+from testkit import proxies
 from testkit.certs import PKI, make_pki
 from testkit.scripted import ScriptedServer, scripted_fleet, scripted_server
 from testkit.sshd import OpenSSHServer, start_openssh
 
+from . import exampleclients, serverproc
 from .fakeexec import FakeExec, serving, tls_credentials
 from .filerig import login_user_dir
 from .scoutd import Scout, config, running_scout
@@ -169,3 +178,102 @@ def remote_dir() -> Iterator[Path]:
     """A directory the SSH login user owns (files tests write there through scout)."""
     with login_user_dir() as path:
         yield path
+
+
+# What makes a test `external`: calling one of these from its body, one of its fixtures, or
+# a function of this project that they call (found in their code, not by names or files, so
+# a test keeps its mark when it moves).
+EXTERNAL: frozenset[Callable[..., Any]] = frozenset(
+    {
+        start_openssh,
+        proxies.nginx_binary,
+        proxies.envoy_binary,
+        exampleclients.build,
+        serverproc.start_server,
+        serverproc.server_exits,
+    }
+)
+
+
+# Tests that took 1.4 s or more on 2 busy cores, most waiting out a timeout or starting
+# scout-server workers: `slow` by name, so that a test keeps its mark when it moves.
+SLOW = frozenset(
+    {
+        "test_a_burst_beyond_grpc_cores_queue_gets_no_cancelled",
+        "test_a_caller_that_vanishes_mid_call_is_found_and_its_command_stopped",
+        "test_a_connect_that_reads_a_changed_file_does_not_keep_the_news_from_other_hosts",
+        "test_a_deadline_during_a_late_exec_reply_is_may_have_run_and_stops_the_command",
+        "test_a_fan_out_does_not_starve_a_single_execute",
+        "test_a_flood_of_stream_messages_is_paced",
+        "test_a_host_key_added_and_revoked_while_scout_runs",
+        "test_a_host_that_never_speaks_is_one_connect_timeout_and_unavailable",
+        "test_a_jump_hosts_failure_is_named_only_to_a_caller_who_may_use_it",
+        "test_a_retired_connection_under_a_long_stream_does_not_block_its_replacement",
+        "test_a_revoked_key_retires_a_host_that_a_reload_added",
+        "test_a_second_signal_skips_the_grace_on_every_worker",
+        "test_a_stricter_ping_policy_from_the_config_is_the_one_applied",
+        "test_a_timeout_exits_124_and_says_it_was_stopped",
+        "test_audit_lines_of_all_workers_stay_whole",
+        "test_cancel_during_a_slow_channel_open_stops_what_the_late_open_started",
+        "test_changed_host_key_is_failed_precondition",
+        "test_connect_failure_reaches_every_waiter_once_and_the_host_backs_off",
+        "test_each_worker_gets_its_share_of_a_callers_max_in_flight",
+        "test_every_outcome_leaves_one_audit_line_and_no_token_anywhere",
+        "test_every_worker_serves_tls_on_the_one_port",
+        "test_failing_connects_beside_a_full_connection_back_off_instead_of_looping",
+        "test_fan_out_gives_each_host_its_result_or_its_own_status",
+        "test_hash_token_help_prints_help_instead_of_hashing_it",
+        "test_hundred_sequential_commands_use_one_ssh_connection",
+        "test_insecure_accept_any_host_key_is_explicit_and_loud",
+        "test_new_token_prints_a_fresh_token_and_its_config_line",
+        "test_opens_that_outlive_their_deadline_run_nothing",
+        "test_refused_authentication_is_failed_precondition",
+        "test_rejected_host_is_not_retried",
+        "test_restarts_past_the_bound_stop_the_server_with_status_1",
+        "test_sighup_reaches_every_worker_and_never_stops_one",
+        "test_sighup_reloads_the_inventory_and_retires_removed_hosts",
+        "test_sighup_revokes_a_removed_caller_in_every_worker_and_keeps_each_ones_port",
+        "test_sigterm_drains_every_worker_and_stops_what_outlives_the_grace",
+        "test_stream_output_arrives_as_produced",
+        "test_ten_thousand_aliases_load_in_seconds",
+        "test_two_hundred_hosts_never_exceed_the_connection_bound",
+        "test_unreachable_host_is_unavailable",
+        "test_workers_stop_when_the_supervisor_is_killed",
+    }
+)
+
+
+def _calls_external(obj: object, known: dict[CodeType, bool]) -> bool:
+    """Whether obj is, or is a function of this project that refers to, one in EXTERNAL."""
+    if not callable(obj):
+        return False
+    func = inspect.unwrap(obj)
+    if func in EXTERNAL:
+        return True
+    if not isinstance(func, FunctionType) or not func.__module__.startswith(("tests", "testkit")):
+        return False
+    if func.__code__ not in known:
+        known[func.__code__] = False  # while it is being read (a recursive function)
+        codes, names = [func.__code__], set[str]()
+        while codes:  # the function, and the functions and lambdas defined inside it
+            code = codes.pop()
+            names.update(code.co_names)
+            codes += [c for c in code.co_consts if isinstance(c, CodeType)]
+        found = [func.__globals__.get(n) for n in names]
+        found += [getattr(m, n, None) for m in found if isinstance(m, ModuleType) for n in names]
+        known[func.__code__] = any(_calls_external(f, known) for f in found)
+    return known[func.__code__]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `external` the tests that start another program, `slow` those named in SLOW."""
+    known: dict[CodeType, bool] = {}
+    for item in items:
+        if not isinstance(item, pytest.Function):
+            continue
+        fixtures = item._fixtureinfo.name2fixturedefs.values()
+        funcs = [item.function, *(d.func for defs in fixtures for d in defs)]
+        if any(_calls_external(f, known) for f in funcs):
+            item.add_marker(pytest.mark.external)
+        if item.originalname in SLOW:
+            item.add_marker(pytest.mark.slow)

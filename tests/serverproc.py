@@ -6,7 +6,6 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from server.config import HostConfig
@@ -16,19 +15,22 @@ _LISTENING = re.compile(r"listening on \S+ \(port (\d+)\)")
 
 
 def start_server(
-    args: list[str], log: Path, *, before: Callable[[], None] | None = None
+    args: list[str], log: Path, *, nofile: tuple[int, int] | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start `python -m server ARGS --listen 127.0.0.1:0`; return it and its target.
 
-    `before` runs in the child before it executes the server (to set its limits).
+    `nofile` (soft, hard) limits its open files. util-linux's prlimit sets them and then
+    executes the server: a preexec_fn would make Popen fork this process, whose gRPC
+    threads (of earlier tests) then crash the child before it executes anything (SIGSEGV
+    or SIGABRT in 1 of 5 forks while those threads are busy; prlimit: none in 3,000).
     """
+    limit = ["prlimit", f"--nofile={nofile[0]}:{nofile[1]}", "--"] if nofile else []
     with log.open("w") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "server", *args, "--listen", "127.0.0.1:0"],
+            [*limit, sys.executable, "-m", "server", *args, "--listen", "127.0.0.1:0"],
             stdout=sink,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
-            preexec_fn=before,  # noqa: PLW1509  # only setrlimit: no threads to deadlock
         )
     for _ in range(300):  # up to 15 s
         if m := _LISTENING.search(log.read_text()):

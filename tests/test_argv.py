@@ -114,6 +114,13 @@ HARD = [
         ("'my prog' 'a b'", ["my prog", "a b"], True),
         ("echo *", ["echo", "x; touch M"], True),  # harmless: one argument to echo
         ("echo *", ["echo", "x", ";", "touch", "M"], False),
+        # a wildcard never matches a `..` path component: it would lead out of the pattern
+        ("cat /var/log/*", ["cat", "/var/log/../../etc/shadow"], False),
+        ("cat /var/log/*", ["cat", "/var/log/a/.."], False),
+        ("cat /var/log/*", ["cat", "/var/log/a..b"], True),  # not a component
+        ("echo *", ["echo", ".."], False),
+        ("cat ../*", ["cat", "../x"], True),  # the pattern's own `..`
+        ("cat ../*", ["cat", "../../x"], False),
     ],
 )
 def test_argv_patterns(pattern: str, argv: list[str], allowed: bool) -> None:
@@ -281,6 +288,61 @@ async def test_bash_env_past_an_exact_rule_is_refused(
         await refused(s, "env: LANG, BASH_ENV", argv=[str(report)], env={"HOME": "/tmp"})
         r = await call(s, argv=[str(report)], env={"LANG": "C"})  # what the rule allows
         assert (r.exit_code, r.stdout) == (0, b"report\n")
+    assert not marker.exists()
+
+
+async def test_a_pty_that_would_make_an_allowed_pager_run_a_shell_is_refused(
+    shell_server: ScriptedServer, tmp_path: Path
+) -> None:
+    # With a terminal, `less` (systemctl's and journalctl's pager too) reads commands
+    # from it, and `!cmd` runs a shell: stdin alone, through Execute, was enough.
+    marker = tmp_path / "MARKER"
+    page = tmp_path / "app.log"
+    page.write_text("line\n")
+    assert shutil.which("less"), "the pager is /usr/bin/less (Debian package less)"
+    policy = caller(commands=(f"less {tmp_path}/*",), stream=True)
+    async with running_scout(guarded(shell_server, policy)) as s:
+        escape = f"!touch {marker}\nq".encode()
+        await refused(s, "pty", argv=["less", str(page)], pty=True, stdin=escape)
+        r = await call(s, argv=["less", str(page)], stdin=escape)  # no terminal: a cat
+        assert (r.exit_code, r.stdout) == (0, b"line\n")
+    assert not marker.exists()
+
+
+async def test_a_wildcard_does_not_lead_out_of_its_directory_through_dot_dot(
+    shell_server: ScriptedServer, tmp_path: Path
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    marker = tmp_path / "MARKER"
+    async with running_scout(guarded(shell_server, caller(commands=(f"touch {inbox}/*",)))) as s:
+        await refused(s, "commands: touch", argv=["touch", f"{inbox}/../MARKER"])
+        await refused(s, "commands: touch", argv=["touch", f"{inbox}/x/../../MARKER"])
+        r = await call(s, argv=["touch", f"{inbox}/ok"])  # what the rule allows
+        assert r.exit_code == 0 and (inbox / "ok").exists()
+    assert not marker.exists()
+
+
+async def test_an_empty_commands_list_allows_no_command(
+    shell_server: ScriptedServer, tmp_path: Path
+) -> None:
+    # `commands = []`, like `hosts = []`, `env = []` and `working_dirs = []`, is an empty
+    # allow-list; it made the caller unrestricted: any shell line.
+    marker = tmp_path / "MARKER"
+    path = tmp_path / "scout.toml"
+    path.write_text(
+        f'[[callers]]\nname = "bot"\ntoken_sha256 = "{hash_token(TOKEN)}"\n'
+        'hosts = ["h"]\ncommands = []\n'
+    )
+    (policy,) = load(path).callers
+    assert policy.restricted
+    async with running_scout(guarded(shell_server, policy)) as s:
+        await refused(s, "may send only argv", command=f"touch {marker}")
+        await refused(s, "commands: none", argv=["touch", str(marker)])
+        listed = await s.stub.ListHosts(
+            exec_pb2.ListHostsRequest(), metadata=(("authorization", f"Bearer {TOKEN}"),)
+        )
+        assert [h.name for h in listed.hosts] == ["h"]  # a caller that only lists hosts
     assert not marker.exists()
 
 

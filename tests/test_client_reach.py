@@ -8,6 +8,7 @@ certificate; and a real `scout-server --demo` killed while its command sleeps.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 from collections.abc import Iterator
@@ -137,6 +138,7 @@ async def test_a_server_killed_mid_command_may_have_run(demo: tuple[object, str]
                     proc.send_signal(signal.SIGKILL)  # type: ignore[attr-defined]
     assert not isinstance(info.value, Unreachable)
     assert info.value.may_have_run
+    await asyncio.to_thread(proc.wait, 10)  # type: ignore[attr-defined]  # gone for sure
     async with Client(target) as client:  # the server is gone now: nothing is sent
         with pytest.raises(Unreachable):
             await client.execute("local", "true")

@@ -459,3 +459,53 @@ async def test_sighup_keeps_the_demo_host_and_the_command_lines_overrides(
 
 def log_text(folder: Path) -> str:
     return (folder / "demo.log").read_text()
+
+
+async def test_a_reload_reaches_the_hosts_of_a_fan_out_that_have_not_started(
+    shell_server: ScriptedServer, tmp_path: Path
+) -> None:
+    # A fan-out over many hosts, one at a time, can outlive a reload by hours: a caller
+    # removed (or narrowed) by it starts no new command there, the one running finishes.
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    audit = tmp_path / "audit.jsonl"
+    hosts = "".join(host_toml(n, shell_server.host_config(n)) for n in ("h1", "h2", "h3"))
+    hosts = f"[audit]\nfile = '{audit}'\n" + hosts
+    path = tmp_path / "scout.toml"
+    async with from_file(path, callers_toml("alice", "bob") + hosts) as s:
+
+        async def fan_out(who: str, change: str) -> dict[str, tuple[int, bool]]:
+            request = exec_pb2.ExecuteManyRequest(
+                hosts=["h1", "h2", "h3"],
+                max_parallel=1,
+                request=exec_pb2.ExecuteRequest(command=f"mktemp -p {runs}; sleep 1"),
+            )
+            call = s.stub.ExecuteMany(request, metadata=as_caller(who), timeout=30)
+            assert await eventually(lambda: any(runs.iterdir()), within=10)  # the first runs
+            path.write_text(change + hosts)
+            await s.app.reload()
+            answers = {m.host: (m.error.code, m.started) async for m in call}
+            return answers
+
+        answers = await fan_out("alice", callers_toml("bob"))  # alice removed
+        assert sorted(answers.values()) == [
+            (0, False),  # the host in flight finished
+            (grpc.StatusCode.UNAUTHENTICATED.value[0], False),
+            (grpc.StatusCode.UNAUTHENTICATED.value[0], False),
+        ]
+        assert len(list(runs.iterdir())) == 1
+        lines = [json.loads(x) for x in audit.read_text().splitlines()]
+        assert sorted((x["host"], x["code"], x["started"]) for x in lines) == [
+            ("h1", "OK", True),
+            ("h2", "UNAUTHENTICATED", False),
+            ("h3", "UNAUTHENTICATED", False),
+        ]  # each host refused by the reload has its line
+        for made in runs.iterdir():
+            made.unlink()
+        answers = await fan_out("bob", callers_toml("bob", hosts="h1"))  # bob narrowed
+        assert answers == {
+            "h1": (0, False),
+            "h2": (grpc.StatusCode.PERMISSION_DENIED.value[0], False),
+            "h3": (grpc.StatusCode.PERMISSION_DENIED.value[0], False),
+        }
+        assert len(list(runs.iterdir())) == 1

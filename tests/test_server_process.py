@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -172,14 +172,10 @@ def _open_files(pid: int) -> tuple[int, int]:
     raise AssertionError("no open-files line in /proc/PID/limits")
 
 
-def _limited(soft: int, hard: int) -> Callable[[], None]:
-    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
 def test_the_open_files_limit_is_raised_and_a_tight_one_is_reported(tmp_path: Path) -> None:
     if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 2048:
         pytest.skip("this process may not give a child 2,048 open files")
-    proc, _ = start_server(["--demo"], tmp_path / "raised.log", before=_limited(256, 2048))
+    proc, _ = start_server(["--demo"], tmp_path / "raised.log", nofile=(256, 2048))
     try:
         assert _open_files(proc.pid) == (2048, 2048)
     finally:
@@ -188,7 +184,7 @@ def test_the_open_files_limit_is_raised_and_a_tight_one_is_reported(tmp_path: Pa
     assert "open files are limited" not in (tmp_path / "raised.log").read_text()
 
     # max_connections 256 + room for callers does not fit in 300: said at start, served anyway
-    proc, target = start_server(["--demo"], tmp_path / "tight.log", before=_limited(200, 300))
+    proc, target = start_server(["--demo"], tmp_path / "tight.log", nofile=(200, 300))
     try:
         assert _open_files(proc.pid) == (300, 300)
         log = (tmp_path / "tight.log").read_text()

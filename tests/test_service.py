@@ -19,6 +19,7 @@ from client import Client, Exit, HostNotFound, Stdout
 from scout.v1 import exec_pb2
 from server.config import Config, HostConfig
 from server.keyfiles import write_key
+from testkit.processes import marker, sleeping
 from testkit.scripted import ScriptedServer
 
 from .scoutd import Scout, running_scout, secs
@@ -201,8 +202,9 @@ async def test_connection_closed_mid_command_is_aborted_then_recovers(
     local_scout: Scout, shell_server: ScriptedServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR, logger="asyncio")
-    call = asyncio.create_task(local_scout.execute(host="local", command="sleep 5; echo late"))
-    await asyncio.sleep(0.5)
+    m = marker()
+    call = asyncio.create_task(local_scout.execute(host="local", command=f"sleep {m}; echo late"))
+    assert await sleeping(m, within=10)  # it runs: a fixed 0.5 s was too short on busy cores
     for server in list(shell_server.connections.values()):
         assert server.conn is not None
         server.conn.abort()
