@@ -318,6 +318,9 @@ class _Printer:
         return max((kind for _, kind in self.outcomes), default=FailureClass.OK, key=SEVERITY.index)
 
 
+TARGETS_WAIT = 2.0  # after Ctrl-C, how long the summary waits for ListHosts' answer
+
+
 async def _count_targets(client: Client, options: FanOutOptions, tally: Tally) -> None:
     """Learn the fan-out's targets, for the progress line's counts and, after Ctrl-C,
     the hosts stopped.
@@ -375,6 +378,10 @@ async def run_fanout(
         ended = "interrupted"
         raise
     finally:
+        if ended == "interrupted" and not counter.done():
+            # The hosts stopped are the targets not heard from: give ListHosts a moment.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({counter}, timeout=TARGETS_WAIT)
         counter.cancel()
         printer.finish()
         if ended or printer.outcomes:

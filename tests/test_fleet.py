@@ -30,7 +30,7 @@ from server.errors import InvalidRequest
 from server.selector import parse as selector
 from testkit.netns import Netns, netns
 from testkit.ports import free_port
-from testkit.processes import eventually, gone, marker, running
+from testkit.processes import eventually, gone, marker, running, sleeps
 from testkit.scripted import ScriptedServer
 from testkit.sshd import OpenSSHServer, start_openssh
 
@@ -425,14 +425,15 @@ async def fan_out_then(
     return its audit lines and the commands counted by outcome."""
     hosts = {f"h{i}": server.host_config(f"h{i}") for i in range(6)}
     audit = tmp_path / "audit.jsonl"
+    m = marker()
     async with running_scout(config(hosts, audit={"file": str(audit)})) as s:
+        request = exec_pb2.ExecuteRequest(command=f"sleep {m}")
         call = s.stub.ExecuteMany(
-            exec_pb2.ExecuteManyRequest(
-                hosts=["h*"], request=exec_pb2.ExecuteRequest(command="sleep 30"), max_parallel=4
-            ),
+            exec_pb2.ExecuteManyRequest(hosts=["h*"], request=request, max_parallel=4),
             timeout=60,
         )
-        assert await eventually(lambda: server.open_sessions() == 4)
+        # once the 4 commands run (an open session may not have sent its exec yet)
+        assert await eventually(lambda: len(sleeps(m)) == 4, within=10)
         await end(s, call)
         assert await eventually(lambda: server.open_sessions() == 0)
         assert await eventually(lambda: s.app.service.rpcs.in_flight == 0)  # lines written
