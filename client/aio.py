@@ -6,38 +6,34 @@ proxies in front of several scout replicas route by it (docs/architecture.md,
 "Beyond one process"), and `authorization: Bearer <token>` when the client has a token.
 Calls for many hosts carry the header only when their first `hosts` entry is a
 name (see `_fan_out_metadata`); `split_fan_out=True` makes a fan-out one call per
-host instead (client/splitfanout.py). Every gRPC error leaves this module as a
-`ScoutError` made by `from_rpc_error`. No request is sent before the channel has a
+host instead (client/splitfanout.py). The call objects it returns live in
+client/calls.py. Every gRPC error leaves this module as a `ScoutError` made by
+`from_rpc_error`. No request is sent before the channel has a
 connection (client/reach.py): one that cannot be sent raises `Unreachable`, and
 nothing ran.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Sequence
-from signal import Signals
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Self
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import files
+from client.calls import ExecuteManyCall, StreamCall, _exec_stub
 from client.credentials import TLS, bearer_metadata
-from client.errors import InvalidRequest, ScoutError, from_rpc_error
-from client.fleet import Host, HostEvent, host_event_from_response, host_from_message, is_pattern
+from client.errors import InvalidRequest, from_rpc_error
+from client.fleet import Host, host_from_message, is_pattern
 from client.options import ExecOptions, command_or_argv, exec_options
 from client.reach import ensure_ready
 from client.results import (
-    Event,
-    Exit,
-    ExitStatus,
     Result,
-    event_from_response,
     result_from_response,
 )
-from scout.v1 import exec_pb2, exec_pb2_grpc
+from client.splitfanout import SplitExecuteManyCall
+from scout.v1 import exec_pb2
 
 __all__ = ["DEFAULT_TARGET", "Client", "ExecuteManyCall", "StreamCall"]
 
@@ -52,11 +48,6 @@ DEFAULT_CONNECT_TIMEOUT = 20.0
 # The server caps output; gRPC's default 4 MiB receive limit would fail a
 # legitimate Execute response with both streams near the server's cap.
 _DEFAULT_CHANNEL_OPTIONS: dict[str, Any] = {"grpc.max_receive_message_length": -1}
-
-
-def _exec_stub(channel: grpc.aio.Channel) -> Any:
-    """Make the generated stub, which has no type hints (no _grpc.pyi is generated)."""
-    return exec_pb2_grpc.ExecServiceStub(channel)  # type: ignore[no-untyped-call]
 
 
 def _host_list(hosts: Sequence[str]) -> list[str]:
@@ -175,6 +166,7 @@ class Client:
 
     async def execute(
         self,
+        /,
         host: str,
         command: str = "",
         options: ExecOptions | None = None,
@@ -245,6 +237,7 @@ class Client:
 
     def execute_many(
         self,
+        /,
         hosts: Sequence[str],
         command: str = "",
         options: ExecOptions | None = None,
@@ -287,9 +280,6 @@ class Client:
             stream_output=stream_output,
         )
         if self._split_fan_out:
-            # Imported here: the split call extends ExecuteManyCall, defined below.
-            from client.splitfanout import SplitExecuteManyCall
-
             return SplitExecuteManyCall(self, request, opts.rpc_timeout, self._auth)
         return ExecuteManyCall(self, request, opts.rpc_timeout, metadata)
 
@@ -386,334 +376,3 @@ class Client:
                 return "SERVICE_UNKNOWN"
             raise from_rpc_error(err, "", started=False) from err
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
-
-
-RequestT = TypeVar("RequestT")
-
-
-class _OwnedCall(Generic[RequestT]):
-    """An RPC that `async with` owns: leaving the block cancels it if it still runs, and
-    the server then stops what it started (signal, then channel close; no new command)."""
-
-    def __init__(
-        self,
-        client: Client,
-        request: RequestT,
-        deadline: float | None,
-        metadata: tuple[tuple[str, str], ...],
-    ) -> None:
-        """Hold what the call needs; nothing is sent yet."""
-        self._client = client
-        self._request = request
-        self._deadline = deadline
-        self._metadata = metadata
-        self._call: Any = None
-        self._cancelled = False
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        """Cancel the RPC if it is still running."""
-        self.cancel()
-
-    def cancel(self) -> None:
-        """Cancel the RPC; the server stops the command(s) it runs."""
-        if self._call is not None and not self._call.done():
-            self._cancelled = True
-            self._call.cancel()
-
-
-class StreamCall(_OwnedCall[exec_pb2.ExecuteRequest]):
-    """One running Stream RPC: write stdin, send signals, and iterate output events.
-
-    `close_stdin()` sends EOF to the command (the `close_stdin` message); the stream
-    stays open, so signals and resizes can still follow. Writes, signals and
-    resizes after the command ended are dropped, as on a closed pipe; after the
-    RPC failed they raise its error.
-    """
-
-    def __init__(
-        self,
-        client: Client,
-        host: str,
-        request: exec_pb2.ExecuteRequest,
-        deadline: float | None,
-        metadata: tuple[tuple[str, str], ...],
-    ) -> None:
-        """Hold what the start message needs; nothing is sent until `async with`."""
-        super().__init__(client, request, deadline, metadata)
-        self.host = host
-        self._write_lock = asyncio.Lock()
-        self._stdin_closed = request.close_stdin  # EOF already in the start message
-        self._write_failed = False  # a write found the call ended (see _send)
-        self._start_lost = False  # ...and it was the start message: nothing ran
-        # A response message arrived, so the response headers did: the command started.
-        # (Empty headers cannot be told from a trailers-only failure; the server's
-        # x-scout-started mark covers the time before the first message.)
-        self._responded = False
-        self._exit: ExitStatus | None = None
-
-    def __repr__(self) -> str:
-        """Show the host and how far the call got, for logs."""
-        if self._call is None:
-            state = "not started"
-        elif self._exit is not None:
-            state = f"exited code={self._exit.exit_code} signal={self._exit.signal!r}"
-        else:
-            state = "done" if self._call.done() else "running"
-        return f"<StreamCall host={self.host!r} {state}>"
-
-    @property
-    def exit_status(self) -> ExitStatus | None:
-        """Return how the command ended, once the Exit event has been read."""
-        return self._exit
-
-    @property
-    def stdin_closed(self) -> bool:
-        """Say whether close_stdin() ran, after which no more stdin can be written."""
-        return self._stdin_closed
-
-    async def __aenter__(self) -> Self:
-        """Start the RPC and send the start message."""
-        if self._call is not None:
-            raise RuntimeError("a stream runs once; call client.stream(...) again")
-        stub = _exec_stub(await self._client._connected(self._deadline, self.host))
-        self._call = stub.Stream(timeout=self._deadline, metadata=self._metadata)
-        try:
-            await self._send(exec_pb2.StreamRequest(start=self._request))
-        except BaseException:
-            self._call.cancel()
-            raise
-        if self._start_lost:
-            raise await self._lost_start_reason()
-        return self
-
-    async def _lost_start_reason(self) -> ScoutError:
-        """Why the server ended the call before it read the start message, which grpc then
-        could not send (and reports INTERNAL in place of the server's answer). Nothing ran.
-
-        Such an answer comes from scout's door (identity, max_in_flight, load), decided
-        on the headers alone; ListHosts passes the same door with its request in the same
-        message as its headers, so it cannot lose the answer the same way.
-        """
-        try:
-            await self._client.list_hosts(hosts=[self.host], rpc_timeout=self._deadline or 10.0)
-        except ScoutError as err:
-            err.host = self.host
-            return err
-        lost = grpc.aio.AioRpcError(
-            grpc.StatusCode.UNAVAILABLE,
-            grpc.aio.Metadata(),
-            grpc.aio.Metadata(),
-            "the server ended the call before it read the request, and grpc lost its "
-            "reason; nothing ran, so retrying is safe",
-        )
-        return from_rpc_error(lost, self.host, started=False)
-
-    async def started(self) -> None:
-        """Wait until the server has started the command (its response headers came), or
-        raise its refusal: a caller can then decide what to send before any stdin is read."""
-        call = self._running()
-        await call.initial_metadata()
-        if call.done():
-            await self._raise_final_status(call)
-
-    async def write(self, data: bytes) -> None:
-        """Send bytes to the command's stdin, waiting while gRPC flow control says so."""
-        if self._stdin_closed:
-            raise RuntimeError("stdin is closed: close_stdin() already sent EOF")
-        if data:
-            await self._send(exec_pb2.StreamRequest(stdin=data))
-
-    async def signal(self, name: str | Signals) -> None:
-        """Send a signal by name ("INT", "SIGTERM") or as a signal.Signals member."""
-        if isinstance(name, Signals):
-            name = name.name
-        await self._send(exec_pb2.StreamRequest(signal=name))
-
-    async def resize(self, columns: int, rows: int) -> None:
-        """Tell a pty command its terminal's new size."""
-        size = exec_pb2.TerminalSize(columns=columns, rows=rows)
-        await self._send(exec_pb2.StreamRequest(resize=size))
-
-    async def close_stdin(self) -> None:
-        """Send EOF to the command's stdin; signals may still follow. Idempotent."""
-        if self._stdin_closed:
-            return
-        await self._send(exec_pb2.StreamRequest(close_stdin=True))
-        self._stdin_closed = True
-
-    def __aiter__(self) -> Self:
-        """Iterate over output events until the RPC ends."""
-        return self
-
-    async def __anext__(self) -> Event:
-        """Read the next Stdout, Stderr or Exit event; errors arrive as ScoutError."""
-        call = self._running()
-        while True:
-            try:
-                response = await call.read()
-            except grpc.RpcError as err:
-                if self._exit is not None:
-                    # Exit is the server's last message: the command's outcome is known,
-                    # and an error now can only be our own late write into the ended call.
-                    raise StopAsyncIteration from None
-                if self._write_failed and err.code() == grpc.StatusCode.INTERNAL:
-                    raise self._error(
-                        grpc.aio.AioRpcError(
-                            grpc.StatusCode.UNKNOWN,
-                            grpc.aio.Metadata(),
-                            grpc.aio.Metadata(),
-                            "the command ended while input was still being sent to it; "
-                            "grpc lost its outcome (send EOF with the start message, "
-                            "close_stdin=True, when there is no more input)",
-                        )
-                    ) from err
-                raise self._error(err) from err
-            except asyncio.CancelledError:
-                self._raise_if_we_cancelled()
-                raise
-            if response is grpc.aio.EOF:
-                raise StopAsyncIteration
-            self._responded = True
-            event = event_from_response(response)
-            if event is None:
-                continue  # a newer server's event kind; skipping it keeps us compatible
-            if isinstance(event, Exit):
-                self._exit = event.status
-                await self._half_close()
-            return event
-
-    async def _half_close(self) -> None:
-        """After `exit`: end our side, so the server ends the RPC at once (it lingers
-        for this, so that no write of ours can land in a finished call)."""
-        async with self._write_lock:
-            with contextlib.suppress(grpc.RpcError, asyncio.InvalidStateError):
-                await self._running().done_writing()
-
-    def _running(self) -> Any:
-        """Return the gRPC call, or explain that `async with` is missing."""
-        if self._call is None:
-            raise RuntimeError("use `async with client.stream(...) as call:` to start it")
-        return self._call
-
-    def _raise_if_we_cancelled(self) -> None:
-        """Report our own cancel() as Cancelled; a cancelled task keeps its CancelledError."""
-        task = asyncio.current_task()
-        if self._cancelled and task is not None and task.cancelling() == 0:
-            raise self._error(
-                grpc.aio.AioRpcError(grpc.StatusCode.CANCELLED, details="stream cancelled")
-            ) from None
-
-    async def _send(self, message: exec_pb2.StreamRequest) -> None:
-        """Write one request message, one at a time, mapping failures to ScoutError.
-
-        Messages after `start` wait for the response headers, which the server sends
-        once the command has started: a request that fails before that then ends the
-        call without a write racing it (a write into a finished call makes grpc report
-        INTERNAL in place of the server's status).
-        """
-        call = self._running()
-        async with self._write_lock:
-            if not message.HasField("start"):
-                await call.initial_metadata()
-            if call.done():
-                await self._raise_final_status(call)
-                return
-            try:
-                await call.write(message)
-            except (grpc.RpcError, asyncio.InvalidStateError):
-                # The RPC ended under the write. Dropped, as on a closed pipe: the reader
-                # gets the outcome (Exit, or the error), which comes before the status
-                # that grpc's failed write leaves behind (INTERNAL).
-                self._write_failed = True
-                self._start_lost = message.HasField("start")
-                return
-            except asyncio.CancelledError:
-                self._raise_if_we_cancelled()
-                raise
-
-    async def _raise_final_status(self, call: Any) -> None:
-        """Raise the ended RPC's error, or return if it ended OK (the write is dropped)."""
-        code = await call.code()
-        if code == grpc.StatusCode.OK or self._exit is not None:
-            return
-        error = grpc.aio.AioRpcError(
-            code,
-            await call.initial_metadata(),
-            await call.trailing_metadata(),
-            await call.details(),
-        )
-        raise self._error(error)
-
-    def _error(self, err: grpc.RpcError) -> ScoutError:
-        """Map this call's error, knowing that output means the command had started."""
-        return from_rpc_error(err, self.host, started=True if self._responded else None)
-
-
-class ExecuteManyCall(_OwnedCall[exec_pb2.ExecuteManyRequest], AsyncIterator[HostEvent]):
-    """One ExecuteMany RPC: iterate it for host events in completion order.
-
-    The RPC starts at the first iteration. A host's failure is an event (a
-    ScoutError value); only the RPC's own failure raises, as a ScoutError from
-    `from_rpc_error` (may_have_run by the server's mark, as for Execute). Leaving
-    `async with` or calling cancel() ends the RPC, and the server stops every
-    running command and starts no new one; a plain `async for` that breaks out
-    early leaves that to the call's garbage collection.
-    """
-
-    def __init__(
-        self,
-        client: Client,
-        request: exec_pb2.ExecuteManyRequest,
-        deadline: float | None,
-        metadata: tuple[tuple[str, str], ...],
-    ) -> None:
-        """Hold the request; nothing is sent until the first iteration."""
-        super().__init__(client, request, deadline, metadata)
-
-    def __repr__(self) -> str:
-        """Show the targets and how far the call got, for logs."""
-        state = "not started"
-        if self._call is not None:
-            state = "done" if self._call.done() else "running"
-        return f"<ExecuteManyCall {self._targets_text()} {state}>"
-
-    def _targets_text(self) -> str:
-        """The targets as asked for: names and globs, then `-l SELECTOR`."""
-        targets = ", ".join(self._request.hosts)
-        if self._request.selector:
-            targets += f"{', ' if targets else ''}-l {self._request.selector}"
-        return targets
-
-    async def __aenter__(self) -> Self:
-        """Use as `async with client.execute_many(...) as events:` to end it on the way out."""
-        return self
-
-    def __aiter__(self) -> Self:
-        """Iterate over host events until the RPC ends."""
-        return self
-
-    async def __anext__(self) -> HostEvent:
-        """Read the next Result, host ScoutError or HostOutput; the RPC's failure raises."""
-        if self._call is None:
-            stub = _exec_stub(await self._client._connected(self._deadline))
-            self._call = stub.ExecuteMany(
-                self._request, timeout=self._deadline, metadata=self._metadata
-            )
-        while True:
-            try:
-                response = await self._call.read()
-            except grpc.RpcError as err:
-                raise from_rpc_error(err, "") from err
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if self._cancelled and task is not None and task.cancelling() == 0:
-                    cancelled = grpc.aio.AioRpcError(
-                        grpc.StatusCode.CANCELLED, details="fan-out cancelled"
-                    )
-                    raise from_rpc_error(cancelled, "") from None
-                raise
-            if response is grpc.aio.EOF:
-                raise StopAsyncIteration
-            event = host_event_from_response(response)
-            if event is not None:  # None: a newer server's event kind, skipped
-                return event

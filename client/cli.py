@@ -93,6 +93,7 @@ from typing import Any, BinaryIO
 
 from client import completion, cpcli, examples, exitcodes
 from client.aio import DEFAULT_TARGET, Client, StreamCall
+from client.argtypes import checked
 from client.credentials import TLS
 from client.errors import NotAllowed, ScoutError
 from client.explain import Context, SettingError, explain, unreadable
@@ -126,26 +127,14 @@ STDIN_QUEUE_CHUNKS = 4  # bounds memory when the remote reads slower than we do
 STDIN_HANDOFF_POLL = 0.5  # how often a waiting stdin thread checks that the loop lives
 
 
-def _positive_seconds(text: str) -> float:
-    """Parse --timeout, refusing values the server would refuse anyway."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return value
-
-
-def _positive_count(text: str) -> int:
-    """Parse --max-parallel: a whole number of hosts, at least one."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
+# --timeout: refuse values the server would refuse anyway
+_positive_seconds = checked(
+    float, lambda v: v > 0, "not a number of seconds: {text!r}", "must be positive: {text!r}"
+)
+# --max-parallel and the like: a whole number of hosts, at least one
+_positive_count = checked(
+    int, lambda v: v >= 1, "not a whole number: {text!r}", "must be at least 1: {text!r}"
+)
 
 
 def _env_pair(text: str) -> tuple[str, str]:
@@ -938,7 +927,7 @@ async def _mcp(args: argparse.Namespace, stderr: BinaryIO) -> int:
         stderr.flush()
         return code
 
-    try:
+    try:  # lazy on purpose: the optional mcp extra, needed by this command only
         from client import mcpserver, mcptools
     except ModuleNotFoundError as err:
         if err.name is None or err.name.split(".")[0] not in ("mcp", "mcp_types", "pydantic"):

@@ -30,6 +30,7 @@ from typing import Any, BinaryIO
 
 from client import examples
 from client.aio import Client
+from client.argtypes import checked
 from client.errors import ScoutError
 from client.fleet import is_pattern
 
@@ -39,24 +40,14 @@ EXIT_CALL_FAILED = 255
 CALL_CODES = {"INVALID_ARGUMENT", "UNAUTHENTICATED", "CANCELLED", "UNKNOWN", "INTERNAL"}
 
 
-def _mode(text: str) -> int:
-    try:
-        value = int(text, 8)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected octal permission bits, got {text!r}") from None
-    if not 0 <= value <= 0o7777:
-        raise argparse.ArgumentTypeError(f"permission bits are 0 to 7777, got {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number from 1, got {text!r}")
-    return value
+_mode = checked(
+    lambda text: int(text, 8),
+    lambda v: 0 <= v <= 0o7777,
+    "expected octal permission bits, got {text!r}",
+    "permission bits are 0 to 7777, got {text!r}",
+)
+_WHOLE = "expected a whole number from 1, got {text!r}"
+_count = checked(int, lambda v: v >= 1, _WHOLE, _WHOLE)
 
 
 def add_parser(commands: Any, connection: argparse.ArgumentParser) -> argparse.ArgumentParser:

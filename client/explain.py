@@ -63,29 +63,24 @@ def unreadable(key: str, path: Path, err: OSError, origin: Mapping[str, str]) ->
     return SettingError(f"cannot read the {WHAT[key]} {path}: {why} ({_where(key, origin)})")
 
 
+UNREACHABLE = {  # Unreachable.cause -> the words: {at} is "scout at TARGET"
+    "plaintext-to-tls": "{at} closed the connection: it expects TLS "
+    "(add --tls, or --ca FILE for a private CA; $SCOUT_TLS, $SCOUT_CA)",
+    "tls-to-plaintext": "{at} does not speak TLS: drop --tls and --ca (and $SCOUT_TLS, $SCOUT_CA)",
+    "untrusted": "{at} has a certificate not signed by {signer} "
+    "(--ca FILE / $SCOUT_CA names the CA that signed it)",
+    "client-cert": "{at} wants a client certificate: --cert FILE --key FILE",
+    "tls": "the TLS handshake with {at} failed (check --ca, --cert, --key)",
+    "dns": f"cannot reach {{at}}: the name does not resolve ({REACH_HINT})",
+}
+NOT_LISTENING = f"cannot reach {{at}} (is scout-server running? {REACH_HINT})"  # any other cause
+
+
 def _unreachable(err: Unreachable, ctx: Context) -> str:
     """Why there is no connection, in terms of the flags that decide it."""
-    at = f"scout at {ctx.target}"
-    if err.cause == "plaintext-to-tls":
-        return (
-            f"{at} closed the connection: it expects TLS "
-            "(add --tls, or --ca FILE for a private CA; $SCOUT_TLS, $SCOUT_CA)"
-        )
-    if err.cause == "tls-to-plaintext":
-        return f"{at} does not speak TLS: drop --tls and --ca (and $SCOUT_TLS, $SCOUT_CA)"
-    if err.cause == "untrusted":
-        signer = f"the CA in {ctx.ca}" if ctx.ca is not None else "a CA this machine trusts"
-        return (
-            f"{at} has a certificate not signed by {signer} "
-            "(--ca FILE / $SCOUT_CA names the CA that signed it)"
-        )
-    if err.cause == "client-cert":
-        return f"{at} wants a client certificate: --cert FILE --key FILE"
-    if err.cause == "tls":
-        return f"the TLS handshake with {at} failed (check --ca, --cert, --key)"
-    if err.cause == "dns":
-        return f"cannot reach scout at {ctx.target}: the name does not resolve ({REACH_HINT})"
-    return f"cannot reach scout at {ctx.target} (is scout-server running? {REACH_HINT})"
+    signer = f"the CA in {ctx.ca}" if ctx.ca is not None else "a CA this machine trusts"
+    words = UNREACHABLE.get(err.cause, NOT_LISTENING)
+    return words.format(at=f"scout at {ctx.target}", signer=signer)
 
 
 def _not_allowed(err: NotAllowed, ctx: Context) -> str:

@@ -22,10 +22,11 @@ import tempfile
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Self
+from typing import IO, TYPE_CHECKING, Any, Self, TypeVar
 
 import grpc
 
+from client.calls import _OwnedCall
 from client.errors import DataLoss, ScoutError, from_host_status, from_rpc_error
 from scout.v1 import exec_pb2
 
@@ -137,19 +138,12 @@ async def upload(
 ) -> Uploaded:
     """Send start, then the source's chunks; the answer once the file is in place."""
 
-    async def messages() -> AsyncIterator[exec_pb2.UploadRequest]:
-        yield exec_pb2.UploadRequest(start=start)
-        sent = 0
-        async for data in chunks(source):
-            yield exec_pb2.UploadRequest(chunk=data)
-            sent += len(data)
-            if progress is not None:
-                progress(sent)
-
+    first = exec_pb2.UploadRequest(start=start)
+    messages = _messages(first, lambda data: exec_pb2.UploadRequest(chunk=data), source, progress)
     stub = client._stub()
     call = stub.Upload(timeout=rpc_timeout, metadata=client._metadata(start.host))
     try:
-        await send_all(call, messages())
+        await send_all(call, messages)
         answer = await call
     except grpc.RpcError as err:
         raise from_rpc_error(err, start.host) from err
@@ -157,6 +151,23 @@ async def upload(
         if not call.done():
             call.cancel()
     return _uploaded(start.host, start.path, answer)
+
+
+M = TypeVar("M", exec_pb2.UploadRequest, exec_pb2.UploadManyRequest)
+
+
+async def _messages(
+    first: M, chunk: Callable[[bytes], M], source: Source, progress: Progress | None
+) -> AsyncIterator[M]:
+    """An upload's requests: first, then one `chunk(data)` per chunk of the source, each
+    counted to progress once handed on."""
+    yield first
+    sent = 0
+    async for data in chunks(source):
+        yield chunk(data)
+        sent += len(data)
+        if progress is not None:
+            progress(sent)
 
 
 async def send_all(call: Any, messages: AsyncIterator[Any]) -> None:
@@ -184,7 +195,7 @@ def _uploaded(host: str, path: str, answer: exec_pb2.UploadResponse) -> Uploaded
     )
 
 
-class DownloadCall:
+class DownloadCall(_OwnedCall[exec_pb2.DownloadRequest]):
     """A Download: iterate it for the chunks, in order; `info` is set at the end.
 
     Leaving `async with` cancels the call if it still runs. `to_file()` runs the whole
@@ -198,29 +209,22 @@ class DownloadCall:
         rpc_timeout: float | None,
         progress: Progress | None = None,
     ) -> None:
-        self._client = client
-        self.request = request
-        self._timeout = rpc_timeout
+        super().__init__(client, request, rpc_timeout, client._metadata(request.host))
         self._progress = progress
-        self._call: Any = None
         self.info: FileInfo | None = None
+
+    @property
+    def request(self) -> exec_pb2.DownloadRequest:
+        """What is read: host, path, and the range."""
+        return self._request
 
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.cancel()
-
-    def cancel(self) -> None:
-        """Cancel the call if it still runs."""
-        if self._call is not None and not self._call.done():
-            self._call.cancel()
-
     async def __aiter__(self) -> AsyncIterator[bytes]:
         host = self.request.host
         stub = self._client._stub()
-        metadata = self._client._metadata(host)
-        self._call = stub.Download(self.request, timeout=self._timeout, metadata=metadata)
+        self._call = stub.Download(self.request, timeout=self._deadline, metadata=self._metadata)
         received = 0
         try:
             async for message in self._call:
@@ -290,21 +294,14 @@ async def upload_many(
 ) -> AsyncIterator[HostUpload]:
     """Send the file once; yield each host's outcome as it finishes."""
 
-    async def messages() -> AsyncIterator[exec_pb2.UploadManyRequest]:
-        begin = exec_pb2.UploadManyStart(
-            hosts=list(hosts), selector=selector, upload=start, max_parallel=max_parallel
-        )
-        yield exec_pb2.UploadManyRequest(start=begin)
-        sent = 0
-        async for data in chunks(source):
-            yield exec_pb2.UploadManyRequest(chunk=data)
-            sent += len(data)
-            if progress is not None:
-                progress(sent)
-
+    begin = exec_pb2.UploadManyStart(
+        hosts=list(hosts), selector=selector, upload=start, max_parallel=max_parallel
+    )
+    first = exec_pb2.UploadManyRequest(start=begin)
+    messages = _messages(first, lambda d: exec_pb2.UploadManyRequest(chunk=d), source, progress)
     stub = client._stub()
     call = stub.UploadMany(timeout=rpc_timeout, metadata=client._fan_out_metadata(list(hosts)))
-    writer = asyncio.ensure_future(send_all(call, messages()))
+    writer = asyncio.ensure_future(send_all(call, messages))
     try:
         async for message in call:
             if message.WhichOneof("event") == "result":

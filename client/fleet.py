@@ -22,7 +22,7 @@ import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from client.errors import ScoutError, from_host_status
 from client.results import Result, from_message, result_from_response
@@ -77,6 +77,18 @@ class Host:
     def __post_init__(self) -> None:
         """Keep a private read-only copy of the labels, so the value stays a value."""
         object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
+
+
+def host_fields(host: Host) -> dict[str, Any]:
+    """One inventory host: where it is, its labels, and its jump hosts."""
+    return {
+        "name": host.name,
+        "address": host.address,
+        "port": host.port,
+        "user": host.user,
+        "labels": dict(host.labels),
+        "via": list(host.via),
+    }
 
 
 @dataclass(frozen=True, kw_only=True)

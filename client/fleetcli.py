@@ -33,7 +33,7 @@ from client.aio import Client
 from client.errors import CommandTimeout, ScoutError
 from client.exitcodes import MAY_HAVE_RUN, OUTPUT_CUT, TIMED_OUT
 from client.fanoutstatus import NOT_STARTED, OK, Tally
-from client.fleet import Host, HostOutcome, HostOutput, excluded, is_pattern
+from client.fleet import Host, HostOutcome, HostOutput, excluded, host_fields, is_pattern
 from client.results import Result
 
 __all__ = [
@@ -404,12 +404,7 @@ def _label_text(labels: Mapping[str, str]) -> str:
 def host_record(host: Host) -> dict[str, Any]:
     """One host as the JSON object `scout hosts --json` prints."""
     return {
-        "name": host.name,
-        "address": host.address,
-        "port": host.port,
-        "user": host.user,
-        "labels": dict(host.labels),
-        "via": list(host.via),
+        **host_fields(host),
         "connections_open": host.connections_open,
         "channels_in_use": host.channels_in_use,
     }

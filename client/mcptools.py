@@ -20,13 +20,13 @@ import asyncio
 import shlex
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import Any
 
 from client.aio import Client
 from client.errors import ScoutError
-from client.fleet import Host, HostOutput
+from client.fleet import HostOutput, host_fields
 from client.results import Result
 
 __all__ = [
@@ -86,18 +86,18 @@ class Settings:
         return FAN_OUT_SHARES * self.max_output
 
 
+@dataclass(eq=False)
 class ToolFailure(Exception):
     """A tool call that failed: a status name, a message for the assistant, may_have_run."""
 
-    def __init__(
-        self, code: str, message: str, *, may_have_run: bool = False, host: str = ""
-    ) -> None:
-        """Keep what the error result shows, apart."""
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.may_have_run = may_have_run
-        self.host = host
+    code: str
+    message: str
+    _: KW_ONLY
+    may_have_run: bool = False
+    host: str = ""
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
 
     def fields(self) -> dict[str, Any]:
         """The structured error: the status, its message, and whether anything may have run."""
@@ -187,18 +187,6 @@ def result_fields(result: Result, max_output: int) -> dict[str, Any]:
         "stdout_bytes": result.stdout_bytes,
         "stderr_bytes": result.stderr_bytes,
         "duration": round(result.duration, 3),
-    }
-
-
-def host_fields(host: Host) -> dict[str, Any]:
-    """One inventory host: where it is, its labels, and its jump hosts."""
-    return {
-        "name": host.name,
-        "address": host.address,
-        "port": host.port,
-        "user": host.user,
-        "labels": dict(host.labels),
-        "via": list(host.via),
     }
 
 

@@ -38,7 +38,7 @@ from collections.abc import Iterator
 
 import grpc
 
-from client.aio import ExecuteManyCall, StreamCall, _exec_stub
+from client.calls import ExecuteManyCall, StreamCall, _exec_stub
 from client.errors import (
     HostNotFound,
     InvalidRequest,

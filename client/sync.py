@@ -18,31 +18,63 @@ as it comes, iterates the asyncio `Client.execute_many`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import threading
-from collections.abc import AsyncIterator, Coroutine, Sequence
-from typing import Any, Self, TypeVar
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from typing import Any, Concatenate, ParamSpec, Self, TypedDict, TypeVar, Unpack
 
-from client.aio import (
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_DEADLINE_MARGIN,
-    DEFAULT_TARGET,
-    Client,
-    ExecuteManyCall,
-)
+from client.aio import DEFAULT_TARGET, Client, ExecuteManyCall
 from client.credentials import TLS
-from client.files import DownloadCall, FileInfo, HostUpload, Source, Uploaded
-from client.fleet import Host, HostOutcome, HostOutput
-from client.options import ExecOptions
-from client.results import Result
+from client.files import DownloadCall, FileInfo, HostUpload, Source
+from client.fleet import HostOutcome, HostOutput
 
 __all__ = ["SyncClient"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
+
+
+class ClientOptions(TypedDict, total=False):
+    """Client's keyword arguments (see Client.__init__), which SyncClient passes on."""
+
+    token: str | None
+    tls: TLS | None
+    channel_options: Sequence[tuple[str, Any]]
+    deadline_margin: float
+    split_fan_out: bool
+    connect_timeout: float
+
+
+def _blocking(
+    method: Callable[Concatenate[Client, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[SyncClient, P], T]:
+    """A Client method as a SyncClient one: the same arguments, its result once awaited."""
+
+    @functools.wraps(method)
+    def run(self: SyncClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._run(method(self._client, *args, **kwargs))
+
+    return run
+
+
+def _gathered(
+    method: Callable[Concatenate[Client, P], ExecuteManyCall],
+) -> Callable[Concatenate[SyncClient, P], list[HostOutcome]]:
+    """Client.execute_many as a SyncClient method: every host's Result or ScoutError, in
+    completion order, once the fan-out has ended. A host's error is an item of the list;
+    only the RPC's own failure raises. Output chunks are not asked for."""
+
+    @functools.wraps(method)
+    def run(self: SyncClient, /, *args: P.args, **kwargs: P.kwargs) -> list[HostOutcome]:
+        return self._run(_outcomes(method(self._client, *args, **kwargs)))
+
+    run.__doc__ = _gathered.__doc__
+    return run
 
 
 async def _outcomes(call: ExecuteManyCall) -> list[HostOutcome]:
-    """Run a fan-out to its end and keep each host's outcome (output chunks are not asked for)."""
+    """Run a fan-out to its end and keep each host's outcome."""
     async with call:
         return [event async for event in call if not isinstance(event, HostOutput)]
 
@@ -62,30 +94,12 @@ async def _collect(events: AsyncIterator[HostUpload]) -> list[HostUpload]:
 class SyncClient:
     """A blocking scout client; see the module docstring for how it runs."""
 
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        *,
-        token: str | None = None,
-        tls: TLS | None = None,
-        channel_options: Sequence[tuple[str, Any]] = (),
-        deadline_margin: float = DEFAULT_DEADLINE_MARGIN,
-        split_fan_out: bool = False,
-        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-    ) -> None:
+    def __init__(self, target: str = DEFAULT_TARGET, **options: Unpack[ClientOptions]) -> None:
         """Create the private loop's runner; the channel opens on the first call.
 
         The arguments are Client's: see Client.__init__.
         """
-        self._client = Client(
-            target,
-            token=token,
-            tls=tls,
-            channel_options=channel_options,
-            deadline_margin=deadline_margin,
-            split_fan_out=split_fan_out,
-            connect_timeout=connect_timeout,
-        )
+        self._client = Client(target, **options)
         self._runner = asyncio.Runner()
         self._lock = threading.Lock()
         self._closed = False
@@ -121,57 +135,12 @@ class SyncClient:
             finally:
                 self._runner.close()
 
-    def execute(
-        self,
-        host: str,
-        command: str = "",
-        options: ExecOptions | None = None,
-        *,
-        argv: Sequence[str] | None = None,
-        **fields: Any,
-    ) -> Result:
-        """Run a command (a shell line, or argv=[...]) and wait for its Result; same
-        arguments as Client.execute."""
-        return self._run(self._client.execute(host, command, options, argv=argv, **fields))
-
-    def list_hosts(
-        self, selector: str = "", hosts: Sequence[str] = (), *, rpc_timeout: float | None = 10.0
-    ) -> list[Host]:
-        """List the inventory hosts the selector and names or globs pick; see Client.list_hosts."""
-        return self._run(self._client.list_hosts(selector, hosts, rpc_timeout=rpc_timeout))
-
-    def execute_many(
-        self,
-        hosts: Sequence[str],
-        command: str = "",
-        options: ExecOptions | None = None,
-        *,
-        argv: Sequence[str] | None = None,
-        selector: str = "",
-        max_parallel: int = 0,
-        max_failures: int = 0,
-        **fields: Any,
-    ) -> list[HostOutcome]:
-        """Run one command on many hosts; every host's Result or ScoutError, in completion order.
-
-        Same arguments as Client.execute_many, without stream_output; a host's error
-        is an item of the list, and only the RPC's own failure raises.
-        """
-        call = self._client.execute_many(
-            hosts,
-            command,
-            options,
-            argv=argv,
-            selector=selector,
-            max_parallel=max_parallel,
-            max_failures=max_failures,
-            **fields,
-        )
-        return self._run(_outcomes(call))
-
-    def upload(self, host: str, path: str, source: Source, **options: Any) -> Uploaded:
-        """Write a file on host; the options are Client.upload's."""
-        return self._run(self._client.upload(host, path, source, **options))
+    # Client's calls, blocking: the same arguments and docs (see Client).
+    execute = _blocking(Client.execute)
+    list_hosts = _blocking(Client.list_hosts)
+    health = _blocking(Client.health)
+    execute_many = _gathered(Client.execute_many)
+    upload = _blocking(Client.upload)
 
     def download(self, host: str, path: str, **options: Any) -> tuple[bytes, FileInfo]:
         """Read a file (or a range of it) whole into memory, with its end's info; for big
@@ -189,7 +158,3 @@ class SyncClient:
     ) -> list[HostUpload]:
         """Write one file to many hosts; every host's outcome once all are done."""
         return self._run(_collect(self._client.upload_many(hosts, path, source, **options)))
-
-    def health(self, service: str = "", *, rpc_timeout: float | None = 10.0) -> str:
-        """Ask the server's health service; returns e.g. "SERVING"."""
-        return self._run(self._client.health(service, rpc_timeout=rpc_timeout))

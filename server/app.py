@@ -25,17 +25,17 @@ from scout.v1 import exec_pb2
 from .audit import AuditLog
 from .callers import IdentityInterceptor
 from .command import CLOSE_WAIT, KILL_WAIT
-from .config import Config, ConfigError, check_exposure
+from .config import Config, ConfigError, check_exposure, listening_line
 from .connector import Connector
+from .errors import FileError
 from .introspection import HEALTH_SERVICE, Health, StreamSlots, enable_reflection
 from .keepalive import ping_options
 from .live import LiveConfig
-from .metrics import MetricsServer, exposition, served
+from .metrics import MetricsServer, Sources, exposition, served
 from .pool import Pool
 from .reload import INSECURE_WARNING, MATCH_EXEC_WARNING, Reloader
 from .rpc import safe_parser
 from .service import ExecService
-from .sshfiles import FileError
 from .tls import ServerTLS
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,13 @@ class App:
     def config(self) -> Config:
         """The config in force (a reload swaps it)."""
         return self.live.current
+
+    def counted(self) -> Sources:
+        """What the metrics read (server.metrics)."""
+        service = self.service
+        return Sources(
+            self.live, service.rpcs, service.gate, self.pool, service.output_budget, service.audit
+        )
 
     def stop_budget(self) -> float:
         """How long stopping the commands still running may take after the grace."""
@@ -157,14 +164,6 @@ def _prepare(
     return connector, tls, audit
 
 
-def describe(config: Config, address: str, port: int) -> str:
-    """What the listening line says: where, over what, how many hosts and callers."""
-    tls = config.tls
-    over = "plaintext" if not tls.enabled else "mutual TLS" if tls.client_ca_file else "TLS"
-    callers = f"{len(config.callers)} callers" if config.callers else "no callers (open)"
-    return f"{address} (port {port}) over {over}, {len(config.hosts)} hosts, {callers}"
-
-
 async def start(
     config: Config,
     listen: str | None = None,
@@ -214,11 +213,13 @@ async def start(
     await server.start()
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("%s %s", "serving" if shared_port else "listening on", describe(config, address, port))
+    log.info(
+        "%s %s", "serving" if shared_port else "listening on", listening_line(config, address, port)
+    )
     reloader = Reloader(live, service, pool, connector, address, tls, loader)
     app = App(live, server, pool, service, health, connector, port, reloader, tls)
     if config.metrics.listen:
-        app.metrics = MetricsServer(served(exposition(app)))
+        app.metrics = MetricsServer(served(exposition(app.counted())))
         await app.metrics.start(config.metrics.listen)
     app._watcher = asyncio.get_running_loop().create_task(app._watch_files())
     return app

@@ -28,14 +28,16 @@ import logging
 import os
 import sys
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from scout.v1 import exec_pb2
+
 from .argvpolicy import argv_line
-from .config import AuditSettings, CallerConfig
-from .errors import AuditUnavailable
-from .sshfiles import FileError
+from .config import MAX_EXEC_LINE, MAX_WORKING_DIR_BYTES, AuditSettings, CallerConfig
+from .errors import AuditUnavailable, FileError
+from .requests import MAX_ARGV, MAX_ENV, MAX_HOST
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,18 @@ class CallRecord:
     direction: str = ""  # files: "upload" or "download"; empty for commands
     file_bytes: int = 0  # files: bytes moved
     sha256: str = ""  # files: SHA-256 of the bytes moved
+
+    def describe(self, request: Any) -> None:
+        """Copy what an ExecuteRequest asks for, for the audit and access lines. This runs
+        before validation (refused calls are recorded too), so every field is cut to
+        validation's own limits: a valid request is recorded whole.
+        """
+        if isinstance(request, exec_pb2.ExecuteRequest):
+            self.host = capped(request.host, MAX_HOST)
+            self.command = capped(request.command, MAX_EXEC_LINE)
+            self.argv = capped_argv(request.argv)
+            self.working_dir = capped(request.working_dir, MAX_WORKING_DIR_BYTES)
+            self.env_names = [capped(name, MAX_HOST) for name in list(request.env)[:MAX_ENV]]
 
     def line(self, *, log_commands: bool) -> dict[str, Any]:
         """The JSON object of the audit line."""
@@ -108,6 +122,26 @@ class CallRecord:
             peer=self.peer,
         )
         return record
+
+
+def capped(text: str, limit: int) -> str:
+    """text, or its first limit characters and how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
+def capped_argv(argv: Sequence[str]) -> list[str]:
+    """argv, or as much of it as fits MAX_EXEC_LINE characters and MAX_ARGV elements, then
+    an element saying how many were left out."""
+    kept: list[str] = []
+    room = MAX_EXEC_LINE
+    for arg in argv[:MAX_ARGV]:
+        if room <= 0:
+            break
+        kept.append(capped(arg, room))
+        room -= len(arg)
+    if len(kept) < len(argv):
+        kept.append(f"... ({len(argv) - len(kept)} more elements)")
+    return kept
 
 
 class AuditLog:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import asyncssh
 
-from .errors import ChannelRefused, CommandAborted, ConnectionDead, HostRejected
+from .errors import CommandAborted, ConnectionDead, HostRejected, not_opened
 
 KILL_WAIT = 1.0  # after KILL, how long to wait before closing the channel anyway
 CLOSE_WAIT = 0.5  # after closing the channel, how long to wait for the server's close
@@ -250,9 +250,7 @@ class Opening:
             )
         except asyncssh.ChannelOpenError as exc:
             if self.session is None:
-                if conn.is_closed():
-                    raise ConnectionDead(exc.reason) from exc
-                raise ChannelRefused(exc.reason) from exc
+                raise not_opened(exc.reason, connection_closed=conn.is_closed()) from exc
             if conn.is_closed():
                 raise _lost_while_starting(spec) from exc
             raise HostRejected(

@@ -16,7 +16,7 @@ from typing import Protocol
 DEFAULT_LISTEN = "127.0.0.1:50051"
 HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,253}")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-EXEC_LINE_MAX = 100 * 1024  # the final command line: well under sshd's 256 KiB packet and
+MAX_EXEC_LINE = 100 * 1024  # the final command line: well under sshd's 256 KiB packet and
 #                            Linux's 128 KiB limit on one argument (the login shell's -c)
 MAX_ENV_BYTES = 64 * 1024  # names and values of one request's environment, before quoting
 MAX_WORKING_DIR_BYTES = 4096  # PATH_MAX
@@ -315,3 +315,11 @@ def metrics_warnings(config: Config) -> list[str]:
         "or TLS; anyone who reaches it reads every host's and caller's name and call counts. "
         "Keep it on a network only Prometheus reaches"
     ]
+
+
+def listening_line(config: Config, address: str, port: int) -> str:
+    """What the server's "listening on" line says: where, over what, how many hosts and callers."""
+    tls = config.tls
+    over = "plaintext" if not tls.enabled else "mutual TLS" if tls.client_ca_file else "TLS"
+    callers = f"{len(config.callers)} callers" if config.callers else "no callers (open)"
+    return f"{address} (port {port}) over {over}, {len(config.hosts)} hosts, {callers}"

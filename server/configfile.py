@@ -19,8 +19,8 @@ from .argvpolicy import PatternError, split_pattern, startup_reason
 from .config import (
     DEFAULT_LISTEN,
     ENV_NAME,
-    EXEC_LINE_MAX,
     HOST_NAME,
+    MAX_EXEC_LINE,
     WORKERS_AUTO,
     AuditSettings,
     CallerConfig,
@@ -70,7 +70,7 @@ _EXEC: _Bounds = {
     "max_output_bytes": (int, 1, 512 * 1024 * 1024),
     "max_buffered_output_bytes": (int, 1, 2**40),
     "kill_grace": (float, 0, 60),
-    "max_command_bytes": (int, 1, EXEC_LINE_MAX),
+    "max_command_bytes": (int, 1, MAX_EXEC_LINE),
     "max_stdin_bytes": (int, 0, 1024 * 1024 * 1024),
 }
 _FANOUT: _Bounds = {

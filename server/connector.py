@@ -19,10 +19,10 @@ from pathlib import Path
 import asyncssh
 
 from .config import HostConfig, PoolSettings, SSHSettings
-from .errors import HostRejected, HostUnavailable, ScoutError
+from .errors import FileError, HostRejected, HostUnavailable, ScoutError
 from .live import LiveConfig
 from .pool import Pool, Reservation
-from .sshfiles import FileError, KeyFiles, KnownHostsFiles, fingerprint
+from .sshfiles import KeyFiles, KnownHostsFiles, fingerprint
 
 log = logging.getLogger(__name__)
 

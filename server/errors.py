@@ -21,6 +21,9 @@
     ├── ChannelRefused              the server refused a channel on a live connection: full
     └── ConnectionDead              the connection died before the channel opened
 
+    FileError                       a file of the server's own (config, key, audit log)
+                                    cannot be read or opened: the operator's business
+
 Every ScoutError says whether the command may have started (`started`): the server tells
 callers in the trailing metadata (`x-scout-started`), so "nothing ran, retry" is never
 said of a command that may have run. The server maps these to gRPC status codes in
@@ -138,3 +141,13 @@ def brief(value: str | bytes, limit: int = 48) -> str:
     if len(value) <= limit:
         return repr(value)
     return f"{value[:limit]!r}... ({len(value)} {'bytes' if isinstance(value, bytes) else 'chars'})"
+
+
+class FileError(Exception):
+    """A file could not be read or parsed; the message names it, never its contents."""
+
+
+def not_opened(reason: str, *, connection_closed: bool) -> ChannelTrouble:
+    """A channel open the server refused: on a dead connection ConnectionDead, on a live
+    one ChannelRefused (it is full). Nothing reached the host either way."""
+    return ConnectionDead(reason) if connection_closed else ChannelRefused(reason)

@@ -27,22 +27,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import grpc
-from google.rpc import status_pb2
 
 from scout.v1 import exec_pb2
 
 from . import targets as targets_
 from .audit import CallRecord
 from .command import RunningCommand
-from .errors import HostNotFound, InvalidRequest, ScoutError
-from .launch import bounds_for
-from .output import STDOUT, OutputQueue, chunks
-from .requests import command_spec, timeout_of
-from .responses import execute_response
-from .rpc import Context, cancel_code, describe, status_of
+from .errors import HostNotFound, InvalidRequest
+from .output import OutputQueue
+from .requests import command_spec
+from .responses import execute_response, send_output
+from .rpc import Context, cancel_code, failure, host_status, record_end
 
 if TYPE_CHECKING:
     from .service import ExecService
@@ -60,22 +59,18 @@ def failed(message: exec_pb2.ExecuteManyResponse) -> bool:
     return message.result.exit_code != 0 or bool(message.result.signal)
 
 
+@dataclass(eq=False)
 class FanOut:
     """One ExecuteMany call."""
 
-    def __init__(
-        self,
-        service: ExecService,
-        request: exec_pb2.ExecuteManyRequest,
-        context: Context,
-        call: CallRecord,
-    ) -> None:
-        self.service = service
-        self.request = request
-        self.context = context
-        self.call = call
-        self.out: asyncio.Queue[exec_pb2.ExecuteManyResponse] = asyncio.Queue(QUEUED_MESSAGES)
-        self.failures = 0  # hosts failed so far (failed()), against request.max_failures
+    service: ExecService
+    request: exec_pb2.ExecuteManyRequest
+    context: Context
+    call: CallRecord
+    out: asyncio.Queue[exec_pb2.ExecuteManyResponse] = field(
+        default_factory=lambda: asyncio.Queue(QUEUED_MESSAGES)
+    )
+    failures: int = 0  # hosts failed so far (failed()), against request.max_failures
 
     def targets(self) -> list[str]:
         """The hosts to run on, checked as a whole (the RPC fails only here): a malformed
@@ -141,8 +136,7 @@ class FanOut:
             if limit and self.failures >= limit:  # start no new host
                 message = exec_pb2.ExecuteManyResponse(host=name, started=False)
                 text = f"not started: {self.failures} failures (max_failures {limit})"
-                code = grpc.StatusCode.ABORTED.value[0]
-                message.error.CopyFrom(status_pb2.Status(code=code, message=text))
+                message.error.CopyFrom(host_status(grpc.StatusCode.ABORTED, text))
                 await self.out.put(message)
                 return
             call = self.call
@@ -154,32 +148,22 @@ class FanOut:
             command.CopyFrom(self.request.request)
             command.host = name
             message = exec_pb2.ExecuteManyResponse(host=name)
+            code = grpc.StatusCode.OK
             try:
                 message.result.CopyFrom(await self._execute(command, record))
-                record.code = "OK"
             except asyncio.CancelledError:  # the caller left, or the server is stopping
-                record.code = cancel_code(self.context, stopping=self.service.stopping).name
+                code = cancel_code(self.context, stopping=self.service.stopping)
                 raise
-            except ScoutError as exc:
-                code, _, started = status_of(exc)
-                record.started = started
-                text = self.service.gate.shown(record.who, exc)
-                if text != exc.message:
-                    log.info("ExecuteMany on %s: %s", name, exc.message)
-                record.code = code.name
-                message.error.CopyFrom(status_pb2.Status(code=code.value[0], message=text))
-                message.started = started
-            except Exception:
-                log.exception("ExecuteMany on %s failed", name)
-                record.code = "INTERNAL"
-                message.error.CopyFrom(
-                    status_pb2.Status(code=13, message="internal error (logged on the server)")
-                )
-                message.started = record.started = True
+            except Exception as exc:
+                code, whole, text = failure(self.service.gate, record, exc)
+                if code is grpc.StatusCode.INTERNAL:
+                    log.exception("ExecuteMany on %s failed", name)
+                elif text != whole:
+                    log.info("ExecuteMany on %s: %s", name, whole)
+                message.error.CopyFrom(host_status(code, text))
+                message.started = record.started
             finally:
-                record.duration = time.monotonic() - began
-                self.service.audit.write(record)
-                self.service.rpcs.command_done(record)
+                record_end(self.service, record, code, began)
             await self.out.put(message)
             self.failures += failed(message)  # before the slot frees for the next host
 
@@ -189,26 +173,18 @@ class FanOut:
         """Admit and run one host's command: captured, or streamed in chunks."""
         service = self.service
         assert record.who is not None
-        describe(record, command)  # a host the reload refuses has its audit line too
+        record.describe(command)  # a host the reload refuses has its audit line too
         record.authorized = True
         record.who = service.gate.current(record.who)  # a reload since the call began
         host, spec = service.admit(record, command, stream=False)
         remaining = self.context.time_remaining()
         if not self.request.stream_output:
             return await service.execute_once(host, spec, command, remaining, record)
-        bounds = bounds_for(spec, timeout_of(service.config.exec, command, stream=False), remaining)
+        bounds = service.bounds(spec, command, remaining, stream=False)
         queue = OutputQueue(spec.max_output_bytes)
-        try:
-            async with service.launcher.run(host, spec, queue.feed, bounds) as run:
-                record.ran = True
-                queue.attach(run.command.chan)
-                run.command.session.closed.add_done_callback(lambda _: queue.close())
-                await run.bounded(self._forward(run.command, queue, command.text))
-            info = run.command.outcome()
-            record.exit_code, record.signal = info.exit_code, info.signal
-            return execute_response(info, queue.stdout, queue.stderr, text=False)
-        finally:
-            record.stdout_bytes, record.stderr_bytes = queue.stdout.total, queue.stderr.total
+        async with service.launcher.run(host, spec, queue, bounds, record) as run:
+            await run.bounded(self._forward(run.command, queue, command.text))
+        return execute_response(run.outcome(), queue.stdout, queue.stderr, text=False)
 
     async def _forward(self, command: RunningCommand, queue: OutputQueue, text: bool) -> None:
         """Feed stdin, then pass the host's output, chunk by chunk, to the writer (waiting
@@ -216,12 +192,8 @@ class FanOut:
         await command.write(command.spec.stdin)
         command.close_stdin()
         name = command.spec.host
-        async for kind, data, decoded in chunks(queue, text):
-            chunk = (
-                exec_pb2.OutputChunk(stdout=data)
-                if kind == STDOUT
-                else exec_pb2.OutputChunk(stderr=data)
-            )
-            if decoded is not None:
-                chunk.text = decoded
+
+        async def send(chunk: exec_pb2.OutputChunk) -> None:
             await self.out.put(exec_pb2.ExecuteManyResponse(host=name, output=chunk))
+
+        await send_output(queue, text, exec_pb2.OutputChunk, send)

@@ -28,7 +28,7 @@ import posixpath
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
@@ -38,7 +38,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from scout.v1 import exec_pb2
 
-from .audit import CallRecord
+from .audit import CallRecord, capped
 from .config import CallerConfig, HostConfig
 from .errors import (
     CommandAborted,
@@ -53,10 +53,9 @@ from .errors import (
     TransferMismatch,
     brief,
 )
-from .requests import HOST_MAX
-from .rpc import Context, capped, drain
+from .requests import MAX_HOST
+from .rpc import MALFORMED, Context, drain
 from .sftpchannel import SFTPChannel, sftp_session
-from .stream import MALFORMED
 
 if TYPE_CHECKING:
     from .service import ExecService
@@ -88,7 +87,7 @@ class Written:
 
 def describe_file(call: CallRecord, host: str, path: str, direction: str) -> None:
     """Copy a transfer's target into its record (before any check: refusals are audited)."""
-    call.host = capped(host, HOST_MAX)
+    call.host = capped(host, MAX_HOST)
     call.path = capped(path, 4096)
     call.direction = direction
     call.authorized = True
@@ -320,70 +319,61 @@ class Files:
     ) -> None:
         """Send the file's range in order, then its end; ABORTED if it moved meanwhile."""
         try:
-            await self._download(host, clean, request, send=send, who=who, call=call, until=until)
+            settings = self.service.config.files
+            async with sftp_session(self.service.launcher, host, until) as channel:
+                name, sftp = host.name, channel.client
+                try:
+                    real = await sftp.realpath(clean)
+                except asyncssh.SFTPError as exc:
+                    raise _refused(name, brief(request.path), exc) from None
+                self.service.gate.check_path(who, real, "read", request.path)
+                try:
+                    file = await sftp.open(real, "rb")
+                except asyncssh.SFTPError as exc:
+                    raise _refused(name, brief(request.path), exc) from None
+                async with file:
+                    before = await file.stat()
+                    if before.type != asyncssh.FILEXFER_TYPE_REGULAR:
+                        raise FileRefused(
+                            f"{name}: {brief(request.path)} is not a regular file", name
+                        )
+                    size = before.size or 0
+                    if request.offset > size:
+                        raise InvalidRequest(
+                            f"offset: {request.offset} is past the end ({size} bytes)"
+                        )
+                    end = size if not request.length else min(size, request.offset + request.length)
+                    digest = hashlib.sha256()
+                    sent = 0
+                    piece = min(settings.chunk_bytes, sftp.limits.max_read_len or 32768)
+                    pieces = _read_ahead(file, request.offset, end, piece, settings.window)
+                    async for data in _messages(pieces, settings.chunk_bytes):
+                        digest.update(data)
+                        sent += len(data)
+                        call.file_bytes = sent
+                        await send(exec_pb2.DownloadResponse(chunk=data))
+                    if sent != end - request.offset:
+                        raise FileChanged(
+                            f"{name}: {brief(request.path)} got shorter while it was read", name
+                        )
+                    after = await file.stat()
+                if (after.size, after.mtime) != (before.size, before.mtime):
+                    raise FileChanged(
+                        f"{name}: {brief(request.path)} changed while it was read (size or mtime "
+                        "moved); what was sent may mix two versions: read it again",
+                        name,
+                    )
+            call.sha256 = digest.hexdigest()
+            mtime = timestamp_pb2.Timestamp(seconds=int(before.mtime or 0))
+            end_message = exec_pb2.DownloadEnd(
+                size=size,
+                sha256=call.sha256,
+                mode=(before.permissions or 0) & 0o7777,
+                mtime=mtime,
+            )
+            await send(exec_pb2.DownloadResponse(end=end_message))
         except (asyncssh.Error, OSError) as exc:
             raise _lost(host.name, exc) from None
-
-    async def _download(
-        self,
-        host: HostConfig,
-        clean: str,
-        request: exec_pb2.DownloadRequest,
-        *,
-        send: Callable[[exec_pb2.DownloadResponse], Awaitable[None]],
-        who: CallerConfig,
-        call: CallRecord,
-        until: float,
-    ) -> None:
-        settings = self.service.config.files
-        async with sftp_session(self.service.launcher, host, until) as channel:
-            name, sftp = host.name, channel.client
-            try:
-                real = await sftp.realpath(clean)
-            except asyncssh.SFTPError as exc:
-                raise _refused(name, brief(request.path), exc) from None
-            self.service.gate.check_path(who, real, "read", request.path)
-            try:
-                file = await sftp.open(real, "rb")
-            except asyncssh.SFTPError as exc:
-                raise _refused(name, brief(request.path), exc) from None
-            async with file:
-                before = await file.stat()
-                if before.type != asyncssh.FILEXFER_TYPE_REGULAR:
-                    raise FileRefused(f"{name}: {brief(request.path)} is not a regular file", name)
-                size = before.size or 0
-                if request.offset > size:
-                    raise InvalidRequest(f"offset: {request.offset} is past the end ({size} bytes)")
-                end = size if not request.length else min(size, request.offset + request.length)
-                digest = hashlib.sha256()
-                sent = 0
-                piece = min(settings.chunk_bytes, sftp.limits.max_read_len or 32768)
-                pieces = _read_ahead(file, request.offset, end, piece, settings.window)
-                async for data in _messages(pieces, settings.chunk_bytes):
-                    digest.update(data)
-                    sent += len(data)
-                    call.file_bytes = sent
-                    await send(exec_pb2.DownloadResponse(chunk=data))
-                if sent != end - request.offset:
-                    raise FileChanged(
-                        f"{name}: {brief(request.path)} got shorter while it was read", name
-                    )
-                after = await file.stat()
-            if (after.size, after.mtime) != (before.size, before.mtime):
-                raise FileChanged(
-                    f"{name}: {brief(request.path)} changed while it was read (size or mtime "
-                    "moved); what was sent may mix two versions: read it again",
-                    name,
-                )
-        call.sha256 = digest.hexdigest()
-        mtime = timestamp_pb2.Timestamp(seconds=int(before.mtime or 0))
-        end_message = exec_pb2.DownloadEnd(
-            size=size,
-            sha256=call.sha256,
-            mode=(before.permissions or 0) & 0o7777,
-            mtime=mtime,
-        )
-        await send(exec_pb2.DownloadResponse(end=end_message))
 
 
 async def first_start(requests: AsyncIterator[Any], within: float, method: str) -> Any:
@@ -466,28 +456,25 @@ def _results(done: set[asyncio.Future[int]]) -> None:
             raise error
 
 
+@dataclass(eq=False)
 class _Upload:
     """One upload's temporary file: written with a window, then committed or discarded."""
 
-    def __init__(
-        self,
-        channel: SFTPChannel,
-        target: str,
-        start: exec_pb2.UploadStart,
-        settings: Any,
-        call: CallRecord,
-    ) -> None:
-        self.channel = channel
-        self.target = target
-        self.start = start
-        self.settings = settings
-        self.call = call
-        directory, name = posixpath.split(target)
+    channel: SFTPChannel
+    target: str
+    start: exec_pb2.UploadStart
+    settings: Any
+    call: CallRecord
+    temp: str = field(init=False)  # beside target, renamed over it at the end
+    file: SFTPClientFile | None = field(default=None, init=False)
+    size: int = field(default=0, init=False)
+    digest: Any = field(default_factory=hashlib.sha256, init=False)
+    mode: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        directory, name = posixpath.split(self.target)
         self.temp = posixpath.join(directory, f".{name[:64]}.scout-{secrets.token_hex(6)}.tmp")
-        self.file: SFTPClientFile | None = None
-        self.size = 0
-        self.digest = hashlib.sha256()
-        self.mode = start.mode & 0o7777
+        self.mode = self.start.mode & 0o7777
 
     @property
     def host(self) -> str:

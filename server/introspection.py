@@ -32,7 +32,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 REFLECTION_V1ALPHA = reflection.SERVICE_NAME
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
-SERVICE_NAME_MAX = 512  # bytes of a service name a Watch may name (real ones: under 100)
+MAX_SERVICE_NAME = 512  # bytes of a service name a Watch may name (real ones: under 100)
 
 
 class StreamSlots:
@@ -68,10 +68,10 @@ class Health(HealthServicer):  # type: ignore[misc]  # grpcio-health-checking is
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> None:
         """The base class's Watch, within the stream bound, for a name of a sane length."""
-        if len(request.service.encode()) > SERVICE_NAME_MAX:
+        if len(request.service.encode()) > MAX_SERVICE_NAME:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"service: at most {SERVICE_NAME_MAX} bytes, got {len(request.service.encode())}",
+                f"service: at most {MAX_SERVICE_NAME} bytes, got {len(request.service.encode())}",
             )
         await self.streams.enter(context)
         try:

@@ -1,7 +1,8 @@
 """Starting a command on a host, and making sure it is over before its channel's place is free.
 
-    async with launcher.run(host, spec, sink, bounds) as run:
+    async with launcher.run(host, spec, output, bounds, call) as run:
         ...                        # run.command: write stdin; run.bounded(...): wait
+    info = run.outcome()           # recorded in call, as the bytes out are
 
 The way in: reserve a channel's place from the pool, open the channel within
 `channel_open_timeout`, and retry what is safe to retry (docs/architecture.md, pool
@@ -30,12 +31,13 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import asyncssh
 
-from .command import CommandSpec, Opening, RunningCommand, Sink
+from .audit import CallRecord
+from .command import CommandSpec, ExitInfo, Opening, RunningCommand
 from .config import HostConfig, PoolSettings
 from .errors import (
     ChannelRefused,
@@ -44,7 +46,9 @@ from .errors import (
     HostRejected,
     HostUnavailable,
     PoolExhausted,
+    ScoutError,
 )
+from .output import Output
 from .pool import Pool, Reservation
 
 log = logging.getLogger(__name__)
@@ -73,11 +77,14 @@ MIN_STOP_RESERVE = 0.1  # seconds kept for the stop however near the deadline is
 ANSWER_MARGIN = 0.05  # seconds between the end of the stop and the caller's deadline
 
 
-def bounds_for(spec: CommandSpec, timeout: float, rpc_remaining: float | None) -> Bounds:
-    """When the command must end, leaving time before the RPC deadline to stop it."""
+def bounds_for(
+    spec: CommandSpec, timeout: float, cause: str, rpc_remaining: float | None
+) -> Bounds:
+    """When the command must end, leaving time before the RPC deadline to stop it;
+    `cause` names the timeout for the message (server.requests.timeout_of)."""
     now = time.monotonic()
     full = spec.full_stop()
-    bounds = Bounds(now + timeout, full, f"its timeout ({timeout:g}s)")
+    bounds = Bounds(now + timeout, full, cause)
     if rpc_remaining is None:
         return bounds
     rpc_end = now + rpc_remaining
@@ -129,74 +136,27 @@ class Launcher:
         self.open_timeout = settings.channel_open_timeout
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def run(self, host: HostConfig, spec: CommandSpec, out: Sink, bounds: Bounds) -> Run:
-        """An async context: the running command in, a stopped-and-released one out."""
-        return Run(self, host, spec, out, bounds)
-
-    async def start(
-        self, host: HostConfig, spec: CommandSpec, out: Sink, until: float
-    ) -> tuple[Reservation[SSHConn], RunningCommand]:
-        """Reserve, open and start, with the safe retries; the caller must finish() it."""
-        return await self.open(host, lambda: Opening(spec, out), until)
+    def run(
+        self, host: HostConfig, spec: CommandSpec, output: Output, bounds: Bounds, call: CallRecord
+    ) -> Run:
+        """An async context: the running command in, a stopped-and-released one out; what
+        it did goes into `call` (for the audit line and the metrics)."""
+        return Run(self, host, spec, output, bounds, call)
 
     async def open(
         self, host: HostConfig, make: Callable[[], ChannelOpening[OpenedT]], until: float
     ) -> tuple[Reservation[SSHConn], OpenedT]:
-        """Reserve a place and open a channel in it (a new opening per attempt), with the
-        safe retries; the caller must finish() what it gives."""
+        """Reserve a place and open a channel in it (`make` gives a new opening per try),
+        with the safe retries (docs/architecture.md, pool rule 7): a refused channel backs
+        off and tries again; a connection that hung or died is tried once more, on another.
+        The caller must finish() what this returns."""
         retried = False
         pause = REFUSAL_BACKOFF[0]
-        loop = asyncio.get_running_loop()
         while True:
-            if until <= time.monotonic():
-                raise _no_time_left(host)
-            res = await self.pool.reserve(host, until)
-            now = time.monotonic()
-            if until <= now:  # a place came at the very end of the wait
-                res.release()
-                raise _no_time_left(host)
-            opening = make()
-            task = loop.create_task(opening.run(res.conn))
+            res = await self._reserve(host, until)
             try:
-                hang_limit = min(self.open_timeout, max((until - now) * OPEN_SHARE, 0.1))
-                limit = min(hang_limit, until - now)  # no exec may go out past `until`
-                opened = await _settled(task, now + limit)
-                if not opened and opening.committed:
-                    opened = await _settled(task, until)  # the exec is out: wait for its reply
-            except BaseException:
-                self._adopt(task, res, opening)  # the caller was cancelled meanwhile
-                raise
-            if not opened:
-                self._adopt(task, res, opening)
-                if opening.committed:
-                    raise CommandTimeout(
-                        f"{host.name}: the SSH server did not confirm the command before the "
-                        "deadline; it may have started, and has been stopped",
-                        host.name,
-                    )
-                if limit < hang_limit:  # the time ran out, not the connection's patience
-                    raise _no_time_left(host)
-                res.retire()  # the open hangs there: nothing reached the host yet
-                if retried or until - time.monotonic() < 0.05:
-                    raise HostUnavailable(
-                        f"{host.name}: the SSH server did not open a channel within "
-                        f"{limit:.3g}s (the connection is not answering)",
-                        host.name,
-                    )
-                retried = True
-                self.pool.stats.retries += 1
-                continue
-            error = task.exception()
-            if error is None:
-                return res, task.result()
-            if isinstance(error, ChannelRefused):
-                if res.refused() == 0:
-                    raise HostRejected(
-                        f"{host.name}: the SSH server refused a session channel on a "
-                        f"connection carrying no other ({error}); it does not allow "
-                        "sessions for this user",
-                        host.name,
-                    ) from error
+                return res, await self.open_once(host, res, make(), until)
+            except ChannelRefused:  # that connection is full: back off
                 wait = min(pause * random.uniform(0.5, 1.0), until - time.monotonic())
                 if wait <= 0:
                     raise PoolExhausted(
@@ -206,19 +166,89 @@ class Launcher:
                     ) from None
                 await asyncio.sleep(wait)
                 pause = min(pause * 2, REFUSAL_BACKOFF[1])
-                continue
-            if isinstance(error, ConnectionDead):
-                res.dead()
-                if retried or time.monotonic() >= until:
-                    raise HostUnavailable(
-                        f"{host.name}: SSH connection lost before the command started: {error}",
-                        host.name,
-                    ) from error
+            except _Unopened as failed:  # nothing reached the host: one more try
+                if retried or until - time.monotonic() < failed.margin:
+                    raise failed.error from failed.__cause__
                 retried = True
                 self.pool.stats.retries += 1
-                continue
-            self._adopt(task, res, opening)  # failed after the channel opened: close it first
+
+    async def _reserve(self, host: HostConfig, until: float) -> Reservation[SSHConn]:
+        """A place on a connection to host, before `until` (else nothing was started)."""
+        if until <= time.monotonic():
+            raise _no_time_left(host)
+        res = await self.pool.reserve(host, until)
+        if until <= time.monotonic():  # a place came at the very end of the wait
+            res.release()
+            raise _no_time_left(host)
+        return res
+
+    async def open_once(
+        self,
+        host: HostConfig,
+        res: Reservation[SSHConn],
+        opening: ChannelOpening[OpenedT],
+        until: float,
+    ) -> OpenedT:
+        """Open what `opening` opens in the reserved place, within the time left.
+
+        Raises ChannelRefused (the connection is full; try again later), _Unopened (the
+        connection hung or died before anything reached the host; another may serve), or
+        the error to give the caller. On every raise the place is taken care of:
+        released, retired, or adopted until the channel is closed.
+        """
+        now = time.monotonic()
+        task = asyncio.get_running_loop().create_task(opening.run(res.conn))
+        try:
+            hang_limit = min(self.open_timeout, max((until - now) * OPEN_SHARE, 0.1))
+            limit = min(hang_limit, until - now)  # no exec may go out past `until`
+            opened = await _settled(task, now + limit)
+            if not opened and opening.committed:
+                opened = await _settled(task, until)  # the exec is out: wait for its reply
+        except BaseException:
+            self._adopt(task, res, opening)  # the caller was cancelled meanwhile
+            raise
+        if not opened:
+            self._adopt(task, res, opening)
+            if opening.committed:
+                raise CommandTimeout(
+                    f"{host.name}: the SSH server did not confirm the command before the "
+                    "deadline; it may have started, and has been stopped",
+                    host.name,
+                )
+            if limit < hang_limit:  # the time ran out, not the connection's patience
+                raise _no_time_left(host)
+            res.retire()  # the open hangs there: nothing reached the host yet
+            raise _Unopened(
+                HostUnavailable(
+                    f"{host.name}: the SSH server did not open a channel within "
+                    f"{limit:.3g}s (the connection is not answering)",
+                    host.name,
+                ),
+                margin=0.05,
+            )
+        error = task.exception()
+        if error is None:
+            return task.result()
+        if isinstance(error, ChannelRefused):
+            if res.refused() == 0:
+                raise HostRejected(
+                    f"{host.name}: the SSH server refused a session channel on a "
+                    f"connection carrying no other ({error}); it does not allow "
+                    "sessions for this user",
+                    host.name,
+                ) from error
             raise error
+        if isinstance(error, ConnectionDead):
+            res.dead()
+            raise _Unopened(
+                HostUnavailable(
+                    f"{host.name}: SSH connection lost before the command started: {error}",
+                    host.name,
+                ),
+                margin=0.0,
+            ) from error
+        self._adopt(task, res, opening)  # failed after the channel opened: close it first
+        raise error
 
     def finish(
         self, res: Reservation[SSHConn], command: Opened, within: float | None
@@ -319,41 +349,67 @@ class Launcher:
             await asyncio.wait(list(self._tasks), timeout=within)
 
 
+@dataclass(eq=False, slots=True)
 class Run:
-    """`async with launcher.run(...)`: a started command, stopped and released on exit."""
+    """`async with launcher.run(...)`: a started command, stopped and released on exit.
 
-    __slots__ = ("_command", "_launcher", "_res", "bounds", "host", "out", "spec")
+    The one recorder of "a command ran": entering marks the call as run and attaches the
+    channel to the output; `outcome()` records the exit code or signal; leaving records
+    the bytes out. Execute, Stream and ExecuteMany all go through it, so their audit lines
+    and metrics are filled in alike.
+    """
 
-    def __init__(
-        self, launcher: Launcher, host: HostConfig, spec: CommandSpec, out: Sink, bounds: Bounds
-    ) -> None:
-        self._launcher = launcher
-        self.host = host
-        self.spec = spec
-        self.out = out
-        self.bounds = bounds
-        self._res: Reservation[SSHConn] | None = None
-        self._command: RunningCommand | None = None
+    launcher: Launcher
+    host: HostConfig
+    spec: CommandSpec
+    output: Output
+    bounds: Bounds
+    call: CallRecord
+    _res: Reservation[SSHConn] | None = field(default=None, init=False)
+    _command: RunningCommand | None = field(default=None, init=False)
 
     async def __aenter__(self) -> Run:
-        self._res, self._command = await self._launcher.start(
-            self.host, self.spec, self.out, self.bounds.run_until
-        )
+        output = self.output
+        try:
+            self._res, command = await self.launcher.open(
+                self.host, lambda: Opening(self.spec, output.feed), self.bounds.run_until
+            )
+        except BaseException:
+            self._count_output()
+            raise
+        self._command = command
+        self.call.ran = True
+        output.attach(command.chan)
+        command.session.closed.add_done_callback(lambda _: output.close())
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         assert self._res is not None and self._command is not None
         timed_out = isinstance(exc_info[1], CommandTimeout)
         within = self.bounds.stop_within if timed_out else None
-        stop = self._launcher.finish(self._res, self._command, within)
-        if stop is not None:
-            await asyncio.shield(stop)
+        try:
+            stop = self.launcher.finish(self._res, self._command, within)
+            if stop is not None:
+                await asyncio.shield(stop)
+        finally:
+            self._count_output()
+
+    def _count_output(self) -> None:
+        self.call.stdout_bytes = self.output.stdout.total
+        self.call.stderr_bytes = self.output.stderr.total
 
     @property
     def command(self) -> RunningCommand:
         """The running command."""
         assert self._command is not None
         return self._command
+
+    def outcome(self) -> ExitInfo:
+        """How the command ended (CommandAborted if the channel closed without a status),
+        recorded in the call."""
+        info = self.command.outcome()
+        self.call.exit_code, self.call.signal = info.exit_code, info.signal
+        return info
 
     async def bounded(self, work: Awaitable[T]) -> T:
         """Await work until `run_until`; then raise CommandTimeout (the exit stops it)."""
@@ -365,6 +421,16 @@ class Run:
                 f"{self.spec.host}: the command ran past {self.bounds.cause} and was stopped",
                 self.spec.host,
             ) from None
+
+
+class _Unopened(Exception):
+    """The channel did not open (the connection hung or died): nothing reached the host,
+    so another connection may be tried; `error` is what to raise when none may."""
+
+    def __init__(self, error: ScoutError, *, margin: float) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.margin = margin  # seconds that must be left for one more try
 
 
 def _no_time_left(host: HostConfig) -> CommandTimeout:

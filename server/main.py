@@ -99,6 +99,8 @@ async def serve(args: argparse.Namespace, config: Config) -> None:
     async with contextlib.AsyncExitStack() as stack:
         demo = demo_host = None
         if args.demo:
+            # Lazy on purpose (not a cycle): the demo, a local SSH server, loads only with
+            # --demo (tests/test_imports.py lists the imports allowed inside functions).
             from .demo import DEMO_HOST, demo_host_config, help_text, start_demo
 
             if DEMO_HOST in config.hosts:
@@ -151,7 +153,7 @@ async def serve_worker(start_: WorkerStart, link: socket.socket) -> None:
         log.warning("the supervisor is gone: shutting down")
         stops.put_nowait(signal.SIGTERM)
 
-    answering = asyncio.ensure_future(answer_supervisor(link, exposition(app), orphaned))
+    answering = asyncio.ensure_future(answer_supervisor(link, exposition(app.counted()), orphaned))
     await _until_stopped(app, stops)
     answering.cancel()
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -32,7 +33,12 @@ from prometheus_client.registry import Collector
 from .counters import Histogram
 
 if TYPE_CHECKING:
-    from .app import App
+    from .audit import AuditLog
+    from .callers import Gate
+    from .live import LiveConfig
+    from .output import OutputBudget
+    from .pool import Pool
+    from .rpc import RpcStats
 
 log = logging.getLogger(__name__)
 
@@ -67,21 +73,33 @@ def _counter(
     return family
 
 
-class ScoutCollector(Collector):
-    """Every scout_* family, from the running app's counters."""
+@dataclass(frozen=True)
+class Sources:
+    """What the metrics read: each the object its owner counts in, read at scrape time."""
 
-    def __init__(self, app: App) -> None:
-        self.app = app
+    live: LiveConfig  # `[metrics] per_host`, as in force
+    rpcs: RpcStats
+    gate: Gate  # calls in flight by caller
+    pool: Pool[Any]
+    budget: OutputBudget
+    audit: AuditLog
+
+
+class ScoutCollector(Collector):
+    """Every scout_* family, from the running server's counters."""
+
+    def __init__(self, sources: Sources) -> None:
+        self.sources = sources
 
     def collect(self) -> Iterator[Metric]:
         yield from self._rpcs()
         yield from self._pool()
         yield from self._commands()
-        if self.app.config.metrics.per_host:
+        if self.sources.live.current.metrics.per_host:
             yield from self._hosts()
 
     def _rpcs(self) -> Iterator[Metric]:
-        rpcs = self.app.service.rpcs
+        rpcs = self.sources.rpcs
         total = CounterMetricFamily("scout_rpcs_total", "RPCs finished", labels=["method", "code"])
         for (method, code), count in sorted(rpcs.finished.items()):
             total.add_metric([method, code], count)
@@ -93,12 +111,12 @@ class ScoutCollector(Collector):
         yield _gauges(
             "scout_caller_rpcs_in_flight",
             "RPCs running now",
-            self.app.service.gate.in_flight,
+            self.sources.gate.in_flight,
             "caller",
         )
 
     def _pool(self) -> Iterator[Metric]:
-        pool = self.app.pool
+        pool = self.sources.pool
         stats, gauges = pool.stats, pool.gauges()
         states = {s: gauges[f"connections_{s}"] for s in ("open", "opening", "idle", "draining")}
         yield _gauges("scout_pool_connections", "SSH connections by state", states, "state")
@@ -130,8 +148,7 @@ class ScoutCollector(Collector):
         yield _histogram("scout_shard_lock_hold_seconds", "shard lock held", hold)
 
     def _commands(self) -> Iterator[Metric]:
-        service = self.app.service
-        rpcs, budget = service.rpcs, service.output_budget
+        rpcs, budget = self.sources.rpcs, self.sources.budget
         yield _counter("scout_commands_total", "commands that ran", rpcs.commands, "outcome")
         yield _counter(
             "scout_command_output_bytes_total", "bytes commands wrote", rpcs.output_bytes, "stream"
@@ -142,7 +159,7 @@ class ScoutCollector(Collector):
         yield GaugeMetricFamily(
             "scout_output_buffer_limit_bytes", "max_buffered_output_bytes", value=budget.limit
         )
-        yield _counter("scout_audit_lines_total", "audit lines written", service.audit.lines)
+        yield _counter("scout_audit_lines_total", "audit lines written", self.sources.audit.lines)
         yield _counter(
             "scout_file_bytes_total", "bytes of files moved", rpcs.file_bytes, "direction"
         )
@@ -154,7 +171,7 @@ class ScoutCollector(Collector):
         yield transfers
 
     def _hosts(self) -> Iterator[Metric]:
-        pool, rpcs = self.app.pool, self.app.service.rpcs
+        pool, rpcs = self.sources.pool, self.sources.rpcs
         views = {state.name: pool.host_view(state.name) for state in pool.hosts()}
         connections = {name: view[0] for name, view in views.items()}
         channels = {name: view[1] for name, view in views.items()}
@@ -184,10 +201,10 @@ def _merged(parts: list[Histogram]) -> Histogram:
     return total
 
 
-def exposition(app: App) -> Callable[[], bytes]:
-    """The Prometheus text of app's metrics, read anew at each call."""
+def exposition(sources: Sources) -> Callable[[], bytes]:
+    """The Prometheus text of the metrics, read anew at each call."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ScoutCollector(app))
+    registry.register(ScoutCollector(sources))
     return lambda: generate_latest(registry)
 
 

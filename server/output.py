@@ -32,6 +32,23 @@ class Pausable(Protocol):
         """Deliver received data again."""
 
 
+class Output(Protocol):
+    """Where a run's output goes (ExecuteOutput, OutputQueue): fed by the channel, paced
+    through it, told when no more will come; `stdout`/`stderr` count the bytes."""
+
+    stdout: CappedBuffer
+    stderr: CappedBuffer
+
+    def feed(self, kind: int, data: bytes) -> None:
+        """A chunk of STDOUT or STDERR arrived."""
+
+    def attach(self, chan: Pausable) -> None:
+        """The channel to pause and resume."""
+
+    def close(self) -> None:
+        """The channel is closed: no more output will come."""
+
+
 class CappedBuffer:
     """Counts output against `cap` bytes (0: no cap); collects the part under it if asked."""
 
@@ -154,6 +171,9 @@ class ExecuteOutput:
         self._paused = False
         if self._chan is not None:
             self._chan.resume_reading()
+
+    def close(self) -> None:
+        """Nothing to wake: Execute reads its output once the command has ended."""
 
     def release(self) -> None:
         """The call is over: give the bytes back to the budget."""

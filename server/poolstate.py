@@ -37,8 +37,8 @@ from .errors import HostUnavailable, ScoutError
 if TYPE_CHECKING:
     import asyncio
 
-BACKOFF_FIRST = 0.5  # seconds before the second connect attempt after a failure
-BACKOFF_MAX = 30.0  # the longest pause between connect attempts to one host
+FIRST_BACKOFF = 0.5  # seconds before the second connect attempt after a failure
+MAX_BACKOFF = 30.0  # the longest pause between connect attempts to one host
 CAP_RECOVERY = 30.0  # a cap lowered by a refusal returns to the setting after this long
 
 
@@ -263,7 +263,7 @@ def connect_failed(
     remove(pc, budget, plan, "connect_failed")
     host = pc.host
     failures = host.backoff.failures + 1 if host.backoff else 1
-    pause = min(BACKOFF_FIRST * 2 ** (failures - 1), BACKOFF_MAX)
+    pause = min(FIRST_BACKOFF * 2 ** (failures - 1), MAX_BACKOFF)
     host.backoff = Backoff(failures, now + pause, error)
 
 

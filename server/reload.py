@@ -34,8 +34,8 @@ import asyncssh
 from .audit import AuditLog
 from .config import Config, ConfigError, check_exposure
 from .connector import Connector
+from .errors import FileError
 from .live import LiveConfig
-from .sshfiles import FileError
 
 if TYPE_CHECKING:
     from .pool import Pool

@@ -2,7 +2,7 @@
 
 Sizes are checked before names and contents, so an oversize value is never scanned,
 matched or echoed whole: messages quote at most a short prefix (`errors.brief`). The
-final command line, after quoting, is bounded too (`EXEC_LINE_MAX`): a line sshd cannot
+final command line, after quoting, is bounded too (`MAX_EXEC_LINE`): a line sshd cannot
 take in one packet makes it drop the whole connection, and every other command on it.
 """
 
@@ -18,8 +18,8 @@ from .argvpolicy import argv_line
 from .command import CommandSpec
 from .config import (
     ENV_NAME,
-    EXEC_LINE_MAX,
     MAX_ENV_BYTES,
+    MAX_EXEC_LINE,
     MAX_WORKING_DIR_BYTES,
     Config,
     ExecSettings,
@@ -27,7 +27,7 @@ from .config import (
 )
 from .errors import HostNotFound, InvalidRequest, brief
 
-HOST_MAX = 255
+MAX_HOST = 255
 MAX_ENV = 256
 MAX_ARGV = 4096  # elements; their bytes together are bounded like a command's
 MAX_TERM = 10_000
@@ -43,9 +43,9 @@ SIGNALS = frozenset(
 
 
 def is_host_name(name: str) -> bool:
-    """Whether name can be a host name: at most HOST_MAX characters, no control characters
+    """Whether name can be a host name: at most MAX_HOST characters, no control characters
     (what a log line may show as is)."""
-    return 0 < len(name) <= HOST_MAX and not _CONTROL.search(name)
+    return 0 < len(name) <= MAX_HOST and not _CONTROL.search(name)
 
 
 def lookup_host(config: Config, name: str) -> HostConfig:
@@ -54,7 +54,7 @@ def lookup_host(config: Config, name: str) -> HostConfig:
         raise InvalidRequest("host: required, the name of a host in the inventory")
     if not is_host_name(name):
         raise InvalidRequest(
-            f"host: {brief(name)} is not a host name (at most {HOST_MAX} characters, "
+            f"host: {brief(name)} is not a host name (at most {MAX_HOST} characters, "
             "no control characters)"
         )
     host = config.hosts.get(name)
@@ -72,18 +72,25 @@ def _seconds(field: str, value: exec_pb2.ExecuteRequest) -> float:
     return secs + nanos / 1e9
 
 
-def timeout_of(limits: ExecSettings, request: exec_pb2.ExecuteRequest, *, stream: bool) -> float:
-    """The request's own time bound in seconds (the RPC deadline may be shorter)."""
+def timeout_of(
+    limits: ExecSettings, request: exec_pb2.ExecuteRequest, *, stream: bool
+) -> tuple[float, str]:
+    """The request's own time bound in seconds (the RPC deadline may be shorter), and how
+    a message names it: "its timeout (10s)"."""
     if not request.HasField("timeout"):
-        return limits.stream_default_timeout if stream else limits.default_timeout
-    seconds = _seconds("timeout", request)
-    if seconds <= 0:
-        raise InvalidRequest(f"timeout: must be positive, got {seconds:g}s")
-    if seconds > limits.max_timeout:
-        raise InvalidRequest(
-            f"timeout: at most {limits.max_timeout:g}s on this server, got {seconds:g}s"
-        )
-    return seconds
+        if stream:
+            seconds = limits.stream_default_timeout
+            return seconds, f"its timeout, the server's default for Stream ({seconds:g}s)"
+        seconds = limits.default_timeout
+    else:
+        seconds = _seconds("timeout", request)
+        if seconds <= 0:
+            raise InvalidRequest(f"timeout: must be positive, got {seconds:g}s")
+        if seconds > limits.max_timeout:
+            raise InvalidRequest(
+                f"timeout: at most {limits.max_timeout:g}s on this server, got {seconds:g}s"
+            )
+    return seconds, f"its timeout ({seconds:g}s)"
 
 
 def command_line(request: exec_pb2.ExecuteRequest, extra_env: Mapping[str, str] = {}) -> str:
@@ -198,10 +205,10 @@ def command_spec(
         term = check_terminal_size(request.terminal_size, "terminal_size")
     timeout_of(limits, request, stream=stream)  # validated here, used by the caller
     line = command_line(request, extra_env)
-    if len(line.encode()) > EXEC_LINE_MAX:
+    if len(line.encode()) > MAX_EXEC_LINE:
         raise InvalidRequest(
             f"command, env and working_dir: {len(line.encode())} bytes once quoted, more than "
-            f"the {EXEC_LINE_MAX} bytes one SSH exec request may carry safely",
+            f"the {MAX_EXEC_LINE} bytes one SSH exec request may carry safely",
             name,
         )
     # Execute holds output in memory: the server's maximum bounds it. Stream holds little

@@ -1,17 +1,23 @@
-"""The contract's answers, built from a command's outcome: ExecuteResponse and ExitStatus.
+"""The contract's answers, built from a command's outcome: ExecuteResponse and ExitStatus,
+and the output messages of Stream and ExecuteMany.
 
-Both carry the same outcome (exit code or signal, byte counts, truncation, duration);
-this is the one place that copies it into the generated messages.
+ExecuteResponse and ExitStatus carry the same outcome (exit code or signal, byte counts,
+truncation, duration); this is the one place that copies it into the generated messages.
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from google.protobuf import duration_pb2
 
 from scout.v1 import exec_pb2
 
 from .command import ExitInfo
-from .output import CappedBuffer
+from .output import STDOUT, CappedBuffer, OutputQueue, chunks
+
+Chunk = TypeVar("Chunk", exec_pb2.StreamResponse, exec_pb2.OutputChunk)
 
 
 def duration(seconds: float) -> duration_pb2.Duration:
@@ -59,3 +65,16 @@ def execute_response(
 def exit_status(info: ExitInfo, out: CappedBuffer, err: CappedBuffer) -> exec_pb2.StreamResponse:
     """Stream's last message."""
     return exec_pb2.StreamResponse(exit=exec_pb2.ExitStatus(**_outcome(info, out, err)))  # type: ignore[arg-type]
+
+
+async def send_output(
+    queue: OutputQueue, text: bool, message: type[Chunk], send: Callable[[Chunk], Awaitable[None]]
+) -> None:
+    """The command's output as it comes, one `message` (Stream's StreamResponse or
+    ExecuteMany's OutputChunk) a chunk, each handed to `send`, which may wait (gRPC's
+    flow control, the fan-out's queue), so a slow reader slows the command."""
+    async for kind, data, decoded in chunks(queue, text):
+        msg = message(stdout=data) if kind == STDOUT else message(stderr=data)
+        if decoded is not None:
+            msg.text = decoded
+        await send(msg)

@@ -30,13 +30,13 @@ from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
+from google.rpc import status_pb2
 
 from scout.v1 import exec_pb2
 
 from . import logs
 from .audit import AuditLog, CallRecord
 from .callers import Gate
-from .config import EXEC_LINE_MAX, MAX_WORKING_DIR_BYTES
 from .counters import Histogram, Tally
 from .errors import (
     STARTED_KEY,
@@ -58,11 +58,11 @@ from .errors import (
     Unauthenticated,
 )
 from .logs import new_request_id, owned_request_id, supplied_request_id
-from .requests import HOST_MAX, MAX_ARGV, MAX_ENV, is_host_name
-from .stream import MALFORMED
+from .requests import is_host_name
 
 log = logging.getLogger(__name__)
 
+MALFORMED = object()  # what `safe_parser` yields for bytes that are not a valid message
 
 _STATUS: dict[type[ScoutError], grpc.StatusCode] = {
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
@@ -120,6 +120,29 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str, bool]:
             if cls in _STATUS:
                 return _STATUS[cls], exc.message, exc.started
     return grpc.StatusCode.INTERNAL, "internal error (logged on the server)", True
+
+
+def failure(gate: Gate, call: CallRecord, exc: Exception) -> tuple[grpc.StatusCode, str, str]:
+    """How a call (or one host of a fan-out) that raised ends: its status code, the whole
+    message (for the server's log) and the part the caller may see; records in the call
+    whether the command may have started."""
+    code, message, call.started = status_of(exc)
+    shown = gate.shown(call.who, exc) if isinstance(exc, ScoutError) else message
+    return code, message, shown
+
+
+def host_status(code: grpc.StatusCode, message: str) -> status_pb2.Status:
+    """One host's status inside a streamed answer (ExecuteMany, UploadMany)."""
+    return status_pb2.Status(code=code.value[0], message=message)
+
+
+def record_end(servicer: Servicer, call: CallRecord, code: grpc.StatusCode, began: float) -> None:
+    """A call's end (or one host's, in a fan-out): its code and duration, its audit line,
+    and the counts of the command it ran or the file it moved."""
+    call.code, call.duration = code.name, time.monotonic() - began
+    servicer.audit.write(call)
+    servicer.rpcs.command_done(call)
+    servicer.rpcs.file_done(call)
 
 
 @dataclass
@@ -239,8 +262,7 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Wrapped[S, R]]:
             began = time.monotonic()
             fields = {"request_id": call.request_id, "method": method}
             token = logs.current.set(fields)
-            code, message = grpc.StatusCode.OK, ""
-            told = ""
+            code, message, told = grpc.StatusCode.OK, "", ""
             try:
                 _identify(self.gate, call, metadata, context)
                 fields["caller"] = call.caller
@@ -257,13 +279,10 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Wrapped[S, R]]:
                 code = cancel_code(context, stopping=self.stopping)
                 raise
             except Exception as exc:
-                code, message, started = status_of(exc)
-                call.started = started
-                if isinstance(exc, ScoutError):
-                    told = self.gate.shown(call.who, exc)  # the log keeps the whole message
+                code, message, told = failure(self.gate, call, exc)  # the log keeps `message`
                 if isinstance(exc, Unauthenticated):
                     call.authorized = True  # a refusal at the door is audited too
-                    describe(call, request)
+                    call.describe(request)
                 if code is grpc.StatusCode.INTERNAL:
                     log.exception("%s failed", method)
             finally:
@@ -271,16 +290,13 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Wrapped[S, R]]:
                 stats.in_flight_by_method.add(method, -1)
                 if call.who is not None:
                     self.gate.release(call.who)
-                call.code, call.duration = code.name, time.monotonic() - began
-                self.audit.write(call)
+                record_end(self, call, code, began)
                 stats.done(method, code, call.duration)
-                stats.command_done(call)
-                stats.file_done(call)
                 _access_log(call, message)
                 logs.current.reset(token)
-            if not started and hasattr(request, "__anext__"):  # a refused streaming call
+            if not call.started and hasattr(request, "__anext__"):  # a refused streaming call
                 await drain(request, REFUSAL_DRAIN, REFUSAL_DRAIN_IDLE)
-            await _abort(context, code, told or message, call, started=started)
+            await _abort(context, code, told, call, started=call.started)
 
         return loop
 
@@ -338,39 +354,6 @@ def _identify(gate: Gate, call: CallRecord, metadata: Any, context: Context) -> 
     call.caller = who.name
     gate.admit(who)
     call.who = who
-
-
-def describe(call: CallRecord, request: Any) -> None:
-    """Copy what an ExecuteRequest asks for into the call's record, for the audit and
-    access lines. This runs before validation (refused calls are recorded too), so every
-    field is cut to validation's own limits: a valid request is recorded whole.
-    """
-    if isinstance(request, exec_pb2.ExecuteRequest):
-        call.host = capped(request.host, HOST_MAX)
-        call.command = capped(request.command, EXEC_LINE_MAX)
-        call.argv = capped_argv(request.argv)
-        call.working_dir = capped(request.working_dir, MAX_WORKING_DIR_BYTES)
-        call.env_names = [capped(name, HOST_MAX) for name in list(request.env)[:MAX_ENV]]
-
-
-def capped(text: str, limit: int) -> str:
-    """text, or its first limit characters and how long it was."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
-
-
-def capped_argv(argv: Sequence[str]) -> list[str]:
-    """argv, or as much of it as fits EXEC_LINE_MAX characters and MAX_ARGV elements, then
-    an element saying how many were left out."""
-    kept: list[str] = []
-    room = EXEC_LINE_MAX
-    for arg in argv[:MAX_ARGV]:
-        if room <= 0:
-            break
-        kept.append(capped(arg, room))
-        room -= len(arg)
-    if len(kept) < len(argv):
-        kept.append(f"... ({len(argv) - len(kept)} more elements)")
-    return kept
 
 
 def _well_formed(method: str, request: Any) -> None:

@@ -30,7 +30,7 @@ from .output import ExecuteOutput, OutputBudget
 from .pool import Pool
 from .requests import check_execute, timeout_of
 from .responses import execute_response
-from .rpc import Context, RpcStats, describe, rpc
+from .rpc import Context, RpcStats, rpc
 from .stream import first_message, run_stream
 from .uploadmany import UploadFanOut
 
@@ -68,7 +68,7 @@ class ExecService:
         self, call: CallRecord, request: exec_pb2.ExecuteRequest, *, stream: bool
     ) -> tuple[HostConfig, CommandSpec]:
         """Policy, then validation, then the audit log's consent: what may run, and where."""
-        describe(call, request)
+        call.describe(request)
         call.authorized = True
         assert call.who is not None
         self.gate.authorize(call.who, call.method, request)
@@ -93,6 +93,18 @@ class ExecService:
         close = difflib.get_close_matches(name[:255], usable, n=3, cutoff=0.6)
         return f"; closest: {', '.join(close)}" if close else ""
 
+    def bounds(
+        self,
+        spec: CommandSpec,
+        request: exec_pb2.ExecuteRequest,
+        rpc_remaining: float | None,
+        *,
+        stream: bool,
+    ) -> Bounds:
+        """When the command must end: its own timeout, or sooner for the RPC deadline."""
+        timeout, cause = timeout_of(self.config.exec, request, stream=stream)
+        return bounds_for(spec, timeout, cause, rpc_remaining)
+
     async def execute_once(
         self,
         host: HostConfig,
@@ -102,19 +114,13 @@ class ExecService:
         call: CallRecord,
     ) -> exec_pb2.ExecuteResponse:
         """Run one command to its end and build Execute's answer (Execute, ExecuteMany)."""
-        timeout = timeout_of(self.config.exec, request, stream=False)
-        bounds = bounds_for(spec, timeout, rpc_remaining)
+        bounds = self.bounds(spec, request, rpc_remaining, stream=False)
         output = ExecuteOutput(spec.max_output_bytes, self.output_budget, text=request.text)
         try:
-            async with self.launcher.run(host, spec, output.feed, bounds) as run:
-                call.ran = True
-                output.attach(run.command.chan)
+            async with self.launcher.run(host, spec, output, bounds, call) as run:
                 await run.bounded(_feed_and_wait(run.command))
-            info = run.command.outcome()
-            call.exit_code, call.signal = info.exit_code, info.signal
-            return execute_response(info, output.stdout, output.stderr, text=request.text)
+            return execute_response(run.outcome(), output.stdout, output.stderr, text=request.text)
         finally:
-            call.stdout_bytes, call.stderr_bytes = output.stdout.total, output.stderr.total
             output.release()
 
     @rpc("Execute")
@@ -170,7 +176,7 @@ class ExecService:
             hosts = fan.targets()
         except ScoutError:
             call.authorized = True  # a refused fan-out has its line; each host run has its own
-            describe(call, request.request)
+            call.describe(request.request)
             raise
         await fan.run(hosts)
 
@@ -209,14 +215,7 @@ class ExecService:
         limits = self.config.exec
         start = await first_message(requests, limits.stream_start_timeout)
         host, spec = self.admit(call, start, stream=True)
-        timeout = timeout_of(limits, start, stream=True)
-        bounds = bounds_for(spec, timeout, context.time_remaining())
-        if not start.HasField("timeout"):
-            bounds = Bounds(
-                bounds.run_until,
-                bounds.stop_within,
-                bounds.cause.replace("timeout", "timeout, the server's default for Stream"),
-            )
+        bounds = self.bounds(spec, start, context.time_remaining(), stream=True)
         await run_stream(
             self.launcher,
             host,

@@ -24,7 +24,7 @@ from asyncssh.sftp import start_sftp_client as _start_sftp_client
 from asyncssh.stream import SSHClientStreamSession
 
 from .config import HostConfig
-from .errors import ChannelRefused, ConnectionDead, HostRejected, HostUnavailable
+from .errors import ConnectionDead, HostRejected, HostUnavailable, not_opened
 from .launch import Launcher
 
 CLOSE_WAIT = 1.0  # after EOF and a channel close, how long to wait for the server's close
@@ -115,9 +115,7 @@ class SFTPOpening:
             chan, _ = await conn.create_session(self._factory, subsystem="sftp", encoding=None)
         except asyncssh.ChannelOpenError as exc:
             if self.session is None:
-                if conn.is_closed():
-                    raise ConnectionDead(exc.reason) from exc
-                raise ChannelRefused(exc.reason) from exc
+                raise not_opened(exc.reason, connection_closed=conn.is_closed()) from exc
             if conn.is_closed():
                 raise HostUnavailable(
                     f"{self.host}: SSH connection lost opening SFTP", self.host

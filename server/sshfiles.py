@@ -17,13 +17,11 @@ from typing import Generic, TypeVar
 
 import asyncssh
 
+from .errors import FileError
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class FileError(Exception):
-    """A file could not be read or parsed; the message names it, never its contents."""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@
   feeds to the channel as fast as the command reads. So a signal never waits behind stdin
   that the command is not reading. A failure on either side ends the call: it is handed
   to the output queue, whose reader (the handler) raises it.
-- `pump_output()`: output to the caller as it arrives, each write paced by gRPC.
+- output goes to the caller as it arrives (`server.responses.send_output`), each write
+  paced by gRPC.
 - The end: after `exit`, the call ends at once when the caller can send nothing more that
   matters (it sent `close_stdin`, or half-closed); otherwise when it half-closes, or after
   LINGER seconds (a write into a finished call would hide the outcome as INTERNAL).
@@ -29,14 +30,13 @@ from .config import ExecSettings, HostConfig
 from .errors import STARTED_KEY, InvalidRequest
 from .launch import Bounds, Launcher
 from .logs import REQUEST_ID_KEY
-from .output import STDOUT, OutputQueue, chunks
+from .output import OutputQueue
 from .requests import check_terminal_size, signal_name
-from .responses import exit_status
+from .responses import exit_status, send_output
+from .rpc import MALFORMED, Context
 
 STDIN_READ_AHEAD = 4 * 1024 * 1024  # stdin bytes read from the caller, not yet written
 LINGER = 2.0  # after `exit`, how long a caller that may still write gets to half-close
-
-MALFORMED = object()  # what the deserializer yields for bytes that are not a message
 
 
 async def first_message(
@@ -212,7 +212,7 @@ async def run_stream(
     *,
     bounds: Bounds,
     requests: AsyncIterator[exec_pb2.StreamRequest],
-    context: Any,
+    context: Context,
     call: CallRecord,
     text: bool,
     limits: ExecSettings,
@@ -221,11 +221,8 @@ async def run_stream(
     queue = OutputQueue(spec.max_output_bytes)
     stdin: StdinPump | None = None
     try:
-        async with launcher.run(host, spec, queue.feed, bounds) as run:
-            call.ran = True
+        async with launcher.run(host, spec, queue, bounds, call) as run:
             command = run.command
-            queue.attach(command.chan)
-            command.session.closed.add_done_callback(lambda _: queue.close())
             # Response headers mean "the command started" (and say so: x-scout-started): a
             # client waits for them before it writes stdin, so a request that fails earlier
             # never sees a write race the error (grpc would then report INTERNAL instead of
@@ -236,30 +233,14 @@ async def run_stream(
             stdin = StdinPump(command, requests, queue, limits.stream_messages_per_second)
             stdin.start()
             try:
-                await run.bounded(pump_output(queue, context, text))
+                await run.bounded(send_output(queue, text, exec_pb2.StreamResponse, context.write))
             except BaseException:
                 await stdin.stop()  # before the command is stopped
                 raise
-        info = command.outcome()  # ABORTED here when the channel closed with no status
-        call.exit_code, call.signal = info.exit_code, info.signal
+        info = run.outcome()  # ABORTED here when the channel closed with no status
         await context.write(exit_status(info, queue.stdout, queue.stderr))
         await stdin.finish()
     except BaseException:
         if stdin is not None:  # every way out stops reading the caller's messages
             await stdin.stop()
         raise
-    finally:
-        call.stdout_bytes, call.stderr_bytes = queue.stdout.total, queue.stderr.total
-
-
-async def pump_output(queue: OutputQueue, context: Any, text: bool) -> None:
-    """Write output to the caller as it arrives; each write waits for flow control."""
-    async for kind, data, decoded in chunks(queue, text):
-        msg = (
-            exec_pb2.StreamResponse(stdout=data)
-            if kind == STDOUT
-            else exec_pb2.StreamResponse(stderr=data)
-        )
-        if decoded is not None:
-            msg.text = decoded
-        await context.write(msg)

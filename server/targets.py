@@ -22,7 +22,7 @@ from . import inventory
 from . import selector as selectors
 from .config import HostConfig
 from .errors import InvalidRequest, brief
-from .requests import HOST_MAX, is_host_name
+from .requests import MAX_HOST, is_host_name
 
 # The matching work: each glob is matched against every host, at a cost that grows with
 # its wildcards (measured over 10,000 hosts: 16 globs of 8 wildcards take ~70 ms; 64 of
@@ -38,9 +38,9 @@ def check_patterns(patterns: Sequence[str], max_count: int) -> None:
         raise InvalidRequest(f"hosts: at most {max_count} names or patterns, got {len(patterns)}")
     globs = 0
     for pattern in patterns:
-        if len(pattern) > HOST_MAX or len(pattern.encode()) > HOST_MAX:
+        if len(pattern) > MAX_HOST or len(pattern.encode()) > MAX_HOST:
             raise InvalidRequest(
-                f"hosts: each name or pattern at most {HOST_MAX} bytes, got {brief(pattern)}"
+                f"hosts: each name or pattern at most {MAX_HOST} bytes, got {brief(pattern)}"
             )
         if not is_host_name(pattern) or not pattern.strip():
             raise InvalidRequest(

@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from .config import TLSSettings
-from .sshfiles import FileError
+from .errors import FileError
 
 log = logging.getLogger(__name__)
 

@@ -16,19 +16,20 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from google.rpc import status_pb2
+import grpc
 
 from scout.v1 import exec_pb2
 
 from . import inventory
 from . import selector as selectors
-from .audit import CallRecord
+from .audit import CallRecord, capped
 from .errors import HostNotFound, InvalidRequest, ScoutError, TransferMismatch
 from .files import DRAIN_WITHIN, check_start, chunks, describe_file, first_start
 from .pathpolicy import PathError, normalise
-from .rpc import Context, capped, drain, status_of
+from .rpc import Context, drain, failure, host_status, record_end
 from .spool import Spool, spool_dir
 
 if TYPE_CHECKING:
@@ -37,21 +38,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+@dataclass(eq=False)
 class UploadFanOut:
     """One UploadMany call."""
 
-    def __init__(
-        self,
-        service: ExecService,
-        requests: AsyncIterator[Any],
-        context: Context,
-        call: CallRecord,
-    ) -> None:
-        self.service = service
-        self.requests = requests
-        self.context = context
-        self.call = call
-        self.out: asyncio.Queue[exec_pb2.UploadManyResponse] = asyncio.Queue()
+    service: ExecService
+    requests: AsyncIterator[Any]
+    context: Context
+    call: CallRecord
+    out: asyncio.Queue[exec_pb2.UploadManyResponse] = field(default_factory=asyncio.Queue)
 
     def targets(self, start: exec_pb2.UploadManyStart) -> list[str]:
         """The hosts to write, checked as a whole (the RPC fails only here)."""
@@ -140,7 +135,7 @@ class UploadFanOut:
                 call.method, call.peer, call.request_id, caller=call.caller, who=call.who
             )
             describe_file(record, name, start.path, "upload")
-            record.code = "CANCELLED"  # unless it ends otherwise
+            code = grpc.StatusCode.CANCELLED  # unless it ends otherwise
             began = time.monotonic()
             message = exec_pb2.UploadManyResponse(host=name)
             try:
@@ -156,19 +151,12 @@ class UploadFanOut:
                     until=files.until(self.context.time_remaining()),
                 )
                 message.result.CopyFrom(written.response())
-                record.code = "OK"
-            except ScoutError as exc:
-                code, text, _ = status_of(exc)
-                record.code = code.name
-                message.error.CopyFrom(status_pb2.Status(code=code.value[0], message=text))
-            except Exception:
-                log.exception("UploadMany to %s failed", name)
-                record.code = "INTERNAL"
-                message.error.CopyFrom(
-                    status_pb2.Status(code=13, message="internal error (logged on the server)")
-                )
+                code = grpc.StatusCode.OK
+            except Exception as exc:
+                code, _, text = failure(service.gate, record, exc)
+                if code is grpc.StatusCode.INTERNAL:
+                    log.exception("UploadMany to %s failed", name)
+                message.error.CopyFrom(host_status(code, text))
             finally:
-                record.duration = time.monotonic() - began
-                service.audit.write(record)
-                service.rpcs.file_done(record)
+                record_end(service, record, code, began)
             await self.out.put(message)

@@ -48,8 +48,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .app import describe
-from .config import WORKERS_AUTO, Config, ConfigError, check_exposure, metrics_warnings
+from .config import (
+    WORKERS_AUTO,
+    Config,
+    ConfigError,
+    check_exposure,
+    listening_line,
+    metrics_warnings,
+)
 from .configfile import available_cores, load
 from .metrics import MetricsServer
 from .workermetrics import Aggregate
@@ -422,7 +428,9 @@ class Supervisor:
             self.status = code if code > 0 else 1
             self._stop()
         elif not self.stopping:
-            log.info("listening on %s, %d workers", describe(self.config, listen, port), self.count)
+            log.info(
+                "listening on %s, %d workers", listening_line(self.config, listen, port), self.count
+            )
         await asyncio.gather(*(self._keep(w) for w in list(self.workers.values())))
 
     async def _spawn(self, index: int) -> Worker:

@@ -84,3 +84,17 @@ def stop(proc: subprocess.Popen[Any], timeout: float) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=timeout)
+
+
+def read_until_closed(fd: int) -> bytes:
+    """Read a pty's far side until every writer closed it (EIO on Linux): a CLI's terminal."""
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import processes
+from .ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_CONF = ROOT / "deploy" / "nginx" / "scout.conf"
@@ -50,14 +51,6 @@ class Proxy:
     def stop(self) -> None:
         """Stop it (SIGTERM: both stop at once) and reap it."""
         processes.stop(self.proc, timeout=10)
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on now (it may be taken before the proxy binds it)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def rewrite_ports(text: str, pattern: str, ports: dict[int, int]) -> str:

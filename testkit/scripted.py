@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -210,6 +211,28 @@ async def start_fleet(
 async def close_all(servers: Iterable[ShellHost]) -> None:
     """Close many servers concurrently."""
     await asyncio.gather(*(s.close() for s in servers))
+
+
+@asynccontextmanager
+async def scripted_server(keys: ShellKeys, **knobs: Any) -> AsyncIterator[ScriptedServer]:
+    """One scripted server for the block (start_scripted), closed on every way out."""
+    server = await start_scripted(keys, **knobs)
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+@asynccontextmanager
+async def scripted_fleet(
+    keys: ShellKeys, count: int, **options: Any
+) -> AsyncIterator[list[ScriptedServer]]:
+    """count scripted servers for the block (start_fleet), closed on every way out."""
+    servers = await start_fleet(keys, count, **options)
+    try:
+        yield servers
+    finally:
+        await close_all(servers)
 
 
 def inventory(servers: Iterable[ShellHost], prefix: str = "host") -> Config:

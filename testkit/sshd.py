@@ -46,6 +46,8 @@ import psutil
 from server.config import HostConfig, host_entry
 from server.keyfiles import write_key
 
+from .ports import free_port
+
 SSHD = Path("/usr/sbin/sshd")
 PRIVSEP_DIR = Path("/run/sshd")  # sshd running as root refuses to start without it
 START_TIMEOUT = 10.0
@@ -56,14 +58,6 @@ USERADD_LOCK = Path("/run/lock/scout-test-useradd.lock")  # taken by every test 
 
 class OpenSSHError(RuntimeError):
     """sshd is missing or would not start; the message says what to do."""
-
-
-def _free_port(address: str) -> int:
-    """A port free right now (sshd binds it a moment later; start retries if it lost it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((address, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def login_user(shell: str = "/bin/sh") -> str:
@@ -199,7 +193,7 @@ class OpenSSHServer:
 
     def _launch(self) -> bool:
         """Start sshd on a fresh port; False when the port was taken, raise on other failures."""
-        self.port = _free_port(self.address) if self.netns is None else random.randint(20000, 60000)
+        self.port = free_port(self.address) if self.netns is None else random.randint(20000, 60000)
         self._write_config()
         logged = len(self.log)
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []

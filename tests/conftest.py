@@ -3,9 +3,13 @@
 ssh_keys      session: one ShellKeys shared by every in-process server (cheap starts)
 shell_server  function: a ScriptedServer on 127.0.0.1, port 0 (testkit/scripted.py)
 shell_host    function: scout's HostConfig for shell_server, named "shell"
+local_scout   function: scout (in this process) whose one host, "local", is shell_server
+fleet         function: the test module's FLEET_SIZE (default 4) scripted servers
+pki           module: a CA, a server certificate, client certificates (testkit/certs.py)
 openssh       session: a real OpenSSH sshd on loopback (testkit/sshd.py)
 openssh_host  session: scout's HostConfig for openssh, named "openssh"
 fake          function: the scripted fake ExecService (tests/fakeexec.py) and its target
+tls_fake      function: the same behind TLS, pki's server certificate
 client        function: a scout Client connected to fake
 openssh_scout function: scout (in this process) whose one host, "o", is the openssh rig
 remote_dir    function: a directory openssh's login user owns (tests/filerig.py)
@@ -13,6 +17,49 @@ remote_dir    function: a directory openssh's login user owns (tests/filerig.py)
 Tests that start another program (a real sshd, nginx, Envoy, a scout-server process) or
 build the Go and Node examples are marked `external` here, and those in SLOW `slow`:
 `make test-fast` leaves both out.
+
+Where each part of the code is tested (module -> test files):
+
+server.service, .rpc          test_service, test_hardening_requests, test_fuzz, test_request_ids
+server.launch, .command       test_exit_paths, test_lifecycle, test_budget, test_run_record
+server.stream, .output        test_service, test_stream_backpressure, test_hardening_load
+server.fanout, .targets       test_fleet, test_visibility, test_split_fanout, test_fanout_controls
+server.files, .sftpchannel,   test_files, test_client_files, test_cli_cp
+  .uploadmany, .spool,
+  .pathpolicy
+server.pool, .poolstate       test_pool, test_poolstate, test_pool_ssh, test_hardening_hosts
+server.audit, .callers, .tls  test_security, test_visibility, test_request_ids, test_argv,
+                              test_policy_order
+server.argvpolicy, .requests  test_argv, test_hardening_requests, test_fuzz
+server.config, .configfile    test_config, test_reload, test_metrics_exposure
+server.reload, .live          test_reload
+server.connector, .sshfiles   test_service, test_fleet, test_reload, test_hardening_hosts,
+                              test_jump_specs
+server.inventory, .sshconfig  test_fleet, test_sshconfig, test_jump_specs
+server.metrics, .logs         test_ops, test_metrics_exposure, test_hardening_requests
+server.keepalive              test_keepalive, test_config
+server.introspection          test_introspection, test_introspection_bounds, test_polyglot
+server.app, .main, .tokens,   test_server_process, test_server_commands, test_hardening_process,
+  .quiet                      test_deploy
+server.workers, .workermetrics  test_workers
+server.errors, docs/          test_docs
+scout/v1 (the contract)       test_contract, test_breaking, test_polyglot, test_readme,
+                              test_go_example, test_node_example
+client.aio, .calls, .sync,    test_client_e2e, test_client_errors, test_client_started,
+  .results                    test_cli_live
+client.files                  test_client_files, test_files
+client.fleet, .splitfanout    test_client_fleet, test_split_fanout
+client.cli, .fleetcli,        test_cli, test_cli_fleet, test_cli_fanout, test_cli_live,
+  .argtypes, .fanoutinput,    test_cli_words, test_cli_cp, test_completion
+  .fanoutstatus, .cpcli,
+  .completion
+client.profiles, .explain     test_profiles, test_cli_words
+client.credentials, .reach    test_client_tls, test_client_reach, test_cli_words
+client.mcpserver, .mcptools,  test_mcp
+  .mcpfiles
+testkit/                      test_sshservers
+deploy/                       test_deploy, test_replicas
+imports of server/, client/   test_imports
 """
 
 from __future__ import annotations
@@ -29,11 +76,12 @@ from client import Client
 from server.config import HostConfig
 from server.keyfiles import ShellKeys, load_or_create_keys
 from testkit import proxies
-from testkit.scripted import ScriptedServer, start_scripted
+from testkit.certs import PKI, make_pki
+from testkit.scripted import ScriptedServer, scripted_fleet, scripted_server
 from testkit.sshd import OpenSSHServer, start_openssh
 
 from . import exampleclients, serverproc
-from .fakeexec import FakeExec, serving
+from .fakeexec import FakeExec, serving, tls_credentials
 from .filerig import login_user_dir
 from .scoutd import Scout, config, running_scout
 
@@ -47,17 +95,36 @@ def ssh_keys(tmp_path_factory: pytest.TempPathFactory) -> ShellKeys:
 @pytest.fixture
 async def shell_server(ssh_keys: ShellKeys) -> AsyncIterator[ScriptedServer]:
     """A scripted in-process SSH server; tests steer its knobs while it runs."""
-    server = await start_scripted(ssh_keys)
-    try:
+    async with scripted_server(ssh_keys) as server:
         yield server
-    finally:
-        await server.close()
 
 
 @pytest.fixture
 def shell_host(shell_server: ScriptedServer) -> HostConfig:
     """The inventory entry for shell_server."""
     return shell_server.host_config("shell")
+
+
+@pytest.fixture
+async def local_scout(shell_server: ScriptedServer) -> AsyncIterator[Scout]:
+    """scout (in this process) whose one host, "local", is shell_server."""
+    async with running_scout(config({"local": shell_server.host_config("local")})) as s:
+        yield s
+
+
+@pytest.fixture
+async def fleet(
+    ssh_keys: ShellKeys, request: pytest.FixtureRequest
+) -> AsyncIterator[list[ScriptedServer]]:
+    """In-process SSH servers on loopback ports: the test module's FLEET_SIZE of them."""
+    async with scripted_fleet(ssh_keys, getattr(request.module, "FLEET_SIZE", 4)) as servers:
+        yield servers
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    """A CA, a server certificate and client certificates (testkit/certs.py)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="session")
@@ -81,6 +148,14 @@ async def fake() -> AsyncIterator[tuple[FakeExec, str]]:
     """The fake ExecService on loopback: for client tests that script the server's answers."""
     servicer = FakeExec()
     async with serving(servicer) as target:
+        yield servicer, target
+
+
+@pytest.fixture
+async def tls_fake(pki: PKI) -> AsyncIterator[tuple[FakeExec, str]]:
+    """The fake ExecService on loopback behind TLS (pki's server certificate)."""
+    servicer = FakeExec()
+    async with serving(servicer, tls_credentials(pki)) as target:
         yield servicer, target
 
 

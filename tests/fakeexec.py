@@ -51,6 +51,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from scout.v1 import exec_pb2, exec_pb2_grpc
+from testkit.certs import PKI
 
 S = grpc.StatusCode
 NOTHING_RAN = (("x-scout-started", "false"),)
@@ -377,6 +378,16 @@ def _status(code: str, text: str) -> dict[str, Any]:
 
 def _exit(**fields: Any) -> exec_pb2.StreamResponse:
     return exec_pb2.StreamResponse(exit=exec_pb2.ExitStatus(**fields))
+
+
+def tls_credentials(pki: PKI, *, mutual: bool = False) -> grpc.ServerCredentials:
+    """The server's certificate from pki; `mutual`: clients must show one pki's CA signed."""
+    pair = (pki.server.key.read_bytes(), pki.server.cert.read_bytes())
+    return grpc.ssl_server_credentials(
+        [pair],
+        root_certificates=pki.ca.bundle.read_bytes() if mutual else None,
+        require_client_auth=mutual,
+    )
 
 
 @asynccontextmanager

@@ -13,7 +13,7 @@ from google.protobuf import duration_pb2
 
 from scout.v1 import exec_pb2, exec_pb2_grpc
 from server.app import App, start
-from server.config import Config, HostConfig
+from server.config import CallerConfig, Config, HostConfig
 
 
 def secs(value: float) -> duration_pb2.Duration:
@@ -31,9 +31,15 @@ def started(err: grpc.aio.AioRpcError) -> str | None:
     return None
 
 
-def config(hosts: dict[str, HostConfig], **sections: dict[str, Any]) -> Config:
-    """A Config with these hosts; `pool=dict(...)`, `exec=dict(...)` override settings."""
-    base = Config(hosts=hosts)
+def config(
+    hosts: dict[str, HostConfig],
+    *,
+    callers: tuple[CallerConfig, ...] = (),
+    **sections: dict[str, Any],
+) -> Config:
+    """A Config with these hosts and callers; `pool=dict(...)`, `exec=dict(...)` override
+    settings."""
+    base = Config(hosts=hosts, callers=callers)
     changes: dict[str, Any] = {}
     for name, values in sections.items():
         current = getattr(base, name)

@@ -21,7 +21,7 @@ from server.errors import CommandTimeout
 from server.keyfiles import ShellKeys
 from server.requests import check_execute
 from testkit.processes import marker
-from testkit.scripted import ScriptedServer, start_scripted
+from testkit.scripted import ScriptedServer, scripted_server
 
 from .scoutd import config, running_scout, secs, started
 
@@ -29,9 +29,8 @@ from .scoutd import config, running_scout, secs, started
 @pytest.fixture
 async def slowish_open(ssh_keys: ShellKeys) -> AsyncIterator[ScriptedServer]:
     """A server that confirms each channel open 50 ms late (under the old 0.1 s floor)."""
-    server = await start_scripted(ssh_keys, open_delay=0.05)
-    yield server
-    await server.close()
+    async with scripted_server(ssh_keys, open_delay=0.05) as server:
+        yield server
 
 
 async def test_a_warm_connection_starts_nothing_once_the_deadline_is_too_near(

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from client.fanoutinput import MAX_STDIN
+from testkit.processes import read_until_closed
 from testkit.scripted import ScriptedServer
 
 from .scoutd import Scout, config, running_scout
@@ -57,6 +58,19 @@ async def run(s: Scout, home: Path, *argv: str, stdin: bytes = b"") -> tuple[int
     out, err = await asyncio.wait_for(proc.communicate(stdin), 30)
     assert proc.returncode is not None
     return proc.returncode, out, err
+
+
+async def fan_out(
+    s: Scout, home: Path, parallel: int, command: str, stderr: int = asyncio.subprocess.PIPE
+) -> asyncio.subprocess.Process:
+    """Start `scout exec 'web*' --max-parallel N -- command` against s, left running."""
+    return await asyncio.create_subprocess_exec(
+        *(SCOUT, "exec", "web*", "--max-parallel", str(parallel), "--", command),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=stderr,
+        env=_env(home, s.target),
+    )
 
 
 # ---- output that is never silently cut ------------------------------------------------
@@ -195,24 +209,12 @@ async def test_hosts_takes_names_globs_and_a_selector(scout: Scout, tmp_path: Pa
 async def test_progress_counts_running_and_queued_hosts(scout: Scout, tmp_path: Path) -> None:
     master, slave = pty.openpty()
     try:
-        proc = await asyncio.create_subprocess_exec(
-            SCOUT,
-            "exec",
-            "web*",
-            "--max-parallel",
-            "1",
-            "--",
-            "sleep 0.5",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=slave,
-            env=_env(tmp_path, scout.target),
-        )
+        proc = await fan_out(scout, tmp_path, 1, "sleep 0.5", stderr=slave)
     finally:
         os.close(slave)
     try:
         await asyncio.wait_for(proc.communicate(), 30)
-        seen = await asyncio.to_thread(_read_until_closed, master)
+        seen = await asyncio.to_thread(read_until_closed, master)
     finally:
         os.close(master)
     terminal = seen.decode()
@@ -225,33 +227,8 @@ async def test_progress_counts_running_and_queued_hosts(scout: Scout, tmp_path: 
         assert f"\r\x1b[Kscout: {counts}" in terminal, terminal
 
 
-def _read_until_closed(fd: int) -> bytes:
-    chunks = []
-    while True:
-        try:
-            data = os.read(fd, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    return b"".join(chunks)
-
-
 async def test_ctrl_c_counts_the_hosts_it_stopped(scout: Scout, tmp_path: Path) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        SCOUT,
-        "exec",
-        "web*",
-        "--max-parallel",
-        "2",
-        "--",
-        "echo started; sleep 30",
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=_env(tmp_path, scout.target),
-    )
+    proc = await fan_out(scout, tmp_path, 2, "echo started; sleep 30")
     assert proc.stdout is not None
     await asyncio.wait_for(proc.stdout.readline(), 20)
     await asyncio.wait_for(proc.stdout.readline(), 20)  # both running hosts are heard

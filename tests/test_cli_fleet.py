@@ -21,6 +21,7 @@ import pytest
 
 from client.cli import amain, parse_args
 from client.fleetcli import OUTCOME_KEYS
+from testkit.processes import read_until_closed
 
 from .fakeexec import FakeExec
 
@@ -350,20 +351,6 @@ async def test_hosts_selector_and_json(fake: tuple[FakeExec, str]) -> None:
 
 
 # ---- a real terminal, a real Ctrl-C ------------------------------------------------
-
-
-def read_until_closed(fd: int) -> bytes:
-    """Read a pty's far side until every writer closed it (EIO on Linux)."""
-    chunks = []
-    while True:
-        try:
-            data = os.read(fd, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    return b"".join(chunks)
 
 
 async def start_cli(target: str, *argv: str, stderr: int) -> asyncio.subprocess.Process:

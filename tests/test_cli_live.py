@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import io
 import platform
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -28,14 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture
-async def scout(shell_server: ScriptedServer) -> AsyncIterator[Scout]:
-    async with running_scout(Config(hosts={"local": shell_server.host_config("local")})) as s:
-        yield s
-
-
-async def test_readme_python_example_runs_as_a_script(scout: Scout, tmp_path: Path) -> None:
-    out = await run_python_block("From Python", scout.target, tmp_path, 30)
+async def test_readme_python_example_runs_as_a_script(local_scout: Scout, tmp_path: Path) -> None:
+    out = await run_python_block("From Python", local_scout.target, tmp_path, 30)
     assert out.startswith(f"0 {platform.uname().system} "), out
 
 
@@ -45,21 +38,21 @@ async def cli(*argv: str) -> tuple[int, bytes, bytes]:
     return code, out.getvalue(), err.getvalue()
 
 
-async def test_timeout_after_the_host_is_scouts_option(scout: Scout) -> None:
+async def test_timeout_after_the_host_is_scouts_option(local_scout: Scout) -> None:
     # Sent to the shell, "--timeout 1 sleep 3" would fail at once with status 127.
-    argv = ["exec", "local", "--target", scout.target, "--timeout", "1", "--", "sleep", "3"]
+    argv = ["exec", "local", "--target", local_scout.target, "--timeout", "1", "--", "sleep", "3"]
     code, out, err = await cli(*argv)
     assert (code, out) == (124, b"")  # as timeout(1)
     assert err == b"scout: local: the command ran past its timeout (1s) and was stopped\n"
 
 
-async def test_cwd_env_and_tty_reach_the_command(scout: Scout, tmp_path: Path) -> None:
-    options = ["--target", scout.target, "--cwd", str(tmp_path), "--env", "GREETING=hi"]
+async def test_cwd_env_and_tty_reach_the_command(local_scout: Scout, tmp_path: Path) -> None:
+    options = ["--target", local_scout.target, "--cwd", str(tmp_path), "--env", "GREETING=hi"]
     line = 'pwd; echo "$GREETING"; test -t 0 && echo tty || echo no-tty'
     code, out, err = await cli("exec", "local", *options, "--", line)
     assert (code, out, err) == (0, f"{tmp_path}\nhi\nno-tty\n".encode(), b"")
     code, out, _ = await cli(
-        "exec", "local", "--target", scout.target, "--tty", "--", "test -t 0 && echo tty"
+        "exec", "local", "--target", local_scout.target, "--tty", "--", "test -t 0 && echo tty"
     )
     assert (code, out) == (0, b"tty\r\n")  # a pty turns \n into \r\n
 
@@ -70,8 +63,8 @@ ARGV = ["printf", "%s|", "a b", "'q'", "$(id)", "*", "", "-n"]
 PRINTED = b"a b|'q'|$(id)|*||-n|"
 
 
-async def test_the_client_sends_argv_on_every_call(scout: Scout) -> None:
-    async with Client(scout.target) as c:
+async def test_the_client_sends_argv_on_every_call(local_scout: Scout) -> None:
+    async with Client(local_scout.target) as c:
         r = await c.execute("local", argv=ARGV)
         assert (r.exit_code, r.stdout) == (0, PRINTED)
         async with c.stream("local", argv=ARGV, close_stdin=True) as call:
@@ -83,12 +76,12 @@ async def test_the_client_sends_argv_on_every_call(scout: Scout) -> None:
             await c.execute("local", "true", argv=["true"])
         with pytest.raises(TypeError, match="not one string"):
             await c.execute("local", argv="true")
-    async with Client(scout.target, split_fan_out=True) as c:
+    async with Client(local_scout.target, split_fan_out=True) as c:
         (many,) = [e async for e in c.execute_many(["local"], argv=ARGV)]
         assert isinstance(many, Result) and many.stdout == PRINTED
 
     def blocking() -> tuple[bytes, bytes]:
-        with SyncClient(scout.target) as c:
+        with SyncClient(local_scout.target) as c:
             (many,) = c.execute_many(["local"], argv=ARGV)
             assert isinstance(many, Result)
             return c.execute("local", argv=ARGV).stdout, many.stdout
@@ -96,8 +89,8 @@ async def test_the_client_sends_argv_on_every_call(scout: Scout) -> None:
     assert await asyncio.to_thread(blocking) == (PRINTED, PRINTED)
 
 
-async def test_cli_argv_sends_each_word_as_one_element(scout: Scout) -> None:
-    target = ["--target", scout.target]
+async def test_cli_argv_sends_each_word_as_one_element(local_scout: Scout) -> None:
+    target = ["--target", local_scout.target]
     code, out, err = await cli("exec", "local", *target, "--argv", "--", *ARGV)
     assert (code, out, err) == (0, PRINTED, b"")
     code, out, err = await cli("exec", "--argv", *target, "local", *ARGV)  # no `--`

@@ -12,22 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from client.exitcodes import TABLE
 from server.callers import hash_token
 from server.config import CallerConfig, Config
-from testkit.certs import PKI, make_pki
+from testkit.certs import PKI
+from testkit.ports import free_port
 from testkit.scripted import ScriptedServer
 
-from .fakeexec import FakeExec, serving
+from .fakeexec import FakeExec
 from .scoutd import Scout, running_scout
 
 SCOUT = str(Path(sys.executable).parent / "scout")
@@ -53,28 +52,11 @@ async def scout(
     return proc.returncode, out, err
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-async def tls_fake(pki: PKI) -> AsyncIterator[str]:
-    pair = (pki.server.key.read_bytes(), pki.server.cert.read_bytes())
-    async with serving(FakeExec(), grpc.ssl_server_credentials([pair])) as target:
-        yield target
-
-
-@pytest.fixture
-async def plain_fake() -> AsyncIterator[str]:
-    async with serving(FakeExec()) as target:
-        yield target
+async def nothing_ran(*argv: str, home: Path) -> str:
+    """scout's message for argv, which must exit 125 (nothing ran) and print nothing."""
+    code, out, err = await scout(*argv, home=home)
+    assert (code, out) == (125, b""), err
+    return err.decode()
 
 
 @pytest.fixture
@@ -116,53 +98,50 @@ async def test_nothing_listening_is_cannot_reach_and_nothing_ran(
     argv: list[str], tmp_path: Path
 ) -> None:
     target = f"127.0.0.1:{free_port()}"
-    code, out, err = await scout(argv[0], "--target", target, *argv[1:], home=tmp_path)
-    assert (code, out) == (125, b"")
-    assert err.decode() == (
+    assert await nothing_ran(argv[0], "--target", target, *argv[1:], home=tmp_path) == (
         f"scout: cannot reach scout at {target} "
         "(is scout-server running? --target / $SCOUT_TARGET)\n"
     )
 
 
-async def test_plaintext_to_a_tls_port_says_add_tls(tls_fake: str, tmp_path: Path) -> None:
-    code, _, err = await scout("health", "--target", tls_fake, home=tmp_path)
-    assert code == 125, err
-    assert err.decode() == (
-        f"scout: scout at {tls_fake} closed the connection: it expects TLS "
+async def test_plaintext_to_a_tls_port_says_add_tls(
+    tls_fake: tuple[FakeExec, str], tmp_path: Path
+) -> None:
+    assert await nothing_ran("health", "--target", tls_fake[1], home=tmp_path) == (
+        f"scout: scout at {tls_fake[1]} closed the connection: it expects TLS "
         "(add --tls, or --ca FILE for a private CA; $SCOUT_TLS, $SCOUT_CA)\n"
     )
 
 
 async def test_tls_to_a_plaintext_port_says_drop_tls(
-    plain_fake: str, pki: PKI, tmp_path: Path
+    fake: tuple[FakeExec, str], pki: PKI, tmp_path: Path
 ) -> None:
-    argv = ["exec", "--target", plain_fake, "--ca", str(pki.ca.bundle), "web1", "--", "x"]
-    code, _, err = await scout(*argv, home=tmp_path)
-    assert code == 125, err
-    assert err.decode() == (
-        f"scout: scout at {plain_fake} does not speak TLS: "
+    argv = ["exec", "--target", fake[1], "--ca", str(pki.ca.bundle), "web1", "--", "x"]
+    assert await nothing_ran(*argv, home=tmp_path) == (
+        f"scout: scout at {fake[1]} does not speak TLS: "
         "drop --tls and --ca (and $SCOUT_TLS, $SCOUT_CA)\n"
     )
 
 
 async def test_a_private_ca_with_tls_names_ca_and_no_grpc_line_leaks(
-    tls_fake: str, pki: PKI, tmp_path: Path
+    tls_fake: tuple[FakeExec, str], pki: PKI, tmp_path: Path
 ) -> None:
-    code, _, err = await scout("exec", "--target", tls_fake, "--tls", "web1", "x", home=tmp_path)
-    assert code == 125, err
-    assert err.decode() == (  # one line: no "Handshake failed" from grpc's C core, no ": OK"
-        f"scout: scout at {tls_fake} has a certificate not signed by a CA this machine trusts "
+    argv = ["exec", "--target", tls_fake[1], "--tls", "web1", "x"]
+    # one line: no "Handshake failed" from grpc's C core, no ": OK"
+    assert await nothing_ran(*argv, home=tmp_path) == (
+        f"scout: scout at {tls_fake[1]} has a certificate not signed by a CA this machine trusts "
         "(--ca FILE / $SCOUT_CA names the CA that signed it)\n"
     )
     other = str(pki.other_ca.bundle)
-    code, _, err = await scout("health", "--target", tls_fake, "--ca", other, home=tmp_path)
-    assert code == 125, err
-    assert err.decode().startswith(f"scout: scout at {tls_fake} has a certificate not signed ")
-    assert f"by the CA in {other} " in err.decode()
-    _, _, verbose = await scout("health", "--target", tls_fake, "--tls", "--verbose", home=tmp_path)
+    err = await nothing_ran("health", "--target", tls_fake[1], "--ca", other, home=tmp_path)
+    assert err.startswith(f"scout: scout at {tls_fake[1]} has a certificate not signed ")
+    assert f"by the CA in {other} " in err
+    _, _, verbose = await scout(
+        "health", "--target", tls_fake[1], "--tls", "--verbose", home=tmp_path
+    )
     lines = verbose.decode().splitlines()
     assert any("Handshake failed" in line for line in lines), lines  # grpc's, when asked
-    assert f"scout: scout at {tls_fake} has a certificate not signed by a CA" in verbose.decode()
+    assert f"scout: scout at {tls_fake[1]} has a certificate not signed by a CA" in verbose.decode()
 
 
 async def test_no_token_names_the_flag_and_the_variable(guarded: Scout, tmp_path: Path) -> None:
@@ -249,9 +228,9 @@ async def test_a_timeout_exits_124_and_says_it_was_stopped(
 
 
 async def test_scout_ca_and_scout_tls_come_from_the_environment(
-    tls_fake: str, pki: PKI, tmp_path: Path
+    tls_fake: tuple[FakeExec, str], pki: PKI, tmp_path: Path
 ) -> None:
-    env = {"SCOUT_TARGET": tls_fake, "SCOUT_CA": str(pki.ca.bundle)}
+    env = {"SCOUT_TARGET": tls_fake[1], "SCOUT_CA": str(pki.ca.bundle)}
     assert await scout("health", env=env, home=tmp_path) == (0, b"SERVING\n", b"")
     code, _, err = await scout(
         "health", env={**env, "SCOUT_CA": "", "SCOUT_TLS": "1"}, home=tmp_path
@@ -261,14 +240,14 @@ async def test_scout_ca_and_scout_tls_come_from_the_environment(
 
 
 async def test_a_profile_file_holds_target_ca_and_token_file(
-    tls_fake: str, guarded: Scout, pki: PKI, tmp_path: Path
+    tls_fake: tuple[FakeExec, str], guarded: Scout, pki: PKI, tmp_path: Path
 ) -> None:
     config = tmp_path / ".config" / "scout"
     config.mkdir(parents=True)
     (config / "batch.token").write_text(TOKEN + "\n")
     (config / "client.toml").write_text(
         f'[default]\ntarget = "{guarded.target}"\ntoken_file = "batch.token"\n\n'
-        f'[fake]\ntarget = "{tls_fake}"\nca = "{pki.ca.bundle}"\n'
+        f'[fake]\ntarget = "{tls_fake[1]}"\nca = "{pki.ca.bundle}"\n'
     )
     code, out, _ = await scout(
         "exec", "--argv", "local", "--", "echo", "from the profile", home=tmp_path

@@ -11,47 +11,20 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from client import TLS, Client, Stdout, Unavailable, Unreachable
 from client.reach import cause_of
-from testkit.certs import PKI, make_pki
+from testkit.certs import PKI
+from testkit.ports import free_port
 
-from .fakeexec import FakeExec, serving
+from .fakeexec import FakeExec
 from .serverproc import start_server
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-async def plain() -> AsyncIterator[tuple[FakeExec, str]]:
-    servicer = FakeExec()
-    async with serving(servicer) as target:
-        yield servicer, target
-
-
-@pytest.fixture
-async def tls_server(pki: PKI) -> AsyncIterator[tuple[FakeExec, str]]:
-    servicer = FakeExec()
-    pair = (pki.server.key.read_bytes(), pki.server.cert.read_bytes())
-    async with serving(servicer, grpc.ssl_server_credentials([pair])) as target:
-        yield servicer, target
 
 
 async def unreachable(client: Client, method: str) -> Unreachable:
@@ -91,31 +64,29 @@ async def test_a_name_that_does_not_resolve_ran_nothing() -> None:
     assert err.cause == "dns"
 
 
-@pytest.mark.parametrize("method", METHODS)
-async def test_plaintext_to_a_tls_port_ran_nothing(
-    tls_server: tuple[FakeExec, str], method: str
-) -> None:
-    err = await unreachable(Client(tls_server[1]), method)
-    assert err.cause == "plaintext-to-tls"
-    assert tls_server[0].seen.requests == []
+# (the server speaks TLS, the CA the client trusts: None for plaintext) -> the cause
+TLS_MISMATCHES = {
+    (True, None): "plaintext-to-tls",
+    (False, "ca"): "tls-to-plaintext",
+    (True, "other_ca"): "untrusted",
+}
 
 
 @pytest.mark.parametrize("method", METHODS)
-async def test_tls_to_a_plaintext_port_ran_nothing(
-    plain: tuple[FakeExec, str], pki: PKI, method: str
+@pytest.mark.parametrize("case", TLS_MISMATCHES, ids=TLS_MISMATCHES.values())
+async def test_a_tls_mismatch_ran_nothing(
+    fake: tuple[FakeExec, str],
+    tls_fake: tuple[FakeExec, str],
+    pki: PKI,
+    case: tuple[bool, str | None],
+    method: str,
 ) -> None:
-    err = await unreachable(Client(plain[1], tls=TLS(ca_file=pki.ca.bundle)), method)
-    assert err.cause == "tls-to-plaintext"
-    assert plain[0].seen.requests == []
-
-
-@pytest.mark.parametrize("method", METHODS)
-async def test_a_wrong_ca_ran_nothing(
-    tls_server: tuple[FakeExec, str], pki: PKI, method: str
-) -> None:
-    err = await unreachable(Client(tls_server[1], tls=TLS(ca_file=pki.other_ca.bundle)), method)
-    assert err.cause == "untrusted"
-    assert tls_server[0].seen.requests == []
+    server_tls, ca = case
+    servicer, target = tls_fake if server_tls else fake
+    tls = None if ca is None else TLS(ca_file=getattr(pki, ca).bundle)
+    err = await unreachable(Client(target, tls=tls), method)
+    assert err.cause == TLS_MISMATCHES[case]
+    assert servicer.seen.requests == []
 
 
 async def test_split_fan_out_to_no_server_is_unreachable_as_a_whole() -> None:

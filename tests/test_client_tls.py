@@ -13,44 +13,22 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from client import TLS, Client, NotAllowed, ScoutError, Stdout, SyncClient, Unavailable
 from client.cli import amain
-from testkit.certs import PKI, make_pki
+from testkit.certs import PKI
 
-from .fakeexec import FakeExec, serving
+from .fakeexec import FakeExec, serving, tls_credentials
 
 pytestmark = pytest.mark.timeout(20)
 TOKEN = "s3cr3t-T0ken-9f86d081884c7d659a2feaa0c55ad015"
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-def server_credentials(pki: PKI, *, mutual: bool) -> grpc.ServerCredentials:
-    pair = (pki.server.key.read_bytes(), pki.server.cert.read_bytes())
-    return grpc.ssl_server_credentials(
-        [pair],
-        root_certificates=pki.ca.bundle.read_bytes() if mutual else None,
-        require_client_auth=mutual,
-    )
-
-
-@pytest.fixture
-async def tls_fake(pki: PKI) -> AsyncIterator[tuple[FakeExec, str]]:
-    servicer = FakeExec()
-    async with serving(servicer, server_credentials(pki, mutual=False)) as target:
-        yield servicer, target
-
-
 @pytest.fixture
 async def mtls_fake(pki: PKI) -> AsyncIterator[tuple[FakeExec, str]]:
     servicer = FakeExec()
-    async with serving(servicer, server_credentials(pki, mutual=True)) as target:
+    async with serving(servicer, tls_credentials(pki, mutual=True)) as target:
         yield servicer, target
 
 

@@ -24,7 +24,7 @@ from server.command import RunningCommand
 from server.config import HostConfig
 from server.keyfiles import ShellKeys
 from testkit.processes import eventually, gone, marker, running
-from testkit.scripted import ScriptedServer, start_scripted
+from testkit.scripted import ScriptedServer, scripted_server, start_scripted
 from testkit.sshd import OpenSSHServer, login_user
 
 from .scoutd import Scout, config, running_scout, secs, started
@@ -33,9 +33,8 @@ from .scoutd import Scout, config, running_scout, secs, started
 @pytest.fixture
 async def slow_open(ssh_keys: ShellKeys) -> AsyncIterator[ScriptedServer]:
     """A server that confirms each channel open a second late."""
-    server = await start_scripted(ssh_keys, open_delay=1.0)
-    yield server
-    await server.close()
+    async with scripted_server(ssh_keys, open_delay=1.0) as server:
+        yield server
 
 
 async def far_side_clean(server: ScriptedServer, pattern: str, scout: Scout) -> None:

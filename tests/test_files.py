@@ -15,9 +15,9 @@ import os
 import pwd
 import re
 import tomllib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import pytest
@@ -41,13 +41,24 @@ from .serverproc import host_toml, start_server
 TOKEN = "files-caller-5e4d3c2b1a09"
 
 
-async def requests(
+M = TypeVar("M", exec_pb2.UploadRequest, exec_pb2.UploadManyRequest)
+
+
+async def _messages(
+    first: M, wrap: Callable[[bytes], M], data: bytes, chunk: int
+) -> AsyncIterator[M]:
+    """first, then data cut in chunks, each wrapped."""
+    yield first
+    for i in range(0, len(data), chunk):
+        yield wrap(data[i : i + chunk])
+
+
+def requests(
     start: exec_pb2.UploadStart, data: bytes, chunk: int = 256 * 1024
 ) -> AsyncIterator[exec_pb2.UploadRequest]:
     """An Upload's messages: start, then the chunks."""
-    yield exec_pb2.UploadRequest(start=start)
-    for i in range(0, len(data), chunk):
-        yield exec_pb2.UploadRequest(chunk=data[i : i + chunk])
+    first = exec_pb2.UploadRequest(start=start)
+    return _messages(first, lambda piece: exec_pb2.UploadRequest(chunk=piece), data, chunk)
 
 
 async def upload(scout: Scout, data: bytes, **start: Any) -> exec_pb2.UploadResponse:
@@ -446,13 +457,12 @@ async def test_upload_many_to_twenty_hosts_five_at_a_time(
         await close_all(servers)
 
 
-async def many(
+def many(
     start: exec_pb2.UploadManyStart, data: bytes, chunk: int = 128 * 1024
 ) -> AsyncIterator[exec_pb2.UploadManyRequest]:
     """An UploadMany's messages."""
-    yield exec_pb2.UploadManyRequest(start=start)
-    for i in range(0, len(data), chunk):
-        yield exec_pb2.UploadManyRequest(chunk=data[i : i + chunk])
+    first = exec_pb2.UploadManyRequest(start=start)
+    return _messages(first, lambda piece: exec_pb2.UploadManyRequest(chunk=piece), data, chunk)
 
 
 async def test_upload_many_never_names_hidden_hosts(
@@ -614,7 +624,7 @@ async def test_metrics_name_file_bytes_and_transfers(
     openssh_scout: Scout, remote_dir: Path
 ) -> None:
     await upload(openssh_scout, b"12345", path=str(remote_dir / "m.txt"))
-    text = exposition(openssh_scout.app)().decode()
+    text = exposition(openssh_scout.app.counted())().decode()
     assert 'scout_file_bytes_total{direction="upload"} 5.0' in text
     assert 'scout_file_transfers_total{code="OK",direction="upload"} 1.0' in text
 

@@ -14,7 +14,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from subprocess import DEVNULL
 from typing import Any
@@ -27,14 +27,16 @@ from server.app import FILE_CHECK_PERIOD, start
 from server.config import Config, SSHSettings
 from server.configfile import load, parse
 from server.errors import InvalidRequest
-from server.keyfiles import ShellKeys
 from server.selector import parse as selector
 from testkit.netns import Netns, netns
+from testkit.ports import free_port
 from testkit.processes import eventually, gone, marker, running, sleeps
-from testkit.scripted import ScriptedServer, close_all, start_fleet
+from testkit.scripted import ScriptedServer
 from testkit.sshd import OpenSSHServer, start_openssh
 
 from .scoutd import Scout, config, running_scout, started
+
+FLEET_SIZE = 37  # the servers of `fleet` (conftest)
 
 # ---- inventory from ssh_config ---------------------------------------------------------
 
@@ -239,21 +241,7 @@ def test_malformed_selectors_say_what_is_wrong(bad: str) -> None:
 # ---- ExecuteMany -----------------------------------------------------------------------
 
 
-@pytest.fixture
-async def fleet(ssh_keys: ShellKeys) -> AsyncIterator[list[ScriptedServer]]:
-    servers = await start_fleet(ssh_keys, 37)
-    yield servers
-    await close_all(servers)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port  # closed again: connections to it are refused
-
-
-def fleet_config(servers: list[ScriptedServer], **sections: dict[str, Any]) -> Config:
+def fleet_config(servers: list[ScriptedServer], **sections: Any) -> Config:
     hosts = {
         f"web{i:02d}": dataclasses.replace(
             s.host_config(f"web{i:02d}"), labels={"role": "web", "shard": str(i % 2)}
@@ -448,6 +436,7 @@ async def fan_out_then(
         assert await eventually(lambda: len(sleeps(m)) == 4, within=10)
         await end(s, call)
         assert await eventually(lambda: server.open_sessions() == 0)
+        assert await eventually(lambda: s.app.service.rpcs.in_flight == 0)  # lines written
         counted = dict(s.app.service.rpcs.commands)
     lines = [json.loads(line) for line in audit.read_text().splitlines()]
     return lines, counted

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,11 +11,9 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
-from server.config import Config
 from server.introspection import REFLECTION_V1, REFLECTION_V1ALPHA
-from testkit.scripted import ScriptedServer
 
-from .scoutd import Scout, running_scout
+from .scoutd import Scout
 
 ROOT = Path(__file__).resolve().parent.parent
 BUF = shutil.which("buf") or str(ROOT / ".venv" / "bin" / "buf")
@@ -27,12 +24,6 @@ EVERY_SERVICE = {
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
 }
-
-
-@pytest.fixture
-async def scout(shell_server: ScriptedServer) -> AsyncIterator[Scout]:
-    async with running_scout(Config(hosts={"local": shell_server.host_config("local")})) as s:
-        yield s
 
 
 async def run(*argv: str) -> tuple[int, str, str]:
@@ -46,10 +37,10 @@ async def run(*argv: str) -> tuple[int, str, str]:
 
 
 async def reflect(
-    scout: Scout, service: str, *requests: reflection_pb2.ServerReflectionRequest
+    local_scout: Scout, service: str, *requests: reflection_pb2.ServerReflectionRequest
 ) -> list[reflection_pb2.ServerReflectionResponse]:
     """Ask one reflection service (v1 or v1alpha: the same messages, the same bytes)."""
-    call = scout.channel.stream_stream(
+    call = local_scout.channel.stream_stream(
         f"/{service}/ServerReflectionInfo",
         request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
         response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
@@ -58,9 +49,11 @@ async def reflect(
 
 
 @pytest.mark.parametrize("service", [REFLECTION_V1, REFLECTION_V1ALPHA])
-async def test_each_reflection_version_lists_and_describes(scout: Scout, service: str) -> None:
+async def test_each_reflection_version_lists_and_describes(
+    local_scout: Scout, service: str
+) -> None:
     listed, described = await reflect(
-        scout,
+        local_scout,
         service,
         reflection_pb2.ServerReflectionRequest(list_services=""),
         reflection_pb2.ServerReflectionRequest(file_containing_symbol="scout.v1.ExecService"),
@@ -74,10 +67,10 @@ async def test_each_reflection_version_lists_and_describes(scout: Scout, service
 
 
 @pytest.mark.parametrize("service", [REFLECTION_V1, REFLECTION_V1ALPHA])
-async def test_each_reflection_service_describes_itself(scout: Scout, service: str) -> None:
+async def test_each_reflection_service_describes_itself(local_scout: Scout, service: str) -> None:
     """Tools that list every method (buf curl --list-methods) describe every listed service."""
     (described,) = await reflect(
-        scout, service, reflection_pb2.ServerReflectionRequest(file_containing_symbol=service)
+        local_scout, service, reflection_pb2.ServerReflectionRequest(file_containing_symbol=service)
     )
     (file,) = [
         descriptor_pb2.FileDescriptorProto.FromString(raw)
@@ -90,7 +83,7 @@ async def test_each_reflection_service_describes_itself(scout: Scout, service: s
 
 @pytest.mark.parametrize("protocol", ["grpc-v1", "grpc-v1alpha"])
 async def test_buf_curl_lists_methods_with_either_reflection_protocol(
-    scout: Scout, protocol: str
+    local_scout: Scout, protocol: str
 ) -> None:
     code, out, err = await run(
         BUF,
@@ -101,24 +94,24 @@ async def test_buf_curl_lists_methods_with_either_reflection_protocol(
         "--reflect-protocol",
         protocol,
         "--list-methods",
-        f"http://{scout.target}",
+        f"http://{local_scout.target}",
     )
     assert code == 0, err
     assert {m.rsplit("/", 1)[0] for m in out.split()} == EVERY_SERVICE
 
 
-async def test_grpcurl_lists_and_describes(scout: Scout) -> None:
+async def test_grpcurl_lists_and_describes(local_scout: Scout) -> None:
     """grpcurl 1.8.6 reflects over v1alpha."""
-    code, out, err = await run(GRPCURL, "-plaintext", scout.target, "list")
+    code, out, err = await run(GRPCURL, "-plaintext", local_scout.target, "list")
     assert code == 0, err
     assert set(out.split()) == EVERY_SERVICE
-    code, out, err = await run(GRPCURL, "-plaintext", scout.target, "describe", REFLECTION_V1)
+    code, out, err = await run(GRPCURL, "-plaintext", local_scout.target, "describe", REFLECTION_V1)
     assert code == 0, err
     assert "stream .grpc.reflection.v1.ServerReflectionRequest" in out
 
 
-async def test_health_list_reports_every_service(scout: Scout) -> None:
-    stub = health_pb2_grpc.HealthStub(scout.channel)
+async def test_health_list_reports_every_service(local_scout: Scout) -> None:
+    stub = health_pb2_grpc.HealthStub(local_scout.channel)
     listed = await stub.List(health_pb2.HealthListRequest(), timeout=10)
     serving = health_pb2.HealthCheckResponse.SERVING
     assert {name: s.status for name, s in listed.statuses.items()} == {
@@ -127,9 +120,9 @@ async def test_health_list_reports_every_service(scout: Scout) -> None:
     }
 
 
-async def test_health_list_follows_a_graceful_shutdown(scout: Scout) -> None:
-    await scout.app.health.enter_graceful_shutdown()
-    stub = health_pb2_grpc.HealthStub(scout.channel)
+async def test_health_list_follows_a_graceful_shutdown(local_scout: Scout) -> None:
+    await local_scout.app.health.enter_graceful_shutdown()
+    stub = health_pb2_grpc.HealthStub(local_scout.channel)
     listed = await stub.List(health_pb2.HealthListRequest(), timeout=10)
     assert {s.status for s in listed.statuses.values()} == {
         health_pb2.HealthCheckResponse.NOT_SERVING

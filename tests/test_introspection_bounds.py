@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
 from server.config import ServerSettings
-from server.introspection import REFLECTION_V1, SERVICE_NAME_MAX
+from server.introspection import MAX_SERVICE_NAME, REFLECTION_V1
 from testkit.processes import eventually
 from testkit.scripted import ScriptedServer
 
@@ -97,7 +97,7 @@ async def test_a_watch_names_a_service_of_a_sane_length(scout: Scout) -> None:
     huge = health.Watch(health_pb2.HealthCheckRequest(service="x" * (4 * 1024 * 1024)))
     error = await refused(huge)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
-    assert f"at most {SERVICE_NAME_MAX} bytes" in (error.details() or "")
+    assert f"at most {MAX_SERVICE_NAME} bytes" in (error.details() or "")
     (await watching(scout, "scout.v1.ExecService")).cancel()
     assert await eventually(lambda: scout.app.health.streams.open == 0)
 

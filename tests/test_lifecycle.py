@@ -10,16 +10,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import pytest
 
 from scout.v1 import exec_pb2
 from server.config import Config, HostConfig
-from server.keyfiles import load_or_create_keys
-from server.localshell import ShellHost
 from testkit.processes import gone, marker, process_list
+from testkit.scripted import ScriptedServer
 from testkit.sshd import OpenSSHServer
 
 from .scoutd import Scout, running_scout, secs
@@ -28,16 +26,12 @@ TARGETS = ["shell", "openssh"]
 
 
 @pytest.fixture(params=TARGETS)
-async def target(
-    request: pytest.FixtureRequest, tmp_path: Path, openssh: OpenSSHServer
-) -> AsyncIterator[HostConfig]:
+def target(
+    request: pytest.FixtureRequest, shell_server: ScriptedServer, openssh: OpenSSHServer
+) -> HostConfig:
     """Host "t": the in-process SSH server or the real OpenSSH sshd."""
-    if request.param == "openssh":
-        yield openssh.host_config("t")
-        return
-    shell = await ShellHost(load_or_create_keys(tmp_path / "keys")).start()
-    yield shell.host_config("t")
-    await shell.close()
+    server = openssh if request.param == "openssh" else shell_server
+    return server.host_config("t")
 
 
 @pytest.fixture

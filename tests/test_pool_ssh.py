@@ -17,7 +17,7 @@ from server.config import Config, PoolSettings
 from server.keyfiles import load_or_create_keys
 from server.localshell import LocalShellServer
 from testkit.processes import marker, sleeping
-from testkit.scripted import ScriptedServer, close_all, inventory, start_fleet, start_scripted
+from testkit.scripted import ScriptedServer, close_all, inventory, scripted_server, start_fleet
 from testkit.sshd import OpenSSHServer
 
 from .scoutd import running_scout
@@ -108,9 +108,8 @@ async def test_two_hundred_hosts_never_exceed_the_connection_bound(tmp_path: Pat
 
 @pytest.fixture
 async def scripted(tmp_path: Path) -> AsyncIterator[ScriptedServer]:
-    server = await start_scripted(load_or_create_keys(tmp_path / "keys"))
-    yield server
-    await server.close()
+    async with scripted_server(load_or_create_keys(tmp_path / "keys")) as server:
+        yield server
 
 
 async def test_deadline_while_waiting_for_a_slot_leaves_the_pool_clean(tmp_path: Path) -> None:

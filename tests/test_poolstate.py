@@ -15,8 +15,8 @@ import pytest
 from server.config import HostConfig, PoolSettings
 from server.errors import HostUnavailable
 from server.poolstate import (
-    BACKOFF_FIRST,
     CAP_RECOVERY,
+    FIRST_BACKOFF,
     Budget,
     HostState,
     Plan,
@@ -170,7 +170,7 @@ async def test_a_failed_connect_fails_its_waiters_and_backs_off() -> None:
     assert assign(a, budget, SETTINGS, 10.2).connect == []
     assert isinstance(w3.future.exception(), HostUnavailable)
     wait(a)  # after it, the next caller connects again
-    assert len(assign(a, budget, SETTINGS, 10.0 + BACKOFF_FIRST).connect) == 1
+    assert len(assign(a, budget, SETTINGS, 10.0 + FIRST_BACKOFF).connect) == 1
 
 
 async def test_backoff_doubles_while_connects_keep_failing() -> None:

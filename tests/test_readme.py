@@ -12,16 +12,12 @@ import asyncio
 import os
 import re
 import shutil
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from server.config import Config
-from testkit.scripted import ScriptedServer
-
-from .scoutd import Scout, running_scout
+from .scoutd import Scout
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -90,15 +86,9 @@ def test_every_grpcurl_call_in_the_readme_is_collected() -> None:
         assert text.count(tool) == collected.count(tool) > 0
 
 
-@pytest.fixture
-async def scout(shell_server: ScriptedServer) -> AsyncIterator[Scout]:
-    async with running_scout(Config(hosts={"local": shell_server.host_config("local")})) as s:
-        yield s
-
-
 @pytest.mark.parametrize("example", EXAMPLES, ids=[f"README.md:{e.line}" for e in EXAMPLES])
-async def test_readme_command(scout: Scout, example: Example) -> None:
-    command = example.command.replace(README_ADDRESS, scout.target)
+async def test_readme_command(local_scout: Scout, example: Example) -> None:
+    command = example.command.replace(README_ADDRESS, local_scout.target)
     for written, real in TOOLS.items():
         command = command.replace(written, real)
     proc = await asyncio.create_subprocess_exec(

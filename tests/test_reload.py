@@ -32,15 +32,17 @@ from server.config import ConfigError
 from server.configfile import load, parse
 from server.keyfiles import ShellKeys
 from testkit.processes import eventually
-from testkit.scripted import ScriptedServer, close_all, start_fleet
+from testkit.scripted import ScriptedServer, scripted_fleet
 
 from .scoutd import Scout
 from .serverproc import ROOT, host_toml, start_server
 
 
 @asynccontextmanager
-async def from_file(path: Path) -> AsyncIterator[Scout]:
-    """scout serving the config file at path; `await s.app.reload()` re-reads it."""
+async def from_file(path: Path, text: str) -> AsyncIterator[Scout]:
+    """scout serving text, written to the config file at path; `await s.app.reload()`
+    re-reads the file."""
+    path.write_text(text)  # noqa: ASYNC240 - a small file, before the server starts
     app = await start(load(path), "127.0.0.1:0", lambda: load(path))
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
     try:
@@ -53,11 +55,8 @@ async def from_file(path: Path) -> AsyncIterator[Scout]:
 @pytest.fixture
 async def trio(ssh_keys: ShellKeys) -> AsyncIterator[list[ScriptedServer]]:
     """Three scripted SSH servers (one known_hosts file lists them all)."""
-    servers = await start_fleet(ssh_keys, 3)
-    try:
+    async with scripted_fleet(ssh_keys, 3) as servers:
         yield servers
-    finally:
-        await close_all(servers)
 
 
 def known_line(server: ScriptedServer) -> str:
@@ -96,8 +95,7 @@ async def test_a_host_whose_address_changed_connects_to_the_new_one_from_the_nex
 ) -> None:
     old, new = trio[0], trio[1]
     path = tmp_path / "scout.toml"
-    path.write_text(table("h", old))
-    async with from_file(path) as s:
+    async with from_file(path, table("h", old)) as s:
         await s.execute(host="h", command="true")  # a warm connection to the old address
         busy = asyncio.ensure_future(s.execute(host="h", command="sleep 1; echo finished"))
         assert await eventually(lambda: old.stats.sessions_opened == 2)
@@ -118,8 +116,7 @@ async def test_a_connect_in_flight_when_the_host_moves_is_not_used(
     old, new = trio[0], trio[1]
     old.handshake_delay = 1.0
     path = tmp_path / "scout.toml"
-    path.write_text(table("h", old))
-    async with from_file(path) as s:
+    async with from_file(path, table("h", old)) as s:
         call = asyncio.ensure_future(s.execute(host="h", command="echo here"))
         assert await eventually(lambda: old.stats.accepted == 1)  # connecting to the old one
         path.write_text(table("h", new))
@@ -137,8 +134,7 @@ async def test_a_revoked_key_retires_a_host_that_a_reload_added(
     known = tmp_path / "known_hosts"
     known.write_text(known_line(trio[1]) + "\n")
     path = tmp_path / "scout.toml"
-    path.write_text(table("a", trio[0]))
-    async with from_file(path) as s:
+    async with from_file(path, table("a", trio[0])) as s:
         assert s.app._watcher is not None
         s.app._watcher.cancel()  # the test runs the periodic check itself
         path.write_text(table("a", trio[0]) + table("b", trio[1], known))
@@ -157,9 +153,8 @@ async def test_a_connect_that_reads_a_changed_file_does_not_keep_the_news_from_o
 ) -> None:
     known = tmp_path / "known_hosts"
     known.write_text("".join(known_line(x) + "\n" for x in trio))
-    path = tmp_path / "scout.toml"
-    path.write_text("".join(table(n, x, known) for n, x in zip("abc", trio, strict=True)))
-    async with from_file(path) as s:
+    text = "".join(table(n, x, known) for n, x in zip("abc", trio, strict=True))
+    async with from_file(tmp_path / "scout.toml", text) as s:
         assert s.app._watcher is not None
         s.app._watcher.cancel()  # the test runs the periodic check itself
         await s.execute(host="b", command="true")  # b has a warm connection
@@ -180,8 +175,7 @@ async def test_limits_reload_and_what_takes_a_restart_is_kept_with_a_warning(
     trio: list[ScriptedServer], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "scout.toml"
-    path.write_text("[pool]\nmax_connections = 50\n" + table("h", trio[0]))
-    async with from_file(path) as s:
+    async with from_file(path, "[pool]\nmax_connections = 50\n" + table("h", trio[0])) as s:
         assert (await s.execute(host="h", command="echo 12345")).stdout == b"12345\n"
         path.write_text(
             "max_concurrent_rpcs = 77\n[pool]\nmax_connections = 60\n"
@@ -211,8 +205,7 @@ async def test_audit_settings_reload_to_another_file_and_another_form(
 ) -> None:
     first, second = tmp_path / "first.log", tmp_path / "second.log"
     path = tmp_path / "scout.toml"
-    path.write_text(f"[audit]\nfile = '{first}'\n" + table("h", trio[0]))
-    async with from_file(path) as s:
+    async with from_file(path, f"[audit]\nfile = '{first}'\n" + table("h", trio[0])) as s:
         await s.execute(host="h", command="echo one")
         path.write_text(f"[audit]\nfile = '{second}'\nlog_commands = false\n" + table("h", trio[0]))
         await s.app.reload()
@@ -227,8 +220,7 @@ async def test_a_reload_that_cannot_be_used_changes_nothing(
     trio: list[ScriptedServer], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "scout.toml"
-    path.write_text("max_concurrent_rpcs = 10\n" + table("h", trio[0]))
-    async with from_file(path) as s:
+    async with from_file(path, "max_concurrent_rpcs = 10\n" + table("h", trio[0])) as s:
         before = s.app.config
         missing = table("new", trio[1]).replace(
             str(trio[1].identity_file), str(tmp_path / "no-such-key")
@@ -480,8 +472,7 @@ async def test_a_reload_reaches_the_hosts_of_a_fan_out_that_have_not_started(
     hosts = "".join(host_toml(n, shell_server.host_config(n)) for n in ("h1", "h2", "h3"))
     hosts = f"[audit]\nfile = '{audit}'\n" + hosts
     path = tmp_path / "scout.toml"
-    path.write_text(callers_toml("alice", "bob") + hosts)
-    async with from_file(path) as s:
+    async with from_file(path, callers_toml("alice", "bob") + hosts) as s:
 
         async def fan_out(who: str, change: str) -> dict[str, tuple[int, bool]]:
             request = exec_pb2.ExecuteManyRequest(

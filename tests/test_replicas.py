@@ -25,7 +25,6 @@ from pathlib import Path
 import pytest
 
 from client import Client, Result, ScoutError
-from server.keyfiles import ShellKeys
 from testkit.proxies import (
     ENVOY_YAML,
     Proxy,
@@ -35,12 +34,12 @@ from testkit.proxies import (
     start_envoy,
     start_nginx,
 )
-from testkit.scripted import ScriptedServer, close_all, start_fleet
+from testkit.scripted import ScriptedServer
 
 from .serverproc import ROOT, host_toml
-from .test_process import SCOUT
+from .test_server_process import SCOUT
 
-HOSTS = 60
+HOSTS = FLEET_SIZE = 60  # `fleet` (conftest): named host0 ... in the replicas' inventory
 REPLICAS = 3
 CALLS_PER_HOST = 10
 _LISTENING = re.compile(r"listening on \S+ \(port (\d+)\)")
@@ -113,16 +112,6 @@ async def stop_all(procs: list[asyncio.subprocess.Process], how: signal.Signals)
         except TimeoutError:
             proc.kill()
             await proc.wait()
-
-
-@pytest.fixture
-async def fleet(ssh_keys: ShellKeys) -> AsyncIterator[list[ScriptedServer]]:
-    """HOSTS in-process SSH servers, named host0 ... in the replicas' inventory."""
-    servers = await start_fleet(ssh_keys, HOSTS)
-    try:
-        yield servers
-    finally:
-        await close_all(servers)
 
 
 @pytest.fixture

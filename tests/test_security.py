@@ -33,7 +33,7 @@ from server.config import (
     TLSSettings,
     check_exposure,
 )
-from testkit.certs import PKI, make_pki
+from testkit.certs import PKI
 from testkit.scripted import ScriptedServer
 
 from .scoutd import config, started
@@ -64,11 +64,6 @@ CALLERS = (
 )
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
 def inventory(server: ScriptedServer) -> dict[str, HostConfig]:
     return {name: server.host_config(name) for name in ("web1", "db1")}
 
@@ -96,11 +91,8 @@ async def serving(cfg: Config) -> Served:
 @pytest.fixture
 async def guarded(shell_server: ScriptedServer, tmp_path: Path) -> AsyncIterator[Served]:
     """scout with callers and an audit log, plaintext on loopback."""
-    cfg = dataclasses.replace(
-        config(inventory(shell_server)),
-        callers=CALLERS,
-        audit=AuditSettings(file=str(tmp_path / "audit.jsonl")),
-    )
+    audit = {"file": str(tmp_path / "audit.jsonl")}
+    cfg = config(inventory(shell_server), callers=CALLERS, audit=audit)
     served = await serving(cfg)
     yield served
     await served.app.stop(grace=1.0)

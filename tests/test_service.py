@@ -18,26 +18,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from client import Client, Exit, HostNotFound, Stdout
 from scout.v1 import exec_pb2
 from server.config import Config, HostConfig
-from server.keyfiles import load_or_create_keys, write_key
-from server.localshell import ShellHost
+from server.keyfiles import write_key
 from testkit.processes import marker, sleeping
+from testkit.scripted import ScriptedServer
 
 from .scoutd import Scout, running_scout, secs
-
-
-@pytest.fixture
-async def shell(tmp_path: Path) -> AsyncIterator[ShellHost]:
-    """A real SSH server in this process, running commands here."""
-    host = await ShellHost(load_or_create_keys(tmp_path / "keys")).start()
-    yield host
-    await host.close()
-
-
-@pytest.fixture
-async def scout(shell: ShellHost) -> AsyncIterator[Scout]:
-    """scout with host "local" on the shell server."""
-    async with running_scout(Config(hosts={"local": shell.host_config()})) as s:
-        yield s
 
 
 async def stream(scout: Scout, *requests: exec_pb2.StreamRequest) -> list[exec_pb2.StreamResponse]:
@@ -46,22 +31,22 @@ async def stream(scout: Scout, *requests: exec_pb2.StreamRequest) -> list[exec_p
     return [r async for r in call]
 
 
-async def test_execute_returns_output_and_exit_code(scout: Scout) -> None:
-    r = await scout.execute(host="local", command="echo out; echo err >&2; exit 3")
+async def test_execute_returns_output_and_exit_code(local_scout: Scout) -> None:
+    r = await local_scout.execute(host="local", command="echo out; echo err >&2; exit 3")
     assert (r.stdout, r.stderr, r.exit_code, r.signal) == (b"out\n", b"err\n", 3, "")
     assert (r.stdout_bytes, r.stderr_bytes) == (4, 4)
     assert not r.stdout_truncated and not r.stdout_text  # text only when asked
 
 
-async def test_execute_feeds_stdin(scout: Scout) -> None:
+async def test_execute_feeds_stdin(local_scout: Scout) -> None:
     data = bytes(range(256)) * 1000
-    r = await scout.execute(host="local", command="cat", stdin=data)
+    r = await local_scout.execute(host="local", command="cat", stdin=data)
     assert r.stdout == data and r.exit_code == 0
 
 
-async def test_env_and_working_dir_are_quoted(scout: Scout, tmp_path: Path) -> None:
+async def test_env_and_working_dir_are_quoted(local_scout: Scout, tmp_path: Path) -> None:
     odd = 'it\'s $HOME `x` "q"\nline2'
-    r = await scout.execute(
+    r = await local_scout.execute(
         host="local",
         command='printf %s "$A"; pwd',
         env={"A": odd},
@@ -70,8 +55,8 @@ async def test_env_and_working_dir_are_quoted(scout: Scout, tmp_path: Path) -> N
     assert r.stdout == odd.encode() + f"{tmp_path}\n".encode()
 
 
-async def test_non_utf8_output_round_trips_and_text_replaces(scout: Scout) -> None:
-    r = await scout.execute(host="local", command=r"printf 'a\377b\n'", text=True)
+async def test_non_utf8_output_round_trips_and_text_replaces(local_scout: Scout) -> None:
+    r = await local_scout.execute(host="local", command=r"printf 'a\377b\n'", text=True)
     assert r.stdout == b"a\xffb\n"
     assert r.stdout_text == "a\ufffdb\n"
 
@@ -105,22 +90,22 @@ async def test_non_utf8_output_round_trips_and_text_replaces(scout: Scout) -> No
     ],
 )
 async def test_bad_requests_get_clear_statuses(
-    scout: Scout, fields: dict[str, Any], code: grpc.StatusCode, words: str
+    local_scout: Scout, fields: dict[str, Any], code: grpc.StatusCode, words: str
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await scout.execute(**fields)
+        await local_scout.execute(**fields)
     assert info.value.code() == code
     assert words in (info.value.details() or "")
-    ok = await scout.execute(host="local", command="echo still up")
+    ok = await local_scout.execute(host="local", command="echo still up")
     assert ok.stdout == b"still up\n"
 
 
-async def test_stream_sends_output_stdin_and_exit(scout: Scout) -> None:
+async def test_stream_sends_output_stdin_and_exit(local_scout: Scout) -> None:
     start = exec_pb2.ExecuteRequest(
         host="local", command="cat; echo done >&2; exit 7", stdin=b"first "
     )
     responses = await stream(
-        scout,
+        local_scout,
         exec_pb2.StreamRequest(start=start),
         exec_pb2.StreamRequest(stdin=b"second"),
     )
@@ -132,9 +117,9 @@ async def test_stream_sends_output_stdin_and_exit(scout: Scout) -> None:
     assert last.exit.exit_code == 7 and last.exit.stdout_bytes == 12
 
 
-async def test_stream_output_arrives_as_produced(scout: Scout) -> None:
+async def test_stream_output_arrives_as_produced(local_scout: Scout) -> None:
     start = exec_pb2.ExecuteRequest(host="local", command="echo one; sleep 2; echo two")
-    call = scout.stub.Stream(iter([exec_pb2.StreamRequest(start=start)]), timeout=30)
+    call = local_scout.stub.Stream(iter([exec_pb2.StreamRequest(start=start)]), timeout=30)
     first = await asyncio.wait_for(call.read(), 1.5)  # long before the command ends
     assert first.stdout == b"one\n"
     rest = []
@@ -143,32 +128,32 @@ async def test_stream_output_arrives_as_produced(scout: Scout) -> None:
     assert rest[0].stdout == b"two\n" and rest[-1].exit.exit_code == 0
 
 
-async def test_stream_must_start_with_start(scout: Scout) -> None:
+async def test_stream_must_start_with_start(local_scout: Scout) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stream(scout, exec_pb2.StreamRequest(stdin=b"x"))
+        await stream(local_scout, exec_pb2.StreamRequest(stdin=b"x"))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "the first message must be `start`" in (info.value.details() or "")
 
 
-async def test_stream_rejects_an_unknown_signal(scout: Scout) -> None:
+async def test_stream_rejects_an_unknown_signal(local_scout: Scout) -> None:
     start = exec_pb2.ExecuteRequest(host="local", command="sleep 5")
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stream(
-            scout, exec_pb2.StreamRequest(start=start), exec_pb2.StreamRequest(signal="NOPE")
+            local_scout, exec_pb2.StreamRequest(start=start), exec_pb2.StreamRequest(signal="NOPE")
         )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "unknown signal 'NOPE'" in (info.value.details() or "")
 
 
 async def test_hundred_sequential_commands_use_one_ssh_connection(
-    scout: Scout, shell: ShellHost
+    local_scout: Scout, shell_server: ScriptedServer
 ) -> None:
     for i in range(100):
-        r = await scout.execute(host="local", command=f"echo {i}")
+        r = await local_scout.execute(host="local", command=f"echo {i}")
         assert r.stdout == f"{i}\n".encode()
-    assert shell.stats.accepted == 1  # counted where connections are accepted
-    assert shell.stats.sessions_opened == 100
-    assert scout.app.pool.stats.connects == {"ok": 1}
+    assert shell_server.stats.accepted == 1  # counted where connections are accepted
+    assert shell_server.stats.sessions_opened == 100
+    assert local_scout.app.pool.stats.connects == {"ok": 1}
 
 
 async def assert_refused(host: HostConfig, code: grpc.StatusCode, says: str) -> None:
@@ -180,68 +165,70 @@ async def assert_refused(host: HostConfig, code: grpc.StatusCode, says: str) -> 
     assert says in (info.value.details() or "")
 
 
-async def test_changed_host_key_is_failed_precondition(shell: ShellHost, tmp_path: Path) -> None:
+async def test_changed_host_key_is_failed_precondition(
+    shell_server: ScriptedServer, tmp_path: Path
+) -> None:
     impostor = asyncssh.generate_private_key("ssh-ed25519")
     known = tmp_path / "other_known_hosts"
     public = impostor.export_public_key("openssh").decode().strip()
-    known.write_text(f"[{shell.address}]:{shell.port} {public}\n")
-    host = dataclasses.replace(shell.host_config(), known_hosts=known)
+    known.write_text(f"[{shell_server.address}]:{shell_server.port} {public}\n")
+    host = dataclasses.replace(shell_server.host_config(), known_hosts=known)
     await assert_refused(host, grpc.StatusCode.FAILED_PRECONDITION, "HOST KEY CHANGED")
 
 
 async def test_refused_authentication_is_failed_precondition(
-    shell: ShellHost, tmp_path: Path
+    shell_server: ScriptedServer, tmp_path: Path
 ) -> None:
     stranger = tmp_path / "stranger"
     write_key(stranger, asyncssh.generate_private_key("ssh-ed25519"))
-    host = dataclasses.replace(shell.host_config(), identity_file=stranger)
+    host = dataclasses.replace(shell_server.host_config(), identity_file=stranger)
     await assert_refused(host, grpc.StatusCode.FAILED_PRECONDITION, "authentication refused")
 
 
-async def test_unreachable_host_is_unavailable(shell: ShellHost) -> None:
-    port = shell.port
-    await shell.close()  # nothing listens there now
+async def test_unreachable_host_is_unavailable(shell_server: ScriptedServer) -> None:
+    port = shell_server.port
+    await shell_server.close()  # nothing listens there now
     host = HostConfig(
         name="gone",
         address="127.0.0.1",
         port=port,
-        identity_file=shell.identity_file,
-        known_hosts=shell.known_hosts,
+        identity_file=shell_server.identity_file,
+        known_hosts=shell_server.known_hosts,
     )
     await assert_refused(host, grpc.StatusCode.UNAVAILABLE, "gone")
 
 
 async def test_connection_closed_mid_command_is_aborted_then_recovers(
-    scout: Scout, shell: ShellHost, caplog: pytest.LogCaptureFixture
+    local_scout: Scout, shell_server: ScriptedServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR, logger="asyncio")
     m = marker()
-    call = asyncio.create_task(scout.execute(host="local", command=f"sleep {m}; echo late"))
+    call = asyncio.create_task(local_scout.execute(host="local", command=f"sleep {m}; echo late"))
     assert await sleeping(m, within=10)  # it runs: a fixed 0.5 s was too short on busy cores
-    for server in list(shell.connections.values()):
+    for server in list(shell_server.connections.values()):
         assert server.conn is not None
         server.conn.abort()
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await call
     assert info.value.code() == grpc.StatusCode.ABORTED
     assert "may have had effects" in (info.value.details() or "")
-    r = await scout.execute(host="local", command="echo again")
+    r = await local_scout.execute(host="local", command="echo again")
     assert r.stdout == b"again\n"
-    assert shell.stats.accepted == 2
+    assert shell_server.stats.accepted == 2
     gc.collect()  # a future whose exception nobody read says so when it is collected
     assert not [r.getMessage() for r in caplog.records if r.name == "asyncio"]
 
 
 async def test_a_connection_reset_under_a_stream_leaves_no_unread_error(
-    scout: Scout, shell: ShellHost, caplog: pytest.LogCaptureFixture
+    local_scout: Scout, shell_server: ScriptedServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The session's end is watched by a callback there; the reset must not leave a future
     holding an exception nobody reads (asyncio logs those at ERROR when collected)."""
     caplog.set_level(logging.ERROR, logger="asyncio")
     start = exec_pb2.ExecuteRequest(host="local", command="sleep 5", close_stdin=True)
-    call = scout.stub.Stream(iter([exec_pb2.StreamRequest(start=start)]))
+    call = local_scout.stub.Stream(iter([exec_pb2.StreamRequest(start=start)]))
     await call.initial_metadata()  # the command runs
-    for server in list(shell.connections.values()):
+    for server in list(shell_server.connections.values()):
         assert server.conn is not None
         server.conn.abort()
     with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -254,19 +241,19 @@ async def test_a_connection_reset_under_a_stream_leaves_no_unread_error(
 
 
 async def test_server_vanishing_between_commands_reconnects_once(
-    scout: Scout, shell: ShellHost
+    local_scout: Scout, shell_server: ScriptedServer
 ) -> None:
-    assert (await scout.execute(host="local", command="true")).exit_code == 0
-    for server in list(shell.connections.values()):
+    assert (await local_scout.execute(host="local", command="true")).exit_code == 0
+    for server in list(shell_server.connections.values()):
         assert server.conn is not None
         server.conn.abort()
     await asyncio.sleep(0.1)
-    r = await scout.execute(host="local", command="echo back")
-    assert r.stdout == b"back\n" and shell.stats.accepted == 2
+    r = await local_scout.execute(host="local", command="echo back")
+    assert r.stdout == b"back\n" and shell_server.stats.accepted == 2
 
 
-async def test_health_and_graceful_shutdown(shell: ShellHost) -> None:
-    async with running_scout(Config(hosts={"local": shell.host_config()})) as s:
+async def test_health_and_graceful_shutdown(shell_server: ScriptedServer) -> None:
+    async with running_scout(Config(hosts={"local": shell_server.host_config()})) as s:
         health = health_pb2_grpc.HealthStub(s.channel)
         check = await health.Check(health_pb2.HealthCheckRequest(service="scout.v1.ExecService"))
         assert check.status == health_pb2.HealthCheckResponse.SERVING
@@ -276,12 +263,12 @@ async def test_health_and_graceful_shutdown(shell: ShellHost) -> None:
         assert (await in_flight).stdout == b"ok\n"  # finished within the grace period
         assert s.app.pool.gauges()["connections_open"] == 0
         await asyncio.sleep(0.2)
-        assert shell.stats.open == 0
+        assert shell_server.stats.open == 0
 
 
-async def test_python_client_against_the_real_server(scout: Scout) -> None:
+async def test_python_client_against_the_real_server(local_scout: Scout) -> None:
     """The client library end to end: results, errors, and a signal after stdin's EOF."""
-    async with Client(scout.target) as c:
+    async with Client(local_scout.target) as c:
         result = await c.execute("local", "printf hi; exit 4")
         assert (result.stdout, result.exit_code) == (b"hi", 4)
         with pytest.raises(HostNotFound, match="'nope' is not in the inventory"):
@@ -299,7 +286,7 @@ async def test_python_client_against_the_real_server(scout: Scout) -> None:
         assert isinstance(last, Exit) and last.status.signal == "TERM"
 
 
-async def test_stream_start_can_carry_eof(scout: Scout) -> None:
+async def test_stream_start_can_carry_eof(local_scout: Scout) -> None:
     """close_stdin in `start`: the command gets EOF with no message after the start."""
     never = asyncio.Event()
 
@@ -311,7 +298,7 @@ async def test_stream_start_can_carry_eof(scout: Scout) -> None:
         )
         await never.wait()  # keep the request stream open: EOF must come from the flag
 
-    call = scout.stub.Stream(requests(), timeout=10)
+    call = local_scout.stub.Stream(requests(), timeout=10)
     out = b""
     while (msg := await call.read()) is not grpc.aio.EOF:
         if msg.WhichOneof("event") == "exit":

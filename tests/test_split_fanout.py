@@ -27,7 +27,7 @@ from client import (
 )
 from server.keyfiles import ShellKeys
 from testkit.processes import gone, marker, running
-from testkit.scripted import ScriptedServer, close_all, start_fleet
+from testkit.scripted import scripted_fleet
 
 from .scoutd import Scout, config, running_scout
 
@@ -37,13 +37,10 @@ pytestmark = pytest.mark.timeout(30)
 @pytest.fixture
 async def scout(ssh_keys: ShellKeys) -> AsyncIterator[Scout]:
     """scout with four hosts, a0 ... a3, each its own in-process SSH server."""
-    servers: list[ScriptedServer] = await start_fleet(ssh_keys, 4)
-    try:
+    async with scripted_fleet(ssh_keys, 4) as servers:
         hosts = {f"a{i}": s.host_config(f"a{i}") for i, s in enumerate(servers)}
         async with running_scout(config(hosts)) as running:
             yield running
-    finally:
-        await close_all(servers)
 
 
 def outcomes(events: list[HostEvent]) -> dict[str, tuple[object, ...]]:

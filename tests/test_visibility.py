@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,10 @@ import pytest
 
 from scout.v1 import exec_pb2
 from server.callers import hash_token
-from server.config import AuditSettings, CallerConfig, HostConfig
+from server.config import CallerConfig, HostConfig
 from server.selector import MAX_REQUIREMENTS
 from server.targets import MAX_GLOBS, MAX_WILDCARDS
+from testkit.ports import free_port
 from testkit.scripted import ScriptedServer
 
 from .scoutd import Scout, config, running_scout, started
@@ -34,13 +34,6 @@ CALLERS = (
     CallerConfig(name="ops", token_sha256=hash_token(OPS_TOKEN), hosts=("*",)),
 )
 HIDDEN = ("db1", "db-primary", "webdb", "bastion")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port  # closed again: connections to it are refused
 
 
 def inventory(server: ScriptedServer) -> dict[str, HostConfig]:
@@ -57,11 +50,8 @@ def inventory(server: ScriptedServer) -> dict[str, HostConfig]:
 
 @pytest.fixture
 async def guarded(shell_server: ScriptedServer, tmp_path: Path) -> AsyncIterator[Scout]:
-    cfg = dataclasses.replace(
-        config(inventory(shell_server)),
-        callers=CALLERS,
-        audit=AuditSettings(file=str(tmp_path / "audit.jsonl")),
-    )
+    audit = {"file": str(tmp_path / "audit.jsonl")}
+    cfg = config(inventory(shell_server), callers=CALLERS, audit=audit)
     async with running_scout(cfg) as s:
         yield s
 

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeAlias
 
 import grpc
 import psutil
@@ -28,6 +28,7 @@ import pytest
 
 from scout.v1 import exec_pb2, exec_pb2_grpc
 from server.callers import hash_token
+from server.config import HostConfig
 from server.configfile import available_cores, load
 from server.workers import RESTART_LIMIT, count
 from testkit.certs import make_pki
@@ -184,10 +185,29 @@ async def channels(served: Served, wanted: set[int]) -> dict[int, grpc.aio.Chann
     raise AssertionError(f"60 connections never reached workers {wanted - set(found)}")
 
 
-async def two_workers(started: Start, toml: str) -> tuple[Served, dict[int, grpc.aio.Channel]]:
-    """A server of two workers on TOML, and a channel on each."""
-    served = await started(toml, "--workers", "2")
+Call: TypeAlias = "grpc.aio.UnaryUnaryCall[Any, exec_pb2.ExecuteResponse]"
+WITH_METRICS = '[metrics]\nlisten = "127.0.0.1:0"\n'
+
+
+async def two_workers(
+    started: Start, host: HostConfig, toml: str = ""
+) -> tuple[Served, dict[int, grpc.aio.Channel]]:
+    """A server of two workers whose one host, "h", is host (and the rest of its config
+    TOML), and a channel on each."""
+    served = await started(toml + host_toml("h", host), "--workers", "2")
     return served, await channels(served, {0, 1})
+
+
+async def sleeping(
+    started: Start, host: HostConfig, grace: float, sleeps: list[str]
+) -> tuple[Served, dict[int, grpc.aio.Channel], list[Call]]:
+    """Two workers with this shutdown_grace, worker i running `sleep sleeps[i]` on host
+    (returned once every sleep runs), with their calls."""
+    served, on = await two_workers(started, host, f"shutdown_grace = {grace}\n")
+    calls = [execute(on[w], f"sleep {m}") for w, m in zip(on, sleeps, strict=True)]
+    for m in sleeps:
+        assert await running(f"sleep {m}")
+    return served, on, calls
 
 
 async def closing(chans: dict[int, grpc.aio.Channel]) -> None:
@@ -195,9 +215,7 @@ async def closing(chans: dict[int, grpc.aio.Channel]) -> None:
         await channel.close()
 
 
-def execute(
-    channel: grpc.aio.Channel, command: str, host: str = "h", **kw: Any
-) -> grpc.aio.UnaryUnaryCall[Any, exec_pb2.ExecuteResponse]:
+def execute(channel: grpc.aio.Channel, command: str, host: str = "h", **kw: Any) -> Call:
     request = exec_pb2.ExecuteRequest(host=host, command=command)
     return stub_of(channel).Execute(request, timeout=30, **kw)
 
@@ -212,8 +230,7 @@ def sample(name: str, **labels: str) -> tuple[str, tuple[tuple[str, str], ...]]:
 async def test_two_workers_serve_one_port_and_one_metrics_endpoint(
     shell_server: ScriptedServer, tmp_path: Path, started: Start
 ) -> None:
-    toml = host_toml("h", shell_server.host_config("h")) + '[metrics]\nlisten = "127.0.0.1:0"\n'
-    served, on = await two_workers(started, toml)
+    served, on = await two_workers(started, shell_server.host_config("h"), WITH_METRICS)
     ids = {w: [f"w{w}-{n}" for n in range(5)] for w in on}
     replies = await asyncio.gather(
         *(
@@ -304,8 +321,7 @@ def _read_slowly(pipe: IO[bytes], into: bytearray) -> None:
 async def test_a_killed_worker_fails_no_call_on_the_other_and_is_started_again(
     openssh: OpenSSHServer, tmp_path: Path, started: Start
 ) -> None:
-    toml = host_toml("h", openssh.host_config("h")) + '[metrics]\nlisten = "127.0.0.1:0"\n'
-    served, on = await two_workers(started, toml)
+    served, on = await two_workers(started, openssh.host_config("h"), WITH_METRICS)
     victim, survivor = served.pids()[1], on[0]
     assert (await execute(on[1], "echo counted")).stdout == b"counted\n"  # by the victim
     a, b = (marker().replace("30.", "2.") for _ in range(2))  # 2.x seconds each
@@ -339,15 +355,12 @@ async def test_a_killed_worker_fails_no_call_on_the_other_and_is_started_again(
 async def test_sigterm_drains_every_worker_and_stops_what_outlives_the_grace(
     shell_server: ScriptedServer, tmp_path: Path, started: Start
 ) -> None:
-    toml = "shutdown_grace = 2.0\n" + host_toml("h", shell_server.host_config("h"))
-    served, on = await two_workers(started, toml)
     quick, slow = marker().replace("30.", "1."), marker()
-    finishing = execute(on[0], f"sleep {quick}; echo finished")
-    outliving = execute(on[1], f"sleep {slow}")
-    assert await running(f"sleep {quick}") and await running(f"sleep {slow}")
+    host = shell_server.host_config("h")
+    served, on, (finishing, outliving) = await sleeping(started, host, 2.0, [quick, slow])
     pids = served.pids()
     served.proc.send_signal(signal.SIGTERM)
-    assert (await finishing).stdout == b"finished\n"  # within the grace
+    assert (await finishing).exit_code == 0  # within the grace: it ended by itself
     with pytest.raises(grpc.aio.AioRpcError):
         await outliving  # past the grace: stopped
     assert await served.exited() == 0
@@ -359,12 +372,8 @@ async def test_sigterm_drains_every_worker_and_stops_what_outlives_the_grace(
 async def test_a_second_signal_skips_the_grace_on_every_worker(
     shell_server: ScriptedServer, tmp_path: Path, started: Start
 ) -> None:
-    toml = "shutdown_grace = 60.0\n" + host_toml("h", shell_server.host_config("h"))
-    served, on = await two_workers(started, toml)
-    marks = {w: marker() for w in on}
-    calls = [execute(on[w], f"sleep {m}") for w, m in marks.items()]
-    for m in marks.values():
-        assert await running(f"sleep {m}")
+    marks = [marker(), marker()]
+    served, on, calls = await sleeping(started, shell_server.host_config("h"), 60.0, marks)
     served.proc.send_signal(signal.SIGTERM)
     await asyncio.sleep(0.5)
     assert served.proc.poll() is None  # in its 60 s grace
@@ -373,7 +382,7 @@ async def test_a_second_signal_skips_the_grace_on_every_worker(
     for call in calls:
         with pytest.raises(grpc.aio.AioRpcError):
             await call
-    for m in marks.values():
+    for m in marks:
         assert await gone(f"sleep {m}", within=5)
     second = [x for x in served.lines() if x["message"].startswith("second signal")]
     assert {x.get("worker") for x in second} == {None, 0, 1}  # the supervisor and each worker
