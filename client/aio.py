@@ -23,13 +23,15 @@ from typing import Any, Generic, Self, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client import files
-from client.credentials import TLS, bearer_metadata
-from client.errors import InvalidRequest, ScoutError, from_rpc_error
-from client.fleet import Host, HostEvent, host_event_from_response, host_from_message, is_pattern
-from client.options import ExecOptions, command_or_argv, exec_options
-from client.reach import ensure_ready
-from client.results import (
+from scout.v1 import exec_pb2, exec_pb2_grpc
+
+from . import files
+from .credentials import TLS, bearer_metadata
+from .errors import InvalidRequest, ScoutError, from_rpc_error
+from .fleet import Host, HostEvent, host_event_from_response, host_from_message, is_pattern
+from .options import ExecOptions, command_or_argv, exec_options
+from .reach import ensure_ready
+from .results import (
     Event,
     Exit,
     ExitStatus,
@@ -37,7 +39,6 @@ from client.results import (
     event_from_response,
     result_from_response,
 )
-from scout.v1 import exec_pb2, exec_pb2_grpc
 
 __all__ = ["DEFAULT_TARGET", "Client", "ExecuteManyCall", "StreamCall"]
 
@@ -288,7 +289,7 @@ class Client:
         )
         if self._split_fan_out:
             # Imported here: the split call extends ExecuteManyCall, defined below.
-            from client.splitfanout import SplitExecuteManyCall
+            from .splitfanout import SplitExecuteManyCall
 
             return SplitExecuteManyCall(self, request, opts.rpc_timeout, self._auth)
         return ExecuteManyCall(self, request, opts.rpc_timeout, metadata)

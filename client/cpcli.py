@@ -28,10 +28,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from client import examples
-from client.aio import Client
-from client.errors import ScoutError
-from client.fleet import is_pattern
+from . import examples
+from .aio import Client
+from .errors import ScoutError
+from .fleet import is_pattern
 
 EXIT_OK = 0
 EXIT_HOST_FAILED = 3

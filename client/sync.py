@@ -23,18 +23,18 @@ import threading
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any, Self, TypeVar
 
-from client.aio import (
+from .aio import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DEADLINE_MARGIN,
     DEFAULT_TARGET,
     Client,
     ExecuteManyCall,
 )
-from client.credentials import TLS
-from client.files import DownloadCall, FileInfo, HostUpload, Source, Uploaded
-from client.fleet import Host, HostOutcome, HostOutput
-from client.options import ExecOptions
-from client.results import Result
+from .credentials import TLS
+from .files import DownloadCall, FileInfo, HostUpload, Source, Uploaded
+from .fleet import Host, HostOutcome, HostOutput
+from .options import ExecOptions
+from .results import Result
 
 __all__ = ["SyncClient"]
 
