@@ -3,9 +3,9 @@
 Import from here; the submodules' layout may change.
 """
 
-from client.aio import DEFAULT_TARGET, Client, ExecuteManyCall, StreamCall
-from client.credentials import TLS
-from client.errors import (
+from .aio import DEFAULT_TARGET, Client, ExecuteManyCall, StreamCall
+from .credentials import TLS
+from .errors import (
     Aborted,
     AlreadyExists,
     Cancelled,
@@ -25,11 +25,11 @@ from client.errors import (
     from_host_status,
     from_rpc_error,
 )
-from client.files import DownloadCall, FileInfo, HostUpload, Uploaded
-from client.fleet import Host, HostEvent, HostOutcome, HostOutput
-from client.options import ExecOptions
-from client.results import Event, Exit, ExitStatus, Result, Stderr, Stdout
-from client.sync import SyncClient
+from .files import DownloadCall, FileInfo, HostUpload, Uploaded
+from .fleet import Host, HostEvent, HostOutcome, HostOutput
+from .options import ExecOptions
+from .results import Event, Exit, ExitStatus, Result, Stderr, Stdout
+from .sync import SyncClient
 
 __all__ = [
     "DEFAULT_TARGET",

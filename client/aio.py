@@ -21,19 +21,20 @@ from typing import Any, Self
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client import files
-from client.calls import ExecuteManyCall, StreamCall, _exec_stub
-from client.credentials import TLS, bearer_metadata
-from client.errors import InvalidRequest, from_rpc_error
-from client.fleet import Host, host_from_message, is_pattern
-from client.options import ExecOptions, command_or_argv, exec_options
-from client.reach import ensure_ready
-from client.results import (
+from scout.v1 import exec_pb2
+
+from . import files
+from .calls import ExecuteManyCall, StreamCall, _exec_stub
+from .credentials import TLS, bearer_metadata
+from .errors import InvalidRequest, from_rpc_error
+from .fleet import Host, host_from_message, is_pattern
+from .options import ExecOptions, command_or_argv, exec_options
+from .reach import ensure_ready
+from .results import (
     Result,
     result_from_response,
 )
-from client.splitfanout import SplitExecuteManyCall
-from scout.v1 import exec_pb2
+from .splitfanout import SplitExecuteManyCall
 
 __all__ = ["DEFAULT_TARGET", "Client", "ExecuteManyCall", "StreamCall"]
 

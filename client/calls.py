@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 import grpc
 
-from client.errors import ScoutError, from_rpc_error
-from client.fleet import HostEvent, host_event_from_response
-from client.results import Event, Exit, ExitStatus, event_from_response
 from scout.v1 import exec_pb2, exec_pb2_grpc
 
+from .errors import ScoutError, from_rpc_error
+from .fleet import HostEvent, host_event_from_response
+from .results import Event, Exit, ExitStatus, event_from_response
+
 if TYPE_CHECKING:
-    from client.aio import Client
+    from .aio import Client
 
 __all__ = ["ExecuteManyCall", "StreamCall"]
 

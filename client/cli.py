@@ -91,18 +91,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from client import completion, cpcli, examples, exitcodes
-from client.aio import DEFAULT_TARGET, Client, StreamCall
-from client.argtypes import checked
-from client.credentials import TLS
-from client.errors import NotAllowed, ScoutError
-from client.explain import Context, SettingError, explain, unreadable
-from client.fanoutinput import StdinTooLarge, read_bounded
-from client.fleet import is_pattern
-from client.fleetcli import FanOutOptions, HostListing, run_fanout, run_hosts
-from client.grpclogs import hide_native_logs
-from client.profiles import ProfileError, resolve
-from client.results import Exit, ExitStatus, Result, Stderr, Stdout
+from . import completion, cpcli, examples, exitcodes
+from .aio import DEFAULT_TARGET, Client, StreamCall
+from .argtypes import checked
+from .credentials import TLS
+from .errors import NotAllowed, ScoutError
+from .explain import Context, SettingError, explain, unreadable
+from .fanoutinput import StdinTooLarge, read_bounded
+from .fleet import is_pattern
+from .fleetcli import FanOutOptions, HostListing, run_fanout, run_hosts
+from .grpclogs import hide_native_logs
+from .profiles import ProfileError, resolve
+from .results import Exit, ExitStatus, Result, Stderr, Stdout
 
 __all__ = [
     "amain",
@@ -928,7 +928,7 @@ async def _mcp(args: argparse.Namespace, stderr: BinaryIO) -> int:
         return code
 
     try:  # lazy on purpose: the optional mcp extra, needed by this command only
-        from client import mcpserver, mcptools
+        from . import mcpserver, mcptools
     except ModuleNotFoundError as err:
         if err.name is None or err.name.split(".")[0] not in ("mcp", "mcp_types", "pydantic"):
             raise

@@ -28,11 +28,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from client import examples
-from client.aio import Client
-from client.argtypes import checked
-from client.errors import ScoutError
-from client.fleet import is_pattern
+from . import examples
+from .aio import Client
+from .argtypes import checked
+from .errors import ScoutError
+from .fleet import is_pattern
 
 EXIT_OK = 0
 EXIT_HOST_FAILED = 3

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 if TYPE_CHECKING:
-    from client.results import Result
+    from .results import Result
 
 __all__ = [
     "STARTED_TRAILER",

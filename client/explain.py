@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from client.errors import CommandTimeout, NotAllowed, ScoutError, Unreachable
-from client.exitcodes import MAY_HAVE_RUN, NOTHING_RAN, TIMED_OUT
+from .errors import CommandTimeout, NotAllowed, ScoutError, Unreachable
+from .exitcodes import MAY_HAVE_RUN, NOTHING_RAN, TIMED_OUT
 
 __all__ = ["Context", "SettingError", "explain", "unreadable"]
 

@@ -26,12 +26,13 @@ from typing import IO, TYPE_CHECKING, Any, Self, TypeVar
 
 import grpc
 
-from client.calls import _OwnedCall
-from client.errors import DataLoss, ScoutError, from_host_status, from_rpc_error
 from scout.v1 import exec_pb2
 
+from .calls import _OwnedCall
+from .errors import DataLoss, ScoutError, from_host_status, from_rpc_error
+
 if TYPE_CHECKING:
-    from client.aio import Client
+    from .aio import Client
 
 CHUNK = 1024 * 1024  # bytes per message sent (fewer, larger messages cost less per byte)
 Source = bytes | str | os.PathLike[str] | IO[bytes] | AsyncIterable[bytes] | Iterable[bytes]

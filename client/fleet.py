@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, TypeAlias
 
-from client.errors import ScoutError, from_host_status
-from client.results import Result, from_message, result_from_response
 from scout.v1 import exec_pb2
+
+from .errors import ScoutError, from_host_status
+from .results import Result, from_message, result_from_response
 
 __all__ = [
     "GLOB_CHARACTERS",

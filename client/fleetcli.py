@@ -29,12 +29,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal
 
-from client.aio import Client
-from client.errors import CommandTimeout, ScoutError
-from client.exitcodes import MAY_HAVE_RUN, OUTPUT_CUT, TIMED_OUT
-from client.fanoutstatus import NOT_STARTED, OK, Tally
-from client.fleet import Host, HostOutcome, HostOutput, excluded, host_fields, is_pattern
-from client.results import Result
+from .aio import Client
+from .errors import CommandTimeout, ScoutError
+from .exitcodes import MAY_HAVE_RUN, OUTPUT_CUT, TIMED_OUT
+from .fanoutstatus import NOT_STARTED, OK, Tally
+from .fleet import Host, HostOutcome, HostOutput, excluded, host_fields, is_pattern
+from .results import Result
 
 __all__ = [
     "HOST_COLUMNS",

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path as PathLib
 from typing import Any, Protocol
 
-from client.aio import Client
-from client.errors import ScoutError
-from client.mcptools import ToolFailure, cut, failure_from, invalid, run_with_progress
-from client.results import Result
+from .aio import Client
+from .errors import ScoutError
+from .mcptools import ToolFailure, cut, failure_from, invalid, run_with_progress
+from .results import Result
 
 __all__ = [
     "FileAccess",

@@ -24,10 +24,10 @@ from mcp.server.mcpserver.exceptions import ResourceError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 
-from client import mcpfiles, mcptools
-from client.aio import Client
-from client.mcpfiles import FileAccess
-from client.mcptools import Progress, Settings, ToolFailure
+from . import mcpfiles, mcptools
+from .aio import Client
+from .mcpfiles import FileAccess
+from .mcptools import Progress, Settings, ToolFailure
 
 __all__ = ["build_server", "check_http_listen", "serve"]
 

@@ -24,10 +24,10 @@ from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import Any
 
-from client.aio import Client
-from client.errors import ScoutError
-from client.fleet import HostOutput, host_fields
-from client.results import Result
+from .aio import Client
+from .errors import ScoutError
+from .fleet import HostOutput, host_fields
+from .results import Result
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT",

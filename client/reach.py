@@ -28,7 +28,7 @@ import asyncio
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client.errors import Unreachable
+from .errors import Unreachable
 
 __all__ = ["CAUSES", "cause_of", "ensure_ready"]
 

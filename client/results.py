@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from google.protobuf.duration_pb2 import Duration
 
-from client.errors import CommandFailed
 from scout.v1 import exec_pb2
+
+from .errors import CommandFailed
 
 __all__ = [
     "Event",

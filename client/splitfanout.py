@@ -38,17 +38,18 @@ from collections.abc import Iterator
 
 import grpc
 
-from client.calls import ExecuteManyCall, StreamCall, _exec_stub
-from client.errors import (
+from scout.v1 import exec_pb2
+
+from .calls import ExecuteManyCall, StreamCall, _exec_stub
+from .errors import (
     HostNotFound,
     InvalidRequest,
     ScoutError,
     from_host_status,
     from_rpc_error,
 )
-from client.fleet import HostEvent, HostOutput, excluded, is_exclusion, is_pattern
-from client.results import Event, Exit, Result, Stdout, result_from_response
-from scout.v1 import exec_pb2
+from .fleet import HostEvent, HostOutput, excluded, is_exclusion, is_pattern
+from .results import Event, Exit, Result, Stdout, result_from_response
 
 __all__ = ["DEFAULT_PARALLEL", "SplitExecuteManyCall"]
 

@@ -24,10 +24,10 @@ import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, Concatenate, ParamSpec, Self, TypedDict, TypeVar, Unpack
 
-from client.aio import DEFAULT_TARGET, Client, ExecuteManyCall
-from client.credentials import TLS
-from client.files import DownloadCall, FileInfo, HostUpload, Source
-from client.fleet import HostOutcome, HostOutput
+from .aio import DEFAULT_TARGET, Client, ExecuteManyCall
+from .credentials import TLS
+from .files import DownloadCall, FileInfo, HostUpload, Source
+from .fleet import HostOutcome, HostOutput
 
 __all__ = ["SyncClient"]
 

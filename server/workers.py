@@ -8,7 +8,7 @@
   spreads incoming connections over the workers' listening sockets, and the bound socket
   keeps the port reserved while a worker restarts. Port 0 becomes the port the kernel
   picked, which every worker is given.
-- Each worker is `python -m server --worker-fd FD`, a fresh interpreter. Not
+- Each worker is `python -m scout.server --worker-fd FD`, a fresh interpreter. Not
   multiprocessing: its spawn re-imports the main module in each child, and
   `server/__main__.py` runs the server when imported; and a plain command line is what
   `ps` shows. Over a socketpair (FD) the worker receives its start (its index, and the
@@ -66,7 +66,10 @@ RESTART_LIMIT = 5  # restarts allowed within RESTART_WINDOW seconds; one more st
 RESTART_WINDOW = 60.0
 SCRAPE_TIMEOUT = 2.0  # seconds a worker has to hand over its metrics for one scrape
 _LENGTH = struct.Struct("!Q")  # the start message's length, before it
-PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)  # where `server` is imported from
+# The folder this package was imported from, and its name: `scout.server` when installed,
+# `server` in the repository (`python -m server`); workers start the same way.
+PACKAGE = __package__ or "server"
+PACKAGE_ROOT = str(Path(__file__).absolute().parents[PACKAGE.count(".") + 1])
 
 
 @dataclass(frozen=True)
@@ -307,7 +310,8 @@ class Worker:
 
 
 async def spawn(start: WorkerStart, log_level: str, log_format: str) -> Worker:
-    """Start `python -m server --worker-fd FD` and write its start on the socketpair.
+    """Start `python -m scout.server --worker-fd FD` (or `server`, as this process was
+    imported) and write its start on the socketpair.
 
     `-P` keeps the working folder off its module path (a folder named `server` there
     must not be imported); PYTHONPATH names the folder this process imported from.
@@ -319,7 +323,7 @@ async def spawn(start: WorkerStart, log_level: str, log_format: str) -> Worker:
             sys.executable,
             "-P",
             "-m",
-            "server",
+            PACKAGE,
             "--worker-fd",
             str(theirs.fileno()),
             "--log-level",

@@ -480,8 +480,20 @@ def test_a_fresh_install_gives_working_scout_server_and_scout(recipe: str, tmp_p
     def command(*argv: str | Path) -> subprocess.CompletedProcess[str]:
         return run(list(argv), cwd=tmp_path, env=env)  # not ROOT: nothing imported from here
 
-    done = command(bin_ / "python", "-c", "import client, scout.v1, server; print(server.__file__)")
-    assert done.stdout.startswith(str(venv)), done.stdout + done.stderr
+    # Installed as scout.*: an application's own `client` and `server` modules (here, beside
+    # the program that imports them) stay its own.
+    (tmp_path / "client.py").write_text("MINE = 'client'\n")
+    (tmp_path / "server.py").write_text("MINE = 'server'\n")
+    both = (
+        "import client, server, scout.client, scout.server.main, scout.v1; "
+        "print(client.MINE, server.MINE, scout.client.__file__)"
+    )
+    done = command(bin_ / "python", "-c", both)
+    mine, theirs, where = done.stdout.split()
+    assert (mine, theirs) == ("client", "server"), done.stderr
+    assert where.startswith(str(venv)), done.stdout + done.stderr
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    assert not (site / "client").exists() and not (site / "server").exists()
     done = command(bin_ / "scout-server", "--help")
     assert done.returncode == 0 and "--config" in done.stdout
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]

@@ -166,7 +166,9 @@ def test_an_optional_extra_is_imported_only_by_the_command_that_needs_it() -> No
     for path in [*(ROOT / "client").glob("*.py"), *(ROOT / "server").glob("*.py")]:
         tree = ast.parse(path.read_text())
         for node in tree.body:  # module level only
-            if not isinstance(node, ast.ImportFrom) or node.module is None:
+            if not isinstance(node, ast.ImportFrom):
                 continue
-            names = {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+            package = path.parent.name if node.level == 1 else ""  # `from . import x`
+            module = ".".join(filter(None, (package, node.module)))
+            names = {module, *(f"{module}.{a.name}" for a in node.names)}
             assert "client.mcpserver" not in names, f"{path.name} imports it at module level"
