@@ -43,6 +43,7 @@ __all__ = [
     "parse_target",
     "read_file",
     "read_files",
+    "read_one",
     "tree",
 ]
 
@@ -458,6 +459,15 @@ async def read_file(
         "truncated": got.truncated,
         **_content(got.data),
     }
+
+
+async def read_one(
+    files: FileAccess, host: str | None, path: str | None, offset: int, max_bytes: int
+) -> dict[str, Any]:
+    """read_file's single form: both host and path are needed (or targets instead)."""
+    if not host or not path:
+        raise invalid("give host and path, or targets (HOST:/path, one file each)")
+    return await read_file(files, host, path, offset, max_bytes)
 
 
 async def read_files(files: FileAccess, targets: Sequence[str], max_bytes: int) -> dict[str, Any]:

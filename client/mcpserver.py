@@ -207,30 +207,26 @@ def build_server(client: Client, settings: Settings, files: FileAccess | None = 
     @server.tool(annotations=READ_ONLY)
     async def read_file(
         *,
-        host: Host,
-        path: RemotePath,
-        offset: Annotated[int, Field(description="byte to start at", ge=0)] = 0,
-        max_bytes: Annotated[
-            int | None,
-            Field(description="bytes to read at most (default: --max-output, 64 KiB)", ge=1),
+        host: Annotated[str | None, Field(description="inventory host name")] = None,
+        path: Annotated[str | None, Field(description="absolute path on the host")] = None,
+        targets: Annotated[
+            list[str] | None,
+            Field(description="instead of host and path: HOST:/path targets, one file each"),
         ] = None,
-    ) -> CallToolResult:
-        """Read a file (or a range of it): content as UTF-8 text, or base64 for binary
-        (see encoding); truncated says the file goes on past what was read."""
-        return await _answer(mcpfiles.read_file(fs, host, path, offset, max_bytes or limit))
-
-    @server.tool(annotations=READ_ONLY)
-    async def read_files(
-        *,
-        targets: Annotated[list[str], Field(description="HOST:/path targets, one file each")],
+        offset: Annotated[int, Field(description="byte to start at", ge=0)] = 0,
         max_bytes: Annotated[
             int | None,
             Field(description="bytes per file at most (default: --max-output, 64 KiB)", ge=1),
         ] = None,
     ) -> CallToolResult:
-        """Read one file on each of several targets (HOST:/path): a result per target
-        (content, or its error) and how many succeeded."""
-        return await _answer(mcpfiles.read_files(fs, targets, max_bytes or limit))
+        """Read a file (or a range of it): content as UTF-8 text, or base64 for binary
+        (see encoding); truncated says the file goes on past what was read. With targets
+        (HOST:/path, several), one file on each: a result per target and how many
+        succeeded."""
+        cap = max_bytes or limit
+        if targets is not None:
+            return await _answer(mcpfiles.read_files(fs, targets, cap))
+        return await _answer(mcpfiles.read_one(fs, host, path, offset, cap))
 
     @server.tool(annotations=WRITES)
     async def write_file(

@@ -25,6 +25,7 @@ from mcp import Client as MCPClient
 from client import Client
 from client.mcpfiles import draw_tree, parse_ls
 from client.mcptools import Settings, plain_argv, run_on_hosts
+from testkit.ports import free_port
 from testkit.processes import gone, marker, sleeping, stop
 
 from .mcprig import (
@@ -47,7 +48,6 @@ TOOLS = {
     "run_command",
     "run_on_hosts",
     "read_file",
-    "read_files",
     "write_file",
     "list_directory",
     "find_files",
@@ -248,7 +248,7 @@ async def test_file_tools_and_resources(rig: Rig, files: Path) -> None:
         r = await mcp.call_tool("read_file", {"host": "local", "path": str(root / "none")})
         assert error_text(r).startswith("NOT_FOUND: ")
 
-        r = await mcp.call_tool("read_files", {"targets": [f"web1:{path}", f"web2:{path}x"]})
+        r = await mcp.call_tool("read_file", {"targets": [f"web1:{path}", f"web2:{path}x"]})
         assert (fields(r)["targets"], fields(r)["succeeded"]) == (2, 1)
 
         r = await mcp.call_tool("diff_files", {"a": f"web1:{path}", "b": f"web2:{path}"})
@@ -450,6 +450,8 @@ async def test_bad_input_is_a_clear_tool_error_and_scout_mcp_serves_on(rig: Rig)
         assert error_text(r).startswith("INVALID_ARGUMENT: command is 10000000 bytes")
         r = await mcp.call_tool("run_on_hosts", {"command": "true"})
         assert "give `hosts`" in error_text(r)
+        r = await mcp.call_tool("read_file", {"host": "local"})
+        assert "give host and path, or targets" in error_text(r)
         r = await mcp.call_tool("diff_files", {"a": "local:/etc/hostname"})
         assert "exactly one of `b`" in error_text(r)
         bad = {"host": "local", "path": "/tmp/x", "content": "%", "encoding": "base64"}
@@ -462,12 +464,6 @@ async def test_bad_input_is_a_clear_tool_error_and_scout_mcp_serves_on(rig: Rig)
 
 
 # ---- streamable HTTP -------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
