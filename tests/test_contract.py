@@ -45,4 +45,15 @@ def test_contract_names() -> None:
     start = exec_pb2.StreamRequest.DESCRIPTOR.fields_by_name["start"]
     assert start.message_type is exec_pb2.ExecuteRequest.DESCRIPTOR
     events = exec_pb2.StreamResponse.DESCRIPTOR.oneofs_by_name["event"]
-    assert [f.name for f in events.fields] == ["stdout", "stderr", "exit"]
+    assert [f.name for f in events.fields][:3] == ["stdout", "stderr", "exit"]
+    assert "lost" in [f.name for f in events.fields]  # issue 21: re-attachable streams
+    for name in ("idempotency_key", "detach_grace"):
+        assert name in request
+    attach = exec_pb2.StreamRequest.DESCRIPTOR.fields_by_name["attach"].message_type
+    assert [f.name for f in attach.fields] == [
+        "idempotency_key",
+        "host",
+        "stdout_offset",
+        "stderr_offset",
+    ]
+    assert "offset" in exec_pb2.StreamResponse.DESCRIPTOR.fields_by_name

@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ExecuteRequest(_message.Message):
-    __slots__ = ("host", "command", "stdin", "env", "timeout", "max_output_bytes", "text", "working_dir", "pty", "terminal_size", "close_stdin", "argv")
+    __slots__ = ("host", "command", "stdin", "env", "timeout", "max_output_bytes", "text", "working_dir", "pty", "terminal_size", "close_stdin", "argv", "idempotency_key", "detach_grace")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,8 @@ class ExecuteRequest(_message.Message):
     TERMINAL_SIZE_FIELD_NUMBER: _ClassVar[int]
     CLOSE_STDIN_FIELD_NUMBER: _ClassVar[int]
     ARGV_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    DETACH_GRACE_FIELD_NUMBER: _ClassVar[int]
     host: str
     command: str
     stdin: bytes
@@ -44,7 +46,9 @@ class ExecuteRequest(_message.Message):
     terminal_size: TerminalSize
     close_stdin: bool
     argv: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, host: _Optional[str] = ..., command: _Optional[str] = ..., stdin: _Optional[bytes] = ..., env: _Optional[_Mapping[str, str]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_output_bytes: _Optional[int] = ..., text: _Optional[bool] = ..., working_dir: _Optional[str] = ..., pty: _Optional[bool] = ..., terminal_size: _Optional[_Union[TerminalSize, _Mapping]] = ..., close_stdin: _Optional[bool] = ..., argv: _Optional[_Iterable[str]] = ...) -> None: ...
+    idempotency_key: str
+    detach_grace: _duration_pb2.Duration
+    def __init__(self, host: _Optional[str] = ..., command: _Optional[str] = ..., stdin: _Optional[bytes] = ..., env: _Optional[_Mapping[str, str]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_output_bytes: _Optional[int] = ..., text: _Optional[bool] = ..., working_dir: _Optional[str] = ..., pty: _Optional[bool] = ..., terminal_size: _Optional[_Union[TerminalSize, _Mapping]] = ..., close_stdin: _Optional[bool] = ..., argv: _Optional[_Iterable[str]] = ..., idempotency_key: _Optional[str] = ..., detach_grace: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class ExecuteResponse(_message.Message):
     __slots__ = ("stdout", "stderr", "exit_code", "signal", "core_dumped", "stdout_truncated", "stderr_truncated", "stdout_bytes", "stderr_bytes", "stdout_text", "stderr_text", "duration")
@@ -75,30 +79,56 @@ class ExecuteResponse(_message.Message):
     def __init__(self, stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ..., exit_code: _Optional[int] = ..., signal: _Optional[str] = ..., core_dumped: _Optional[bool] = ..., stdout_truncated: _Optional[bool] = ..., stderr_truncated: _Optional[bool] = ..., stdout_bytes: _Optional[int] = ..., stderr_bytes: _Optional[int] = ..., stdout_text: _Optional[str] = ..., stderr_text: _Optional[str] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class StreamRequest(_message.Message):
-    __slots__ = ("start", "stdin", "signal", "resize", "close_stdin")
+    __slots__ = ("start", "stdin", "signal", "resize", "close_stdin", "attach")
     START_FIELD_NUMBER: _ClassVar[int]
     STDIN_FIELD_NUMBER: _ClassVar[int]
     SIGNAL_FIELD_NUMBER: _ClassVar[int]
     RESIZE_FIELD_NUMBER: _ClassVar[int]
     CLOSE_STDIN_FIELD_NUMBER: _ClassVar[int]
+    ATTACH_FIELD_NUMBER: _ClassVar[int]
     start: ExecuteRequest
     stdin: bytes
     signal: str
     resize: TerminalSize
     close_stdin: bool
-    def __init__(self, start: _Optional[_Union[ExecuteRequest, _Mapping]] = ..., stdin: _Optional[bytes] = ..., signal: _Optional[str] = ..., resize: _Optional[_Union[TerminalSize, _Mapping]] = ..., close_stdin: _Optional[bool] = ...) -> None: ...
+    attach: Attach
+    def __init__(self, start: _Optional[_Union[ExecuteRequest, _Mapping]] = ..., stdin: _Optional[bytes] = ..., signal: _Optional[str] = ..., resize: _Optional[_Union[TerminalSize, _Mapping]] = ..., close_stdin: _Optional[bool] = ..., attach: _Optional[_Union[Attach, _Mapping]] = ...) -> None: ...
+
+class Attach(_message.Message):
+    __slots__ = ("idempotency_key", "host", "stdout_offset", "stderr_offset")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    STDOUT_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    STDERR_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    host: str
+    stdout_offset: int
+    stderr_offset: int
+    def __init__(self, idempotency_key: _Optional[str] = ..., host: _Optional[str] = ..., stdout_offset: _Optional[int] = ..., stderr_offset: _Optional[int] = ...) -> None: ...
+
+class Lost(_message.Message):
+    __slots__ = ("stream", "bytes")
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    stream: str
+    bytes: int
+    def __init__(self, stream: _Optional[str] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class StreamResponse(_message.Message):
-    __slots__ = ("stdout", "stderr", "exit", "text")
+    __slots__ = ("stdout", "stderr", "exit", "lost", "text", "offset")
     STDOUT_FIELD_NUMBER: _ClassVar[int]
     STDERR_FIELD_NUMBER: _ClassVar[int]
     EXIT_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
     stdout: bytes
     stderr: bytes
     exit: ExitStatus
+    lost: Lost
     text: str
-    def __init__(self, stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ..., exit: _Optional[_Union[ExitStatus, _Mapping]] = ..., text: _Optional[str] = ...) -> None: ...
+    offset: int
+    def __init__(self, stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ..., exit: _Optional[_Union[ExitStatus, _Mapping]] = ..., lost: _Optional[_Union[Lost, _Mapping]] = ..., text: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class ExitStatus(_message.Message):
     __slots__ = ("exit_code", "signal", "core_dumped", "stdout_bytes", "stderr_bytes", "stdout_truncated", "stderr_truncated", "duration")
