@@ -15,7 +15,12 @@
     ├── FileRefused                 files: the remote user may not, or the directory is missing
     ├── FileExists                  files: create_only, and the file is there
     ├── TransferMismatch            files: the bytes differ from the size or digest announced
-    └── FileChanged                 files: the file moved while it was read
+    ├── FileChanged                 files: the file moved while it was read
+    ├── KeyConflict                 durable: the key names a different request
+    ├── KeyNotFound                 durable: attach to a key this caller never used
+    ├── OutcomeUnknown              durable: the key's run started, its outcome is lost
+    ├── StoreUnavailable            durable: the outcome store cannot be written: nothing runs
+    └── DurableLimit                durable: a bound of [durable] is reached: nothing runs
 
     ChannelTrouble                  the pool's business, never shown to a caller as such
     ├── ChannelRefused              the server refused a channel on a live connection: full
@@ -122,6 +127,30 @@ class TransferMismatch(ScoutError):
 
 class FileChanged(ScoutError):
     """The file's size or mtime moved while it was read: what was sent may be mixed."""
+
+
+class KeyConflict(ScoutError):
+    """An idempotency key already names a different request of this caller."""
+
+
+class KeyNotFound(ScoutError):
+    """An attach names a key this caller has no command under (another caller's key
+    reads the same: its existence is not shown)."""
+
+
+class OutcomeUnknown(ScoutError):
+    """The key's command was started and its outcome was never recorded (the process
+    that ran it died, or a shutdown stopped it): it is never run again under that key."""
+
+    started = True
+
+
+class StoreUnavailable(ScoutError):
+    """The outcome store cannot be read or written, so a keyed command does not run."""
+
+
+class DurableLimit(ScoutError):
+    """A bound of `[durable]` (records, detached commands) is reached; nothing ran."""
 
 
 class ChannelTrouble(Exception):

@@ -43,6 +43,7 @@ from .errors import (
     AuditUnavailable,
     CommandAborted,
     CommandTimeout,
+    DurableLimit,
     FileChanged,
     FileExists,
     FileMissing,
@@ -51,9 +52,13 @@ from .errors import (
     HostRejected,
     HostUnavailable,
     InvalidRequest,
+    KeyConflict,
+    KeyNotFound,
+    OutcomeUnknown,
     PermissionDenied,
     PoolExhausted,
     ScoutError,
+    StoreUnavailable,
     TransferMismatch,
     Unauthenticated,
 )
@@ -80,6 +85,11 @@ _STATUS: dict[type[ScoutError], grpc.StatusCode] = {
     FileExists: grpc.StatusCode.ALREADY_EXISTS,
     TransferMismatch: grpc.StatusCode.DATA_LOSS,
     FileChanged: grpc.StatusCode.ABORTED,
+    KeyConflict: grpc.StatusCode.ALREADY_EXISTS,
+    KeyNotFound: grpc.StatusCode.NOT_FOUND,
+    OutcomeUnknown: grpc.StatusCode.ABORTED,
+    StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+    DurableLimit: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
