@@ -121,6 +121,7 @@ class StreamCall(_OwnedCall[exec_pb2.ExecuteRequest]):
         self._pending: collections.deque[Event] = collections.deque()
         self._outage: tuple[Iterator[float], float | None] | None = None  # backoff state
         self._stopping = False  # cancel() was called: no reconnect
+        self._by_offset = False  # this call's chunks are placed by their offsets
         self._replayed = False
         self.reconnects = 0  # calls made again after a dropped connection
 
@@ -201,6 +202,7 @@ class StreamCall(_OwnedCall[exec_pb2.ExecuteRequest]):
         self._call = stub.Stream(timeout=self._deadline, metadata=self._metadata)
         self._write_failed = self._start_lost = False
         first = self._first_message()
+        self._by_offset = first.HasField("attach")
         try:
             await self._send(first)
         except BaseException:
@@ -328,9 +330,9 @@ class StreamCall(_OwnedCall[exec_pb2.ExecuteRequest]):
             return [event]
         name = "stdout" if isinstance(event, Stdout) else "stderr"
         have = self._offsets[name]
-        start = event.offset
-        if not self._request.idempotency_key or (start == 0 and have > 0):
-            start = have  # no offsets (a server without keys): the order is the offset
+        # A call that began with `start` has read nothing before it: its order is the
+        # offset (and a server without keys sends none). An attach resumes by offset.
+        start = event.offset if self._by_offset else have
         end = start + len(event.data)
         if end <= have:
             return []  # all of it was read before the connection dropped
