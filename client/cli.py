@@ -382,7 +382,9 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, _ExecOp
         epilog=f"{exitcodes.help_table()}\n\n{examples.ATTACH}",
     )
     attach.add_argument("host", metavar="HOST", help="the host the command runs on")
-    attach.add_argument("key", metavar="KEY", help="the command's --idempotency-key")
+    attach.add_argument(  # not "key": --key is the client key's option
+        "idempotency_key", type=_key, metavar="KEY", help="the command's --idempotency-key"
+    )
     attach.add_argument(
         "--stdout-offset",
         type=_offset,
@@ -867,7 +869,10 @@ async def run_attach(
 ) -> int:
     """Join a keyed command: its kept output, then live; our exit is its exit code."""
     async with client.attach(
-        args.host, args.key, stdout_offset=args.stdout_offset, stderr_offset=args.stderr_offset
+        args.host,
+        args.idempotency_key,
+        stdout_offset=args.stdout_offset,
+        stderr_offset=args.stderr_offset,
     ) as call:
         status = await _print_events(call, None, stdout, stderr)
     if status is not None and call.replayed:
