@@ -81,8 +81,8 @@ class StreamCall(_OwnedCall[exec_pb2.ExecuteRequest]):
     byte offsets of what was read so far once the command had started, else with the
     same `start` (same key: it cannot run twice). The events read never repeat a byte
     nor skip one without a `Lost` event: overlap is dropped by the chunks' offsets.
-    Input written while the connection was down is lost (as on a broken pipe); EOF
-    (close_stdin) already sent is sent again after a re-attach.
+    Input written while the connection was down is lost (as on a broken pipe); an EOF
+    sent by close_stdin() is sent again after a re-attach.
     """
 
     def __init__(
@@ -210,8 +210,9 @@ class StreamCall(_OwnedCall[exec_pb2.ExecuteRequest]):
             raise
         if self._start_lost:
             raise await self._lost_start_reason()
-        if first.HasField("attach") and self._stdin_closed and self._responded:
-            # EOF may have been lost with the old connection; a second one is harmless.
+        if first.HasField("attach") and self._stdin_closed and not self._request.close_stdin:
+            # close_stdin() was a message of its own, which may have been lost with the old
+            # connection (EOF in the start message was not: the command started with it).
             await self._send(exec_pb2.StreamRequest(close_stdin=True))
 
     async def _lost_start_reason(self) -> ScoutError:
