@@ -240,10 +240,18 @@ class StreamCall(_OwnedCall[exec_pb2.ExecuteRequest]):
     async def started(self) -> None:
         """Wait until the server has started the command (its response headers came), or
         raise its refusal: a caller can then decide what to send before any stdin is read."""
-        call = self._running()
-        await call.initial_metadata()
-        if call.done():
-            await self._raise_final_status(call)
+        while True:
+            call = self._running()
+            await call.initial_metadata()
+            if not call.done():
+                return
+            try:
+                await self._raise_final_status(call)
+            except ScoutError as err:
+                if await self._reconnected(err):
+                    continue  # a keyed call whose connection dropped: made again
+                raise
+            return
 
     async def write(self, data: bytes) -> None:
         """Send bytes to the command's stdin, waiting while gRPC flow control says so."""
