@@ -27,7 +27,8 @@ run under this key started, and the process running it died before recording how
 ended) is final: the server never runs that key again, so a retry would only get the
 same ABORTED back. The caller must find out on the host what happened. The same holds
 for a recorded failure (an error outcome comes back replayed). DEADLINE_EXCEEDED is the
-caller's own bound and is not retried either; nor is our own cancel().
+caller's own bound and is not retried either; nor is our own cancel(), nor anything
+marked `x-scout-replayed` (a recorded outcome, whatever its code).
 """
 
 from __future__ import annotations
@@ -138,6 +139,8 @@ class RetryPolicy:
 
 def retryable(err: ScoutError) -> bool:
     """Whether a keyed call that failed with err may be sent again with the same key."""
+    if err.replayed:
+        return False  # a recorded outcome: the same answer every time
     if isinstance(err, Unreachable) or err.code == "UNAVAILABLE":
         return True
     if err.code in ("CANCELLED", "ABORTED"):
