@@ -170,6 +170,10 @@ def error(code: grpc.StatusCode, trailers: tuple[tuple[str, str], ...] = ()) -> 
     return from_rpc_error(rpc, "web1")
 
 
+def test_a_recorded_outcome_is_final_whatever_its_code() -> None:
+    assert not retryable(error(grpc.StatusCode.UNAVAILABLE, (*NOTHING_RAN, *REPLAYED)))
+
+
 @pytest.mark.parametrize(
     ("code", "trailers", "again"),
     [
@@ -185,10 +189,6 @@ def error(code: grpc.StatusCode, trailers: tuple[tuple[str, str], ...] = ()) -> 
         (S.RESOURCE_EXHAUSTED, NOTHING_RAN, False),
     ],
 )
-def test_a_recorded_outcome_is_final_whatever_its_code() -> None:
-    assert not retryable(error(grpc.StatusCode.UNAVAILABLE, (*NOTHING_RAN, *REPLAYED)))
-
-
 def test_what_is_retried(
     code: grpc.StatusCode, trailers: tuple[tuple[str, str], ...], again: bool
 ) -> None:
