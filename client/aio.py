@@ -279,8 +279,8 @@ class Client:
         already has; 0: all that the server still keeps), then live, then its Exit.
         Use it as a stream (`async with`, iterate, write, signal). Output the server
         no longer keeps arrives as a `Lost` event, never as a silent gap. KeyNotFound
-        when this caller started no command with that key (on ExecuteMany, the host's
-        key is KEY/HOST). With a RetryPolicy, a dropped connection re-attaches.
+        when this caller started no command with that key on that host. With a
+        RetryPolicy, a dropped connection re-attaches.
         """
         if not idempotency_key:
             raise ValueError("attach needs the idempotency_key the command was started with")

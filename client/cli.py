@@ -375,9 +375,9 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, _ExecOp
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Prints the output the server kept of the command this caller started on HOST\n"
-            "with KEY (many hosts: the key is KEY/HOST), then its live output, and exits with\n"
-            "its exit code as scout exec does. The first Ctrl-C sends INT to the command; a\n"
-            "second one leaves (a command with --detach-grace keeps running)."
+            "with KEY, then its live output, and exits with its exit code as scout exec does.\n"
+            "The first Ctrl-C sends INT to the command; a second one leaves (a command\n"
+            "started with --detach-grace keeps running)."
         ),
         epilog=f"{exitcodes.help_table()}\n\n{examples.ATTACH}",
     )

@@ -16,8 +16,19 @@ from pathlib import Path
 
 import pytest
 
-from client import Aborted, AlreadyExists, Client, Exit, RetryPolicy, Stdout
+from client import (
+    Aborted,
+    AlreadyExists,
+    Client,
+    ExecuteManyCall,
+    Exit,
+    Lost,
+    Result,
+    RetryPolicy,
+    Stdout,
+)
 from client.cli import amain
+from client.fleet import HostEvent
 from testkit.cutproxy import CutProxy
 from testkit.processes import eventually
 from testkit.scripted import ScriptedServer
@@ -103,6 +114,37 @@ async def test_same_key_another_command_is_already_exists(
     assert execs(shell_server) == before
 
 
+async def test_a_fan_out_cut_mid_command_reports_each_host_once(
+    tmp_path: Path, shell_server: ScriptedServer
+) -> None:
+    hosts = {name: shell_server.host_config(name) for name in ("web1", "web2")}
+    durable = {"store": f"sqlite:{tmp_path / 'durable.db'}"}
+    async with running_scout(config(hosts, durable=durable)) as s:
+        host, port = s.target.rsplit(":", 1)
+        cut = await CutProxy((host, int(port)), cut_after=NEVER_CUT).start()
+        before = execs(shell_server)
+        try:
+            async with Client(f"127.0.0.1:{cut.port}", retry=QUICK) as client:
+                call = client.execute_many(
+                    ["web1", "web2"], "sleep 1; echo ran", idempotency_key="fan-1", timeout=20
+                )
+                running = asyncio.ensure_future(collect(call))
+                assert await eventually(lambda: execs(shell_server) == before + 2, within=10)
+                cut.abort()
+                events = await running
+        finally:
+            await cut.close()
+    assert sorted(e.host for e in events) == ["web1", "web2"]  # each once
+    assert all(isinstance(e, Result) and e.stdout == b"ran\n" for e in events), events
+    assert call.retries >= 1
+    assert execs(shell_server) == before + 2
+
+
+async def collect(call: ExecuteManyCall) -> list[HostEvent]:
+    async with call:
+        return [event async for event in call]
+
+
 # ---- Stream -------------------------------------------------------------------------
 
 COUNT = 'for i in $(seq 1 60); do echo "line $i of a numbered output"; sleep 0.03; done'
@@ -145,7 +187,34 @@ async def test_attach_from_the_python_client_replays_then_goes_live(
     assert call.exit_status is not None and call.exit_status.exit_code == 0
 
 
-# ---- the CLI ------------------------------------------------------------------------
+async def test_output_older_than_the_replay_buffer_is_a_lost_event(
+    tmp_path: Path, shell_server: ScriptedServer
+) -> None:
+    """Attached after 3000 bytes with a 1000-byte buffer: Lost says how much is gone, then
+    the kept bytes and the live rest follow, byte for byte from there."""
+    hosts = {"local": shell_server.host_config("local")}
+    durable = {"store": f"sqlite:{tmp_path / 'durable.db'}", "replay_buffer_bytes": 1000}
+    hundred = "printf %0100d 0 | tr 0 a"  # 100 bytes, written as one chunk
+    line = f"printf start; sleep 0.3; for i in $(seq 30); do {hundred}; sleep 0.02; done; "
+    line += "sleep 1; printf done"
+    async with (
+        running_scout(config(hosts, durable=durable)) as s,
+        Client(s.target) as client,
+    ):
+        async with client.stream(
+            "local", line, close_stdin=True, idempotency_key="k-lost-bytes", detach_grace=30
+        ) as first:
+            async for event in first:
+                assert event == Stdout(b"start")
+                break  # leave with 5 bytes; the command goes on without us
+        await asyncio.sleep(1.5)  # the 3000 bytes written meanwhile; about 1000 kept
+        async with client.attach("local", "k-lost-bytes", stdout_offset=5) as call:
+            events = [event async for event in call]
+    (lost,) = [e for e in events if isinstance(e, Lost)]
+    assert lost.stream == "stdout" and 2000 <= lost.bytes < 3000, events
+    rest = b"".join(e.data for e in events if isinstance(e, Stdout))
+    assert rest == b"a" * (3000 - lost.bytes) + b"done"  # from the oldest kept byte on
+    assert call.offsets == (3009, 0)
 
 
 async def cli(*argv: str) -> tuple[int, bytes, bytes]:
