@@ -267,6 +267,11 @@ async def test_outcome_unknown_is_not_retried(tmp_path: Path, shell_server: Scri
     ):
         with pytest.raises(Aborted) as info:
             await client.execute("local", line, idempotency_key="k-lost", detach_grace=60)
+        code, out, err = await cli(
+            "exec", "local", "--target", s.target, "--idempotency-key", "k-lost", "--", line
+        )
     assert info.value.may_have_run and info.value.decided_by_scout
     assert "outcome is unknown" in str(info.value)
+    assert (code, out) == (255, b"")  # scout lost track of it: it may have run
+    assert b"outcome is unknown" in err and err.endswith(b"(the command may have run)\n")
     assert execs(shell_server) == before + 1
