@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from signal import Signals
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
@@ -21,7 +22,7 @@ from scout.v1 import exec_pb2, exec_pb2_grpc
 
 from .errors import KeyNotFound, ScoutError, from_rpc_error, is_replayed
 from .fleet import HostEvent, HostOutput, host_event_from_response
-from .results import Event, Exit, ExitStatus, Lost, Stderr, Stdout, event_from_response
+from .results import Event, Exit, ExitStatus, Lost, Result, Stderr, Stdout, event_from_response
 from .retry import RetryPolicy, next_wait, with_retries
 
 if TYPE_CHECKING:
@@ -476,7 +477,9 @@ class ExecuteManyCall(_OwnedCall[exec_pb2.ExecuteManyRequest], AsyncIterator[Hos
     client/retry.py says may be retried is sent again, the same request with the same
     key (each host's KEY/HOST runs at most once): hosts whose outcome was already
     read are not reported again, and a host's streamed output (stream_output) is not
-    repeated: its first bytes, read before, are dropped.
+    repeated: its first bytes, read before, are dropped. With stream_output, a host's
+    Result holds only the output its HostOutput chunks did not (a keyed host's answer
+    may carry it all), so every byte is read once.
     """
 
     def __init__(
@@ -564,7 +567,26 @@ class ExecuteManyCall(_OwnedCall[exec_pb2.ExecuteManyRequest], AsyncIterator[Hos
                 continue  # read before the call was made again
             else:
                 self._reported.add(event.host)
+                if isinstance(event, Result):
+                    event = self._rest_of(event)
             return event
+
+    def _rest_of(self, result: Result) -> Result:
+        """A host's Result without the output its HostOutput chunks already gave (a
+        keyed host's answer carries all of it: the recorded outcome, after a retry)."""
+        if not self._request.stream_output:
+            return result
+        streamed = {kind: self._output.get((result.host, kind), 0) for kind in ("stdout", "stderr")}
+        if not any(streamed.values()):
+            return result
+        stdout, stderr = result.stdout[streamed["stdout"] :], result.stderr[streamed["stderr"] :]
+        return dataclasses.replace(
+            result,
+            stdout=stdout,
+            stderr=stderr,
+            stdout_text=stdout.decode(errors="replace") if result.stdout_text else "",
+            stderr_text=stderr.decode(errors="replace") if result.stderr_text else "",
+        )
 
     def _unread(self, event: HostOutput) -> HostOutput | None:
         """The part of a host's output chunk not read before a retry."""

@@ -275,3 +275,18 @@ async def test_outcome_unknown_is_not_retried(tmp_path: Path, shell_server: Scri
     assert (code, out) == (255, b"")  # scout lost track of it: it may have run
     assert b"outcome is unknown" in err and err.endswith(b"(the command may have run)\n")
     assert execs(shell_server) == before + 1
+
+
+async def test_scout_exec_on_many_hosts_with_a_key_runs_each_host_once(
+    tmp_path: Path, shell_server: ScriptedServer
+) -> None:
+    hosts = {name: shell_server.host_config(name) for name in ("web1", "web2")}
+    durable = {"store": f"sqlite:{tmp_path / 'durable.db'}"}
+    async with running_scout(config(hosts, durable=durable)) as s:
+        before = execs(shell_server)
+        argv = ["exec", "web1", "web2", "--target", s.target, "--idempotency-key", "fan-cli"]
+        first = await cli(*argv, "--", "echo ran at $(date +%s%N)")
+        again = await cli(*argv, "--", "echo ran at $(date +%s%N)")
+    assert first[0] == again[0] == 0
+    assert sorted(first[1].splitlines()) == sorted(again[1].splitlines())  # the same runs
+    assert execs(shell_server) == before + 2
