@@ -91,6 +91,7 @@ class App:
         self.service.stopping = True
         await self.server.stop(grace)
         budget = self.stop_budget()
+        await self.service.durable.close(budget)  # keyed runs: stopped, recorded as such
         await self.service.launcher.wait_stopped(budget)
         await self.pool.close(drain_within=budget)
         self.service.audit.close()
