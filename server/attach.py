@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 from collections.abc import AsyncIterator
+from typing import Any
 
 from scout.v1 import exec_pb2
 
@@ -139,9 +140,7 @@ async def _finish(outcome: Outcome, context: Context, call: CallRecord) -> None:
     await context.write(exit_message(response))
 
 
-def _message(
-    item: Item, decoders: dict[int, codecs.IncrementalDecoder] | None
-) -> exec_pb2.StreamResponse:
+def _message(item: Item, decoders: dict[int, Any] | None) -> exec_pb2.StreamResponse:
     if isinstance(item, Lost):
         lost = exec_pb2.Lost(stream=STREAM_NAMES[item.kind], bytes=item.count)
         return exec_pb2.StreamResponse(lost=lost)

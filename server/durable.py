@@ -35,7 +35,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
@@ -148,6 +148,7 @@ class KeyedRun:
     def __init__(
         self,
         key: KeyId,
+        *,
         digest: str,
         host: HostConfig,
         spec: CommandSpec,
@@ -221,9 +222,9 @@ class Durable:
         host: HostConfig,
         spec: CommandSpec,
         request: exec_pb2.ExecuteRequest,
+        *,
         key: str,
         bounds: Callable[[float], Bounds],
-        *,
         stream: bool,
     ) -> KeyedRun | Outcome:
         """The run to join (a new one started, or one running here), or the recorded
@@ -237,7 +238,16 @@ class Durable:
         digest = fingerprint(host.name, request)
         call.key = key
         for _ in range(3):  # a record that vanishes while watched: its run never started
-            found = await self._begin_once(call, host, spec, ident, digest, grace, bounds, stream)
+            found = await self._begin_once(
+                call,
+                host,
+                spec,
+                ident=ident,
+                digest=digest,
+                grace=grace,
+                bounds=bounds,
+                stream=stream,
+            )
             if found is not None:
                 return found
         raise HostUnavailable(
@@ -250,6 +260,7 @@ class Durable:
         call: CallRecord,
         host: HostConfig,
         spec: CommandSpec,
+        *,
         ident: KeyId,
         digest: str,
         grace: float,
@@ -271,7 +282,7 @@ class Durable:
             )
         cap = min(spec.max_output_bytes or settings.max_outcome_bytes, settings.max_outcome_bytes)
         replay = ReplayLog(spec.max_output_bytes, cap, settings.replay_buffer_bytes)
-        run = KeyedRun(ident, digest, host, spec, replay, grace)
+        run = KeyedRun(ident, digest=digest, host=host, spec=spec, log_=replay, grace=grace)
         run.feeds_stdin = not stream
         self.runs[ident] = run  # before the claim: a second call here waits on this one
         record = Record(ident[0], key, digest, str(self.owner), time.time())
@@ -411,7 +422,7 @@ class Durable:
                 started=started,
             )
         except ScoutError as exc:
-            from .rpc import status_of  # noqa: PLC0415 - rpc imports the servicer's modules
+            from .rpc import status_of
 
             code, message, started = status_of(exc)
             outcome = Outcome(run.spec.host, code=code, message=message, started=started)
@@ -419,7 +430,8 @@ class Durable:
             log.exception("keyed command on %s failed", run.spec.host)
             outcome = Outcome(
                 run.spec.host,
-                code=grpc.StatusCode.INTERNAL, message="internal error (logged on the server)"
+                code=grpc.StatusCode.INTERNAL,
+                message="internal error (logged on the server)",
             )
         finally:
             if not run.started.done():
@@ -430,13 +442,14 @@ class Durable:
     async def _record(self, run: KeyedRun, outcome: Outcome) -> None:
         """Keep the outcome (or forget a key whose command never started), then end."""
         scope, key = run.key
+        failed = ""
         try:
             if outcome.started:
                 await self.store.finish(scope, key, outcome.encode())
             else:
                 await self.store.forget(scope, key)
         except ScoutError as exc:
-            log.error("the outcome of key %s could not be recorded: %s", key, exc.message)
+            failed = exc.message
         except Exception:
             log.exception("the outcome of key %s could not be recorded", key)
         finally:
@@ -446,6 +459,8 @@ class Durable:
                 self.detached -= 1
             self.runs.pop(run.key, None)
             run.done.set_result(outcome)
+        if failed:
+            log.error("the outcome of key %s could not be recorded: %s", key, failed)
 
     # -- liveness ----------------------------------------------------------------------
 
@@ -483,7 +498,7 @@ class Durable:
 
 def recorded_response(info: object, replay: ReplayLog) -> exec_pb2.ExecuteResponse:
     """The outcome to record: exit status, the output kept for it, the whole counts."""
-    from .responses import execute_response  # noqa: PLC0415 - keeps the imports light
+    from .responses import execute_response
 
     out, err = replay.kept.values()
     response = execute_response(info, out, err, text=False)  # type: ignore[arg-type]
@@ -493,9 +508,7 @@ def recorded_response(info: object, replay: ReplayLog) -> exec_pb2.ExecuteRespon
     return response
 
 
-async def _undo_claim(
-    store: Store, claim: asyncio.Future[Record | None], ident: KeyId
-) -> None:
+async def _undo_claim(store: Store, claim: asyncio.Future[Record | None], ident: KeyId) -> None:
     """A claim whose caller went away before the run began: forget it if it landed."""
     with contextlib.suppress(Exception):
         if await claim is None:
@@ -529,7 +542,7 @@ def _store_failed() -> StoreUnavailable:
     return StoreUnavailable("the durable store failed; nothing was run")
 
 
-def _retrieve(future: asyncio.Future[object]) -> None:
+def _retrieve(future: asyncio.Future[Any]) -> None:
     """Mark a future's exception as seen (callers that never came would log it)."""
     if not future.cancelled():
         future.exception()

@@ -71,3 +71,4 @@ class Store(Protocol):
 
     async def close(self) -> None:
         """Release connections and files."""
+

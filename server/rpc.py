@@ -386,7 +386,7 @@ async def _abort(
     trailers = [(STARTED_KEY, str(started).lower()), (logs.REQUEST_ID_KEY, call.request_id)]
     if call.replayed:
         trailers.append((REPLAYED_KEY, "true"))
-    await context.abort(code, message, trailing_metadata=trailers)
+    await context.abort(code, message, trailing_metadata=tuple(trailers))
 
 
 def safe_parser(message: type[Message]) -> Callable[[bytes], Any]:

@@ -18,13 +18,6 @@ import asyncssh
 from scout.v1 import exec_pb2
 
 from . import targets
-from .audit import AuditLog, CallRecord
-from .callers import Gate
-from .command import CommandSpec, RunningCommand
-from .config import CallerConfig, Config, HostConfig
-from .errors import HostNotFound, ScoutError
-from .fanout import FanOut
-from .files import Files
 from .attach import (
     attach_offsets,
     check_attach,
@@ -33,8 +26,15 @@ from .attach import (
     not_found,
     replay_record,
 )
+from .audit import AuditLog, CallRecord
+from .callers import Gate
+from .command import CommandSpec, RunningCommand
+from .config import CallerConfig, Config, HostConfig
 from .durable import Durable, KeyedRun, Owner, check_durable
 from .durablestore import open_store
+from .errors import HostNotFound, ScoutError
+from .fanout import FanOut
+from .files import Files
 from .launch import Bounds, Launcher, bounds_for
 from .live import LiveConfig
 from .outcomes import Outcome
@@ -146,19 +146,19 @@ class ExecService:
         spec: CommandSpec,
         request: exec_pb2.ExecuteRequest,
         key: str,
+        *,
         rpc_remaining: float | None,
         call: CallRecord,
     ) -> exec_pb2.ExecuteResponse:
         """Execute with an idempotency key: the one run of that key, started or joined,
         or its recorded outcome (Execute, and each host of ExecuteMany)."""
+
+        def bounds(grace: float) -> Bounds:
+            remaining = None if grace else rpc_remaining  # a detachable run outlives the call
+            return self.bounds(spec, request, remaining, stream=False)
+
         found = await self.durable.begin(
-            call,
-            host,
-            spec,
-            request,
-            key,
-            lambda grace: self.bounds(spec, request, None if grace else rpc_remaining, stream=False),
-            stream=False,
+            call, host, spec, request, key=key, bounds=bounds, stream=False
         )
         if isinstance(found, Outcome):
             call.replayed = True
@@ -180,7 +180,9 @@ class ExecService:
         remaining = context.time_remaining()
         if request.idempotency_key:
             key = request.idempotency_key
-            return await self.execute_keyed(host, spec, request, key, remaining, call)
+            return await self.execute_keyed(
+                host, spec, request, key, rpc_remaining=remaining, call=call
+            )
         return await self.execute_once(host, spec, request, remaining, call)
 
     @rpc("ListHosts")
@@ -274,7 +276,9 @@ class ExecService:
         host, spec = self.admit(call, start, stream=True)
         remaining = context.time_remaining()
         if start.idempotency_key:
-            await self.stream_keyed(host, spec, start, requests, context, call)
+            await self.stream_keyed(
+                host, spec, start, requests=requests, context=context, call=call
+            )
             return
         bounds = self.bounds(spec, start, remaining, stream=True)
         await run_stream(
@@ -289,32 +293,26 @@ class ExecService:
             limits=limits,
         )
 
-
-async def _feed_and_wait(command: RunningCommand) -> None:
-    """Execute: write stdin, send EOF, wait for the channel to close."""
-    await command.write(command.spec.stdin)
-    command.close_stdin()
-    await command.wait_closed()
-
     async def stream_keyed(
         self,
         host: HostConfig,
         spec: CommandSpec,
         start: exec_pb2.ExecuteRequest,
+        *,
         requests: AsyncIterator[exec_pb2.StreamRequest],
         context: Context,
         call: CallRecord,
     ) -> None:
         """Stream with an idempotency key: start the run (or join it), read it from 0."""
-        remaining = context.time_remaining()
+        rpc_remaining = context.time_remaining()
+
+        def bounds(grace: float) -> Bounds:
+            remaining = None if grace else rpc_remaining  # a detachable run outlives the call
+            return self.bounds(spec, start, remaining, stream=True)
+
+        key = start.idempotency_key
         found = await self.durable.begin(
-            call,
-            host,
-            spec,
-            start,
-            start.idempotency_key,
-            lambda grace: self.bounds(spec, start, None if grace else remaining, stream=True),
-            stream=True,
+            call, host, spec, start, key=key, bounds=bounds, stream=True
         )
         offsets = {STDOUT: 0, STDERR: 0}
         if isinstance(found, Outcome):
@@ -380,3 +378,10 @@ async def _feed_and_wait(command: RunningCommand) -> None:
         if owner == str(self.durable.owner) or not await self.durable.store.alive(owner):
             raise self.durable.unknown(key, found)
         raise elsewhere(key)
+
+
+async def _feed_and_wait(command: RunningCommand) -> None:
+    """Execute: write stdin, send EOF, wait for the channel to close."""
+    await command.write(command.spec.stdin)
+    command.close_stdin()
+    await command.wait_closed()
