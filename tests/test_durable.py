@@ -7,6 +7,7 @@ Every test counts what reached the far side: the in-process SSH server's exec re
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -37,8 +38,6 @@ def keyed_config(server: ScriptedServer, tmp_path: Path, **durable: Any) -> Conf
         callers=CALLERS,
         durable={"store": f"sqlite:{tmp_path / 'durable.sqlite3'}", **durable},
     )
-    import dataclasses  # noqa: PLC0415
-
     return dataclasses.replace(base, allow_plaintext=True)
 
 
@@ -347,8 +346,6 @@ async def test_execute_many_keys_each_host_and_a_retry_resumes_per_host(
         callers=CALLERS,
         durable={"store": f"sqlite:{tmp_path / 'durable.sqlite3'}"},
     )
-    import dataclasses  # noqa: PLC0415
-
     cfg = dataclasses.replace(cfg, allow_plaintext=True)
     request = exec_pb2.ExecuteManyRequest(
         hosts=["h*"],
@@ -378,7 +375,7 @@ async def test_a_stream_cut_at_10s_and_attached_at_15s_of_a_30s_command(
         host="local", command=command, idempotency_key="long", detach_grace=seconds(60)
     )
     proxy = await CutProxy(("127.0.0.1", scout.app.port), cut_after=1 << 40).start()
-    out, offsets = bytearray(), [0]
+    out = bytearray()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{proxy.port}") as channel:
             stub = exec_pb2_grpc.ExecServiceStub(channel)
