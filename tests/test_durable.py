@@ -283,7 +283,8 @@ async def _attach_all(
         attach = exec_pb2.Attach(idempotency_key=key, host="local", stdout_offset=offset)
         yield exec_pb2.StreamRequest(attach=attach)
 
-    out, lost, end = bytearray(), [], None
+    out, end = bytearray(), None
+    lost: list[exec_pb2.Lost] = []
     position = None
     async for message in scout.stub.Stream(messages(), metadata=auth(), timeout=30):
         event = message.WhichOneof("event")
