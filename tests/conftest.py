@@ -243,6 +243,7 @@ SLOW = frozenset(
         "test_insecure_accept_any_host_key_is_explicit_and_loud",
         "test_new_token_prints_a_fresh_token_and_its_config_line",
         "test_opens_that_outlive_their_deadline_run_nothing",
+        "test_processes_racing_for_the_same_keys_win_each_exactly_once",
         "test_refused_authentication_is_failed_precondition",
         "test_rejected_host_is_not_retried",
         "test_restarts_past_the_bound_stop_the_server_with_status_1",
