@@ -21,6 +21,7 @@ from scout.v1 import exec_pb2, exec_pb2_grpc
 from server.callers import hash_token
 from server.config import CallerConfig, Config
 from testkit.cutproxy import CutProxy
+from testkit.redis import start_redis
 from testkit.scripted import ScriptedServer
 from tests.scoutd import Scout, config, running_scout
 from tests.serverproc import host_toml, start_server
@@ -451,3 +452,36 @@ async def test_a_retry_after_scout_was_killed_mid_command_is_outcome_unknown(
     assert "outcome is unknown" in (caught.value.details() or "")
     assert trailers.get("x-scout-started") == "true"
     assert shell_server.stats.exec_requests == 1
+
+
+async def test_a_store_that_is_down_refuses_keyed_calls_before_anything_runs(
+    shell_server: ScriptedServer, tmp_path: Path
+) -> None:
+    """Redis stopped: a keyed Execute is UNAVAILABLE and nothing ran; unkeyed ones run."""
+    redis = await asyncio.to_thread(start_redis, tmp_path / "redis")
+    cfg = dataclasses.replace(
+        config(
+            {"local": shell_server.host_config("local")},
+            callers=CALLERS,
+            durable={"store": redis.url},
+        ),
+        allow_plaintext=True,
+    )
+    try:
+        async with running_scout(cfg) as scout:
+            first, _ = await keyed(scout, "up", "echo up")
+            assert first.stdout == b"up\n"
+            await asyncio.to_thread(redis.stop)
+            error = await failure(scout, command="echo down", idempotency_key="down")
+            assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+            assert dict(error.trailing_metadata() or ()).get("x-scout-started") == "false"
+            assert shell_server.stats.exec_requests == 1
+            plain = await scout.stub.Execute(
+                exec_pb2.ExecuteRequest(host="local", command="echo plain"),
+                metadata=auth(),
+                timeout=30,
+            )
+            assert plain.stdout == b"plain\n"
+            assert shell_server.stats.exec_requests == 2
+    finally:
+        await asyncio.to_thread(redis.stop)
