@@ -311,8 +311,9 @@ async def test_output_older_than_the_buffer_is_lost_with_its_exact_count(
 ) -> None:
     cfg = keyed_config(shell_server, tmp_path, replay_buffer_bytes=4096)
     lines = "".join(f"{i:07d}\n" for i in range(5000)).encode()  # 40,000 bytes
+    marker = tmp_path / "written"
     command = "printf 'first\\n'; sleep 0.5; i=0; while [ $i -lt 5000 ]; do "
-    command += "printf '%07d\\n' $i; i=$((i+1)); done; sleep 0.5"
+    command += f"printf '%07d\\n' $i; i=$((i+1)); done; touch {marker}; sleep 0.5"
     async with running_scout(cfg) as scout:
         start = exec_pb2.ExecuteRequest(
             host="local", command=command, idempotency_key="lost", detach_grace=seconds(30)
@@ -327,7 +328,11 @@ async def test_output_older_than_the_buffer_is_lost_with_its_exact_count(
         await _read_stream(call, out, offsets, until=6)
         call.cancel()
         assert bytes(out) == b"first\n"
-        await asyncio.sleep(0.6 + 0.3)  # the 40,000 bytes come while nobody is attached
+        for _ in range(400):  # the 40,000 bytes come while nobody is attached
+            if marker.exists():
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # what the command wrote has crossed the SSH channel
         rest, lost, end = await _attach_all(scout, "lost", len(out))
     expected = b"first\n" + lines
     assert len(lost) == 1 and lost[0].stream == "stdout"
