@@ -71,4 +71,3 @@ class Store(Protocol):
 
     async def close(self) -> None:
         """Release connections and files."""
-
