@@ -77,7 +77,13 @@ class App:
         """What the metrics read (server.metrics)."""
         service = self.service
         return Sources(
-            self.live, service.rpcs, service.gate, self.pool, service.output_budget, service.audit
+            self.live,
+            service.rpcs,
+            service.gate,
+            self.pool,
+            service.output_budget,
+            service.audit,
+            service.durable,
         )
 
     def stop_budget(self) -> float:

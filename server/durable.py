@@ -220,6 +220,9 @@ class Durable:
         self.detached = 0  # runs with nobody attached, running on their detach_grace
         self.replayed = 0  # answers given from a record (or a run another call started)
         self.refused: dict[str, int] = {}  # by limit
+        self.started = 0  # keyed runs started here
+        self.store_errors = 0  # store operations that failed
+        self.records = 0  # the store's count of unexpired records, as last read
         self._beating: asyncio.Task[None] | None = None
         self.stopping = False
 
@@ -316,6 +319,8 @@ class Durable:
             existing = await asyncio.shield(claim)
         except BaseException as exc:
             del self.runs[ident]
+            if not isinstance(exc, asyncio.CancelledError | DurableLimit):
+                self.store_errors += 1
             if isinstance(exc, asyncio.CancelledError):  # the claim may still land: undo it
                 self.launcher.track(_undo_claim(self.store, claim, ident))
                 exc = _retry_now(key)
@@ -340,6 +345,7 @@ class Durable:
             return outcome
         run.claimed.set_result(None)
         run.starter = call
+        self.started += 1
         run.task = self.launcher.track(self._run(run, call, bounds(grace)))
         return run
 
@@ -503,6 +509,7 @@ class Durable:
                 await self.store.forget(scope, key)
         except ScoutError as exc:
             failed = exc.message
+            self.store_errors += 1
         except Exception:
             log.exception("the outcome of key %s could not be recorded", key)
         finally:
@@ -527,7 +534,9 @@ class Durable:
         while True:
             try:
                 await self.store.beat(str(self.owner))
+                self.records = await self.store.count()
             except ScoutError as exc:
+                self.store_errors += 1
                 log.warning("durable store heartbeat failed: %s", exc.message)
             await asyncio.sleep(HEARTBEAT_EVERY)
 

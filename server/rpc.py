@@ -158,6 +158,7 @@ def record_end(servicer: Servicer, call: CallRecord, code: grpc.StatusCode, bega
         servicer.audit.write(call)
     servicer.rpcs.command_done(call)
     servicer.rpcs.file_done(call)
+    servicer.rpcs.replayed += call.replayed
 
 
 @dataclass
@@ -174,6 +175,7 @@ class RpcStats:
     host_commands: dict[tuple[str, str], int] = field(default_factory=dict)  # (host, outcome)
     file_bytes: Tally = field(default_factory=Tally)  # by direction
     file_transfers: dict[tuple[str, str], int] = field(default_factory=dict)  # (direction, code)
+    replayed: int = 0  # answers that were an earlier keyed run's outcome
 
     def done(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
         """Count one finished RPC."""

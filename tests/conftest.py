@@ -205,6 +205,7 @@ SLOW = frozenset(
         "test_a_deadline_during_a_late_exec_reply_is_may_have_run_and_stops_the_command",
         "test_a_fan_out_does_not_starve_a_single_execute",
         "test_a_flood_of_stream_messages_is_paced",
+        "test_a_stream_cut_at_10s_and_attached_at_15s_of_a_30s_command",
         "test_a_host_key_added_and_revoked_while_scout_runs",
         "test_a_host_that_never_speaks_is_one_connect_timeout_and_unavailable",
         "test_a_jump_hosts_failure_is_named_only_to_a_caller_who_may_use_it",

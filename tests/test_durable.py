@@ -7,6 +7,7 @@ Every test counts what reached the far side: the in-process SSH server's exec re
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -37,8 +38,6 @@ def keyed_config(server: ScriptedServer, tmp_path: Path, **durable: Any) -> Conf
         callers=CALLERS,
         durable={"store": f"sqlite:{tmp_path / 'durable.sqlite3'}", **durable},
     )
-    import dataclasses  # noqa: PLC0415
-
     return dataclasses.replace(base, allow_plaintext=True)
 
 
@@ -269,9 +268,139 @@ async def test_detach_grace_expiry_stops_the_command(
     else:
         raise AssertionError("the command outlived its detach_grace")
     await asyncio.sleep(0.2)
-    error = await failure(
-        scout, command=command, idempotency_key="g1", detach_grace=seconds(0.5)
-    )
+    error = await failure(scout, command=command, idempotency_key="g1", detach_grace=seconds(0.5))
     assert error.code() == grpc.StatusCode.ABORTED
     assert "detach_grace" in (error.details() or "")
+    assert shell_server.stats.exec_requests == 1
+
+
+async def _attach_all(
+    scout: Scout, key: str, offset: int
+) -> tuple[bytes, list[exec_pb2.Lost], exec_pb2.StreamResponse | None]:
+    """Attach at a stdout offset; the stdout read, the `lost` messages, the exit."""
+
+    async def messages() -> AsyncIterator[exec_pb2.StreamRequest]:
+        attach = exec_pb2.Attach(idempotency_key=key, host="local", stdout_offset=offset)
+        yield exec_pb2.StreamRequest(attach=attach)
+
+    out, end = bytearray(), None
+    lost: list[exec_pb2.Lost] = []
+    position = None
+    async for message in scout.stub.Stream(messages(), metadata=auth(), timeout=30):
+        event = message.WhichOneof("event")
+        if event == "stdout":
+            if position is not None:
+                assert message.offset == position
+            position = message.offset + len(message.stdout)
+            if not out:
+                first_offset = message.offset
+                assert first_offset == offset + sum(item.bytes for item in lost)
+            out += message.stdout
+        elif event == "lost":
+            lost.append(message.lost)
+        elif event == "exit":
+            end = message
+    return bytes(out), lost, end
+
+
+async def test_output_older_than_the_buffer_is_lost_with_its_exact_count(
+    shell_server: ScriptedServer, tmp_path: Path
+) -> None:
+    cfg = keyed_config(shell_server, tmp_path, replay_buffer_bytes=4096)
+    lines = "".join(f"{i:07d}\n" for i in range(5000)).encode()  # 40,000 bytes
+    command = "printf 'first\\n'; sleep 0.5; i=0; while [ $i -lt 5000 ]; do "
+    command += "printf '%07d\\n' $i; i=$((i+1)); done; sleep 0.5"
+    async with running_scout(cfg) as scout:
+        start = exec_pb2.ExecuteRequest(
+            host="local", command=command, idempotency_key="lost", detach_grace=seconds(30)
+        )
+
+        async def first() -> AsyncIterator[exec_pb2.StreamRequest]:
+            yield exec_pb2.StreamRequest(start=start)
+            await asyncio.sleep(60)
+
+        out, offsets = bytearray(), [0]
+        call = scout.stub.Stream(first(), metadata=auth(), timeout=30)
+        await _read_stream(call, out, offsets, until=6)
+        call.cancel()
+        assert bytes(out) == b"first\n"
+        await asyncio.sleep(0.6 + 0.3)  # the 40,000 bytes come while nobody is attached
+        rest, lost, end = await _attach_all(scout, "lost", len(out))
+    expected = b"first\n" + lines
+    assert len(lost) == 1 and lost[0].stream == "stdout"
+    gone = lost[0].bytes
+    assert 40_000 - 4096 - 8 * 64 <= gone <= 40_000 - 2048, gone
+    assert rest == expected[len(out) + gone :]
+    assert end is not None and end.exit.stdout_bytes == len(expected)
+    assert shell_server.stats.exec_requests == 1
+
+
+FLEET_SIZE = 3
+
+
+async def test_execute_many_keys_each_host_and_a_retry_resumes_per_host(
+    fleet: list[ScriptedServer], tmp_path: Path
+) -> None:
+    hosts = {f"h{i}": server.host_config(f"h{i}") for i, server in enumerate(fleet)}
+    cfg = config(
+        hosts,
+        callers=CALLERS,
+        durable={"store": f"sqlite:{tmp_path / 'durable.sqlite3'}"},
+    )
+    cfg = dataclasses.replace(cfg, allow_plaintext=True)
+    request = exec_pb2.ExecuteManyRequest(
+        hosts=["h*"],
+        request=exec_pb2.ExecuteRequest(command="echo $RANDOM", idempotency_key="fan"),
+    )
+    async with running_scout(cfg) as scout:
+
+        async def run() -> dict[str, bytes]:
+            got = {}
+            async for message in scout.stub.ExecuteMany(request, metadata=auth(), timeout=30):
+                assert message.WhichOneof("event") == "result", message
+                got[message.host] = message.result.stdout
+            return got
+
+        first = await run()
+        again = await run()
+    assert first == again and sorted(first) == ["h0", "h1", "h2"]
+    assert [server.stats.exec_requests for server in fleet] == [1, 1, 1]
+
+
+async def test_a_stream_cut_at_10s_and_attached_at_15s_of_a_30s_command(
+    scout: Scout, shell_server: ScriptedServer
+) -> None:
+    """The issue's own case, with a real TCP cut: nothing missing, nothing twice."""
+    command = "i=0; while [ $i -lt 300 ]; do echo line-$i; i=$((i+1)); sleep 0.1; done"
+    start = exec_pb2.ExecuteRequest(
+        host="local", command=command, idempotency_key="long", detach_grace=seconds(60)
+    )
+    proxy = await CutProxy(("127.0.0.1", scout.app.port), cut_after=1 << 40).start()
+    out = bytearray()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{proxy.port}") as channel:
+            stub = exec_pb2_grpc.ExecServiceStub(channel)
+
+            async def first() -> AsyncIterator[exec_pb2.StreamRequest]:
+                yield exec_pb2.StreamRequest(start=start)
+                await asyncio.sleep(120)
+
+            call = stub.Stream(first(), metadata=auth(), timeout=60)
+            ten = asyncio.get_running_loop().time() + 10
+            while asyncio.get_running_loop().time() < ten:
+                message = await call.read()
+                assert message.offset == len(out)
+                out += message.stdout
+            proxy.abort()  # cut at 10 s, while the call is open
+            with pytest.raises(grpc.aio.AioRpcError) as cut:
+                await call.read()
+            assert cut.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await proxy.close()
+    assert 50 < len(out) < 2000
+    await asyncio.sleep(5)  # re-attached at 15 s
+    rest, lost, end = await _attach_all(scout, "long", len(out))
+    assert lost == []
+    assert bytes(out) + rest == "".join(f"line-{i}\n" for i in range(300)).encode()
+    assert end is not None and end.exit.exit_code == 0
     assert shell_server.stats.exec_requests == 1
