@@ -275,8 +275,9 @@ class Forwarder:
                 pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait([pump])
-        if pump.exception() is not None and not pump.cancelled():
-            raise pump.exception()  # type: ignore[misc]  # a malformed message of the caller
+        failed = None if pump.cancelled() else pump.exception()
+        if failed is not None:
+            raise failed  # a malformed message of the caller
         code = await remote.code()
         trailers = await remote.trailing_metadata()
         if code == grpc.StatusCode.OK:

@@ -53,7 +53,7 @@ def workers(tmp_path: Path, shell_server: ScriptedServer) -> Iterator[Served]:
     log = tmp_path / "scout.log"
     args = ["--config", str(config), "--workers", "2", "--log-format", "json"]
     proc, target = start_server(args, log)
-    served = Served(proc, log, int(target.rsplit(":", 1)[1]), metadata=AUTH)  # type: ignore[arg-type]
+    served = Served(proc, log, int(target.rsplit(":", 1)[1]), metadata=AUTH)
     try:
         yield served
     finally:
@@ -103,7 +103,7 @@ async def first_output(
     assert headers.get("x-scout-started") == "true"
     message = await call.read()
     call.cancel()
-    assert message is not grpc.aio.EOF
+    assert isinstance(message, exec_pb2.StreamResponse)
     return message
 
 
@@ -147,12 +147,8 @@ async def test_attach_and_a_keyed_retry_reach_the_command_whichever_worker_answe
 
     # A retry of each key on the other worker, while the command runs: it waits there
     # (forwarded to the owner) and gets the one outcome.
-    retries = {
-        w: keyed(
-            on[1 - w], keys[w], gated(f"w{w}", gate), request_id=f"retry-{w}-{uuid.uuid4().hex}"
-        )
-        for w in on
-    }
+    retry_ids = {w: f"retry-{w}-{uuid.uuid4().hex}" for w in on}
+    retries = {w: keyed(on[1 - w], keys[w], gated(f"w{w}", gate), retry_ids[w]) for w in on}
     await asyncio.sleep(0.5)
     assert not any(r.done() for r in retries.values())  # waiting for the command's end
     gate.touch()
@@ -163,6 +159,9 @@ async def test_attach_and_a_keyed_retry_reach_the_command_whichever_worker_answe
         assert trailers(await runs[w].trailing_metadata()).get("x-scout-replayed") is None
         assert trailers(await retries[w].trailing_metadata()).get("x-scout-replayed") == "true"
     assert shell_server.stats.exec_requests == before + 2  # each command ran once
+    for w in on:  # each retry was answered by the owner, through the other worker
+        assert (answered_by(served, retry_ids[w]), forwarded_to(served, retry_ids[w])) == (1 - w, w)
+    print(f"both workers answered a sibling's attach after {tries} connections")
     # Finished: a retry anywhere is the record's outcome again.
     for w in on:
         late = keyed(on[1 - w], keys[w], gated(f"w{w}", gate))
@@ -195,5 +194,38 @@ async def test_a_killed_workers_key_is_outcome_unknown_at_the_other_and_never_ru
     assert trailers(error.trailing_metadata()).get("x-scout-started") == "true"
     assert shell_server.stats.exec_requests == before + 1  # never run again
     gate.touch()  # whatever is left of the command ends
+    for channel in on.values():
+        await channel.close()
+
+
+async def test_an_attach_through_the_other_worker_carries_stdin_and_signals(
+    workers: Served, shell_server: ScriptedServer
+) -> None:
+    served = workers
+    on = await channels(served, {0, 1})
+    key = f"stdin-{uuid.uuid4().hex[:8]}"
+    start = exec_pb2.ExecuteRequest(
+        host="h", command="echo ready; read line; echo got $line; sleep 30", idempotency_key=key
+    )
+    starter = stub_of(on[0]).Stream(metadata=AUTH, timeout=30)
+    await starter.write(exec_pb2.StreamRequest(start=start))
+    assert (await starter.read()).stdout == b"ready\n"
+    request_id = f"attach-{uuid.uuid4().hex}"
+    attached = stub_of(on[1]).Stream(metadata=(*AUTH, ("x-request-id", request_id)), timeout=30)
+    await attached.write(
+        exec_pb2.StreamRequest(attach=exec_pb2.Attach(idempotency_key=key, host="h"))
+    )
+    replayed = await attached.read()
+    assert (replayed.stdout, replayed.offset) == (b"ready\n", 0)
+    await attached.write(exec_pb2.StreamRequest(stdin=b"hello\n"))  # through worker 1 to 0
+    live = await attached.read()
+    assert (live.stdout, live.offset) == (b"got hello\n", 6)
+    assert (await starter.read()).stdout == b"got hello\n"  # the starter sees it too
+    await attached.write(exec_pb2.StreamRequest(signal="TERM"))
+    ends = [await attached.read(), await starter.read()]
+    assert [m.exit.signal for m in ends] == ["TERM", "TERM"]
+    assert await attached.code() == grpc.StatusCode.OK
+    assert await starter.code() == grpc.StatusCode.OK
+    assert (answered_by(served, request_id), forwarded_to(served, request_id)) == (1, 0)
     for channel in on.values():
         await channel.close()
