@@ -13,8 +13,9 @@ tls_fake      function: the same behind TLS, pki's server certificate
 client        function: a scout Client connected to fake
 openssh_scout function: scout (in this process) whose one host, "o", is the openssh rig
 remote_dir    function: a directory openssh's login user owns (tests/filerig.py)
+redis_server  module: a real redis-server on loopback, persistence off (testkit/redis.py)
 
-Tests that start another program (a real sshd, nginx, Envoy, a scout-server process) or
+Tests that start another program (a real sshd, nginx, Envoy, redis, a scout-server process) or
 build the Go and Node examples are marked `external` here, and those in SLOW `slow`:
 `make test-fast` leaves both out.
 
@@ -43,6 +44,9 @@ server.app, .main, .tokens,   test_server_process, test_server_commands, test_ha
   .quiet                      test_deploy
 server.workers, .workermetrics  test_workers
 server.errors, docs/          test_docs
+server.durablestore,          test_durable_store, test_config, test_reload
+  .durablerecord, .sqlitestore,
+  .redisstore
 scout/v1 (the contract)       test_contract, test_breaking, test_polyglot, test_readme,
                               test_go_example, test_node_example
 client.aio, .calls, .sync,    test_client_e2e, test_client_errors, test_client_started,
@@ -57,7 +61,7 @@ client.profiles, .explain     test_profiles, test_cli_words
 client.credentials, .reach    test_client_tls, test_client_reach, test_cli_words
 client.mcpserver, .mcptools,  test_mcp
   .mcpfiles
-testkit/                      test_sshservers
+testkit/                      test_sshservers, test_durable_store (testkit/redis.py)
 deploy/                       test_deploy, test_replicas
 imports of server/, client/   test_imports
 """
@@ -77,6 +81,7 @@ from server.config import HostConfig
 from server.keyfiles import ShellKeys, load_or_create_keys
 from testkit import proxies
 from testkit.certs import PKI, make_pki
+from testkit.redis import RedisServer, start_redis
 from testkit.scripted import ScriptedServer, scripted_fleet, scripted_server
 from testkit.sshd import OpenSSHServer, start_openssh
 
@@ -180,12 +185,23 @@ def remote_dir() -> Iterator[Path]:
         yield path
 
 
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server for the module (fails, never skips, without redis-server)."""
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 # What makes a test `external`: calling one of these from its body, one of its fixtures, or
 # a function of this project that they call (found in their code, not by names or files, so
 # a test keeps its mark when it moves).
 EXTERNAL: frozenset[Callable[..., Any]] = frozenset(
     {
         start_openssh,
+        start_redis,
         proxies.nginx_binary,
         proxies.envoy_binary,
         exampleclients.build,
