@@ -27,7 +27,8 @@ before it answered anything) is `OwnerGone`: then its liveness decides, as for a
 replica's record: the store is watched until the outcome appears or the owner's heartbeat
 stops (ABORTED, outcome unknown). An answer cut after it began is UNAVAILABLE with
 `x-scout-started: true` (attach again). Replicas (separate processes, each its own group)
-never forward: the proxy's hash on `x-scout-host` brings a retry to its owner.
+never forward: the proxy's hash on `x-scout-host` brings a retry to its owner
+(docs/architecture.md, "Who runs a key").
 """
 
 from __future__ import annotations

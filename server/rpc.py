@@ -14,7 +14,10 @@ In the style of grpclib's server loop, each ExecService method is wrapped by `@r
   started. A status without it was not scout's decision (a proxy, a reset connection,
   grpc's own limits): the caller must assume the command may have run;
 - a cancellation is told apart from a passed deadline and from a shutdown (ABORTED), for
-  the counts, the audit and the log.
+  the counts, the audit and the log;
+- a call another worker forwarded (server.forwarding) is its caller's by name and keeps
+  its request id; the receiving worker admits, counts and audits it, so here it is only
+  served and logged (its access line says `forwarded`).
 """
 
 from __future__ import annotations

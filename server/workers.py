@@ -26,6 +26,14 @@
   Workers run in sessions of their own, so a Ctrl-C on a terminal reaches them once,
   through the supervisor.
 
+- Keyed commands (server.durable) are owned by one worker, but a retry or an `attach`
+  lands on whichever worker the kernel picks. The supervisor makes one owner group id, a
+  random secret and a private socket folder (0700, temporary, removed at exit) and gives
+  each worker its owner id with them (`ForwardingPlan` in the start); each worker serves
+  its siblings on `FOLDER/ID.sock`, and forwards a call for a sibling's key there
+  (server.forwarding). When a worker dies, the supervisor removes its socket, so its
+  siblings judge its keys by its heartbeat instead.
+
 The limits a config promises for the whole server are shared out by `share`.
 """
 
@@ -173,6 +181,14 @@ def share(config: Config, workers: int) -> Config:
             ),
         ),
     )
+
+
+def _short_temp() -> str:
+    """Where the workers' socket folder goes: the temp folder, unless its path is too long
+    for a Unix socket path (108 bytes on Linux, with the folder and a 32-digit id), then
+    /tmp."""
+    base = tempfile.gettempdir()
+    return base if len(base) + len("/scout-workers-12345678/") + 37 < 108 else "/tmp"
 
 
 def reserve(listen: str) -> socket.socket:
@@ -400,7 +416,9 @@ class Supervisor:
         listen = self.config.listen
         with (
             reserve(listen) as held,
-            tempfile.TemporaryDirectory(prefix="scout-workers-", ignore_cleanup_errors=True) as d,
+            tempfile.TemporaryDirectory(
+                prefix="scout-workers-", dir=_short_temp(), ignore_cleanup_errors=True
+            ) as d,
         ):
             self._sockets = Path(d)  # 0700, ours alone; removed when every worker is gone
             port = held.getsockname()[1]

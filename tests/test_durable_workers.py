@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import uuid
 from collections.abc import Iterator
@@ -168,6 +169,7 @@ async def test_attach_and_a_keyed_retry_reach_the_command_whichever_worker_answe
         assert (await late).stdout == f"w{w} started\nw{w} done\n".encode()
         assert trailers(await late.trailing_metadata()).get("x-scout-replayed") == "true"
     assert shell_server.stats.exec_requests == before + 2
+    assert not re.search(r"[0-9a-f]{64}", served.text())  # the workers' secret in no line
     for channel in on.values():
         await channel.close()
 
