@@ -188,6 +188,7 @@ class KeyedRun:
         self.feeds_stdin = False  # Execute: the run writes stdin and EOF itself
         self.starter: CallRecord | None = None  # the call that started it
         self.attached = 0
+        self.began = time.time()  # wall clock, as its record says
         self.stop_reason = ""
         self._timer: asyncio.TimerHandle | None = None
         for future in (self.claimed, self.started, self.done):
@@ -312,7 +313,7 @@ class Durable:
         run = KeyedRun(ident, digest=digest, host=host, spec=spec, log_=replay, grace=grace)
         run.feeds_stdin = not stream
         self.runs[ident] = run  # before the claim: a second call here waits on this one
-        record = Record(ident[0], key, digest, str(self.owner), time.time())
+        record = Record(ident[0], key, digest, str(self.owner), run.began)
         self._beat_soon()
         claim = asyncio.ensure_future(self.store.claim(record))
         try:
@@ -472,13 +473,16 @@ class Durable:
         except asyncio.CancelledError:
             started = run.command is not None
             reason = run.stop_reason or "the server is shutting down"
-            what = "was stopped" if started else "was not started"
+            when = _iso(run.began)
+            message = (
+                f"{run.spec.host}: the command with idempotency_key {run.key[1]!r}, started "
+                f"at {when}, was stopped ({reason}); its outcome is unknown, and it is not run "
+                "again under this key"
+                if started
+                else f"{run.spec.host}: the command was not started ({reason})"
+            )
             outcome = Outcome(
-                run.spec.host,
-                code=grpc.StatusCode.ABORTED,
-                message=f"{run.spec.host}: the command {what}: {reason}"
-                + ("; it may have had effects" if started else ""),
-                started=started,
+                run.spec.host, code=grpc.StatusCode.ABORTED, message=message, started=started
             )
         except ScoutError as exc:
             from .rpc import status_of
@@ -594,11 +598,15 @@ def _conflict(key: str) -> KeyConflict:
     )
 
 
+def _iso(wall: float) -> str:
+    """A wall-clock time for a message: 2026-12-07T21:07:03+00:00."""
+    return datetime.datetime.fromtimestamp(wall, datetime.UTC).isoformat(timespec="seconds")
+
+
 def _unknown(key: str, record: Record) -> OutcomeUnknown:
-    when = datetime.datetime.fromtimestamp(record.started, datetime.UTC)
     return OutcomeUnknown(
         f"the command with idempotency_key {key!r} was started at "
-        f"{when.isoformat(timespec='seconds')} and its outcome is unknown (the scout "
+        f"{_iso(record.started)} and its outcome is unknown (the scout "
         "process running it stopped); it is not run again under this key"
     )
 

@@ -23,6 +23,7 @@ from server.config import CallerConfig, Config
 from testkit.cutproxy import CutProxy
 from testkit.scripted import ScriptedServer
 from tests.scoutd import Scout, config, running_scout
+from tests.serverproc import host_toml, start_server
 
 ALICE, BOB = "alice-token-0123456789", "bob-token-0123456789"
 CALLERS = (
@@ -271,6 +272,7 @@ async def test_detach_grace_expiry_stops_the_command(
     error = await failure(scout, command=command, idempotency_key="g1", detach_grace=seconds(0.5))
     assert error.code() == grpc.StatusCode.ABORTED
     assert "detach_grace" in (error.details() or "")
+    assert "outcome is unknown" in (error.details() or "")
     assert shell_server.stats.exec_requests == 1
 
 
@@ -403,4 +405,49 @@ async def test_a_stream_cut_at_10s_and_attached_at_15s_of_a_30s_command(
     assert lost == []
     assert bytes(out) + rest == "".join(f"line-{i}\n" for i in range(300)).encode()
     assert end is not None and end.exit.exit_code == 0
+    assert shell_server.stats.exec_requests == 1
+
+
+async def test_a_retry_after_scout_was_killed_mid_command_is_outcome_unknown(
+    shell_server: ScriptedServer, tmp_path: Path
+) -> None:
+    """SIGKILL, a restart on the same SQLite file: the key is never run again."""
+    store = tmp_path / "durable.sqlite3"
+    path = tmp_path / "scout.toml"
+    path.write_text(
+        f"[durable]\nstore = 'sqlite:{store}'\n\n"
+        + host_toml("local", shell_server.host_config("local"))
+    )
+    request = exec_pb2.ExecuteRequest(host="local", command="sleep 30", idempotency_key="kill")
+    proc, target = await asyncio.to_thread(
+        start_server, ["--config", str(path)], tmp_path / "1.log"
+    )
+    try:
+        async with grpc.aio.insecure_channel(target) as channel:
+            call = exec_pb2_grpc.ExecServiceStub(channel).Execute(request, timeout=30)
+            for _ in range(100):
+                if shell_server.stats.exec_requests:
+                    break
+                await asyncio.sleep(0.05)
+            proc.kill()  # SIGKILL, mid-command
+            with pytest.raises(grpc.aio.AioRpcError):
+                await call
+    finally:
+        proc.kill()
+        await asyncio.to_thread(proc.wait, 20)
+    proc, target = await asyncio.to_thread(
+        start_server, ["--config", str(path)], tmp_path / "2.log"
+    )
+    try:
+        async with grpc.aio.insecure_channel(target) as channel:
+            call = exec_pb2_grpc.ExecServiceStub(channel).Execute(request, timeout=30)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call
+            trailers = dict(caught.value.trailing_metadata() or ())
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 20)
+    assert caught.value.code() == grpc.StatusCode.ABORTED, caught.value
+    assert "outcome is unknown" in (caught.value.details() or "")
+    assert trailers.get("x-scout-started") == "true"
     assert shell_server.stats.exec_requests == 1
