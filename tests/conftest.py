@@ -249,6 +249,7 @@ SLOW = frozenset(
         "test_insecure_accept_any_host_key_is_explicit_and_loud",
         "test_new_token_prints_a_fresh_token_and_its_config_line",
         "test_opens_that_outlive_their_deadline_run_nothing",
+        "test_processes_racing_for_the_same_keys_win_each_exactly_once",
         "test_redis_down_refuses_keyed_requests_before_anything_runs_unkeyed_ones_run",
         "test_refused_authentication_is_failed_precondition",
         "test_rejected_host_is_not_retried",
