@@ -157,11 +157,11 @@ def record_end(servicer: Servicer, call: CallRecord, code: grpc.StatusCode, bega
     """A call's end (or one host's, in a fan-out): its code and duration, its audit line,
     and the counts of the command it ran or the file it moved."""
     call.code, call.duration = code.name, time.monotonic() - began
-    if not call.forwarded:  # the worker that received a forwarded call audits it
+    if not call.forwarded:  # the worker that received a forwarded call audits and counts it
         servicer.audit.write(call)
+        servicer.rpcs.replayed += call.replayed
     servicer.rpcs.command_done(call)
     servicer.rpcs.file_done(call)
-    servicer.rpcs.replayed += call.replayed
 
 
 @dataclass
