@@ -440,6 +440,26 @@ async def test_a_stopped_redis_is_store_unavailable_within_two_seconds_and_back_
     assert "Sw0rdf1sh" not in logged
 
 
+async def test_a_hung_redis_is_store_unavailable_within_the_command_timeout(
+    secret_redis: RedisServer,
+) -> None:
+    store = open_store(DurableSettings(store=secret_redis.url))
+    fresh = open_store(DurableSettings(store=secret_redis.url))  # connects while it hangs
+    try:
+        assert await store.claim(record("k")) is None
+        secret_redis.pause()
+        for call in (lambda: store.claim(record("k2")), lambda: fresh.get("alice", "k")):
+            error = await within(redisstore.COMMAND_TIMEOUT + 0.5, call())
+            assert isinstance(error, StoreUnavailable), error
+            assert "Timeout" in error.message and "***@127.0.0.1" in error.message
+        secret_redis.resume()
+        assert (await store.claim(record("k"))) is not None  # the same server, back
+    finally:
+        secret_redis.resume()
+        await store.close()
+        await fresh.close()
+
+
 async def test_a_redis_password_never_reaches_a_message_or_a_log_line(
     secret_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
