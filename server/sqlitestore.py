@@ -215,18 +215,26 @@ class SQLiteStore:
         return await self._in_thread(job)
 
     def _in_thread(self, job: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        """job on the waiting connection, in the store's thread (queued behind the jobs
-        there: one at a time)."""
+        """job on the waiting connection, in the store's thread, one at a time; the time it
+        waited in the queue counts against its busy_timeout, so a lock held long fails
+        each waiting call within busy_timeout, not one after another. A job cancelled
+        before its turn never runs."""
+        queued = time.monotonic()
+        held = f"another process held its lock for over {self.busy_timeout:g} s"
 
         def run() -> T:
-            if self._slow is None or self._closed:
+            db = self._slow
+            if db is None or self._closed:
                 raise self._unavailable("it is closed")
+            left = self.busy_timeout - (time.monotonic() - queued)
+            if left <= 0:
+                raise self._unavailable(held)
             try:
-                return job(self._slow)
+                db.execute(f"PRAGMA busy_timeout = {int(left * 1000)}")
+                return job(db)
             except sqlite3.Error as exc:
                 if getattr(exc, "sqlite_errorcode", 0) & 0xFF in BUSY_CODES:
-                    reason = f"another process held its lock for over {self.busy_timeout:g} s"
-                    raise self._unavailable(reason) from None
+                    raise self._unavailable(held) from None
                 raise self._unavailable(exc) from None
 
         return asyncio.get_running_loop().run_in_executor(self._thread, run)
