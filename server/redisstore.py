@@ -83,9 +83,9 @@ class RedisStore:
         self.retention = retention
         self.max_records = max_records
         self.heartbeat_ttl = heartbeat_ttl
-        password = urlsplit(url).password
-        self._secrets = [s for s in {password, unquote(password or "")} if s]
         try:  # no connection yet: the pool connects at the first command
+            password = urlsplit(url).password
+            self._secrets = [s for s in {password, unquote(password or "")} if s]
             self._client = redis.Redis.from_url(
                 url,
                 socket_connect_timeout=CONNECT_TIMEOUT,
