@@ -59,6 +59,8 @@ from .launch import Bounds, Launcher
 from .outcomes import Outcome
 from .replay import ReplayLog
 from .requests import duration_seconds
+from .responses import execute_response
+from .rpc import status_of
 
 log = logging.getLogger(__name__)
 
@@ -485,8 +487,6 @@ class Durable:
                 run.spec.host, code=grpc.StatusCode.ABORTED, message=message, started=started
             )
         except ScoutError as exc:
-            from .rpc import status_of
-
             code, message, started = status_of(exc)
             outcome = Outcome(run.spec.host, code=code, message=message, started=started)
         except Exception:
@@ -564,8 +564,6 @@ class Durable:
 
 def recorded_response(info: object, replay: ReplayLog) -> exec_pb2.ExecuteResponse:
     """The outcome to record: exit status, the output kept for it, the whole counts."""
-    from .responses import execute_response
-
     out, err = replay.kept.values()
     response = execute_response(info, out, err, text=False)  # type: ignore[arg-type]
     response.stdout_bytes, response.stderr_bytes = replay.stdout.total, replay.stderr.total

@@ -59,6 +59,10 @@ class Store(Protocol):
         """Complete a claimed record with its outcome (encoded by server.durable); a record
         that expired meanwhile stays gone."""
 
+    async def forget(self, scope: str, key: str) -> None:
+        """Remove a claimed record whose command never started (nothing reached the host),
+        so a retry with the key may run it."""
+
     async def get(self, scope: str, key: str) -> Record | None:
         """The record of (scope, key), or None (never written, or expired)."""
 

@@ -227,6 +227,7 @@ SLOW = frozenset(
         "test_a_stream_cut_at_10s_and_attached_at_15s_of_a_30s_command",
         "test_a_host_key_added_and_revoked_while_scout_runs",
         "test_a_host_that_never_speaks_is_one_connect_timeout_and_unavailable",
+        "test_a_hung_redis_is_store_unavailable_within_the_command_timeout",
         "test_a_jump_hosts_failure_is_named_only_to_a_caller_who_may_use_it",
         "test_a_retired_connection_under_a_long_stream_does_not_block_its_replacement",
         "test_a_revoked_key_retires_a_host_that_a_reload_added",

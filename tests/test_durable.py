@@ -21,6 +21,7 @@ from scout.v1 import exec_pb2, exec_pb2_grpc
 from server.callers import hash_token
 from server.config import CallerConfig, Config
 from testkit.cutproxy import CutProxy
+from testkit.redis import start_redis
 from testkit.scripted import ScriptedServer
 from tests.scoutd import Scout, config, running_scout
 from tests.serverproc import host_toml, start_server
@@ -310,8 +311,9 @@ async def test_output_older_than_the_buffer_is_lost_with_its_exact_count(
 ) -> None:
     cfg = keyed_config(shell_server, tmp_path, replay_buffer_bytes=4096)
     lines = "".join(f"{i:07d}\n" for i in range(5000)).encode()  # 40,000 bytes
+    marker = tmp_path / "written"
     command = "printf 'first\\n'; sleep 0.5; i=0; while [ $i -lt 5000 ]; do "
-    command += "printf '%07d\\n' $i; i=$((i+1)); done; sleep 0.5"
+    command += f"printf '%07d\\n' $i; i=$((i+1)); done; touch {marker}; sleep 0.5"
     async with running_scout(cfg) as scout:
         start = exec_pb2.ExecuteRequest(
             host="local", command=command, idempotency_key="lost", detach_grace=seconds(30)
@@ -326,7 +328,11 @@ async def test_output_older_than_the_buffer_is_lost_with_its_exact_count(
         await _read_stream(call, out, offsets, until=6)
         call.cancel()
         assert bytes(out) == b"first\n"
-        await asyncio.sleep(0.6 + 0.3)  # the 40,000 bytes come while nobody is attached
+        for _ in range(400):  # the 40,000 bytes come while nobody is attached
+            if marker.exists():
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # what the command wrote has crossed the SSH channel
         rest, lost, end = await _attach_all(scout, "lost", len(out))
     expected = b"first\n" + lines
     assert len(lost) == 1 and lost[0].stream == "stdout"
@@ -451,3 +457,36 @@ async def test_a_retry_after_scout_was_killed_mid_command_is_outcome_unknown(
     assert "outcome is unknown" in (caught.value.details() or "")
     assert trailers.get("x-scout-started") == "true"
     assert shell_server.stats.exec_requests == 1
+
+
+async def test_a_store_that_is_down_refuses_keyed_calls_before_anything_runs(
+    shell_server: ScriptedServer, tmp_path: Path
+) -> None:
+    """Redis stopped: a keyed Execute is UNAVAILABLE and nothing ran; unkeyed ones run."""
+    redis = await asyncio.to_thread(start_redis, tmp_path / "redis")
+    cfg = dataclasses.replace(
+        config(
+            {"local": shell_server.host_config("local")},
+            callers=CALLERS,
+            durable={"store": redis.url},
+        ),
+        allow_plaintext=True,
+    )
+    try:
+        async with running_scout(cfg) as scout:
+            first, _ = await keyed(scout, "up", "echo up")
+            assert first.stdout == b"up\n"
+            await asyncio.to_thread(redis.stop)
+            error = await failure(scout, command="echo down", idempotency_key="down")
+            assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+            assert dict(error.trailing_metadata() or ()).get("x-scout-started") == "false"
+            assert shell_server.stats.exec_requests == 1
+            plain = await scout.stub.Execute(
+                exec_pb2.ExecuteRequest(host="local", command="echo plain"),
+                metadata=auth(),
+                timeout=30,
+            )
+            assert plain.stdout == b"plain\n"
+            assert shell_server.stats.exec_requests == 2
+    finally:
+        await asyncio.to_thread(redis.stop)
