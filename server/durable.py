@@ -28,12 +28,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import hashlib
 import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -132,16 +133,34 @@ class Owner:
         return owner.partition("/")[0]
 
 
+class OwnerGone(Exception):
+    """The worker a call was forwarded to could not be reached (no socket, refused, or
+    gone before it answered anything): the owner's liveness decides instead."""
+
+
 class Forwarder(Protocol):
-    """Reaches the worker that owns a key (server.forwarding), for Execute."""
+    """Reaches the worker that owns a key (server.forwarding), for Execute and attach."""
 
     def reaches(self, owner: str) -> bool:
-        """Whether `owner` is a worker this process can forward to."""
+        """Whether `owner` is another worker of this supervisor, with its socket there."""
 
     async def execute(
         self, owner: str, call: CallRecord, request: exec_pb2.ExecuteRequest
     ) -> exec_pb2.ExecuteResponse:
-        """Execute `request` at `owner`, for the same caller; its answer or its error."""
+        """Execute `request` at `owner`, for the same caller: its answer (the call's
+        `replayed` set as the owner's trailer says), or its error as the owner gave it
+        (RecordedFailure); OwnerGone when it could not be reached."""
+
+    async def attach(
+        self,
+        owner: str,
+        call: CallRecord,
+        attach: exec_pb2.Attach,
+        requests: AsyncIterator[exec_pb2.StreamRequest],
+        context: Any,
+    ) -> None:
+        """A Stream `attach` at `owner`, proxied both ways to its end (its status raised
+        as RecordedFailure); OwnerGone when it could not be reached."""
 
 
 class KeyedRun:
@@ -245,6 +264,9 @@ class Durable:
         ident: KeyId = (call.who.name, key)
         digest = fingerprint(host.name, request)
         call.key = key
+        forward = None
+        if not stream and not call.forwarded:  # a forwarded call is never forwarded again
+            forward = functools.partial(_forwarded_request, request, host.name, key)
         for _ in range(3):  # a record that vanishes while watched: its run never started
             found = await self._begin_once(
                 call,
@@ -256,6 +278,7 @@ class Durable:
                 bounds=bounds,
                 stream=stream,
                 inline=inline,
+                forward=forward,
             )
             if found is not None:
                 return found
@@ -276,6 +299,7 @@ class Durable:
         bounds: Callable[[float], Bounds],
         stream: bool,
         inline: bool,
+        forward: Callable[[], exec_pb2.ExecuteRequest] | None,
     ) -> KeyedRun | Outcome | None:
         key = ident[1]
         settings = self.settings
@@ -316,7 +340,7 @@ class Durable:
         if existing is not None:
             del self.runs[ident]
             try:
-                outcome = await self._recorded(existing, digest, key, call)
+                outcome = await self._recorded(existing, digest, key, call, forward)
             except BaseException as exc:
                 run.claimed.set_exception(
                     _retry_now(key) if isinstance(exc, asyncio.CancelledError) else exc
@@ -354,10 +378,19 @@ class Durable:
         return run
 
     async def _recorded(
-        self, record: Record, digest: str, key: str, call: CallRecord
+        self,
+        record: Record,
+        digest: str,
+        key: str,
+        call: CallRecord,
+        forward: Callable[[], exec_pb2.ExecuteRequest] | None = None,
     ) -> Outcome | None:
         """The outcome of a record another run wrote: wait for it while its owner lives
-        (None: the record went away, its command never started: claim it again)."""
+        (None: the record went away, its command never started: claim it again).
+
+        With `forward` (an Execute), an owner that is another worker of this supervisor
+        is asked for it instead (server.forwarding): it waits on its run and answers as
+        it would have answered the caller. If it cannot be reached, the store is watched."""
         pause = WATCH_PAUSES[0]
         while True:
             if record.fingerprint != digest:
@@ -366,6 +399,16 @@ class Durable:
                 return Outcome.decode(record.outcome)
             if record.owner == str(self.owner) or not await self.store.alive(record.owner):
                 raise _unknown(key, record)
+            forwarder = self.forwarder
+            if forward is not None and forwarder is not None and forwarder.reaches(record.owner):
+                request = forward()
+                try:
+                    response = await forwarder.execute(record.owner, call, request)
+                except OwnerGone:
+                    forward = None  # an owner is one process: once gone, gone for good
+                else:
+                    call.relayed = True
+                    return Outcome(request.host, response=response)
             await asyncio.sleep(pause)
             pause = min(pause * 2, WATCH_PAUSES[1])
             fresh = await self.store.get(record.scope, record.key)
@@ -381,6 +424,16 @@ class Durable:
             if outcome is None:
                 return run
         return await self.store.get(scope, key)
+
+    async def settle(self, record: Record, call: CallRecord) -> Outcome | None:
+        """A record whose owner was a sibling worker that cannot be reached: its outcome
+        once recorded, OutcomeUnknown once the owner's heartbeat stops, None if the record
+        goes away (its command never started)."""
+        return await self._recorded(record, record.fingerprint, record.key, call)
+
+    def sibling(self, owner: str) -> bool:
+        """Whether owner is another worker of this process's supervisor."""
+        return Owner.group_of(owner) == self.owner.group and owner != str(self.owner)
 
     def unknown(self, key: str, record: Record) -> OutcomeUnknown:
         """Case 4, for a caller that found the record itself."""
@@ -546,6 +599,16 @@ async def _undo_claim(store: Store, record: Record) -> None:
         found = await store.get(record.scope, record.key)
         if found is not None and found.owner == record.owner and found.outcome is None:
             await store.forget(record.scope, record.key)
+
+
+def _forwarded_request(
+    request: exec_pb2.ExecuteRequest, host: str, key: str
+) -> exec_pb2.ExecuteRequest:
+    """The Execute an owner gets for this key and host (ExecuteMany's per-host key too)."""
+    forward = exec_pb2.ExecuteRequest()
+    forward.CopyFrom(request)
+    forward.host, forward.idempotency_key = host, key
+    return forward
 
 
 def _conflict(key: str) -> KeyConflict:

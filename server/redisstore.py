@@ -9,9 +9,9 @@ trip. Owners beat `scout:owner:<owner>` with an expiry of the heartbeat TTL; a c
 stop deletes it.
 
 A stopped Redis must answer fast: connects give up after CONNECT_TIMEOUT, commands after
-COMMAND_TIMEOUT, and a failed command is tried once more on a fresh connection (a server
-restarted under a pooled one), never with backoff. Messages and `url` never carry the
-password.
+COMMAND_TIMEOUT (a hung server), and a command whose connection failed is tried once more
+on a fresh one (a server restarted under a pooled connection), never with backoff.
+Messages and `url` never carry the password.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlsplit
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as LostConnection
 from redis.exceptions import RedisError
 
 from .config import ConfigError, redact
@@ -82,18 +83,21 @@ class RedisStore:
         self.retention = retention
         self.max_records = max_records
         self.heartbeat_ttl = heartbeat_ttl
-        password = urlsplit(url).password
-        self._secrets = [s for s in {password, unquote(password or "")} if s]
         try:  # no connection yet: the pool connects at the first command
+            password = urlsplit(url).password
+            self._secrets = [s for s in {password, unquote(password or "")} if s]
             self._client = redis.Redis.from_url(
                 url,
                 socket_connect_timeout=CONNECT_TIMEOUT,
                 socket_timeout=COMMAND_TIMEOUT,
-                retry=Retry(NoBackoff(), 1),
+                # a pooled connection the server dropped: once more, on a new one; a
+                # timeout is not tried again (a hung server answers neither)
+                retry=Retry(NoBackoff(), 1, supported_errors=(LostConnection,)),
             )
         except ValueError:  # its message may quote the URL: not shown
             raise ConfigError(f"durable.store: {self.url} is not a Redis URL") from None
         self._finish = self._client.register_script(FINISH)
+        self._used = False  # whether a command was sent (then `gone` has work to do)
         self._count = 0  # DBSIZE at the last read, plus this process's claims since
         self._next_count = 0.0  # when to read DBSIZE again
         self._next_recount = 0.0  # at max_records: the earliest read again
@@ -150,8 +154,9 @@ class RedisStore:
         return bool(await self._call(self._client.exists(f"scout:owner:{owner}")))
 
     async def gone(self, owner: str) -> None:
-        """Delete the owner's key."""
-        await self._call(self._client.delete(f"scout:owner:{owner}"))
+        """Delete the owner's key (nothing to do if nothing was ever asked of Redis)."""
+        if self._used:
+            await self._call(self._client.delete(f"scout:owner:{owner}"))
 
     async def count(self) -> int:
         """An approximation: DBSIZE, read every COUNT_EVERY seconds while claims come,
@@ -180,6 +185,7 @@ class RedisStore:
 
     async def _call(self, command: Awaitable[T]) -> T:
         """Await a command; every failure is StoreUnavailable naming the store."""
+        self._used = True
         try:
             return await command
         except (RedisError, OSError) as exc:  # TimeoutError is an OSError

@@ -10,7 +10,9 @@ machinery is `server.stream`, ExecuteMany's `server.fanout`; files are `server.f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
+import uuid
 from collections.abc import AsyncIterator
 
 import asyncssh
@@ -30,7 +32,7 @@ from .audit import AuditLog, CallRecord
 from .callers import Gate
 from .command import CommandSpec, RunningCommand
 from .config import CallerConfig, Config, HostConfig
-from .durable import Durable, KeyedRun, Owner, check_durable
+from .durable import Durable, KeyedRun, Owner, OwnerGone, check_durable
 from .durablestore import open_store
 from .errors import HostNotFound, ScoutError
 from .fanout import FanOut
@@ -72,7 +74,10 @@ class ExecService:
         self.stopping = False  # the server is shutting down: cancelled commands are ABORTED
         self.files = Files(self)
         self.durable = Durable(
-            lambda: self.config.durable, open_store(config.durable), self.launcher, Owner(group)
+            lambda: self.config.durable,
+            open_store(config.durable),
+            self.launcher,
+            Owner(group or uuid.uuid4().hex),  # a group of its own, unless a supervisor's
         )
 
     @property
@@ -161,7 +166,8 @@ class ExecService:
             call, host, spec, request, key=key, bounds=bounds, stream=False, inline=True
         )
         if isinstance(found, Outcome):
-            call.replayed = True
+            if not call.relayed:  # the owner's answer (forwarded) says so itself
+                call.replayed = True
             return found.answer(text=request.text)
         if found.inline is not None and found.starter is call:
             return (await self.durable.run_inline(found)).answer(text=request.text)
@@ -379,7 +385,17 @@ class ExecService:
         owner = found.owner
         if owner == str(self.durable.owner) or not await self.durable.store.alive(owner):
             raise self.durable.unknown(key, found)
-        raise elsewhere(key)
+        if not self.durable.sibling(owner):
+            raise elsewhere(key)
+        forwarder = self.durable.forwarder  # another worker runs it: proxy the call there
+        if forwarder is not None and not call.forwarded and forwarder.reaches(owner):
+            with contextlib.suppress(OwnerGone):
+                await forwarder.attach(owner, call, attach, requests, context)
+                return
+        settled = await self.durable.settle(found, call)  # that worker stops, or is gone
+        if settled is None or settled.host != attach.host:
+            raise not_found(key)
+        await replay_record(settled, offsets, context, call, text=False)
 
 
 async def _feed_and_wait(command: RunningCommand) -> None:

@@ -127,7 +127,7 @@ class SQLiteStore:
         found = await self._run(claim)
         if now >= self._next_prune:
             self._next_prune = now + PRUNE_EVERY
-            self._chore(self._prune, self._set_count)
+            self._chore(self._prune, self._pruned)
         if found is not None:
             return Record(record.scope, record.key, *found)
         self._count += 1
@@ -223,18 +223,26 @@ class SQLiteStore:
         return await self._in_thread(job)
 
     def _in_thread(self, job: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        """job on the waiting connection, in the store's thread (queued behind the jobs
-        there: one at a time)."""
+        """job on the waiting connection, in the store's thread, one at a time; the time it
+        waited in the queue counts against its busy_timeout, so a lock held long fails
+        each waiting call within busy_timeout, not one after another. A job cancelled
+        before its turn never runs."""
+        queued = time.monotonic()
+        held = f"another process held its lock for over {self.busy_timeout:g} s"
 
         def run() -> T:
-            if self._slow is None or self._closed:
+            db = self._slow
+            if db is None or self._closed:
                 raise self._unavailable("it is closed")
+            left = self.busy_timeout - (time.monotonic() - queued)
+            if left <= 0:
+                raise self._unavailable(held)
             try:
-                return job(self._slow)
+                db.execute(f"PRAGMA busy_timeout = {int(left * 1000)}")
+                return job(db)
             except sqlite3.Error as exc:
                 if getattr(exc, "sqlite_errorcode", 0) & 0xFF in BUSY_CODES:
-                    reason = f"another process held its lock for over {self.busy_timeout:g} s"
-                    raise self._unavailable(reason) from None
+                    raise self._unavailable(held) from None
                 raise self._unavailable(exc) from None
 
         return asyncio.get_running_loop().run_in_executor(self._thread, run)
@@ -292,27 +300,35 @@ class SQLiteStore:
         if not self._closed:
             self._in_thread(job).add_done_callback(done)
 
-    def _set_count(self, count: int) -> None:
-        self._count = count
-
-    def _prune(self, db: sqlite3.Connection) -> int:
-        """In the thread: delete expired rows in batches and dead owners; the rows left."""
+    def _prune(self, db: sqlite3.Connection) -> int | None:
+        """In the thread: delete a batch of expired rows (a job of its own, so claims
+        waiting for the thread go between batches); once none are left, the dead owners
+        too, and the unexpired rows counted. None while more remain."""
         now = time.time()
         batch = (
             "DELETE FROM records WHERE rowid IN "
             "(SELECT rowid FROM records WHERE expires <= ? LIMIT ?)"
         )
-        while db.execute(batch, (now, PRUNE_BATCH)).rowcount == PRUNE_BATCH:
-            pass
+        if db.execute(batch, (now, PRUNE_BATCH)).rowcount == PRUNE_BATCH:
+            return None
         db.execute("DELETE FROM owners WHERE seen <= ?", (now - self.heartbeat_ttl,))
         return _unexpired(db)
 
+    def _pruned(self, count: int | None) -> None:
+        """After a batch: the next one (behind the jobs queued meanwhile), or the count."""
+        if count is None:
+            self._chore(self._prune, self._pruned)
+        else:
+            self._count = count
+
     async def _room(self, now: float) -> bool:
-        """At max_records: prune and recount (once a second at most); whether there is
-        room now."""
+        """At max_records: prune and recount (once a RECOUNT_EVERY at most); whether there
+        is room now."""
         if now >= self._next_recount:
             self._next_recount = now + RECOUNT_EVERY
-            self._count = await self._in_thread(self._prune)
+            while (count := await self._in_thread(self._prune)) is None:
+                pass
+            self._count = count
         return self._count < self.max_records
 
     def _wrote(self, size: int) -> None:

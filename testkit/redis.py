@@ -4,11 +4,13 @@ Its temp dir holds its config (persistence off: no RDB, no AOF) and its log. red
 cannot report a port-0 bind, so start_redis() picks a free port, and picks again when
 redis says the port was taken meanwhile; it returns once redis answers PING. stop() and
 start() again bring the same server down and back on the same port (a store that goes
-away and returns), with its data gone, as persistence is off.
+away and returns), with its data gone, as persistence is off; pause() and resume() make
+it hang and come back.
 """
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import time
@@ -108,9 +110,21 @@ class RedisServer:
         self.stop()
         raise RedisError(f"redis-server did not answer within {START_TIMEOUT}s:\n{self.log}")
 
+    def pause(self) -> None:
+        """SIGSTOP redis: connections stay open (and new ones are accepted by the kernel),
+        but nothing answers: a hung server."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT what pause() stopped."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         """Stop redis (its connections drop; its data is gone)."""
         if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)  # a paused one would not hear TERM
             stop(self.process, timeout=5.0)
             self.process = None
 

@@ -43,6 +43,7 @@ server.introspection          test_introspection, test_introspection_bounds, tes
 server.app, .main, .tokens,   test_server_process, test_server_commands, test_hardening_process,
   .quiet                      test_deploy
 server.workers, .workermetrics  test_workers
+server.forwarding             test_forwarding, test_durable_workers
 server.errors, docs/          test_docs
 server.durablestore,          test_durable_store, test_config, test_reload
   .durablerecord, .sqlitestore,
@@ -62,7 +63,7 @@ client.credentials, .reach    test_client_tls, test_client_reach, test_cli_words
 client.mcpserver, .mcptools,  test_mcp
   .mcpfiles
 testkit/                      test_sshservers, test_durable_store (testkit/redis.py)
-deploy/                       test_deploy, test_replicas
+deploy/                       test_deploy, test_replicas, test_durable_replicas
 imports of server/, client/   test_imports
 """
 
@@ -221,15 +222,20 @@ SLOW = frozenset(
         "test_a_deadline_during_a_late_exec_reply_is_may_have_run_and_stops_the_command",
         "test_a_fan_out_does_not_starve_a_single_execute",
         "test_a_flood_of_stream_messages_is_paced",
+        "test_a_key_is_answered_by_any_replica_from_the_shared_store",
+        "test_a_killed_workers_key_is_outcome_unknown_at_the_other_and_never_runs_again",
         "test_a_stream_cut_at_10s_and_attached_at_15s_of_a_30s_command",
         "test_a_host_key_added_and_revoked_while_scout_runs",
         "test_a_host_that_never_speaks_is_one_connect_timeout_and_unavailable",
+        "test_a_hung_redis_is_store_unavailable_within_the_command_timeout",
         "test_a_jump_hosts_failure_is_named_only_to_a_caller_who_may_use_it",
         "test_a_retired_connection_under_a_long_stream_does_not_block_its_replacement",
         "test_a_revoked_key_retires_a_host_that_a_reload_added",
         "test_a_second_signal_skips_the_grace_on_every_worker",
         "test_a_stricter_ping_policy_from_the_config_is_the_one_applied",
         "test_a_timeout_exits_124_and_says_it_was_stopped",
+        "test_an_attach_through_the_other_worker_carries_stdin_and_signals",
+        "test_attach_and_a_keyed_retry_reach_the_command_whichever_worker_answers",
         "test_audit_lines_of_all_workers_stay_whole",
         "test_cancel_during_a_slow_channel_open_stops_what_the_late_open_started",
         "test_changed_host_key_is_failed_precondition",
@@ -245,6 +251,7 @@ SLOW = frozenset(
         "test_new_token_prints_a_fresh_token_and_its_config_line",
         "test_opens_that_outlive_their_deadline_run_nothing",
         "test_processes_racing_for_the_same_keys_win_each_exactly_once",
+        "test_redis_down_refuses_keyed_requests_before_anything_runs_unkeyed_ones_run",
         "test_refused_authentication_is_failed_precondition",
         "test_rejected_host_is_not_retried",
         "test_restarts_past_the_bound_stop_the_server_with_status_1",
@@ -254,6 +261,7 @@ SLOW = frozenset(
         "test_sigterm_drains_every_worker_and_stops_what_outlives_the_grace",
         "test_stream_output_arrives_as_produced",
         "test_ten_thousand_aliases_load_in_seconds",
+        "test_the_owner_killed_a_retry_through_nginx_is_outcome_unknown_and_never_reruns",
         "test_two_hundred_hosts_never_exceed_the_connection_bound",
         "test_unreachable_host_is_unavailable",
         "test_workers_stop_when_the_supervisor_is_killed",

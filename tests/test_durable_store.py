@@ -335,13 +335,18 @@ async def test_another_process_holding_the_lock_is_waited_for_off_the_loop(
         assert await store.claim(record("before")) is None
         other_process.lock()
         start = time.monotonic()
-        ticks, error = await ticks_while(store.claim(record("k")))
-        assert isinstance(error, StoreUnavailable), error
-        assert "held its lock for over 0.5 s" in error.message and str(path) in error.message
-        assert 0.4 < time.monotonic() - start < 2.0
+        claims = [store.claim(record(f"k{i}")) for i in range(5)]
+        ticks, errors = await ticks_while(asyncio.gather(*claims, return_exceptions=True))
+        for error in errors:
+            assert isinstance(error, StoreUnavailable), error
+            assert f"{path} cannot be used: another process held its lock for over 0.5 s" in (
+                error.message
+            )
+        # each waited its 0.5 s at most, the queue for the store's thread included
+        assert 0.4 < time.monotonic() - start < 1.5
         assert ticks >= 20  # the loop ran on meanwhile: the wait was in the thread
         other_process.release()
-        assert await store.get("alice", "k") is None  # the refused claim wrote nothing
+        assert await store.get("alice", "k0") is None  # the refused claim wrote nothing
     finally:
         await store.close()
 
@@ -438,6 +443,26 @@ async def test_a_stopped_redis_is_store_unavailable_within_two_seconds_and_back_
         await store.close()
     logged = caplog.text + "".join(f"{r.args!r}" for r in caplog.records)
     assert "Sw0rdf1sh" not in logged
+
+
+async def test_a_hung_redis_is_store_unavailable_within_the_command_timeout(
+    secret_redis: RedisServer,
+) -> None:
+    store = open_store(DurableSettings(store=secret_redis.url))
+    fresh = open_store(DurableSettings(store=secret_redis.url))  # connects while it hangs
+    try:
+        assert await store.claim(record("k")) is None
+        secret_redis.pause()
+        for call in (lambda: store.claim(record("k2")), lambda: fresh.get("alice", "k")):
+            error = await within(redisstore.COMMAND_TIMEOUT + 0.5, call())
+            assert isinstance(error, StoreUnavailable), error
+            assert "Timeout" in error.message and "***@127.0.0.1" in error.message
+        secret_redis.resume()
+        assert (await store.claim(record("k"))) is not None  # the same server, back
+    finally:
+        secret_redis.resume()
+        await store.close()
+        await fresh.close()
 
 
 async def test_a_redis_password_never_reaches_a_message_or_a_log_line(
