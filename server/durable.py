@@ -189,6 +189,7 @@ class KeyedRun:
         self.task: asyncio.Future[None] | None = None
         self.feeds_stdin = False  # Execute: the run writes stdin and EOF itself
         self.starter: CallRecord | None = None  # the call that started it
+        self.inline: tuple[CallRecord, Bounds] | None = None  # run by its starter's task
         self.attached = 0
         self.began = time.time()  # wall clock, as its record says
         self.stop_reason = ""
@@ -251,6 +252,7 @@ class Durable:
         key: str,
         bounds: Callable[[float], Bounds],
         stream: bool,
+        inline: bool = False,
     ) -> KeyedRun | Outcome:
         """The run to join (a new one started, or one running here), or the recorded
         outcome; raises KeyConflict, OutcomeUnknown, StoreUnavailable, DurableLimit.
@@ -275,6 +277,7 @@ class Durable:
                 grace=grace,
                 bounds=bounds,
                 stream=stream,
+                inline=inline,
                 forward=forward,
             )
             if found is not None:
@@ -295,6 +298,7 @@ class Durable:
         grace: float,
         bounds: Callable[[float], Bounds],
         stream: bool,
+        inline: bool,
         forward: Callable[[], exec_pb2.ExecuteRequest] | None,
     ) -> KeyedRun | Outcome | None:
         key = ident[1]
@@ -316,16 +320,17 @@ class Durable:
         run.feeds_stdin = not stream
         self.runs[ident] = run  # before the claim: a second call here waits on this one
         record = Record(ident[0], key, digest, str(self.owner), run.began)
+        store = self.store  # a reload may have changed these two
+        store.retention, store.max_records = settings.retention, settings.max_records
         self._beat_soon()
-        claim = asyncio.ensure_future(self.store.claim(record))
         try:
-            existing = await asyncio.shield(claim)
+            existing = await self.store.claim(record)
         except BaseException as exc:
             del self.runs[ident]
             if not isinstance(exc, asyncio.CancelledError | DurableLimit):
                 self.store_errors += 1
-            if isinstance(exc, asyncio.CancelledError):  # the claim may still land: undo it
-                self.launcher.track(_undo_claim(self.store, claim, ident))
+            if isinstance(exc, asyncio.CancelledError):  # the claim may have landed: undo it
+                self.launcher.track(_undo_claim(self.store, record))
                 exc = _retry_now(key)
             elif not isinstance(exc, ScoutError):
                 log.exception("durable store claim failed")
@@ -349,8 +354,19 @@ class Durable:
         run.claimed.set_result(None)
         run.starter = call
         self.started += 1
-        run.task = self.launcher.track(self._run(run, call, bounds(grace)))
+        if inline and not grace:  # bound to its caller anyway: run in the caller's task
+            run.inline = (call, bounds(grace))
+        else:
+            run.task = self.launcher.track(self._run(run, call, bounds(grace)))
         return run
+
+    async def run_inline(self, run: KeyedRun) -> Outcome:
+        """Run a keyed command begun with `inline` in the calling task (Execute without a
+        detach_grace: no task of its own, as the caller's cancel stops it anyway)."""
+        assert run.inline is not None
+        call, bounds = run.inline
+        await self._run(run, call, bounds)
+        return run.done.result()
 
     async def _existing_run(self, run: KeyedRun, digest: str, key: str) -> KeyedRun | Outcome:
         """A call for a key already running (or being claimed) here."""
@@ -460,8 +476,10 @@ class Durable:
     # -- the run -----------------------------------------------------------------------
 
     async def _run(self, run: KeyedRun, call: CallRecord, bounds: Bounds) -> None:
-        """Run the command to its end (or its stop), record the outcome, let go of it."""
+        """Run the command to its end (or its stop), record the outcome, let go of it. An
+        inline run's cancel is its caller's: raised again once the outcome is recorded."""
         outcome: Outcome
+        cancelled = False
         try:
             async with self.launcher.run(run.host, run.spec, run.log, bounds, call) as ran:
                 command = ran.command
@@ -473,6 +491,7 @@ class Durable:
             info = ran.outcome()
             outcome = Outcome(run.spec.host, response=recorded_response(info, run.log))
         except asyncio.CancelledError:
+            cancelled = True
             started = run.command is not None
             reason = run.stop_reason or "the server is shutting down"
             when = _iso(run.began)
@@ -501,6 +520,8 @@ class Durable:
                 run.started.set_result(None)
             run.log.close()
         await self._record(run, outcome)
+        if cancelled and run.inline is not None:
+            raise asyncio.CancelledError
 
     async def _record(self, run: KeyedRun, outcome: Outcome) -> None:
         """Keep the outcome (or forget a key whose command never started), then end."""
@@ -572,11 +593,12 @@ def recorded_response(info: object, replay: ReplayLog) -> exec_pb2.ExecuteRespon
     return response
 
 
-async def _undo_claim(store: Store, claim: asyncio.Future[Record | None], ident: KeyId) -> None:
+async def _undo_claim(store: Store, record: Record) -> None:
     """A claim whose caller went away before the run began: forget it if it landed."""
     with contextlib.suppress(Exception):
-        if await claim is None:
-            await store.forget(*ident)
+        found = await store.get(record.scope, record.key)
+        if found is not None and found.owner == record.owner and found.outcome is None:
+            await store.forget(record.scope, record.key)
 
 
 def _forwarded_request(

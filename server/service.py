@@ -163,12 +163,14 @@ class ExecService:
             return self.bounds(spec, request, remaining, stream=False)
 
         found = await self.durable.begin(
-            call, host, spec, request, key=key, bounds=bounds, stream=False
+            call, host, spec, request, key=key, bounds=bounds, stream=False, inline=True
         )
         if isinstance(found, Outcome):
             if not call.relayed:  # the owner's answer (forwarded) says so itself
                 call.replayed = True
             return found.answer(text=request.text)
+        if found.inline is not None and found.starter is call:
+            return (await self.durable.run_inline(found)).answer(text=request.text)
         self.durable.join(found)
         try:
             outcome = await asyncio.shield(found.done)

