@@ -146,7 +146,7 @@ async def serve_worker(start_: WorkerStart, link: socket.socket) -> None:
     path = start_.config_file
     stops = _stops()  # before the start: a stop while starting still drains, after it
     loader = (lambda: worker_config(load(path), start_)) if path else None
-    app = await start(config, None, loader, shared_port=True)
+    app = await start(config, None, loader, shared_port=True, forwarding=start_.forwarding)
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload, app)
 
     def orphaned() -> None:

@@ -14,7 +14,10 @@ In the style of grpclib's server loop, each ExecService method is wrapped by `@r
   started. A status without it was not scout's decision (a proxy, a reset connection,
   grpc's own limits): the caller must assume the command may have run;
 - a cancellation is told apart from a passed deadline and from a shutdown (ABORTED), for
-  the counts, the audit and the log.
+  the counts, the audit and the log;
+- a call another worker forwarded (server.forwarding) is its caller's by name and keeps
+  its request id; the receiving worker admits, counts and audits it, so here it is only
+  served and logged (its access line says `forwarded`).
 """
 
 from __future__ import annotations
@@ -36,9 +39,10 @@ from scout.v1 import exec_pb2
 
 from . import logs
 from .audit import AuditLog, CallRecord
-from .callers import Gate
+from .callers import Gate, forwarded
 from .counters import Histogram, Tally
 from .errors import (
+    REPLAYED_KEY,
     STARTED_KEY,
     AuditUnavailable,
     CommandAborted,
@@ -57,6 +61,7 @@ from .errors import (
     OutcomeUnknown,
     PermissionDenied,
     PoolExhausted,
+    RecordedFailure,
     ScoutError,
     StoreUnavailable,
     TransferMismatch,
@@ -125,6 +130,8 @@ class Context(Protocol):
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str, bool]:
     """Status, message and "may have started" for an exception: the only error mapping."""
+    if isinstance(exc, RecordedFailure):
+        return grpc.StatusCode[exc.code_name], exc.message, exc.started
     if isinstance(exc, ScoutError):
         for cls in type(exc).__mro__:
             if cls in _STATUS:
@@ -150,7 +157,9 @@ def record_end(servicer: Servicer, call: CallRecord, code: grpc.StatusCode, bega
     """A call's end (or one host's, in a fan-out): its code and duration, its audit line,
     and the counts of the command it ran or the file it moved."""
     call.code, call.duration = code.name, time.monotonic() - began
-    servicer.audit.write(call)
+    if not call.forwarded:  # the worker that received a forwarded call audits and counts it
+        servicer.audit.write(call)
+        servicer.rpcs.replayed += call.replayed
     servicer.rpcs.command_done(call)
     servicer.rpcs.file_done(call)
 
@@ -169,6 +178,7 @@ class RpcStats:
     host_commands: dict[tuple[str, str], int] = field(default_factory=dict)  # (host, outcome)
     file_bytes: Tally = field(default_factory=Tally)  # by direction
     file_transfers: dict[tuple[str, str], int] = field(default_factory=dict)  # (direction, code)
+    replayed: int = 0  # answers that were an earlier keyed run's outcome
 
     def done(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
         """Count one finished RPC."""
@@ -276,14 +286,21 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Wrapped[S, R]]:
             try:
                 _identify(self.gate, call, metadata, context)
                 fields["caller"] = call.caller
-                if owned is not None:
+                relay = forwarded.get()
+                if relay is not None:  # the id the receiving worker gave it, as it is
+                    call.request_id = fields["request_id"] = relay.request_id
+                    fields["forwarded"] = "true"
+                elif owned is not None:
                     call.request_id = owned_request_id(call.caller, owned)
                     fields["request_id"] = call.request_id
                 _well_formed(method, request)
                 if isinstance(request, exec_pb2.ExecuteRequest):
                     fields["host"] = logged_host(request.host)
                 result = await handler(self, request, context, call)
-                context.set_trailing_metadata(((logs.REQUEST_ID_KEY, call.request_id),))
+                trailers = [(logs.REQUEST_ID_KEY, call.request_id)]
+                if call.replayed:
+                    trailers.append((REPLAYED_KEY, "true"))
+                context.set_trailing_metadata(tuple(trailers))
                 return result
             except asyncio.CancelledError:
                 code = cancel_code(context, stopping=self.stopping)
@@ -298,10 +315,11 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Wrapped[S, R]]:
             finally:
                 stats.in_flight -= 1
                 stats.in_flight_by_method.add(method, -1)
-                if call.who is not None:
+                if call.who is not None and not call.forwarded:
                     self.gate.release(call.who)
                 record_end(self, call, code, began)
-                stats.done(method, code, call.duration)
+                if not call.forwarded:  # counted by the worker that received it
+                    stats.done(method, code, call.duration)
                 _access_log(call, message)
                 logs.current.reset(token)
             if not call.started and hasattr(request, "__anext__"):  # a refused streaming call
@@ -359,7 +377,14 @@ def logged_host(host: str) -> str:
 
 
 def _identify(gate: Gate, call: CallRecord, metadata: Any, context: Context) -> None:
-    """Authenticate the call and count it against its caller's max_in_flight."""
+    """Authenticate the call and count it against its caller's max_in_flight. A call
+    another worker forwarded (server.forwarding) is its caller's by name, and counted
+    there."""
+    relay = forwarded.get()
+    if relay is not None:
+        who = gate.named(relay.caller)
+        call.who, call.caller, call.forwarded = who, who.name, True
+        return
     who = gate.authenticate(metadata, None if gate.open else context.auth_context())
     call.caller = who.name
     gate.admit(who)
@@ -376,8 +401,10 @@ async def _abort(
     context: Context, code: grpc.StatusCode, message: str, call: CallRecord, *, started: bool
 ) -> NoReturn:
     """End the call with scout's own status, its `x-scout-started` trailer, its request id."""
-    trailers = ((STARTED_KEY, str(started).lower()), (logs.REQUEST_ID_KEY, call.request_id))
-    await context.abort(code, message, trailing_metadata=trailers)
+    trailers = [(STARTED_KEY, str(started).lower()), (logs.REQUEST_ID_KEY, call.request_id)]
+    if call.replayed:
+        trailers.append((REPLAYED_KEY, "true"))
+    await context.abort(code, message, trailing_metadata=tuple(trailers))
 
 
 def safe_parser(message: type[Message]) -> Callable[[bytes], Any]:
