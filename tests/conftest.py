@@ -52,6 +52,7 @@ scout/v1 (the contract)       test_contract, test_breaking, test_polyglot, test_
                               test_go_example, test_node_example
 client.aio, .calls, .sync,    test_client_e2e, test_client_errors, test_client_started,
   .results                    test_cli_live
+client.retry                  test_client_retry, test_durable_client
 client.files                  test_client_files, test_files
 client.fleet, .splitfanout    test_client_fleet, test_split_fanout
 client.cli, .fleetcli,        test_cli, test_cli_fleet, test_cli_fanout, test_cli_live,
