@@ -188,6 +188,7 @@ class KeyedRun:
         self.feeds_stdin = False  # Execute: the run writes stdin and EOF itself
         self.starter: CallRecord | None = None  # the call that started it
         self.inline: tuple[CallRecord, Bounds] | None = None  # run by its starter's task
+        self.request = exec_pb2.ExecuteRequest()  # what it runs, for an attach's policy check
         self.attached = 0
         self.began = time.time()  # wall clock, as its record says
         self.stop_reason = ""
@@ -277,6 +278,7 @@ class Durable:
                 stream=stream,
                 inline=inline,
                 forward=forward,
+                request=request,
             )
             if found is not None:
                 return found
@@ -298,6 +300,7 @@ class Durable:
         stream: bool,
         inline: bool,
         forward: Callable[[], exec_pb2.ExecuteRequest] | None,
+        request: exec_pb2.ExecuteRequest,
     ) -> KeyedRun | Outcome | None:
         key = ident[1]
         settings = self.settings
@@ -316,6 +319,7 @@ class Durable:
         replay = ReplayLog(spec.max_output_bytes, cap, settings.replay_buffer_bytes)
         run = KeyedRun(ident, digest=digest, host=host, spec=spec, log_=replay, grace=grace)
         run.feeds_stdin = not stream
+        run.request = request
         self.runs[ident] = run  # before the claim: a second call here waits on this one
         record = Record(ident[0], key, digest, str(self.owner), run.began)
         store = self.store  # a reload may have changed these two
