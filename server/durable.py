@@ -30,6 +30,7 @@ import contextlib
 import datetime
 import functools
 import hashlib
+import json
 import logging
 import re
 import time
@@ -105,15 +106,12 @@ def detach_grace(settings: DurableSettings, request: exec_pb2.ExecuteRequest) ->
 def fingerprint(host: str, request: exec_pb2.ExecuteRequest) -> str:
     """What makes two requests the same request: host, command or argv, env, working_dir,
     stdin (its digest) and pty."""
-    digest = hashlib.sha256()
-    parts = [host, request.command, *request.argv, request.working_dir, str(request.pty)]
-    parts += [f"{k}={v}" for k, v in sorted(request.env.items())]
-    parts.append(hashlib.sha256(request.stdin).hexdigest())
-    parts.append(str(len(request.argv)))
-    for part in parts:
-        data = part.encode("utf-8", "surrogateescape")
-        digest.update(len(data).to_bytes(8, "big") + data)
-    return digest.hexdigest()
+    stdin = hashlib.sha256(request.stdin).hexdigest() if request.stdin else ""
+    env = sorted(request.env.items())
+    # a JSON list: unambiguous, and one C call
+    what: list[object] = [host, request.command, list(request.argv), env, request.working_dir]
+    what += [stdin, request.pty]
+    return hashlib.sha256(json.dumps(what).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -183,13 +181,14 @@ class KeyedRun:
         self.spec = spec
         self.log = log_
         self.grace = grace
-        self.claimed: asyncio.Future[Outcome | None] = loop.create_future()
+        self.claimed: asyncio.Future[Record | None] = loop.create_future()  # None: ours
         self.started: asyncio.Future[RunningCommand | None] = loop.create_future()
         self.done: asyncio.Future[Outcome] = loop.create_future()
         self.task: asyncio.Future[None] | None = None
         self.feeds_stdin = False  # Execute: the run writes stdin and EOF itself
         self.starter: CallRecord | None = None  # the call that started it
         self.inline: tuple[CallRecord, Bounds] | None = None  # run by its starter's task
+        self.request = exec_pb2.ExecuteRequest()  # what it runs, for an attach's policy check
         self.attached = 0
         self.began = time.time()  # wall clock, as its record says
         self.stop_reason = ""
@@ -279,6 +278,7 @@ class Durable:
                 stream=stream,
                 inline=inline,
                 forward=forward,
+                request=request,
             )
             if found is not None:
                 return found
@@ -300,12 +300,13 @@ class Durable:
         stream: bool,
         inline: bool,
         forward: Callable[[], exec_pb2.ExecuteRequest] | None,
+        request: exec_pb2.ExecuteRequest,
     ) -> KeyedRun | Outcome | None:
         key = ident[1]
         settings = self.settings
         run = self.runs.get(ident)
         if run is not None:
-            return await self._existing_run(run, digest, key)
+            return await self._existing_run(run, digest, call, forward)
         if self.stopping:
             raise HostUnavailable("scout is shutting down; retry on another replica")
         if grace and sum(1 for r in self.runs.values() if r.grace) >= settings.max_detached:
@@ -318,6 +319,7 @@ class Durable:
         replay = ReplayLog(spec.max_output_bytes, cap, settings.replay_buffer_bytes)
         run = KeyedRun(ident, digest=digest, host=host, spec=spec, log_=replay, grace=grace)
         run.feeds_stdin = not stream
+        run.request = request
         self.runs[ident] = run  # before the claim: a second call here waits on this one
         record = Record(ident[0], key, digest, str(self.owner), run.began)
         store = self.store  # a reload may have changed these two
@@ -337,21 +339,10 @@ class Durable:
                 exc = _store_failed()
             run.claimed.set_exception(exc)
             raise
+        run.claimed.set_result(existing)  # at once: the calls waiting here look for themselves
         if existing is not None:
             del self.runs[ident]
-            try:
-                outcome = await self._recorded(existing, digest, key, call, forward)
-            except BaseException as exc:
-                run.claimed.set_exception(
-                    _retry_now(key) if isinstance(exc, asyncio.CancelledError) else exc
-                )
-                raise
-            if outcome is None:
-                run.claimed.set_exception(_retry_now(key))
-            else:
-                run.claimed.set_result(outcome)
-            return outcome
-        run.claimed.set_result(None)
+            return await self._recorded(existing, digest, key, call, forward)
         run.starter = call
         self.started += 1
         if inline and not grace:  # bound to its caller anyway: run in the caller's task
@@ -368,14 +359,21 @@ class Durable:
         await self._run(run, call, bounds)
         return run.done.result()
 
-    async def _existing_run(self, run: KeyedRun, digest: str, key: str) -> KeyedRun | Outcome:
+    async def _existing_run(
+        self,
+        run: KeyedRun,
+        digest: str,
+        call: CallRecord,
+        forward: Callable[[], exec_pb2.ExecuteRequest] | None,
+    ) -> KeyedRun | Outcome | None:
         """A call for a key already running (or being claimed) here."""
+        key = run.key[1]
         if run.fingerprint != digest:
             raise _conflict(key)
-        outcome = await asyncio.shield(run.claimed)
-        if outcome is not None:
-            return outcome
-        return run
+        existing = await asyncio.shield(run.claimed)
+        if existing is None:
+            return run
+        return await self._recorded(existing, digest, key, call, forward)
 
     async def _recorded(
         self,
@@ -419,10 +417,8 @@ class Durable:
     async def find(self, scope: str, key: str) -> KeyedRun | Record | None:
         """For an attach: the run here, else the store's record (None: no such key)."""
         run = self.runs.get((scope, key))
-        if run is not None:
-            outcome = await asyncio.shield(run.claimed)
-            if outcome is None:
-                return run
+        if run is not None and await asyncio.shield(run.claimed) is None:
+            return run
         return await self.store.get(scope, key)
 
     async def settle(self, record: Record, call: CallRecord) -> Outcome | None:

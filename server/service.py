@@ -29,12 +29,12 @@ from .attach import (
     replay_record,
 )
 from .audit import AuditLog, CallRecord
-from .callers import Gate
+from .callers import ANONYMOUS, Gate
 from .command import CommandSpec, RunningCommand
 from .config import CallerConfig, Config, HostConfig
 from .durable import Durable, KeyedRun, Owner, OwnerGone, check_durable
 from .durablestore import open_store
-from .errors import HostNotFound, ScoutError
+from .errors import HostNotFound, PermissionDenied, ScoutError
 from .fanout import FanOut
 from .files import Files
 from .launch import Bounds, Launcher, bounds_for
@@ -356,12 +356,19 @@ class ExecService:
         who, key = call.who, attach.idempotency_key
         if not self.gate.may_use(who, attach.host):
             raise not_found(key)
+        if who is not ANONYMOUS and not who.stream:
+            raise PermissionDenied(
+                f"caller {who.name} may not use Stream (its policy has stream = false)"
+            )
         self.audit.ready()
         offsets = attach_offsets(attach)
         found = await self.durable.find(who.name, key)
         if isinstance(found, KeyedRun):
             if found.host.name != attach.host:
                 raise not_found(key)
+            # the policy in force now must still allow what runs (a reload may narrow it):
+            # an attach can write to its stdin and signal it
+            self.gate.authorize(who, "Stream", found.request)
             await follow(
                 self.durable,
                 found,

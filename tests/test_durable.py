@@ -81,6 +81,17 @@ async def failure(scout: Scout, token: str = ALICE, **fields: Any) -> grpc.aio.A
     return caught.value
 
 
+async def stream_fails(
+    scout: Scout, messages: AsyncIterator[exec_pb2.StreamRequest], code: grpc.StatusCode, says: str
+) -> None:
+    """A Stream (as alice) that ends with code, its details containing says."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in scout.stub.Stream(messages, metadata=auth(), timeout=10):
+            pass
+    assert caught.value.code() == code, caught.value
+    assert says in (caught.value.details() or ""), caught.value
+
+
 async def test_a_retry_after_the_end_gets_the_recorded_outcome(
     scout: Scout, shell_server: ScriptedServer
 ) -> None:
@@ -490,3 +501,55 @@ async def test_a_store_that_is_down_refuses_keyed_calls_before_anything_runs(
             assert shell_server.stats.exec_requests == 2
     finally:
         await asyncio.to_thread(redis.stop)
+
+
+async def test_an_attach_is_judged_by_the_policy_in_force_now(
+    shell_server: ScriptedServer, tmp_path: Path
+) -> None:
+    """A reload that takes the host (or Stream) away also takes the attach away."""
+    cfg = keyed_config(shell_server, tmp_path)
+    async with running_scout(cfg) as scout:
+        start = exec_pb2.ExecuteRequest(
+            host="local", command="sleep 5", idempotency_key="p1", detach_grace=seconds(30)
+        )
+        call = scout.stub.Execute(start, metadata=auth(), timeout=30)
+        for _ in range(100):
+            if shell_server.stats.exec_requests:
+                break
+            await asyncio.sleep(0.05)
+        narrowed = (
+            dataclasses.replace(CALLERS[0], stream=False),
+            dataclasses.replace(CALLERS[1]),
+        )
+        scout.app.live.swap(dataclasses.replace(cfg, callers=narrowed))
+
+        async def attach() -> AsyncIterator[exec_pb2.StreamRequest]:
+            yield exec_pb2.StreamRequest(attach=exec_pb2.Attach(idempotency_key="p1", host="local"))
+
+        await stream_fails(scout, attach(), grpc.StatusCode.PERMISSION_DENIED, "Stream")
+        gone = (dataclasses.replace(CALLERS[0], hosts=("other",)), CALLERS[1])
+        scout.app.live.swap(dataclasses.replace(cfg, callers=gone))
+        await stream_fails(scout, attach(), grpc.StatusCode.NOT_FOUND, "no command")
+        call.cancel()
+
+
+async def test_max_detached_refuses_before_anything_runs(
+    shell_server: ScriptedServer, tmp_path: Path
+) -> None:
+    cfg = keyed_config(shell_server, tmp_path, max_detached=1)
+    async with running_scout(cfg) as scout:
+        first = exec_pb2.ExecuteRequest(
+            host="local", command="sleep 3", idempotency_key="d1", detach_grace=seconds(10)
+        )
+        call = scout.stub.Execute(first, metadata=auth(), timeout=30)
+        for _ in range(100):
+            if shell_server.stats.exec_requests:
+                break
+            await asyncio.sleep(0.05)
+        error = await failure(
+            scout, command="sleep 3", idempotency_key="d2", detach_grace=seconds(10)
+        )
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_detached" in (error.details() or "")
+        assert shell_server.stats.exec_requests == 1
+        call.cancel()
