@@ -14,6 +14,8 @@ client        function: a scout Client connected to fake
 openssh_scout function: scout (in this process) whose one host, "o", is the openssh rig
 remote_dir    function: a directory openssh's login user owns (tests/filerig.py)
 redis_server  module: a real redis-server on loopback, persistence off (testkit/redis.py)
+(autouse)     $XDG_STATE_HOME in a temporary folder for the session and for each test, so
+              servers' default outcome store is never ~/.local/state/scout
 
 Tests that start another program (a real sshd, nginx, Envoy, redis, a scout-server process) or
 build the Go and Node examples are marked `external` here, and those in SLOW `slow`:
@@ -71,6 +73,7 @@ imports of server/, client/   test_imports
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from types import CodeType, FunctionType, ModuleType
@@ -91,6 +94,36 @@ from . import exampleclients, serverproc
 from .fakeexec import FakeExec, serving, tls_credentials
 from .filerig import login_user_dir
 from .scoutd import Scout, config, running_scout
+
+# Where a server's default outcome store goes (server.durablestore.default_store_url).
+STATE_VARIABLES = ("STATE_DIRECTORY", "XDG_STATE_HOME")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_state_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Servers started for the whole session (or in a child process) keep their default
+    outcome store (server/durablestore.py: $XDG_STATE_HOME/scout) in this session's
+    folder, never in the ~/.local/state/scout of the person or CI running the tests."""
+    saved = {name: os.environ.get(name) for name in STATE_VARIABLES}
+    os.environ.pop("STATE_DIRECTORY", None)
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture(autouse=True)
+def _state_directory(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test's servers start with an empty default outcome store: keys one test used
+    never meet another's (the README's examples reuse theirs)."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
 
 
 @pytest.fixture(scope="session")
