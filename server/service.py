@@ -350,7 +350,7 @@ class ExecService:
         """Stream `attach`: this caller's keyed command on that host, running or finished.
         Another caller's key, or a host the caller may no longer use, reads as no key."""
         call.authorized = True
-        call.host, call.key = attach.host[:255], attach.idempotency_key[:128]
+        call.host, call.key = attach.host[:255], attach.idempotency_key[:400]
         check_attach(attach)
         assert call.who is not None
         who, key = call.who, attach.idempotency_key

@@ -553,3 +553,60 @@ async def test_max_detached_refuses_before_anything_runs(
         assert "max_detached" in (error.details() or "")
         assert shell_server.stats.exec_requests == 1
         call.cancel()
+
+
+async def test_an_execute_many_hosts_key_can_be_attached_and_streams_once(
+    fleet: list[ScriptedServer], tmp_path: Path
+) -> None:
+    """KEY/HOST reaches one host's run; with stream_output its output comes once."""
+    hosts = {f"h{i}": server.host_config(f"h{i}") for i, server in enumerate(fleet)}
+    cfg = dataclasses.replace(
+        config(hosts, callers=CALLERS, durable={"store": f"sqlite:{tmp_path / 'd.sqlite3'}"}),
+        allow_plaintext=True,
+    )
+    command = "echo one; sleep 1; echo two"
+    request = exec_pb2.ExecuteManyRequest(
+        hosts=["h1"],
+        stream_output=True,
+        request=exec_pb2.ExecuteRequest(
+            command=command, idempotency_key="fan2", detach_grace=seconds(30)
+        ),
+    )
+    async with running_scout(cfg) as scout:
+        chunks, results = bytearray(), []
+
+        async def many() -> None:
+            async for message in scout.stub.ExecuteMany(request, metadata=auth(), timeout=30):
+                if message.WhichOneof("event") == "output":
+                    chunks.extend(message.output.stdout)
+                else:
+                    results.append(message)
+
+        async def attach() -> AsyncIterator[exec_pb2.StreamRequest]:
+            yield exec_pb2.StreamRequest(
+                attach=exec_pb2.Attach(idempotency_key="fan2/h1", host="h1")
+            )
+
+        fan = asyncio.ensure_future(many())
+        for _ in range(100):
+            if fleet[1].stats.exec_requests:
+                break
+            await asyncio.sleep(0.05)
+        out = bytearray()
+        async for message in scout.stub.Stream(attach(), metadata=auth(), timeout=30):
+            out.extend(message.stdout)
+        await fan
+        await stream_fails(
+            scout,
+            _attach_messages("fan2/h0", "h1"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "attach.idempotency_key",
+        )
+    assert bytes(out) == bytes(chunks) == b"one\ntwo\n"
+    assert len(results) == 1 and results[0].result.exit_code == 0
+    assert results[0].result.stdout == b""  # it came as chunks
+    assert [server.stats.exec_requests for server in fleet] == [0, 1, 0]
+
+
+async def _attach_messages(key: str, host: str) -> AsyncIterator[exec_pb2.StreamRequest]:
+    yield exec_pb2.StreamRequest(attach=exec_pb2.Attach(idempotency_key=key, host=host))
