@@ -41,7 +41,8 @@ from .results import Runs, Section
 from .specs import Auth, Host, LoadResult, LoadSpec
 
 FAKE_HOSTS, DELAY_MS = 200, 10.0  # the fake SSH server's hosts, and its connect delay
-SSH_CLIENTS = ("raw", "raw_cold", "naive")  # load generators that do a gateway's SSH work
+# load generators that do a gateway's SSH work
+SSH_CLIENTS = ("raw", "raw_cold", "naive", "pssh", "pssh_cold")
 PINNED = " Pinned: the gateway on the first core, the rest on the second (see Method)."
 Plan = LoadSpec | Callable[[dict[str, "Runs"]], LoadSpec]  # a spec, or one from this round's
 

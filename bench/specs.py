@@ -36,7 +36,7 @@ class Auth:
 class LoadSpec:
     """One measurement: which backend, how the requests come, where they go."""
 
-    backend: str  # scout | raw | raw_cold | naive (bench.callers)
+    backend: str  # scout | raw | raw_cold | naive | pssh | pssh_cold (bench.callers)
     mode: str  # closed | open | burst (bench.loadgen)
     hosts: tuple[Host, ...]
     command: str = "echo ok"
@@ -117,6 +117,7 @@ class LoadResult:
     scrapes: int = 0  # good answers from spec.scrape
     counts: dict[str, float] = field(default_factory=dict)  # per request (bench.procs.Probe)
     seen: dict[str, int] = field(default_factory=dict)  # the fake SSH server's counters
+    cipher: str = ""  # the SSH cipher the client negotiated (SSH clients that can tell)
 
     @property
     def mib_s(self) -> float:
