@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from .callers import OK, Caller, PsshCaller, failure, make_caller
+from .callers import Caller, PsshCaller, failure, make_caller
 from .procs import Probe, print_json
 from .specs import Cpu, Latency, LoadResult, LoadSpec
 
@@ -89,8 +89,8 @@ class Window:
             self.probe.end()
 
     def record(self, outcome: str, latency: float, nbytes: int) -> None:
-        """One measured request."""
-        if outcome == OK:
+        """One measured request (the spec's measured outcome: OK, unless it says)."""
+        if outcome == self.spec.measured:
             self.latencies.append(latency)
             self.nbytes += nbytes
         else:

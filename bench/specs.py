@@ -58,6 +58,7 @@ class LoadSpec:
     scrape: str = ""  # a /metrics URL to GET every second meanwhile, as Prometheus would
     probe: bool = False  # count the measured process's system calls (bench.procs.Probe)
     keyed: bool = False  # scout: each Execute with an idempotency_key of its own
+    measured: str = "OK"  # the outcome whose latencies are measured; others count as errors
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LoadSpec:
