@@ -344,7 +344,9 @@ def _check_working_dir(who: str, caller: CallerConfig, working_dir: str) -> None
 
 
 class IdentityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
-    """Requires an identity for the services scout does not write itself (reflection).
+    """Requires an identity for the services scout does not write itself (reflection), and
+    is the door of max_concurrent_rpcs: at the limit, a one-message ExecService call gets
+    server.rpc.door's refusal before grpc reads its request.
 
     ExecService authenticates in its own RPC loop (server.rpc), where the client
     certificate is visible; health stays open for probes. An interceptor sees only the

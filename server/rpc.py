@@ -3,7 +3,8 @@
 In the style of grpclib's server loop, each ExecService method is wrapped by `@rpc`:
 
 - admission: beyond `max_concurrent_rpcs`, RESOURCE_EXHAUSTED at once, with a retry
-  hint (grpc core's own queue would answer CANCELLED, late);
+  hint (grpc core's own queue would answer CANCELLED, late); a call whose request is one
+  message is turned away at the door (`door`, from the interceptor), before grpc reads it;
 - a request whose bytes are not a valid message gets INVALID_ARGUMENT (grpcio would say
   UNKNOWN with its own internal text, and log a traceback);
 - expected failures (ScoutError) become the status codes (docs/architecture.md,
