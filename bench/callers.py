@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 
 import asyncssh
 import grpc
@@ -91,9 +92,13 @@ class ScoutCaller(_Caller):
         self._stub, loop = self._stubs[0], asyncio.get_running_loop()
         self._many: asyncio.Task[None] | None = None
         self._answers = {h.name: loop.create_future() for h in self.hosts}
+        self._keys, self._prefix = 0, uuid.uuid4().hex  # keyed: a new key per request
 
     async def call(self, worker: int, host: int) -> tuple[str, int]:
         request = exec_pb2.ExecuteRequest(host=self.hosts[host].name, command=self.spec.command)
+        if self.spec.keyed:
+            self._keys += 1
+            request.idempotency_key = f"{self._prefix}-{self._keys}"
         if self.spec.op == "many":
             self._many = self._many or asyncio.create_task(self._execute_many())
             news: exec_pb2.ExecuteManyResponse = await self._answers[request.host]

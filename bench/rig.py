@@ -73,9 +73,13 @@ FULL = Mode("full", runs=5, warmup=2.0, duration=8.0, ladder_step=8.0, ladder_ru
             stream_bytes=2**30, rss_runs=3)  # fmt: skip
 
 
-def config_text(hosts: list[Host], login: Auth, pool: dict[str, int]) -> str:
-    """The TOML inventory for these hosts (strings quoted as JSON, which TOML accepts)."""
-    lines = ["[ssh]", f"known_hosts = {json.dumps(login.known_hosts)}", "", "[pool]"]
+def config_text(hosts: list[Host], login: Auth, pool: dict[str, int], durable: str = "") -> str:
+    """The TOML inventory for these hosts (strings quoted as JSON, which TOML accepts);
+    `durable`: the keyed commands' store URL."""
+    lines = ["[ssh]", f"known_hosts = {json.dumps(login.known_hosts)}", ""]
+    if durable:
+        lines += ["[durable]", f"store = {json.dumps(durable)}", ""]
+    lines += ["[pool]"]
     lines += [f"{key} = {value}" for key, value in pool.items()]
     for h in hosts:
         lines += ["", f"[hosts.{h.name}]", f"address = {json.dumps(h.address)}",
@@ -149,11 +153,11 @@ class Rig:
 
     async def scout(
         self, hosts: list[Host], login: Auth, *, args: Sequence[str] = (), count: bool = False,
-        **pool: int,
+        durable: str = "", **pool: int,
     ) -> Child:  # fmt: skip
         """Start a scout server for hosts with these pool settings and extra flags."""
         path = self.workdir / f"scout-{len(self.servers) + 1}.toml"
-        path.write_text(config_text(hosts, login, pool), encoding="utf-8")
+        path.write_text(config_text(hosts, login, pool, durable), encoding="utf-8")
         argv = [str(BIN / "scout-server"), "--config", str(path), "--listen", "127.0.0.1:0"]
         name, log = f"scout-server ({path.stem})", path.with_suffix(".log")
         child = await spawn(name, [*argv, *args], log, cpus=self.gateway, count=count)

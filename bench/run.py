@@ -36,6 +36,7 @@ from server.connector import CIPHERS
 from .connects import bounded, cold_hosts, fan_out
 from .cost import anatomy, cost, overhead
 from .files import files
+from .keyed import keyed
 from .ladder import ladder
 from .results import Section
 from .rig import FULL, QUICK, SMOKE, Rig, say, start_rig
@@ -57,8 +58,9 @@ SCENARIOS: dict[int, Callable[[Rig], Awaitable[Section]]] = {
     11: functools.partial(ladder, pinned=True),
     12: anatomy,  # an investigation, not in the default set: needs perf, counts the loop
     13: files,
+    14: keyed,
 }
-DEFAULT = [*range(1, 12), 13]
+DEFAULT = [*range(1, 12), 13, 14]
 
 
 WRITTEN = ("## Method", "## Where scout's time goes", "## Cuts to the request path",

@@ -57,6 +57,7 @@ class LoadSpec:
     target_pid: int = 0  # the SSH server; its whole process tree is read
     scrape: str = ""  # a /metrics URL to GET every second meanwhile, as Prometheus would
     probe: bool = False  # count the measured process's system calls (bench.procs.Probe)
+    keyed: bool = False  # scout: each Execute with an idempotency_key of its own
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LoadSpec:

@@ -75,7 +75,13 @@ class App:
         """What the metrics read (server.metrics)."""
         service = self.service
         return Sources(
-            self.live, service.rpcs, service.gate, self.pool, service.output_budget, service.audit
+            self.live,
+            service.rpcs,
+            service.gate,
+            self.pool,
+            service.output_budget,
+            service.audit,
+            service.durable,
         )
 
     def stop_budget(self) -> float:
@@ -91,6 +97,7 @@ class App:
         self.service.stopping = True
         await self.server.stop(grace)
         budget = self.stop_budget()
+        await self.service.durable.close(budget)  # keyed runs: stopped, recorded as such
         await self.service.launcher.wait_stopped(budget)
         await self.pool.close(drain_within=budget)
         self.service.audit.close()

@@ -71,6 +71,8 @@ class CallRecord:
     direction: str = ""  # files: "upload" or "download"; empty for commands
     file_bytes: int = 0  # files: bytes moved
     sha256: str = ""  # files: SHA-256 of the bytes moved
+    key: str = ""  # the idempotency_key, when the request has one
+    replayed: bool = False  # the answer is an earlier run's outcome: nothing ran for it
 
     def describe(self, request: Any) -> None:
         """Copy what an ExecuteRequest asks for, for the audit and access lines. This runs
@@ -121,6 +123,8 @@ class CallRecord:
             started=self.ran or self.started,
             peer=self.peer,
         )
+        if self.key:
+            record.update(idempotency_key=self.key, replayed=self.replayed)
         return record
 
 

@@ -239,6 +239,36 @@ class FilesSettings:
     window: int = 16  # SFTP requests in flight per transfer (OpenSSH's: 255 KiB each)
 
 
+@dataclass(frozen=True)
+class DurableSettings:
+    """Keyed commands (issue 21): where their records live, and the bounds on them."""
+
+    # "sqlite:PATH" or "redis://HOST:PORT/DB" ("rediss://" for TLS); "": the default SQLite
+    # file (server.durablestore.default_store_url). Not in repr: a redis URL may hold a
+    # password (`redact` gives the form fit for a log line).
+    store: str = field(default="", repr=False)
+    retention: float = 86400.0  # seconds a record is kept, counted from its claim
+    max_records: int = 1_000_000  # unexpired records kept; then keyed calls are refused
+    max_outcome_bytes: int = 1024 * 1024  # one record's encoded outcome
+    replay_buffer_bytes: int = 1024 * 1024  # output kept per command for `attach`
+    max_detached: int = 1000  # commands running on with nobody attached
+    max_detach_grace: float = 3600.0  # the largest `detach_grace` a request may ask
+
+
+def redact(url: str) -> str:
+    """A store URL fit for a log line or a message: whatever comes before the last "@"
+    (user and password, however oddly written) and any query (which may carry them too)
+    replaced by ***. Not parsed: a password with an unescaped "/" or "?" is hidden too."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    if "?" in rest or "#" in rest:
+        rest = rest.split("?")[0].split("#")[0] + "?***"
+    return f"{scheme}://{rest}"
+
+
 WORKERS_AUTO = 0  # `workers = "auto"`: one per core, as many as the shared limits allow
 
 
@@ -262,6 +292,7 @@ class Config:
     fanout: FanoutSettings = field(default_factory=FanoutSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     files: FilesSettings = field(default_factory=FilesSettings)
+    durable: DurableSettings = field(default_factory=DurableSettings)
     hosts: dict[str, HostConfig] = field(default_factory=dict)
 
 

@@ -13,6 +13,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from . import inventory
 from .argvpolicy import PatternError, split_pattern, startup_reason
@@ -26,6 +27,7 @@ from .config import (
     CallerConfig,
     Config,
     ConfigError,
+    DurableSettings,
     ExecSettings,
     FanoutSettings,
     FilesSettings,
@@ -35,6 +37,7 @@ from .config import (
     ServerSettings,
     SSHSettings,
     TLSSettings,
+    redact,
 )
 from .pathpolicy import check_pattern
 
@@ -89,6 +92,14 @@ _FILES: _Bounds = {
     "max_file_bytes": (int, 1, 2**44),
     "chunk_bytes": (int, 4096, 4 * 1024 * 1024),
     "window": (int, 1, 64),
+}
+_DURABLE: _Bounds = {
+    "retention": (float, 1, 10 * 365 * 86400),
+    "max_records": (int, 1, 1_000_000_000),
+    "max_outcome_bytes": (int, 1024, 64 * 1024 * 1024),
+    "replay_buffer_bytes": (int, 0, 1024 * 1024 * 1024),
+    "max_detached": (int, 0, 1_000_000),
+    "max_detach_grace": (float, 0, 30 * 86400),
 }
 FILES_MODES = ("none", "read", "write", "read-write")
 _TOP: _Bounds = {
@@ -395,10 +406,48 @@ def _files(raw: Any, base: Path) -> FilesSettings:
     return FilesSettings(**t.numbers(_FILES), spool_dir=t.path("spool_dir"))
 
 
+def store_url(value: Any, base: Path) -> str:
+    """`[durable] store`: "sqlite:PATH" (PATH made absolute from base), "redis://HOST:PORT/DB"
+    or "rediss://...", or "" for the default file. Messages never show a password."""
+    if value == "":
+        return ""
+    if not isinstance(value, str):
+        raise ConfigError(f"durable.store: expected a string, got {type(value).__name__}")
+    if value.startswith("sqlite:"):
+        return "sqlite:" + str(_path("durable.store", value.removeprefix("sqlite:"), base))
+    scheme = value.partition(":")[0]
+    if scheme not in ("redis", "rediss"):
+        raise ConfigError(
+            'durable.store: expected "sqlite:PATH" or "redis://HOST:PORT/DB" (rediss:// for '
+            f"TLS), got a {scheme!r} URL"
+        )
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - urlsplit checks the port only when it is read
+    except ValueError:
+        parts = None
+    if parts is None or not value.startswith(f"{scheme}://") or not parts.hostname:
+        raise ConfigError(f"durable.store: {redact(value)!r} is not a HOST:PORT/DB URL")
+    if parts.path not in ("", "/") and not parts.path[1:].isdigit():
+        raise ConfigError(f"durable.store: the database of {redact(value)!r} is not a number")
+    return value
+
+
+def _durable(raw: Any, base: Path, exec_: ExecSettings) -> DurableSettings:
+    t = _Table("durable", raw, set(_DURABLE) | {"store"}, base)
+    durable = DurableSettings(store=store_url(t.raw.get("store", ""), base), **t.numbers(_DURABLE))
+    if durable.retention < exec_.max_timeout:
+        raise ConfigError(
+            f"durable.retention: must be at least exec.max_timeout ({exec_.max_timeout:g} s): "
+            "a key's record must outlive the longest command it guards, or a retry runs it again"
+        )
+    return durable
+
+
 def parse(raw: dict[str, Any], base: Path) -> Config:
     """Build a Config from parsed TOML; relative paths are taken from base."""
     sections = {"ssh", "pool", "exec", "tls", "callers", "audit", "fanout", "labels", "hosts"}
-    sections |= {"metrics", "server", "files"}
+    sections |= {"metrics", "server", "files", "durable"}
     flags = {"allow_plaintext", "allow_anonymous"}
     top = _Table("", raw, {"listen", "workers"} | set(_TOP) | sections | flags, base)
     listen = top.string("listen", DEFAULT_LISTEN)
@@ -454,6 +503,7 @@ def parse(raw: dict[str, Any], base: Path) -> Config:
         fanout=fanout,
         metrics=_metrics(top.table("metrics"), base),
         files=_files(top.table("files"), base),
+        durable=_durable(top.table("durable"), base, exec_),
         hosts=hosts,
         **top.numbers(_TOP),
     )

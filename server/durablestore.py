@@ -13,57 +13,66 @@ running somewhere from one whose process died (docs/architecture.md, "Durable co
   replicas: the claim is `SET NX` with an expiry.
 
 Every failure of a store is StoreUnavailable (UNAVAILABLE): a keyed command whose record
-cannot be written does not run.
+cannot be written does not run. `open_store` touches nothing: the store opens its file or
+connection at its first call, so a server that never sees a key never creates the file.
+
+Record, Store and the heartbeat times live in `server.durablerecord` (the stores build on
+them) and are imported from here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+import os
+from pathlib import Path
 
-HEARTBEAT_EVERY = 2.0  # seconds between an owner's heartbeats
-HEARTBEAT_TTL = 6.0  # an owner not heard from for this long is dead
+from .config import ConfigError, DurableSettings, redact
+from .durablerecord import HEARTBEAT_EVERY, HEARTBEAT_TTL, Record, Store
+from .sqlitestore import SQLiteStore
+
+__all__ = [
+    "HEARTBEAT_EVERY",
+    "HEARTBEAT_TTL",
+    "Record",
+    "Store",
+    "default_store_url",
+    "open_store",
+]
+
+STORE_FILE = "durable.sqlite3"
+REDIS_EXTRA = "pip install 'scout[redis]'"
 
 
-@dataclass(frozen=True)
-class Record:
-    """One key's record: what it was for, who runs it, and how it ended (once it has)."""
+def default_store_url() -> str:
+    """`[durable] store` when unset: a file under systemd's StateDirectory= when scout runs
+    with one, else under $XDG_STATE_HOME (~/.local/state by default), in `scout/`."""
+    state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if state:
+        return f"sqlite:{Path(state) / STORE_FILE}"
+    xdg = os.environ.get("XDG_STATE_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "state"
+    return f"sqlite:{base / 'scout' / STORE_FILE}"
 
-    scope: str  # the caller identity the key belongs to
-    key: str
-    fingerprint: str  # digest of the request (server.durable.fingerprint)
-    owner: str  # the process that runs it (server.durable.Owner id)
-    started: float  # wall clock, seconds since the epoch
-    outcome: bytes | None = None  # encoded outcome (server.durable), None while running
 
-
-class Store(Protocol):
-    """The outcome store. Implementations raise StoreUnavailable for every failure and
-    DurableLimit when `max_records` unexpired records are kept."""
-
-    url: str  # for log lines: never carries a password
-
-    async def claim(self, record: Record) -> Record | None:
-        """Write `record` (outcome None) unless its (scope, key) exists: None when written
-        (the caller now runs it), else the record already there, untouched."""
-
-    async def finish(self, scope: str, key: str, outcome: bytes) -> None:
-        """Complete a claimed record with its outcome (encoded by server.durable)."""
-
-    async def get(self, scope: str, key: str) -> Record | None:
-        """The record of (scope, key), or None (never written, or expired)."""
-
-    async def beat(self, owner: str) -> None:
-        """Say that `owner` is alive, for HEARTBEAT_TTL seconds."""
-
-    async def alive(self, owner: str) -> bool:
-        """Whether `owner` has beaten within HEARTBEAT_TTL seconds."""
-
-    async def gone(self, owner: str) -> None:
-        """`owner` stops (a clean shutdown): it is dead from now on."""
-
-    async def count(self) -> int:
-        """Unexpired records kept (the scout_durable_records gauge)."""
-
-    async def close(self) -> None:
-        """Release connections and files."""
+def open_store(settings: DurableSettings, *, heartbeat_ttl: float = HEARTBEAT_TTL) -> Store:
+    """The store `settings.store` names (the default file when it is empty), not opened
+    yet. A redis URL without the `redis` package installed is a ConfigError saying how to
+    add it. heartbeat_ttl: tests shorten it."""
+    url = settings.store or default_store_url()
+    retention, max_records = settings.retention, settings.max_records
+    if url.startswith("sqlite:"):
+        path = Path(url.removeprefix("sqlite:"))
+        return SQLiteStore(
+            path, retention=retention, max_records=max_records, heartbeat_ttl=heartbeat_ttl
+        )
+    try:
+        from . import redisstore
+    except ImportError as exc:
+        if not (exc.name or "").startswith("redis"):
+            raise
+        raise ConfigError(
+            f"durable.store: {redact(url)} needs the redis package, an optional extra: "
+            f"{REDIS_EXTRA}"
+        ) from None
+    return redisstore.RedisStore(
+        url, retention=retention, max_records=max_records, heartbeat_ttl=heartbeat_ttl
+    )

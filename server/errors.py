@@ -20,7 +20,8 @@
     ├── KeyNotFound                 durable: attach to a key this caller never used
     ├── OutcomeUnknown              durable: the key's run started, its outcome is lost
     ├── StoreUnavailable            durable: the outcome store cannot be written: nothing runs
-    └── DurableLimit                durable: a bound of [durable] is reached: nothing runs
+    ├── DurableLimit                durable: a bound of [durable] is reached: nothing runs
+    └── RecordedFailure             durable: how a keyed run failed, given again to a retry
 
     ChannelTrouble                  the pool's business, never shown to a caller as such
     ├── ChannelRefused              the server refused a channel on a live connection: full
@@ -39,6 +40,7 @@ person can act on, never a secret, and quote callers' values only as a short pre
 from __future__ import annotations
 
 STARTED_KEY = "x-scout-started"  # the trailer (and Stream header) that says "may have run"
+REPLAYED_KEY = "x-scout-replayed"  # the trailer that says "an earlier run's outcome, again"
 
 
 class ScoutError(Exception):
@@ -151,6 +153,15 @@ class StoreUnavailable(ScoutError):
 
 class DurableLimit(ScoutError):
     """A bound of `[durable]` (records, detached commands) is reached; nothing ran."""
+
+
+class RecordedFailure(ScoutError):
+    """How a keyed run ended when it failed (its status code's name, message and whether
+    it may have started), given again to a later caller with the same key."""
+
+    def __init__(self, code_name: str, message: str, *, started: bool) -> None:
+        super().__init__(message, started=started)
+        self.code_name = code_name
 
 
 class ChannelTrouble(Exception):

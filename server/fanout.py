@@ -25,6 +25,7 @@ reader slows the commands down, and memory stays near max_parallel x 1 MiB.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import logging
 import time
 from dataclasses import dataclass, field
@@ -36,9 +37,13 @@ from scout.v1 import exec_pb2
 
 from . import targets as targets_
 from .audit import CallRecord
-from .command import RunningCommand
+from .command import CommandSpec, RunningCommand
+from .config import HostConfig
 from .errors import HostNotFound, InvalidRequest
-from .output import OutputQueue
+from .launch import Bounds
+from .outcomes import Outcome
+from .output import STDERR, STDOUT, OutputQueue
+from .replay import Entry
 from .requests import command_spec
 from .responses import execute_response, send_output
 from .rpc import Context, cancel_code, failure, host_status, record_end
@@ -178,6 +183,13 @@ class FanOut:
         record.who = service.gate.current(record.who)  # a reload since the call began
         host, spec = service.admit(record, command, stream=False)
         remaining = self.context.time_remaining()
+        if command.idempotency_key:  # each host its own key: KEY/HOST
+            key = f"{command.idempotency_key}/{host.name}"
+            if self.request.stream_output:
+                return await self._keyed_output(host, spec, command, key, record)
+            return await service.execute_keyed(
+                host, spec, command, key, rpc_remaining=remaining, call=record
+            )
         if not self.request.stream_output:
             return await service.execute_once(host, spec, command, remaining, record)
         bounds = service.bounds(spec, command, remaining, stream=False)
@@ -185,6 +197,54 @@ class FanOut:
         async with service.launcher.run(host, spec, queue, bounds, record) as run:
             await run.bounded(self._forward(run.command, queue, command.text))
         return execute_response(run.outcome(), queue.stdout, queue.stderr, text=False)
+
+    async def _keyed_output(
+        self,
+        host: HostConfig,
+        spec: CommandSpec,
+        command: exec_pb2.ExecuteRequest,
+        key: str,
+        record: CallRecord,
+    ) -> exec_pb2.ExecuteResponse:
+        """A keyed host with stream_output: its output as it comes (all of it, for a
+        retry that joins a run in progress), then the answer; a recorded outcome has
+        its output in the answer only."""
+        service, durable = self.service, self.service.durable
+        rpc_remaining = self.context.time_remaining()
+
+        def bounds(grace: float) -> Bounds:
+            remaining = None if grace else rpc_remaining  # a detachable run outlives the call
+            return service.bounds(spec, command, remaining, stream=False)
+
+        found = await durable.begin(
+            record, host, spec, command, key=key, bounds=bounds, stream=False
+        )
+        if isinstance(found, Outcome):
+            record.replayed = True
+            return found.answer(text=command.text)
+        record.replayed = found.starter is not record
+        durable.join(found)
+        reader = found.log.reader(0, 0)
+        decoders = {k: codecs.getincrementaldecoder("utf-8")("replace") for k in (STDOUT, STDERR)}
+        try:
+            while (items := await reader.read()) is not None:
+                for item in items:
+                    if isinstance(item, Entry):
+                        chunk = (
+                            exec_pb2.OutputChunk(stdout=item.data)
+                            if item.kind == STDOUT
+                            else exec_pb2.OutputChunk(stderr=item.data)
+                        )
+                        if command.text:
+                            chunk.text = decoders[item.kind].decode(item.data)
+                        await self.out.put(
+                            exec_pb2.ExecuteManyResponse(host=host.name, output=chunk)
+                        )
+            outcome = await asyncio.shield(found.done)
+        finally:
+            reader.leave()
+            durable.leave(found)
+        return outcome.answer(text=command.text)
 
     async def _forward(self, command: RunningCommand, queue: OutputQueue, text: bool) -> None:
         """Feed stdin, then pass the host's output, chunk by chunk, to the writer (waiting

@@ -35,6 +35,7 @@ from .counters import Histogram
 if TYPE_CHECKING:
     from .audit import AuditLog
     from .callers import Gate
+    from .durable import Durable
     from .live import LiveConfig
     from .output import OutputBudget
     from .pool import Pool
@@ -83,6 +84,7 @@ class Sources:
     pool: Pool[Any]
     budget: OutputBudget
     audit: AuditLog
+    durable: Durable | None = None
 
 
 class ScoutCollector(Collector):
@@ -95,6 +97,8 @@ class ScoutCollector(Collector):
         yield from self._rpcs()
         yield from self._pool()
         yield from self._commands()
+        if self.sources.durable is not None:
+            yield from self._durable(self.sources.durable)
         if self.sources.live.current.metrics.per_host:
             yield from self._hosts()
 
@@ -169,6 +173,36 @@ class ScoutCollector(Collector):
         for (direction, code), count in sorted(rpcs.file_transfers.items()):
             transfers.add_metric([direction, code], count)
         yield transfers
+
+    def _durable(self, durable: Durable) -> Iterator[Metric]:
+        settings = durable.settings
+        held = sum(run.log.held for run in durable.runs.values())
+        for name, doc, value in (
+            ("running", "keyed commands running in this process", len(durable.runs)),
+            ("detached", "keyed commands running with nobody attached", durable.detached),
+            ("detached_limit", "max_detached", settings.max_detached),
+            ("replay_buffer_bytes", "output held for attach, all keyed commands", held),
+            (
+                "replay_buffer_limit_bytes",
+                "replay_buffer_bytes, per command",
+                settings.replay_buffer_bytes,
+            ),
+            ("records", "unexpired records in the store (last count)", durable.records),
+            ("records_limit", "max_records", settings.max_records),
+        ):
+            yield GaugeMetricFamily(f"scout_durable_{name}", doc, value=value)
+        for name, doc, count in (
+            ("runs", "keyed commands started", durable.started),
+            ("replayed", "answers given from an earlier run", self.sources.rpcs.replayed),
+            ("store_errors", "durable store operations that failed", durable.store_errors),
+        ):
+            yield _counter(f"scout_durable_{name}_total", doc, count)
+        yield _counter(
+            "scout_durable_refused_total",
+            "keyed calls refused at a limit",
+            durable.refused,
+            "limit",
+        )
 
     def _hosts(self) -> Iterator[Metric]:
         pool, rpcs = self.sources.pool, self.sources.rpcs

@@ -3,15 +3,17 @@
 What changes live: the inventory (hosts from ssh_config and `[hosts.NAME]`, labels),
 `[[callers]]`, `[audit]`, `[exec]` and `[fanout]` limits, `max_concurrent_rpcs`,
 `shutdown_grace`, `[ssh]` (known_hosts, client keys, agent, config files), `[metrics]
-per_host` and the exposure flags. A host whose settings changed connects with the new
-ones from the next call: its idle connections close now, busy ones when their command
-ends. A removed caller's next call is UNAUTHENTICATED; its calls in flight finish.
+per_host`, the `[durable]` bounds and the exposure flags. A host whose settings changed
+connects with the new ones from the next call: its idle connections close now, busy ones
+when their command ends. A removed caller's next call is UNAUTHENTICATED; its calls in
+flight finish.
 
 What waits for a restart, with a WARNING naming the key and the old value kept: what the
 listening socket and the pool were built with (`listen`, `workers`, `[tls]` paths,
-`[metrics] listen`, every `[pool]` key), and an `[exec]` limit that would need a larger
-gRPC message than the server accepts or sends (raising `max_stdin_bytes`,
-`max_command_bytes` or `max_output_bytes`; lowering them is live).
+`[metrics] listen`, every `[pool]` key), `[durable] store` (the keys given out are
+recorded in the old one; the URLs are logged without a password), and an `[exec]` limit
+that would need a larger gRPC message than the server accepts or sends (raising
+`max_stdin_bytes`, `max_command_bytes` or `max_output_bytes`; lowering them is live).
 
 The audit file is opened again by name on every reload (logrotate's `create` mode).
 Reading the file (ssh_config files included) runs in a thread; the swap runs on the loop.
@@ -32,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from .audit import AuditLog
-from .config import Config, ConfigError, check_exposure
+from .config import Config, ConfigError, check_exposure, redact
 from .connector import Connector
 from .errors import FileError
 from .live import LiveConfig
@@ -73,6 +75,9 @@ def keep_restart_only(old: Config, fresh: Config) -> tuple[Config, list[str]]:
     if old.metrics.listen != fresh.metrics.listen:
         keep("metrics.listen", old.metrics.listen, fresh.metrics.listen)
         kept["metrics"] = dataclasses.replace(fresh.metrics, listen=old.metrics.listen)
+    if old.durable.store != fresh.durable.store:
+        keep("durable.store", redact(old.durable.store), redact(fresh.durable.store))
+        kept["durable"] = dataclasses.replace(fresh.durable, store=old.durable.store)
     exec_ = fresh.exec
     for keys, grows in (
         (RECEIVE_KEYS, exec_.receive_limit() > old.exec.receive_limit()),

@@ -12,6 +12,8 @@ import re
 import shlex
 from collections.abc import Mapping
 
+from google.protobuf import duration_pb2
+
 from scout.v1 import exec_pb2
 
 from .argvpolicy import argv_line
@@ -63,9 +65,8 @@ def lookup_host(config: Config, name: str) -> HostConfig:
     return host
 
 
-def _seconds(field: str, value: exec_pb2.ExecuteRequest) -> float:
+def duration_seconds(field: str, duration: duration_pb2.Duration) -> float:
     """A Duration field in seconds, refusing what the Duration spec forbids."""
-    duration = value.timeout
     nanos, secs = duration.nanos, duration.seconds
     if not -999_999_999 <= nanos <= 999_999_999 or (secs > 0 > nanos) or (secs < 0 < nanos):
         raise InvalidRequest(f"{field}: not a valid Duration (seconds={secs}, nanos={nanos})")
@@ -83,7 +84,7 @@ def timeout_of(
             return seconds, f"its timeout, the server's default for Stream ({seconds:g}s)"
         seconds = limits.default_timeout
     else:
-        seconds = _seconds("timeout", request)
+        seconds = duration_seconds("timeout", request.timeout)
         if seconds <= 0:
             raise InvalidRequest(f"timeout: must be positive, got {seconds:g}s")
         if seconds > limits.max_timeout:

@@ -73,8 +73,13 @@ async def send_output(
     """The command's output as it comes, one `message` (Stream's StreamResponse or
     ExecuteMany's OutputChunk) a chunk, each handed to `send`, which may wait (gRPC's
     flow control, the fan-out's queue), so a slow reader slows the command."""
+    offsets = {1: 0, 2: 0}  # Stream's chunks say where they start, for an attach later
+    stream = message is exec_pb2.StreamResponse
     async for kind, data, decoded in chunks(queue, text):
         msg = message(stdout=data) if kind == STDOUT else message(stderr=data)
         if decoded is not None:
             msg.text = decoded
+        if stream:
+            msg.offset = offsets[kind]  # type: ignore[attr-defined]
+            offsets[kind] += len(data)
         await send(msg)

@@ -39,6 +39,7 @@ from .audit import AuditLog, CallRecord
 from .callers import Gate
 from .counters import Histogram, Tally
 from .errors import (
+    REPLAYED_KEY,
     STARTED_KEY,
     AuditUnavailable,
     CommandAborted,
@@ -57,6 +58,7 @@ from .errors import (
     OutcomeUnknown,
     PermissionDenied,
     PoolExhausted,
+    RecordedFailure,
     ScoutError,
     StoreUnavailable,
     TransferMismatch,
@@ -125,6 +127,8 @@ class Context(Protocol):
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str, bool]:
     """Status, message and "may have started" for an exception: the only error mapping."""
+    if isinstance(exc, RecordedFailure):
+        return grpc.StatusCode[exc.code_name], exc.message, exc.started
     if isinstance(exc, ScoutError):
         for cls in type(exc).__mro__:
             if cls in _STATUS:
@@ -153,6 +157,7 @@ def record_end(servicer: Servicer, call: CallRecord, code: grpc.StatusCode, bega
     servicer.audit.write(call)
     servicer.rpcs.command_done(call)
     servicer.rpcs.file_done(call)
+    servicer.rpcs.replayed += call.replayed
 
 
 @dataclass
@@ -169,6 +174,7 @@ class RpcStats:
     host_commands: dict[tuple[str, str], int] = field(default_factory=dict)  # (host, outcome)
     file_bytes: Tally = field(default_factory=Tally)  # by direction
     file_transfers: dict[tuple[str, str], int] = field(default_factory=dict)  # (direction, code)
+    replayed: int = 0  # answers that were an earlier keyed run's outcome
 
     def done(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
         """Count one finished RPC."""
@@ -283,7 +289,10 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Wrapped[S, R]]:
                 if isinstance(request, exec_pb2.ExecuteRequest):
                     fields["host"] = logged_host(request.host)
                 result = await handler(self, request, context, call)
-                context.set_trailing_metadata(((logs.REQUEST_ID_KEY, call.request_id),))
+                trailers = [(logs.REQUEST_ID_KEY, call.request_id)]
+                if call.replayed:
+                    trailers.append((REPLAYED_KEY, "true"))
+                context.set_trailing_metadata(tuple(trailers))
                 return result
             except asyncio.CancelledError:
                 code = cancel_code(context, stopping=self.stopping)
@@ -376,8 +385,10 @@ async def _abort(
     context: Context, code: grpc.StatusCode, message: str, call: CallRecord, *, started: bool
 ) -> NoReturn:
     """End the call with scout's own status, its `x-scout-started` trailer, its request id."""
-    trailers = ((STARTED_KEY, str(started).lower()), (logs.REQUEST_ID_KEY, call.request_id))
-    await context.abort(code, message, trailing_metadata=trailers)
+    trailers = [(STARTED_KEY, str(started).lower()), (logs.REQUEST_ID_KEY, call.request_id)]
+    if call.replayed:
+        trailers.append((REPLAYED_KEY, "true"))
+    await context.abort(code, message, trailing_metadata=tuple(trailers))
 
 
 def safe_parser(message: type[Message]) -> Callable[[bytes], Any]:

@@ -9,6 +9,7 @@ machinery is `server.stream`, ExecuteMany's `server.fanout`; files are `server.f
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 from collections.abc import AsyncIterator
 
@@ -17,16 +18,27 @@ import asyncssh
 from scout.v1 import exec_pb2
 
 from . import targets
+from .attach import (
+    attach_offsets,
+    check_attach,
+    elsewhere,
+    follow,
+    not_found,
+    replay_record,
+)
 from .audit import AuditLog, CallRecord
 from .callers import Gate
 from .command import CommandSpec, RunningCommand
 from .config import CallerConfig, Config, HostConfig
+from .durable import Durable, KeyedRun, Owner, check_durable
+from .durablestore import open_store
 from .errors import HostNotFound, ScoutError
 from .fanout import FanOut
 from .files import Files
 from .launch import Bounds, Launcher, bounds_for
 from .live import LiveConfig
-from .output import ExecuteOutput, OutputBudget
+from .outcomes import Outcome
+from .output import STDERR, STDOUT, ExecuteOutput, OutputBudget
 from .pool import Pool
 from .requests import check_execute, timeout_of
 from .responses import execute_response
@@ -47,6 +59,7 @@ class ExecService:
         output_budget: OutputBudget | None = None,
         gate: Gate | None = None,
         audit: AuditLog | None = None,
+        group: str = "",
     ) -> None:
         self.live = live
         config = live.current
@@ -58,6 +71,9 @@ class ExecService:
         self.audit = audit or AuditLog(config.audit)
         self.stopping = False  # the server is shutting down: cancelled commands are ABORTED
         self.files = Files(self)
+        self.durable = Durable(
+            lambda: self.config.durable, open_store(config.durable), self.launcher, Owner(group)
+        )
 
     @property
     def config(self) -> Config:
@@ -80,6 +96,7 @@ class ExecService:
             raise HostNotFound(
                 exc.message + self._closest(call.who, request.host), exc.host
             ) from None
+        check_durable(self.config.durable, request)
         self.audit.ready()
         return host, spec
 
@@ -123,13 +140,50 @@ class ExecService:
         finally:
             output.release()
 
+    async def execute_keyed(
+        self,
+        host: HostConfig,
+        spec: CommandSpec,
+        request: exec_pb2.ExecuteRequest,
+        key: str,
+        *,
+        rpc_remaining: float | None,
+        call: CallRecord,
+    ) -> exec_pb2.ExecuteResponse:
+        """Execute with an idempotency key: the one run of that key, started or joined,
+        or its recorded outcome (Execute, and each host of ExecuteMany)."""
+
+        def bounds(grace: float) -> Bounds:
+            remaining = None if grace else rpc_remaining  # a detachable run outlives the call
+            return self.bounds(spec, request, remaining, stream=False)
+
+        found = await self.durable.begin(
+            call, host, spec, request, key=key, bounds=bounds, stream=False
+        )
+        if isinstance(found, Outcome):
+            call.replayed = True
+            return found.answer(text=request.text)
+        self.durable.join(found)
+        try:
+            outcome = await asyncio.shield(found.done)
+        finally:
+            self.durable.leave(found)
+        call.replayed = found.starter is not call
+        return outcome.answer(text=request.text)
+
     @rpc("Execute")
     async def Execute(
         self, request: exec_pb2.ExecuteRequest, context: Context, call: CallRecord
     ) -> exec_pb2.ExecuteResponse:
         """Run a command, wait for it, return its capped output and exit status."""
         host, spec = self.admit(call, request, stream=False)
-        return await self.execute_once(host, spec, request, context.time_remaining(), call)
+        remaining = context.time_remaining()
+        if request.idempotency_key:
+            key = request.idempotency_key
+            return await self.execute_keyed(
+                host, spec, request, key, rpc_remaining=remaining, call=call
+            )
+        return await self.execute_once(host, spec, request, remaining, call)
 
     @rpc("ListHosts")
     async def ListHosts(
@@ -211,11 +265,22 @@ class ExecService:
         context: Context,
         call: CallRecord,
     ) -> None:
-        """Run a command, send its output as it comes, pass stdin and signals through."""
+        """Run a command, send its output as it comes, pass stdin and signals through; or
+        attach to a keyed command (server.attach)."""
         limits = self.config.exec
-        start = await first_message(requests, limits.stream_start_timeout)
+        first = await first_message(requests, limits.stream_start_timeout)
+        if first.WhichOneof("event") == "attach":
+            await self.attach(first.attach, requests, context, call)
+            return
+        start = first.start
         host, spec = self.admit(call, start, stream=True)
-        bounds = self.bounds(spec, start, context.time_remaining(), stream=True)
+        remaining = context.time_remaining()
+        if start.idempotency_key:
+            await self.stream_keyed(
+                host, spec, start, requests=requests, context=context, call=call
+            )
+            return
+        bounds = self.bounds(spec, start, remaining, stream=True)
         await run_stream(
             self.launcher,
             host,
@@ -227,6 +292,92 @@ class ExecService:
             text=start.text,
             limits=limits,
         )
+
+    async def stream_keyed(
+        self,
+        host: HostConfig,
+        spec: CommandSpec,
+        start: exec_pb2.ExecuteRequest,
+        *,
+        requests: AsyncIterator[exec_pb2.StreamRequest],
+        context: Context,
+        call: CallRecord,
+    ) -> None:
+        """Stream with an idempotency key: start the run (or join it), read it from 0."""
+        rpc_remaining = context.time_remaining()
+
+        def bounds(grace: float) -> Bounds:
+            remaining = None if grace else rpc_remaining  # a detachable run outlives the call
+            return self.bounds(spec, start, remaining, stream=True)
+
+        key = start.idempotency_key
+        found = await self.durable.begin(
+            call, host, spec, start, key=key, bounds=bounds, stream=True
+        )
+        offsets = {STDOUT: 0, STDERR: 0}
+        if isinstance(found, Outcome):
+            await replay_record(found, offsets, context, call, text=start.text)
+            return
+        starter = found.starter is call
+        call.replayed = not starter
+        await follow(
+            self.durable,
+            found,
+            offsets,
+            starter=starter,
+            requests=requests,
+            context=context,
+            call=call,
+            text=start.text,
+            limits=self.config.exec,
+        )
+
+    async def attach(
+        self,
+        attach: exec_pb2.Attach,
+        requests: AsyncIterator[exec_pb2.StreamRequest],
+        context: Context,
+        call: CallRecord,
+    ) -> None:
+        """Stream `attach`: this caller's keyed command on that host, running or finished.
+        Another caller's key, or a host the caller may no longer use, reads as no key."""
+        call.authorized = True
+        call.host, call.key = attach.host[:255], attach.idempotency_key[:128]
+        check_attach(attach)
+        assert call.who is not None
+        who, key = call.who, attach.idempotency_key
+        if not self.gate.may_use(who, attach.host):
+            raise not_found(key)
+        self.audit.ready()
+        offsets = attach_offsets(attach)
+        found = await self.durable.find(who.name, key)
+        if isinstance(found, KeyedRun):
+            if found.host.name != attach.host:
+                raise not_found(key)
+            await follow(
+                self.durable,
+                found,
+                offsets,
+                starter=False,
+                requests=requests,
+                context=context,
+                call=call,
+                text=False,
+                limits=self.config.exec,
+            )
+            return
+        if found is None:
+            raise not_found(key)
+        if found.outcome is not None:
+            outcome = Outcome.decode(found.outcome)
+            if outcome.host != attach.host:
+                raise not_found(key)
+            await replay_record(outcome, offsets, context, call, text=False)
+            return
+        owner = found.owner
+        if owner == str(self.durable.owner) or not await self.durable.store.alive(owner):
+            raise self.durable.unknown(key, found)
+        raise elsewhere(key)
 
 
 async def _feed_and_wait(command: RunningCommand) -> None:

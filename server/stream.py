@@ -20,7 +20,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 from scout.v1 import exec_pb2
 
@@ -41,8 +41,8 @@ LINGER = 2.0  # after `exit`, how long a caller that may still write gets to hal
 
 async def first_message(
     requests: AsyncIterator[exec_pb2.StreamRequest], within: float
-) -> exec_pb2.ExecuteRequest:
-    """The `start` message, which must come first and soon."""
+) -> exec_pb2.StreamRequest:
+    """The `start` (or `attach`) message, which must come first and soon."""
     try:
         async with asyncio.timeout(within):
             first: Any = await anext(requests, None)
@@ -50,10 +50,17 @@ async def first_message(
         raise InvalidRequest(f"Stream: no `start` message within {within:g}s of the call") from None
     if first is MALFORMED:
         raise InvalidRequest("Stream: the first message is not a valid StreamRequest")
-    if first is None or first.WhichOneof("event") != "start":
-        raise InvalidRequest("Stream: the first message must be `start`")
-    start: exec_pb2.ExecuteRequest = first.start
-    return start
+    if first is None or first.WhichOneof("event") not in ("start", "attach"):
+        raise InvalidRequest("Stream: the first message must be `start` (or `attach`)")
+    message: exec_pb2.StreamRequest = first
+    return message
+
+
+class Failing(Protocol):
+    """Where the pump hands a failure: the reader of the call's output raises it."""
+
+    def fail(self, error: BaseException) -> None:
+        """The call must end with error."""
 
 
 class StdinPump:
@@ -63,7 +70,7 @@ class StdinPump:
         self,
         command: RunningCommand,
         requests: AsyncIterator[exec_pb2.StreamRequest],
-        queue: OutputQueue,
+        queue: Failing,
         rate: float,
     ) -> None:
         self._command = command
@@ -84,13 +91,14 @@ class StdinPump:
         """The caller will send nothing that matters after the command's end."""
         return self._eof or self.half_closed
 
-    def start(self) -> None:
-        """Write start's stdin (and EOF if asked), then read the caller's messages."""
+    def start(self, *, initial: bool = True) -> None:
+        """Write start's stdin (and EOF if asked) when `initial` (the caller that started
+        the command; an attach does not send them again), then read the caller's messages."""
         spec = self._command.spec
-        if spec.stdin:
+        if initial and spec.stdin:
             self._chunks.append(spec.stdin)
             self._buffered += len(spec.stdin)
-        if spec.close_stdin:
+        if initial and spec.close_stdin:
             self._eof = True
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._read()), loop.create_task(self._write())]
@@ -129,8 +137,8 @@ class StdinPump:
             self._command.resize(*check_terminal_size(msg.resize, "resize"))
         elif event == "close_stdin":
             self._close_stdin()
-        elif event == "start":
-            raise InvalidRequest("Stream: `start` may only be the first message")
+        elif event in ("start", "attach"):
+            raise InvalidRequest(f"Stream: `{event}` may only be the first message")
         else:
             raise InvalidRequest("Stream: a message must carry an event")
 

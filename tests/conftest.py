@@ -13,8 +13,9 @@ tls_fake      function: the same behind TLS, pki's server certificate
 client        function: a scout Client connected to fake
 openssh_scout function: scout (in this process) whose one host, "o", is the openssh rig
 remote_dir    function: a directory openssh's login user owns (tests/filerig.py)
+redis_server  module: a real redis-server on loopback, persistence off (testkit/redis.py)
 
-Tests that start another program (a real sshd, nginx, Envoy, a scout-server process) or
+Tests that start another program (a real sshd, nginx, Envoy, redis, a scout-server process) or
 build the Go and Node examples are marked `external` here, and those in SLOW `slow`:
 `make test-fast` leaves both out.
 
@@ -43,6 +44,9 @@ server.app, .main, .tokens,   test_server_process, test_server_commands, test_ha
   .quiet                      test_deploy
 server.workers, .workermetrics  test_workers
 server.errors, docs/          test_docs
+server.durablestore,          test_durable_store, test_config, test_reload
+  .durablerecord, .sqlitestore,
+  .redisstore
 scout/v1 (the contract)       test_contract, test_breaking, test_polyglot, test_readme,
                               test_go_example, test_node_example
 client.aio, .calls, .sync,    test_client_e2e, test_client_errors, test_client_started,
@@ -57,7 +61,7 @@ client.profiles, .explain     test_profiles, test_cli_words
 client.credentials, .reach    test_client_tls, test_client_reach, test_cli_words
 client.mcpserver, .mcptools,  test_mcp
   .mcpfiles
-testkit/                      test_sshservers
+testkit/                      test_sshservers, test_durable_store (testkit/redis.py)
 deploy/                       test_deploy, test_replicas
 imports of server/, client/   test_imports
 """
@@ -77,6 +81,7 @@ from server.config import HostConfig
 from server.keyfiles import ShellKeys, load_or_create_keys
 from testkit import proxies
 from testkit.certs import PKI, make_pki
+from testkit.redis import RedisServer, start_redis
 from testkit.scripted import ScriptedServer, scripted_fleet, scripted_server
 from testkit.sshd import OpenSSHServer, start_openssh
 
@@ -180,12 +185,23 @@ def remote_dir() -> Iterator[Path]:
         yield path
 
 
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server for the module (fails, never skips, without redis-server)."""
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 # What makes a test `external`: calling one of these from its body, one of its fixtures, or
 # a function of this project that they call (found in their code, not by names or files, so
 # a test keeps its mark when it moves).
 EXTERNAL: frozenset[Callable[..., Any]] = frozenset(
     {
         start_openssh,
+        start_redis,
         proxies.nginx_binary,
         proxies.envoy_binary,
         exampleclients.build,
@@ -205,8 +221,10 @@ SLOW = frozenset(
         "test_a_deadline_during_a_late_exec_reply_is_may_have_run_and_stops_the_command",
         "test_a_fan_out_does_not_starve_a_single_execute",
         "test_a_flood_of_stream_messages_is_paced",
+        "test_a_stream_cut_at_10s_and_attached_at_15s_of_a_30s_command",
         "test_a_host_key_added_and_revoked_while_scout_runs",
         "test_a_host_that_never_speaks_is_one_connect_timeout_and_unavailable",
+        "test_a_hung_redis_is_store_unavailable_within_the_command_timeout",
         "test_a_jump_hosts_failure_is_named_only_to_a_caller_who_may_use_it",
         "test_a_retired_connection_under_a_long_stream_does_not_block_its_replacement",
         "test_a_revoked_key_retires_a_host_that_a_reload_added",
@@ -227,6 +245,7 @@ SLOW = frozenset(
         "test_insecure_accept_any_host_key_is_explicit_and_loud",
         "test_new_token_prints_a_fresh_token_and_its_config_line",
         "test_opens_that_outlive_their_deadline_run_nothing",
+        "test_processes_racing_for_the_same_keys_win_each_exactly_once",
         "test_refused_authentication_is_failed_precondition",
         "test_rejected_host_is_not_retried",
         "test_restarts_past_the_bound_stop_the_server_with_status_1",

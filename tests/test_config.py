@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from server.config import ConfigError
+from server.config import ConfigError, DurableSettings, redact
 from server.configfile import load
 
 GOOD = """
@@ -72,6 +72,17 @@ def test_a_full_config_loads(tmp_path: Path) -> None:
         ("[server]\nmax_ping_strikes = 1.5", "server.max_ping_strikes: expected a whole number"),
         ("[server]\nmin_ping_interval = -1", "server.min_ping_interval: must be at least 0"),
         ("listen = ", "not valid TOML"),
+        ("[durable]\nstores = 'x'", "durable.stores: unknown key"),
+        ("[durable]\nstore = 'postgres://h/db'", 'durable.store: expected "sqlite:PATH"'),
+        ("[durable]\nstore = 'sqlite:'", "durable.store: expected a path"),
+        ("[durable]\nstore = 'redis://:6379/0'", "durable.store: 'redis://:6379/0' is not"),
+        ("[durable]\nstore = 'redis://h:port/0'", "durable.store: 'redis://h:port/0' is not"),
+        ("[durable]\nstore = 'redis://h/x'", "durable.store: the database of"),
+        ("[durable]\nstore = 7", "durable.store: expected a string"),
+        ("[durable]\nmax_records = 0", "durable.max_records: must be at least 1"),
+        ("[durable]\nmax_outcome_bytes = 10", "durable.max_outcome_bytes: must be at least"),
+        ("[durable]\nmax_detach_grace = -1", "durable.max_detach_grace: must be at least 0"),
+        ("[durable]\nretention = 60", "durable.retention: must be at least exec.max_timeout"),
     ],
 )
 def test_bad_configs_name_the_key(tmp_path: Path, text: str, named: str) -> None:
@@ -94,3 +105,51 @@ def test_grpc_message_limits_follow_the_exec_limits(tmp_path: Path) -> None:
     limits = load(path).exec
     assert limits.receive_limit() > 100 * mib + limits.max_command_bytes
     assert limits.send_limit() > 4 * 17 * mib  # stdout, stderr and a text copy of each
+
+
+def test_the_durable_section_loads_with_paths_from_the_config_folder(tmp_path: Path) -> None:
+    text = (
+        "[exec]\nmax_timeout = 30\ndefault_timeout = 30\nstream_default_timeout = 30\n"
+        "[durable]\nstore = 'sqlite:state/keys.db'\nretention = 60\n"
+        "max_records = 5\nmax_outcome_bytes = 2048\nreplay_buffer_bytes = 0\n"
+        "max_detached = 3\nmax_detach_grace = 600\n"
+    )
+    durable = load(write(tmp_path, text)).durable
+    assert durable == DurableSettings(
+        store=f"sqlite:{tmp_path}/state/keys.db",
+        retention=60.0,
+        max_records=5,
+        max_outcome_bytes=2048,
+        replay_buffer_bytes=0,
+        max_detached=3,
+        max_detach_grace=600.0,
+    )
+    assert load(write(tmp_path, "")).durable == DurableSettings()  # store "": the default file
+    redis = load(write(tmp_path, "[durable]\nstore = 'rediss://:pw@cache:6380/2'\n"))
+    assert redis.durable.store == "rediss://:pw@cache:6380/2"
+
+
+def test_a_bad_redis_url_is_named_without_its_password(tmp_path: Path) -> None:
+    for url in ("redis://:hunter2@h:nope/0", "redis://u:hunter2@h/db", "redis://:hunter2@/0"):
+        with pytest.raises(ConfigError, match=r"durable\.store") as info:
+            load(write(tmp_path, f"[durable]\nstore = '{url}'\n"))
+        assert "hunter2" not in str(info.value)
+        assert "***@" in str(info.value)
+    assert "hunter2" not in repr(DurableSettings(store="redis://:hunter2@h/0"))
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:s3cret@h:6379/0", "redis://***@h:6379/0"),
+        ("redis://user:s3cret@h", "redis://***@h"),
+        ("redis://:s3c@ret@h/1", "redis://***@h/1"),
+        ("redis://:s3c/ret@h/1", "redis://***@h/1"),
+        ("redis://:s3c?ret@h/1", "redis://***@h/1"),
+        ("redis://h/0?password=s3cret", "redis://h/0?***"),
+        ("rediss://h:6380/2", "rediss://h:6380/2"),
+        ("sqlite:/var/lib/scout/durable.sqlite3", "sqlite:/var/lib/scout/durable.sqlite3"),
+    ],
+)
+def test_redact_hides_every_form_of_a_password(url: str, shown: str) -> None:
+    assert redact(url) == shown

@@ -50,6 +50,7 @@ def test_contract_names() -> None:
     for name in ("idempotency_key", "detach_grace"):
         assert name in request
     attach = exec_pb2.StreamRequest.DESCRIPTOR.fields_by_name["attach"].message_type
+    assert attach is not None
     assert [f.name for f in attach.fields] == [
         "idempotency_key",
         "host",

@@ -23,6 +23,8 @@ LAZY = {
     # `scout mcp` needs the optional mcp extra (the SDK): loaded only by that command
     ("client.cli", "client.mcpserver"),
     ("client.cli", "client.mcptools"),
+    # a redis:// outcome store needs the optional redis extra: loaded only for such a URL
+    ("server.durablestore", "server.redisstore"),
 }
 
 

@@ -31,6 +31,7 @@ from server.callers import hash_token
 from server.config import ConfigError
 from server.configfile import load, parse
 from server.keyfiles import ShellKeys
+from server.reload import keep_restart_only
 from testkit.processes import eventually
 from testkit.scripted import ScriptedServer, scripted_fleet
 
@@ -236,6 +237,26 @@ async def test_a_reload_that_cannot_be_used_changes_nothing(
         assert trio[0].stats.exec_requests == 1 and trio[1].stats.exec_requests == 0
         errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
         assert any("no-such-key" in m for m in errors) and any("TOML" in m for m in errors)
+
+
+def test_the_durable_store_takes_a_restart_and_its_password_never_reaches_the_warning(
+    tmp_path: Path,
+) -> None:
+    old = parse({"durable": {"store": "redis://:old-secret@a:6379/0"}}, tmp_path)
+    fresh = parse(
+        {"durable": {"store": "redis://:new-secret@b:6379/1", "max_records": 7}}, tmp_path
+    )
+    merged, warnings = keep_restart_only(old, fresh)
+    assert merged.durable.store == old.durable.store  # the records given out live there
+    assert merged.durable.max_records == 7  # the bounds are live
+    (warning,) = warnings
+    assert "durable.store" in warning and "restart" in warning
+    assert "redis://***@a:6379/0" in warning and "redis://***@b:6379/1" in warning
+    assert "secret" not in warning
+    again = parse(
+        {"durable": {"store": "redis://:old-secret@a:6379/0", "retention": 7200}}, tmp_path
+    )
+    assert keep_restart_only(old, again)[1] == []  # the same store: nothing to say
 
 
 # ---- ssh_config: nothing runs on the gateway, and thousands of aliases are fast --------

@@ -117,7 +117,7 @@ def _normal(name: str) -> str:
 
 # Modules that serve an optional extra: they may import its distributions (and what those
 # require), and only lazily, from inside the command that needs them.
-OPTIONAL = {"client/mcpserver.py": "mcp"}
+OPTIONAL = {"client/mcpserver.py": "mcp", "server/redisstore.py": "redis"}
 
 
 def _names(specs: list[str]) -> set[str]:
@@ -162,7 +162,8 @@ def test_every_third_party_import_of_the_server_and_client_is_a_runtime_dependen
 
 def test_an_optional_extra_is_imported_only_by_the_command_that_needs_it() -> None:
     """`scout exec` must work without the mcp extra: nothing imports client.mcpserver at
-    module level (cli.py imports it inside `scout mcp`)."""
+    module level (cli.py imports it inside `scout mcp`). Nor does scout-server need the
+    redis extra: server.redisstore is imported only for a redis:// store (open_store)."""
     for path in [*(ROOT / "client").glob("*.py"), *(ROOT / "server").glob("*.py")]:
         tree = ast.parse(path.read_text())
         for node in tree.body:  # module level only
@@ -171,4 +172,5 @@ def test_an_optional_extra_is_imported_only_by_the_command_that_needs_it() -> No
             package = path.parent.name if node.level == 1 else ""  # `from . import x`
             module = ".".join(filter(None, (package, node.module)))
             names = {module, *(f"{module}.{a.name}" for a in node.names)}
-            assert "client.mcpserver" not in names, f"{path.name} imports it at module level"
+            for optional in ("client.mcpserver", "server.redisstore"):
+                assert optional not in names, f"{path.name} imports {optional} at module level"
