@@ -247,15 +247,11 @@ class DownloadCall(_OwnedCall[exec_pb2.DownloadRequest]):
         target = Path(local)
         fd, name = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.")
         digest = hashlib.sha256()
-
-        def keep(file: IO[bytes], data: bytes) -> None:
-            digest.update(data)  # hashlib releases the GIL for large buffers
-            file.write(data)
-
         try:
             with os.fdopen(fd, "wb") as file:
                 async for data in self:
-                    await asyncio.to_thread(keep, file, data)  # one hand-off a chunk
+                    digest.update(data)
+                    await asyncio.to_thread(file.write, data)
             info = _checked(self.info, digest.hexdigest(), self.request)
             _put_in_place(name, target, info.mode if mode is None else mode)
         except BaseException:
