@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-from testkit.redis import RedisServer
+from testkit.redis import start_redis
 
 from .cost import paired
 from .results import Section, met, num, times
@@ -44,8 +44,7 @@ async def keyed(rig: Rig) -> Section:
          "ratio"],
     )  # fmt: skip
     host = rig.fake_hosts[0]
-    redis = RedisServer(rig.workdir / "redis")
-    await asyncio.to_thread(redis.start)
+    redis = await asyncio.to_thread(start_redis, rig.workdir / "redis")
     try:
         stores = {UNKEYED: "", SQLITE: f"sqlite:{rig.workdir / 'keyed.sqlite3'}", REDIS: redis.url}
         servers = {

@@ -15,6 +15,7 @@ from .errors import (
     HostNotFound,
     HostRejected,
     InvalidRequest,
+    KeyNotFound,
     NotAllowed,
     Overloaded,
     ScoutError,
@@ -28,7 +29,8 @@ from .errors import (
 from .files import DownloadCall, FileInfo, HostUpload, Uploaded
 from .fleet import Host, HostEvent, HostOutcome, HostOutput
 from .options import ExecOptions
-from .results import Event, Exit, ExitStatus, Result, Stderr, Stdout
+from .results import Event, Exit, ExitStatus, Lost, Result, Stderr, Stdout
+from .retry import RetryPolicy
 from .sync import SyncClient
 
 __all__ = [
@@ -56,9 +58,12 @@ __all__ = [
     "HostRejected",
     "HostUpload",
     "InvalidRequest",
+    "KeyNotFound",
+    "Lost",
     "NotAllowed",
     "Overloaded",
     "Result",
+    "RetryPolicy",
     "ScoutError",
     "ServerError",
     "Stderr",

@@ -15,6 +15,7 @@ nothing ran.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Self
 
@@ -26,7 +27,7 @@ from scout.v1 import exec_pb2
 from . import files
 from .calls import ExecuteManyCall, StreamCall, _exec_stub
 from .credentials import TLS, bearer_metadata
-from .errors import InvalidRequest, from_rpc_error
+from .errors import InvalidRequest, from_rpc_error, is_replayed
 from .fleet import Host, host_from_message, is_pattern
 from .options import ExecOptions, command_or_argv, exec_options
 from .reach import ensure_ready
@@ -34,6 +35,7 @@ from .results import (
     Result,
     result_from_response,
 )
+from .retry import RetryPolicy, make_key, with_retries
 from .splitfanout import SplitExecuteManyCall
 
 __all__ = ["DEFAULT_TARGET", "Client", "ExecuteManyCall", "StreamCall"]
@@ -71,6 +73,7 @@ class Client:
         deadline_margin: float = DEFAULT_DEADLINE_MARGIN,
         split_fan_out: bool = False,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        retry: RetryPolicy | None = None,
     ) -> None:
         """Check the token and read the TLS files now; the channel opens on first use.
 
@@ -81,6 +84,10 @@ class Client:
         proxy routing by host in front of several replicas (client/splitfanout.py).
         connect_timeout: seconds a call waits for a connection in progress; then it
         raises Unreachable without having sent anything.
+        retry: retry execute, stream and execute_many when their fate is unknown (a
+        dropped connection, UNAVAILABLE), always with an idempotency key so that nothing
+        runs twice: the client makes one for a call that has none. A stream re-attaches
+        where it was. See client/retry.py for what is retried and what is final.
         """
         self.target = target
         self._auth = bearer_metadata(token)
@@ -89,6 +96,7 @@ class Client:
         self._margin = deadline_margin
         self._split_fan_out = split_fan_out
         self._connect_timeout = connect_timeout
+        self._retry = retry
         self._channel: grpc.aio.Channel | None = None
         self._closed = False
 
@@ -98,7 +106,31 @@ class Client:
         transport = "tls" if self._credentials is not None else "plaintext"
         auth = " token" if self._auth else ""
         split = " split-fan-out" if self._split_fan_out else ""
-        return f"<Client target={self.target!r} {transport}{auth}{split} {state}>"
+        retry = " retry" if self._retry is not None else ""
+        return f"<Client target={self.target!r} {transport}{auth}{split}{retry} {state}>"
+
+    @property
+    def retry(self) -> RetryPolicy | None:
+        """The retry policy calls follow (None: no call is retried)."""
+        return self._retry
+
+    def _keyed(self, opts: ExecOptions) -> ExecOptions:
+        """The options with the policy's key and detach_grace filled in where the call
+        gave none; detach_grace needs a key."""
+        policy = self._retry
+        changes: dict[str, Any] = {}
+        if policy is not None:
+            if not opts.idempotency_key:
+                changes["idempotency_key"] = make_key()
+            if opts.detach_grace is None and policy.detach_grace is not None:
+                changes["detach_grace"] = policy.detach_grace
+        elif opts.detach_grace is not None and not opts.idempotency_key:
+            raise ValueError("detach_grace needs an idempotency_key (or a RetryPolicy)")
+        return dataclasses.replace(opts, **changes) if changes else opts
+
+    def _stopped(self) -> bool:
+        """Whether close() was called, after which nothing is retried."""
+        return self._closed
 
     @property
     def has_token(self) -> bool:
@@ -180,19 +212,30 @@ class Client:
         The command is a shell line, or `argv=[program, arg, ...]` (exactly one of them;
         a caller whose policy lists commands must send argv).
         `fields` are ExecOptions fields by name (`timeout=10`), over `options` if given.
+        With `idempotency_key` (or the client's RetryPolicy, which makes one), the
+        command runs at most once under the key; `result.replayed` says the outcome was
+        recorded by an earlier call with it. With a RetryPolicy, a call whose fate is
+        unknown is sent again with the same key (client/retry.py).
         """
         words = command_or_argv(command, argv)
         metadata = self._metadata(host)
-        opts = exec_options(options, fields)
+        opts = self._keyed(exec_options(options, fields))
         deadline = opts.deadline(self._margin)
-        stub = _exec_stub(await self._connected(deadline, host))
-        try:
-            response = await stub.Execute(
-                opts.request(host, command, words), timeout=deadline, metadata=metadata
-            )
-        except grpc.RpcError as err:
-            raise from_rpc_error(err, host) from err
-        return result_from_response(response, host)
+        request = opts.request(host, command, words)
+
+        async def attempt() -> Result:
+            stub = _exec_stub(await self._connected(deadline, host))
+            call = stub.Execute(request, timeout=deadline, metadata=metadata)
+            try:
+                response = await call
+                trailers = await call.trailing_metadata()
+            except grpc.RpcError as err:
+                raise from_rpc_error(err, host) from err
+            return result_from_response(response, host, replayed=is_replayed(trailers))
+
+        if self._retry is None or not request.idempotency_key:  # never twice without a key
+            return await attempt()
+        return await with_retries(self._retry, attempt, stop=self._stopped)
 
     def stream(
         self,
@@ -212,9 +255,47 @@ class Client:
         """
         words = command_or_argv(command, argv)
         metadata = self._metadata(host)
-        opts = exec_options(options, fields)
+        opts = self._keyed(exec_options(options, fields))
         return StreamCall(
-            self, host, opts.request(host, command, words), opts.deadline(self._margin), metadata
+            self,
+            host,
+            opts.request(host, command, words),
+            opts.deadline(self._margin),
+            metadata,
+            retry=self._retry,
+        )
+
+    def attach(
+        self,
+        host: str,
+        idempotency_key: str,
+        *,
+        stdout_offset: int = 0,
+        stderr_offset: int = 0,
+        rpc_timeout: float | None = None,
+    ) -> StreamCall:
+        """Join the command this caller started on host with that key, running or
+        finished: its output from the offsets (the bytes of each stream the caller
+        already has; 0: all that the server still keeps), then live, then its Exit.
+        Use it as a stream (`async with`, iterate, write, signal). Output the server
+        no longer keeps arrives as a `Lost` event, never as a silent gap. KeyNotFound
+        when this caller started no command with that key on that host. With a
+        RetryPolicy, a dropped connection re-attaches.
+        """
+        if not idempotency_key:
+            raise ValueError("attach needs the idempotency_key the command was started with")
+        if stdout_offset < 0 or stderr_offset < 0:
+            raise ValueError("offsets are byte counts, >= 0")
+        metadata = self._metadata(host)
+        attach = exec_pb2.Attach(
+            idempotency_key=idempotency_key,
+            host=host,
+            stdout_offset=stdout_offset,
+            stderr_offset=stderr_offset,
+        )
+        request = exec_pb2.ExecuteRequest(host=host, idempotency_key=idempotency_key)
+        return StreamCall(
+            self, host, request, rpc_timeout, metadata, retry=self._retry, attach=attach
         )
 
     async def list_hosts(
@@ -262,6 +343,9 @@ class Client:
         (no deadline by default, since hosts may wait their turn). Events: see
         client/fleet.py; with stream_output, HostOutput chunks precede each Result.
         With split_fan_out, one Execute (or Stream) per host, each routed by its host.
+        `idempotency_key` K makes each host's key K/HOST (split fan-out: K:HOST, since
+        a single call's key has no "/"); with a RetryPolicy a dropped call is sent again
+        with it, and hosts already reported are not reported twice.
         The command is a shell line or `argv=[...]`, as for execute.
         """
         words = command_or_argv(command, argv)
@@ -271,7 +355,7 @@ class Client:
         if max_failures < 0:
             raise ValueError(f"max_failures must be >= 0, got {max_failures!r}")
         metadata = self._fan_out_metadata(names)
-        opts = exec_options(options, fields)
+        opts = self._keyed(exec_options(options, fields))
         request = exec_pb2.ExecuteManyRequest(
             hosts=names,
             selector=selector,
@@ -282,7 +366,7 @@ class Client:
         )
         if self._split_fan_out:
             return SplitExecuteManyCall(self, request, opts.rpc_timeout, self._auth)
-        return ExecuteManyCall(self, request, opts.rpc_timeout, metadata)
+        return ExecuteManyCall(self, request, opts.rpc_timeout, metadata, retry=self._retry)
 
     def _stub(self) -> Any:
         """The ExecService stub on this client's channel."""

@@ -9,8 +9,10 @@ extends ExecuteManyCall. Every gRPC error leaves them as a `ScoutError` made by
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-from collections.abc import AsyncIterator
+import dataclasses
+from collections.abc import AsyncIterator, Iterator
 from signal import Signals
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
@@ -18,9 +20,10 @@ import grpc
 
 from scout.v1 import exec_pb2, exec_pb2_grpc
 
-from .errors import ScoutError, from_rpc_error
-from .fleet import HostEvent, host_event_from_response
-from .results import Event, Exit, ExitStatus, event_from_response
+from .errors import KeyNotFound, ScoutError, from_rpc_error, is_replayed
+from .fleet import HostEvent, HostOutput, host_event_from_response
+from .results import Event, Exit, ExitStatus, Lost, Result, Stderr, Stdout, event_from_response
+from .retry import RetryPolicy, next_wait, with_retries
 
 if TYPE_CHECKING:
     from .aio import Client
@@ -73,6 +76,14 @@ class StreamCall(_OwnedCall[exec_pb2.ExecuteRequest]):
     stays open, so signals and resizes can still follow. Writes, signals and
     resizes after the command ended are dropped, as on a closed pipe; after the
     RPC failed they raise its error.
+
+    With an idempotency key and the client's RetryPolicy, a call whose connection
+    drops (client/retry.py says which failures) is made again: with `attach` and the
+    byte offsets of what was read so far once the command had started, else with the
+    same `start` (same key: it cannot run twice). The events read never repeat a byte
+    nor skip one without a `Lost` event: overlap is dropped by the chunks' offsets.
+    Input written while the connection was down is lost (as on a broken pipe); an EOF
+    sent by close_stdin() is sent again after a re-attach.
     """
 
     def __init__(
@@ -82,8 +93,14 @@ class StreamCall(_OwnedCall[exec_pb2.ExecuteRequest]):
         request: exec_pb2.ExecuteRequest,
         deadline: float | None,
         metadata: tuple[tuple[str, str], ...],
+        *,
+        retry: RetryPolicy | None = None,
+        attach: exec_pb2.Attach | None = None,
     ) -> None:
-        """Hold what the start message needs; nothing is sent until `async with`."""
+        """Hold what the start message needs; nothing is sent until `async with`.
+
+        attach: join the command with attach.idempotency_key instead of starting one.
+        """
         super().__init__(client, request, deadline, metadata)
         self.host = host
         self._write_lock = asyncio.Lock()
@@ -95,6 +112,19 @@ class StreamCall(_OwnedCall[exec_pb2.ExecuteRequest]):
         # x-scout-started mark covers the time before the first message.)
         self._responded = False
         self._exit: ExitStatus | None = None
+        self._attach = attach
+        self._retry = retry if request.idempotency_key else None  # never twice without a key
+        # The next byte of each stream we want: what the caller has read so far.
+        self._offsets = {
+            "stdout": attach.stdout_offset if attach is not None else 0,
+            "stderr": attach.stderr_offset if attach is not None else 0,
+        }
+        self._pending: collections.deque[Event] = collections.deque()
+        self._outage: tuple[Iterator[float], float | None] | None = None  # backoff state
+        self._stopping = False  # cancel() was called: no reconnect
+        self._by_offset = False  # this call's chunks are placed by their offsets
+        self._replayed = False
+        self.reconnects = 0  # calls made again after a dropped connection
 
     def __repr__(self) -> str:
         """Show the host and how far the call got, for logs."""
@@ -107,6 +137,23 @@ class StreamCall(_OwnedCall[exec_pb2.ExecuteRequest]):
         return f"<StreamCall host={self.host!r} {state}>"
 
     @property
+    def idempotency_key(self) -> str:
+        """The key the command runs under ("" without one), for a later attach."""
+        return str(self._request.idempotency_key)
+
+    @property
+    def offsets(self) -> tuple[int, int]:
+        """(stdout, stderr): the bytes of each stream read so far (Lost ones counted),
+        which is where an attach resumes."""
+        return self._offsets["stdout"], self._offsets["stderr"]
+
+    @property
+    def replayed(self) -> bool:
+        """Whether the server said x-scout-replayed: the command had ended before this
+        call, and its recorded outcome was sent (known once the iteration ended)."""
+        return self._replayed
+
+    @property
     def exit_status(self) -> ExitStatus | None:
         """Return how the command ended, once the Exit event has been read."""
         return self._exit
@@ -116,20 +163,58 @@ class StreamCall(_OwnedCall[exec_pb2.ExecuteRequest]):
         """Say whether close_stdin() ran, after which no more stdin can be written."""
         return self._stdin_closed
 
+    def cancel(self) -> None:
+        """Cancel the RPC (the server stops the command, or keeps it for its
+        detach_grace); no re-attach follows."""
+        self._stopping = True
+        super().cancel()
+
     async def __aenter__(self) -> Self:
-        """Start the RPC and send the start message."""
+        """Start the RPC and send the start (or attach) message."""
         if self._call is not None:
             raise RuntimeError("a stream runs once; call client.stream(...) again")
+        if self._retry is None:
+            await self._open()
+        else:
+            await with_retries(self._retry, self._open, stop=self._no_more)
+        return self
+
+    def _no_more(self) -> bool:
+        """Whether nothing may be sent again: cancelled, or the client closed."""
+        return self._stopping or self._client._stopped()
+
+    def _first_message(self) -> exec_pb2.StreamRequest:
+        """`attach` with our offsets once the command is known to run (or when asked
+        to attach), else `start`."""
+        if self._attach is None and not self._responded:
+            return exec_pb2.StreamRequest(start=self._request)
+        stdout, stderr = self.offsets
+        attach = exec_pb2.Attach(
+            idempotency_key=self._request.idempotency_key,
+            host=self._attach.host if self._attach is not None else self.host,
+            stdout_offset=stdout,
+            stderr_offset=stderr,
+        )
+        return exec_pb2.StreamRequest(attach=attach)
+
+    async def _open(self) -> None:
+        """Make the RPC and send its first message; raise why when it failed."""
         stub = _exec_stub(await self._client._connected(self._deadline, self.host))
         self._call = stub.Stream(timeout=self._deadline, metadata=self._metadata)
+        self._write_failed = self._start_lost = False
+        first = self._first_message()
+        self._by_offset = first.HasField("attach")
         try:
-            await self._send(exec_pb2.StreamRequest(start=self._request))
+            await self._send(first)
         except BaseException:
             self._call.cancel()
             raise
         if self._start_lost:
             raise await self._lost_start_reason()
-        return self
+        if first.HasField("attach") and self._stdin_closed and not self._request.close_stdin:
+            # close_stdin() was a message of its own, which may have been lost with the old
+            # connection (EOF in the start message was not: the command started with it).
+            await self._send(exec_pb2.StreamRequest(close_stdin=True))
 
     async def _lost_start_reason(self) -> ScoutError:
         """Why the server ended the call before it read the start message, which grpc then
@@ -156,10 +241,18 @@ class StreamCall(_OwnedCall[exec_pb2.ExecuteRequest]):
     async def started(self) -> None:
         """Wait until the server has started the command (its response headers came), or
         raise its refusal: a caller can then decide what to send before any stdin is read."""
-        call = self._running()
-        await call.initial_metadata()
-        if call.done():
-            await self._raise_final_status(call)
+        while True:
+            call = self._running()
+            await call.initial_metadata()
+            if not call.done():
+                return
+            try:
+                await self._raise_final_status(call)
+            except ScoutError as err:
+                if await self._reconnected(err):
+                    continue  # a keyed call whose connection dropped: made again
+                raise
+            return
 
     async def write(self, data: bytes) -> None:
         """Send bytes to the command's stdin, waiting while gRPC flow control says so."""
@@ -191,9 +284,11 @@ class StreamCall(_OwnedCall[exec_pb2.ExecuteRequest]):
         return self
 
     async def __anext__(self) -> Event:
-        """Read the next Stdout, Stderr or Exit event; errors arrive as ScoutError."""
-        call = self._running()
+        """Read the next Stdout, Stderr, Lost or Exit event; errors arrive as ScoutError."""
         while True:
+            if self._pending:
+                return self._pending.popleft()
+            call = self._running()
             try:
                 response = await call.read()
             except grpc.RpcError as err:
@@ -212,20 +307,85 @@ class StreamCall(_OwnedCall[exec_pb2.ExecuteRequest]):
                             "close_stdin=True, when there is no more input)",
                         )
                     ) from err
-                raise self._error(err) from err
+                error = self._error(err)
+                if not await self._reconnected(error):
+                    raise error from err
+                continue
             except asyncio.CancelledError:
                 self._raise_if_we_cancelled()
                 raise
             if response is grpc.aio.EOF:
+                with contextlib.suppress(grpc.RpcError):
+                    self._replayed = is_replayed(await call.trailing_metadata())
                 raise StopAsyncIteration
             self._responded = True
+            self._outage = None  # the new call works: a later drop gets a fresh budget
             event = event_from_response(response)
             if event is None:
                 continue  # a newer server's event kind; skipping it keeps us compatible
             if isinstance(event, Exit):
                 self._exit = event.status
                 await self._half_close()
-            return event
+                return event
+            self._pending.extend(self._in_order(event))
+
+    def _in_order(self, event: Event) -> list[Event]:
+        """The part of an output event the caller has not read yet, by its offset; a gap
+        the server did not announce becomes a Lost event (never a silent skip)."""
+        if isinstance(event, Lost):
+            if event.stream in self._offsets:
+                self._offsets[event.stream] += event.bytes
+            return [event]
+        if not isinstance(event, Stdout | Stderr):
+            return [event]
+        name = "stdout" if isinstance(event, Stdout) else "stderr"
+        have = self._offsets[name]
+        # A call that began with `start` has read nothing before it: its order is the
+        # offset (and a server without keys sends none). An attach resumes by offset.
+        start = event.offset if self._by_offset else have
+        end = start + len(event.data)
+        if end <= have:
+            return []  # all of it was read before the connection dropped
+        events: list[Event] = []
+        data, text = event.data, event.text
+        if start < have:
+            data = data[have - start :]
+            text = data.decode(errors="replace") if text else ""
+            start = have
+        elif start > have:
+            events.append(Lost(name, start - have))
+        self._offsets[name] = end
+        kind = Stdout if name == "stdout" else Stderr
+        events.append(kind(data, text, start))
+        return events
+
+    async def _reconnected(self, error: ScoutError) -> bool:
+        """After a failed read: wait, then make the call again (attach or start), until
+        that works (True) or the policy says the error is final (False)."""
+        if self._retry is None or self._stopping:
+            return False
+        if self._outage is None:
+            loop = asyncio.get_running_loop()
+            deadline = self._retry.deadline
+            self._outage = (
+                self._retry.backoffs(),
+                None if deadline is None else loop.time() + deadline,
+            )
+        waits, ends = self._outage
+        while True:
+            wait = next_wait(error, waits, ends, self._no_more)
+            if wait is None:
+                return False
+            await asyncio.sleep(wait)
+            if self._no_more():
+                return False
+            try:
+                await self._open()
+            except ScoutError as err:
+                error = err
+                continue
+            self.reconnects += 1
+            return True
 
     async def _half_close(self) -> None:
         """After `exit`: end our side, so the server ends the RPC at once (it lingers
@@ -257,8 +417,9 @@ class StreamCall(_OwnedCall[exec_pb2.ExecuteRequest]):
         INTERNAL in place of the server's status).
         """
         call = self._running()
+        first = message.HasField("start") or message.HasField("attach")
         async with self._write_lock:
-            if not message.HasField("start"):
+            if not first:
                 await call.initial_metadata()
             if call.done():
                 await self._raise_final_status(call)
@@ -270,7 +431,7 @@ class StreamCall(_OwnedCall[exec_pb2.ExecuteRequest]):
                 # gets the outcome (Exit, or the error), which comes before the status
                 # that grpc's failed write leaves behind (INTERNAL).
                 self._write_failed = True
-                self._start_lost = message.HasField("start")
+                self._start_lost = first
                 return
             except asyncio.CancelledError:
                 self._raise_if_we_cancelled()
@@ -290,8 +451,16 @@ class StreamCall(_OwnedCall[exec_pb2.ExecuteRequest]):
         raise self._error(error)
 
     def _error(self, err: grpc.RpcError) -> ScoutError:
-        """Map this call's error, knowing that output means the command had started."""
-        return from_rpc_error(err, self.host, started=True if self._responded else None)
+        """Map this call's error, knowing that output means the command had started; an
+        attach's NOT_FOUND is about the key."""
+        attaching = self._attach is not None or self._responded
+        not_found = attaching and err.code() == grpc.StatusCode.NOT_FOUND
+        return from_rpc_error(
+            err,
+            self.host,
+            started=True if self._responded else None,
+            cls=KeyNotFound if not_found else None,
+        )
 
 
 class ExecuteManyCall(_OwnedCall[exec_pb2.ExecuteManyRequest], AsyncIterator[HostEvent]):
@@ -303,7 +472,33 @@ class ExecuteManyCall(_OwnedCall[exec_pb2.ExecuteManyRequest], AsyncIterator[Hos
     `async with` or calling cancel() ends the RPC, and the server stops every
     running command and starts no new one; a plain `async for` that breaks out
     early leaves that to the call's garbage collection.
+
+    With an idempotency key and the client's RetryPolicy, a call that fails as
+    client/retry.py says may be retried is sent again, the same request with the same
+    key (each host's KEY/HOST runs at most once): hosts whose outcome was already
+    read are not reported again, and a host's streamed output (stream_output) is not
+    repeated: its first bytes, read before, are dropped. With stream_output, a host's
+    Result holds only the output its HostOutput chunks did not (a keyed host's answer
+    may carry it all), so every byte is read once.
     """
+
+    def __init__(
+        self,
+        client: Client,
+        request: exec_pb2.ExecuteManyRequest,
+        deadline: float | None,
+        metadata: tuple[tuple[str, str], ...],
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        """Hold what the call needs; nothing is sent yet."""
+        super().__init__(client, request, deadline, metadata)
+        self._retry = retry if request.request.idempotency_key else None
+        self._reported: set[str] = set()  # hosts whose outcome was read
+        self._output: dict[tuple[str, str], int] = {}  # (host, stream): bytes read
+        self._skip: dict[tuple[str, str], int] = {}  # bytes to drop after a retry
+        self._outage: tuple[Iterator[float], float | None] | None = None
+        self.retries = 0  # calls made again after a failure
 
     def __repr__(self) -> str:
         """Show the targets and how far the call got, for logs."""
@@ -327,18 +522,29 @@ class ExecuteManyCall(_OwnedCall[exec_pb2.ExecuteManyRequest], AsyncIterator[Hos
         """Iterate over host events until the RPC ends."""
         return self
 
+    async def _start(self) -> None:
+        """Make the RPC (again)."""
+        stub = _exec_stub(await self._client._connected(self._deadline))
+        self._call = stub.ExecuteMany(
+            self._request, timeout=self._deadline, metadata=self._metadata
+        )
+        self._skip = dict(self._output)
+
     async def __anext__(self) -> HostEvent:
         """Read the next Result, host ScoutError or HostOutput; the RPC's failure raises."""
         if self._call is None:
-            stub = _exec_stub(await self._client._connected(self._deadline))
-            self._call = stub.ExecuteMany(
-                self._request, timeout=self._deadline, metadata=self._metadata
-            )
+            if self._retry is None:
+                await self._start()
+            else:
+                await with_retries(self._retry, self._start, stop=self._no_more)
         while True:
             try:
                 response = await self._call.read()
             except grpc.RpcError as err:
-                raise from_rpc_error(err, "") from err
+                error = from_rpc_error(err, "")
+                if not await self._retried(error):
+                    raise error from err
+                continue
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if self._cancelled and task is not None and task.cancelling() == 0:
@@ -349,6 +555,84 @@ class ExecuteManyCall(_OwnedCall[exec_pb2.ExecuteManyRequest], AsyncIterator[Hos
                 raise
             if response is grpc.aio.EOF:
                 raise StopAsyncIteration
+            self._outage = None
             event = host_event_from_response(response)
-            if event is not None:  # None: a newer server's event kind, skipped
-                return event
+            if event is None:  # a newer server's event kind, skipped
+                continue
+            if isinstance(event, HostOutput):
+                event = self._unread(event)
+                if event is None:
+                    continue
+            elif event.host in self._reported:
+                continue  # read before the call was made again
+            else:
+                self._reported.add(event.host)
+                if isinstance(event, Result):
+                    event = self._rest_of(event)
+            return event
+
+    def _rest_of(self, result: Result) -> Result:
+        """A host's Result without the output its HostOutput chunks already gave (a
+        keyed host's answer carries all of it: the recorded outcome, after a retry)."""
+        if not self._request.stream_output:
+            return result
+        streamed = {kind: self._output.get((result.host, kind), 0) for kind in ("stdout", "stderr")}
+        if not any(streamed.values()):
+            return result
+        stdout, stderr = result.stdout[streamed["stdout"] :], result.stderr[streamed["stderr"] :]
+        return dataclasses.replace(
+            result,
+            stdout=stdout,
+            stderr=stderr,
+            stdout_text=stdout.decode(errors="replace") if result.stdout_text else "",
+            stderr_text=stderr.decode(errors="replace") if result.stderr_text else "",
+        )
+
+    def _unread(self, event: HostOutput) -> HostOutput | None:
+        """The part of a host's output chunk not read before a retry."""
+        stream = (event.host, event.stream)
+        if event.host in self._reported:
+            return None
+        skip = self._skip.get(stream, 0)
+        data = event.data
+        if skip:
+            self._skip[stream] = max(0, skip - len(data))
+            data = data[skip:]
+            if not data:
+                return None
+            event = HostOutput(
+                host=event.host,
+                stream=event.stream,
+                data=data,
+                text=data.decode(errors="replace") if event.text else "",
+            )
+        self._output[stream] = self._output.get(stream, 0) + len(data)
+        return event
+
+    def _no_more(self) -> bool:
+        """Whether nothing may be sent again: cancelled, or the client closed."""
+        return self._cancelled or self._client._stopped()
+
+    async def _retried(self, error: ScoutError) -> bool:
+        """After the call failed: wait, then make it again, until that works (True) or
+        the policy says the error is final (False)."""
+        if self._retry is None or self._cancelled:
+            return False
+        if self._outage is None:
+            loop = asyncio.get_running_loop()
+            deadline = self._retry.deadline
+            ends = None if deadline is None else loop.time() + deadline
+            self._outage = (self._retry.backoffs(), ends)
+        waits, ends = self._outage
+        wait = next_wait(error, waits, ends, self._no_more)
+        if wait is None:
+            return False
+        await asyncio.sleep(wait)
+        if self._no_more():
+            return False
+        try:
+            await self._start()
+        except ScoutError as err:
+            return await self._retried(err)
+        self.retries += 1
+        return True

@@ -7,6 +7,8 @@
         --timeout SECS  --env K=V (repeatable)  --cwd DIR  --tty  --argv  -n/--no-stdin
         --max-output BYTES  -l/--selector SELECTOR  --max-parallel N  --max-failures N
         --json  --split-fan-out
+        --idempotency-key KEY  --detach-grace DURATION
+    scout attach [OPTIONS] HOST KEY [--stdout-offset N] [--stderr-offset N]
     scout cp [OPTIONS] LOCAL HOST:PATH | LOCAL GLOB:PATH | LOCAL -l SELECTOR:PATH
     scout cp [OPTIONS] HOST:PATH LOCAL                       files (client/cpcli.py)
         --mode OCTAL  --create-only  --max-parallel N
@@ -63,6 +65,13 @@ client/exitcodes.py; 4 when all exited 0 but some output was cut), or
 125 or 255 when the call itself failed (nothing ran, or commands may have run;
 what was heard is summed up first).
 
+With --idempotency-key KEY the command runs at most once under KEY (the server records
+its outcome): running the same command line again prints the first run's output and
+exits with its code, and a dropped connection is retried and the stream re-attached
+where it was, without a gap or a repeated byte (client/retry.py). --detach-grace keeps
+the command running after we go away; `scout attach HOST KEY` joins it again: the
+output the server kept, then live output, then its exit code.
+
 Usage mistakes exit 2 before anything runs, as everywhere in argparse.
 
 Connection settings come from flags, then --profile NAME, then $SCOUT_* variables,
@@ -93,7 +102,7 @@ from typing import Any, BinaryIO
 
 from . import completion, cpcli, examples, exitcodes
 from .aio import DEFAULT_TARGET, Client, StreamCall
-from .argtypes import checked
+from .argtypes import checked, duration
 from .credentials import TLS
 from .errors import NotAllowed, ScoutError
 from .explain import Context, SettingError, explain, unreadable
@@ -102,7 +111,8 @@ from .fleet import is_pattern
 from .fleetcli import FanOutOptions, HostListing, run_fanout, run_hosts
 from .grpclogs import hide_native_logs
 from .profiles import ProfileError, resolve
-from .results import Exit, ExitStatus, Result, Stderr, Stdout
+from .results import Exit, ExitStatus, Lost, Result, Stderr, Stdout
+from .retry import RetryPolicy, check_key
 
 __all__ = [
     "amain",
@@ -129,8 +139,27 @@ STDIN_HANDOFF_POLL = 0.5  # how often a waiting stdin thread checks that the loo
 
 # --timeout: refuse values the server would refuse anyway
 _positive_seconds = checked(
-    float, lambda v: v > 0, "not a number of seconds: {text!r}", "must be positive: {text!r}"
+    duration, lambda v: v > 0, "not a number of seconds: {text!r}", "must be positive: {text!r}"
 )
+# --detach-grace: 600, 90s, 10m, 1h30m
+_positive_duration = checked(
+    duration,
+    lambda v: v > 0,
+    "not a duration (600, 90s, 10m, 1h30m): {text!r}",
+    "must be positive: {text!r}",
+)
+# --stdout-offset: a byte count
+_offset = checked(int, lambda v: v >= 0, "not a whole number: {text!r}", "must be >= 0: {text!r}")
+
+
+def _key(text: str) -> str:
+    """Parse --idempotency-key (and attach's KEY): the server's charset and length."""
+    try:
+        return check_key(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 # --max-parallel and the like: a whole number of hosts, at least one
 _positive_count = checked(
     int, lambda v: v >= 1, "not a whole number: {text!r}", "must be at least 1: {text!r}"
@@ -227,7 +256,7 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, _ExecOp
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(
-        dest="action", required=True, metavar="{exec,cp,hosts,health,mcp,completion}"
+        dest="action", required=True, metavar="{exec,attach,cp,hosts,health,mcp,completion}"
     )
 
     run = commands.add_parser(
@@ -252,7 +281,22 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, _ExecOp
             "--timeout",
             type=_positive_seconds,
             metavar="SECS",
-            help="stop the command after SECS (on each host)",
+            help="stop the command after SECS (on each host; 90s, 10m, 1h30m too)",
+        ),
+        run.add_argument(
+            "--idempotency-key",
+            type=_key,
+            metavar="KEY",
+            help="run at most once under KEY (1-128 of A-Z a-z 0-9 . _ : -): the same command "
+            "again with KEY gets the first run's output and exit code, never a second run; "
+            "a dropped connection is retried and re-attached (many hosts: KEY/HOST each)",
+        ),
+        run.add_argument(
+            "--detach-grace",
+            type=_positive_duration,
+            metavar="DURATION",
+            help="with --idempotency-key: keep the command running this long (600, 90s, 10m, "
+            "1h) after we go away (Ctrl-C twice, a dropped connection), for `scout attach`",
         ),
         run.add_argument(
             "--env",
@@ -322,6 +366,35 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, _ExecOp
             help="many hosts: one call per host, for a --target that is a proxy routing by host",
         ),
     ]
+
+    attach = commands.add_parser(
+        "attach",
+        parents=[connection],
+        usage="scout attach [OPTIONS] HOST KEY",
+        help="join a command started with --idempotency-key: its output so far, then live",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Prints the output the server kept of the command this caller started on HOST\n"
+            "with KEY, then its live output, and exits with its exit code as scout exec does.\n"
+            "The first Ctrl-C sends INT to the command; a second one leaves (a command\n"
+            "started with --detach-grace keeps running)."
+        ),
+        epilog=f"{exitcodes.help_table()}\n\n{examples.ATTACH}",
+    )
+    attach.add_argument("host", metavar="HOST", help="the host the command runs on")
+    attach.add_argument(  # not "key": --key is the client key's option
+        "idempotency_key", type=_key, metavar="KEY", help="the command's --idempotency-key"
+    )
+    attach.add_argument(
+        "--stdout-offset",
+        type=_offset,
+        default=0,
+        metavar="N",
+        help="skip the first N bytes of stdout (you have them already; default 0: all kept)",
+    )
+    attach.add_argument(
+        "--stderr-offset", type=_offset, default=0, metavar="N", help="the same for stderr"
+    )
 
     cpcli.add_parser(commands, connection)
     hosts = commands.add_parser(
@@ -547,6 +620,9 @@ def _check_exec(
     args.fan_out = bool(
         len(hosts) > 1 or any(is_pattern(h) for h in hosts) or args.selector or args.json
     )
+    args.idempotency_key = args.idempotency_key or ""
+    if args.detach_grace is not None and not args.idempotency_key:
+        run.error("--detach-grace needs --idempotency-key KEY (the key `scout attach` finds it by)")
     if args.fan_out and args.tty:
         run.error(
             "--tty runs one command on our terminal: it needs one host "
@@ -575,8 +651,12 @@ def client_for(args: argparse.Namespace, environ: Mapping[str, str] | None = Non
     if args.tls or args.ca is not None or args.cert is not None:
         tls = TLS(ca_file=args.ca, cert_file=args.cert, key_file=args.key)
     split = bool(getattr(args, "split_fan_out", False))  # exec's option only
+    # A keyed call cannot run twice: retry it, and re-attach a stream whose connection
+    # dropped. The command outlives us only for the --detach-grace asked for.
+    keyed = bool(getattr(args, "idempotency_key", "")) or args.action == "attach"
+    retry = RetryPolicy(detach_grace=None) if keyed else None
     try:
-        return Client(args.target, token=token, tls=tls, split_fan_out=split)
+        return Client(args.target, token=token, tls=tls, split_fan_out=split, retry=retry)
     except OSError as err:  # a TLS file: name it by its flag
         named = [k for k in ("ca", "cert", "key") if str(getattr(args, k)) == err.filename]
         raise unreadable(named[0] if named else "ca", Path(err.filename), err, origin) from None
@@ -704,7 +784,6 @@ async def run_exec(
     stderr: BinaryIO,
 ) -> int:
     """Stream one command and return our exit status; Execute when Stream is not allowed."""
-    status: ExitStatus | None = None
     fd = None if args.no_stdin else _stdin_fd(stdin)
     fields: dict[str, Any] = {
         "max_output_bytes": args.max_output,
@@ -714,6 +793,8 @@ async def run_exec(
         "working_dir": args.cwd,
         "pty": args.tty,
         "terminal_size": _terminal_size(stdout) if args.tty else None,
+        "idempotency_key": args.idempotency_key,
+        "detach_grace": args.detach_grace,
     }
     async with client.stream(
         args.hosts[0],
@@ -729,33 +810,75 @@ async def run_exec(
             if args.verbose:
                 stderr.write(b"scout: Stream is not allowed; using Execute (output at the end)\n")
             return await _run_execute(client, args, fd, fields, stdout=stdout, stderr=stderr)
-        task = asyncio.current_task()
-        assert task is not None  # we run inside asyncio.run
-        interrupts = _Interrupts(call, task)
-        installed = _install_sigint(interrupts)
-        feeder: asyncio.Task[None] | None = None
-        try:
-            if fd is not None:
-                feeder = asyncio.create_task(_forward_stdin(call, fd))
-            async for event in call:
-                if isinstance(event, Stdout):
-                    stdout.write(event.data)
-                    stdout.flush()
-                elif isinstance(event, Stderr):
-                    stderr.write(event.data)
-                    stderr.flush()
-                elif isinstance(event, Exit):
-                    status = event.status
-        finally:
-            if feeder is not None:
-                feeder.cancel()
-            if installed:
-                asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
+        status = await _print_events(call, fd, stdout, stderr)
+    return _stream_exit(call, status, stderr)
+
+
+async def _print_events(
+    call: StreamCall, fd: int | None, stdout: BinaryIO, stderr: BinaryIO
+) -> ExitStatus | None:
+    """Copy a stream's output to ours (and fd to its stdin) until it ends, with Ctrl-C
+    sending INT first and cancelling second; return how the command ended."""
+    status: ExitStatus | None = None
+    task = asyncio.current_task()
+    assert task is not None  # we run inside asyncio.run
+    interrupts = _Interrupts(call, task)
+    installed = _install_sigint(interrupts)
+    feeder: asyncio.Task[None] | None = None
+    try:
+        if fd is not None:
+            feeder = asyncio.create_task(_forward_stdin(call, fd))
+        async for event in call:
+            if isinstance(event, Stdout):
+                stdout.write(event.data)
+                stdout.flush()
+            elif isinstance(event, Stderr):
+                stderr.write(event.data)
+                stderr.flush()
+            elif isinstance(event, Lost):
+                line = f"scout: {event.bytes} bytes of {event.stream} were lost (no longer kept)\n"
+                stderr.write(line.encode())
+                stderr.flush()
+            elif isinstance(event, Exit):
+                status = event.status
+    finally:
+        if feeder is not None:
+            feeder.cancel()
+        if installed:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
+    return status
+
+
+def _stream_exit(call: StreamCall, status: ExitStatus | None, stderr: BinaryIO) -> int:
+    """Our exit code for a stream that ended: the command's, or 255 without its status;
+    a replayed outcome is said on stderr (nothing ran now)."""
     if status is None:
         stderr.write(b"scout: the server ended the stream without an exit status\n")
         return EXIT_SCOUT_FAILED
+    if call.replayed:
+        stderr.write(
+            f"scout: the command with key {call.idempotency_key} had already ended; "
+            "this is its recorded output (nothing ran now)\n".encode(errors="replace")
+        )
     _say_cut(status, stderr)
     return exit_code_for(status)
+
+
+async def run_attach(
+    client: Client, args: argparse.Namespace, stdout: BinaryIO, stderr: BinaryIO
+) -> int:
+    """Join a keyed command: its kept output, then live; our exit is its exit code."""
+    async with client.attach(
+        args.host,
+        args.idempotency_key,
+        stdout_offset=args.stdout_offset,
+        stderr_offset=args.stderr_offset,
+    ) as call:
+        status = await _print_events(call, None, stdout, stderr)
+    if status is not None and call.replayed:
+        _say_cut(status, stderr)  # attaching to an ended command is what was asked
+        return exit_code_for(status)
+    return _stream_exit(call, status, stderr)
 
 
 def _say_cut(status: ExitStatus, stderr: BinaryIO) -> None:
@@ -858,6 +981,8 @@ def _fan_out_options(args: argparse.Namespace, stdin: bytes) -> FanOutOptions:
             "working_dir": args.cwd,
             "stdin": stdin,
             "max_output_bytes": args.max_output,
+            "idempotency_key": args.idempotency_key,
+            "detach_grace": args.detach_grace,
         },
     )
 
@@ -898,6 +1023,8 @@ async def amain(
                 return await run_hosts(client, _host_listing(args), stdout, stderr)
             if args.action == "cp":
                 return await cpcli.run_cp(client, args, stdout, stderr)
+            if args.action == "attach":
+                return await run_attach(client, args, stdout, stderr)
             if args.fan_out:
                 try:
                     data = await _fan_out_stdin(args, stdin)

@@ -2,10 +2,10 @@
 
 The options come from the parser itself (cli.py passes them in), so the scripts never
 fall behind the command line. Host names come from the server when TAB is pressed:
-the script runs `scout hosts --names` (a hidden option: one name a line) with the
-connection flags already typed (--target, --profile, --token-file, --ca, --cert,
---key, --tls), so it asks the same server, as the same caller, that the command will;
-only the hosts that caller may use are offered. A word starting with `!` completes to
+the script runs `scout hosts --names` (a hidden option: one name a line; for exec, hosts
+and attach) with the connection flags already typed (--target, --profile, --token-file,
+--ca, --cert, --key, --tls), so it asks the same server, as the same caller, that the
+command will; only the hosts that caller may use are offered. A word starting with `!` completes to
 an exclusion (`!web3`). After exec's `--`, the command's own words complete as
 commands and files. Nothing is completed when the server cannot be reached.
 """
@@ -81,10 +81,11 @@ _scout_complete() {
         @VALUED@) return ;;
     esac
     case $cmd in
-        exec|hosts)
+        exec|hosts|attach)
             if [[ $cur == -* ]]; then
                 [[ $cmd == exec ]] && COMPREPLY=($(compgen -W "@EXEC@" -- "$cur"))
                 [[ $cmd == hosts ]] && COMPREPLY=($(compgen -W "@HOSTS@" -- "$cur"))
+                [[ $cmd == attach ]] && COMPREPLY=($(compgen -W "@ATTACH@" -- "$cur"))
             else
                 local IFS=$'\n' names
                 names=$("${COMP_WORDS[0]}" hosts --names "${conn[@]}" 2>/dev/null)
@@ -126,9 +127,13 @@ _scout() {
         @VALUED@) return ;;
     esac
     case $cmd in
-        exec|hosts)
+        exec|hosts|attach)
             if [[ ${words[CURRENT]} == -* ]]; then
-                if [[ $cmd == exec ]]; then compadd -- @EXEC@; else compadd -- @HOSTS@; fi
+                case $cmd in
+                    exec) compadd -- @EXEC@ ;;
+                    hosts) compadd -- @HOSTS@ ;;
+                    attach) compadd -- @ATTACH@ ;;
+                esac
             else
                 names=(${(f)"$(${words[1]} hosts --names $conn 2>/dev/null)"})
                 if [[ ${words[CURRENT]} == '!'* ]]; then
@@ -176,7 +181,7 @@ end
 
 complete -c scout -f
 complete -c scout -n __fish_use_subcommand -a '@COMMANDS@'
-complete -c scout -n '__fish_seen_subcommand_from exec hosts; and __scout_before_dashes' \
+complete -c scout -n '__fish_seen_subcommand_from exec hosts attach; and __scout_before_dashes' \
     -a '(__scout_hosts)'
 complete -c scout -n '__fish_seen_subcommand_from completion' -a '@SHELLS@'
 """
@@ -210,6 +215,7 @@ def script(shell: str, commands: Mapping[str, Sequence[Option]]) -> str:
         "@VALUED@": "|".join(_valued(commands)),
         "@EXEC@": _words(commands, "exec"),
         "@HOSTS@": _words(commands, "hosts"),
+        "@ATTACH@": _words(commands, "attach"),
         "@HEALTH@": _words(commands, "health"),
         "@SHELLS@": " ".join(SHELLS),
     }

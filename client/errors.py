@@ -32,8 +32,13 @@ is the same class as the one Execute would have raised for it.
     │   └── Unreachable       no connection to the scout server (refused, DNS, TLS
     │                         handshake, none ready in time): the request was never
     │                         sent, so nothing ran (may_have_run False)
+    ├── KeyNotFound           NOT_FOUND from a Stream attach: no command with that
+    │                         idempotency key for this caller
     ├── Aborted               ABORTED: connection lost after the command started;
-    │                         it may have had effects, so do not retry blindly
+    │                         it may have had effects, so do not retry blindly; with
+    │                         an idempotency key, "outcome unknown": the run under
+    │                         that key started and nobody knows how it ended (never
+    │                         run again under that key)
     ├── Overloaded            RESOURCE_EXHAUSTED: no slot in time, rate limited, or
     │                         a message over a size limit; nothing ran only when the
     │                         server said so (may_have_run False)
@@ -43,6 +48,9 @@ is the same class as the one Execute would have raised for it.
     │                         mark): the command ran past its timeout and the server
     │                         stopped it; it certainly ran
     ├── Cancelled             CANCELLED: the call was cancelled
+    ├── AlreadyExists         ALREADY_EXISTS: files: create_only and the file exists;
+    │                         commands: the idempotency key names another request
+    ├── DataLoss              DATA_LOSS: files: the bytes did not match
     ├── ServerError           INTERNAL, UNKNOWN and any other code: a scout bug
     └── CommandFailed         not an RPC error (code "OK"): raised only by
                               Result.check() when the command exited non-zero
@@ -59,6 +67,7 @@ if TYPE_CHECKING:
     from .results import Result
 
 __all__ = [
+    "REPLAYED_TRAILER",
     "STARTED_TRAILER",
     "Aborted",
     "Cancelled",
@@ -67,6 +76,7 @@ __all__ = [
     "HostNotFound",
     "HostRejected",
     "InvalidRequest",
+    "KeyNotFound",
     "NotAllowed",
     "Overloaded",
     "ScoutError",
@@ -76,6 +86,7 @@ __all__ = [
     "Unreachable",
     "from_host_status",
     "from_rpc_error",
+    "is_replayed",
 ]
 
 
@@ -85,12 +96,20 @@ class ScoutError(Exception):
     def __init__(
         self, message: str, *, code: str = "UNKNOWN", host: str = "", may_have_run: bool = False
     ) -> None:
-        """Keep the status name, the server's words, the host and what may have run apart."""
+        """Keep the status name, the server's words, the host and what may have run apart.
+
+        Two more fields are set from the status's trailing metadata by from_rpc_error:
+        `decided_by_scout` (it carried x-scout-started: scout's own answer, not the
+        transport's) and `replayed` (x-scout-replayed: true: the outcome an earlier call
+        with the same idempotency key recorded, sent again; nothing ran this time).
+        """
         super().__init__(message)
         self.message = message
         self.code = code
         self.host = host
         self.may_have_run = may_have_run
+        self.decided_by_scout = False
+        self.replayed = False
 
     def __str__(self) -> str:
         """Show the server's message, which already names the host and the cause."""
@@ -176,7 +195,13 @@ class ServerError(ScoutError):
 
 
 class AlreadyExists(ScoutError):
-    """Files: create_only, and the file is already there; nothing was written."""
+    """Files: create_only, and the file is already there; nothing was written. Commands:
+    the idempotency key was used for a different request (host, command, env, working_dir,
+    stdin, pty); nothing ran."""
+
+
+class KeyNotFound(ScoutError):
+    """Stream attach: this caller started no command with that key (or it has expired)."""
 
 
 class DataLoss(ScoutError):
@@ -199,6 +224,8 @@ class CommandFailed(ScoutError):
 
 # Trailing metadata the server sets on every status it decides itself.
 STARTED_TRAILER = "x-scout-started"
+# Trailing metadata on an outcome an earlier call with the same idempotency key recorded.
+REPLAYED_TRAILER = "x-scout-replayed"
 
 _BY_CODE: dict[str, type[ScoutError]] = {
     "INVALID_ARGUMENT": InvalidRequest,
@@ -231,11 +258,19 @@ def _status_name(err: Any) -> str:
     return "UNKNOWN"
 
 
-def _marks(err: Any, part: str) -> list[str]:
-    """The x-scout-started values in the error's initial or trailing metadata."""
+def _marks(err: Any, part: str, name: str = STARTED_TRAILER) -> list[str]:
+    """The x-scout-started (or name's) values in the error's initial or trailing metadata."""
     getter = getattr(err, part, None)
     metadata = getter() if callable(getter) else None
-    return [str(value).strip().lower() for key, value in metadata or () if key == STARTED_TRAILER]
+    return [str(value).strip().lower() for key, value in metadata or () if key == name]
+
+
+def is_replayed(metadata: Any) -> bool:
+    """Whether trailing metadata says x-scout-replayed: true."""
+    return any(
+        key == REPLAYED_TRAILER and str(value).strip().lower() == "true"
+        for key, value in metadata or ()
+    )
 
 
 def _server_said_nothing_ran(err: Any) -> bool:
@@ -257,20 +292,31 @@ def _details(err: Any) -> str:
 
 
 def from_rpc_error(
-    err: grpc.aio.AioRpcError | grpc.RpcError, host: str, *, started: bool | None = None
+    err: grpc.aio.AioRpcError | grpc.RpcError,
+    host: str,
+    *,
+    started: bool | None = None,
+    cls: type[ScoutError] | None = None,
 ) -> ScoutError:
     """Turn a gRPC error into the client's exception (through _BY_CODE, the one status table).
 
     started: True when the caller knows the command started (Stream headers arrived),
     False when the call cannot run a command (health), None to decide by the
     server's x-scout-started mark: absent means the command may have run.
+    cls: the class to raise in place of the table's (a Stream attach's NOT_FOUND is
+    KeyNotFound, not HostNotFound).
     """
     may_have_run = started if started is not None else not _server_said_nothing_ran(err)
     name = _status_name(err)
-    if name == "DEADLINE_EXCEEDED" and may_have_run and _marks(err, "trailing_metadata"):
+    marked = bool(_marks(err, "trailing_metadata"))
+    if name == "DEADLINE_EXCEEDED" and may_have_run and marked:
         # scout's own answer that it stopped the command (our own deadline has no mark)
-        return _error(name, _details(err), host, True, CommandTimeout)
-    return _error(name, _details(err), host, may_have_run)
+        error = _error(name, _details(err), host, True, CommandTimeout)
+    else:
+        error = _error(name, _details(err), host, may_have_run, cls)
+    error.decided_by_scout = marked
+    error.replayed = "true" in _marks(err, "trailing_metadata", REPLAYED_TRAILER)
+    return error
 
 
 def from_host_status(code: int, message: str, host: str, *, started: bool) -> ScoutError:

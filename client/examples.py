@@ -3,7 +3,7 @@ can copy, kept here so that the help and the README's CLI section say the same."
 
 from __future__ import annotations
 
-__all__ = ["COMPLETION", "CP", "EXEC", "HEALTH", "HOSTS", "MCP", "SCOUT"]
+__all__ = ["ATTACH", "COMPLETION", "CP", "EXEC", "HEALTH", "HOSTS", "MCP", "SCOUT"]
 
 
 def _block(*lines: str) -> str:
@@ -20,6 +20,11 @@ EXEC = _block(
     "scout exec web1 -- df -h /                  # one host: its output, its exit code",
     "scout exec -l role=web --json -- uptime     # many hosts: one JSON object each",
     "echo reload | scout exec web1 web2 -- cat   # stdin goes to every host",
+)
+ATTACH = _block(
+    "scout exec web1 --idempotency-key build-7 --detach-grace 1h -- make all",
+    "scout attach web1 build-7                  # its output so far, then live",
+    "scout attach web1 build-7 --stdout-offset 52000   # only what you do not have",
 )
 HOSTS = _block(
     "scout hosts                      # the inventory, as a table",

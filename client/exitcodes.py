@@ -52,10 +52,15 @@ TABLE: tuple[tuple[str, str], ...] = (
     (
         str(NOTHING_RAN),
         "nothing ran: scout could not be reached, refused the call (credentials, policy), "
-        "or could not run the command (host unknown or unreachable, a bad request)",
+        "or could not run the command (host unknown or unreachable, a bad request, an "
+        "idempotency key already used for another command; attach: no command with that key)",
     ),
     (str(INTERRUPTED), "interrupted (Ctrl-C)"),
-    (str(MAY_HAVE_RUN), "scout lost track of the call: the command may have run"),
+    (
+        str(MAY_HAVE_RUN),
+        "scout lost track of the call: the command may have run (with an idempotency key: "
+        "its outcome is unknown, and it never runs again under that key)",
+    ),
 )
 
 HELP_WIDTH = 88  # columns of `scout exec --help`'s table

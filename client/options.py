@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from types import MappingProxyType
 from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 
 from scout.v1 import exec_pb2
+
+from .retry import check_key, seconds
 
 __all__ = ["ExecOptions", "command_or_argv", "exec_options"]
 
@@ -35,6 +38,13 @@ class ExecOptions:
     close_stdin      Stream: send EOF with the start message (Execute always does)
     rpc_timeout      the gRPC deadline in seconds; None: timeout plus the client's
                      margin, so the server rather than the deadline reports a timeout
+    idempotency_key  run at most once under this key (1-128 of A-Z a-z 0-9 . _ : -):
+                     a retry with it gets the same outcome, never a second run
+                     (README, "Retries and re-attaching"); "": none, unless the
+                     client's RetryPolicy makes one
+    detach_grace     seconds (or a timedelta) the command keeps running after its
+                     caller went away, for a retry or an attach; needs a key (None:
+                     the RetryPolicy's, else stop it when the caller goes)
     """
 
     stdin: bytes = b""
@@ -47,9 +57,14 @@ class ExecOptions:
     terminal_size: tuple[int, int] | None = None
     close_stdin: bool = False
     rpc_timeout: float | None = None
+    idempotency_key: str = ""
+    detach_grace: float | timedelta | None = None
 
     def __post_init__(self) -> None:
         """Refuse values the server would refuse anyway, before anything is sent."""
+        if self.idempotency_key:
+            check_key(self.idempotency_key)
+        object.__setattr__(self, "detach_grace", seconds(self.detach_grace, "detach_grace"))
         for name in ("timeout", "rpc_timeout"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -84,13 +99,23 @@ class ExecOptions:
             close_stdin=self.close_stdin,
         )
         if self.timeout is not None:
-            duration = Duration()
-            duration.FromNanoseconds(round(self.timeout * 1e9))
-            request.timeout.CopyFrom(duration)
+            request.timeout.CopyFrom(_duration(self.timeout))
         if self.terminal_size is not None:
             columns, rows = self.terminal_size
             request.terminal_size.CopyFrom(exec_pb2.TerminalSize(columns=columns, rows=rows))
+        if self.idempotency_key:
+            request.idempotency_key = self.idempotency_key
+        grace = seconds(self.detach_grace, "detach_grace")
+        if grace is not None:
+            request.detach_grace.CopyFrom(_duration(grace))
         return request
+
+
+def _duration(secs: float) -> Duration:
+    """Seconds as a protobuf Duration."""
+    duration = Duration()
+    duration.FromNanoseconds(round(secs * 1e9))
+    return duration
 
 
 def exec_options(options: ExecOptions | None, fields: Mapping[str, Any]) -> ExecOptions:

@@ -20,6 +20,7 @@ __all__ = [
     "Event",
     "Exit",
     "ExitStatus",
+    "Lost",
     "Result",
     "Stderr",
     "Stdout",
@@ -78,6 +79,7 @@ class Result(ExitStatus):
     stdout_text: str = ""
     stderr_text: str = ""
     host: str = ""
+    replayed: bool = False  # x-scout-replayed: an earlier call with this key ran it
 
     def check(self) -> Result:
         """Raise CommandFailed unless ok, for callers who treat failure as exceptional."""
@@ -88,18 +90,31 @@ class Result(ExitStatus):
 
 @dataclass(frozen=True)
 class Stdout:
-    """A chunk of the command's stdout, in order."""
+    """A chunk of the command's stdout, in order; offset: where its first byte is in
+    the whole stdout (not compared: equal chunks are equal wherever they came)."""
 
     data: bytes
     text: str = ""
+    offset: int = dataclasses.field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
 class Stderr:
-    """A chunk of the command's stderr, in order."""
+    """A chunk of the command's stderr, in order; offset as for Stdout."""
 
     data: bytes
     text: str = ""
+    offset: int = dataclasses.field(default=0, compare=False)
+
+
+@dataclass(frozen=True)
+class Lost:
+    """Output a re-attached stream asked for that the server no longer keeps: `bytes`
+    bytes of `stream` ("stdout" or "stderr") are missing here, and the output goes on
+    after them. A stream never skips bytes without saying so with this event."""
+
+    stream: str
+    bytes: int
 
 
 @dataclass(frozen=True)
@@ -109,7 +124,7 @@ class Exit:
     status: ExitStatus
 
 
-Event: TypeAlias = Stdout | Stderr | Exit
+Event: TypeAlias = Stdout | Stderr | Exit | Lost
 
 
 def exit_status_from_message(message: exec_pb2.ExitStatus) -> ExitStatus:
@@ -117,18 +132,24 @@ def exit_status_from_message(message: exec_pb2.ExitStatus) -> ExitStatus:
     return from_message(ExitStatus, message, duration=_seconds(message.duration))
 
 
-def result_from_response(response: exec_pb2.ExecuteResponse, host: str) -> Result:
+def result_from_response(
+    response: exec_pb2.ExecuteResponse, host: str, *, replayed: bool = False
+) -> Result:
     """Copy an ExecuteResponse into a Result that remembers its host for messages."""
-    return from_message(Result, response, duration=_seconds(response.duration), host=host)
+    return from_message(
+        Result, response, duration=_seconds(response.duration), host=host, replayed=replayed
+    )
 
 
 def event_from_response(response: exec_pb2.StreamResponse) -> Event | None:
     """Turn one StreamResponse into an event; None for a kind this client does not know."""
     kind = response.WhichOneof("event")
     if kind == "stdout":
-        return Stdout(response.stdout, response.text)
+        return Stdout(response.stdout, response.text, response.offset)
     if kind == "stderr":
-        return Stderr(response.stderr, response.text)
+        return Stderr(response.stderr, response.text, response.offset)
     if kind == "exit":
         return Exit(exit_status_from_message(response.exit))
+    if kind == "lost":
+        return Lost(response.lost.stream, response.lost.bytes)
     return None

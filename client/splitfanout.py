@@ -49,7 +49,8 @@ from .errors import (
     from_rpc_error,
 )
 from .fleet import HostEvent, HostOutput, excluded, is_exclusion, is_pattern
-from .results import Event, Exit, Result, Stdout, result_from_response
+from .results import Exit, Lost, Result, Stderr, Stdout, result_from_response
+from .retry import KEY_PATTERN
 
 __all__ = ["DEFAULT_PARALLEL", "SplitExecuteManyCall"]
 
@@ -194,6 +195,16 @@ class SplitExecuteManyCall(ExecuteManyCall):
         request = exec_pb2.ExecuteRequest()
         request.CopyFrom(self._request.request)
         request.host = host
+        if request.idempotency_key:
+            # ExecuteMany's KEY/HOST, spelled with a character one call's key may hold
+            request.idempotency_key = f"{request.idempotency_key}:{host}"
+            if not KEY_PATTERN.fullmatch(request.idempotency_key):
+                text = (
+                    f"idempotency_key {request.idempotency_key!r} (the key and the host) is "
+                    "not 1-128 of A-Z a-z 0-9 . _ : -"
+                )
+                await self._put(InvalidRequest(text, code="INVALID_ARGUMENT", host=host))
+                return
         try:
             metadata = self._client._metadata(host)
         except ScoutError as err:  # a name gRPC cannot carry: that host's error
@@ -220,7 +231,8 @@ class SplitExecuteManyCall(ExecuteManyCall):
         try:
             async with StreamCall(self._client, host, request, deadline, metadata) as call:
                 async for event in call:
-                    await self._put(_host_event(host, event))
+                    if not isinstance(event, Lost):  # only a re-attach loses output
+                        await self._put(_host_event(host, event))
         except ScoutError as err:
             await self._put(err)
 
@@ -230,7 +242,7 @@ def _failure(code: grpc.StatusCode, details: str) -> ScoutError:
     return from_rpc_error(grpc.aio.AioRpcError(code, details=details), "")
 
 
-def _host_event(host: str, event: Event) -> HostEvent:
+def _host_event(host: str, event: Stdout | Stderr | Exit) -> HostEvent:
     """A Stream event as the fan-out event ExecuteMany would have sent for it."""
     if isinstance(event, Exit):
         return Result(**dataclasses.asdict(event.status), host=host)

@@ -28,6 +28,7 @@ from .aio import DEFAULT_TARGET, Client, ExecuteManyCall
 from .credentials import TLS
 from .files import DownloadCall, FileInfo, HostUpload, Source
 from .fleet import HostOutcome, HostOutput
+from .retry import RetryPolicy
 
 __all__ = ["SyncClient"]
 
@@ -44,6 +45,7 @@ class ClientOptions(TypedDict, total=False):
     deadline_margin: float
     split_fan_out: bool
     connect_timeout: float
+    retry: RetryPolicy | None
 
 
 def _blocking(

@@ -28,6 +28,7 @@ from .command import CLOSE_WAIT, KILL_WAIT
 from .config import Config, ConfigError, check_exposure, listening_line
 from .connector import Connector
 from .errors import FileError
+from .forwarding import Forwarder, ForwardingPlan, ForwardingServer
 from .introspection import HEALTH_SERVICE, Health, StreamSlots, enable_reflection
 from .keepalive import ping_options
 from .live import LiveConfig
@@ -64,6 +65,7 @@ class App:
     reloader: Reloader
     tls: ServerTLS | None = None
     metrics: MetricsServer | None = None
+    forwarding: ForwardingServer | None = None  # a worker's socket for its siblings
     _watcher: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -95,9 +97,16 @@ class App:
             self._watcher.cancel()
         await self.health.enter_graceful_shutdown()
         self.service.stopping = True
-        await self.server.stop(grace)
+        if self.forwarding is None:
+            await self.server.stop(grace)
+        else:  # siblings watch the store from now on; forwarded calls get the same grace
+            self.forwarding.gone()
+            await asyncio.gather(self.server.stop(grace), self.forwarding.stop(grace))
         budget = self.stop_budget()
         await self.service.durable.close(budget)  # keyed runs: stopped, recorded as such
+        forwarder = self.service.durable.forwarder
+        if isinstance(forwarder, Forwarder):
+            await forwarder.close()
         await self.service.launcher.wait_stopped(budget)
         await self.pool.close(drain_within=budget)
         self.service.audit.close()
@@ -177,12 +186,15 @@ async def start(
     loader: Callable[[], Config] | None = None,
     *,
     shared_port: bool = False,
+    forwarding: ForwardingPlan | None = None,
 ) -> App:
     """Build and start the server; listen defaults to the config's (port 0 picks one).
 
     `shared_port`: one worker of several on a port its supervisor holds (SO_REUSEPORT);
     otherwise the port is scout's alone, so a second scout on it fails instead of
     silently sharing it. The supervisor, not a worker, writes the listening line.
+    `forwarding`: a worker's place among its siblings (server.forwarding): its owner id,
+    and the socket it serves them on.
     """
     address = listen or config.listen
     live = LiveConfig(config)
@@ -190,6 +202,11 @@ async def start(
     pool: Pool[asyncssh.SSHClientConnection] = Pool(config.pool, connector)
     connector.pool = pool
     service = ExecService(live, pool, audit=audit)
+    internal = None
+    if forwarding is not None:
+        service.durable.owner = forwarding.owner
+        service.durable.forwarder = Forwarder(forwarding)
+        internal = ForwardingServer(forwarding, service.Execute, service.Stream)
     server = grpc.aio.server(
         interceptors=[
             IdentityInterceptor(service.gate, mutual_tls=config.tls.client_ca_file is not None)
@@ -217,6 +234,8 @@ async def start(
         port = 0
     if port == 0:
         raise OSError(f"cannot listen on {address} (in use, or not an address of this machine)")
+    if internal is not None:
+        await internal.start()
     await server.start()
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -225,6 +244,7 @@ async def start(
     )
     reloader = Reloader(live, service, pool, connector, address, tls, loader)
     app = App(live, server, pool, service, health, connector, port, reloader, tls)
+    app.forwarding = internal
     if config.metrics.listen:
         app.metrics = MetricsServer(served(exposition(app.counted())))
         await app.metrics.start(config.metrics.listen)

@@ -38,12 +38,19 @@ def attach_offsets(attach: exec_pb2.Attach) -> Offsets:
 
 
 def check_attach(attach: exec_pb2.Attach) -> None:
-    """An attach names a key and a host."""
-    check_key(attach.idempotency_key, "attach.idempotency_key")
+    """An attach names a key and a host: the request's key, or an ExecuteMany host's
+    `KEY/HOST` (HOST being attach.host)."""
     if not attach.host:
         raise InvalidRequest("attach.host: required, the host the command runs on")
     if not is_host_name(attach.host):
         raise InvalidRequest("attach.host: not a host name")
+    key, slash, host = attach.idempotency_key.partition("/")
+    check_key(key, "attach.idempotency_key")
+    if slash and host != attach.host:
+        raise InvalidRequest(
+            "attach.idempotency_key: KEY/HOST (an ExecuteMany host's key) must name "
+            "attach.host after the slash"
+        )
 
 
 def check_offsets(ends: Offsets, offsets: Offsets) -> None:

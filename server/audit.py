@@ -73,6 +73,8 @@ class CallRecord:
     sha256: str = ""  # files: SHA-256 of the bytes moved
     key: str = ""  # the idempotency_key, when the request has one
     replayed: bool = False  # the answer is an earlier run's outcome: nothing ran for it
+    forwarded: bool = False  # another worker received the call and forwarded it here
+    relayed: bool = False  # the answer came from the worker running the key (forwarded)
 
     def describe(self, request: Any) -> None:
         """Copy what an ExecuteRequest asks for, for the audit and access lines. This runs

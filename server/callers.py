@@ -25,6 +25,10 @@ Files (Upload, Download, UploadMany): `files` says whether the caller may read, 
 both ("none" by default), `paths` which files (server.pathpolicy: globs over the
 normalised path, checked again on the host's real path by server.files). The anonymous
 caller of an open server may read and write everything, as it may run anything.
+
+A call one worker forwards to another (server.forwarding) proves nothing itself: the
+worker that received it authenticated it, and the owner takes the caller's name from it
+(`Gate.named`), once the forwarding server has checked the supervisor's secret.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import hashlib
 import hmac
 import shlex
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +69,20 @@ ANONYMOUS = CallerConfig(
     files="read-write",
     paths=("/**",),
 )
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """A call another worker of the same supervisor authenticated and forwarded here
+    (server.forwarding): who called, and the request id it has there."""
+
+    caller: str
+    request_id: str
+
+
+# Set by the forwarding server around a forwarded call, after it checked the secret;
+# server.rpc then takes the caller from it instead of from the call's credentials.
+forwarded: ContextVar[Forwarded | None] = ContextVar("forwarded", default=None)
 
 
 def hash_token(token: str) -> str:
@@ -150,6 +169,16 @@ class Gate:
         if found.cert_common_name and by_cert is None:
             raise Unauthenticated(f"caller {found.name} must also show its client certificate")
         return found
+
+    def named(self, name: str) -> CallerConfig:
+        """The caller of this name, for a call another worker authenticated (forwarded):
+        Unauthenticated when the config in force here has no such caller."""
+        if self.open:
+            return ANONYMOUS
+        for found in self.callers:
+            if found.name == name:
+                return found
+        raise Unauthenticated(f"caller {brief(name)} is not configured in this worker")
 
     def current(self, caller: CallerConfig) -> CallerConfig:
         """caller as the config in force now has it (a reload may have narrowed it), for a

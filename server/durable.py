@@ -28,12 +28,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import hashlib
+import json
 import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -104,15 +106,12 @@ def detach_grace(settings: DurableSettings, request: exec_pb2.ExecuteRequest) ->
 def fingerprint(host: str, request: exec_pb2.ExecuteRequest) -> str:
     """What makes two requests the same request: host, command or argv, env, working_dir,
     stdin (its digest) and pty."""
-    digest = hashlib.sha256()
-    parts = [host, request.command, *request.argv, request.working_dir, str(request.pty)]
-    parts += [f"{k}={v}" for k, v in sorted(request.env.items())]
-    parts.append(hashlib.sha256(request.stdin).hexdigest())
-    parts.append(str(len(request.argv)))
-    for part in parts:
-        data = part.encode("utf-8", "surrogateescape")
-        digest.update(len(data).to_bytes(8, "big") + data)
-    return digest.hexdigest()
+    stdin = hashlib.sha256(request.stdin).hexdigest() if request.stdin else ""
+    env = sorted(request.env.items())
+    # a JSON list: unambiguous, and one C call
+    what: list[object] = [host, request.command, list(request.argv), env, request.working_dir]
+    what += [stdin, request.pty]
+    return hashlib.sha256(json.dumps(what).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -132,16 +131,34 @@ class Owner:
         return owner.partition("/")[0]
 
 
+class OwnerGone(Exception):
+    """The worker a call was forwarded to could not be reached (no socket, refused, or
+    gone before it answered anything): the owner's liveness decides instead."""
+
+
 class Forwarder(Protocol):
-    """Reaches the worker that owns a key (server.forwarding), for Execute."""
+    """Reaches the worker that owns a key (server.forwarding), for Execute and attach."""
 
     def reaches(self, owner: str) -> bool:
-        """Whether `owner` is a worker this process can forward to."""
+        """Whether `owner` is another worker of this supervisor, with its socket there."""
 
     async def execute(
         self, owner: str, call: CallRecord, request: exec_pb2.ExecuteRequest
     ) -> exec_pb2.ExecuteResponse:
-        """Execute `request` at `owner`, for the same caller; its answer or its error."""
+        """Execute `request` at `owner`, for the same caller: its answer (the call's
+        `replayed` set as the owner's trailer says), or its error as the owner gave it
+        (RecordedFailure); OwnerGone when it could not be reached."""
+
+    async def attach(
+        self,
+        owner: str,
+        call: CallRecord,
+        attach: exec_pb2.Attach,
+        requests: AsyncIterator[exec_pb2.StreamRequest],
+        context: Any,
+    ) -> None:
+        """A Stream `attach` at `owner`, proxied both ways to its end (its status raised
+        as RecordedFailure); OwnerGone when it could not be reached."""
 
 
 class KeyedRun:
@@ -164,12 +181,14 @@ class KeyedRun:
         self.spec = spec
         self.log = log_
         self.grace = grace
-        self.claimed: asyncio.Future[Outcome | None] = loop.create_future()
+        self.claimed: asyncio.Future[Record | None] = loop.create_future()  # None: ours
         self.started: asyncio.Future[RunningCommand | None] = loop.create_future()
         self.done: asyncio.Future[Outcome] = loop.create_future()
         self.task: asyncio.Future[None] | None = None
         self.feeds_stdin = False  # Execute: the run writes stdin and EOF itself
         self.starter: CallRecord | None = None  # the call that started it
+        self.inline: tuple[CallRecord, Bounds] | None = None  # run by its starter's task
+        self.request = exec_pb2.ExecuteRequest()  # what it runs, for an attach's policy check
         self.attached = 0
         self.began = time.time()  # wall clock, as its record says
         self.stop_reason = ""
@@ -232,6 +251,7 @@ class Durable:
         key: str,
         bounds: Callable[[float], Bounds],
         stream: bool,
+        inline: bool = False,
     ) -> KeyedRun | Outcome:
         """The run to join (a new one started, or one running here), or the recorded
         outcome; raises KeyConflict, OutcomeUnknown, StoreUnavailable, DurableLimit.
@@ -243,6 +263,9 @@ class Durable:
         ident: KeyId = (call.who.name, key)
         digest = fingerprint(host.name, request)
         call.key = key
+        forward = None
+        if not stream and not call.forwarded:  # a forwarded call is never forwarded again
+            forward = functools.partial(_forwarded_request, request, host.name, key)
         for _ in range(3):  # a record that vanishes while watched: its run never started
             found = await self._begin_once(
                 call,
@@ -253,6 +276,9 @@ class Durable:
                 grace=grace,
                 bounds=bounds,
                 stream=stream,
+                inline=inline,
+                forward=forward,
+                request=request,
             )
             if found is not None:
                 return found
@@ -272,12 +298,15 @@ class Durable:
         grace: float,
         bounds: Callable[[float], Bounds],
         stream: bool,
+        inline: bool,
+        forward: Callable[[], exec_pb2.ExecuteRequest] | None,
+        request: exec_pb2.ExecuteRequest,
     ) -> KeyedRun | Outcome | None:
         key = ident[1]
         settings = self.settings
         run = self.runs.get(ident)
         if run is not None:
-            return await self._existing_run(run, digest, key)
+            return await self._existing_run(run, digest, call, forward)
         if self.stopping:
             raise HostUnavailable("scout is shutting down; retry on another replica")
         if grace and sum(1 for r in self.runs.values() if r.grace) >= settings.max_detached:
@@ -290,58 +319,76 @@ class Durable:
         replay = ReplayLog(spec.max_output_bytes, cap, settings.replay_buffer_bytes)
         run = KeyedRun(ident, digest=digest, host=host, spec=spec, log_=replay, grace=grace)
         run.feeds_stdin = not stream
+        run.request = request
         self.runs[ident] = run  # before the claim: a second call here waits on this one
         record = Record(ident[0], key, digest, str(self.owner), run.began)
+        store = self.store  # a reload may have changed these two
+        store.retention, store.max_records = settings.retention, settings.max_records
         self._beat_soon()
-        claim = asyncio.ensure_future(self.store.claim(record))
         try:
-            existing = await asyncio.shield(claim)
+            existing = await self.store.claim(record)
         except BaseException as exc:
             del self.runs[ident]
             if not isinstance(exc, asyncio.CancelledError | DurableLimit):
                 self.store_errors += 1
-            if isinstance(exc, asyncio.CancelledError):  # the claim may still land: undo it
-                self.launcher.track(_undo_claim(self.store, claim, ident))
+            if isinstance(exc, asyncio.CancelledError):  # the claim may have landed: undo it
+                self.launcher.track(_undo_claim(self.store, record))
                 exc = _retry_now(key)
             elif not isinstance(exc, ScoutError):
                 log.exception("durable store claim failed")
                 exc = _store_failed()
             run.claimed.set_exception(exc)
             raise
+        run.claimed.set_result(existing)  # at once: the calls waiting here look for themselves
         if existing is not None:
             del self.runs[ident]
-            try:
-                outcome = await self._recorded(existing, digest, key, call)
-            except BaseException as exc:
-                run.claimed.set_exception(
-                    _retry_now(key) if isinstance(exc, asyncio.CancelledError) else exc
-                )
-                raise
-            if outcome is None:
-                run.claimed.set_exception(_retry_now(key))
-            else:
-                run.claimed.set_result(outcome)
-            return outcome
-        run.claimed.set_result(None)
+            return await self._recorded(existing, digest, key, call, forward)
         run.starter = call
         self.started += 1
-        run.task = self.launcher.track(self._run(run, call, bounds(grace)))
+        if inline and not grace:  # bound to its caller anyway: run in the caller's task
+            run.inline = (call, bounds(grace))
+        else:
+            run.task = self.launcher.track(self._run(run, call, bounds(grace)))
         return run
 
-    async def _existing_run(self, run: KeyedRun, digest: str, key: str) -> KeyedRun | Outcome:
+    async def run_inline(self, run: KeyedRun) -> Outcome:
+        """Run a keyed command begun with `inline` in the calling task (Execute without a
+        detach_grace: no task of its own, as the caller's cancel stops it anyway)."""
+        assert run.inline is not None
+        call, bounds = run.inline
+        await self._run(run, call, bounds)
+        return run.done.result()
+
+    async def _existing_run(
+        self,
+        run: KeyedRun,
+        digest: str,
+        call: CallRecord,
+        forward: Callable[[], exec_pb2.ExecuteRequest] | None,
+    ) -> KeyedRun | Outcome | None:
         """A call for a key already running (or being claimed) here."""
+        key = run.key[1]
         if run.fingerprint != digest:
             raise _conflict(key)
-        outcome = await asyncio.shield(run.claimed)
-        if outcome is not None:
-            return outcome
-        return run
+        existing = await asyncio.shield(run.claimed)
+        if existing is None:
+            return run
+        return await self._recorded(existing, digest, key, call, forward)
 
     async def _recorded(
-        self, record: Record, digest: str, key: str, call: CallRecord
+        self,
+        record: Record,
+        digest: str,
+        key: str,
+        call: CallRecord,
+        forward: Callable[[], exec_pb2.ExecuteRequest] | None = None,
     ) -> Outcome | None:
         """The outcome of a record another run wrote: wait for it while its owner lives
-        (None: the record went away, its command never started: claim it again)."""
+        (None: the record went away, its command never started: claim it again).
+
+        With `forward` (an Execute), an owner that is another worker of this supervisor
+        is asked for it instead (server.forwarding): it waits on its run and answers as
+        it would have answered the caller. If it cannot be reached, the store is watched."""
         pause = WATCH_PAUSES[0]
         while True:
             if record.fingerprint != digest:
@@ -350,6 +397,16 @@ class Durable:
                 return Outcome.decode(record.outcome)
             if record.owner == str(self.owner) or not await self.store.alive(record.owner):
                 raise _unknown(key, record)
+            forwarder = self.forwarder
+            if forward is not None and forwarder is not None and forwarder.reaches(record.owner):
+                request = forward()
+                try:
+                    response = await forwarder.execute(record.owner, call, request)
+                except OwnerGone:
+                    forward = None  # an owner is one process: once gone, gone for good
+                else:
+                    call.relayed = True
+                    return Outcome(request.host, response=response)
             await asyncio.sleep(pause)
             pause = min(pause * 2, WATCH_PAUSES[1])
             fresh = await self.store.get(record.scope, record.key)
@@ -360,11 +417,19 @@ class Durable:
     async def find(self, scope: str, key: str) -> KeyedRun | Record | None:
         """For an attach: the run here, else the store's record (None: no such key)."""
         run = self.runs.get((scope, key))
-        if run is not None:
-            outcome = await asyncio.shield(run.claimed)
-            if outcome is None:
-                return run
+        if run is not None and await asyncio.shield(run.claimed) is None:
+            return run
         return await self.store.get(scope, key)
+
+    async def settle(self, record: Record, call: CallRecord) -> Outcome | None:
+        """A record whose owner was a sibling worker that cannot be reached: its outcome
+        once recorded, OutcomeUnknown once the owner's heartbeat stops, None if the record
+        goes away (its command never started)."""
+        return await self._recorded(record, record.fingerprint, record.key, call)
+
+    def sibling(self, owner: str) -> bool:
+        """Whether owner is another worker of this process's supervisor."""
+        return Owner.group_of(owner) == self.owner.group and owner != str(self.owner)
 
     def unknown(self, key: str, record: Record) -> OutcomeUnknown:
         """Case 4, for a caller that found the record itself."""
@@ -407,8 +472,10 @@ class Durable:
     # -- the run -----------------------------------------------------------------------
 
     async def _run(self, run: KeyedRun, call: CallRecord, bounds: Bounds) -> None:
-        """Run the command to its end (or its stop), record the outcome, let go of it."""
+        """Run the command to its end (or its stop), record the outcome, let go of it. An
+        inline run's cancel is its caller's: raised again once the outcome is recorded."""
         outcome: Outcome
+        cancelled = False
         try:
             async with self.launcher.run(run.host, run.spec, run.log, bounds, call) as ran:
                 command = ran.command
@@ -420,6 +487,7 @@ class Durable:
             info = ran.outcome()
             outcome = Outcome(run.spec.host, response=recorded_response(info, run.log))
         except asyncio.CancelledError:
+            cancelled = True
             started = run.command is not None
             reason = run.stop_reason or "the server is shutting down"
             when = _iso(run.began)
@@ -448,6 +516,8 @@ class Durable:
                 run.started.set_result(None)
             run.log.close()
         await self._record(run, outcome)
+        if cancelled and run.inline is not None:
+            raise asyncio.CancelledError
 
     async def _record(self, run: KeyedRun, outcome: Outcome) -> None:
         """Keep the outcome (or forget a key whose command never started), then end."""
@@ -519,11 +589,22 @@ def recorded_response(info: object, replay: ReplayLog) -> exec_pb2.ExecuteRespon
     return response
 
 
-async def _undo_claim(store: Store, claim: asyncio.Future[Record | None], ident: KeyId) -> None:
+async def _undo_claim(store: Store, record: Record) -> None:
     """A claim whose caller went away before the run began: forget it if it landed."""
     with contextlib.suppress(Exception):
-        if await claim is None:
-            await store.forget(*ident)
+        found = await store.get(record.scope, record.key)
+        if found is not None and found.owner == record.owner and found.outcome is None:
+            await store.forget(record.scope, record.key)
+
+
+def _forwarded_request(
+    request: exec_pb2.ExecuteRequest, host: str, key: str
+) -> exec_pb2.ExecuteRequest:
+    """The Execute an owner gets for this key and host (ExecuteMany's per-host key too)."""
+    forward = exec_pb2.ExecuteRequest()
+    forward.CopyFrom(request)
+    forward.host, forward.idempotency_key = host, key
+    return forward
 
 
 def _conflict(key: str) -> KeyConflict:

@@ -244,7 +244,10 @@ class FanOut:
         finally:
             reader.leave()
             durable.leave(found)
-        return outcome.answer(text=command.text)
+        answer = outcome.answer(text=False)
+        answer.ClearField("stdout")  # it went out as chunks, as without a key
+        answer.ClearField("stderr")
+        return answer
 
     async def _forward(self, command: RunningCommand, queue: OutputQueue, text: bool) -> None:
         """Feed stdin, then pass the host's output, chunk by chunk, to the writer (waiting

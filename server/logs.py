@@ -25,7 +25,8 @@ REQUEST_ID_KEY = "x-request-id"
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 TRACEPARENT_KEY = "traceparent"
 TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
-FIELDS = ("worker", "request_id", "caller", "method", "host", "status", "duration")
+# `forwarded`: a call another worker received and forwarded to this one (server.forwarding)
+FIELDS = ("worker", "request_id", "caller", "forwarded", "method", "host", "status", "duration")
 
 # The fields of the request being served in this task (and the tasks it starts).
 current: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(

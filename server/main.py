@@ -116,14 +116,14 @@ async def serve(args: argparse.Namespace, config: Config) -> None:
             demo = await start_demo(state)
             stack.push_async_callback(demo.close)
             demo_host = demo_host_config(demo)
-            config = _with_host(config, demo_host)
+            config = _with_demo(config, demo_host, state)
         loader = None
         if args.config:
 
             def loader() -> Config:
                 """The file again, with the command line's overrides and the demo host."""
                 fresh = configured(args)
-                return _with_host(fresh, demo_host) if demo_host else fresh
+                return _with_demo(fresh, demo_host, state) if demo_host else fresh
 
         app = await start(config, listen, loader)
         stops = _stops()
@@ -134,9 +134,13 @@ async def serve(args: argparse.Namespace, config: Config) -> None:
         await _until_stopped(app, stops)
 
 
-def _with_host(config: Config, host: HostConfig) -> Config:
-    """config with one more host (the demo's)."""
-    return dataclasses.replace(config, hosts={**config.hosts, host.name: host})
+def _with_demo(config: Config, host: HostConfig, state: Path) -> Config:
+    """config with one more host (the demo's) and, unless the config names one, the
+    keyed commands' store in the demo's own state directory (gone when the demo stops)."""
+    durable = config.durable
+    if not durable.store:
+        durable = dataclasses.replace(durable, store=f"sqlite:{state / 'durable.sqlite3'}")
+    return dataclasses.replace(config, hosts={**config.hosts, host.name: host}, durable=durable)
 
 
 async def serve_worker(start_: WorkerStart, link: socket.socket) -> None:
@@ -146,7 +150,7 @@ async def serve_worker(start_: WorkerStart, link: socket.socket) -> None:
     path = start_.config_file
     stops = _stops()  # before the start: a stop while starting still drains, after it
     loader = (lambda: worker_config(load(path), start_)) if path else None
-    app = await start(config, None, loader, shared_port=True)
+    app = await start(config, None, loader, shared_port=True, forwarding=start_.forwarding)
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload, app)
 
     def orphaned() -> None:

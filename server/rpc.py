@@ -14,7 +14,10 @@ In the style of grpclib's server loop, each ExecService method is wrapped by `@r
   started. A status without it was not scout's decision (a proxy, a reset connection,
   grpc's own limits): the caller must assume the command may have run;
 - a cancellation is told apart from a passed deadline and from a shutdown (ABORTED), for
-  the counts, the audit and the log.
+  the counts, the audit and the log;
+- a call another worker forwarded (server.forwarding) is its caller's by name and keeps
+  its request id; the receiving worker admits, counts and audits it, so here it is only
+  served and logged (its access line says `forwarded`).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from scout.v1 import exec_pb2
 
 from . import logs
 from .audit import AuditLog, CallRecord
-from .callers import Gate
+from .callers import Gate, forwarded
 from .counters import Histogram, Tally
 from .errors import (
     REPLAYED_KEY,
@@ -154,10 +157,11 @@ def record_end(servicer: Servicer, call: CallRecord, code: grpc.StatusCode, bega
     """A call's end (or one host's, in a fan-out): its code and duration, its audit line,
     and the counts of the command it ran or the file it moved."""
     call.code, call.duration = code.name, time.monotonic() - began
-    servicer.audit.write(call)
+    if not call.forwarded:  # the worker that received a forwarded call audits and counts it
+        servicer.audit.write(call)
+        servicer.rpcs.replayed += call.replayed
     servicer.rpcs.command_done(call)
     servicer.rpcs.file_done(call)
-    servicer.rpcs.replayed += call.replayed
 
 
 @dataclass
@@ -282,7 +286,11 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Wrapped[S, R]]:
             try:
                 _identify(self.gate, call, metadata, context)
                 fields["caller"] = call.caller
-                if owned is not None:
+                relay = forwarded.get()
+                if relay is not None:  # the id the receiving worker gave it, as it is
+                    call.request_id = fields["request_id"] = relay.request_id
+                    fields["forwarded"] = "true"
+                elif owned is not None:
                     call.request_id = owned_request_id(call.caller, owned)
                     fields["request_id"] = call.request_id
                 _well_formed(method, request)
@@ -307,10 +315,11 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Wrapped[S, R]]:
             finally:
                 stats.in_flight -= 1
                 stats.in_flight_by_method.add(method, -1)
-                if call.who is not None:
+                if call.who is not None and not call.forwarded:
                     self.gate.release(call.who)
                 record_end(self, call, code, began)
-                stats.done(method, code, call.duration)
+                if not call.forwarded:  # counted by the worker that received it
+                    stats.done(method, code, call.duration)
                 _access_log(call, message)
                 logs.current.reset(token)
             if not call.started and hasattr(request, "__anext__"):  # a refused streaming call
@@ -368,7 +377,14 @@ def logged_host(host: str) -> str:
 
 
 def _identify(gate: Gate, call: CallRecord, metadata: Any, context: Context) -> None:
-    """Authenticate the call and count it against its caller's max_in_flight."""
+    """Authenticate the call and count it against its caller's max_in_flight. A call
+    another worker forwarded (server.forwarding) is its caller's by name, and counted
+    there."""
+    relay = forwarded.get()
+    if relay is not None:
+        who = gate.named(relay.caller)
+        call.who, call.caller, call.forwarded = who, who.name, True
+        return
     who = gate.authenticate(metadata, None if gate.open else context.auth_context())
     call.caller = who.name
     gate.admit(who)

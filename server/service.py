@@ -10,7 +10,9 @@ machinery is `server.stream`, ExecuteMany's `server.fanout`; files are `server.f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
+import uuid
 from collections.abc import AsyncIterator
 
 import asyncssh
@@ -27,12 +29,12 @@ from .attach import (
     replay_record,
 )
 from .audit import AuditLog, CallRecord
-from .callers import Gate
+from .callers import ANONYMOUS, Gate
 from .command import CommandSpec, RunningCommand
 from .config import CallerConfig, Config, HostConfig
-from .durable import Durable, KeyedRun, Owner, check_durable
+from .durable import Durable, KeyedRun, Owner, OwnerGone, check_durable
 from .durablestore import open_store
-from .errors import HostNotFound, ScoutError
+from .errors import HostNotFound, PermissionDenied, ScoutError
 from .fanout import FanOut
 from .files import Files
 from .launch import Bounds, Launcher, bounds_for
@@ -72,7 +74,10 @@ class ExecService:
         self.stopping = False  # the server is shutting down: cancelled commands are ABORTED
         self.files = Files(self)
         self.durable = Durable(
-            lambda: self.config.durable, open_store(config.durable), self.launcher, Owner(group)
+            lambda: self.config.durable,
+            open_store(config.durable),
+            self.launcher,
+            Owner(group or uuid.uuid4().hex),  # a group of its own, unless a supervisor's
         )
 
     @property
@@ -158,11 +163,14 @@ class ExecService:
             return self.bounds(spec, request, remaining, stream=False)
 
         found = await self.durable.begin(
-            call, host, spec, request, key=key, bounds=bounds, stream=False
+            call, host, spec, request, key=key, bounds=bounds, stream=False, inline=True
         )
         if isinstance(found, Outcome):
-            call.replayed = True
+            if not call.relayed:  # the owner's answer (forwarded) says so itself
+                call.replayed = True
             return found.answer(text=request.text)
+        if found.inline is not None and found.starter is call:
+            return (await self.durable.run_inline(found)).answer(text=request.text)
         self.durable.join(found)
         try:
             outcome = await asyncio.shield(found.done)
@@ -342,18 +350,25 @@ class ExecService:
         """Stream `attach`: this caller's keyed command on that host, running or finished.
         Another caller's key, or a host the caller may no longer use, reads as no key."""
         call.authorized = True
-        call.host, call.key = attach.host[:255], attach.idempotency_key[:128]
+        call.host, call.key = attach.host[:255], attach.idempotency_key[:400]
         check_attach(attach)
         assert call.who is not None
         who, key = call.who, attach.idempotency_key
         if not self.gate.may_use(who, attach.host):
             raise not_found(key)
+        if who is not ANONYMOUS and not who.stream:
+            raise PermissionDenied(
+                f"caller {who.name} may not use Stream (its policy has stream = false)"
+            )
         self.audit.ready()
         offsets = attach_offsets(attach)
         found = await self.durable.find(who.name, key)
         if isinstance(found, KeyedRun):
             if found.host.name != attach.host:
                 raise not_found(key)
+            # the policy in force now must still allow what runs (a reload may narrow it):
+            # an attach can write to its stdin and signal it
+            self.gate.authorize(who, "Stream", found.request)
             await follow(
                 self.durable,
                 found,
@@ -377,7 +392,17 @@ class ExecService:
         owner = found.owner
         if owner == str(self.durable.owner) or not await self.durable.store.alive(owner):
             raise self.durable.unknown(key, found)
-        raise elsewhere(key)
+        if not self.durable.sibling(owner):
+            raise elsewhere(key)
+        forwarder = self.durable.forwarder  # another worker runs it: proxy the call there
+        if forwarder is not None and not call.forwarded and forwarder.reaches(owner):
+            with contextlib.suppress(OwnerGone):
+                await forwarder.attach(owner, call, attach, requests, context)
+                return
+        settled = await self.durable.settle(found, call)  # that worker stops, or is gone
+        if settled is None or settled.host != attach.host:
+            raise not_found(key)
+        await replay_record(settled, offsets, context, call, text=False)
 
 
 async def _feed_and_wait(command: RunningCommand) -> None:

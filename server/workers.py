@@ -26,6 +26,14 @@
   Workers run in sessions of their own, so a Ctrl-C on a terminal reaches them once,
   through the supervisor.
 
+- Keyed commands (server.durable) are owned by one worker, but a retry or an `attach`
+  lands on whichever worker the kernel picks. The supervisor makes one owner group id, a
+  random secret and a private socket folder (0700, temporary, removed at exit) and gives
+  each worker its owner id with them (`ForwardingPlan` in the start); each worker serves
+  its siblings on `FOLDER/ID.sock`, and forwards a call for a sibling's key there
+  (server.forwarding). When a worker dies, the supervisor removes its socket, so its
+  siblings judge its keys by its heartbeat instead.
+
 The limits a config promises for the whole server are shared out by `share`.
 """
 
@@ -39,11 +47,14 @@ import itertools
 import logging
 import os
 import pickle
+import secrets
 import signal
 import socket
 import struct
 import sys
+import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +68,7 @@ from .config import (
     metrics_warnings,
 )
 from .configfile import available_cores, load
+from .forwarding import ForwardingPlan
 from .metrics import MetricsServer
 from .workermetrics import Aggregate
 
@@ -80,6 +92,7 @@ class WorkerStart:
     count: int
     config: Config  # listen on the reserved port, limits shared, no [metrics] listen
     config_file: Path | None  # re-read on SIGHUP, for the inventory
+    forwarding: ForwardingPlan | None = None  # its owner id, its siblings' sockets and secret
 
 
 def count(config: Config) -> int:
@@ -170,6 +183,14 @@ def share(config: Config, workers: int) -> Config:
     )
 
 
+def _short_temp() -> str:
+    """Where the workers' socket folder goes: the temp folder, unless its path is too long
+    for a Unix socket path (108 bytes on Linux, with the folder and a 32-digit id), then
+    /tmp."""
+    base = tempfile.gettempdir()
+    return base if len(base) + len("/scout-workers-12345678/") + 37 < 108 else "/tmp"
+
+
 def reserve(listen: str) -> socket.socket:
     """The listen address bound by this process alone, then opened to its workers."""
     host, _, port = listen.rpartition(":")
@@ -247,6 +268,7 @@ class Worker:
         self.process = process
         self.ready = False
         self.reloads = 0  # the supervisor's SIGHUPs before this worker was started
+        self.socket: Path | None = None  # where it serves its siblings (server.forwarding)
         self._writer = writer
         self._ids = itertools.count()
         self._answers: dict[int, asyncio.Future[bytes]] = {}
@@ -381,6 +403,9 @@ class Supervisor:
         self.reloads = 0
         self._restarts: collections.deque[float] = collections.deque()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.group = uuid.uuid4().hex  # the owner group of every worker (server.forwarding)
+        self._secret = secrets.token_hex(32)  # proves a call on a worker's socket forwarded
+        self._sockets: Path | None = None  # the private folder of the workers' sockets
         check_exposure(config, config.listen)  # as a worker would, but once, before any
         for warning in metrics_warnings(config):  # /metrics is the supervisor's alone
             log.warning("%s", warning)
@@ -389,7 +414,13 @@ class Supervisor:
     async def run(self) -> int:
         """Serve until a signal (or a restart too many) stops every worker; the exit status."""
         listen = self.config.listen
-        with reserve(listen) as held:
+        with (
+            reserve(listen) as held,
+            tempfile.TemporaryDirectory(
+                prefix="scout-workers-", dir=_short_temp(), ignore_cleanup_errors=True
+            ) as d,
+        ):
+            self._sockets = Path(d)  # 0700, ours alone; removed when every worker is gone
             port = held.getsockname()[1]
             self._worker_config = dataclasses.replace(
                 self._worker_config,
@@ -438,8 +469,11 @@ class Supervisor:
         await asyncio.gather(*(self._keep(w) for w in list(self.workers.values())))
 
     async def _spawn(self, index: int) -> Worker:
-        start = WorkerStart(index, self.count, self._worker_config, self.config_file)
+        assert self._sockets is not None
+        plan = ForwardingPlan(self.group, uuid.uuid4().hex, self._sockets, self._secret)
+        start = WorkerStart(index, self.count, self._worker_config, self.config_file, plan)
         worker = await spawn(start, *self.log_args)
+        worker.socket = plan.socket(plan.id)
         worker.reloads = self.reloads
         self.workers[index] = worker
         if self.stopping:  # a stop came while it was being started
@@ -452,6 +486,8 @@ class Supervisor:
         while True:
             code = await worker.wait()
             self.aggregate.retire(worker.serial)
+            if worker.socket is not None:  # one it killed leaves it: nobody answers there
+                worker.socket.unlink(missing_ok=True)
             if self.stopping:
                 if code not in (0, -signal.SIGTERM) and self.status == 0:
                     log.error("worker %d exited with %s", worker.index, _status(code))

@@ -14,6 +14,8 @@ client        function: a scout Client connected to fake
 openssh_scout function: scout (in this process) whose one host, "o", is the openssh rig
 remote_dir    function: a directory openssh's login user owns (tests/filerig.py)
 redis_server  module: a real redis-server on loopback, persistence off (testkit/redis.py)
+(autouse)     $XDG_STATE_HOME in a temporary folder for the session and for each test, so
+              servers' default outcome store is never ~/.local/state/scout
 
 Tests that start another program (a real sshd, nginx, Envoy, redis, a scout-server process) or
 build the Go and Node examples are marked `external` here, and those in SLOW `slow`:
@@ -43,6 +45,7 @@ server.introspection          test_introspection, test_introspection_bounds, tes
 server.app, .main, .tokens,   test_server_process, test_server_commands, test_hardening_process,
   .quiet                      test_deploy
 server.workers, .workermetrics  test_workers
+server.forwarding             test_forwarding, test_durable_workers
 server.errors, docs/          test_docs
 server.durablestore,          test_durable_store, test_config, test_reload
   .durablerecord, .sqlitestore,
@@ -51,6 +54,7 @@ scout/v1 (the contract)       test_contract, test_breaking, test_polyglot, test_
                               test_go_example, test_node_example
 client.aio, .calls, .sync,    test_client_e2e, test_client_errors, test_client_started,
   .results                    test_cli_live
+client.retry                  test_client_retry, test_durable_client
 client.files                  test_client_files, test_files
 client.fleet, .splitfanout    test_client_fleet, test_split_fanout
 client.cli, .fleetcli,        test_cli, test_cli_fleet, test_cli_fanout, test_cli_live,
@@ -62,13 +66,14 @@ client.credentials, .reach    test_client_tls, test_client_reach, test_cli_words
 client.mcpserver, .mcptools,  test_mcp
   .mcpfiles
 testkit/                      test_sshservers, test_durable_store (testkit/redis.py)
-deploy/                       test_deploy, test_replicas
+deploy/                       test_deploy, test_replicas, test_durable_replicas
 imports of server/, client/   test_imports
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from types import CodeType, FunctionType, ModuleType
@@ -89,6 +94,36 @@ from . import exampleclients, serverproc
 from .fakeexec import FakeExec, serving, tls_credentials
 from .filerig import login_user_dir
 from .scoutd import Scout, config, running_scout
+
+# Where a server's default outcome store goes (server.durablestore.default_store_url).
+STATE_VARIABLES = ("STATE_DIRECTORY", "XDG_STATE_HOME")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_state_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Servers started for the whole session (or in a child process) keep their default
+    outcome store (server/durablestore.py: $XDG_STATE_HOME/scout) in this session's
+    folder, never in the ~/.local/state/scout of the person or CI running the tests."""
+    saved = {name: os.environ.get(name) for name in STATE_VARIABLES}
+    os.environ.pop("STATE_DIRECTORY", None)
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture(autouse=True)
+def _state_directory(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test's servers start with an empty default outcome store: keys one test used
+    never meet another's (the README's examples reuse theirs)."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
 
 
 @pytest.fixture(scope="session")
@@ -221,6 +256,8 @@ SLOW = frozenset(
         "test_a_deadline_during_a_late_exec_reply_is_may_have_run_and_stops_the_command",
         "test_a_fan_out_does_not_starve_a_single_execute",
         "test_a_flood_of_stream_messages_is_paced",
+        "test_a_key_is_answered_by_any_replica_from_the_shared_store",
+        "test_a_killed_workers_key_is_outcome_unknown_at_the_other_and_never_runs_again",
         "test_a_stream_cut_at_10s_and_attached_at_15s_of_a_30s_command",
         "test_a_host_key_added_and_revoked_while_scout_runs",
         "test_a_host_that_never_speaks_is_one_connect_timeout_and_unavailable",
@@ -231,6 +268,8 @@ SLOW = frozenset(
         "test_a_second_signal_skips_the_grace_on_every_worker",
         "test_a_stricter_ping_policy_from_the_config_is_the_one_applied",
         "test_a_timeout_exits_124_and_says_it_was_stopped",
+        "test_an_attach_through_the_other_worker_carries_stdin_and_signals",
+        "test_attach_and_a_keyed_retry_reach_the_command_whichever_worker_answers",
         "test_audit_lines_of_all_workers_stay_whole",
         "test_cancel_during_a_slow_channel_open_stops_what_the_late_open_started",
         "test_changed_host_key_is_failed_precondition",
@@ -246,6 +285,7 @@ SLOW = frozenset(
         "test_new_token_prints_a_fresh_token_and_its_config_line",
         "test_opens_that_outlive_their_deadline_run_nothing",
         "test_processes_racing_for_the_same_keys_win_each_exactly_once",
+        "test_redis_down_refuses_keyed_requests_before_anything_runs_unkeyed_ones_run",
         "test_refused_authentication_is_failed_precondition",
         "test_rejected_host_is_not_retried",
         "test_restarts_past_the_bound_stop_the_server_with_status_1",
@@ -255,6 +295,7 @@ SLOW = frozenset(
         "test_sigterm_drains_every_worker_and_stops_what_outlives_the_grace",
         "test_stream_output_arrives_as_produced",
         "test_ten_thousand_aliases_load_in_seconds",
+        "test_the_owner_killed_a_retry_through_nginx_is_outcome_unknown_and_never_reruns",
         "test_two_hundred_hosts_never_exceed_the_connection_bound",
         "test_unreachable_host_is_unavailable",
         "test_workers_stop_when_the_supervisor_is_killed",

@@ -76,7 +76,8 @@ async def through_proxy(
 
 class HostRoutingProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
     """A gRPC proxy in front of scout, as nginx would be: it reads x-scout-host, forwards
-    the call's bytes, the response headers and the status, and records what it routed."""
+    the call's bytes, the response headers and the status (Execute's with its trailing
+    metadata), and records what it routed."""
 
     def __init__(self, upstream: grpc.aio.Channel) -> None:
         self.upstream = upstream
@@ -91,12 +92,12 @@ class HostRoutingProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
 
     def _unary(self, method: str) -> Any:
         async def forward(request: bytes, context: Any) -> bytes:
+            call = self.upstream.unary_unary(method)(request, timeout=context.time_remaining())
             try:
-                reply: bytes = await self.upstream.unary_unary(method)(
-                    request, timeout=context.time_remaining()
-                )
+                reply: bytes = await call
             except grpc.aio.AioRpcError as exc:
-                await context.abort(exc.code(), exc.details())
+                await context.abort(exc.code(), exc.details(), exc.trailing_metadata())
+            context.set_trailing_metadata(await call.trailing_metadata())  # x-scout-replayed
             return reply
 
         return forward

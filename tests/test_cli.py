@@ -85,6 +85,13 @@ def test_target_comes_from_the_environment_unless_given(monkeypatch: pytest.Monk
         ["exec", "h", "--timeout"],
         ["exec", "--cert", "c.pem", "h", "--", "x"],  # a certificate without its key
         ["health", "--key", "k.pem"],
+        ["exec", "--idempotency-key", "a b", "h", "--", "x"],  # outside the charset
+        ["exec", "--idempotency-key", "k" * 129, "h", "--", "x"],
+        ["exec", "--detach-grace", "10m", "h", "--", "x"],  # no key to find it by
+        ["exec", "--idempotency-key", "k", "--detach-grace", "soon", "h", "--", "x"],
+        ["exec", "--idempotency-key", "k", "--detach-grace", "0s", "h", "--", "x"],
+        ["attach", "h"],
+        ["attach", "h", "k", "--stdout-offset", "-1"],
     ],
 )
 def test_usage_mistakes_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -92,6 +99,24 @@ def test_usage_mistakes_exit_2(argv: list[str], capsys: pytest.CaptureFixture[st
         parse_args(argv)
     assert info.value.code == 2
     assert "usage:" in capsys.readouterr().err
+
+
+def test_keys_and_durations() -> None:
+    args = parse_args(
+        ["exec", "h", "--idempotency-key", "deploy-7", "--detach-grace", "1h30m", "--", "x"]
+    )
+    assert (args.idempotency_key, args.detach_grace) == ("deploy-7", 5400.0)
+    assert parse_args(["exec", "h", "x"]).idempotency_key == ""
+    assert parse_args(["exec", "--timeout", "2m", "h", "x"]).timeout == 120.0
+    args = parse_args(["attach", "web1", "deploy-7", "--stdout-offset", "10"])
+    assert (args.host, args.idempotency_key, args.stdout_offset, args.stderr_offset) == (
+        "web1",
+        "deploy-7",
+        10,
+        0,
+    )
+    assert client_for(args).retry is not None  # attach re-attaches a dropped stream
+    assert client_for(parse_args(["exec", "h", "x"])).retry is None  # no key: never retried
 
 
 def test_join_command() -> None:

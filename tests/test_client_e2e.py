@@ -62,6 +62,8 @@ async def test_execute_returns_the_outcome_as_payload(
         pty=True,
         terminal_size=(120, 40),
         close_stdin=True,
+        idempotency_key="deploy-42",
+        detach_grace=30,
     )
     assert (result.stdout, result.stderr, result.exit_code) == (b"hello", b"\xffwarn", 3)
     assert (result.stdout_text, result.stderr_text) == ("hello", "\ufffdwarn")
@@ -84,6 +86,7 @@ async def test_execute_returns_the_outcome_as_payload(
     )
     assert sent.timeout.ToMilliseconds() == 2000
     assert (sent.terminal_size.columns, sent.terminal_size.rows) == (120, 40)
+    assert (sent.idempotency_key, sent.detach_grace.seconds) == ("deploy-42", 30)
     assert fake[0].seen.hosts == ["web1"]
     remaining = fake[0].seen.time_remaining[0]
     assert remaining is not None and 2.0 < remaining <= 7.5  # timeout plus the 5 s margin

@@ -65,7 +65,17 @@ def bash_complete(line: str, env: dict[str, str] | None = None) -> list[str]:
 
 
 def test_bash_completes_commands_options_and_shells() -> None:
-    assert bash_complete("scout ") == ["exec", "cp", "hosts", "health", "mcp", "completion"]
+    assert bash_complete("scout ") == [
+        "exec",
+        "attach",
+        "cp",
+        "hosts",
+        "health",
+        "mcp",
+        "completion",
+    ]
+    assert bash_complete("scout attach --stdo") == ["--stdout-offset"]
+    assert "--idempotency-key" in bash_complete("scout exec --idem")
     assert bash_complete("scout ex") == ["exec"]
     assert "--max-failures" in bash_complete("scout exec --max-")
     assert bash_complete("scout exec --max-f") == ["--max-failures"]
@@ -82,6 +92,7 @@ async def test_bash_completes_host_names_from_the_server(scout: Scout) -> None:
 
     assert await offered("scout exec w") == ["web1", "web2"]
     assert await offered("scout hosts ") == ["db1", "web1", "web2"]
+    assert await offered("scout attach w") == ["web1", "web2"]
     assert await offered("scout exec web1 !w") == ["!web1", "!web2"]
     # The connection flags typed before the host go to `scout hosts --names`.
     assert await offered(f"scout exec --target {scout.target} d", None) == ["db1"]
@@ -113,7 +124,8 @@ def test_fish_script_has_hosts_and_options() -> None:
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["exec"], ["cp"], ["hosts"], ["health"], ["mcp"], ["completion"]]
+    "command",
+    [[], ["exec"], ["attach"], ["cp"], ["hosts"], ["health"], ["mcp"], ["completion"]],
 )
 def test_every_help_ends_with_examples(command: list[str]) -> None:
     done = subprocess.run([SCOUT, *command, "--help"], capture_output=True, timeout=30, check=True)

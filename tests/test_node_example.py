@@ -16,8 +16,15 @@ from .exampleclients import ROOT, ROUTED, build, readme_output, run_example, sco
 from .scoutd import Scout
 
 EXAMPLE = ROOT / "examples" / "node"
-# the Go example's calls, and a Download before ListHosts
-NODE_ROUTED = [*ROUTED[:2], ("/scout.v1.ExecService/Download", "local"), *ROUTED[2:]]
+# the Go example's calls, a keyed Execute twice after the first, and a Download before ListHosts
+NODE_ROUTED = [
+    ROUTED[0],
+    ROUTED[0],
+    ROUTED[0],
+    ROUTED[1],
+    ("/scout.v1.ExecService/Download", "local"),
+    *ROUTED[2:],
+]
 __all__ = ["scout"]  # the fixture
 
 

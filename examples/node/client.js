@@ -1,6 +1,6 @@
-// A Node.js caller of scout: one Execute, one Stream, one Download, one ListHosts. The contract
-// is loaded from
-// protos/ at run time, so there is no generated code to keep in step.
+// A Node.js caller of scout: one Execute, one Execute with an idempotency key (retried with the
+// same key), one Stream, one Download, one ListHosts. The contract is loaded from protos/ at run
+// time, so there is no generated code to keep in step.
 //
 //   npm ci
 //   node client.js [ADDRESS [HOST]]     (defaults: 127.0.0.1:50051, the demo's host "local")
@@ -40,6 +40,48 @@ function execute(command) {
       err ? reject(err) : resolve(response),
     );
   });
+}
+
+// Execute with an idempotency key, retried with backoff while its fate is unknown to us. With a
+// key the command runs at most once: a retry waits for the run in progress or gets the outcome
+// it recorded (trailing metadata `x-scout-replayed: true`), so retrying cannot run it twice.
+// Retried: UNAVAILABLE (a dropped connection, a server restarting, the outcome store down: scout
+// says x-scout-started: false then) and CANCELLED or ABORTED without scout's x-scout-started
+// mark (the transport's, not scout's answer). Final: every other status scout decided, above
+// all ABORTED with x-scout-started: true, "outcome unknown" (the run under the key started and
+// its process died): the same key gets that same answer forever, nothing runs again.
+function retryable(err) {
+  const marked = err.metadata !== undefined && err.metadata.get('x-scout-started').length > 0;
+  if (err.code === grpc.status.UNAVAILABLE) return true;
+  return !marked && (err.code === grpc.status.CANCELLED || err.code === grpc.status.ABORTED);
+}
+
+function executeOnce(request) {
+  return new Promise((resolve, reject) => {
+    let response;
+    const call = client.Execute(request, ...callOptions(), (err, reply) => {
+      if (err) reject(err);
+      response = reply;
+    });
+    // The status (with the trailing metadata) comes right after the callback.
+    call.on('status', (status) => {
+      if (status.code !== grpc.status.OK) return;
+      const replayed = status.metadata.get('x-scout-replayed').includes('true');
+      resolve({ response, replayed });
+    });
+  });
+}
+
+async function executeWithKey(command, key, attempts = 5) {
+  const request = { host, command, timeout: { seconds: 10 }, idempotency_key: key };
+  for (let attempt = 1, wait = 200; ; attempt++, wait = Math.min(wait * 2, 5_000)) {
+    try {
+      return await executeOnce(request);
+    } catch (err) {
+      if (attempt >= attempts || !retryable(err)) throw err;
+      await new Promise((done) => setTimeout(done, wait * (0.8 + 0.4 * Math.random())));
+    }
+  }
 }
 
 // Stream: output arrives as it is produced. Response headers mean "the command started":
@@ -92,6 +134,15 @@ async function main() {
   const result = await execute('echo "Execute ran on $(uname -s)"; exit 3');
   process.stdout.write(result.stdout); // bytes, as the command wrote them
   console.log(`Execute: exit code ${result.exit_code}`);
+
+  // A key of our own (1-128 of A-Z a-z 0-9 . _ : -); sending it again is how a retry says
+  // "the same command, not a new one".
+  const key = `node-example-${crypto.randomUUID()}`;
+  const first = await executeWithKey('echo "keyed run on $(uname -s)"', key);
+  const again = await executeWithKey('echo "keyed run on $(uname -s)"', key);
+  const same = Buffer.compare(first.response.stdout, again.response.stdout) === 0;
+  const what = (run) => (run.replayed ? 'replayed' : 'ran');
+  console.log(`Execute with a key: ${what(first)}, then ${what(again)} (same output: ${same})`);
 
   const exit = await stream('tr a-z A-Z', 'hello from node\n');
   console.log(`Stream: exit code ${exit.exit_code}, ${exit.stdout_bytes} bytes of stdout`);
