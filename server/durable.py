@@ -329,7 +329,9 @@ class Durable:
             existing = await self.store.claim(record)
         except BaseException as exc:
             del self.runs[ident]
-            if not isinstance(exc, asyncio.CancelledError | DurableLimit):
+            if isinstance(exc, DurableLimit):
+                self.refused["max_records"] = self.refused.get("max_records", 0) + 1
+            elif not isinstance(exc, asyncio.CancelledError):
                 self.store_errors += 1
             if isinstance(exc, asyncio.CancelledError):  # the claim may have landed: undo it
                 self.launcher.track(_undo_claim(self.store, record))

@@ -20,6 +20,7 @@ from google.protobuf import duration_pb2
 from scout.v1 import exec_pb2, exec_pb2_grpc
 from server.callers import hash_token
 from server.config import CallerConfig, Config
+from server.metrics import exposition
 from testkit.cutproxy import CutProxy
 from testkit.redis import start_redis
 from testkit.scripted import ScriptedServer
@@ -610,3 +611,28 @@ async def test_an_execute_many_hosts_key_can_be_attached_and_streams_once(
 
 async def _attach_messages(key: str, host: str) -> AsyncIterator[exec_pb2.StreamRequest]:
     yield exec_pb2.StreamRequest(attach=exec_pb2.Attach(idempotency_key=key, host=host))
+
+
+async def test_keyed_calls_are_counted_in_the_metrics(
+    shell_server: ScriptedServer, tmp_path: Path
+) -> None:
+    cfg = keyed_config(shell_server, tmp_path, max_detached=1)
+    async with running_scout(cfg) as scout:
+        await keyed(scout, "m1", "echo one")
+        await keyed(scout, "m1", "echo one")
+        long = exec_pb2.ExecuteRequest(
+            host="local", command="sleep 3", idempotency_key="m2", detach_grace=seconds(10)
+        )
+        call = scout.stub.Execute(long, metadata=auth(), timeout=30)
+        for _ in range(100):
+            if shell_server.stats.exec_requests == 2:
+                break
+            await asyncio.sleep(0.05)
+        await failure(scout, command="sleep 3", idempotency_key="m3", detach_grace=seconds(10))
+        text = exposition(scout.app.counted())().decode()
+        call.cancel()
+    assert "scout_durable_runs_total 2.0" in text
+    assert "scout_durable_replayed_total 1.0" in text
+    assert "scout_durable_running 1.0" in text
+    assert 'scout_durable_refused_total{limit="max_detached"} 1.0' in text
+    assert "scout_durable_detached_limit 1.0" in text
