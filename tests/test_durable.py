@@ -21,6 +21,8 @@ from scout.v1 import exec_pb2, exec_pb2_grpc
 from server.callers import hash_token
 from server.config import CallerConfig, Config
 from server.metrics import exposition
+from server.replay import Entry, ReplayLog
+from server.replay import Lost as ReplayLost
 from testkit.cutproxy import CutProxy
 from testkit.redis import start_redis
 from testkit.scripted import ScriptedServer
@@ -636,3 +638,42 @@ async def test_keyed_calls_are_counted_in_the_metrics(
     assert "scout_durable_running 1.0" in text
     assert 'scout_durable_refused_total{limit="max_detached"} 1.0' in text
     assert "scout_durable_detached_limit 1.0" in text
+
+
+class _Channel:
+    """What ReplayLog pauses: counts pauses and resumes."""
+
+    def __init__(self) -> None:
+        self.paused = False
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+async def test_an_attached_reader_loses_nothing_however_large_the_chunks() -> None:
+    """Chunks far over the buffer: an attached reader still gets every byte (the channel
+    is paused instead); once it leaves, old output makes room and a later reader is told."""
+    log = ReplayLog(0, 1024, 4096)
+    channel = _Channel()
+    log.attach(channel)
+    reader = log.reader(0, 0)
+    chunks = [bytes([65 + i]) * 32768 for i in range(4)]
+    for chunk in chunks:
+        log.feed(1, chunk)
+    assert channel.paused
+    got = bytearray()
+    while items := await asyncio.wait_for(reader.read(), 1):
+        assert all(not isinstance(item, ReplayLost) for item in items)
+        got += b"".join(item.data for item in items if isinstance(item, Entry))
+        if len(got) == len(b"".join(chunks)):
+            break
+    assert bytes(got) == b"".join(chunks)
+    assert not channel.paused
+    reader.leave()
+    log.feed(1, b"z" * 8192)  # nobody attached: the old entries go
+    late = log.reader(0, 0)
+    items = await asyncio.wait_for(late.read(), 1)
+    assert items[0] == ReplayLost(1, 4 * 32768)
