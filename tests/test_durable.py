@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from google.protobuf import duration_pb2
 
 from scout.v1 import exec_pb2, exec_pb2_grpc
 from server.callers import hash_token
-from server.config import CallerConfig, Config
+from server.config import AuditSettings, CallerConfig, Config
 from server.metrics import exposition
 from server.replay import Entry, ReplayLog
 from server.replay import Lost as ReplayLost
@@ -677,3 +678,19 @@ async def test_an_attached_reader_loses_nothing_however_large_the_chunks() -> No
     late = log.reader(0, 0)
     items = await asyncio.wait_for(late.read(), 1)
     assert items[0] == ReplayLost(1, 4 * 32768)
+
+
+async def test_the_audit_line_names_the_key_and_whether_it_was_replayed(
+    shell_server: ScriptedServer, tmp_path: Path
+) -> None:
+    audit = tmp_path / "audit.jsonl"
+    cfg = dataclasses.replace(
+        keyed_config(shell_server, tmp_path), audit=AuditSettings(file=str(audit))
+    )
+    async with running_scout(cfg) as scout:
+        await keyed(scout, "a1", "echo audited")
+        await keyed(scout, "a1", "echo audited")
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    keyed_lines = [(line["idempotency_key"], line["replayed"], line["code"]) for line in lines]
+    assert keyed_lines == [("a1", False, "OK"), ("a1", True, "OK")]
+    assert shell_server.stats.exec_requests == 1
