@@ -23,7 +23,8 @@ COPY server/ server/
 COPY client/ client/
 RUN pip wheel --no-deps --wheel-dir /dist . \
     && python -m venv --without-pip /opt/scout \
-    && pip --python /opt/scout/bin/python install --constraint constraints.txt /dist/scout-*.whl
+    && pip --python /opt/scout/bin/python install --constraint constraints.txt \
+       "$(echo /dist/scout-*.whl)[redis]"
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="scout" \
@@ -31,13 +32,17 @@ LABEL org.opencontainers.image.title="scout" \
       org.opencontainers.image.licenses="MIT"
 ENV PATH=/opt/scout/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    STATE_DIRECTORY=/var/lib/scout
 # A numeric user, so that Kubernetes' runAsNonRoot can check it; /var/log/scout is where
-# the example config writes its audit log (mount a volume there to keep it).
+# the example config writes its audit log, /var/lib/scout (STATE_DIRECTORY) where keyed
+# commands' default SQLite store lives (mount volumes there to keep them). The redis
+# extra is in: replicas share a Redis store (`[durable] store = "redis://..."`).
 RUN groupadd --system --gid 10001 scout \
     && useradd --system --uid 10001 --gid scout --no-create-home \
        --home-dir /nonexistent --shell /usr/sbin/nologin scout \
-    && install -d -o 10001 -g 10001 -m 0750 /var/log/scout
+    && install -d -o 10001 -g 10001 -m 0750 /var/log/scout \
+    && install -d -o 10001 -g 10001 -m 0700 /var/lib/scout
 COPY --from=build /opt/scout /opt/scout
 USER 10001:10001
 EXPOSE 50051

@@ -1,7 +1,8 @@
 """The things a load generator calls: scout over gRPC, and the SSH baselines.
 
-    scout       Execute or Stream on a scout server, or one ExecuteMany over every host
-                whose messages answer the requests, one each
+    scout       Execute or Stream on a scout server (Stream's messages decoded, or with
+                op stream_raw only counted), or one ExecuteMany over every host whose
+                messages answer the requests, one each
     raw         asyncssh on connections opened before the clock, K per host; worker w
                 always on connection w % K (hand-tuned for MaxSessions): the SSH floor
     raw_cold    asyncssh: a host's first request connects, then runs (the cold floor)
@@ -112,13 +113,41 @@ class ScoutCaller(_Caller):
             if news.HasField("error"):
                 return code_pb2.Code.Name(news.error.code), 0
             return (OK if news.result.exit_code == 0 else EXIT_NONZERO), len(news.result.stdout)
-        if self.spec.op != "stream":
+        if self.spec.op not in ("stream", "stream_raw"):
             stub = self._stubs[worker % len(self._stubs)]
             response = await stub.Execute(request, timeout=self.spec.timeout)
             return (OK if response.exit_code == 0 else EXIT_NONZERO), len(response.stdout)
         nbytes, code = 0, EXIT_NONZERO
         start = [exec_pb2.StreamRequest(start=request)]
+        if self.spec.op == "stream_raw":
+            return await self._stream_raw(start)
         async for msg in self._stub.Stream(iter(start), timeout=self.spec.timeout):
+            nbytes += len(msg.stdout)
+            if msg.HasField("exit"):
+                code = OK if msg.exit.exit_code == 0 else EXIT_NONZERO
+        return code, nbytes
+
+    async def _stream_raw(self, start: list[exec_pb2.StreamRequest]) -> tuple[str, int]:
+        """Stream, read as a byte-counting reader would (raw asyncssh's reader only counts):
+        each message's bytes are received but not decoded; a stdout chunk's size is read
+        from its header (field 1, a length), any other message is decoded."""
+        call = self._channels[0].stream_stream(
+            "/scout.v1.ExecService/Stream",
+            request_serializer=exec_pb2.StreamRequest.SerializeToString,
+            response_deserializer=None,
+        )
+        nbytes, code = 0, EXIT_NONZERO
+        async for raw in call(iter(start), timeout=self.spec.timeout):
+            if raw[:1] == b"\x0a":  # stdout = 1, length-delimited: a varint length follows
+                size = shift = 0
+                for at in range(1, 11):
+                    size |= (raw[at] & 0x7F) << shift
+                    shift += 7
+                    if raw[at] < 0x80:
+                        break
+                nbytes += size
+                continue
+            msg = exec_pb2.StreamResponse.FromString(raw)
             nbytes += len(msg.stdout)
             if msg.HasField("exit"):
                 code = OK if msg.exit.exit_code == 0 else EXIT_NONZERO

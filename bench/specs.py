@@ -42,7 +42,7 @@ class LoadSpec:
     command: str = "echo ok"
     target: str = ""  # scout: the gRPC target
     channels: int = 1  # scout: gRPC channels (TCP connections), worker w on w % channels
-    op: str = "exec"  # scout: exec, stream, or many (one ExecuteMany over every host)
+    op: str = "exec"  # scout: exec, stream, stream_raw (not decoded), or many (ExecuteMany)
     auth: Auth | None = None  # the SSH baselines
     per_host: int = 1  # raw: connections per host, opened before the clock
     prewarm: bool = False  # naive: connect every host before the clock

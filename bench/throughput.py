@@ -195,19 +195,53 @@ async def stream(rig: Rig) -> Section:
         "6. Stream throughput",
         f"`{command}` ({size / 2**20:,.0f} MiB) on the OpenSSH host, read as fast as "
         "possible: scout's `Stream` (every chunk through scout, then gRPC to the reader) "
-        f"against a raw asyncssh session that only counts bytes. {rig.mode.runs} runs.",
-        ["backend", "MiB/s", "seconds", "errors"],
-    )
+        "against a raw asyncssh session that only counts bytes. Two scout readers: one "
+        "that decodes each message (a Python client), one that only counts, as the raw "
+        "reader does (each message's bytes received, its length read from its header). "
+        f"{rig.mode.runs} runs interleaved; CPU in ms for the whole read, by process.",
+        ["backend", "MiB/s", "seconds", "errors", "CPU ms: reader", "scout server", "sshd",
+         "total"],
+    )  # fmt: skip
     server = await rig.scout([rig.sshd_host], rig.sshd_auth())
     raw = LoadSpec("raw", "burst", (rig.sshd_host,), command, auth=rig.sshd_auth(), timeout=600)
-    specs = {"scout Stream": replace(server.aim(raw), op="stream"), "raw asyncssh read": raw}
+    raw = replace(raw, target_pid=rig.sshd_pid)
+    specs = {
+        "scout Stream, reader that counts": replace(server.aim(raw), op="stream_raw"),
+        "scout Stream, reader that decodes": replace(server.aim(raw), op="stream"),
+        "raw asyncssh read": raw,
+    }
     section.runs = runs = await rig.repeat("s6", rig.mode.runs, specs)
     await server.stop()
     for label, rs in runs.items():
         mib_s, seconds = rs.median(lambda r: r.mib_s), rs.median(lambda r: r.elapsed)
-        section.rows.append([label, num(mib_s), num(seconds, 2), rs.errors_text()])
+        cpu = [num(rs.cpu(p) / 1e3) if p == "loadgen" or label.startswith("scout") else "-"
+               for p in ("loadgen", "server", "target")]  # fmt: skip
+        total = rs.cpu("loadgen") + rs.cpu("target")
+        total += rs.cpu("server") if label.startswith("scout") else 0
+        section.rows.append(
+            [label, num(mib_s), num(seconds, 2), rs.errors_text(), *cpu, num(total / 1e3)]
+        )
     rates = {label: rs.median(lambda r: r.mib_s) for label, rs in runs.items()}
-    share = ratio(rates["scout Stream"], rates["raw asyncssh read"])
-    section.notes.append(f"scout / raw asyncssh: **{times(share)}**")
-    section.verdict("≥ 0.5 of raw asyncssh read throughput", times(share), met(share, share >= 0.5))
+    base = rates["raw asyncssh read"]
+    share = ratio(rates["scout Stream, reader that counts"], base)
+    decoded = ratio(rates["scout Stream, reader that decodes"], base)
+    section.notes.append(
+        f"scout / raw asyncssh: **{times(share)}** with the reader that counts, "
+        f"{times(decoded)} with the reader that decodes"
+    )
+    counting, bare = runs["scout Stream, reader that counts"], runs["raw asyncssh read"]
+    parts = [counting.cpu(p) / 1e3 for p in ("loadgen", "server", "target")]
+    floor_ms = max(sum(parts) / 2, *parts)  # 2 cores: at least half the total, and the busiest
+    raw_ms = bare.median(lambda r: r.elapsed) * 1e3
+    section.verdict(
+        "≥ 0.85 of raw asyncssh read throughput (issue 24; the reader that counts)",
+        times(share),
+        met(share, share >= 0.85),
+        f"bound by CPU on 2 shared cores: through scout the reader, scout's server (SSH "
+        f"decryption, then gRPC framing) and sshd spend {num(sum(parts))} ms of CPU for "
+        f"the {size / 2**20:,.0f} MiB, so the read takes at least {num(floor_ms)} ms even "
+        f"with both cores busy throughout; raw asyncssh takes {num(raw_ms)} ms (two "
+        f"processes, one core each): at most {times(ratio(raw_ms, floor_ms))} of raw's "
+        "throughput before any idle time.",
+    )
     return section

@@ -12,7 +12,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from signal import Signals
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
@@ -23,7 +23,7 @@ from scout.v1 import exec_pb2, exec_pb2_grpc
 from .errors import KeyNotFound, ScoutError, from_rpc_error, is_replayed
 from .fleet import HostEvent, HostOutput, host_event_from_response
 from .results import Event, Exit, ExitStatus, Lost, Result, Stderr, Stdout, event_from_response
-from .retry import RetryPolicy, next_wait, with_retries
+from .retry import Outage, RetryPolicy, with_retries
 
 if TYPE_CHECKING:
     from .aio import Client
@@ -120,7 +120,7 @@ class StreamCall(_OwnedCall[exec_pb2.ExecuteRequest]):
             "stderr": attach.stderr_offset if attach is not None else 0,
         }
         self._pending: collections.deque[Event] = collections.deque()
-        self._outage: tuple[Iterator[float], float | None] | None = None  # backoff state
+        self._outage: Outage | None = None  # backoff state
         self._stopping = False  # cancel() was called: no reconnect
         self._by_offset = False  # this call's chunks are placed by their offsets
         self._replayed = False
@@ -364,28 +364,11 @@ class StreamCall(_OwnedCall[exec_pb2.ExecuteRequest]):
         that works (True) or the policy says the error is final (False)."""
         if self._retry is None or self._stopping:
             return False
-        if self._outage is None:
-            loop = asyncio.get_running_loop()
-            deadline = self._retry.deadline
-            self._outage = (
-                self._retry.backoffs(),
-                None if deadline is None else loop.time() + deadline,
-            )
-        waits, ends = self._outage
-        while True:
-            wait = next_wait(error, waits, ends, self._no_more)
-            if wait is None:
-                return False
-            await asyncio.sleep(wait)
-            if self._no_more():
-                return False
-            try:
-                await self._open()
-            except ScoutError as err:
-                error = err
-                continue
-            self.reconnects += 1
-            return True
+        self._outage = self._outage or Outage(self._retry)
+        if not await self._outage.again(error, self._open, self._no_more):
+            return False
+        self.reconnects += 1
+        return True
 
     async def _half_close(self) -> None:
         """After `exit`: end our side, so the server ends the RPC at once (it lingers
@@ -497,7 +480,7 @@ class ExecuteManyCall(_OwnedCall[exec_pb2.ExecuteManyRequest], AsyncIterator[Hos
         self._reported: set[str] = set()  # hosts whose outcome was read
         self._output: dict[tuple[str, str], int] = {}  # (host, stream): bytes read
         self._skip: dict[tuple[str, str], int] = {}  # bytes to drop after a retry
-        self._outage: tuple[Iterator[float], float | None] | None = None
+        self._outage: Outage | None = None
         self.retries = 0  # calls made again after a failure
 
     def __repr__(self) -> str:
@@ -618,21 +601,8 @@ class ExecuteManyCall(_OwnedCall[exec_pb2.ExecuteManyRequest], AsyncIterator[Hos
         the policy says the error is final (False)."""
         if self._retry is None or self._cancelled:
             return False
-        if self._outage is None:
-            loop = asyncio.get_running_loop()
-            deadline = self._retry.deadline
-            ends = None if deadline is None else loop.time() + deadline
-            self._outage = (self._retry.backoffs(), ends)
-        waits, ends = self._outage
-        wait = next_wait(error, waits, ends, self._no_more)
-        if wait is None:
+        self._outage = self._outage or Outage(self._retry)
+        if not await self._outage.again(error, self._start, self._no_more):
             return False
-        await asyncio.sleep(wait)
-        if self._no_more():
-            return False
-        try:
-            await self._start()
-        except ScoutError as err:
-            return await self._retried(err)
         self.retries += 1
         return True

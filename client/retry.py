@@ -182,3 +182,29 @@ def next_wait(
     if ends is not None and asyncio.get_running_loop().time() + wait >= ends:
         return None
     return wait
+
+
+class Outage:
+    """One stretch of failures of a call under a RetryPolicy: its backoffs and its
+    deadline, shared by every try until one works."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.waits = policy.backoffs()
+        deadline = policy.deadline
+        self.ends = None if deadline is None else asyncio.get_running_loop().time() + deadline
+
+    async def again(
+        self, err: ScoutError, call: Callable[[], Awaitable[None]], stop: Callable[[], bool]
+    ) -> bool:
+        """Wait, then make the call again, until it works (True) or err is final (False)."""
+        while (wait := next_wait(err, self.waits, self.ends, stop)) is not None:
+            await asyncio.sleep(wait)
+            if stop():
+                return False
+            try:
+                await call()
+            except ScoutError as later:
+                err = later
+                continue
+            return True
+        return False

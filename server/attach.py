@@ -19,8 +19,9 @@ from scout.v1 import exec_pb2
 from .audit import CallRecord
 from .command import RunningCommand
 from .config import ExecSettings
-from .durable import Durable, KeyedRun, check_key
+from .durable import Durable, KeyedRun
 from .errors import STARTED_KEY, HostUnavailable, InvalidRequest, KeyNotFound
+from .idempotency import check_key
 from .logs import REQUEST_ID_KEY
 from .outcomes import Outcome, exit_message, replayed_output
 from .output import STDERR, STDOUT

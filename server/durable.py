@@ -29,10 +29,7 @@ import asyncio
 import contextlib
 import datetime
 import functools
-import hashlib
-import json
 import logging
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -50,68 +47,22 @@ from .durablestore import HEARTBEAT_EVERY, Record, Store
 from .errors import (
     DurableLimit,
     HostUnavailable,
-    InvalidRequest,
     KeyConflict,
     OutcomeUnknown,
     ScoutError,
     StoreUnavailable,
 )
+from .idempotency import detach_grace, fingerprint
 from .launch import Bounds, Launcher
 from .outcomes import Outcome
 from .replay import ReplayLog
-from .requests import duration_seconds
 from .responses import execute_response
 from .rpc import status_of
 
 log = logging.getLogger(__name__)
 
-KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 WATCH_PAUSES = (0.05, 1.0)  # first and longest pause between looks at another's record
 KeyId = tuple[str, str]  # (scope, key)
-
-
-def check_key(key: str, name: str = "idempotency_key") -> None:
-    """A key must be 1-128 of A-Z a-z 0-9 . _ : - (so it can sit in a log line as is)."""
-    if not KEY.fullmatch(key):
-        shown = repr(key[:32]) + ("..." if len(key) > 32 else "")
-        raise InvalidRequest(
-            f"{name}: 1-128 characters of A-Z a-z 0-9 . _ : -, got {shown} ({len(key)} chars)"
-        )
-
-
-def check_durable(settings: DurableSettings, request: exec_pb2.ExecuteRequest) -> None:
-    """A request's key and detach_grace, checked before anything runs."""
-    if request.idempotency_key:
-        check_key(request.idempotency_key)
-    detach_grace(settings, request)
-
-
-def detach_grace(settings: DurableSettings, request: exec_pb2.ExecuteRequest) -> float:
-    """The request's detach_grace in seconds (0: none), checked against the maximum."""
-    if not request.HasField("detach_grace"):
-        return 0.0
-    seconds = duration_seconds("detach_grace", request.detach_grace)
-    if not request.idempotency_key:
-        raise InvalidRequest("detach_grace: only with an idempotency_key (to attach back to)")
-    if seconds < 0:
-        raise InvalidRequest(f"detach_grace: must not be negative, got {seconds:g}s")
-    if seconds > settings.max_detach_grace:
-        raise InvalidRequest(
-            f"detach_grace: at most {settings.max_detach_grace:g}s on this server "
-            f"([durable] max_detach_grace), got {seconds:g}s"
-        )
-    return seconds
-
-
-def fingerprint(host: str, request: exec_pb2.ExecuteRequest) -> str:
-    """What makes two requests the same request: host, command or argv, env, working_dir,
-    stdin (its digest) and pty."""
-    stdin = hashlib.sha256(request.stdin).hexdigest() if request.stdin else ""
-    env = sorted(request.env.items())
-    # a JSON list: unambiguous, and one C call
-    what: list[object] = [host, request.command, list(request.argv), env, request.working_dir]
-    what += [stdin, request.pty]
-    return hashlib.sha256(json.dumps(what).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -329,7 +280,9 @@ class Durable:
             existing = await self.store.claim(record)
         except BaseException as exc:
             del self.runs[ident]
-            if not isinstance(exc, asyncio.CancelledError | DurableLimit):
+            if isinstance(exc, DurableLimit):
+                self.refused["max_records"] = self.refused.get("max_records", 0) + 1
+            elif not isinstance(exc, asyncio.CancelledError):
                 self.store_errors += 1
             if isinstance(exc, asyncio.CancelledError):  # the claim may have landed: undo it
                 self.launcher.track(_undo_claim(self.store, record))

@@ -21,7 +21,7 @@ class Record:
 
     scope: str  # the caller identity the key belongs to
     key: str
-    fingerprint: str  # digest of the request (server.durable.fingerprint)
+    fingerprint: str  # digest of the request (server.idempotency.fingerprint)
     owner: str  # the process that runs it (server.durable.Owner id)
     started: float  # wall clock, seconds since the epoch
     outcome: bytes | None = None  # encoded outcome (server.durable), None while running

@@ -17,9 +17,9 @@ says so (CANCELLED, DEADLINE_EXCEEDED, or ABORTED when scout shuts down). With
 `max_failures`, a host whose turn comes after that many hosts failed (`failed`) is not
 started: it gets ABORTED with `started` false, and no audit line (nothing was tried).
 
-With `stream_output`, each running host has an OutputQueue (at most ~1 MiB before it
+With `stream_output`, each running host has an OutputQueue (at most ~2 MiB before it
 pauses its channel) and the chunks go through one bounded queue to the writer: a slow
-reader slows the commands down, and memory stays near max_parallel x 1 MiB.
+reader slows the commands down, and memory stays near max_parallel x 2 MiB.
 """
 
 from __future__ import annotations

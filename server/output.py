@@ -4,7 +4,7 @@ Execute keeps output in memory until the command ends: `ExecuteOutput` caps each
 (`max_output_bytes`) and charges what it keeps to the server-wide `OutputBudget`
 (`[exec] max_buffered_output_bytes`). When the budget is spent, the channel stops
 reading: the SSH window closes, the remote command blocks on its writes, and it waits
-for room within its deadline. Stream keeps little: `OutputQueue` holds at most ~1 MiB
+for room within its deadline. Stream keeps little: `OutputQueue` holds at most ~2 MiB
 and pauses the channel while the caller is behind.
 """
 
@@ -17,9 +17,14 @@ from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 STDOUT, STDERR = 1, 2
-HIGH_WATER = 1024 * 1024  # Stream: pause the channel above this many buffered bytes
+HIGH_WATER = 1024 * 1024  # keyed commands' replay (server.replay): pause above this lag
 LOW_WATER = 256 * 1024  # ... and resume below this
-MAX_MESSAGE = 256 * 1024  # Stream: merge chunks of one kind up to this size
+MAX_MESSAGE = 256 * 1024  # ... and merge chunks of one kind up to this size
+# OutputQueue (Stream, ExecuteMany): fewer, larger messages for a bulk stream
+QUEUE_HIGH_WATER = 2 * 1024 * 1024  # pause the channel above this many buffered bytes
+QUEUE_LOW_WATER = 512 * 1024  # ... and resume below this
+QUEUE_MESSAGE = 1024 * 1024  # merge chunks of one kind up to this size
+GATHER_WITHIN = 0.001  # how long output that keeps arriving may wait to be merged
 
 
 class Pausable(Protocol):
@@ -225,7 +230,7 @@ class OutputQueue:
 
     def _maybe_pause(self) -> None:
         """Stop reading the channel while too much output waits for the caller."""
-        if self._buffered > HIGH_WATER and not self._paused and self._chan is not None:
+        if self._buffered > QUEUE_HIGH_WATER and not self._paused and self._chan is not None:
             self._paused = True
             self._chan.pause_reading()
 
@@ -239,6 +244,20 @@ class OutputQueue:
         self._error = error
         self._ready.set()
 
+    async def _gather(self) -> None:
+        """While output keeps arriving, let it join the next message: one event-loop turn
+        at a time, until a turn brings nothing new, QUEUE_MESSAGE bytes wait, the channel is
+        paused or ended, or GATHER_WITHIN has passed. A chunk that comes alone goes out
+        after one turn; a bulk stream goes out in large messages, which cost both ends
+        less per byte than one message per SSH packet."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + GATHER_WITHIN
+        while self._buffered < QUEUE_MESSAGE and not (self._eof or self._paused or self._error):
+            before = self._buffered
+            await asyncio.sleep(0)
+            if self._buffered == before or loop.time() >= until:
+                return
+
     async def get(self) -> tuple[int, bytes] | None:
         """The next chunk, merged with queued chunks of the same kind; None at the end."""
         while not self._items or self._error is not None:
@@ -248,17 +267,20 @@ class OutputQueue:
                 return None
             self._ready.clear()
             await self._ready.wait()
+        await self._gather()
+        if self._error is not None:
+            raise self._error
         kind, data = self._items.popleft()
-        if self._items and self._items[0][0] == kind and len(data) < MAX_MESSAGE:
+        if self._items and self._items[0][0] == kind and len(data) < QUEUE_MESSAGE:
             parts = [data]
             size = len(data)
-            while self._items and self._items[0][0] == kind and size < MAX_MESSAGE:
+            while self._items and self._items[0][0] == kind and size < QUEUE_MESSAGE:
                 more = self._items.popleft()[1]
                 parts.append(more)
                 size += len(more)
             data = b"".join(parts)
         self._buffered -= len(data)
-        if self._paused and self._buffered < LOW_WATER and self._chan is not None:
+        if self._paused and self._buffered < QUEUE_LOW_WATER and self._chan is not None:
             self._paused = False
             self._resuming = True
             try:

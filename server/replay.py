@@ -9,9 +9,11 @@ it asked for: output older than the buffer is not invented, the reader is told h
 bytes of which stream are gone (`lost`) and goes on from the oldest kept byte.
 
 Flow control: while a reader is attached, the channel stops reading when the slowest
-reader is more than PAUSE_LAG bytes behind, as Stream's queue does, so a caller that
-keeps its connection never loses a byte. With nobody attached the command runs at its
-own pace and the oldest entries make room for new ones.
+reader is more than `pause_lag` bytes behind, as Stream's queue does, and no entry an
+attached reader has yet to read is dropped (the buffer may then hold up to `pause_lag`
+and one SSH chunk more than `window`), so a caller that keeps its connection never
+loses a byte. With nobody attached the command runs at its own pace and the oldest
+entries make room for new ones.
 """
 
 from __future__ import annotations
@@ -88,7 +90,10 @@ class ReplayLog:
         self.entries.append(Entry(self.next_seq, kind, offset, data, self.appended))
         self.next_seq += 1
         self.held += len(data)
+        unread = min((r.seq for r in self.readers), default=self.next_seq)
         while self.held > self.window and len(self.entries) > 1:
+            if self.entries[0].seq >= unread:  # an attached reader still needs it: the
+                break  # the channel pauses (pause_lag) instead: this stays bounded
             old = self.entries.popleft()
             self.held -= len(old.data)
             self.dropped[old.kind] = old.offset + len(old.data)

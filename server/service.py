@@ -32,11 +32,12 @@ from .audit import AuditLog, CallRecord
 from .callers import ANONYMOUS, Gate
 from .command import CommandSpec, RunningCommand
 from .config import CallerConfig, Config, HostConfig
-from .durable import Durable, KeyedRun, Owner, OwnerGone, check_durable
+from .durable import Durable, KeyedRun, Owner, OwnerGone
 from .durablestore import open_store
 from .errors import HostNotFound, PermissionDenied, ScoutError
 from .fanout import FanOut
 from .files import Files
+from .idempotency import check_durable
 from .launch import Bounds, Launcher, bounds_for
 from .live import LiveConfig
 from .outcomes import Outcome

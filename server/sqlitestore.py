@@ -100,6 +100,9 @@ class SQLiteStore:
         self._next_prune = 0.0
         self._next_recount = 0.0
         self._written = 0  # bytes (roughly) written to the WAL since the last checkpoint
+        # claims and finishes asked for in this event-loop turn, committed together
+        self._together: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] | None
+        self._together = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -124,7 +127,7 @@ class SQLiteStore:
                     return found
             return None  # written (or the row there expired and was pruned meanwhile)
 
-        found = await self._run(claim)
+        found = await self._run_together(claim)
         if now >= self._next_prune:
             self._next_prune = now + PRUNE_EVERY
             self._chore(self._prune, self._pruned)
@@ -147,7 +150,7 @@ class SQLiteStore:
         if self._fast is None:
             await self._connection()
         sql = "UPDATE records SET outcome = ? WHERE scope = ? AND key = ?"
-        await self._run(lambda db: db.execute(sql, (outcome, scope, key)))
+        await self._run_together(lambda db: db.execute(sql, (outcome, scope, key)))
         self._wrote(PAGE + len(outcome))
 
     async def forget(self, scope: str, key: str) -> None:
@@ -209,6 +212,68 @@ class SQLiteStore:
         self._thread.shutdown(wait=False)
 
     # ---- running statements ----------------------------------------------------------
+
+    def _run_together(self, job: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """job with the others asked for in this event-loop turn, in one transaction
+        (group commit): one WAL write, and the pages the rows share written once. Claims
+        and finishes of concurrent keyed calls cost about half as much this way."""
+        loop = asyncio.get_running_loop()
+        if self._together is None:
+            self._together = []
+            loop.call_soon(self._commit_together)
+        future: asyncio.Future[T] = loop.create_future()
+        self._together.append((job, future))
+        return future
+
+    def _commit_together(self) -> None:
+        """Run the gathered jobs as one transaction: on the loop's connection, or in the
+        thread when another process holds the lock; each job's future gets its result."""
+        batch, self._together = self._together or [], None
+
+        def all_of(db: sqlite3.Connection) -> list[Any]:
+            if len(batch) == 1:  # alone: its own statement is its transaction
+                return [batch[0][0](db)]
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                results = [job(db) for job, _ in batch]
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            return results
+
+        def settle(results: list[Any] | None, error: BaseException | None) -> None:
+            for index, (_, future) in enumerate(batch):
+                if future.done():
+                    continue
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    assert results is not None
+                    future.set_result(results[index])
+
+        if self._fast is None:
+            settle(None, self._unavailable("it is closed"))
+            return
+        try:
+            settle(all_of(self._fast), None)
+            return
+        except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in BUSY_CODES:
+                settle(None, self._unavailable(exc))
+                return
+        waited = self._in_thread(all_of)
+
+        def done(future: asyncio.Future[list[Any]]) -> None:
+            if future.cancelled():
+                settle(None, self._unavailable("its thread was stopped"))
+            elif (error := future.exception()) is not None:
+                settle(None, error)
+            else:
+                settle(future.result(), None)
+
+        waited.add_done_callback(done)
 
     async def _run(self, job: Callable[[sqlite3.Connection], T]) -> T:
         """job on the loop's connection; in the thread, waiting for the lock, when another

@@ -305,10 +305,13 @@ def test_every_file_scout_reads_comes_from_the_configmap_or_a_secret() -> None:
             else ("ConfigMap", source["configMap"]["name"])
         )
         assert name in resource_keys(docs[(kind, resource)]), f"{what}: {path}"
-    # Every mount is read-only but UploadMany's spool: a bounded emptyDir at spool_dir.
+    # Every mount is read-only but two bounded emptyDirs: the state directory the image
+    # names (keyed commands' default SQLite store) and UploadMany's spool at spool_dir.
     writable = [m for m in container["volumeMounts"] if not m.get("readOnly")]
-    assert [m["mountPath"] for m in writable] == [str(config.files.spool_dir)]
-    assert volumes[writable[0]["name"]]["emptyDir"]["sizeLimit"]
+    (state,) = [i.args for i in stage(-1) if i.keyword == "ENV" and "STATE_DIRECTORY=" in i.args]
+    state_dir = state.split("STATE_DIRECTORY=")[1].split()[0]
+    assert [m["mountPath"] for m in writable] == [state_dir, str(config.files.spool_dir)]
+    assert all(volumes[m["name"]]["emptyDir"]["sizeLimit"] for m in writable)
 
 
 # ---- the example configs, served --------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +20,10 @@ from google.protobuf import duration_pb2
 
 from scout.v1 import exec_pb2, exec_pb2_grpc
 from server.callers import hash_token
-from server.config import CallerConfig, Config
+from server.config import AuditSettings, CallerConfig, Config
+from server.metrics import exposition
+from server.replay import Entry, ReplayLog
+from server.replay import Lost as ReplayLost
 from testkit.cutproxy import CutProxy
 from testkit.redis import start_redis
 from testkit.scripted import ScriptedServer
@@ -610,3 +614,83 @@ async def test_an_execute_many_hosts_key_can_be_attached_and_streams_once(
 
 async def _attach_messages(key: str, host: str) -> AsyncIterator[exec_pb2.StreamRequest]:
     yield exec_pb2.StreamRequest(attach=exec_pb2.Attach(idempotency_key=key, host=host))
+
+
+async def test_keyed_calls_are_counted_in_the_metrics(
+    shell_server: ScriptedServer, tmp_path: Path
+) -> None:
+    cfg = keyed_config(shell_server, tmp_path, max_detached=1)
+    async with running_scout(cfg) as scout:
+        await keyed(scout, "m1", "echo one")
+        await keyed(scout, "m1", "echo one")
+        long = exec_pb2.ExecuteRequest(
+            host="local", command="sleep 3", idempotency_key="m2", detach_grace=seconds(10)
+        )
+        call = scout.stub.Execute(long, metadata=auth(), timeout=30)
+        for _ in range(100):
+            if shell_server.stats.exec_requests == 2:
+                break
+            await asyncio.sleep(0.05)
+        await failure(scout, command="sleep 3", idempotency_key="m3", detach_grace=seconds(10))
+        text = exposition(scout.app.counted())().decode()
+        call.cancel()
+    assert "scout_durable_runs_total 2.0" in text
+    assert "scout_durable_replayed_total 1.0" in text
+    assert "scout_durable_running 1.0" in text
+    assert 'scout_durable_refused_total{limit="max_detached"} 1.0' in text
+    assert "scout_durable_detached_limit 1.0" in text
+
+
+class _Channel:
+    """What ReplayLog pauses: counts pauses and resumes."""
+
+    def __init__(self) -> None:
+        self.paused = False
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+async def test_an_attached_reader_loses_nothing_however_large_the_chunks() -> None:
+    """Chunks far over the buffer: an attached reader still gets every byte (the channel
+    is paused instead); once it leaves, old output makes room and a later reader is told."""
+    log = ReplayLog(0, 1024, 4096)
+    channel = _Channel()
+    log.attach(channel)
+    reader = log.reader(0, 0)
+    chunks = [bytes([65 + i]) * 32768 for i in range(4)]
+    for chunk in chunks:
+        log.feed(1, chunk)
+    assert channel.paused
+    got = bytearray()
+    while items := await asyncio.wait_for(reader.read(), 1):
+        assert all(not isinstance(item, ReplayLost) for item in items)
+        got += b"".join(item.data for item in items if isinstance(item, Entry))
+        if len(got) == len(b"".join(chunks)):
+            break
+    assert bytes(got) == b"".join(chunks)
+    assert not channel.paused
+    reader.leave()
+    log.feed(1, b"z" * 8192)  # nobody attached: the old entries go
+    late = log.reader(0, 0)
+    items = await asyncio.wait_for(late.read(), 1)
+    assert items[0] == ReplayLost(1, 4 * 32768)
+
+
+async def test_the_audit_line_names_the_key_and_whether_it_was_replayed(
+    shell_server: ScriptedServer, tmp_path: Path
+) -> None:
+    audit = tmp_path / "audit.jsonl"
+    cfg = dataclasses.replace(
+        keyed_config(shell_server, tmp_path), audit=AuditSettings(file=str(audit))
+    )
+    async with running_scout(cfg) as scout:
+        await keyed(scout, "a1", "echo audited")
+        await keyed(scout, "a1", "echo audited")
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    keyed_lines = [(line["idempotency_key"], line["replayed"], line["code"]) for line in lines]
+    assert keyed_lines == [("a1", False, "OK"), ("a1", True, "OK")]
+    assert shell_server.stats.exec_requests == 1

@@ -25,9 +25,9 @@ from scout.v1 import exec_pb2, exec_pb2_grpc
 from server.app import App, start
 from server.callers import hash_token
 from server.config import CallerConfig, Config
-from server.durable import fingerprint
 from server.durablestore import Record, open_store
 from server.forwarding import CALLER_KEY, SECRET_KEY, Forwarder, ForwardingPlan
+from server.idempotency import fingerprint
 from testkit.processes import eventually
 from testkit.scripted import ScriptedServer
 from tests.scoutd import config

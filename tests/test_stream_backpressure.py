@@ -63,11 +63,11 @@ async def test_slow_reader_keeps_scout_memory_bounded(
         received = 0
         peak = before
         ends = time.monotonic() + 4.0
-        while time.monotonic() < ends:  # a slow reader: one message every 20 ms
-            msg = await call.read()
+        while time.monotonic() < ends:  # a slow reader: 20 ms a message of up to 256 KiB,
+            msg = await call.read()  # so at most 12.5 MiB/s whatever the message size
             received += len(msg.stdout)
             peak = max(peak, proc.memory_info().rss)
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02 * max(1.0, len(msg.stdout) / (256 * 1024)))
         call.cancel()
     growth = (peak - before) / 2**20
     print(f"\nslow reader: received {received / 2**20:.1f} MiB in 4 s, RSS growth {growth:.1f} MiB")
