@@ -103,7 +103,7 @@ async def counted(rig: Rig, section: Section, label: str, spec: LoadSpec) -> Non
 
 FAN_HOSTS = 200
 PARALLEL = 50
-TARGET = 1.25  # warm: scout's makespan at most this many times raw's
+TARGET = 1.2  # warm: scout's makespan at most this many times raw's (issue 24; 12 asked 1.25)
 PSSH = "parallel-ssh"
 
 
@@ -160,7 +160,7 @@ async def fan_out(rig: Rig) -> Section:
     scout, base = section.runs["scout, warm"], section.runs["raw asyncssh, warm"]
     busy, raw_busy = scout.cpu("server") * FAN_HOSTS / 1000, base.cpu("loadgen") * FAN_HOSTS / 1000
     section.verdict(
-        f"warm makespan ≤ {TARGET:g}x raw asyncssh",
+        f"warm makespan ≤ {TARGET:g}x raw asyncssh (issue 24)",
         times(warm),
         met(warm, warm <= TARGET),
         f"scout's server was busy {num(busy)} ms of its {num(ms['scout, warm'])} ms makespan "
@@ -213,7 +213,7 @@ def versus(section: Section) -> None:
     ours, theirs = section.runs[f"scout, {t}"], section.runs[f"{PSSH}, {t}"]
     section.verdict(
         f"faster than {PSSH} (pool_size {PARALLEL}), cold and warm, in makespan and in CPU "
-        "(client + server)",
+        "per host of all processes (issue 24)",
         figure,
         met(ratios[worst], all(v < 1 for v in ratios.values())),
         f"furthest: {worst}, {times(ratios[worst])}. {t.capitalize()}, per host, scout's "
