@@ -32,8 +32,11 @@ async def test_calls_beyond_max_concurrent_rpcs_are_refused_with_scouts_own_stat
         holding = asyncio.gather(*(s.execute(host="h", command="sleep 1.5") for _ in range(LIMIT)))
         assert await eventually(lambda: s.app.service.rpcs.in_flight == LIMIT)
         one = exec_pb2.ExecuteRequest(host="h", command="true")
+        big = exec_pb2.ExecuteRequest(host="h", command="cat", stdin=b"x" * (8 << 20))
         calls = {
             "Execute": lambda md: stub.Execute(one, metadata=md),
+            # refused while the caller may still be sending it (past HTTP/2's first window)
+            "Execute, 8 MiB of stdin": lambda md: stub.Execute(big, metadata=md),
             "ListHosts": lambda md: stub.ListHosts(exec_pb2.ListHostsRequest(), metadata=md),
             "ExecuteMany": lambda md: _drain(
                 stub.ExecuteMany(
@@ -50,17 +53,18 @@ async def test_calls_beyond_max_concurrent_rpcs_are_refused_with_scouts_own_stat
                 stub.Stream(iter([exec_pb2.StreamRequest(start=one)]), metadata=md)
             ),
         }
-        for method, call in calls.items():
+        for i, (method, call) in enumerate(calls.items()):
             with pytest.raises(grpc.aio.AioRpcError) as info:
-                await call((("x-request-id", f"refused-{method}"),))
+                await call((("x-request-id", f"refused-{i}"),))
             error = info.value
             assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, method
             assert error.details() == MESSAGE, method
             assert started(error) == "false", method
-            assert dict(error.trailing_metadata() or ())["x-request-id"] == f"refused-{method}"
+            assert dict(error.trailing_metadata() or ())["x-request-id"] == f"refused-{i}"
         finished = s.app.service.rpcs.finished
-        for method in calls:
+        for method in ("ListHosts", "ExecuteMany", "Download", "Stream"):
             assert finished[(method, "RESOURCE_EXHAUSTED")] == 1, method
+        assert finished[("Execute", "RESOURCE_EXHAUSTED")] == 2
         assert all(r.exit_code == 0 for r in await holding)
         assert (await s.execute(host="h", command="true")).exit_code == 0  # room again
 
