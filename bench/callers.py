@@ -8,6 +8,10 @@
     raw_cold    asyncssh: a host's first request connects, then runs (the cold floor)
     naive       the seed's "current" pool: one connection per host, one global
                 asyncio.Lock held across asyncssh.connect(); no bounds
+    pssh        parallel-ssh's ParallelSSHClient (libssh2, gevent; the optional bench
+                extra), connected before the clock: one run_command over every host, then
+                join (PsshCaller; a burst only, synchronous)
+    pssh_cold   the same with a new client: the run connects
 
 A call answers an outcome (OK, a gRPC status code, an exception class, EXIT_NONZERO) and
 the output bytes; the raw clients run at most `parallel` requests at once.
@@ -77,6 +81,10 @@ class _Caller:
 
     def __init__(self, spec: LoadSpec) -> None:
         self.spec, self.hosts = spec, spec.hosts
+
+    def cipher(self) -> str:
+        """The SSH cipher this client negotiated ("" when it does no SSH)."""
+        return ""
 
 
 class ScoutCaller(_Caller):
@@ -197,10 +205,82 @@ class RawCaller(_Caller):
                     conns.append(await asyncssh.connect(h.address, h.port, options=self._options))
             return await run_raw(conns[worker % len(conns)], self.spec.command)
 
+    def cipher(self) -> str:
+        conns = [c for per_host in self._conns for c in per_host]
+        return str(conns[0].get_extra_info("send_cipher")) if conns else ""
+
     async def close(self) -> None:
         for conn in (flat := [c for per_host in self._conns for c in per_host]):
             conn.close()
         await asyncio.gather(*(c.wait_closed() for c in flat), return_exceptions=True)
+
+
+class PsshCaller:
+    """parallel-ssh as its users run it: `ParallelSSHClient(hosts, pool_size=parallel)`,
+    `run_command`, `join`, then each host's output and exit code. Its pool bounds the
+    hosts connecting or starting their command at once (not the commands running).
+    It offers the spec's ciphers that libssh2 has, in their order (scout's by default:
+    libssh2 alone would pick chacha20-poly1305), through each session's method_pref:
+    parallel-ssh has no option for it. It checks no host key (no known_hosts lookup)."""
+
+    def __init__(self, spec: LoadSpec) -> None:
+        from pssh.clients import ParallelSSHClient  # the bench extra; imports gevent
+        from pssh.clients.native import single
+        from pssh.config import HostConfig
+        from ssh2.session import LIBSSH2_METHOD_CRYPT_CS, LIBSSH2_METHOD_CRYPT_SC, Session
+
+        assert spec.auth is not None
+        self.spec, auth = spec, spec.auth
+        offered = ",".join(c for c in auth.ciphers if c in Session().supported_algs(
+            LIBSSH2_METHOD_CRYPT_CS))  # fmt: skip
+
+        def session() -> Session:
+            made = Session()
+            for way in (LIBSSH2_METHOD_CRYPT_CS, LIBSSH2_METHOD_CRYPT_SC):
+                made.method_pref(way, offered)
+            return made
+
+        single.Session = session  # what SSHClient._init_session calls
+        self.client = ParallelSSHClient(
+            [h.address for h in spec.hosts], user=auth.user, pkey=auth.client_key,
+            host_config=[HostConfig(port=h.port) for h in spec.hosts],
+            pool_size=spec.parallel or len(spec.hosts), allow_agent=False,
+            identity_auth=False, num_retries=1, timeout=spec.timeout,
+        )  # fmt: skip
+
+    def setup(self) -> None:
+        """Warm (pssh): every host connected and authenticated, before the clock."""
+        if self.spec.backend == "pssh":
+            import gevent
+
+            gevent.joinall(self.client.connect_auth(), raise_error=True)
+
+    def burst(self) -> list[tuple[str, int]]:
+        """The command on every host; each host's outcome and output bytes, in order."""
+        output = self.client.run_command(self.spec.command, stop_on_errors=False)
+        self.client.join(output)
+        outcomes = []
+        for host in output:
+            if host.exception is not None:
+                outcomes.append((type(host.exception).__name__, 0))
+                continue
+            nbytes = sum(len(line) + 1 for line in host.stdout)
+            outcomes.append((OK if host.exit_code == 0 else EXIT_NONZERO, nbytes))
+        return outcomes
+
+    def cipher(self) -> str:
+        """The cipher the first connected host's session negotiated."""
+        from ssh2.session import LIBSSH2_METHOD_CRYPT_CS
+
+        clients = [c for c in self.client._host_clients.values() if c and c.session]
+        return str(clients[0].session.methods(LIBSSH2_METHOD_CRYPT_CS)) if clients else ""
+
+    def close(self) -> None:
+        """Disconnect every host (the fake SSH server counts what is still connected):
+        what the clients' own __del__ does (their disconnect() is a deprecated no-op)."""
+        for client in self.client._host_clients.values():
+            if client is not None:
+                client._disconnect()
 
 
 Caller = ScoutCaller | RawCaller

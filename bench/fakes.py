@@ -2,10 +2,12 @@
 
 `python -m bench.fakes ssh KEYS_DIR COUNT DELAY_MS`: real SSH (kex, keys, channels) on
 COUNT loopback addresses from 127.0.0.2 (one "host" each), whose `exec` spawns nothing and
-answers REPLY, after DELAY_MS before authentication (network and server latency); a line
-`stats` (or `reset`: and zero them) on its stdin answers its Counters. `python -m
-bench.fakes grpc`: the gRPC floor, scout's ExecService on the same grpc.aio server and
-stubs, answering REPLY at once. Each prints a JSON line with its endpoints when ready.
+answers REPLY (`sleep N`: after N seconds), after DELAY_MS before authentication (network
+and server latency); a line `stats` (or `reset`: and zero them) on its stdin answers its
+Counters. `python -m bench.fakes grpc [LIMIT]`: the gRPC floor, scout's ExecService on
+the same grpc.aio server and stubs, answering REPLY at once (`sleep N`: after N seconds);
+with LIMIT, grpc's own `maximum_concurrent_rpcs` refuses the calls beyond it
+(RESOURCE_EXHAUSTED, no handler runs). Each prints a JSON line with its endpoints when ready.
 """
 
 from __future__ import annotations
@@ -30,6 +32,15 @@ from .procs import print_json
 from .specs import GRPC_OPTIONS
 
 REPLY = b"ok\n"
+
+
+def sleeps(command: str) -> float:
+    """How long a fake takes to answer command: N for `sleep N`, else 0."""
+    word, _, rest = command.partition(" ")
+    try:
+        return float(rest) if word == "sleep" else 0.0
+    except ValueError:
+        return 0.0
 
 
 @dataclass
@@ -67,10 +78,11 @@ class _Server(asyncssh.SSHServer):
 
 
 class _Session(asyncssh.SSHServerSession[bytes]):
-    """One channel: REPLY and exit status 0."""
+    """One channel: REPLY and exit status 0 (after N seconds for `sleep N`)."""
 
     def __init__(self, counters: Counters) -> None:
-        self.counters = counters
+        self.counters, self.delay = counters, 0.0
+        self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         self.chan, c = chan, self.counters
@@ -79,11 +91,24 @@ class _Session(asyncssh.SSHServerSession[bytes]):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.counters.channels -= 1
+        if self.timer is not None:
+            self.timer.cancel()
 
     def exec_requested(self, command: str) -> bool:
+        self.delay = sleeps(command)
         return True
 
+    def eof_received(self) -> bool:
+        return True  # the caller's EOF on stdin: keep the channel open for a late answer
+
     def session_started(self) -> None:
+        if self.delay:
+            self.timer = asyncio.get_running_loop().call_later(self.delay, self.answer)
+        else:
+            self.answer()
+
+    def answer(self) -> None:
+        self.timer = None
         self.chan.write(REPLY)
         self.chan.exit(0)
 
@@ -123,12 +148,15 @@ class _Echo(exec_pb2_grpc.ExecServiceServicer):
     """Execute answers what the protocol-only SSH host would, without SSH."""
 
     async def Execute(self, request: exec_pb2.ExecuteRequest, context: Any) -> Any:
+        if delay := sleeps(request.command):
+            await asyncio.sleep(delay)
         return exec_pb2.ExecuteResponse(stdout=REPLY, exit_code=0, stdout_bytes=len(REPLY))
 
 
-async def serve_grpc() -> None:
-    """Serve on 127.0.0.1:0 until SIGTERM."""
-    server = grpc.aio.server(options=[*GRPC_OPTIONS, ("grpc.so_reuseport", 0)])
+async def serve_grpc(limit: int = 0) -> None:
+    """Serve on 127.0.0.1:0 until SIGTERM; at most `limit` calls at once (0: no limit)."""
+    options = [*GRPC_OPTIONS, ("grpc.so_reuseport", 0)]
+    server = grpc.aio.server(options=options, maximum_concurrent_rpcs=limit or None)
     exec_pb2_grpc.add_ExecServiceServicer_to_server(_Echo(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -144,7 +172,7 @@ async def main(kind: str, *args: str) -> None:
     fake = asyncio.ensure_future(
         serve_ssh(Path(args[0]), int(args[1]), float(args[2]) / 1000)
         if kind == "ssh"
-        else serve_grpc()
+        else serve_grpc(int(args[0]) if args else 0)
     )
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, fake.cancel)
     with contextlib.suppress(asyncio.CancelledError):

@@ -41,7 +41,8 @@ from .results import Runs, Section
 from .specs import Auth, Host, LoadResult, LoadSpec
 
 FAKE_HOSTS, DELAY_MS = 200, 10.0  # the fake SSH server's hosts, and its connect delay
-SSH_CLIENTS = ("raw", "raw_cold", "naive")  # load generators that do a gateway's SSH work
+# load generators that do a gateway's SSH work
+SSH_CLIENTS = ("raw", "raw_cold", "naive", "pssh", "pssh_cold")
 PINNED = " Pinned: the gateway on the first core, the rest on the second (see Method)."
 Plan = LoadSpec | Callable[[dict[str, "Runs"]], LoadSpec]  # a spec, or one from this round's
 
@@ -73,10 +74,14 @@ FULL = Mode("full", runs=5, warmup=2.0, duration=8.0, ladder_step=8.0, ladder_ru
             stream_bytes=2**30, rss_runs=3)  # fmt: skip
 
 
-def config_text(hosts: list[Host], login: Auth, pool: dict[str, int], durable: str = "") -> str:
+def config_text(
+    hosts: list[Host], login: Auth, pool: dict[str, int], durable: str = "",
+    top: Mapping[str, int] | None = None,
+) -> str:  # fmt: skip
     """The TOML inventory for these hosts (strings quoted as JSON, which TOML accepts);
-    `durable`: the keyed commands' store URL."""
-    lines = ["[ssh]", f"known_hosts = {json.dumps(login.known_hosts)}", ""]
+    `durable`: the keyed commands' store URL; `top`: top-level settings."""
+    lines = [f"{key} = {value}" for key, value in (top or {}).items()]
+    lines += ["[ssh]", f"known_hosts = {json.dumps(login.known_hosts)}", ""]
     if durable:
         lines += ["[durable]", f"store = {json.dumps(durable)}", ""]
     lines += ["[pool]"]
@@ -153,11 +158,12 @@ class Rig:
 
     async def scout(
         self, hosts: list[Host], login: Auth, *, args: Sequence[str] = (), count: bool = False,
-        durable: str = "", **pool: int,
+        durable: str = "", top: Mapping[str, int] | None = None, **pool: int,
     ) -> Child:  # fmt: skip
-        """Start a scout server for hosts with these pool settings and extra flags."""
+        """Start a scout server for hosts with these pool settings, top-level settings
+        (`max_concurrent_rpcs`...) and extra flags."""
         path = self.workdir / f"scout-{len(self.servers) + 1}.toml"
-        path.write_text(config_text(hosts, login, pool, durable), encoding="utf-8")
+        path.write_text(config_text(hosts, login, pool, durable, top), encoding="utf-8")
         argv = [str(BIN / "scout-server"), "--config", str(path), "--listen", "127.0.0.1:0"]
         name, log = f"scout-server ({path.stem})", path.with_suffix(".log")
         child = await spawn(name, [*argv, *args], log, cpus=self.gateway, count=count)
@@ -168,9 +174,11 @@ class Rig:
             raise
         return server
 
-    async def grpc_floor(self, count: bool = False) -> Child:
-        """Start the gRPC-only ExecService (bench.fakes)."""
-        argv, log = [PYTHON, "-m", "bench.fakes", "grpc"], self.workdir / "grpc.log"
+    async def grpc_floor(self, count: bool = False, limit: int = 0) -> Child:
+        """Start the gRPC-only ExecService (bench.fakes); with limit, grpc's own
+        maximum_concurrent_rpcs."""
+        argv = [PYTHON, "-m", "bench.fakes", "grpc", *([str(limit)] if limit else [])]
+        log = self.workdir / "grpc.log"
         child = await spawn("gRPC floor", argv, log, ready=True, cpus=self.gateway, count=count)
         self.servers.append(child)
         return child

@@ -40,6 +40,7 @@ from .keyed import keyed
 from .ladder import ladder
 from .results import Section
 from .rig import FULL, QUICK, SMOKE, Rig, say, start_rig
+from .shedding import shedding
 from .throughput import openssh_host, single_host, stream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,8 +60,9 @@ SCENARIOS: dict[int, Callable[[Rig], Awaitable[Section]]] = {
     12: anatomy,  # an investigation, not in the default set: needs perf, counts the loop
     13: files,
     14: keyed,
+    15: shedding,
 }
-DEFAULT = [*range(1, 12), 13, 14]
+DEFAULT = [*range(1, 12), 13, 14, 15]
 
 
 WRITTEN = ("## Method", "## Where scout's time goes", "## Cuts to the request path",

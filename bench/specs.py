@@ -36,7 +36,7 @@ class Auth:
 class LoadSpec:
     """One measurement: which backend, how the requests come, where they go."""
 
-    backend: str  # scout | raw | raw_cold | naive (bench.callers)
+    backend: str  # scout | raw | raw_cold | naive | pssh | pssh_cold (bench.callers)
     mode: str  # closed | open | burst (bench.loadgen)
     hosts: tuple[Host, ...]
     command: str = "echo ok"
@@ -58,6 +58,7 @@ class LoadSpec:
     scrape: str = ""  # a /metrics URL to GET every second meanwhile, as Prometheus would
     probe: bool = False  # count the measured process's system calls (bench.procs.Probe)
     keyed: bool = False  # scout: each Execute with an idempotency_key of its own
+    measured: str = "OK"  # the outcome whose latencies are measured; others count as errors
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LoadSpec:
@@ -117,6 +118,7 @@ class LoadResult:
     scrapes: int = 0  # good answers from spec.scrape
     counts: dict[str, float] = field(default_factory=dict)  # per request (bench.procs.Probe)
     seen: dict[str, int] = field(default_factory=dict)  # the fake SSH server's counters
+    cipher: str = ""  # the SSH cipher the client negotiated (SSH clients that can tell)
 
     @property
     def mib_s(self) -> float:

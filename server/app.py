@@ -35,7 +35,7 @@ from .live import LiveConfig
 from .metrics import MetricsServer, Sources, exposition, served
 from .pool import Pool
 from .reload import INSECURE_WARNING, MATCH_EXEC_WARNING, Reloader
-from .rpc import safe_parser
+from .rpc import door, safe_parser
 from .service import ExecService
 from .tls import ServerTLS
 
@@ -209,7 +209,11 @@ async def start(
         internal = ForwardingServer(forwarding, service.Execute, service.Stream)
     server = grpc.aio.server(
         interceptors=[
-            IdentityInterceptor(service.gate, mutual_tls=config.tls.client_ca_file is not None)
+            IdentityInterceptor(
+                service.gate,
+                mutual_tls=config.tls.client_ca_file is not None,
+                door=door(service, SERVICE_NAME),
+            )
         ],
         options=[
             ("grpc.max_receive_message_length", config.exec.receive_limit()),

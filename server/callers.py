@@ -37,7 +37,7 @@ import fnmatch
 import hashlib
 import hmac
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -344,7 +344,9 @@ def _check_working_dir(who: str, caller: CallerConfig, working_dir: str) -> None
 
 
 class IdentityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
-    """Requires an identity for the services scout does not write itself (reflection).
+    """Requires an identity for the services scout does not write itself (reflection), and
+    is the door of max_concurrent_rpcs: at the limit, a one-message ExecService call gets
+    server.rpc.door's refusal before grpc reads its request.
 
     ExecService authenticates in its own RPC loop (server.rpc), where the client
     certificate is visible; health stays open for probes. An interceptor sees only the
@@ -352,12 +354,17 @@ class IdentityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # 
     client CA, which is identity enough to read the schema; otherwise it needs a token.
     """
 
-    def __init__(self, gate: Gate, *, mutual_tls: bool) -> None:
+    def __init__(
+        self, gate: Gate, *, mutual_tls: bool, door: Callable[[str], Any] = lambda _: None
+    ) -> None:
         self._gate = gate
         self._mutual_tls = mutual_tls
+        self._door = door
 
     async def intercept_service(self, continuation: Any, details: Any) -> Any:
         method: str = details.method
+        if (refusal := self._door(method)) is not None:  # at max_concurrent_rpcs
+            return refusal
         if self._gate.open or method.startswith(OWN_PREFIXES):
             return await continuation(details)
         try:

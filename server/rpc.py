@@ -3,7 +3,8 @@
 In the style of grpclib's server loop, each ExecService method is wrapped by `@rpc`:
 
 - admission: beyond `max_concurrent_rpcs`, RESOURCE_EXHAUSTED at once, with a retry
-  hint (grpc core's own queue would answer CANCELLED, late);
+  hint (grpc core's own queue would answer CANCELLED, late); a call whose request is one
+  message is turned away at the door (`door`, from the interceptor), before grpc reads it;
 - a request whose bytes are not a valid message gets INVALID_ARGUMENT (grpcio would say
   UNKNOWN with its own internal text, and log a traceback);
 - expected failures (ScoutError) become the status codes (docs/architecture.md,
@@ -262,21 +263,13 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Wrapped[S, R]]:
         async def loop(self: S, request: Any, context: Context) -> R:
             stats = self.rpcs
             metadata = context.invocation_metadata()
+            if stats.in_flight >= stats.max_in_flight:  # most are refused at the door
+                await _at_limit(self, method, context, metadata)
             supplied = supplied_request_id(metadata)
             call = CallRecord(method, context.peer(), supplied or new_request_id())
             owned = None if self.gate.open else supplied  # with callers: `NAME:ID`
             if owned is not None:  # until the caller is known, NAME is "-" (as in the audit)
                 call.request_id = owned_request_id(call.caller, owned)
-            if stats.in_flight >= stats.max_in_flight:
-                stats.done(method, grpc.StatusCode.RESOURCE_EXHAUSTED, 0.0)
-                await _abort(
-                    context,
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"scout is at its limit of {stats.max_in_flight} calls at once "
-                    "(max_concurrent_rpcs); retry in a second",
-                    call,
-                    started=False,
-                )
             stats.in_flight += 1
             stats.in_flight_by_method.add(method)
             began = time.monotonic()
@@ -329,6 +322,57 @@ def rpc(method: str) -> Callable[[Handler[S, R]], Wrapped[S, R]]:
         return loop
 
     return decorate
+
+
+# The methods whose request is one message, refused at the door (`door`) before grpc reads
+# it; a streaming request is refused in the loop, which first reads what the caller sends.
+ONE_MESSAGE = ("Execute", "ListHosts", "ExecuteMany", "Download")
+
+
+def door(servicer: Servicer, service: str) -> Callable[[str], Any]:
+    """`refusal(method_path)`: a handler that refuses the call at once, for a call of one of
+    service's ONE_MESSAGE methods that arrives while the server runs max_concurrent_rpcs
+    calls; None otherwise (the usual handler serves it). Called by an interceptor, before
+    grpc reads the request: a refusal costs no read, no parse and no servicer call (the
+    loop's own check, for the calls that were let in meanwhile, comes after all three)."""
+    refusals = {
+        f"/{service}/{method}": grpc.stream_stream_rpc_method_handler(_refuser(servicer, method))
+        for method in ONE_MESSAGE
+    }
+
+    def refusal(path: str) -> Any:
+        stats = servicer.rpcs
+        return refusals.get(path) if stats.in_flight >= stats.max_in_flight else None
+
+    return refusal
+
+
+def _refuser(servicer: Servicer, method: str) -> Callable[[Any, Context], Awaitable[None]]:
+    """The handler of a call refused at the door (a streaming request it never reads)."""
+
+    async def refuse(requests: Any, context: Context) -> None:
+        await _at_limit(servicer, method, context, context.invocation_metadata())
+
+    return refuse
+
+
+async def _at_limit(servicer: Servicer, method: str, context: Context, metadata: Any) -> NoReturn:
+    """RESOURCE_EXHAUSTED for a call beyond max_concurrent_rpcs: counted, nothing started
+    (`x-scout-started: false`), with its request id; no access line, no audit line."""
+    stats = servicer.rpcs
+    stats.done(method, grpc.StatusCode.RESOURCE_EXHAUSTED, 0.0)
+    supplied = supplied_request_id(metadata)
+    call = CallRecord(method, "", supplied or new_request_id())
+    if supplied is not None and not servicer.gate.open:  # with callers: `-:ID`, as the loop
+        call.request_id = owned_request_id(call.caller, supplied)
+    await _abort(
+        context,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"scout is at its limit of {stats.max_in_flight} calls at once "
+        "(max_concurrent_rpcs); retry in a second",
+        call,
+        started=False,
+    )
 
 
 def _access_log(call: CallRecord, message: str) -> None:
