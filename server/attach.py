@@ -23,10 +23,11 @@ from .durable import Durable, KeyedRun
 from .errors import STARTED_KEY, HostUnavailable, InvalidRequest, KeyNotFound
 from .idempotency import check_key
 from .logs import REQUEST_ID_KEY
-from .outcomes import Outcome, exit_message, replayed_output
+from .outcomes import Outcome, replayed_output
 from .output import STDERR, STDOUT
 from .replay import STREAM_NAMES, Entry, Item, Lost
 from .requests import is_host_name
+from .responses import recorded_exit
 from .rpc import Context
 from .stream import StdinPump
 
@@ -145,7 +146,7 @@ async def _finish(outcome: Outcome, context: Context, call: CallRecord) -> None:
         raise outcome.error()
     response = outcome.response
     call.exit_code, call.signal = response.exit_code, response.signal
-    await context.write(exit_message(response))
+    await context.write(recorded_exit(response))
 
 
 def _message(item: Item, decoders: dict[int, Any] | None) -> exec_pb2.StreamResponse:

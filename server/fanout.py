@@ -40,7 +40,6 @@ from .audit import CallRecord
 from .command import CommandSpec, RunningCommand
 from .config import HostConfig
 from .errors import HostNotFound, InvalidRequest
-from .launch import Bounds
 from .outcomes import Outcome
 from .output import STDERR, STDOUT, OutputQueue
 from .replay import Entry
@@ -212,10 +211,7 @@ class FanOut:
         service, durable = self.service, self.service.durable
         rpc_remaining = self.context.time_remaining()
 
-        def bounds(grace: float) -> Bounds:
-            remaining = None if grace else rpc_remaining  # a detachable run outlives the call
-            return service.bounds(spec, command, remaining, stream=False)
-
+        bounds = service.keyed_bounds(spec, command, rpc_remaining, stream=False)
         found = await durable.begin(
             record, host, spec, command, key=key, bounds=bounds, stream=False
         )

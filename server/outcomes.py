@@ -70,21 +70,6 @@ class Outcome:
         return response
 
 
-def exit_message(response: exec_pb2.ExecuteResponse) -> exec_pb2.StreamResponse:
-    """Stream's `exit` for a recorded response."""
-    status = exec_pb2.ExitStatus(
-        exit_code=response.exit_code,
-        signal=response.signal,
-        core_dumped=response.core_dumped,
-        stdout_bytes=response.stdout_bytes,
-        stderr_bytes=response.stderr_bytes,
-        stdout_truncated=response.stdout_truncated,
-        stderr_truncated=response.stderr_truncated,
-    )
-    status.duration.CopyFrom(response.duration)
-    return exec_pb2.StreamResponse(exit=status)
-
-
 def replayed_output(
     response: exec_pb2.ExecuteResponse, offsets: dict[int, int]
 ) -> list[exec_pb2.StreamResponse]:

@@ -67,6 +67,19 @@ def exit_status(info: ExitInfo, out: CappedBuffer, err: CappedBuffer) -> exec_pb
     return exec_pb2.StreamResponse(exit=exec_pb2.ExitStatus(**_outcome(info, out, err)))  # type: ignore[arg-type]
 
 
+def recorded_exit(response: exec_pb2.ExecuteResponse) -> exec_pb2.StreamResponse:
+    """Stream's last message for a recorded ExecuteResponse (a keyed run's): every field
+    ExitStatus has, copied from the response's field of the same name."""
+    status = exec_pb2.ExitStatus()
+    for field in status.DESCRIPTOR.fields:
+        value = getattr(response, field.name)
+        if field.message_type is not None:
+            getattr(status, field.name).CopyFrom(value)
+        else:
+            setattr(status, field.name, value)
+    return exec_pb2.StreamResponse(exit=status)
+
+
 async def send_output(
     queue: OutputQueue, text: bool, message: type[Chunk], send: Callable[[Chunk], Awaitable[None]]
 ) -> None:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import difflib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import asyncssh
 
@@ -128,6 +128,23 @@ class ExecService:
         timeout, cause = timeout_of(self.config.exec, request, stream=stream)
         return bounds_for(spec, timeout, cause, rpc_remaining)
 
+    def keyed_bounds(
+        self,
+        spec: CommandSpec,
+        request: exec_pb2.ExecuteRequest,
+        rpc_remaining: float | None,
+        *,
+        stream: bool,
+    ) -> Callable[[float], Bounds]:
+        """A keyed run's bounds for its detach_grace: with one, the run outlives the call,
+        so only its own timeout bounds it; without, the call's deadline does too."""
+
+        def bounds(grace: float) -> Bounds:
+            remaining = None if grace else rpc_remaining
+            return self.bounds(spec, request, remaining, stream=stream)
+
+        return bounds
+
     async def execute_once(
         self,
         host: HostConfig,
@@ -159,10 +176,7 @@ class ExecService:
         """Execute with an idempotency key: the one run of that key, started or joined,
         or its recorded outcome (Execute, and each host of ExecuteMany)."""
 
-        def bounds(grace: float) -> Bounds:
-            remaining = None if grace else rpc_remaining  # a detachable run outlives the call
-            return self.bounds(spec, request, remaining, stream=False)
-
+        bounds = self.keyed_bounds(spec, request, rpc_remaining, stream=False)
         found = await self.durable.begin(
             call, host, spec, request, key=key, bounds=bounds, stream=False, inline=True
         )
@@ -315,10 +329,7 @@ class ExecService:
         """Stream with an idempotency key: start the run (or join it), read it from 0."""
         rpc_remaining = context.time_remaining()
 
-        def bounds(grace: float) -> Bounds:
-            remaining = None if grace else rpc_remaining  # a detachable run outlives the call
-            return self.bounds(spec, start, remaining, stream=True)
-
+        bounds = self.keyed_bounds(spec, start, rpc_remaining, stream=True)
         key = start.idempotency_key
         found = await self.durable.begin(
             call, host, spec, start, key=key, bounds=bounds, stream=True
