@@ -144,8 +144,6 @@ class KeyedRun:
         self.began = time.time()  # wall clock, as its record says
         self.stop_reason = ""
         self._timer: asyncio.TimerHandle | None = None
-        for future in (self.claimed, self.started, self.done):
-            future.add_done_callback(_retrieve)
 
     @property
     def command(self) -> RunningCommand | None:
@@ -291,6 +289,7 @@ class Durable:
                 log.exception("durable store claim failed")
                 exc = _store_failed()
             run.claimed.set_exception(exc)
+            run.claimed.exception()  # seen: the calls waiting on it (if any) raise it too
             raise
         run.claimed.set_result(existing)  # at once: the calls waiting here look for themselves
         if existing is not None:
@@ -589,9 +588,3 @@ def _retry_now(key: str) -> HostUnavailable:
 
 def _store_failed() -> StoreUnavailable:
     return StoreUnavailable("the durable store failed; nothing was run")
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Mark a future's exception as seen (callers that never came would log it)."""
-    if not future.cancelled():
-        future.exception()
