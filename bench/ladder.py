@@ -12,13 +12,14 @@ import itertools
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .results import Runs, Section, num
+from .results import Runs, Section, met, num
 from .rig import PINNED, Rig, say
 from .specs import Host, LoadSpec
 
 RATES = (100, 500, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000, 10000)
 HOSTS = 100
 P95_LIMIT_MS = 50.0
+HELD_TARGET = 1500  # issue 24: req/s held on the same 2 cores
 MIN = 0.9  # of the offered rate achieved
 BACKENDS = {"scout": "scout", "raw": "raw asyncssh", "grpc": "gRPC alone, no SSH"}
 PLOT = Path(__file__).resolve().parent / "ladder.png"
@@ -75,6 +76,16 @@ async def ladder(rig: Rig, pinned: bool = False) -> Section:
         "the first not held)."
     )
     if not pinned:
+        best = max(steps["scout"], key=lambda step: step.runs.rate)
+        section.verdict(
+            f"≥ {HELD_TARGET:,} req/s held on the same 2 cores (issue 24)",
+            f"{held['scout']:,} req/s",
+            met(held["scout"], held["scout"] >= HELD_TARGET),
+            f"gRPC alone, with no SSH behind it, held {held['grpc']:,} req/s and raw "
+            f"asyncssh {held['raw']:,}; scout's fastest rung completed {num(best.runs.rate)} "
+            f"req/s at {num(best.runs.cpu('server'))} µs of server CPU each: both cores are "
+            "shared with the load generator and the SSH server.",
+        )
         plot(steps, rig.caption)
         section.notes.append(f"![load ladder](bench/{PLOT.name})")
     return section
