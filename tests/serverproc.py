@@ -6,12 +6,29 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from server.config import HostConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-_LISTENING = re.compile(r"listening on \S+ \(port (\d+)\)")
+LISTENING = re.compile(r"listening on \S+ \(port (\d+)\)")
+P = TypeVar("P")  # the process: subprocess.Popen or asyncio's
+
+
+@dataclass
+class Replica(Generic[P]):
+    """One scout-server process of several: the address to call it on directly, its log."""
+
+    proc: P
+    target: str
+    log: Path
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (a proxy's upstream)."""
+        return int(self.target.rsplit(":", 1)[1])
 
 
 def start_server(
@@ -33,7 +50,7 @@ def start_server(
             cwd=ROOT,
         )
     for _ in range(300):  # up to 15 s
-        if m := _LISTENING.search(log.read_text()):
+        if m := LISTENING.search(log.read_text()):
             return proc, f"127.0.0.1:{m.group(1)}"
         if proc.poll() is not None:
             break

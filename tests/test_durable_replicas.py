@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -30,24 +31,13 @@ from testkit.proxies import Proxy, serving, start_nginx
 from testkit.redis import RedisServer, start_redis
 from testkit.scripted import ScriptedServer
 
+from .serverproc import Replica as ServerReplica
 from .serverproc import host_toml, start_server
 
 REPLICAS = 3
+Replica = ServerReplica[subprocess.Popen[bytes]]
 HOST = (("x-scout-host", "h"),)  # what every scout client sends: nginx hashes on it
 DEADLINE = HEARTBEAT_TTL + 20  # a retry may wait out a dead owner's heartbeat
-
-
-@dataclass
-class Replica:
-    """One scout-server process and the address to call it on directly."""
-
-    proc: Any
-    target: str
-    log: Path
-
-    @property
-    def port(self) -> int:
-        return int(self.target.rsplit(":", 1)[1])
 
 
 @dataclass

@@ -13,7 +13,6 @@ each SSH server's count of accepted connections. The measured numbers are printe
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
 import subprocess
 import sys
@@ -36,27 +35,14 @@ from testkit.proxies import (
 )
 from testkit.scripted import ScriptedServer
 
-from .serverproc import ROOT, host_toml
+from .serverproc import LISTENING, ROOT, host_toml
+from .serverproc import Replica as ServerReplica
 from .test_server_process import SCOUT
 
 HOSTS = FLEET_SIZE = 60  # `fleet` (conftest): named host0 ... in the replicas' inventory
 REPLICAS = 3
+Replica = ServerReplica[asyncio.subprocess.Process]
 CALLS_PER_HOST = 10
-_LISTENING = re.compile(r"listening on \S+ \(port (\d+)\)")
-
-
-@dataclass
-class Replica:
-    """One scout-server process: the address to call it on directly, and its log."""
-
-    proc: asyncio.subprocess.Process
-    target: str
-    log: Path
-
-    @property
-    def port(self) -> int:
-        """The port it listens on (the proxy's upstream)."""
-        return int(self.target.rsplit(":", 1)[1])
 
 
 @dataclass
@@ -88,7 +74,7 @@ async def start_replicas(config: Path, workdir: Path) -> list[Replica]:
     replicas: list[Replica] = []
     for proc, log in started:
         for _ in range(400):  # up to 20 s: three Python processes start on two cores
-            if m := _LISTENING.search(log.read_text()):
+            if m := LISTENING.search(log.read_text()):
                 replicas.append(Replica(proc, f"127.0.0.1:{m.group(1)}", log))
                 break
             if proc.returncode is not None:

@@ -36,10 +36,9 @@ from testkit.processes import eventually, gone, marker, running, stop
 from testkit.scripted import ScriptedServer
 from testkit.sshd import OpenSSHServer
 
-from .serverproc import ROOT, host_toml, server_exits
+from .serverproc import LISTENING, ROOT, host_toml, server_exits
 from .test_ops import scrape
 
-LISTENING = re.compile(r"listening on \S+ \(port (\d+)\)")
 WORKER_UP = re.compile(r"worker (\d+) (?:started|ready again) \(pid (\d+)\)")
 READY_AGAIN = re.compile(r"worker (\d+) ready again \(pid (\d+)\)")
 METRICS = re.compile(r"metrics on http://\S+:(\d+)/metrics")
