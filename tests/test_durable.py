@@ -207,6 +207,23 @@ async def _read_stream(
     return None
 
 
+async def _start_then_leave(
+    stub: Any, start: exec_pb2.ExecuteRequest, until: int
+) -> tuple[bytearray, list[int]]:
+    """Start a Stream, read its first `until` bytes of stdout, then go away (cancel): the
+    bytes read and the stdout offset to attach from."""
+
+    async def first() -> AsyncIterator[exec_pb2.StreamRequest]:
+        yield exec_pb2.StreamRequest(start=start)
+        await asyncio.sleep(60)
+
+    out, offsets = bytearray(), [0]
+    call = stub.Stream(first(), metadata=auth(), timeout=30)
+    await _read_stream(call, out, offsets, until=until)
+    call.cancel()
+    return out, offsets
+
+
 async def test_stream_detach_and_attach_assemble_the_output_exactly(
     scout: Scout, shell_server: ScriptedServer
 ) -> None:
@@ -214,15 +231,7 @@ async def test_stream_detach_and_attach_assemble_the_output_exactly(
     start = exec_pb2.ExecuteRequest(
         host="local", command=command, idempotency_key="s1", detach_grace=seconds(30)
     )
-
-    async def first() -> AsyncIterator[exec_pb2.StreamRequest]:
-        yield exec_pb2.StreamRequest(start=start)
-        await asyncio.sleep(60)
-
-    out, offsets = bytearray(), [0]
-    call = scout.stub.Stream(first(), metadata=auth(), timeout=30)
-    await _read_stream(call, out, offsets, until=40)
-    call.cancel()
+    out, offsets = await _start_then_leave(scout.stub, start, until=40)
     await asyncio.sleep(0.3)  # output goes on while nobody is attached
 
     async def again() -> AsyncIterator[exec_pb2.StreamRequest]:
@@ -333,15 +342,7 @@ async def test_output_older_than_the_buffer_is_lost_with_its_exact_count(
         start = exec_pb2.ExecuteRequest(
             host="local", command=command, idempotency_key="lost", detach_grace=seconds(30)
         )
-
-        async def first() -> AsyncIterator[exec_pb2.StreamRequest]:
-            yield exec_pb2.StreamRequest(start=start)
-            await asyncio.sleep(60)
-
-        out, offsets = bytearray(), [0]
-        call = scout.stub.Stream(first(), metadata=auth(), timeout=30)
-        await _read_stream(call, out, offsets, until=6)
-        call.cancel()
+        out, _ = await _start_then_leave(scout.stub, start, until=6)
         assert bytes(out) == b"first\n"
         for _ in range(400):  # the 40,000 bytes come while nobody is attached
             if marker.exists():
