@@ -70,12 +70,9 @@ async def test_metrics_after_execute_stream_a_failure_and_a_timeout(metered: Sco
     assert value("scout_pool_channels_in_use") == 0
     assert value("scout_host_connections", host="h") == 1
     assert value("scout_host_commands_total", host="h", outcome="timeout") == 1
-    # the seed's point, in production: the shard lock is taken often and held for
-    # microseconds, never across a connect
+    # every section is counted (that none is held across a connect is a rule of the pool,
+    # checked without a clock in test_pool.py; a hold's wall time here is the scheduler's)
     assert value("scout_shard_lock_hold_seconds_count") >= 6
-    assert value("scout_shard_lock_hold_seconds_bucket", le="0.001") == value(
-        "scout_shard_lock_hold_seconds_count"
-    )
     assert value("scout_shard_lock_wait_seconds_count") >= 3
 
 

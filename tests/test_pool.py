@@ -156,6 +156,36 @@ async def test_sequential_commands_reuse_one_connection() -> None:
     await pool.close()
 
 
+async def test_a_connect_in_flight_holds_no_shard_lock() -> None:
+    """The seed's fault: its one lock was held across connect(), so a cold host stalled all."""
+    gate = asyncio.Event()
+
+    class Gated(Factory):
+        async def __call__(self, h: HostConfig, on_lost: Callable[[], None]) -> FakeConn:
+            if h.name == "cold":
+                await gate.wait()
+            return await super().__call__(h, on_lost)
+
+    factory = Gated()
+    pool = make_pool(factory, shards=1)  # both hosts behind the one lock
+    await use(pool, factory, "warm")
+    cold = asyncio.create_task(use(pool, factory, "cold"))
+    await asyncio.sleep(0.05)
+    assert factory.in_flight == 0 and not cold.done()  # the cold connect waits on the gate
+    started = time.perf_counter()
+    for _ in range(20):  # a bounded wait: a lock held by the connect never frees
+        await asyncio.wait_for(use(pool, factory, "warm"), 5)
+    await asyncio.sleep(0.3)
+    gate.set()
+    await cold
+    gated_for = time.perf_counter() - started
+    timings = pool._shards[0].timings
+    assert timings.hold.count >= 22
+    # every section together held the lock for a sliver of the time the connect took
+    assert timings.hold.sum < gated_for / 2
+    await pool.close()
+
+
 async def test_concurrent_misses_share_one_connect() -> None:
     factory = Factory(delay=0.05)
     pool = make_pool(factory)
