@@ -250,11 +250,11 @@ async def test_a_retired_connection_under_a_long_stream_does_not_block_its_repla
         pool={"max_connections_per_host": 1, "max_age": 0.3, "idle_timeout": 60.0},
     )
     async with running_scout(cfg) as s:
-        long = asyncio.ensure_future(s.execute(host="h", command=f"sleep 1.5; echo {m}"))
+        long = asyncio.ensure_future(s.execute(host="h", command=f"sleep 3; echo {m}"))
         await asyncio.sleep(0.8)  # the first connection is past max_age: draining
-        began = time.monotonic()
         r = await s.execute(host="h", command="echo fresh", rpc_timeout=5)
-        assert r.stdout == b"fresh\n" and time.monotonic() - began < 0.5
+        # answered on a new connection while the long command still runs, not after it
+        assert r.stdout == b"fresh\n" and not long.done()
         assert (await long).stdout == f"{m}\n".encode()
         assert shell_server.stats.accepted == 2
         await far_side_clean(shell_server, m, s)
@@ -315,7 +315,7 @@ async def test_a_caller_that_sent_close_stdin_gets_its_status_without_half_closi
         began = time.monotonic()
         messages = [m async for m in s.stub.Stream(requests(), timeout=10)]
         assert messages[-1].exit.exit_code == 0
-        assert time.monotonic() - began < 1.0  # not the 2 s linger
+        assert time.monotonic() - began < 1.8  # not the 2 s linger
 
 
 async def test_statuses_scout_decides_before_the_host_say_nothing_started(
