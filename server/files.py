@@ -61,6 +61,10 @@ if TYPE_CHECKING:
     from .service import ExecService
 
 log = logging.getLogger(__name__)
+# asyncssh's block_size that makes each read or write call one SFTP request: scout keeps
+# its own window of requests, so asyncssh's parallel reader (a task, a reassembly buffer
+# and a copy per call) would only add work
+ONE_REQUEST = None
 
 CLEANUP_WITHIN = 5.0  # removing a temporary file after a failure: at most this long
 DRAIN_WITHIN = 10.0  # reading what a caller still sends after an upload failed (rpc.drain)
@@ -328,7 +332,7 @@ class Files:
                     raise _refused(name, brief(request.path), exc) from None
                 self.service.gate.check_path(who, real, "read", request.path)
                 try:
-                    file = await sftp.open(real, "rb")
+                    file = await sftp.open(real, "rb", block_size=ONE_REQUEST)
                 except asyncssh.SFTPError as exc:
                     raise _refused(name, brief(request.path), exc) from None
                 async with file:
@@ -414,30 +418,40 @@ async def _messages(pieces: AsyncIterator[bytes], size: int) -> AsyncIterator[by
 async def _read_ahead(
     file: SFTPClientFile, offset: int, end: int, piece: int, window: int
 ) -> AsyncIterator[bytes]:
-    """The bytes from offset to end in order, `window` reads of `piece` bytes in flight
-    (a piece is one SFTP request: at most the server's read limit)."""
+    """The bytes from offset to end in order, `window` reads of `piece` bytes in flight.
+    Each read is one SFTP request (the file is opened with ONE_REQUEST, and a piece is at
+    most the server's read limit); a server may answer one with fewer bytes, so the rest
+    of that piece is read before what follows it is given out."""
     loop = asyncio.get_running_loop()
-    pending: list[asyncio.Future[bytes]] = []
+    pending: list[tuple[int, int, asyncio.Future[bytes]]] = []
     position = offset
     try:
         while True:
             while position < end and len(pending) < window:
                 n = min(piece, end - position)
-                pending.append(loop.create_task(file.read(n, position)))
+                pending.append((position, n, loop.create_task(file.read(n, position))))
                 position += n
             if not pending:
                 return
-            data = await pending.pop(0)
+            at, n, read = pending.pop(0)
+            data = await read
+            while data and len(data) < n:  # a short answer: the rest of this piece
+                more: bytes = await file.read(n - len(data), at + len(data))
+                if not more:
+                    break
+                data += more
             if not data:
                 return
             yield data
+            if len(data) < n:
+                return  # the file ended early: the caller sees fewer bytes than it asked
     finally:
-        await _settle(pending)
+        await _settle(task for _, _, task in pending)
 
 
 async def _settle(pending: Iterable[asyncio.Future[Any]]) -> None:
     """Let SFTP requests already sent finish (each ends at once when its channel is gone)
-    rather than cancel them, which would leave asyncssh's own sub-requests unawaited;
+    rather than cancel them while asyncssh waits for their answers;
     cancel what is still running after CLEANUP_WITHIN."""
     waiting = list(pending)
     if not waiting:
@@ -509,6 +523,7 @@ class _Upload:
                 FXF_WRITE | FXF_CREAT | FXF_EXCL,
                 SFTPAttrs(permissions=0o600),
                 encoding=None,
+                block_size=ONE_REQUEST,
             )
         except asyncssh.SFTPError as exc:
             raise _refused(self.host, f"writing next to {self._what()}", exc) from None

@@ -26,6 +26,7 @@ from scout.v1 import exec_pb2, exec_pb2_grpc
 from server.callers import hash_token
 from server.config import CallerConfig, ConfigError
 from server.configfile import parse
+from server.files import _read_ahead
 from server.keyfiles import ShellKeys
 from server.localshell import ServerStats
 from server.metrics import exposition
@@ -685,6 +686,33 @@ def test_path_normalising_and_globs() -> None:
     assert allowed("/etc/app/x.conf", patterns)
     for outside in ("/srv/apple", "/srv", "/etc/app/sub/x.conf", "/etc/app/x.confx", "/"):
         assert not allowed(outside, patterns), outside
+
+
+class _Answering:
+    """An SFTP file whose server answers a read with at most `most` bytes (a server may;
+    OpenSSH's sftp-server never does on a regular file, so no real one shows this)."""
+
+    def __init__(self, data: bytes, most: int) -> None:
+        self.data, self.most, self.reads = data, most, 0
+
+    async def read(self, n: int, at: int) -> bytes:
+        self.reads += 1
+        await asyncio.sleep(0)
+        return self.data[at : at + min(n, self.most)]
+
+
+async def test_download_reads_ahead_in_order_through_short_answers() -> None:
+    data = os.urandom(100_000)
+    for most in (len(data), 4096, 1000):
+        file = _Answering(data, most)
+        got = [p async for p in _read_ahead(file, 10, len(data), 8192, 4)]  # type: ignore[arg-type]
+        assert b"".join(got) == data[10:]
+        assert all(len(p) == 8192 for p in got[:-1])  # each piece whole, in order
+        pieces = [len(p) for p in got]
+        assert file.reads == sum(-(-n // most) for n in pieces)  # the rest of each, once
+    shrunk = _Answering(data[:50_000], 4096)  # the file got shorter while it was read
+    got = [p async for p in _read_ahead(shrunk, 0, len(data), 8192, 4)]  # type: ignore[arg-type]
+    assert b"".join(got) == data[:50_000]
 
 
 async def test_upload_many_spools_within_bounds_and_leaves_nothing(
