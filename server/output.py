@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
@@ -93,7 +94,9 @@ class OutputBudget:
     Charging never fails: a chunk has already arrived when it is charged. Past the limit,
     one call at a time (the first to get there) may go on and finish: without it, calls
     that each hold part of the budget would wait for each other until their deadlines.
-    The others pause their channels and are resumed, in order, as room frees. So the
+    The others pause their channels and are resumed, in order, as room frees; when that
+    call ends and the paused ones still hold the whole budget, the first of them is
+    resumed to take its place. So the
     limit is exceeded by at most one call's output (4 x max_output_bytes) plus the data
     already in flight (one SSH window per paused channel; `max_concurrent_rpcs` bounds
     those).
@@ -119,10 +122,20 @@ class OutputBudget:
         self._waiting.append(resume)
 
     def release(self, n: int) -> None:
-        """n bytes are gone; wake waiters while there is room."""
+        """n bytes are gone; wake waiters while there is room, and when there is none and
+        nobody holds the overdraft, the first waiter (it takes the overdraft at its next
+        chunk): the paused calls may hold the whole budget between them, and none of them
+        could finish if none of them were woken."""
         self.used -= n
         while self._waiting and self.used < self.limit:
             self._waiting.popleft()()
+        if self._waiting and self.overdraft is None:
+            self._waiting.popleft()()
+
+    def forget(self, resume: Callable[[], None]) -> None:
+        """A paused call is over: it waits for room no more."""
+        with contextlib.suppress(ValueError):
+            self._waiting.remove(resume)
 
     @property
     def waiting(self) -> int:
@@ -184,6 +197,9 @@ class ExecuteOutput:
         """The call is over: give the bytes back to the budget."""
         if self._budget.overdraft is self:
             self._budget.overdraft = None
+        if self._paused:  # ended while it waited (a deadline, a cancel): not a waiter now
+            self._paused = False
+            self._budget.forget(self._resume)
         self._budget.release(self._charged)
         self._charged = 0
 

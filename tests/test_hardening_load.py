@@ -18,6 +18,7 @@ import grpc
 import pytest
 
 from scout.v1 import exec_pb2, exec_pb2_grpc
+from server.output import STDOUT, ExecuteOutput, OutputBudget
 from testkit.scripted import ScriptedServer
 from testkit.sshd import OpenSSHServer
 
@@ -186,3 +187,68 @@ async def test_a_flood_of_stream_messages_is_paced(shell_server: ScriptedServer)
         out = [m async for m in s.stub.Stream(flood(), timeout=30)]
         assert out[-1].exit.exit_code == 0
         assert time.monotonic() - began >= 1.9  # 100 at once, then 100 a second
+
+
+class _Channel:
+    """The pause/resume half of an SSH channel, recorded."""
+
+    def __init__(self) -> None:
+        self.paused = False
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+def test_paused_calls_holding_the_whole_budget_are_not_left_waiting() -> None:
+    """The overdraft call ends while the paused ones hold the budget between them: one of
+    them must be woken to take the overdraft, or all wait until their deadlines (CI saw
+    eight 2 MB Executes under a 4 MB budget run into their 30 s deadline)."""
+    budget = OutputBudget(10)
+    outputs, channels = [], []
+    for _ in range(3):
+        out, chan = ExecuteOutput(0, budget, text=False), _Channel()
+        out.attach(chan)
+        outputs.append(out)
+        channels.append(chan)
+    a, b, c = outputs
+    a.feed(STDOUT, b"x" * 4)
+    b.feed(STDOUT, b"x" * 4)
+    c.feed(STDOUT, b"x" * 4)  # past the limit: c goes on, as the overdraft
+    a.feed(STDOUT, b"x")
+    b.feed(STDOUT, b"x")
+    assert channels[0].paused and channels[1].paused and not channels[2].paused
+    c.release()  # c ended: 10 of 10 still held by a and b
+    assert budget.overdraft is None
+    assert not channels[0].paused and channels[1].paused  # a goes on, b waits its turn
+    a.feed(STDOUT, b"x")
+    assert budget.overdraft is a
+    a.release()
+    assert not channels[1].paused
+    b.release()
+    assert budget.used == 0 and budget.waiting == 0
+
+
+def test_a_call_that_ends_while_paused_is_not_woken_in_a_live_one_s_place() -> None:
+    """A paused call cut by its deadline leaves the queue, so the next wake reaches a call
+    that can still take the overdraft."""
+    budget = OutputBudget(10)
+    outputs, channels = [], []
+    for _ in range(3):
+        out, chan = ExecuteOutput(0, budget, text=False), _Channel()
+        out.attach(chan)
+        outputs.append(out)
+        channels.append(chan)
+    dead, live, big = outputs
+    live.feed(STDOUT, b"x" * 6)
+    big.feed(STDOUT, b"x" * 5)  # past the limit: the overdraft
+    dead.feed(STDOUT, b"x")  # paused, first in line
+    live.feed(STDOUT, b"x" * 4)  # paused next, holding 10
+    dead.release()  # its deadline passed while it waited
+    assert budget.waiting == 1
+    big.release()  # 10 of 10 held by the live call: it must be the one woken
+    assert not channels[1].paused and budget.waiting == 0
+    live.release()
+    assert budget.used == 0
