@@ -93,9 +93,14 @@ async def test_beyond_max_concurrent_rpcs_calls_are_refused_at_once(
             f"\nrefusals: median {median * 1e3:.0f} ms, max {refused[-1] * 1e3:.0f} ms; "
             f"bare gRPC floor: median {floor_median * 1e3:.0f} ms, max {floor[-1] * 1e3:.0f} ms"
         )
-        # margins for a busy 2-core machine; queued refusals would come after the 3 s sleeps
-        assert median < 3 * floor_median + 0.25
-        assert refused[-1] < min(3 * floor[-1] + 0.5, 2.0)
+        # never queued behind the admitted calls: every refusal came before any `sleep 3`
+        # ended (grpc's own limiter would hold them until then)
+        assert refused[-1] < min(t for code, t in outcomes if code == "OK")
+        # and near gRPC's own answer, with room for a busy 2-core machine (CI saw 0.79 s
+        # against a 0.14 s floor measured moments before); the ratio itself is bench
+        # scenario 15's
+        assert median < 5 * floor_median + 0.5
+        assert refused[-1] < 2.5
     finally:
         floor_proc.kill()
         await floor_proc.wait()
