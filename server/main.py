@@ -12,7 +12,7 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from . import quiet
@@ -96,6 +96,7 @@ def configured(args: argparse.Namespace) -> Config:
 async def serve(args: argparse.Namespace, config: Config) -> None:
     """One process: start; SIGHUP reloads; SIGTERM or Ctrl-C stops gracefully."""
     listen = config.listen
+    stops, serving = _stops(), _sighup()  # before the start: signals while it starts
     async with contextlib.AsyncExitStack() as stack:
         demo = demo_host = None
         if args.demo:
@@ -126,8 +127,7 @@ async def serve(args: argparse.Namespace, config: Config) -> None:
                 return _with_demo(fresh, demo_host, state) if demo_host else fresh
 
         app = await start(config, listen, loader)
-        stops = _stops()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload, app)
+        serving(app)
         if demo is not None:
             sys.stdout.write(help_text(demo, listen, app.metrics.port if app.metrics else None))
             sys.stdout.flush()
@@ -148,10 +148,10 @@ async def serve_worker(start_: WorkerStart, link: socket.socket) -> None:
     would, and stop also when the supervisor is gone."""
     config = start_.config
     path = start_.config_file
-    stops = _stops()  # before the start: a stop while starting still drains, after it
+    stops, serving = _stops(), _sighup()  # a stop while starting still drains, after it
     loader = (lambda: worker_config(load(path), start_)) if path else None
     app = await start(config, None, loader, shared_port=True, forwarding=start_.forwarding)
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload, app)
+    serving(app)
 
     def orphaned() -> None:
         log.warning("the supervisor is gone: shutting down")
@@ -160,6 +160,22 @@ async def serve_worker(start_: WorkerStart, link: socket.socket) -> None:
     answering = asyncio.ensure_future(answer_supervisor(link, exposition(app.counted()), orphaned))
     await _until_stopped(app, stops)
     answering.cancel()
+
+
+def _sighup() -> Callable[[App], None]:
+    """SIGHUP handled from now on: one that comes while the server starts (after its
+    listening line a supervisor or a test may send it at once) is not the default action,
+    which ends the process, but a reload run once the server serves."""
+    loop = asyncio.get_running_loop()
+    early: list[bool] = []
+    loop.add_signal_handler(signal.SIGHUP, early.append, True)
+
+    def serving(app: App) -> None:
+        loop.add_signal_handler(signal.SIGHUP, _reload, app)
+        if early:
+            _reload(app)
+
+    return serving
 
 
 def _stops() -> asyncio.Queue[int]:
