@@ -207,7 +207,11 @@ async def test_output_older_than_the_replay_buffer_is_a_lost_event(
             async for event in first:
                 assert event == Stdout(b"start")
                 break  # leave with 5 bytes; the command goes on without us
-        await asyncio.sleep(1.5)  # the 3000 bytes written meanwhile; about 1000 kept
+        (run,) = s.app.service.durable.runs.values()
+        for _ in range(200):  # the 3000 bytes written meanwhile, and read by scout
+            if run.log.appended >= 5 + 3000:
+                break
+            await asyncio.sleep(0.05)
         async with client.attach("local", "k-lost-bytes", stdout_offset=5) as call:
             events = [event async for event in call]
     (lost,) = [e for e in events if isinstance(e, Lost)]
