@@ -136,18 +136,21 @@ async def test_a_crafted_request_id_never_reaches_the_shell(scout: Scout, tmp_pa
 
 async def test_a_second_start_in_a_stream_is_refused(scout: Scout, tmp_path: Path) -> None:
     marker = tmp_path / "MARKER"
+    echoed = asyncio.Event()
 
     async def messages() -> AsyncIterator[exec_pb2.StreamRequest]:
         yield exec_pb2.StreamRequest(start=exec_pb2.ExecuteRequest(host="h", argv=["cat"]))
-        await asyncio.sleep(0.3)  # the command has started
+        yield exec_pb2.StreamRequest(stdin=b"up\n")
+        await echoed.wait()  # cat has started: it echoed its first line
         yield exec_pb2.StreamRequest(
             start=exec_pb2.ExecuteRequest(host="h", command=f"touch {marker}")
         )
 
     call = scout.stub.Stream(messages(), metadata=BEARER, timeout=10)
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        async for _ in call:
-            pass
+        async for message in call:
+            if message.stdout:
+                echoed.set()
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "`start` may only be the first message" in (info.value.details() or "")
     assert started(info.value) == "true"  # cat had started, and has been stopped
