@@ -45,6 +45,7 @@ RECOUNT_EVERY = 1.0  # at max_records, how often a claim may recount to make roo
 CHECKPOINT_BYTES = 4 * 1024 * 1024  # WAL written (roughly) between checkpoints
 PAGE = 4096  # SQLite's default page: what a commit writes per page it changes
 BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+OPEN_RETRY = 0.02  # seconds between tries of a new file's set-up that found it locked
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -336,17 +337,34 @@ class SQLiteStore:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
             slow = _connect(self.path, self.busy_timeout)
-            mode = slow.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode != "wal":
-                raise self._unavailable(f"it cannot use WAL mode (journal_mode {mode})")
-            slow.executescript(SCHEMA)
-            return _connect(self.path, 0), slow, _unexpired(slow)
+            count = self._set_up(slow)
+            return _connect(self.path, 0), slow, count
         except (OSError, sqlite3.Error, StoreUnavailable) as exc:
             if slow is not None:
                 slow.close()
             if isinstance(exc, StoreUnavailable):
                 raise
             raise self._unavailable(exc) from None
+
+    def _set_up(self, db: sqlite3.Connection) -> int:
+        """WAL mode and the tables (each step does nothing when done already); the
+        unexpired rows. Processes opening a new file at once (workers at their first keyed
+        call) can get "database is locked" at once, without SQLite's busy handler (the
+        switch to WAL wants the file to itself), so a busy step is tried again, for
+        busy_timeout in all."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if mode != "wal":
+                    raise self._unavailable(f"it cannot use WAL mode (journal_mode {mode})")
+                db.executescript(SCHEMA)
+                return _unexpired(db)
+            except sqlite3.Error as exc:
+                busy = getattr(exc, "sqlite_errorcode", 0) & 0xFF in BUSY_CODES
+                if not busy or time.monotonic() >= deadline:
+                    raise
+                time.sleep(OPEN_RETRY)
 
     # ---- chores in the thread ---------------------------------------------------------
 
