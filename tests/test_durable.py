@@ -27,6 +27,7 @@ from server.replay import Lost as ReplayLost
 from testkit.cutproxy import CutProxy
 from testkit.redis import start_redis
 from testkit.scripted import ScriptedServer
+from tests.pausable import RecordedChannel
 from tests.scoutd import Scout, config, running_scout
 from tests.serverproc import host_toml, start_server
 
@@ -644,24 +645,11 @@ async def test_keyed_calls_are_counted_in_the_metrics(
     assert "scout_durable_detached_limit 1.0" in text
 
 
-class _Channel:
-    """What ReplayLog pauses: counts pauses and resumes."""
-
-    def __init__(self) -> None:
-        self.paused = False
-
-    def pause_reading(self) -> None:
-        self.paused = True
-
-    def resume_reading(self) -> None:
-        self.paused = False
-
-
 async def test_an_attached_reader_loses_nothing_however_large_the_chunks() -> None:
     """Chunks far over the buffer: an attached reader still gets every byte (the channel
     is paused instead); once it leaves, old output makes room and a later reader is told."""
     log = ReplayLog(0, 1024, 4096)
-    channel = _Channel()
+    channel = RecordedChannel()
     log.attach(channel)
     reader = log.reader(0, 0)
     chunks = [bytes([65 + i]) * 32768 for i in range(4)]

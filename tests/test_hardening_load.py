@@ -22,6 +22,7 @@ from server.output import STDOUT, ExecuteOutput, OutputBudget
 from testkit.scripted import ScriptedServer
 from testkit.sshd import OpenSSHServer
 
+from .pausable import RecordedChannel
 from .scoutd import config, running_scout
 from .serverproc import ROOT, host_toml, start_server
 
@@ -194,17 +195,13 @@ async def test_a_flood_of_stream_messages_is_paced(shell_server: ScriptedServer)
         assert time.monotonic() - began >= 1.9  # 100 at once, then 100 a second
 
 
-class _Channel:
-    """The pause/resume half of an SSH channel, recorded."""
-
-    def __init__(self) -> None:
-        self.paused = False
-
-    def pause_reading(self) -> None:
-        self.paused = True
-
-    def resume_reading(self) -> None:
-        self.paused = False
+def _budgeted(budget: OutputBudget, n: int) -> tuple[list[ExecuteOutput], list[RecordedChannel]]:
+    """n Execute outputs charged to budget, each with its channel."""
+    channels = [RecordedChannel() for _ in range(n)]
+    outputs = [ExecuteOutput(0, budget, text=False) for _ in range(n)]
+    for out, chan in zip(outputs, channels, strict=True):
+        out.attach(chan)
+    return outputs, channels
 
 
 def test_paused_calls_holding_the_whole_budget_are_not_left_waiting() -> None:
@@ -212,12 +209,7 @@ def test_paused_calls_holding_the_whole_budget_are_not_left_waiting() -> None:
     them must be woken to take the overdraft, or all wait until their deadlines (CI saw
     eight 2 MB Executes under a 4 MB budget run into their 30 s deadline)."""
     budget = OutputBudget(10)
-    outputs, channels = [], []
-    for _ in range(3):
-        out, chan = ExecuteOutput(0, budget, text=False), _Channel()
-        out.attach(chan)
-        outputs.append(out)
-        channels.append(chan)
+    outputs, channels = _budgeted(budget, 3)
     a, b, c = outputs
     a.feed(STDOUT, b"x" * 4)
     b.feed(STDOUT, b"x" * 4)
@@ -240,12 +232,7 @@ def test_a_call_that_ends_while_paused_is_not_woken_in_a_live_one_s_place() -> N
     """A paused call cut by its deadline leaves the queue, so the next wake reaches a call
     that can still take the overdraft."""
     budget = OutputBudget(10)
-    outputs, channels = [], []
-    for _ in range(3):
-        out, chan = ExecuteOutput(0, budget, text=False), _Channel()
-        out.attach(chan)
-        outputs.append(out)
-        channels.append(chan)
+    outputs, channels = _budgeted(budget, 3)
     dead, live, big = outputs
     live.feed(STDOUT, b"x" * 6)
     big.feed(STDOUT, b"x" * 5)  # past the limit: the overdraft
