@@ -19,7 +19,7 @@ import pytest
 
 from server.config import HostConfig
 from server.keyfiles import ShellKeys
-from testkit.processes import gone, marker, running, sleeps
+from testkit.processes import gone, marker, sleeping, sleeps
 from testkit.scripted import ScriptedServer
 from testkit.sshd import OpenSSHServer
 
@@ -34,7 +34,7 @@ async def test_a_frozen_connection_costs_one_channel_open_timeout_not_the_host(
 ) -> None:
     m = marker()
     hostage = asyncio.ensure_future(openssh_scout.execute(host="o", command=f"sleep {m}"))
-    assert await running(f"sleep {m}")
+    assert await sleeping(m)  # the sleep itself, not only the shell that starts it
     (command,) = sleeps(m)
     frozen = openssh.connection_processes(command)
     assert frozen
