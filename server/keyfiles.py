@@ -51,8 +51,11 @@ class ShellKeys:
 
 
 def load_or_create_keys(state_dir: Path, comment: str = "scout-demo") -> ShellKeys:
-    """Keys in state_dir, made on first use; many listeners may share one ShellKeys."""
+    """Keys in state_dir, made on first use; many listeners may share one ShellKeys.
+    known_hosts exists from the start (empty until a listener is trusted), so a client
+    configured with it can start before any listener does."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    (state_dir / "known_hosts").touch(mode=0o600)
     return ShellKeys(
         host_key=load_or_create_key(state_dir / "host_ed25519", f"{comment}-host"),
         client_key=load_or_create_key(state_dir / "client_ed25519", f"{comment}-client"),
