@@ -23,7 +23,7 @@ from scout.v1 import exec_pb2
 from server.command import RunningCommand
 from server.config import HostConfig
 from server.keyfiles import ShellKeys
-from testkit.processes import eventually, gone, marker, running
+from testkit.processes import eventually, gone, marker, running, sleeping
 from testkit.scripted import ScriptedServer, scripted_server, start_scripted
 from testkit.sshd import OpenSSHServer, login_user
 
@@ -151,16 +151,19 @@ async def test_a_signal_does_not_wait_behind_stdin_the_command_never_reads(
             )
             for _ in range(64):  # 4 MiB the command never reads
                 yield exec_pb2.StreamRequest(stdin=chunk)
+            # a signal that reaches the shell before it has started `sleep` may be lost
+            assert await sleeping(m, within=10)
+            signalled.append(time.monotonic())
             yield exec_pb2.StreamRequest(signal="TERM")
             await asyncio.sleep(30)  # keep the request stream open
 
-        began = time.monotonic()
+        signalled: list[float] = []
         call = s.stub.Stream(requests(), timeout=20)
         last = None
         async for msg in call:
             last = msg
         assert last is not None and last.exit.signal == "TERM"
-        assert time.monotonic() - began < 3.0
+        assert time.monotonic() - signalled[0] < 3.0  # not behind the unread stdin
         assert await gone(f"sleep {m}", within=2.0)
 
 
