@@ -96,10 +96,9 @@ class OutputBudget:
     that each hold part of the budget would wait for each other until their deadlines.
     The others pause their channels and are resumed, in order, as room frees; when that
     call ends and the paused ones still hold the whole budget, the first of them is
-    resumed to take its place. So the
-    limit is exceeded by at most one call's output (4 x max_output_bytes) plus the data
-    already in flight (one SSH window per paused channel; `max_concurrent_rpcs` bounds
-    those).
+    resumed to take its place. So the limit is exceeded by at most one call's output
+    (4 x max_output_bytes) plus the data already in flight (one SSH window per paused
+    channel; `max_concurrent_rpcs` bounds those).
     """
 
     def __init__(self, limit: int) -> None:
