@@ -26,7 +26,7 @@ from .audit import AuditLog
 from .callers import IdentityInterceptor
 from .command import CLOSE_WAIT, KILL_WAIT
 from .config import Config, ConfigError, check_exposure, listening_line
-from .connector import Connector
+from .connector import Connector, round_trip
 from .errors import FileError
 from .forwarding import Forwarder, ForwardingPlan, ForwardingServer
 from .introspection import HEALTH_SERVICE, Health, StreamSlots, enable_reflection
@@ -199,7 +199,7 @@ async def start(
     address = listen or config.listen
     live = LiveConfig(config)
     connector, tls, audit = _prepare(live, address, shared=shared_port)
-    pool: Pool[asyncssh.SSHClientConnection] = Pool(config.pool, connector)
+    pool: Pool[asyncssh.SSHClientConnection] = Pool(config.pool, connector, settle=round_trip)
     connector.pool = pool
     service = ExecService(live, pool, audit=audit)
     internal = None

@@ -39,6 +39,13 @@ CIPHERS = (
 )
 
 
+async def round_trip(conn: asyncssh.SSHClientConnection) -> None:
+    """One request the server must answer, after everything sent before it: OpenSSH's
+    own keepalive (`keepalive@openssh.com`, answered with a failure by most servers).
+    asyncssh sends it on its keepalive timer only, through this method of its own."""
+    await conn._make_global_request(b"keepalive@openssh.com")
+
+
 class _Client(asyncssh.SSHClient):
     """Tells the pool when the connection closes; notes a host key it did not trust."""
 

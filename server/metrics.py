@@ -135,6 +135,7 @@ class ScoutCollector(Collector):
             ("reuses", "reservations a warm connection served at once", stats.reuses),
             ("channel_refusals", "channels the server refused", stats.refusals),
             ("retries", "requests retried before their command started", stats.retries),
+            ("settles", "places handed to a waiter after a round trip", stats.settles),
         ):
             yield _counter(f"scout_pool_{name}_total", doc, count)
         yield _counter("scout_pool_connects_total", "SSH connects", stats.connects, "result")

@@ -61,6 +61,8 @@ CLOSE_TIMEOUT = 5.0  # bound on waiting for one closing connection
 
 # connect(host, on_lost) opens a connection; on_lost is called when it closes.
 ConnectFn = Callable[[HostConfig, Callable[[], None]], Awaitable[C]]
+SettleFn = Callable[[C], Awaitable[object]]
+SETTLE_LIMIT = 1.0  # the longest a closed channel's place waits for the server's word
 
 
 class LockTimings:
@@ -88,6 +90,7 @@ class PoolStats:
     connect_seconds: Histogram = field(default_factory=Histogram)
     refusals: int = 0
     retries: int = 0
+    settles: int = 0  # places handed on only after a round trip (see Reservation.release)
     evictions: Tally = field(default_factory=Tally)  # by reason
 
 
@@ -118,10 +121,23 @@ class Reservation(Generic[C]):
         return self.pc.conn
 
     def release(self) -> None:
-        """The channel is closed (or was never opened): free its place."""
-        if not self._done:
-            self._done = True
-            self._pool._event(self.pc.host, lambda now, plan: None, self.pc)
+        """The channel is closed (or was never opened): free its place.
+
+        When callers wait for the host, the place goes to one of them, whose channel
+        open follows our close at once. sshd frees a session only after the packets it
+        has read are all handled, so an open that arrives with the close (or with two
+        more, under load) meets a full session table and is refused. A round trip on the
+        connection first (the pool's `settle`) proves sshd has handled the close.
+        """
+        if self._done:
+            return
+        self._done = True
+        pool, pc = self._pool, self.pc
+        if pool._settle is not None and pc.host.waiters and pc.conn is not None:
+            pool.stats.settles += 1
+            pool._spawn(pool._settle_then_free(pc, pool._settle))
+        else:
+            pool._event(pc.host, lambda now, plan: None, pc)
 
     def refused(self) -> int:
         """The server refused the channel: lower the connection's cap; free the place.
@@ -161,9 +177,11 @@ class Pool(Generic[C]):
         connect: ConnectFn[C],
         *,
         clock: Callable[[], float] = time.monotonic,
+        settle: SettleFn[C] | None = None,
     ) -> None:
         self.settings = settings
         self._connect = connect
+        self._settle = settle
         self._clock = clock
         self._shards: list[Shard[C]] = [Shard(i) for i in range(settings.shards)]
         self.budget: Budget[C] = Budget(settings.max_connections)
@@ -368,6 +386,18 @@ class Pool(Generic[C]):
         """asyncssh says the connection closed (keepalive, peer close): evict it at once."""
         if pc.conn is not None and pc.state is not ConnState.CLOSED:
             self._event(pc.host, lambda now, plan: remove(pc, self.budget, plan, "lost"))
+
+    async def _settle_then_free(self, pc: PooledConnection[C], settle: SettleFn[C]) -> None:
+        """Free a closed channel's place once the server has answered a round trip
+        (bounded; a connection that fails it is seen lost by its own callback)."""
+        try:
+            assert pc.conn is not None
+            async with asyncio.timeout(SETTLE_LIMIT):
+                await settle(pc.conn)
+        except Exception as exc:  # the place is freed whatever happened
+            log.debug("%r: no answer to the settling round trip: %r", pc, exc)
+        finally:
+            self._event(pc.host, lambda now, plan: None, pc)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         """Run coro as a task the pool keeps until it ends."""

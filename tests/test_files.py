@@ -332,8 +332,7 @@ async def test_uploads_and_commands_share_the_session_budget(
     """sshd's MaxSessions 10; scout's one connection to it carries at most its default 8
     sessions: uploads, downloads and commands all at once. Were an SFTP session not
     counted as a channel, more than 10 would be opened and sshd would refuse some.
-    (With scout told 10 exactly, commands alone see an occasional refusal, retried: sshd
-    frees a session's slot a moment after the close; hence the default of 8.)"""
+    (A place handed to a waiter waits for sshd to free the session: test_pool_ssh.py.)"""
     data = os.urandom(512 * 1024)
     owned(remote_dir / "src", data)
     pool = {"max_connections_per_host": 1}

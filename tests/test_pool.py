@@ -17,6 +17,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from server import pool as pool_module
 from server.config import HostConfig, PoolSettings
 from server.errors import HostRejected, HostUnavailable, PoolExhausted
 from server.pool import Pool, Reservation
@@ -257,6 +258,46 @@ async def test_waiters_are_served_in_fifo_order() -> None:
         await asyncio.sleep(0.001)
     await asyncio.gather(*tasks)
     assert order == [0, 1, 2, 3, 4]
+    await pool.close()
+
+
+async def test_a_place_handed_to_a_waiter_waits_for_the_settling_round_trip(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A closed channel's place goes to a waiter only once `settle` has answered (sshd
+    may not have freed the session yet); with nobody waiting it is free at once; and a
+    settle that never answers holds the place for SETTLE_LIMIT, no longer."""
+    monkeypatch.setattr(pool_module, "SETTLE_LIMIT", 0.3)
+    factory = Factory()
+    gates: list[asyncio.Event] = []
+
+    async def settle(conn: FakeConn) -> None:
+        gate = asyncio.Event()
+        gates.append(gate)
+        await gate.wait()
+
+    base = make_pool(factory, max_connections=1, max_sessions_per_connection=1)
+    pool = Pool(base.settings, factory, settle=settle)
+    first = await pool.reserve(host("a"), deadline())
+    first.release()  # nobody waits: free at once, no round trip
+    held = await pool.reserve(host("a"), deadline())
+    assert (pool.stats.settles, gates) == (0, [])
+
+    waiter = asyncio.create_task(pool.reserve(host("a"), deadline()))
+    await asyncio.sleep(0.02)
+    held.release()  # a waiter: the place is held for the round trip
+    await asyncio.sleep(0.05)
+    assert not waiter.done() and len(gates) == 1 and pool.stats.settles == 1
+    gates[0].set()
+    second = await asyncio.wait_for(waiter, 1.0)
+
+    late = asyncio.create_task(pool.reserve(host("a"), deadline()))
+    await asyncio.sleep(0.02)
+    started = time.monotonic()
+    second.release()  # this round trip is never answered
+    third = await asyncio.wait_for(late, 2.0)
+    assert 0.25 <= time.monotonic() - started < 1.5 and len(gates) == 2
+    third.release()
     await pool.close()
 
 

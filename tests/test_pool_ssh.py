@@ -16,7 +16,7 @@ from scout.v1 import exec_pb2
 from server.config import Config, PoolSettings
 from server.keyfiles import load_or_create_keys
 from server.localshell import LocalShellServer
-from testkit.processes import marker, sleeping
+from testkit.processes import eventually, marker, sleeping, sleeps
 from testkit.scripted import ScriptedServer, close_all, inventory, scripted_server, start_fleet
 from testkit.sshd import OpenSSHServer
 
@@ -60,6 +60,38 @@ async def test_fifty_concurrent_commands_on_one_openssh_host(openssh: OpenSSHSer
             f"peak {max(pc.peak_channels for pc in conns)} channels/connection, "
             f"{s.app.pool.stats.refusals} refusals, {elapsed:.2f}s"
         )
+
+
+async def test_a_closed_session_goes_to_a_waiter_only_once_sshd_has_freed_it(
+    openssh: OpenSSHServer,
+) -> None:
+    """scout told sshd's MaxSessions exactly (10, one connection): ten commands hold
+    every session while two hundred more wait; then each close hands its place to a
+    waiter. sshd frees a session only once it has handled every packet it read with the
+    close, so a waiter's open sent right behind the close meets a full table (refused in
+    5 runs of 6 before the pool settled each handed-on place with a round trip)."""
+    config = with_pool(
+        Config(hosts={"o": openssh.host_config("o")}),
+        max_connections_per_host=1,
+        max_sessions_per_connection=10,
+    )
+    m = marker()
+    async with running_scout(config) as s:
+        held = [
+            asyncio.create_task(s.execute(host="o", command=f"sleep {m}; echo held"))
+            for _ in range(10)
+        ]
+        assert await eventually(lambda: len(sleeps(m)) == 10, 10.0)
+        quick = [asyncio.create_task(s.execute(host="o", command=f"echo {i}")) for i in range(200)]
+        assert await eventually(lambda: s.app.pool.stats.waits >= 200, 10.0)
+        for proc in sleeps(m):
+            proc.kill()
+        answers = await asyncio.gather(*held, *quick)
+        stats = s.app.pool.stats
+    assert [a.stdout for a in answers[10:]] == [f"{i}\n".encode() for i in range(200)]
+    assert all(a.stdout == b"held\n" for a in answers[:10])
+    assert stats.refusals == 0 and stats.retries == 0
+    assert stats.settles >= 190  # every place handed to a waiter went through a round trip
 
 
 async def test_two_hundred_hosts_never_exceed_the_connection_bound(tmp_path: Path) -> None:
