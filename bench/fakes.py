@@ -25,6 +25,7 @@ from typing import Any
 import asyncssh
 import grpc
 
+from scout.allocator import keep_freed_memory
 from scout.v1 import exec_pb2, exec_pb2_grpc
 from server.keyfiles import load_or_create_keys
 
@@ -180,4 +181,5 @@ async def main(kind: str, *args: str) -> None:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # the gRPC floor runs as scout's server does
     asyncio.run(main(*sys.argv[1:]))

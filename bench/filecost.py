@@ -21,6 +21,7 @@ import sys
 import time
 
 from client import Client
+from scout.allocator import keep_freed_memory
 from testkit.sshd import login_user
 
 from .files import _owned_dir, _random_file
@@ -72,6 +73,7 @@ async def measure(way: str, runs: int) -> list[dict[str, float]]:
 
 def main() -> None:
     """Print one line per run."""
+    keep_freed_memory()  # the client runs here: as `scout cp` does
     way = sys.argv[1] if len(sys.argv) > 1 else "down"
     runs = int(sys.argv[2]) if len(sys.argv) > 2 else 4
     if way not in ("down", "up"):

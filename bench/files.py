@@ -177,8 +177,9 @@ async def files(rig: Rig) -> Section:
             "bound by CPU on 2 shared cores: the bytes cross three processes (the Python "
             "client, scout's server, sshd) where a raw client needs two, and scout hashes "
             "every byte (SHA-256) and frames it for gRPC on both sides of the hop; a 256 MiB "
-            "download cost the server 1.0-1.3 s of CPU and the client 0.9 s, against about "
-            "0.6 s for asyncssh's whole get (BENCHMARKS.md, What moved, issue 24)",
+            "download costs the server 0.85-1.05 s of CPU, the client 0.55-1.25 s and sshd "
+            "0.4 s (`python -m bench.filecost`), 1.8-2.7 s on 2 cores, where scp's whole "
+            "transfer takes 0.6-0.8 s (BENCHMARKS.md, What moved, issues 22 and 24)",
         )
     try:
         await _many(rig, section, remote)

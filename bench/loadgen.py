@@ -28,6 +28,8 @@ from urllib.parse import urlsplit
 
 import psutil
 
+from scout.allocator import keep_freed_memory
+
 from .callers import Caller, PsshCaller, failure, make_caller
 from .procs import Probe, print_json
 from .specs import Cpu, Latency, LoadResult, LoadSpec
@@ -229,6 +231,7 @@ def run_pssh(spec: LoadSpec) -> LoadResult:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # as scout's server and its `scout` command do
     spec = LoadSpec.from_dict(json.loads(sys.stdin.read()))
     pssh = spec.backend in ("pssh", "pssh_cold")
     print_json(dataclasses.asdict(run_pssh(spec) if pssh else asyncio.run(run(spec))))

@@ -31,6 +31,7 @@ import grpc
 import psutil
 from google.protobuf import __version__ as protobuf_version
 
+from scout.allocator import keep_freed_memory
 from server.connector import CIPHERS
 
 from .connects import bounded, cold_hosts, fan_out
@@ -231,6 +232,7 @@ def write(report: Report, out: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m bench`."""
     args = parse_args(argv)
+    keep_freed_memory()  # the files scenario's clients run here: as `scout cp` does
     report = asyncio.run(run(args))
     write(report, args.out)
     if report.failures:

@@ -100,6 +100,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from scout.allocator import keep_freed_memory
+
 from . import completion, cpcli, examples, exitcodes
 from .aio import DEFAULT_TARGET, Client, StreamCall
 from .argtypes import checked, duration
@@ -1077,6 +1079,7 @@ async def _mcp(args: argparse.Namespace, stderr: BinaryIO) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `scout` console script."""
+    keep_freed_memory()  # `scout cp` moves files as 1 MiB messages
     stdin = sys.stdin.buffer if sys.stdin is not None else None
     verbose = getattr(parse_args(argv), "verbose", False)  # usage mistakes exit here
     stderr = sys.stderr.buffer if verbose else hide_native_logs()

@@ -19,6 +19,8 @@ from . import quiet
 
 quiet.silence_known_warnings()  # before .app imports asyncssh, which would warn
 
+from scout.allocator import keep_freed_memory  # noqa: E402
+
 from . import fdlimit, logs  # noqa: E402
 from .app import App, start  # noqa: E402
 from .config import Config, ConfigError, HostConfig, is_loopback  # noqa: E402
@@ -232,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(hash_token_command())
     if args.command == "new-token":
         sys.exit(new_token_command())
+    keep_freed_memory()  # before the first large message (workers too)
     if args.worker_fd is not None:
         _worker_main(args)
         return
