@@ -55,7 +55,9 @@ def _cpu(pid: int) -> float:
     return float(times.user + times.system)
 
 
-async def _read(port: int, server: int, runs: int) -> None:
+async def _read(port: int, server: int, runs: int) -> list[tuple[float, float, float]]:
+    """Per run: MiB/s and the server's and this client's CPU seconds."""
+    rows = []
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS) as channel:
         stub = exec_pb2_grpc.ExecServiceStub(channel)
         for _ in range(runs):
@@ -65,26 +67,32 @@ async def _read(port: int, server: int, runs: int) -> None:
                 got += len(message.chunk)
             wall = time.perf_counter() - began
             assert got == SIZE
-            print(
-                f"{got / wall / 2**20:6.0f} MiB/s  CPU s: server {_cpu(server) - server_cpu:.2f}"
-                f"  client {time.process_time() - client_cpu:.2f}",
-                flush=True,
+            rows.append(
+                (got / wall / 2**20, _cpu(server) - server_cpu, time.process_time() - client_cpu)
             )
+    return rows
 
 
-def _case(kept: bool, runs: int) -> None:
-    """One case in this process (the client) and a forked one (the server)."""
-    if kept:
-        keep_freed_memory()
+def measure(runs: int) -> list[tuple[float, float, float]]:
+    """RUNS streams with this process's allocator (the client here, a forked server):
+    per run MiB/s, server CPU, client CPU."""
     ports: Queue[int] = multiprocessing.Queue()
     server = multiprocessing.Process(target=_serve, args=(ports,), daemon=True)
     server.start()
     try:
         assert server.pid is not None
-        asyncio.run(_read(ports.get(timeout=30), server.pid, runs))
+        return asyncio.run(_read(ports.get(timeout=30), server.pid, runs))
     finally:
         server.terminate()
         server.join(10)
+
+
+def _case(kept: bool, runs: int) -> None:
+    """One case: this process's allocator set (or not), then its runs."""
+    if kept:
+        keep_freed_memory()
+    for rate, server, client in measure(runs):
+        print(f"{rate:6.0f} MiB/s  CPU s: server {server:.2f}  client {client:.2f}", flush=True)
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ again, its pool warm), the raw client always cold (it keeps nothing).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import pwd
@@ -20,7 +21,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import asyncssh
@@ -60,6 +61,27 @@ def _ssh_options(rig: Rig) -> list[str]:
         "-o", f"UserKnownHostsFile={s.known_hosts}", "-o", "StrictHostKeyChecking=yes",
         "-o", f"Ciphers={','.join(CIPHERS)}", "-q",
     ]  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def _raw_connect(rig: Rig) -> AsyncIterator[asyncssh.SSHClientConnection]:
+    """A connection of its own to the rig's sshd, with scout's ciphers, closed on exit."""
+    s = rig.sshd
+    async with asyncssh.connect(
+        s.address, s.port, username=s.user, client_keys=[str(s.identity_file)],
+        known_hosts=str(s.known_hosts), encryption_algs=list(CIPHERS), config=None,
+    ) as conn:  # fmt: skip
+        yield conn
+
+
+async def raw_sftp(rig: Rig, put: bool, local: str, remote: str) -> None:
+    """asyncssh's own SFTP put (local to remote) or get (remote to local), on a connection
+    of its own to the rig's sshd, with scout's ciphers: the raw client scout is held to."""
+    async with _raw_connect(rig) as conn, conn.start_sftp_client() as sftp:
+        if put:
+            await sftp.put(local, remote)
+        else:
+            await sftp.get(remote, local)
 
 
 def _run(argv: list[str], stdin: bytes = b"") -> None:
@@ -130,14 +152,10 @@ async def files(rig: Rig) -> Section:
         return lambda: asyncio.to_thread(_run, argv)
 
     async def raw(put: bool) -> None:
-        async with asyncssh.connect(
-            s.address, s.port, username=s.user, client_keys=[str(s.identity_file)],
-            known_hosts=str(s.known_hosts), encryption_algs=list(CIPHERS), config=None,
-        ) as conn, conn.start_sftp_client() as sftp:  # fmt: skip
-            if put:
-                await sftp.put(str(local), str(remote / "up-raw.bin"))
-            else:
-                await sftp.get(str(source), str(back))
+        if put:
+            await raw_sftp(rig, True, str(local), str(remote / "up-raw.bin"))
+        else:
+            await raw_sftp(rig, False, str(back), str(source))
 
     backends: dict[str, dict[str, Callable[[], Awaitable[object]]]] = {
         "upload": {
@@ -240,9 +258,9 @@ async def _many(rig: Rig, section: Section, remote: Path) -> None:
 
 async def _raw_put(rig: Rig, path: str, data: bytes) -> None:
     """Connect, start SFTP, write data to path, close: what a client without a pool does."""
-    s = rig.sshd
-    async with asyncssh.connect(
-        s.address, s.port, username=s.user, client_keys=[str(s.identity_file)],
-        known_hosts=str(s.known_hosts), encryption_algs=list(CIPHERS), config=None,
-    ) as conn, conn.start_sftp_client() as sftp, sftp.open(path, "wb") as file:  # fmt: skip
+    async with (
+        _raw_connect(rig) as conn,
+        conn.start_sftp_client() as sftp,
+        sftp.open(path, "wb") as file,
+    ):
         await file.write(data)
