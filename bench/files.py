@@ -192,12 +192,15 @@ async def files(rig: Rig) -> Section:
             f"{way} ≥ 0.8 of the best raw client ({best})",
             times(share),
             met(share, share >= 0.8),
-            "bound by CPU on 2 shared cores: the bytes cross three processes (the Python "
-            "client, scout's server, sshd) where a raw client needs two, and scout hashes "
-            "every byte (SHA-256) and frames it for gRPC on both sides of the hop; a 256 MiB "
-            "download costs the server 0.85-1.05 s of CPU, the client 0.55-1.25 s and sshd "
-            "0.4 s (`python -m bench.filecost`), 1.8-2.7 s on 2 cores, where scp's whole "
-            "transfer takes 0.6-0.8 s (BENCHMARKS.md, What moved, issues 22 and 24)",
+            "bound by CPU on 2 shared cores: per 256 MiB a download costs the server "
+            "0.7-1.05 s of CPU, the client 0.5-1.25 s and sshd 0.4 s, an upload the server "
+            "0.9-1.1 s, the client 0.25 s and sshd 0.5-1.2 s (`python -m bench.filecost "
+            "down|up`), where scp's whole transfer takes 0.65-0.85 s. The parts alone "
+            "(asyncssh's SFTP with sshd's share, SHA-256 on both sides of the hop, a bare gRPC "
+            "stream) need 1.3-1.4 s down and 1.7-1.8 s up (`python -m bench.filecost floor`): "
+            "0.97-1.12x scp down and 0.89-0.99x up even with both cores busy throughout; "
+            "scout spends 1.25-1.9x that floor down and 1.05-1.5x up, and its four processes "
+            "leave the cores idle 15-30 % of the transfer (BENCHMARKS.md, What moved, issue 22)",
         )
     try:
         await _many(rig, section, remote)
