@@ -31,6 +31,7 @@ import shutil
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import psutil
 
@@ -41,14 +42,16 @@ from testkit.sshd import login_user
 from . import bulkfloor
 from .files import _owned_dir, _random_file, _run, _ssh_options, raw_sftp
 from .loadgen import tree_cpu
-from .rig import QUICK, start_rig
+from .rig import QUICK, Rig, start_rig
 from .specs import GRPC_OPTIONS
 
 SIZE = 256 * 2**20
 
 
-async def measure(way: str, runs: int) -> list[dict[str, float]]:
-    """One dict per run: MiB/s and the CPU seconds of each process."""
+@contextlib.asynccontextmanager
+async def _transfers() -> AsyncIterator[tuple[Rig, Path, Path]]:
+    """The bench's rig, a local file of SIZE random bytes and a remote directory the sshd
+    login user owns, holding a copy of it as source.bin; all removed on exit."""
     rig = await start_rig(QUICK)
     remote = _owned_dir()
     try:
@@ -58,6 +61,16 @@ async def measure(way: str, runs: int) -> list[dict[str, float]]:
         await asyncio.to_thread(shutil.copyfile, local, source)
         user = pwd.getpwnam(login_user())
         os.chown(source, user.pw_uid, user.pw_gid)
+        yield rig, local, remote
+    finally:
+        await rig.close()
+        shutil.rmtree(remote, ignore_errors=True)
+
+
+async def measure(way: str, runs: int) -> list[dict[str, float]]:
+    """One dict per run: MiB/s and the CPU seconds of each process."""
+    async with _transfers() as (rig, local, remote):
+        source = remote / "source.bin"
         server = await rig.scout([rig.sshd_host], rig.sshd_auth())
         (_, port), *_ = server.endpoints
         sshd = rig.sshd_pid
@@ -81,24 +94,13 @@ async def measure(way: str, runs: int) -> list[dict[str, float]]:
                 }
             )
         return rows
-    finally:
-        await rig.close()
-        shutil.rmtree(remote, ignore_errors=True)
 
 
 async def raw_costs(runs: int) -> dict[str, list[dict[str, float]]]:
     """Per way ("down", "up"), per run: scp's wall seconds, asyncssh's wall seconds, its
     CPU (this process) and sshd's, runs interleaved."""
-    rig = await start_rig(QUICK)
-    remote = _owned_dir()
-    try:
-        local = rig.workdir / "local.bin"
-        back = rig.workdir / "back.bin"
-        await asyncio.to_thread(_random_file, local, SIZE)
-        source = remote / "source.bin"
-        await asyncio.to_thread(shutil.copyfile, local, source)
-        user = pwd.getpwnam(login_user())
-        os.chown(source, user.pw_uid, user.pw_gid)
+    async with _transfers() as (rig, local, remote):
+        back, source = rig.workdir / "back.bin", remote / "source.bin"
         where = f"{rig.sshd.user}@{rig.sshd.address}"
         scp = ["scp", *_ssh_options(rig)]
         ways = {
@@ -119,9 +121,6 @@ async def raw_costs(runs: int) -> dict[str, list[dict[str, float]]]:
                 row = {"scp": scp_wall, "raw": wall, "asyncssh": own_cpu, "sshd": sshd_cpu[0]}
                 rows[way].append(row)
         return rows
-    finally:
-        await rig.close()
-        shutil.rmtree(remote, ignore_errors=True)
 
 
 @contextlib.asynccontextmanager
