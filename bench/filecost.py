@@ -40,7 +40,7 @@ from scout.allocator import keep_freed_memory
 from testkit.sshd import login_user
 
 from . import bulkfloor
-from .files import _owned_dir, _random_file, _run, _ssh_options, raw_sftp
+from .files import _median, _owned_dir, _random_file, _run, _ssh_options, raw_sftp
 from .loadgen import tree_cpu
 from .rig import QUICK, Rig, start_rig
 from .specs import GRPC_OPTIONS
@@ -131,14 +131,12 @@ async def _sshd_meter(pid: int) -> AsyncIterator[list[float]]:
     last 20 ms may be missed."""
     listener = psutil.Process(pid)
     seen: dict[int, float] = {}
-    first: dict[int, float] = {}
 
     def sample() -> None:
         for proc in [listener, *listener.children(recursive=True)]:
             with contextlib.suppress(psutil.NoSuchProcess):
                 t = proc.cpu_times()
                 seen[proc.pid] = t.user + t.system
-                first.setdefault(proc.pid, seen[proc.pid])
 
     async def sampling() -> None:
         while True:
@@ -146,7 +144,7 @@ async def _sshd_meter(pid: int) -> AsyncIterator[list[float]]:
             await asyncio.sleep(0.02)
 
     sample()
-    started = dict(first)  # processes alive before the block: only their growth counts
+    started = dict(seen)  # processes alive before the block: only their growth counts
     result: list[float] = []
     task = asyncio.create_task(sampling())
     try:
@@ -181,8 +179,7 @@ def floor(runs: int) -> None:
     for way, rows in asyncio.run(raw_costs(runs)).items():
         ssh = min(r["asyncssh"] + r["sshd"] for r in rows)
         need = ssh + 2 * sha + grpc_cpu
-        scp = sorted(r["scp"] for r in rows)[len(rows) // 2]
-        raw = sorted(r["raw"] for r in rows)[len(rows) // 2]
+        scp, raw = _median([r["scp"] for r in rows]), _median([r["raw"] for r in rows])
         best = mib / (need / cores)
         print(
             f"{way}: scp {mib / scp:.0f} MiB/s, asyncssh {mib / raw:.0f} MiB/s (medians); "
