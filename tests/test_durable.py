@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -517,6 +518,40 @@ async def test_a_store_that_is_down_refuses_keyed_calls_before_anything_runs(
             assert shell_server.stats.exec_requests == 2
     finally:
         await asyncio.to_thread(redis.stop)
+
+
+async def test_an_outcome_the_store_cannot_keep_still_reaches_its_caller_and_is_counted(
+    shell_server: ScriptedServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis stopped while the command runs: the caller still gets its output (the
+    command ran); the outcome that could not be recorded is counted and logged."""
+    redis = await asyncio.to_thread(start_redis, tmp_path / "redis")
+    cfg = dataclasses.replace(
+        config(
+            {"local": shell_server.host_config("local")},
+            callers=CALLERS,
+            durable={"store": redis.url},
+        ),
+        allow_plaintext=True,
+    )
+    try:
+        async with running_scout(cfg) as scout:
+            call = asyncio.ensure_future(keyed(scout, "lost", "sleep 0.5; echo done"))
+            for _ in range(100):  # claimed and started
+                if shell_server.stats.exec_requests == 1:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.to_thread(redis.stop)
+            response, trailers = await call
+            assert (response.exit_code, response.stdout) == (0, b"done\n")
+            assert "x-scout-replayed" not in trailers
+            text = exposition(scout.app.counted())().decode()
+            errors = re.search(r"^scout_durable_store_errors_total (\S+)$", text, re.M)
+            assert errors is not None and float(errors[1]) >= 1  # and a heartbeat's, maybe
+            assert "scout_durable_running 0.0" in text
+    finally:
+        await asyncio.to_thread(redis.stop)
+    assert any("the outcome of key lost could not be recorded" in r.message for r in caplog.records)
 
 
 async def test_an_attach_is_judged_by_the_policy_in_force_now(
