@@ -40,7 +40,7 @@ CALLERS = (
 
 
 def keyed_config(server: ScriptedServer, tmp_path: Path, **durable: Any) -> Config:
-    """One host, "local"; the two callers; the SQLite store in tmp_path."""
+    """One host, "local"; the two callers; the SQLite store in tmp_path (or `store`)."""
     base = config(
         {"local": server.host_config("local")},
         callers=CALLERS,
@@ -492,14 +492,7 @@ async def test_a_store_that_is_down_refuses_keyed_calls_before_anything_runs(
 ) -> None:
     """Redis stopped: a keyed Execute is UNAVAILABLE and nothing ran; unkeyed ones run."""
     redis = await asyncio.to_thread(start_redis, tmp_path / "redis")
-    cfg = dataclasses.replace(
-        config(
-            {"local": shell_server.host_config("local")},
-            callers=CALLERS,
-            durable={"store": redis.url},
-        ),
-        allow_plaintext=True,
-    )
+    cfg = keyed_config(shell_server, tmp_path, store=redis.url)
     try:
         async with running_scout(cfg) as scout:
             first, _ = await keyed(scout, "up", "echo up")
@@ -526,14 +519,7 @@ async def test_an_outcome_the_store_cannot_keep_still_reaches_its_caller_and_is_
     """Redis stopped while the command runs: the caller still gets its output (the
     command ran); the outcome that could not be recorded is counted and logged."""
     redis = await asyncio.to_thread(start_redis, tmp_path / "redis")
-    cfg = dataclasses.replace(
-        config(
-            {"local": shell_server.host_config("local")},
-            callers=CALLERS,
-            durable={"store": redis.url},
-        ),
-        allow_plaintext=True,
-    )
+    cfg = keyed_config(shell_server, tmp_path, store=redis.url)
     try:
         async with running_scout(cfg) as scout:
             call = asyncio.ensure_future(keyed(scout, "lost", "sleep 0.5; echo done"))
