@@ -69,8 +69,8 @@ async def keyed(rig: Rig) -> Section:
         runs = {name: Runs() for label in servers for name in (BESIDE[label], label)}
         for done in range(rounds):
             for label, server in servers.items():
-                base, with_key = await asyncio.gather(
-                    rig.load(unkeyed.aim(load)), rig.load(server.aim(replace(load, keyed=True)))
+                base, with_key = await rig.at_once(
+                    unkeyed.aim(load), server.aim(replace(load, keyed=True))
                 )
                 runs[BESIDE[label]].append(base)
                 runs[label].append(with_key)

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -87,17 +87,19 @@ class Child:
 
 async def spawn(
     name: str, argv: list[str], log: Path, *, stdin: bytes | None = b"", ready: bool = False,
-    cpus: Collection[int] = (), count: bool = False,
+    cpus: Collection[int] = (), count: bool = False, env: Mapping[str, str] | None = None,
 ) -> Child:  # fmt: skip
-    """Start argv (on cpus, counting) with stderr to log and stdin fed, then closed (None:
-    kept open); with ready, wait for its JSON line {"endpoints": [[address, port], ...]}."""
+    """Start argv (on cpus, counting, in env: None is this process's) with stderr to log and
+    stdin fed, then closed (None: kept open); with ready, wait for its JSON line
+    {"endpoints": [[address, port], ...]}."""
     if cpus or count:
         flags = [f"--cpus={','.join(map(str, sorted(cpus)))}"] if cpus else []
         argv = [PYTHON, "-m", "bench.procs", *flags, *(["--count"] * count), "--", *argv]
     with log.open("ab") as err:
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err
-        )
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err,
+            env=env,
+        )  # fmt: skip
     assert proc.stdin is not None
     if stdin is not None:
         proc.stdin.write(stdin)

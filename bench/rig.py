@@ -158,15 +158,18 @@ class Rig:
 
     async def scout(
         self, hosts: list[Host], login: Auth, *, args: Sequence[str] = (), count: bool = False,
-        durable: str = "", top: Mapping[str, int] | None = None, **pool: int,
+        durable: str = "", top: Mapping[str, int] | None = None, tree: Path | None = None,
+        **pool: int,
     ) -> Child:  # fmt: skip
         """Start a scout server for hosts with these pool settings, top-level settings
-        (`max_concurrent_rpcs`...) and extra flags."""
+        (`max_concurrent_rpcs`...) and extra flags; with `tree`, another checkout's
+        `server` and `scout` packages, imported before this one's (an A/B of two versions)."""
         path = self.workdir / f"scout-{len(self.servers) + 1}.toml"
         path.write_text(config_text(hosts, login, pool, durable, top), encoding="utf-8")
         argv = [str(BIN / "scout-server"), "--config", str(path), "--listen", "127.0.0.1:0"]
         name, log = f"scout-server ({path.stem})", path.with_suffix(".log")
-        child = await spawn(name, [*argv, *args], log, cpus=self.gateway, count=count)
+        env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree)}
+        child = await spawn(name, [*argv, *args], log, cpus=self.gateway, count=count, env=env)
         try:
             self.servers.append(server := await serving(child, "--metrics" in args))
         except BaseException:
@@ -194,6 +197,11 @@ class Rig:
             return LoadResult.from_dict(await child.read_json(900.0))
         finally:
             await child.stop()
+
+    async def at_once(self, *specs: LoadSpec) -> list[LoadResult]:
+        """The loads run at the same time, each by its own generator: their servers'
+        CPU compared over the same seconds, whatever the machine does meanwhile."""
+        return list(await asyncio.gather(*(self.load(spec) for spec in specs)))
 
     async def repeat(self, tag: str, runs: int, specs: Mapping[str, Plan]) -> dict[str, Runs]:
         """Each spec `runs` times, interleaved (A B C A B C ...) so drift hits all alike."""
