@@ -20,11 +20,11 @@ import time
 from multiprocessing.queues import Queue
 
 import grpc
-import psutil
 
 from scout.allocator import keep_freed_memory
 from scout.v1 import exec_pb2, exec_pb2_grpc
 
+from .loadgen import tree_cpu
 from .specs import GRPC_OPTIONS
 
 SIZE, CHUNK = 256 * 2**20, 2**20
@@ -50,26 +50,21 @@ def _serve(ports: Queue[int]) -> None:
     asyncio.run(serve())
 
 
-def _cpu(pid: int) -> float:
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
-
-
 async def _read(port: int, server: int, runs: int) -> list[tuple[float, float, float]]:
     """Per run: MiB/s and the server's and this client's CPU seconds."""
     rows = []
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS) as channel:
         stub = exec_pb2_grpc.ExecServiceStub(channel)
         for _ in range(runs):
-            server_cpu, client_cpu, began = _cpu(server), time.process_time(), time.perf_counter()
+            server_cpu, client_cpu = tree_cpu(server), time.process_time()
+            began = time.perf_counter()
             got = 0
             async for message in stub.Download(exec_pb2.DownloadRequest(host="h", path="/p")):
                 got += len(message.chunk)
             wall = time.perf_counter() - began
             assert got == SIZE
-            rows.append(
-                (got / wall / 2**20, _cpu(server) - server_cpu, time.process_time() - client_cpu)
-            )
+            server_cpu, client_cpu = tree_cpu(server) - server_cpu, time.process_time() - client_cpu
+            rows.append((got / wall / 2**20, server_cpu, client_cpu))
     return rows
 
 
